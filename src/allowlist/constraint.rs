@@ -1,0 +1,489 @@
+//! Per-rule checks beyond the URL pattern: the method bitmask, `path_files` globs, and `query` /
+//! `headers` value constraints, all compiled at start-up.
+//!
+//! Invariants: checking never allocates on the common path (a `path_files` remainder longer than
+//! [`STACK_DECODE`] bytes that contains escapes is the one exception) and never panics; a missing
+//! query parameter or header fails its constraint; when a parameter or header occurs several times,
+//! *every* occurrence must satisfy the constraint (an upstream may read either one).
+//!
+//! `path_files` glob subset, matched against the percent-decoded captured remainder:
+//! `name` and `dir/name` (the whole remainder), `**/name` (the remainder or any `/`-suffix of it),
+//! `*.ext` (a file directly in the remainder, no `/`), `**/*.ext` (any file ending in `.ext`).
+//! All literals go into one Aho-Corasick automaton; a glob matches when one of its literals ends
+//! exactly at the end of the remainder and the glob's kind accepts the position.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use super::ValueConstraint;
+use super::canon::pct_at;
+
+/// The HTTP methods a rule may allow, in bitmask order. `CONNECT` is deliberately absent.
+pub(crate) const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+];
+
+/// Method slot meaning "any method" (used to classify denials).
+pub(crate) const ANY_SLOT: usize = METHODS.len();
+
+/// Number of method slots including [`ANY_SLOT`].
+pub(crate) const SLOTS: usize = METHODS.len() + 1;
+
+/// Remainders up to this many bytes are percent-decoded on the stack.
+pub(crate) const STACK_DECODE: usize = 1024;
+
+/// The slot of a request method (exact, case-sensitive as HTTP says); `None` for anything a rule
+/// can never allow, `CONNECT` included.
+pub(crate) fn method_slot(method: &str) -> Option<usize> {
+    Some(match method {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "PATCH" => 4,
+        "DELETE" => 5,
+        "OPTIONS" => 6,
+        "TRACE" => 7,
+        _ => return None,
+    })
+}
+
+/// The bitmask of a rule's method list.
+pub(crate) fn method_mask(methods: &[String]) -> Result<u32, String> {
+    if methods.is_empty() {
+        return Err("the method list is empty".to_owned());
+    }
+    let mut mask = 0;
+    for m in methods {
+        match method_slot(m) {
+            Some(slot) => mask |= 1 << slot,
+            None if m == "CONNECT" => return Err("CONNECT can never be allowed".to_owned()),
+            None => {
+                return Err(format!(
+                    "unknown method {m:?} (expected one of {})",
+                    METHODS.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// Glob kinds, as bit flags on a literal.
+const EXACT: u8 = 1;
+const ANY_DEPTH: u8 = 2;
+const FILE_SUFFIX: u8 = 4;
+const ANY_SUFFIX: u8 = 8;
+
+/// A compiled `path_files` set.
+#[derive(Debug, Clone)]
+pub(crate) struct FileSet {
+    automaton: AhoCorasick,
+    /// Per automaton pattern id: the [`EXACT`]/... flags of the globs using that literal.
+    kinds: Vec<u8>,
+}
+
+impl FileSet {
+    /// Compiles globs; the error lists each bad glob with the reason.
+    pub fn compile(globs: &[String]) -> Result<FileSet, Vec<String>> {
+        let mut literals: Vec<&str> = Vec::new();
+        let mut kinds: Vec<u8> = Vec::new();
+        let mut errors = Vec::new();
+        for g in globs {
+            match parse_glob(g) {
+                Ok((lit, kind)) => match literals.iter().position(|l| *l == lit) {
+                    Some(i) => kinds[i] |= kind,
+                    None => {
+                        literals.push(lit);
+                        kinds.push(kind);
+                    }
+                },
+                Err(e) => errors.push(format!("{g:?}: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .map_err(|e| vec![format!("cannot build the file automaton: {e}")])?;
+        Ok(FileSet { automaton, kinds })
+    }
+
+    /// Whether the raw (still percent-encoded) remainder names an allowed file.
+    pub fn matches(&self, raw: &[u8]) -> bool {
+        if !raw.contains(&b'%') {
+            return self.matches_decoded(raw);
+        }
+        let mut buf = [0u8; STACK_DECODE];
+        if raw.len() <= STACK_DECODE {
+            let n = decode(raw, &mut buf);
+            self.matches_decoded(&buf[..n])
+        } else {
+            let mut heap = vec![0u8; raw.len()];
+            let n = decode(raw, &mut heap);
+            self.matches_decoded(&heap[..n])
+        }
+    }
+
+    fn matches_decoded(&self, hay: &[u8]) -> bool {
+        let has_slash = hay.contains(&b'/');
+        self.automaton.find_overlapping_iter(hay).any(|m| {
+            if m.end() != hay.len() {
+                return false;
+            }
+            let start = m.start();
+            let kind = self.kinds.get(m.pattern().as_usize()).copied().unwrap_or(0);
+            (kind & EXACT != 0 && start == 0)
+                || (kind & ANY_DEPTH != 0 && (start == 0 || hay.get(start - 1) == Some(&b'/')))
+                || (kind & FILE_SUFFIX != 0 && !has_slash)
+                || kind & ANY_SUFFIX != 0
+        })
+    }
+}
+
+/// Percent-decodes `raw` into `out` (at least as long); invalid escapes are kept as they are.
+fn decode(raw: &[u8], out: &mut [u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < raw.len() && n < out.len() {
+        match pct_at(raw, i) {
+            Some(v) => {
+                out[n] = v;
+                i += 3;
+            }
+            None => {
+                out[n] = raw[i];
+                i += 1;
+            }
+        }
+        n += 1;
+    }
+    n
+}
+
+/// One glob of the supported subset → (literal, kind).
+fn parse_glob(g: &str) -> Result<(&str, u8), &'static str> {
+    const UNSUPPORTED: &str =
+        "unsupported glob (supported: name, dir/name, **/name, *.ext, **/*.ext)";
+    if g.is_empty() {
+        return Err("empty glob");
+    }
+    if g.contains(['?', '[', ']', '{', '}', '\\']) {
+        return Err(UNSUPPORTED);
+    }
+    let (any_depth, rest) = match g.strip_prefix("**/") {
+        Some(r) => (true, r),
+        None => (false, g),
+    };
+    if rest.contains("**") {
+        return Err(UNSUPPORTED);
+    }
+    if let Some(suffix) = rest.strip_prefix('*') {
+        if suffix.is_empty() {
+            return Err("matches every file; drop `path_files` instead");
+        }
+        if suffix.contains(['*', '/']) {
+            return Err(UNSUPPORTED);
+        }
+        return Ok((suffix, if any_depth { ANY_SUFFIX } else { FILE_SUFFIX }));
+    }
+    if rest.contains('*') {
+        return Err(UNSUPPORTED);
+    }
+    if rest
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("empty, '.' or '..' path component");
+    }
+    Ok((rest, if any_depth { ANY_DEPTH } else { EXACT }))
+}
+
+/// A compiled value constraint.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Equals(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    OneOf(Box<[Box<[u8]>]>),
+}
+
+impl Value {
+    pub fn compile(v: &ValueConstraint) -> Result<Value, String> {
+        let check = |s: &str| {
+            if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                Err("a value constraint contains a control character".to_owned())
+            } else {
+                Ok(Box::<[u8]>::from(s.as_bytes()))
+            }
+        };
+        Ok(match v {
+            ValueConstraint::Equals(s) => Value::Equals(check(s)?),
+            ValueConstraint::Prefix(s) => Value::Prefix(check(s)?),
+            ValueConstraint::OneOf(list) => {
+                if list.is_empty() {
+                    return Err("one-of with an empty list can never hold".to_owned());
+                }
+                Value::OneOf(list.iter().map(|s| check(s)).collect::<Result<_, _>>()?)
+            }
+        })
+    }
+
+    /// Whether the (decoded) value bytes satisfy the constraint.
+    fn holds<I: Iterator<Item = u8> + Clone>(&self, value: I) -> bool {
+        match self {
+            Value::Equals(e) => value.eq(e.iter().copied()),
+            Value::Prefix(p) => {
+                let mut v = value;
+                p.iter().all(|&b| v.next() == Some(b))
+            }
+            Value::OneOf(list) => list.iter().any(|e| value.clone().eq(e.iter().copied())),
+        }
+    }
+}
+
+/// Which constraint of a rule failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The captured remainder is not an allowed file.
+    PathFiles,
+    /// The `i`-th query constraint.
+    Query(usize),
+    /// The `i`-th header constraint.
+    Header(usize),
+}
+
+/// All extra constraints of one rule.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Constraints {
+    /// The file set; it constrains the match of the pattern's last non-literal element.
+    pub files: Option<FileSet>,
+    pub query: Box<[(Box<[u8]>, Value)]>,
+    pub headers: Box<[(Box<str>, Value)]>,
+}
+
+impl Constraints {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_none() && self.query.is_empty() && self.headers.is_empty()
+    }
+
+    /// Checks every constraint; `capture` is the byte range of `path` matched by the pattern's
+    /// last non-literal element.
+    pub fn check(
+        &self,
+        path: &str,
+        capture: (usize, usize),
+        query: Option<&str>,
+        headers: &[httparse::Header<'_>],
+    ) -> Result<(), Failed> {
+        if let Some(files) = &self.files {
+            let remainder = path
+                .as_bytes()
+                .get(capture.0..capture.1)
+                .unwrap_or_default();
+            if !files.matches(remainder) {
+                return Err(Failed::PathFiles);
+            }
+        }
+        for (i, (name, value)) in self.query.iter().enumerate() {
+            if !query_holds(query.unwrap_or(""), name, value) {
+                return Err(Failed::Query(i));
+            }
+        }
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            if !header_holds(headers, name, value) {
+                return Err(Failed::Header(i));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Form-style decoding of a query component: `%XX` → byte, `+` → space.
+#[derive(Clone)]
+struct FormDecode<'a> {
+    bytes: &'a [u8],
+    i: usize,
+}
+
+impl Iterator for FormDecode<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.i)?;
+        if let Some(v) = pct_at(self.bytes, self.i) {
+            self.i += 3;
+            return Some(v);
+        }
+        self.i += 1;
+        Some(if b == b'+' { b' ' } else { b })
+    }
+}
+
+fn form(bytes: &[u8]) -> FormDecode<'_> {
+    FormDecode { bytes, i: 0 }
+}
+
+fn query_holds(query: &str, name: &[u8], value: &Value) -> bool {
+    let mut seen = false;
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        if form(k).eq(name.iter().copied()) {
+            if !value.holds(form(v)) {
+                return false;
+            }
+            seen = true;
+        }
+    }
+    seen
+}
+
+fn header_holds(headers: &[httparse::Header<'_>], name: &str, value: &Value) -> bool {
+    let mut seen = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case(name) {
+            if !value.holds(trim(h.value).iter().copied()) {
+                return false;
+            }
+            seen = true;
+        }
+    }
+    seen
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    v.get(start..end).unwrap_or_default()
+}
+
+/// Whether `name` is an HTTP header field name (RFC 9110 token).
+pub(crate) fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(globs: &[&str]) -> FileSet {
+        FileSet::compile(&globs.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("valid globs")
+    }
+
+    #[test]
+    fn file_globs() {
+        let s = set(&[
+            "**/package.json",
+            ".snyk",
+            "*.lock",
+            "**/*.gradle",
+            "ci/config.yml",
+        ]);
+        for ok in [
+            "package.json",
+            "a/b/package.json",
+            "a%2Fpackage.json",
+            ".snyk",
+            "yarn.lock",
+            "build.gradle",
+            "x/y/settings.gradle",
+            "ci/config.yml",
+            "package%2Ejson",
+        ] {
+            assert!(s.matches(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "xpackage.json",
+            "package.json/x",
+            "a/.snyk",
+            "x/yarn.lock",
+            "lock",
+            "a/ci/config.yml",
+            "package.json.evil",
+            "secrets.txt",
+        ] {
+            assert!(!s.matches(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_globs() {
+        for g in [
+            "",
+            "*",
+            "**/*",
+            "a/*.x",
+            "a*b",
+            "[ab].json",
+            "**/a/**/b",
+            "/abs",
+            "a//b",
+            "../x",
+        ] {
+            assert!(FileSet::compile(&[g.to_string()]).is_err(), "{g}");
+        }
+    }
+
+    #[test]
+    fn query_values() {
+        let eq = Value::Equals(b"a b".to_vec().into());
+        assert!(query_holds("x=1&ref=a+b", b"ref", &eq));
+        assert!(query_holds("ref=a%20b", b"ref", &eq));
+        assert!(!query_holds("ref=a+b&ref=c", b"ref", &eq));
+        assert!(!query_holds("x=1", b"ref", &eq));
+        let pre = Value::Prefix(b"refs/".to_vec().into());
+        assert!(query_holds("r=refs%2Fheads", b"r", &pre));
+        assert!(!query_holds("r=ref", b"r", &pre));
+        let one = Value::OneOf(vec![b"x".to_vec().into(), b"".to_vec().into()].into());
+        assert!(query_holds("flag", b"flag", &one));
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(
+            method_mask(&["GET".into(), "OPTIONS".into()]),
+            Ok(0b100_0001)
+        );
+        assert!(method_mask(&[]).is_err());
+        assert!(method_mask(&["get".into()]).is_err());
+        assert!(method_mask(&["CONNECT".into()]).is_err());
+        assert_eq!(method_slot("CONNECT"), None);
+    }
+
+    #[test]
+    fn header_trim() {
+        assert_eq!(trim(b"  a b \t"), b"a b");
+        assert_eq!(trim(b"   "), b"");
+    }
+}

@@ -1,0 +1,458 @@
+//! The allowlist: URL canonicalisation, pattern compilation and the per-request decision.
+//!
+//! Data flow: the config layer builds [`RuleSpec`]s (user rules first, then the SCM rules from
+//! [`scm::rules`]); [`Allowlist::compile`] validates all of them at once and compiles them into one
+//! [`trie`] (scheme+host+port → path segment trie → method bitmask → rule id) plus per-rule
+//! [`constraint`]s. Per request the proxy canonicalises the upstream URL once
+//! ([`CanonUrl::parse`]), asks [`Allowlist::decide`], and forwards exactly the URL it matched.
+//!
+//! Invariants:
+//! * first match in rule order wins: the allowed rule is the lowest-indexed rule whose pattern,
+//!   method and constraints all hold;
+//! * `decide` never panics, never allocates when it allows or denies for a missing origin, path
+//!   or method (describing a failed constraint is the one allocation), and does a bounded amount
+//!   of work (a walk that exceeds the budget denies);
+//! * `CONNECT` (and any method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE) is
+//!   never allowed: a rule cannot list it, and a request with it is denied as
+//!   [`DenyReason::MethodNotAllowed`] (or [`DenyReason::NoPathMatch`] if no rule even matches the
+//!   path). The HTTP layer is expected to refuse `CONNECT` with a 400 before asking.
+
+pub mod canon;
+mod constraint;
+mod pattern;
+pub mod scm;
+mod scm_table;
+mod spec;
+mod trie;
+
+use std::fmt;
+
+pub use canon::{Authority, CanonUrl, Malformed, RequestTarget, Scheme};
+pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint};
+
+use constraint::{ANY_SLOT, Constraints, Failed, FileSet, Value};
+use trie::{Trie, TrieBuilder};
+
+/// A problem with one rule, found at compile time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule {rule}: {field}: {message}")]
+pub struct RuleError {
+    /// Index of the rule in the list given to [`Allowlist::compile`].
+    pub rule: usize,
+    /// The rule field at fault (`url`, `methods`, `path_files`, ...).
+    pub field: &'static str,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule as configured or generated.
+    pub spec: RuleSpec,
+    /// Index in the compiled list (= the `rule_id` of decisions).
+    pub id: usize,
+    methods: u32,
+    constraints: Constraints,
+}
+
+impl Rule {
+    /// Whether the rule lists `method`.
+    pub fn allows_method(&self, method: &str) -> bool {
+        constraint::method_slot(method).is_some_and(|s| self.methods & (1 << s) != 0)
+    }
+}
+
+/// `#3 allow[2] GET,POST https://...` — what `explain` and logs show for a rule.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{} ", self.id)?;
+        match &self.spec.origin {
+            RuleOrigin::User { index } => write!(f, "allow[{index}]")?,
+            RuleOrigin::Scm {
+                index,
+                kind,
+                template,
+            } => write!(f, "scm[{index}] {kind:?} {template}")?,
+        }
+        write!(f, " {} {}", self.spec.methods.join(","), self.spec.url)
+    }
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No rule names this scheme, host and port.
+    NoRuleForOrigin,
+    /// Rules exist for the origin, but no pattern matches the path (also: the path was too
+    /// complex to match within the walk budget — fail closed).
+    NoPathMatch,
+    /// Some pattern matches the path, but none of those rules allows the method (`CONNECT` and
+    /// unknown methods always end here or in `NoPathMatch`).
+    MethodNotAllowed,
+    /// A rule matched path and method but one of its constraints failed; the message names the
+    /// lowest such rule and the constraint (never a header or query *value*).
+    ConstraintFailed(String),
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NoRuleForOrigin => f.write_str("no rule for this scheme, host and port"),
+            DenyReason::NoPathMatch => f.write_str("no rule pattern matches the path"),
+            DenyReason::MethodNotAllowed => {
+                f.write_str("rules match the path but none allows the method")
+            }
+            DenyReason::ConstraintFailed(m) => write!(f, "constraint failed: {m}"),
+        }
+    }
+}
+
+/// The outcome of [`Allowlist::decide`].
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// Allowed by the lowest-indexed rule that holds.
+    Allowed { rule_id: usize, rule: &'a Rule },
+    /// Denied, with the reason.
+    Denied(DenyReason),
+}
+
+impl<'a> Decision<'a> {
+    /// Whether the request may go upstream.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
+
+    /// The allowing rule, if any.
+    pub fn rule(&self) -> Option<&'a Rule> {
+        match self {
+            Decision::Allowed { rule, .. } => Some(rule),
+            Decision::Denied(_) => None,
+        }
+    }
+}
+
+/// The compiled allowlist.
+#[derive(Debug, Default)]
+pub struct Allowlist {
+    rules: Vec<Rule>,
+    trie: Trie,
+}
+
+/// The most rules one allowlist may hold.
+pub const MAX_RULES: usize = 1 << 24;
+
+impl Allowlist {
+    /// Validates and compiles the rules (in order: user rules, then SCM rules), reporting every
+    /// bad rule at once.
+    pub fn compile(specs: Vec<RuleSpec>) -> Result<Self, Vec<RuleError>> {
+        let mut errors = Vec::new();
+        if specs.len() > MAX_RULES {
+            errors.push(RuleError {
+                rule: MAX_RULES,
+                field: "url",
+                message: format!("more than {MAX_RULES} rules"),
+            });
+            return Err(errors);
+        }
+        let mut builder = TrieBuilder::default();
+        let mut rules = Vec::with_capacity(specs.len());
+        let mut masks = Vec::with_capacity(specs.len());
+        for (id, spec) in specs.into_iter().enumerate() {
+            let before = errors.len();
+            let mut err = |field: &'static str, message: String| {
+                errors.push(RuleError {
+                    rule: id,
+                    field,
+                    message,
+                });
+            };
+            let methods = constraint::method_mask(&spec.methods)
+                .map_err(|m| err("methods", m))
+                .unwrap_or(0);
+            let compiled = pattern::parse(&spec.url)
+                .and_then(|p| builder.prepare(&p).map(|edges| (p, edges)))
+                .map_err(|m| err("url", m))
+                .ok();
+            let capture = compiled.as_ref().and_then(|(p, _)| p.capture());
+            let constraints = compile_constraints(&spec, capture, compiled.is_some(), &mut err);
+            check_headers(&spec, &mut err);
+            if errors.len() == before {
+                if let Some((p, edges)) = compiled {
+                    builder.insert(&p, edges, id as u32);
+                }
+            }
+            masks.push(methods);
+            rules.push(Rule {
+                spec,
+                id,
+                methods,
+                constraints,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Allowlist {
+            trie: builder.finish(&masks),
+            rules,
+        })
+    }
+
+    /// The compiled rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Decides a request: the lowest-indexed rule whose pattern, method and constraints hold.
+    pub fn decide<'a>(
+        &'a self,
+        method: &str,
+        url: &CanonUrl,
+        headers: &[httparse::Header<'_>],
+    ) -> Decision<'a> {
+        let Some(root) = self.trie.origin(url.scheme, url.port, &url.host) else {
+            return Decision::Denied(DenyReason::NoRuleForOrigin);
+        };
+        if let Some(slot) = constraint::method_slot(method) {
+            let bit = 1u32 << slot;
+            let mut failed: Option<(u32, Failed)> = None;
+            let query = url.query.as_deref();
+            let res = self.trie.walk(root, &url.path, slot, |id, capture| {
+                let Some(rule) = self.rules.get(id as usize) else {
+                    return false;
+                };
+                if rule.methods & bit == 0 {
+                    return false;
+                }
+                if rule.constraints.is_empty() {
+                    return true;
+                }
+                match rule.constraints.check(&url.path, capture, query, headers) {
+                    Ok(()) => true,
+                    Err(f) => {
+                        if failed.is_none_or(|(fid, _)| id < fid) {
+                            failed = Some((id, f));
+                        }
+                        false
+                    }
+                }
+            });
+            if res.exhausted {
+                return Decision::Denied(DenyReason::NoPathMatch);
+            }
+            if let Some(rule) = res.best.and_then(|id| self.rules.get(id as usize)) {
+                return Decision::Allowed {
+                    rule_id: rule.id,
+                    rule,
+                };
+            }
+            if let Some((id, f)) = failed {
+                return Decision::Denied(DenyReason::ConstraintFailed(self.describe(id, f)));
+            }
+        }
+        let any = self.trie.walk(root, &url.path, ANY_SLOT, |_, _| true);
+        if any.best.is_some() && !any.exhausted {
+            Decision::Denied(DenyReason::MethodNotAllowed)
+        } else {
+            Decision::Denied(DenyReason::NoPathMatch)
+        }
+    }
+
+    /// Explains a decision for `wgbroker explain`: the decision plus every rule whose pattern
+    /// matches the URL, with whether its method and constraints hold. Allocates; not for the
+    /// data path.
+    pub fn explain<'a>(
+        &'a self,
+        method: &str,
+        url: &CanonUrl,
+        headers: &[httparse::Header<'_>],
+    ) -> Explanation<'a> {
+        let decision = self.decide(method, url, headers);
+        let mut path_matches = Vec::new();
+        if let Some(root) = self.trie.origin(url.scheme, url.port, &url.host) {
+            self.trie.walk(root, &url.path, ANY_SLOT, |id, capture| {
+                if let Some(rule) = self.rules.get(id as usize) {
+                    let check =
+                        rule.constraints
+                            .check(&url.path, capture, url.query.as_deref(), headers);
+                    path_matches.push(PathMatch {
+                        rule,
+                        method_allowed: rule.allows_method(method),
+                        constraint_failure: check.err().map(|f| self.describe(id, f)),
+                    });
+                }
+                false
+            });
+        }
+        path_matches.sort_by_key(|m| m.rule.id);
+        path_matches.dedup_by_key(|m| m.rule.id);
+        Explanation {
+            decision,
+            path_matches,
+        }
+    }
+
+    /// Trie nodes entered by the method-specific walk of a decision (for tuning).
+    #[doc(hidden)]
+    pub fn visits(&self, method: &str, url: &CanonUrl) -> u32 {
+        let (Some(root), Some(slot)) = (
+            self.trie.origin(url.scheme, url.port, &url.host),
+            constraint::method_slot(method),
+        ) else {
+            return 0;
+        };
+        let bit = 1u32 << slot;
+        let walk = self.trie.walk(root, &url.path, slot, |id, _| {
+            self.rules
+                .get(id as usize)
+                .is_some_and(|r| r.methods & bit != 0)
+        });
+        walk.visits
+    }
+
+    fn describe(&self, id: u32, failed: Failed) -> String {
+        let Some(rule) = self.rules.get(id as usize) else {
+            return format!("rule #{id}");
+        };
+        let what = match failed {
+            Failed::PathFiles => format!(
+                "path_files: the captured path is not one of {:?}",
+                rule.spec.path_files
+            ),
+            Failed::Query(i) => match rule.spec.query.get(i) {
+                Some((name, c)) => format!("query parameter {name:?} must be {}", describe(c)),
+                None => "query".to_owned(),
+            },
+            Failed::Header(i) => match rule.spec.headers.get(i) {
+                Some((name, c)) => format!("header {name:?} must be {}", describe(c)),
+                None => "headers".to_owned(),
+            },
+        };
+        format!("rule {rule}: {what}")
+    }
+}
+
+fn describe(c: &ValueConstraint) -> String {
+    match c {
+        ValueConstraint::Equals(v) => format!("present and equal to {v:?}"),
+        ValueConstraint::Prefix(v) => format!("present and start with {v:?}"),
+        ValueConstraint::OneOf(v) => format!("present and one of {v:?}"),
+    }
+}
+
+fn compile_constraints(
+    spec: &RuleSpec,
+    capture: Option<usize>,
+    url_ok: bool,
+    err: &mut impl FnMut(&'static str, String),
+) -> Constraints {
+    let mut c = Constraints::default();
+    if !spec.path_files.is_empty() {
+        match (FileSet::compile(&spec.path_files), capture) {
+            (Err(list), _) => list.into_iter().for_each(|m| err("path_files", m)),
+            (Ok(_), None) if url_ok => err(
+                "path_files",
+                "the pattern has no `*` or `:name` whose match could be constrained".to_owned(),
+            ),
+            (Ok(set), Some(_)) => c.files = Some(set),
+            (Ok(_), None) => {}
+        }
+    }
+    let mut query = Vec::new();
+    for (name, v) in &spec.query {
+        if name.is_empty() {
+            err("query", "empty parameter name".to_owned());
+        }
+        match Value::compile(v) {
+            Ok(v) => query.push((Box::<[u8]>::from(name.as_bytes()), v)),
+            Err(m) => err("query", format!("{name:?}: {m}")),
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, v) in &spec.headers {
+        if !constraint::is_header_name(name) {
+            err("headers", format!("{name:?} is not a header name"));
+        }
+        match Value::compile(v) {
+            Ok(v) => headers.push((Box::<str>::from(name.as_str()), v)),
+            Err(m) => err("headers", format!("{name:?}: {m}")),
+        }
+    }
+    c.query = query.into_boxed_slice();
+    c.headers = headers.into_boxed_slice();
+    c
+}
+
+/// Header names must be tokens and set values must not smuggle a line break.
+fn check_headers(spec: &RuleSpec, err: &mut impl FnMut(&'static str, String)) {
+    for (name, value) in &spec.set_request_headers {
+        if !constraint::is_header_name(name) {
+            err(
+                "set_request_headers",
+                format!("{name:?} is not a header name"),
+            );
+        }
+        if value
+            .expose()
+            .bytes()
+            .any(|b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            // Never echo the value: it is usually a credential.
+            err(
+                "set_request_headers",
+                format!("the value of {name:?} contains CR, LF or NUL"),
+            );
+        }
+    }
+    for name in &spec.remove_response_headers {
+        if !constraint::is_header_name(name) {
+            err(
+                "remove_response_headers",
+                format!("{name:?} is not a header name"),
+            );
+        }
+    }
+}
+
+/// The result of [`Allowlist::explain`].
+#[derive(Debug)]
+pub struct Explanation<'a> {
+    /// What [`Allowlist::decide`] says.
+    pub decision: Decision<'a>,
+    /// Every rule whose URL pattern matches, in rule order.
+    pub path_matches: Vec<PathMatch<'a>>,
+}
+
+/// One rule whose URL pattern matches the explained request.
+#[derive(Debug)]
+pub struct PathMatch<'a> {
+    /// The rule.
+    pub rule: &'a Rule,
+    /// Whether it lists the request's method.
+    pub method_allowed: bool,
+    /// Which constraint fails, if one does.
+    pub constraint_failure: Option<String>,
+}
+
+impl fmt::Display for Explanation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.decision {
+            Decision::Allowed { rule, .. } => writeln!(f, "allowed by rule {rule}")?,
+            Decision::Denied(r) => writeln!(f, "denied: {r}")?,
+        }
+        if self.path_matches.is_empty() {
+            return writeln!(f, "no rule pattern matches this url");
+        }
+        writeln!(f, "rules whose pattern matches this url:")?;
+        for m in &self.path_matches {
+            let verdict = match (&m.constraint_failure, m.method_allowed) {
+                (_, false) => "method not listed".to_owned(),
+                (Some(c), true) => c.clone(),
+                (None, true) => "holds".to_owned(),
+            };
+            writeln!(f, "  {}: {verdict}", m.rule)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! The command line: thin commands over the library.
+//!
+//! Exit codes are part of the interface: `explain` exits 0 (allowed), 1 (denied) or 2 (rejected
+//! as malformed); every command exits [`EXIT_USAGE`] on a usage error and [`EXIT_CONFIG`] when the
+//! configuration is invalid.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::allowlist::{CanonUrl, Decision};
+use crate::config::{self, LoadMode, ProcessEnv};
+use crate::keys::PrivateKey;
+
+/// Usage error (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Invalid input data, such as a malformed key on stdin (`EX_DATAERR`).
+pub const EXIT_DATA: u8 = 65;
+/// Invalid configuration (`EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+/// Operating-system failure (`EX_OSERR`).
+pub const EXIT_OS: u8 = 71;
+
+#[derive(Debug, Parser)]
+#[command(name = "wgbroker", version, about = "Outbound-only WireGuard network broker", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// Configuration file; repeat to overlay (tables merge, arrays replace).
+    #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a new private key (base64, like `wg genkey`).
+    Genkey,
+    /// Read a private key on stdin, print its public key (like `wg pubkey`).
+    Pubkey,
+    /// Run the broker: dial the gateway, serve HTTP inside the tunnel (stops on SIGINT/SIGTERM).
+    Run(ConfigArgs),
+    /// Validate the configuration and report every problem at once.
+    Check(ConfigArgs),
+    /// Print the merged configuration and generated rules, secrets redacted.
+    Dump(ConfigArgs),
+    /// Say whether a request would be allowed, and by which rule.
+    ///
+    /// Exit status: 0 allowed, 1 denied, 2 rejected as malformed.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Absolute upstream URL, as the vendor would send it after `/proxy/`.
+        url: String,
+        /// A request header `Name: value` the request carries (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+    },
+}
+
+/// Runs the command line; the binary's `main` is only this.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    match cli.command {
+        Command::Genkey => genkey(),
+        Command::Pubkey => pubkey(),
+        Command::Run(args) => run(&args.files),
+        Command::Check(args) => check(&args.files),
+        Command::Dump(args) => dump(&args.files),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => explain(&config.files, &method, &url, &headers),
+    }
+}
+
+fn run(files: &[PathBuf]) -> ExitCode {
+    let loaded = match config::load(files, LoadMode::Full, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print_warnings(&loaded.warnings);
+    crate::telemetry::init(&loaded.config.log);
+    // Signals first: a signal that arrives during start-up must not kill the process uncleanly.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wgbroker: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_OS);
+        }
+    };
+    let broker = match crate::runtime::start(&loaded) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("wgbroker: {e}");
+            return ExitCode::from(EXIT_OS);
+        }
+    };
+    let c = &loaded.config;
+    tracing::info!(
+        event = "broker.start",
+        public_key = %c.wireguard.private_key.public_key(),
+        address = %c.wireguard.address,
+        udp_port = broker.status().udp_port.load(std::sync::atomic::Ordering::Relaxed),
+        inbound_port = c.inbound.listen_port,
+        peers = c.wireguard.peers.len(),
+        rules = loaded.allowlist.rules().len(),
+    );
+    for sig in signals.forever() {
+        match sig {
+            signal_hook::consts::SIGHUP => {
+                // Live reload lands with the operations work; until then say so plainly.
+                match config::load(files, LoadMode::Full, &ProcessEnv) {
+                    Ok(_) => tracing::warn!(event = "config.reload", result = "valid, applies on restart"),
+                    Err(errors) => tracing::error!(event = "config.reload", result = "invalid", errors = %errors),
+                }
+            }
+            _ => break,
+        }
+    }
+    tracing::info!(event = "broker.stop");
+    match broker.shutdown() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wgbroker: {e}");
+            ExitCode::from(EXIT_OS)
+        }
+    }
+}
+
+fn genkey() -> ExitCode {
+    match PrivateKey::generate() {
+        Ok(k) => {
+            println!("{}", k.to_base64());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wgbroker: {e}");
+            ExitCode::from(EXIT_OS)
+        }
+    }
+}
+
+fn pubkey() -> ExitCode {
+    let mut input = String::new();
+    // Like `wg pubkey`, read at most a little more than one key.
+    if std::io::stdin()
+        .take(1024)
+        .read_to_string(&mut input)
+        .is_err()
+    {
+        eprintln!("wgbroker: cannot read a key from standard input");
+        return ExitCode::from(EXIT_DATA);
+    }
+    match PrivateKey::from_base64(&input) {
+        Ok(k) => {
+            println!("{}", k.public_key());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wgbroker: {e}");
+            ExitCode::from(EXIT_DATA)
+        }
+    }
+}
+
+fn print_warnings(w: &[config::ConfigError]) {
+    for w in w {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    match config::load(files, LoadMode::Full, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let c = &loaded.config;
+            println!(
+                "configuration OK: {} peer(s), {} rule(s) ({} user, {} generated from {} SCM entr{}), inbound port {}",
+                c.wireguard.peers.len(),
+                loaded.allowlist.rules().len(),
+                c.allow.len(),
+                loaded.allowlist.rules().len() - c.allow.len(),
+                c.scm.len(),
+                if c.scm.len() == 1 { "y" } else { "ies" },
+                c.inbound.listen_port,
+            );
+            println!(
+                "broker public key: {}",
+                c.wireguard.private_key.public_key()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn dump(files: &[PathBuf]) -> ExitCode {
+    match config::load(files, LoadMode::Policy, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let out = config::dump::render(&loaded.config);
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn explain(files: &[PathBuf], method: &str, url: &str, raw_headers: &[String]) -> ExitCode {
+    let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print_warnings(&loaded.warnings);
+    let mut pairs = Vec::with_capacity(raw_headers.len());
+    for h in raw_headers {
+        match h.split_once(':') {
+            Some((n, v)) => pairs.push((n.trim().to_owned(), v.trim().to_owned())),
+            None => {
+                eprintln!("wgbroker: invalid header {h:?} (expected `Name: value`)");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let headers: Vec<httparse::Header<'_>> = pairs
+        .iter()
+        .map(|(n, v)| httparse::Header {
+            name: n,
+            value: v.as_bytes(),
+        })
+        .collect();
+    let method = method.to_ascii_uppercase();
+    let canon = match CanonUrl::parse(url) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("MALFORMED  {method} {url}");
+            println!("  rejected before matching: {e}");
+            println!("  the broker answers 400 and nothing reaches an upstream");
+            return ExitCode::from(2);
+        }
+    };
+    match loaded.allowlist.decide(&method, &canon, &headers) {
+        Decision::Allowed { rule_id, rule } => {
+            println!("ALLOWED  {method} {url}");
+            println!("  rule #{rule_id}: {}", rule.spec.origin);
+            println!("  pattern: {} {:?}", rule.spec.url, rule.spec.methods);
+            for (name, _) in &rule.spec.set_request_headers {
+                println!("  sets header: {name}: <redacted>");
+            }
+            for name in &rule.spec.remove_response_headers {
+                println!("  removes response header: {name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Decision::Denied(reason) => {
+            println!("DENIED  {method} {url}");
+            println!("  {reason:?}");
+            println!("  the broker answers 403 {{\"error\":\"url is not in allowlist\"}}");
+            ExitCode::from(1)
+        }
+    }
+}

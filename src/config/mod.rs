@@ -1,0 +1,312 @@
+//! Configuration: TOML files overlaid in order, read into validated types, every error at once.
+//!
+//! Loading goes **raw → validated**: the files are parsed and merged into one TOML document
+//! ([`overlay`]), then each section is read by [`reader::Section`] into the typed structs below,
+//! collecting every problem (type mismatches, unknown keys, missing keys, invalid values, bad
+//! allowlist patterns) with the file and key path it was found at. A [`Config`] can therefore only
+//! exist when the whole configuration is valid.
+//!
+//! Secrets (`private_key`, `preshared_key`, `token`, header values) are resolved at load time from
+//! their source (see [`secret_source`]) and carried as [`crate::secret::Secret`], which never prints.
+
+pub mod dump;
+pub mod error;
+pub mod overlay;
+pub mod reader;
+pub mod secret_source;
+mod sections;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
+
+use crate::allowlist::{Allowlist, RuleSpec, scm::ScmKind};
+use crate::keys::{PrivateKey, PublicKey};
+
+/// The example configuration shipped with the package (`/etc/wgbroker/broker.toml`).
+pub const EXAMPLE: &str = include_str!("../../packaging/broker.toml");
+
+/// How strictly secrets are treated while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Everything must resolve (`run`, `check`).
+    Full,
+    /// Policy tools (`explain`, `dump`): a secret that cannot be read is a warning and is replaced
+    /// by a placeholder, so the allowlist can be inspected on a machine without the key material.
+    Policy,
+}
+
+/// A loaded configuration: the validated values and the compiled allowlist.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub allowlist: Allowlist,
+    /// Non-fatal findings (e.g. unreadable secrets in [`LoadMode::Policy`]).
+    pub warnings: Vec<ConfigError>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub wireguard: WireGuard,
+    pub inbound: Inbound,
+    pub heartbeat: Option<Heartbeat>,
+    /// User `[[allow]]` rules, in order.
+    pub allow: Vec<RuleSpec>,
+    pub scm: Vec<Scm>,
+    pub upstream: Upstream,
+    pub admin: Admin,
+    pub log: Log,
+    pub runtime: Runtime,
+}
+
+impl Config {
+    /// Every rule in decision order: user rules, then the rules generated for each `[[scm]]`.
+    pub fn rules(&self) -> Vec<RuleSpec> {
+        let mut rules = self.allow.clone();
+        for s in &self.scm {
+            rules.extend(s.rules.iter().cloned());
+        }
+        rules
+    }
+}
+
+/// `[wireguard]`: this broker's interface and its peers (the vendor's gateways).
+#[derive(Debug, Clone)]
+pub struct WireGuard {
+    /// Secret key of the broker (`wgbroker genkey`).
+    pub private_key: PrivateKey,
+    pub private_key_source: SecretSource,
+    /// The broker's address inside the tunnel (v4 or v6); the HTTP endpoint listens here.
+    pub address: IpAddr,
+    /// Local UDP port; 0 = any (the broker dials out, so no fixed port is needed).
+    pub listen_port: u16,
+    /// Tunnel MTU; default 1420.
+    pub mtu: u16,
+    pub peers: Vec<Peer>,
+}
+
+/// `[[wireguard.peers]]`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<SecretValue>,
+    /// Where the gateway listens; the broker initiates handshakes towards it.
+    pub endpoint: Endpoint,
+    /// Inner source addresses accepted from this peer (and routed to it).
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds between keepalives; 0 = off. Default 20.
+    pub persistent_keepalive: u16,
+}
+
+/// A `host:port` endpoint; the host may be a DNS name, re-resolved when handshakes keep failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[inbound]`: the HTTP/1.1 endpoint inside the tunnel.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// TCP port on the tunnel address; default 80.
+    pub listen_port: u16,
+    /// Largest accepted request head (request line + headers), bytes; default 16 KiB.
+    pub max_head_bytes: usize,
+    /// Most header lines in a request head; default 100.
+    pub max_headers: usize,
+    /// Time allowed to receive a complete request head; default 10 s.
+    pub head_timeout: Duration,
+    /// Idle keep-alive connections are closed after this; default 60 s.
+    pub idle_timeout: Duration,
+    /// Time a request or response body may stall without progress; default 60 s.
+    pub body_timeout: Duration,
+}
+
+/// `[heartbeat]`: periodic GET to the vendor's side of the tunnel.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub url: String,
+    /// Default 30 s.
+    pub interval: Duration,
+    /// Default 5 s.
+    pub timeout: Duration,
+}
+
+/// `[[scm]]`: one source-code-management system and its generated rules.
+#[derive(Debug, Clone)]
+pub struct Scm {
+    pub kind: ScmKind,
+    pub base_url: String,
+    pub token: Option<SecretValue>,
+    pub allow_code_access: bool,
+    /// The rules generated from the built-in table for this entry.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Minimum TLS protocol version for upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// `[upstream]`: how the broker talks to the private systems.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Extra PEM CA bundles trusted in addition to the webpki roots and the system store.
+    pub ca_files: Vec<PathBuf>,
+    /// Default TLS 1.2.
+    pub tls_min_version: TlsVersion,
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+    /// Default 10 s.
+    pub tls_timeout: Duration,
+    /// Time to the response head once the request is sent; default 60 s → 504.
+    pub response_timeout: Duration,
+    /// Pooled idle connections are closed after this; default 90 s.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per scheme+host+port per shard; default 32.
+    pub pool_max_idle_per_host: usize,
+    /// HTTP CONNECT proxy (`http://host:port`); default: `HTTPS_PROXY` when `use_env_proxy`.
+    pub proxy: Option<String>,
+    /// Hosts (suffixes) reached directly, bypassing the proxy.
+    pub no_proxy: Vec<String>,
+    /// Honour `HTTPS_PROXY`/`NO_PROXY` from the environment; default true.
+    pub use_env_proxy: bool,
+}
+
+/// `[admin]`: metrics and probes.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Default `127.0.0.1:9000`.
+    pub listen: SocketAddr,
+    pub enabled: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald under systemd, text on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace`; default `info`.
+    pub level: String,
+    /// Cap on logged body bytes for rules with body logging; default 4 KiB.
+    pub body_limit: usize,
+}
+
+/// `[runtime]`: the performance tuning surface.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// CPUs to use; empty = every CPU the process may run on.
+    pub cpus: Vec<usize>,
+    /// CPU of the tunnel core; default: the first of `cpus`.
+    pub tunnel_cpu: Option<usize>,
+    /// Shard executors; 0 = one per remaining CPU (at least one; with one CPU the tunnel core and
+    /// the shard share an executor).
+    pub shards: usize,
+    /// Pin executors to their CPUs; default true.
+    pub pin: bool,
+    /// io_uring submission queue depth per executor; default 128.
+    pub ring_depth: usize,
+    /// Registered io buffer memory per executor, bytes; default 256 KiB (the broker does no file
+    /// I/O, so the DMA area glommio registers stays small and within a default memlock limit).
+    pub io_memory: usize,
+    /// Busy-poll this long before parking an idle executor; default 0 (park at once).
+    pub spin_before_park: Duration,
+    /// Task preemption timer; default 10 ms.
+    pub preempt_timer: Duration,
+    /// UDP socket buffers, bytes; default 4 MiB each.
+    pub udp_recv_buffer: usize,
+    pub udp_send_buffer: usize,
+    /// smoltcp per-connection buffers, bytes; default 64 KiB receive, 128 KiB send.
+    pub tcp_rx_buffer: usize,
+    pub tcp_tx_buffer: usize,
+    /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
+    pub stacks_per_shard: usize,
+    /// Pre-armed listening sockets per stack (the emulated backlog); default 16.
+    pub listen_backlog: usize,
+    /// Open tunnel connections across the broker; beyond it new SYNs are refused; default 16384.
+    pub max_connections: usize,
+    /// Packets in flight on each channel between executors; default 1024.
+    pub channel_capacity: usize,
+}
+
+/// Loads, overlays and validates `files` in order.
+pub fn load(
+    files: &[PathBuf],
+    mode: LoadMode,
+    env: &dyn SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    let mut layers = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => layers.push((f.clone(), text)),
+            Err(e) => errors.push(ConfigError {
+                file: Some(f.clone()),
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    load_str(&layers, mode, env)
+}
+
+/// Loads configuration text already in memory: `(name, text)` layers in overlay order.
+pub fn load_str(
+    layers: &[(PathBuf, String)],
+    mode: LoadMode,
+    env: &dyn SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    if layers.is_empty() {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: None,
+            key: String::new(),
+            message: "no configuration file given (use -c FILE)".into(),
+        }]));
+    }
+    let mut overlay = overlay::Overlay::default();
+    let mut errors = Vec::new();
+    for (name, text) in layers {
+        match toml::from_str::<toml::Table>(text) {
+            Ok(t) => overlay.push(name.clone(), t),
+            Err(e) => errors.push(ConfigError {
+                file: Some(name.clone()),
+                key: String::new(),
+                message: format!("invalid TOML: {}", e.to_string().trim_end()),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    sections::validate(&overlay, mode, env)
+}

@@ -1,0 +1,165 @@
+//! Secret sources: a secret field holds an inline string, or a table naming where to read it.
+//!
+//! ```toml
+//! token = "glpat-..."                            # inline
+//! token = { file = "/etc/wgbroker/gitlab.token" } # file contents, trailing newline trimmed
+//! token = { env = "GITLAB_TOKEN" }               # environment variable
+//! token = { credential = "gitlab.token" }        # $CREDENTIALS_DIRECTORY/gitlab.token (systemd)
+//! ```
+//!
+//! Invariant: error messages name the source (path, variable, credential), never the value.
+
+use std::path::PathBuf;
+
+use toml::Value;
+
+use super::reader::{Ctx, type_name};
+use crate::secret::Secret;
+
+/// The value standing in for a secret that could not be read in lenient (policy) mode.
+pub const PLACEHOLDER: &str = "<unavailable>";
+
+/// Where a secret came from; shown by `dump` instead of the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline,
+    File(PathBuf),
+    Env(String),
+    Credential(String),
+}
+
+/// A resolved secret and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretValue {
+    pub source: SecretSource,
+    pub value: Secret,
+}
+
+/// How secrets are looked up: the process environment in production, a fixed map in tests.
+pub trait SecretEnv {
+    /// An environment variable.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl SecretEnv for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> SecretEnv for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+fn read_trimmed(path: &std::path::Path) -> std::io::Result<String> {
+    let mut s = std::fs::read_to_string(path)?;
+    let trimmed = s.trim_end_matches(['\n', '\r']).len();
+    s.truncate(trimmed);
+    Ok(s)
+}
+
+/// Reads a secret field at `path`; errors go to `ctx`.
+pub fn resolve(
+    v: &Value,
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    env: &dyn SecretEnv,
+) -> Option<SecretValue> {
+    let t = match v {
+        Value::String(s) => {
+            return Some(SecretValue {
+                source: SecretSource::Inline,
+                value: Secret::new(s.clone()),
+            });
+        }
+        Value::Table(t) => t,
+        other => {
+            ctx.error(
+                path,
+                format!(
+                    "expected a string or a table with one of `file`, `env`, `credential`, found {}",
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let mut keys = t.iter();
+    let (kind, arg) = match (keys.next(), keys.next()) {
+        (Some((k, Value::String(arg))), None) => (k.as_str(), arg.as_str()),
+        (Some((k, other)), None) => {
+            ctx.error(
+                &format!("{path}.{k}"),
+                format!("expected a string, found {}", type_name(other)),
+            );
+            return None;
+        }
+        _ => {
+            ctx.error(
+                path,
+                "a secret table needs exactly one of `file`, `env`, `credential`",
+            );
+            return None;
+        }
+    };
+    let key = format!("{path}.{kind}");
+    let (source, read) = match kind {
+        "file" => {
+            let p = PathBuf::from(arg);
+            let r = read_trimmed(&p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+            (SecretSource::File(p), r)
+        }
+        "env" => {
+            let r = env
+                .var(arg)
+                .ok_or_else(|| format!("environment variable {arg} is not set"));
+            (SecretSource::Env(arg.to_owned()), r)
+        }
+        "credential" => {
+            let r = if arg.is_empty() || arg.contains('/') || arg == "." || arg == ".." {
+                Err(format!("invalid credential name {arg:?}"))
+            } else {
+                match env.var("CREDENTIALS_DIRECTORY") {
+                    Some(dir) => {
+                        let p = PathBuf::from(dir).join(arg);
+                        read_trimmed(&p).map_err(|e| {
+                            format!("cannot read credential {arg:?} ({}): {e}", p.display())
+                        })
+                    }
+                    None => Err(format!(
+                        "credential {arg:?} requested but $CREDENTIALS_DIRECTORY is not set \
+                         (use LoadCredential= in the systemd unit)"
+                    )),
+                }
+            };
+            (SecretSource::Credential(arg.to_owned()), r)
+        }
+        other => {
+            ctx.error(
+                &format!("{path}.{other}"),
+                "unknown secret source (expected `file`, `env` or `credential`)",
+            );
+            return None;
+        }
+    };
+    match read {
+        Ok(s) if s.is_empty() => {
+            ctx.error(&key, "the secret is empty");
+            None
+        }
+        Ok(s) => Some(SecretValue {
+            source,
+            value: Secret::new(s),
+        }),
+        Err(msg) => ctx.secret_unavailable(&key, msg).then(|| SecretValue {
+            source,
+            value: Secret::new(PLACEHOLDER),
+        }),
+    }
+}

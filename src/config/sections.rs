@@ -1,0 +1,720 @@
+//! Readers for each configuration section: merged TOML → validated [`Config`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Value;
+
+use super::overlay::Overlay;
+use super::reader::{Ctx, FromToml, Section, type_name};
+use super::secret_source::{self, PLACEHOLDER, SecretEnv, SecretValue};
+use super::*;
+use crate::allowlist::{Allowlist, LogFlags, RuleOrigin, RuleSpec, ValueConstraint, scm};
+use crate::secret::Secret;
+
+/// Byte sizes: an integer, or a string such as `"64KiB"`, `"4MiB"`, `"1GiB"`, `"512k"`.
+#[derive(Debug, Clone, Copy)]
+struct Bytes(usize);
+
+impl FromToml for Bytes {
+    const EXPECTED: &'static str = "a byte size (integer, or \"64KiB\", \"4MiB\")";
+    fn from_toml(v: &Value, ctx: &mut Ctx<'_>, path: &str) -> Option<Self> {
+        match v {
+            Value::Integer(i) => match usize::try_from(*i) {
+                Ok(n) => Some(Bytes(n)),
+                Err(_) => {
+                    ctx.error(path, format!("{i} is not a valid size"));
+                    None
+                }
+            },
+            Value::String(s) => {
+                let parsed = parse_bytes(s);
+                if parsed.is_none() {
+                    ctx.error(
+                        path,
+                        format!("invalid size {s:?} (expected e.g. \"64KiB\")"),
+                    );
+                }
+                parsed.map(Bytes)
+            }
+            other => {
+                ctx.error(
+                    path,
+                    format!("expected {}, found {}", Self::EXPECTED, type_name(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Reads a secret field.
+fn secret(
+    s: &mut Section<'_>,
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    env: &dyn SecretEnv,
+) -> Option<SecretValue> {
+    let path = s.key(key);
+    let v = s.raw(key)?;
+    secret_source::resolve(v, ctx, &path, env)
+}
+
+fn required_secret(
+    s: &mut Section<'_>,
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    env: &dyn SecretEnv,
+) -> Option<SecretValue> {
+    if s.raw(key).is_none() {
+        ctx.error(
+            &s.key(key),
+            "missing required key (a secret: a string, or { file | env | credential = ... })",
+        );
+        return None;
+    }
+    secret(s, ctx, key, env)
+}
+
+pub(super) fn validate(
+    overlay: &Overlay,
+    mode: LoadMode,
+    env: &dyn SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    let mut ctx = Ctx::new(&overlay.provenance);
+    ctx.lenient_secrets = mode == LoadMode::Policy;
+    let mut root = Section::new("", &overlay.merged);
+
+    let wireguard = match root.table(&mut ctx, "wireguard") {
+        Some(s) => wireguard(s, &mut ctx, env),
+        None => {
+            if root.raw("wireguard").is_none() {
+                ctx.error("wireguard", "missing required section [wireguard]");
+            }
+            None
+        }
+    };
+    let inbound = inbound(root.table(&mut ctx, "inbound"), &mut ctx);
+    let heartbeat = root
+        .table(&mut ctx, "heartbeat")
+        .and_then(|s| heartbeat(s, &mut ctx));
+    let allow: Vec<RuleSpec> = root
+        .tables(&mut ctx, "allow")
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| allow_rule(i, s, &mut ctx, env))
+        .collect();
+    let scm: Vec<Scm> = root
+        .tables(&mut ctx, "scm")
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| scm_entry(i, s, &mut ctx, env))
+        .collect();
+    let upstream = upstream(root.table(&mut ctx, "upstream"), &mut ctx);
+    let admin = admin(root.table(&mut ctx, "admin"), &mut ctx);
+    let log = log(root.table(&mut ctx, "log"), &mut ctx);
+    let runtime = runtime(root.table(&mut ctx, "runtime"), &mut ctx);
+    root.finish(&mut ctx);
+
+    // Compile the allowlist even when other sections failed, so its errors are reported too.
+    let n_user = allow.len();
+    let mut rules = allow.clone();
+    let mut scm_paths = Vec::new();
+    for (i, s) in scm.iter().enumerate() {
+        for _ in &s.rules {
+            scm_paths.push(format!("scm[{i}]"));
+        }
+        rules.extend(s.rules.iter().cloned());
+    }
+    let allowlist = match Allowlist::compile(rules) {
+        Ok(a) => Some(a),
+        Err(errs) => {
+            for e in errs {
+                let key = if e.rule < n_user {
+                    format!("allow[{}].{}", user_index(&allow, e.rule), e.field)
+                } else {
+                    scm_paths
+                        .get(e.rule - n_user)
+                        .cloned()
+                        .unwrap_or_else(|| "scm".into())
+                };
+                ctx.error(&key, e.message);
+            }
+            None
+        }
+    };
+    if let Some(wg) = &wireguard {
+        if let Some(hb) = &heartbeat {
+            check_heartbeat_reachable(hb, wg, &mut ctx);
+        }
+    }
+
+    let errors = std::mem::take(&mut ctx.errors);
+    match (wireguard, errors.is_empty(), allowlist) {
+        (Some(wireguard), true, Some(allowlist)) => Ok(Loaded {
+            config: Config {
+                wireguard,
+                inbound,
+                heartbeat,
+                allow,
+                scm,
+                upstream,
+                admin,
+                log,
+                runtime,
+            },
+            allowlist,
+            warnings: ctx.warnings,
+        }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// The `[[allow]]` index of the rule at position `rule` of the compiled list.
+fn user_index(allow: &[RuleSpec], rule: usize) -> usize {
+    match allow.get(rule).map(|r| &r.origin) {
+        Some(RuleOrigin::User { index }) => *index,
+        _ => rule,
+    }
+}
+
+fn check_heartbeat_reachable(hb: &Heartbeat, wg: &WireGuard, ctx: &mut Ctx<'_>) {
+    // The heartbeat goes through the tunnel: its host must be an address some peer routes.
+    let Some(host) = hb
+        .url
+        .strip_prefix("http://")
+        .or_else(|| hb.url.strip_prefix("https://"))
+        .and_then(|rest| rest.split(['/', '?']).next())
+    else {
+        ctx.error("heartbeat.url", "expected an http:// or https:// URL");
+        return;
+    };
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            if !wg
+                .peers
+                .iter()
+                .any(|p| p.allowed_ips.iter().any(|n| n.contains(&ip)))
+            {
+                ctx.error(
+                    "heartbeat.url",
+                    format!("{ip} is not inside any peer's allowed_ips, so it is not reachable through the tunnel"),
+                );
+            }
+        }
+        Err(_) => ctx.error(
+            "heartbeat.url",
+            "the heartbeat host must be an IP address inside the tunnel (no DNS inside the tunnel)",
+        ),
+    }
+}
+
+fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<WireGuard> {
+    let key = required_secret(&mut s, ctx, "private_key", env);
+    let private = key.as_ref().and_then(|k| {
+        if k.value.expose() == PLACEHOLDER {
+            return Some(PrivateKey::from_bytes([0; 32]));
+        }
+        match PrivateKey::from_base64(k.value.expose()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                ctx.error(
+                    &s.key("private_key"),
+                    format!("{e} (generate one with `wgbroker genkey`)"),
+                );
+                None
+            }
+        }
+    });
+    let address: Option<IpAddr> = s.req(ctx, "address");
+    let listen_port: u16 = s.or(ctx, "listen_port", 0);
+    let mtu: u16 = s.or(ctx, "mtu", 1420);
+    let min_mtu = if matches!(address, Some(IpAddr::V6(_))) {
+        1280
+    } else {
+        576
+    };
+    if !(min_mtu..=9000).contains(&mtu) {
+        ctx.error(
+            &s.key("mtu"),
+            format!("{mtu} is out of range ({min_mtu}..=9000)"),
+        );
+    }
+    let peer_sections = s.tables(ctx, "peers");
+    if peer_sections.is_empty() && s.raw("peers").is_none() {
+        ctx.error(
+            &s.key("peers"),
+            "at least one [[wireguard.peers]] entry is required",
+        );
+    }
+    let mut peers = Vec::new();
+    for p in peer_sections {
+        if let Some(peer) = peer(p, ctx, env) {
+            peers.push(peer);
+        }
+    }
+    for (i, a) in peers.iter().enumerate() {
+        if peers[..i].iter().any(|b| b.public_key == a.public_key) {
+            ctx.error(
+                &format!("{}.peers[{i}].public_key", s.path()),
+                "duplicate peer public key",
+            );
+        }
+    }
+    if let (Some(k), Some(_)) = (&private, &key) {
+        if peers.iter().any(|p| p.public_key == k.public_key()) {
+            ctx.error(&s.key("peers"), "a peer has the broker's own public key");
+        }
+    }
+    s.finish(ctx);
+    Some(WireGuard {
+        private_key: private?,
+        private_key_source: key?.source,
+        address: address?,
+        listen_port,
+        mtu,
+        peers,
+    })
+}
+
+fn endpoint(v: &str) -> Result<Endpoint, String> {
+    let bad = || format!("invalid endpoint {v:?} (expected host:port, [v6]:port)");
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        (h, p)
+    } else {
+        let (h, p) = v.rsplit_once(':').ok_or_else(bad)?;
+        if h.contains(':') {
+            return Err(bad());
+        }
+        (h, p)
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 || host.is_empty() {
+        return Err(bad());
+    }
+    let dns_ok = host.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !(dns_ok || host.parse::<IpAddr>().is_ok()) {
+        return Err(bad());
+    }
+    Ok(Endpoint {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Peer> {
+    let public_key = s.req::<String>(ctx, "public_key").and_then(|k| {
+        PublicKey::from_base64(&k)
+            .map_err(|e| ctx.error(&s.key("public_key"), e.to_string()))
+            .ok()
+    });
+    let preshared_key = secret(&mut s, ctx, "preshared_key", env);
+    if let Some(psk) = &preshared_key {
+        if psk.value.expose() != PLACEHOLDER && PrivateKey::from_base64(psk.value.expose()).is_err()
+        {
+            ctx.error(&s.key("preshared_key"), "key is not the correct length or format (expected 44 base64 characters, `wg genpsk`)");
+        }
+    }
+    let endpoint = s.req::<String>(ctx, "endpoint").and_then(|e| {
+        endpoint(&e)
+            .map_err(|m| ctx.error(&s.key("endpoint"), m))
+            .ok()
+    });
+    let allowed_ips: Option<Vec<IpNet>> = s.req(ctx, "allowed_ips");
+    if matches!(&allowed_ips, Some(v) if v.is_empty()) {
+        ctx.error(&s.key("allowed_ips"), "must not be empty");
+    }
+    let persistent_keepalive: u16 = s.or(ctx, "persistent_keepalive", 20);
+    s.finish(ctx);
+    Some(Peer {
+        public_key: public_key?,
+        preshared_key,
+        endpoint: endpoint?,
+        allowed_ips: allowed_ips?,
+        persistent_keepalive,
+    })
+}
+
+fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
+    if v.is_zero() {
+        ctx.error(&s.key(key), "must be greater than zero");
+    }
+}
+
+fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("inbound", &empty));
+    let i = Inbound {
+        listen_port: s.or(ctx, "listen_port", 80),
+        max_head_bytes: s.or::<Bytes>(ctx, "max_head_bytes", Bytes(16 << 10)).0,
+        max_headers: s.or(ctx, "max_headers", 100),
+        head_timeout: s.or(ctx, "head_timeout", Duration::from_secs(10)),
+        idle_timeout: s.or(ctx, "idle_timeout", Duration::from_secs(60)),
+        body_timeout: s.or(ctx, "body_timeout", Duration::from_secs(60)),
+    };
+    if i.listen_port == 0 {
+        ctx.error(&s.key("listen_port"), "must not be 0");
+    }
+    if !(1024..=(1 << 20)).contains(&i.max_head_bytes) {
+        ctx.error(&s.key("max_head_bytes"), "must be between 1KiB and 1MiB");
+    }
+    if !(8..=1000).contains(&i.max_headers) {
+        ctx.error(&s.key("max_headers"), "must be between 8 and 1000");
+    }
+    positive(ctx, &s, "head_timeout", i.head_timeout);
+    positive(ctx, &s, "idle_timeout", i.idle_timeout);
+    positive(ctx, &s, "body_timeout", i.body_timeout);
+    s.finish(ctx);
+    i
+}
+
+fn heartbeat(mut s: Section<'_>, ctx: &mut Ctx<'_>) -> Option<Heartbeat> {
+    let url: Option<String> = s.req(ctx, "url");
+    let interval = s.or(ctx, "interval", Duration::from_secs(30));
+    let timeout = s.or(ctx, "timeout", Duration::from_secs(5));
+    positive(ctx, &s, "interval", interval);
+    positive(ctx, &s, "timeout", timeout);
+    s.finish(ctx);
+    Some(Heartbeat {
+        url: url?,
+        interval,
+        timeout,
+    })
+}
+
+fn constraints(
+    s: &mut Section<'_>,
+    ctx: &mut Ctx<'_>,
+    key: &str,
+) -> Vec<(String, ValueConstraint)> {
+    let Some(mut t) = s.table(ctx, key) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let names: Vec<String> = t_keys(&t);
+    for name in names {
+        let Some(mut c) = t.table(ctx, &name) else {
+            continue;
+        };
+        let eq: Option<String> = c.opt(ctx, "equals");
+        let prefix: Option<String> = c.opt(ctx, "prefix");
+        let one_of: Option<Vec<String>> = c.opt(ctx, "one_of");
+        let vc = match (eq, prefix, one_of) {
+            (Some(v), None, None) => Some(ValueConstraint::Equals(v)),
+            (None, Some(v), None) => Some(ValueConstraint::Prefix(v)),
+            (None, None, Some(v)) if !v.is_empty() => Some(ValueConstraint::OneOf(v)),
+            _ => {
+                ctx.error(
+                    c.path(),
+                    "expected exactly one of `equals`, `prefix`, `one_of` (non-empty)",
+                );
+                None
+            }
+        };
+        c.finish(ctx);
+        if let Some(vc) = vc {
+            out.push((name, vc));
+        }
+    }
+    t.finish(ctx);
+    out
+}
+
+fn t_keys(s: &Section<'_>) -> Vec<String> {
+    s.keys().map(str::to_owned).collect()
+}
+
+fn allow_rule(
+    index: usize,
+    mut s: Section<'_>,
+    ctx: &mut Ctx<'_>,
+    env: &dyn SecretEnv,
+) -> Option<RuleSpec> {
+    let url: Option<String> = s.req(ctx, "url");
+    let methods: Option<Vec<String>> = s.req(ctx, "methods");
+    let methods = methods.map(|m| {
+        m.into_iter()
+            .map(|x| x.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+    });
+    let mut set_request_headers = Vec::new();
+    if let Some(mut h) = s.table(ctx, "set_request_headers") {
+        for name in t_keys(&h) {
+            if !valid_header_name(&name) {
+                ctx.error(&h.key(&name), "invalid header name");
+            }
+            let path = h.key(&name);
+            if let Some(v) = h.raw(&name) {
+                if let Some(sv) = secret_source::resolve(v, ctx, &path, env) {
+                    if sv
+                        .value
+                        .expose()
+                        .bytes()
+                        .any(|b| b == b'\r' || b == b'\n' || b == 0)
+                    {
+                        ctx.error(&path, "header value contains CR, LF or NUL");
+                    }
+                    set_request_headers.push((name, sv.value));
+                }
+            }
+        }
+        h.finish(ctx);
+    }
+    let remove_response_headers: Vec<String> = s.or(ctx, "remove_response_headers", Vec::new());
+    for (i, h) in remove_response_headers.iter().enumerate() {
+        if !valid_header_name(h) {
+            ctx.error(
+                &format!("{}[{i}]", s.key("remove_response_headers")),
+                "invalid header name",
+            );
+        }
+    }
+    let log = LogFlags {
+        request_headers: s.or(ctx, "log_request_headers", false),
+        response_headers: s.or(ctx, "log_response_headers", false),
+        request_body: s.or(ctx, "log_request_body", false),
+        response_body: s.or(ctx, "log_response_body", false),
+    };
+    let path_files: Vec<String> = s.or(ctx, "path_files", Vec::new());
+    let query = constraints(&mut s, ctx, "query");
+    let headers = constraints(&mut s, ctx, "headers");
+    s.finish(ctx);
+    Some(RuleSpec {
+        url: url?,
+        methods: methods?,
+        set_request_headers,
+        remove_response_headers,
+        log,
+        path_files,
+        query,
+        headers,
+        origin: RuleOrigin::User { index },
+    })
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn scm_entry(
+    index: usize,
+    mut s: Section<'_>,
+    ctx: &mut Ctx<'_>,
+    env: &dyn SecretEnv,
+) -> Option<Scm> {
+    let kind = match s.req::<String>(ctx, "type") {
+        Some(t) => match t.as_str() {
+            "github" => Some(scm::ScmKind::Github),
+            "gitlab" => Some(scm::ScmKind::Gitlab),
+            "bitbucket" => Some(scm::ScmKind::Bitbucket),
+            "azuredevops" => Some(scm::ScmKind::Azuredevops),
+            other => {
+                ctx.error(
+                    &s.key("type"),
+                    format!("unknown SCM type {other:?} (expected github, gitlab, bitbucket or azuredevops)"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let base_url: Option<String> = s.req(ctx, "base_url");
+    let token = secret(&mut s, ctx, "token", env);
+    let allow_code_access: bool = s.or(ctx, "allow_code_access", false);
+    s.finish(ctx);
+    let (kind, base_url) = (kind?, base_url?);
+    let tok: Option<&Secret> = token.as_ref().map(|t| &t.value);
+    match scm::rules(kind, index, &base_url, tok, allow_code_access) {
+        Ok(rules) => Some(Scm {
+            kind,
+            base_url,
+            token,
+            allow_code_access,
+            rules,
+        }),
+        Err(msg) => {
+            ctx.error(&format!("scm[{index}].base_url"), msg);
+            None
+        }
+    }
+}
+
+fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("upstream", &empty));
+    let ca_files: Vec<std::path::PathBuf> = s.or(ctx, "ca_files", Vec::new());
+    for (i, f) in ca_files.iter().enumerate() {
+        if let Err(e) = std::fs::metadata(f) {
+            ctx.error(
+                &format!("{}[{i}]", s.key("ca_files")),
+                format!("cannot read {}: {e}", f.display()),
+            );
+        }
+    }
+    let tls_min_version = match s
+        .or::<String>(ctx, "tls_min_version", "1.2".into())
+        .as_str()
+    {
+        "1.2" => TlsVersion::V1_2,
+        "1.3" => TlsVersion::V1_3,
+        other => {
+            ctx.error(
+                &s.key("tls_min_version"),
+                format!("{other:?} is not supported (expected \"1.2\" or \"1.3\")"),
+            );
+            TlsVersion::V1_2
+        }
+    };
+    let proxy: Option<String> = s.opt(ctx, "proxy");
+    if let Some(p) = &proxy {
+        if !p.starts_with("http://") {
+            ctx.error(
+                &s.key("proxy"),
+                "expected an http://host:port URL of an HTTP CONNECT proxy",
+            );
+        }
+    }
+    let u = Upstream {
+        ca_files,
+        tls_min_version,
+        connect_timeout: s.or(ctx, "connect_timeout", Duration::from_secs(10)),
+        tls_timeout: s.or(ctx, "tls_timeout", Duration::from_secs(10)),
+        response_timeout: s.or(ctx, "response_timeout", Duration::from_secs(60)),
+        idle_timeout: s.or(ctx, "idle_timeout", Duration::from_secs(90)),
+        pool_max_idle_per_host: s.or(ctx, "pool_max_idle_per_host", 32),
+        proxy,
+        no_proxy: s.or(ctx, "no_proxy", Vec::new()),
+        use_env_proxy: s.or(ctx, "use_env_proxy", true),
+    };
+    positive(ctx, &s, "connect_timeout", u.connect_timeout);
+    positive(ctx, &s, "tls_timeout", u.tls_timeout);
+    positive(ctx, &s, "response_timeout", u.response_timeout);
+    s.finish(ctx);
+    u
+}
+
+fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("admin", &empty));
+    let listen = match s.opt::<String>(ctx, "listen") {
+        None => SocketAddr::from(([127, 0, 0, 1], 9000)),
+        Some(l) => l.parse().unwrap_or_else(|_| {
+            ctx.error(
+                &s.key("listen"),
+                format!("invalid address {l:?} (expected ip:port)"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 9000))
+        }),
+    };
+    let enabled = s.or(ctx, "enabled", true);
+    s.finish(ctx);
+    Admin { listen, enabled }
+}
+
+fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("log", &empty));
+    let format = match s.or::<String>(ctx, "format", "auto".into()).as_str() {
+        "auto" => LogFormat::Auto,
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        "journald" => LogFormat::Journald,
+        other => {
+            ctx.error(
+                &s.key("format"),
+                format!("unknown format {other:?} (expected auto, text, json or journald)"),
+            );
+            LogFormat::Auto
+        }
+    };
+    let level: String = s.or(ctx, "level", "info".into());
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        ctx.error(&s.key("level"), format!("unknown level {level:?}"));
+    }
+    let body_limit = s.or::<Bytes>(ctx, "body_limit", Bytes(4096)).0;
+    s.finish(ctx);
+    Log {
+        format,
+        level,
+        body_limit,
+    }
+}
+
+fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("runtime", &empty));
+    let r = Runtime {
+        cpus: s.or(ctx, "cpus", Vec::new()),
+        tunnel_cpu: s.opt(ctx, "tunnel_cpu"),
+        shards: s.or(ctx, "shards", 0),
+        pin: s.or(ctx, "pin", true),
+        ring_depth: s.or(ctx, "ring_depth", 128),
+        io_memory: s.or::<Bytes>(ctx, "io_memory", Bytes(256 << 10)).0,
+        spin_before_park: s.or(ctx, "spin_before_park", Duration::ZERO),
+        preempt_timer: s.or(ctx, "preempt_timer", Duration::from_millis(10)),
+        udp_recv_buffer: s.or::<Bytes>(ctx, "udp_recv_buffer", Bytes(4 << 20)).0,
+        udp_send_buffer: s.or::<Bytes>(ctx, "udp_send_buffer", Bytes(4 << 20)).0,
+        tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
+        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(128 << 10)).0,
+        stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
+        listen_backlog: s.or(ctx, "listen_backlog", 16),
+        max_connections: s.or(ctx, "max_connections", 16384),
+        channel_capacity: s.or(ctx, "channel_capacity", 1024),
+    };
+    if let Some(t) = r.tunnel_cpu {
+        if !r.cpus.is_empty() && !r.cpus.contains(&t) {
+            ctx.error(&s.key("tunnel_cpu"), format!("CPU {t} is not in `cpus`"));
+        }
+    }
+    if !r.ring_depth.is_power_of_two() || !(8..=32768).contains(&r.ring_depth) {
+        ctx.error(
+            &s.key("ring_depth"),
+            "must be a power of two between 8 and 32768",
+        );
+    }
+    if r.tcp_rx_buffer < 2048 || r.tcp_tx_buffer < 2048 {
+        ctx.error(&s.key("tcp_rx_buffer"), "TCP buffers must be at least 2KiB");
+    }
+    if r.listen_backlog == 0 || r.max_connections == 0 || r.channel_capacity == 0 {
+        ctx.error(
+            s.path(),
+            "listen_backlog, max_connections and channel_capacity must be > 0",
+        );
+    }
+    if r.preempt_timer.is_zero() {
+        ctx.error(&s.key("preempt_timer"), "must be greater than zero");
+    }
+    s.finish(ctx);
+    r
+}

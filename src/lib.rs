@@ -1,0 +1,52 @@
+//! # wgbroker
+//!
+//! An outbound-only network broker. It runs inside a customer's private network, dials **out** to
+//! a SaaS vendor's WireGuard gateway over UDP, and inside that tunnel serves HTTP/1.1: every request
+//! the vendor sends (`METHOD /proxy/<absolute upstream URL>`) is canonicalised, checked against a
+//! compiled allowlist, gets the customer's credentials injected locally, and is proxied to the
+//! private upstream (GitHub Enterprise, GitLab, Bitbucket Data Center, Azure DevOps, ...).
+//!
+//! ## Layers
+//!
+//! The crate is split into **sans-IO cores** that take bytes and time in and hand actions back, and
+//! **one runtime seam** that owns threads, io_uring and sockets:
+//!
+//! | layer | module | does | never does |
+//! |---|---|---|---|
+//! | configuration | [`config`] | TOML overlay, secrets, validation with every error at once | I/O after load |
+//! | keys | [`keys`] | Curve25519 keys in `wg` format | |
+//! | allowlist | [`allowlist`] | canonicalise URLs, compile patterns into one trie, decide | allocate per decision |
+//! | runtime seam | [`runtime`] | glommio executors, pinning, UDP socket, channels between cores | protocol logic |
+//! | front end | [`cli`] | `check`, `dump`, `explain`, `genkey`, `pubkey`, ... | |
+//!
+//! ## Data path
+//!
+//! ```text
+//!  vendor gateway ==WireGuard/UDP==> [tunnel core] --IP packets by flow hash--> [shard 1..N] --> upstream
+//!                                    boringtun Tunn  (SPSC channels, buffers     smoltcp TCP,
+//!                                    per peer        moved, not copied)          HTTP/1.1, allowlist,
+//!                                                   <--IP packets to encrypt--   pools, rustls
+//! ```
+//!
+//! The tunnel core owns the UDP socket and every peer's `Tunn`; it decrypts, checks the inner
+//! source address against the peer's allowed IPs, hashes the inner 4-tuple and moves the packet to
+//! the shard that owns the flow. Each shard terminates TCP with its own small smoltcp stacks, parses
+//! HTTP/1.1 in place, asks the allowlist, rewrites headers and streams to the upstream over a pooled
+//! connection. No TCP payload crosses cores.
+//!
+//! Only [`runtime`] imports glommio; every other module runs in a plain `#[test]` and a criterion
+//! benchmark without io_uring.
+
+pub mod allowlist;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod netstack;
+pub mod packet;
+pub mod runtime;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+pub mod testkit;
+pub mod tunnel;

@@ -1,0 +1,166 @@
+//! TCP termination inside the tunnel: a shard's smoltcp stacks, fed with decrypted IP packets and
+//! draining IP packets to encrypt.
+//!
+//! The tunnel core hashes every inner packet by its 5-tuple and moves the buffer to the shard that
+//! owns the flow ([`crate::packet::shard_of`]). Inside the shard a [`StackSet`] holds several small
+//! smoltcp stacks ([`StackConfig::stacks`]) and hands each packet to
+//! `stacks[shard_of(hash, shards, stacks).1]`, so the tunnel core and the shard agree on the owner
+//! of every flow without talking to each other. The set is **sans-IO**: time is passed in
+//! ([`StackSet::poll`], [`StackSet::poll_delay`]), packets come in as owned
+//! [`PacketBuf`](crate::packet::PacketBuf)s and go out as `PacketBuf`s the caller drains; nothing
+//! here reads a clock, owns a socket or spawns.
+//!
+//! ## Why several small stacks (DESIGN.md §9)
+//!
+//! smoltcp walks **every socket of a `SocketSet` for every packet** (ingress demux, egress,
+//! `poll_at`). One set with thousands of sockets would cost microseconds per packet, so each
+//! stack is capped at [`StackConfig::max_sockets_per_stack`] and flows are spread over stacks by
+//! the same hash the tunnel core uses. A stack is only polled when it has queued packets, an
+//! application call touched one of its sockets, or its own timer expired.
+//!
+//! ## Invariants
+//!
+//! * **No packet copies.** An ingress `PacketBuf` is read in place by smoltcp (the device's
+//!   `RxToken` lends `&[u8]` of the buffer) and then parked in the *spent* list, which the runtime
+//!   drains ([`StackSet::drain_spent`]) and sends back to the core that allocated it. Egress
+//!   packets are written by smoltcp straight into a buffer from the shard's [`BufPool`]
+//!   (passed to [`StackSet::poll`]) and queued for [`StackSet::drain_tx`]. Spent buffers are not
+//!   reused for egress: a `PacketBuf` carries no record of its home pool, so mixing provenance
+//!   would send tunnel-core memory to the shard pool and vice versa.
+//! * **A SYN always finds a listener while there is room.** smoltcp has no backlog; ingress is
+//!   fed one packet at a time and before each SYN to the listen port the stack re-arms its
+//!   pre-armed listeners ([`StackConfig::backlog`]). Only when the stack holds
+//!   `max_sockets_per_stack` sockets does a SYN meet no listener; smoltcp then answers RST and
+//!   [`Counters::syn_reset_full`] counts it.
+//! * **The socket set never grows without bound.** Sockets that reach `Closed` (after their RST,
+//!   if any, went out) are reaped: reused as a fresh listener if the backlog needs one, removed
+//!   otherwise. `TIME-WAIT` holds a socket for smoltcp's fixed 10 s
+//!   ([`Counters::time_wait`], [`StackStats::time_wait`]); a new SYN on a tuple in `TIME-WAIT`
+//!   recycles that socket at once.
+//! * **Handles do not alias.** A [`ConnId`] carries a generation; once its socket is reaped or
+//!   reused, every call with the old id returns [`ConnError::Gone`].
+//! * **Memory is bounded.** Per-stack ingress queues ([`StackConfig::rx_queue`]) and the shard's
+//!   egress queue ([`StackConfig::tx_queue`]) have limits; beyond them packets are dropped and
+//!   counted (ingress) or smoltcp keeps the data for the next poll (egress).
+//!
+//! [`BufPool`]: crate::packet::BufPool
+
+mod config;
+mod device;
+mod set;
+mod stack;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigError, StackConfig};
+pub use set::{DropReason, StackSet};
+pub use smoltcp::socket::tcp::State;
+pub use stack::{ConnId, StackStats};
+
+use std::fmt;
+
+/// Why a call on a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// The id does not name a live connection: it was reaped (closed and cleaned up), or it never
+    /// belonged to this stack set.
+    #[error("connection is gone")]
+    Gone,
+    /// The connection is not in a state that allows the operation (e.g. sending after close, or
+    /// receiving after a reset).
+    #[error("invalid state for this operation")]
+    InvalidState,
+    /// The peer closed its sending half and every byte it sent has been read (end of stream).
+    #[error("peer finished sending")]
+    Finished,
+}
+
+/// Why [`StackSet::connect`] could not open a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The remote address is unspecified, has port 0, or is of the other IP family than the
+    /// broker's tunnel address.
+    #[error("remote address is not reachable from the tunnel address")]
+    Unaddressable,
+    /// No ephemeral port maps back to this shard on a stack with room (every candidate stack is
+    /// full, or every port towards this remote is taken).
+    #[error("no free local port whose flow hashes back to this shard")]
+    NoPort,
+}
+
+/// Event counters of one shard's stack set (plain counters; the runtime exports them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Packets queued into a stack.
+    pub packets_in: u64,
+    /// Packets smoltcp wrote for transmission.
+    pub packets_out: u64,
+    /// Dropped: not a parsable IPv4/IPv6 packet.
+    pub drop_malformed: u64,
+    /// Dropped: an inner IP fragment.
+    pub drop_fragment: u64,
+    /// Dropped: not TCP.
+    pub drop_not_tcp: u64,
+    /// Dropped: destination is not the broker's tunnel address.
+    pub drop_wrong_address: u64,
+    /// Dropped: neither the listen port nor the tuple of one of our client connections.
+    pub drop_no_socket: u64,
+    /// Dropped: the flow hashes to another shard (the tunnel core misrouted it).
+    pub drop_wrong_shard: u64,
+    /// Dropped: the stack's ingress queue was full.
+    pub drop_rx_queue_full: u64,
+    /// Dropped: a repeated SYN for a connection that is already being set up or open.
+    pub drop_duplicate_syn: u64,
+    /// Egress packets lost because the pool's buffers are smaller than the MTU (misconfiguration).
+    pub drop_tx_buffer_small: u64,
+    /// Times smoltcp found the egress queue full and kept its data for the next poll.
+    pub tx_queue_full: u64,
+    /// Connections that completed the handshake and were queued for [`StackSet::accept`].
+    pub accepted: u64,
+    /// SYNs that found no listener because the stack was full; smoltcp answers each with RST
+    /// (counted when handed over, so a SYN smoltcp then discards for a bad checksum counts too).
+    pub syn_reset_full: u64,
+    /// Client connections opened with [`StackSet::connect`].
+    pub connects: u64,
+    /// Sockets reaped after reaching `Closed` (reused as listeners or removed).
+    pub reaped: u64,
+    /// Sockets that entered `TIME-WAIT` (each holds its socket for 10 s).
+    pub time_wait: u64,
+    /// `TIME-WAIT` sockets recycled early because a new SYN arrived on their tuple.
+    pub time_wait_recycled: u64,
+    /// Stack polls run (a stack with nothing to do is skipped).
+    pub stack_polls: u64,
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "in={} out={} accepted={} connects={} reaped={} time_wait={} syn_reset_full={} \
+             drops(malformed={} fragment={} not_tcp={} address={} no_socket={} shard={} \
+             rx_full={} dup_syn={} tx_small={}) tx_queue_full={} polls={}",
+            self.packets_in,
+            self.packets_out,
+            self.accepted,
+            self.connects,
+            self.reaped,
+            self.time_wait,
+            self.syn_reset_full,
+            self.drop_malformed,
+            self.drop_fragment,
+            self.drop_not_tcp,
+            self.drop_wrong_address,
+            self.drop_no_socket,
+            self.drop_wrong_shard,
+            self.drop_rx_queue_full,
+            self.drop_duplicate_syn,
+            self.drop_tx_buffer_small,
+            self.tx_queue_full,
+            self.stack_polls,
+        )
+    }
+}

@@ -1,0 +1,366 @@
+//! The runtime seam: the only module that imports glommio.
+//!
+//! It owns threads, CPU placement, io_uring rings, the UDP socket and the links between
+//! executors, and drives the sans-IO cores ([`crate::tunnel`], [`crate::netstack`],
+//! [`crate::server`]):
+//!
+//! * the **tunnel core** executor (pinned) owns the UDP socket and the [`PeerTable`];
+//! * one **shard** executor per remaining CPU owns a [`StackSet`] and the connection tasks;
+//! * with one CPU, both run on one executor, linked by local channels;
+//! * the caller's thread is the control thread: it owns signals (glommio has none) and stops the
+//!   executors through [`BrokerHandle::stop`].
+//!
+//! Start-up order: the tunnel core binds its socket, waits until every shard has armed its
+//! listeners, and only then initiates handshakes — so the first handshake completes when the
+//! broker can already answer.
+
+mod link;
+pub mod placement;
+pub mod preflight;
+mod shard;
+pub mod status;
+mod tunnel_core;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+pub use status::Status;
+
+use crate::config::{Config, Loaded};
+use crate::netstack::{StackConfig, StackSet};
+use crate::packet::BufPool;
+use crate::server::{RequestIds, ServerConfig, ServerCtx};
+use crate::tunnel::{PeerSpec, PeerTable};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// io_uring or memlock preconditions fail; the message names the fix.
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    /// The executor layout cannot be built from `[runtime]`.
+    #[error("runtime placement: {0}")]
+    Placement(String),
+    /// The peer table refused the configuration.
+    #[error("wireguard: {0}")]
+    Peers(#[from] crate::tunnel::PeerTableError),
+    /// The stack configuration derived from the config is invalid.
+    #[error("netstack: {0}")]
+    Stack(#[from] crate::netstack::ConfigError),
+    /// Binding the UDP socket or spawning an executor failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    stop: Arc<AtomicBool>,
+    status: Arc<Status>,
+    joins: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// Shared status (handshakes, connections, ...).
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Asks every executor to stop (they notice within ~100 ms).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A flag that stops the broker when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits for every executor to finish.
+    pub fn join(self) -> Result<(), String> {
+        let mut first_err = None;
+        for j in self.joins {
+            if let Err(e) = j.join() {
+                first_err.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.status.stopped.store(true, Ordering::Relaxed);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Stops and waits.
+    pub fn shutdown(self) -> Result<(), String> {
+        self.stop();
+        self.join()
+    }
+}
+
+/// Packet buffer capacity: the MTU rounded up, plus WireGuard's overhead so a buffer can hold a
+/// datagram being decrypted in place.
+fn buf_capacity(mtu: u16) -> usize {
+    (usize::from(mtu) + crate::tunnel::DATA_OVERHEAD + 63) & !63
+}
+
+/// Resolves a peer endpoint now (at start-up); a name that does not resolve yet is left to the
+/// peer table's re-resolution.
+fn initial_endpoint(ep: &crate::config::Endpoint) -> Option<SocketAddr> {
+    if let Ok(ip) = ep.host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, ep.port));
+    }
+    (ep.host.as_str(), ep.port).to_socket_addrs().ok()?.next()
+}
+
+fn peer_specs(c: &Config) -> Vec<PeerSpec> {
+    c.wireguard
+        .peers
+        .iter()
+        .map(|p| {
+            let psk = p
+                .preshared_key
+                .as_ref()
+                .and_then(|k| crate::keys::decode32(k.value.expose()).ok());
+            let is_name = p.endpoint.host.parse::<IpAddr>().is_err();
+            PeerSpec {
+                public_key: p.public_key,
+                preshared_key: psk,
+                endpoint: initial_endpoint(&p.endpoint),
+                endpoint_name: is_name.then(|| p.endpoint.clone()),
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+            }
+        })
+        .collect()
+}
+
+/// Stacks per shard when `stacks_per_shard = 0`: enough that no stack holds more than a few
+/// hundred sockets at `max_connections`.
+fn stacks_per_shard(c: &Config, shards: usize) -> usize {
+    match c.runtime.stacks_per_shard {
+        0 => (c.runtime.max_connections / shards.max(1)).div_ceil(256).clamp(1, 256),
+        n => n,
+    }
+}
+
+fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> StackConfig {
+    let per_stack = c.runtime.max_connections / (shards * stacks).max(1) + c.runtime.listen_backlog;
+    StackConfig {
+        address: c.wireguard.address,
+        mtu: usize::from(c.wireguard.mtu),
+        listen_port: c.inbound.listen_port,
+        backlog: c.runtime.listen_backlog,
+        rx_buffer: c.runtime.tcp_rx_buffer,
+        tx_buffer: c.runtime.tcp_tx_buffer,
+        max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),
+        stacks,
+        shard_index: shard,
+        shards,
+        ..StackConfig::default()
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // Dual-stack when any peer endpoint is IPv6; IPv4 otherwise.
+    let v6 = c.wireguard.peers.iter().any(|p| p.endpoint.host.contains(':'));
+    let (domain, addr) = if v6 {
+        (Domain::IPV6, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.wireguard.listen_port))
+    } else {
+        (Domain::IPV4, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.wireguard.listen_port))
+    };
+    let io = |what: &str, e: std::io::Error| StartError::Io(format!("UDP socket: {what}: {e}"));
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("create", e))?;
+    if v6 {
+        s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
+    }
+    // Buffer sizes are a request; the kernel caps them at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(c.runtime.udp_recv_buffer);
+    let _ = s.set_send_buffer_size(c.runtime.udp_send_buffer);
+    s.bind(&addr.into())
+        .map_err(|e| io(&format!("bind {addr}"), e))?;
+    s.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
+    Ok(s)
+}
+
+fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
+    let placement = match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .ring_depth(c.runtime.ring_depth)
+        .io_memory(c.runtime.io_memory)
+        .spin_before_park(c.runtime.spin_before_park)
+        .preempt_timer(c.runtime.preempt_timer)
+}
+
+/// Everything one shard executor needs, built on the control thread (all `Send`).
+struct ShardSeed {
+    index: usize,
+    stack: StackConfig,
+    server: ServerConfig,
+    seed: u64,
+    id_prefix: u32,
+    buf_capacity: usize,
+}
+
+impl ShardSeed {
+    fn build(self, to_tunnel: link::Tx, status: Arc<Status>) -> Result<shard::Shard, StartError> {
+        let set = StackSet::new(&self.stack, Instant::now(), self.seed)?;
+        let pool = BufPool::new(self.buf_capacity, 4096);
+        let ids = RequestIds::new(self.id_prefix, u16::try_from(self.index).unwrap_or(u16::MAX));
+        Ok(shard::Shard::new(
+            set,
+            pool,
+            to_tunnel,
+            ServerCtx::new(self.server, ids),
+            status,
+        ))
+    }
+}
+
+/// Starts the broker described by `loaded`; returns once every executor is running.
+pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
+    let c = &loaded.config;
+    preflight::check_limits()?;
+    let plan = placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
+    let shards = plan.shards.len();
+    let stacks = stacks_per_shard(c, shards);
+    let table = PeerTable::new(&c.wireguard.private_key, peer_specs(c), Instant::now())?;
+    let udp = bind_udp(c)?;
+    let status = Arc::new(Status::new());
+    if let Ok(local) = udp.local_addr() {
+        if let Some(a) = local.as_socket() {
+            status.udp_port.store(a.port(), Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let cap = buf_capacity(c.wireguard.mtu);
+    let id_prefix = random_u64() as u32;
+    let server = ServerConfig::from_inbound(&c.inbound);
+    let seeds: Vec<ShardSeed> = (0..shards)
+        .map(|i| ShardSeed {
+            index: i,
+            stack: stack_config(c, i, shards, stacks),
+            server,
+            seed: random_u64(),
+            id_prefix,
+            buf_capacity: cap,
+        })
+        .collect();
+    // Validate stack configs here so that errors surface before any thread starts.
+    for s in &seeds {
+        s.stack.validate()?;
+    }
+    let capacity = c.runtime.channel_capacity;
+    let mut joins = Vec::new();
+
+    if plan.combined {
+        let seed = seeds.into_iter().next().ok_or_else(|| StartError::Io("no shard".into()))?;
+        let (status2, stop2) = (status.clone(), stop.clone());
+        let j = builder("wgbroker-core", plan.tunnel_cpu, c)
+            .spawn(move || async move {
+                let (to_shard, shard_rx) = link::local(capacity);
+                let (to_tunnel, tunnel_rx) = link::local(capacity);
+                let shard = match seed.build(to_tunnel, status2.clone()) {
+                    Ok(s) => Rc::new(s),
+                    Err(e) => {
+                        tracing::error!(event = "runtime.error", error = %e);
+                        return;
+                    }
+                };
+                status2.shards_ready.fetch_add(1, Ordering::Relaxed);
+                let core = Rc::new(tunnel_core::TunnelCore {
+                    table: std::cell::RefCell::new(table),
+                    udp: glommio::net::UdpSocket::from(udp),
+                    to_shards: vec![to_shard],
+                    pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
+                    shards: 1,
+                    stacks,
+                    status: status2,
+                });
+                glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
+                let driver = glommio::spawn_local(shard::driver_loop(shard, stop2.clone()));
+                glommio::spawn_local(tunnel_core::egress_loop(core.clone(), tunnel_rx, 0)).detach();
+                glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
+                tunnel_core::timer_loop(core, stop2).await;
+                driver.await;
+            })
+            .map_err(|e| StartError::Io(format!("cannot start the executor: {e}")))?;
+        joins.push(j);
+    } else {
+        let mut core_ends = Vec::with_capacity(shards);
+        for (seed, cpu) in seeds.into_iter().zip(plan.shards.iter().copied()) {
+            let (to_shard_tx, to_shard_rx) = link::shared(capacity);
+            let (to_tunnel_tx, to_tunnel_rx) = link::shared(capacity);
+            core_ends.push((to_shard_tx, to_tunnel_rx));
+            let (status2, stop2) = (status.clone(), stop.clone());
+            let name = format!("wgbroker-shard{}", seed.index);
+            let j = builder(&name, cpu, c)
+                .spawn(move || async move {
+                    // Both directions at once: a connect waits for its peer end.
+                    let (to_tunnel, from_tunnel) =
+                        futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect()).await;
+                    let shard = match seed.build(to_tunnel, status2.clone()) {
+                        Ok(s) => Rc::new(s),
+                        Err(e) => {
+                            tracing::error!(event = "runtime.error", error = %e);
+                            return;
+                        }
+                    };
+                    status2.shards_ready.fetch_add(1, Ordering::Relaxed);
+                    glommio::spawn_local(shard::ingress_loop(shard.clone(), from_tunnel)).detach();
+                    shard::driver_loop(shard, stop2).await;
+                })
+                .map_err(|e| StartError::Io(format!("cannot start shard executor: {e}")))?;
+            joins.push(j);
+        }
+        let (status2, stop2) = (status.clone(), stop.clone());
+        let j = builder("wgbroker-tunnel", plan.tunnel_cpu, c)
+            .spawn(move || async move {
+                let mut to_shards = Vec::with_capacity(core_ends.len());
+                let mut from_shards = Vec::with_capacity(core_ends.len());
+                for (tx, rx) in core_ends {
+                    let (tx, rx) = futures_lite::future::zip(tx.connect(), rx.connect()).await;
+                    to_shards.push(tx);
+                    from_shards.push(rx);
+                }
+                // Handshakes start only once every shard listens.
+                while status2.shards_ready.load(Ordering::Relaxed) < shards {
+                    if stop2.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                let core = Rc::new(tunnel_core::TunnelCore {
+                    table: std::cell::RefCell::new(table),
+                    udp: glommio::net::UdpSocket::from(udp),
+                    to_shards,
+                    pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
+                    shards,
+                    stacks,
+                    status: status2,
+                });
+                for (i, rx) in from_shards.into_iter().enumerate() {
+                    glommio::spawn_local(tunnel_core::egress_loop(core.clone(), rx, i)).detach();
+                }
+                glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
+                tunnel_core::timer_loop(core, stop2).await;
+            })
+            .map_err(|e| StartError::Io(format!("cannot start the tunnel executor: {e}")))?;
+        joins.push(j);
+    }
+    Ok(BrokerHandle { stop, status, joins })
+}

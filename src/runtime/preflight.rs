@@ -1,0 +1,95 @@
+//! Checks that io_uring can run before any executor starts, with the fix in the message.
+
+/// What stops the broker from starting its executors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreflightError {
+    /// `kernel.io_uring_disabled` forbids io_uring for this process.
+    #[error(
+        "io_uring is disabled by the kernel (kernel.io_uring_disabled = {0}); enable it with \
+         `sysctl -w kernel.io_uring_disabled=0` (persist in /etc/sysctl.d/)"
+    )]
+    IoUringDisabled(u8),
+    /// The memlock limit is below what glommio needs.
+    #[error(
+        "the locked-memory limit is {have} KiB but glommio needs at least {need} KiB; raise it \
+         with `ulimit -l {need}` (shell), LimitMEMLOCK= (systemd) or /etc/security/limits.conf"
+    )]
+    MemlockTooLow { have: u64, need: u64 },
+    /// Creating an io_uring failed (old kernel, seccomp profile of a container, ...).
+    #[error(
+        "cannot create an io_uring ({0}); wgbroker needs Linux >= 5.8 with io_uring allowed \
+         (containers: a seccomp profile that permits io_uring_setup/io_uring_enter)"
+    )]
+    IoUringUnavailable(String),
+}
+
+/// Memlock glommio requires per process (its own check), KiB.
+pub const MIN_MEMLOCK_KIB: u64 = 512;
+
+/// Parses `Max locked memory` (soft limit, bytes) from `/proc/self/limits` text.
+pub fn memlock_soft_limit(limits: &str) -> Option<Option<u64>> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))?;
+    let soft = line
+        .trim_start_matches("Max locked memory")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(None)
+    } else {
+        soft.parse().ok().map(Some)
+    }
+}
+
+/// The checks that need no io_uring: sysctl and rlimit.
+pub fn check_limits() -> Result<(), PreflightError> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        match v.trim() {
+            "0" | "" => {}
+            // 1 = only the io_uring_group may create rings; root (or the group) still can.
+            "1" => {}
+            other => {
+                return Err(PreflightError::IoUringDisabled(other.parse().unwrap_or(2)));
+            }
+        }
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(Some(bytes)) = memlock_soft_limit(&limits) {
+            if bytes / 1024 < MIN_MEMLOCK_KIB {
+                return Err(PreflightError::MemlockTooLow {
+                    have: bytes / 1024,
+                    need: MIN_MEMLOCK_KIB,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_limits() {
+        let t = "Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\n";
+        assert_eq!(memlock_soft_limit(t), Some(Some(8_388_608)));
+        let u = "Max locked memory         unlimited            unlimited            bytes\n";
+        assert_eq!(memlock_soft_limit(u), Some(None));
+        assert_eq!(memlock_soft_limit("nothing"), None);
+    }
+
+    #[test]
+    fn messages_name_the_fix() {
+        let e = PreflightError::MemlockTooLow {
+            have: 64,
+            need: 512,
+        }
+        .to_string();
+        assert!(e.contains("ulimit -l 512") && e.contains("LimitMEMLOCK"));
+        let e = PreflightError::IoUringDisabled(2).to_string();
+        assert!(e.contains("sysctl -w kernel.io_uring_disabled=0"));
+    }
+}

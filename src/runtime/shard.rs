@@ -1,0 +1,238 @@
+//! A shard: its smoltcp stacks, the driver task that polls them, and one task per tunnel
+//! connection running the in-tunnel HTTP server.
+//!
+//! Wake-ups: the ingress task kicks the driver when packets arrive; connection tasks wake it
+//! through the stack set's poll waker when they queue or consume data; otherwise the driver
+//! sleeps until smoltcp's next timer. It never busy-loops.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, future};
+
+use super::link::{Msg, Rx, Tx};
+use super::status::Status;
+use crate::netstack::{ConnError, ConnId, StackSet};
+use crate::packet::{BufPool, PacketBuf};
+use crate::server::{self, ServerCtx};
+
+/// Longest the driver sleeps, so that it notices `stop` promptly.
+const MAX_PARK: Duration = Duration::from_millis(100);
+
+/// One shard's state (single-threaded).
+pub(super) struct Shard {
+    pub set: RefCell<StackSet>,
+    pub pool: RefCell<BufPool>,
+    pub to_tunnel: Tx,
+    pub server: ServerCtx,
+    pub status: Arc<Status>,
+    kicked: Cell<bool>,
+    driver: RefCell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    pub fn new(set: StackSet, pool: BufPool, to_tunnel: Tx, server: ServerCtx, status: Arc<Status>) -> Self {
+        Self {
+            set: RefCell::new(set),
+            pool: RefCell::new(pool),
+            to_tunnel,
+            server,
+            status,
+            kicked: Cell::new(false),
+            driver: RefCell::new(None),
+        }
+    }
+
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.driver.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves when kicked or when the stack set wants a poll.
+    fn kicked(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.kicked.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.driver.borrow_mut() = Some(cx.waker().clone());
+            self.set.borrow_mut().set_poll_waker(cx.waker());
+            Poll::Pending
+        })
+    }
+}
+
+/// Moves packets from the tunnel core into the stacks.
+pub(super) async fn ingress_loop(shard: Rc<Shard>, from_tunnel: Rx) {
+    while let Some(msg) = from_tunnel.recv().await {
+        match msg {
+            Msg::Packet(p) => {
+                // A dropped packet's buffer lands on the spent list too; the driver sends it home.
+                let _ = shard.set.borrow_mut().ingest(p);
+                shard.kick();
+            }
+            Msg::Home(b) => shard.pool.borrow_mut().give(b),
+        }
+    }
+}
+
+/// Polls the stacks, starts connection tasks, hands packets to the tunnel core.
+pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+    let mut spent: Vec<PacketBuf> = Vec::with_capacity(256);
+    let mut accepted: Vec<ConnId> = Vec::with_capacity(64);
+    loop {
+        let now = Instant::now();
+        {
+            let mut set = shard.set.borrow_mut();
+            set.poll(now, &mut shard.pool.borrow_mut());
+            while let Some(id) = set.accept() {
+                accepted.push(id);
+            }
+            spent.extend(set.drain_spent());
+        }
+        // glommio runs a spawned task right away: spawn only with no borrow held.
+        for id in accepted.drain(..) {
+            shard.status.connections.fetch_add(1, Ordering::Relaxed);
+            glommio::spawn_local(connection(shard.clone(), id)).detach();
+        }
+        for b in spent.drain(..) {
+            let _ = shard.to_tunnel.try_send(Msg::Home(b));
+        }
+        loop {
+            let next = shard.set.borrow_mut().pop_tx();
+            match next {
+                Some(p) => {
+                    if !shard.to_tunnel.send(Msg::Packet(p)).await {
+                        return;
+                    }
+                }
+                None => break,
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let delay = shard.set.borrow().poll_delay(Instant::now());
+        if delay == Some(Duration::ZERO) {
+            // More work right away (smoltcp held data back, or a connection touched a stack);
+            // let other tasks run first.
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let park = delay.unwrap_or(MAX_PARK).min(MAX_PARK);
+        future::or(shard.kicked(), glommio::timer::sleep(park)).await;
+    }
+}
+
+/// glommio's timer for the server.
+struct GlommioTimer;
+
+impl server::Timer for GlommioTimer {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        glommio::timer::sleep(d)
+    }
+}
+
+async fn connection(shard: Rc<Shard>, id: ConnId) {
+    let mut conn = TunnelConn {
+        shard: shard.clone(),
+        id,
+        closed: false,
+    };
+    server::serve(&mut conn, &shard.server, &GlommioTimer).await;
+    shard
+        .status
+        .requests
+        .store(shard.server.stats.borrow().requests, Ordering::Relaxed);
+}
+
+/// A tunnel TCP connection as an async byte stream.
+struct TunnelConn {
+    shard: Rc<Shard>,
+    id: ConnId,
+    closed: bool,
+}
+
+fn io_error(e: ConnError) -> io::Error {
+    let kind = match e {
+        ConnError::Gone => io::ErrorKind::ConnectionReset,
+        ConnError::InvalidState => io::ErrorKind::BrokenPipe,
+        ConnError::Finished => io::ErrorKind::UnexpectedEof,
+    };
+    io::Error::new(kind, e)
+}
+
+impl AsyncRead for TunnelConn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut set = self.shard.set.borrow_mut();
+        match set.recv_slice(self.id, buf) {
+            Ok(0) if !buf.is_empty() => {
+                if !set.may_recv(self.id) {
+                    return Poll::Ready(Ok(0));
+                }
+                match set.register_recv_waker(self.id, cx.waker()) {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(io_error(e))),
+                }
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(ConnError::Finished) => Poll::Ready(Ok(0)),
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+}
+
+impl AsyncWrite for TunnelConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut set = self.shard.set.borrow_mut();
+        match set.send_slice(self.id, data) {
+            Ok(0) if !data.is_empty() => {
+                if !set.may_send(self.id) {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                match set.register_send_waker(self.id, cx.waker()) {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(io_error(e))),
+                }
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued data goes out on the driver's next poll, which the write already requested.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.shard.set.borrow_mut().close(self.id);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TunnelConn {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.shard.set.borrow_mut().close(self.id);
+        }
+    }
+}

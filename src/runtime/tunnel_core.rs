@@ -1,0 +1,224 @@
+//! The tunnel core: the UDP socket and every peer's WireGuard state, on one executor.
+//!
+//! Three kinds of task share the [`PeerTable`] (single-threaded, borrowed only between awaits):
+//! the receive loop decrypts each datagram straight into a pooled [`PacketBuf`] and moves it to
+//! the shard that owns its flow; one egress loop per shard encrypts the packets the shard hands
+//! back and sends the spent buffers home; the timer loop drives handshakes, keepalives,
+//! re-resolution and the shared rate limiter.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use glommio::net::UdpSocket;
+
+use super::link::{Msg, Rx, Tx};
+use super::status::Status;
+use crate::packet::{BufPool, shard_of};
+use crate::tunnel::{PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+
+/// The tunnel core's state.
+pub(super) struct TunnelCore {
+    pub table: RefCell<PeerTable>,
+    pub udp: UdpSocket,
+    pub to_shards: Vec<Tx>,
+    pub pool: RefCell<BufPool>,
+    pub shards: usize,
+    pub stacks: usize,
+    pub status: Arc<Status>,
+}
+
+impl std::fmt::Debug for TunnelCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelCore")
+            .field("shards", &self.shards)
+            .field("stacks", &self.stacks)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn send_datagram(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = udp.send_to(datagram, to).await {
+        tracing::debug!(event = "wireguard.send_error", %to, error = %e);
+    }
+}
+
+/// Receives datagrams until the socket fails for good.
+pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
+    let mut datagram = vec![0u8; 65536];
+    let mut scratch = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    loop {
+        let (n, from) = match core.udp.recv_from(&mut datagram).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(event = "wireguard.recv_error", error = %e);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut buf = core.pool.borrow_mut().take();
+        if n > buf.capacity() {
+            // Larger than any datagram our MTU allows: garbage.
+            core.status.oversize.fetch_add(1, Ordering::Relaxed);
+            core.pool.borrow_mut().give(buf);
+            continue;
+        }
+        let received = core
+            .table
+            .borrow_mut()
+            .receive(Instant::now(), from, &datagram[..n], buf.space());
+        match received {
+            Received::Packet { flow, packet, .. } => {
+                let len = packet.len();
+                buf.set_len(len);
+                let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
+                if !core.to_shards[shard].try_send(Msg::Packet(buf)) {
+                    core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Received::Transmit { peer, to, datagram: reply } => {
+                let len = reply.len();
+                buf.set_len(len);
+                send_datagram(&core.udp, buf.as_slice(), to).await;
+                core.pool.borrow_mut().give(buf);
+                if let Some(peer) = peer {
+                    loop {
+                        let next = core
+                            .table
+                            .borrow_mut()
+                            .flush(peer, &mut scratch)
+                            .map(|t| (t.to, t.datagram.len()));
+                        match next {
+                            Some((to, len)) => send_datagram(&core.udp, &scratch[..len], to).await,
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Received::Done => core.pool.borrow_mut().give(buf),
+            Received::Dropped(reason) => {
+                tracing::trace!(event = "wireguard.drop", ?reason, %from);
+                core.pool.borrow_mut().give(buf);
+            }
+        }
+    }
+}
+
+/// Encrypts what shard `shard` hands back; returns when the shard's link closes.
+pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    while let Some(msg) = from_shard.recv().await {
+        match msg {
+            Msg::Packet(p) => {
+                let sent = core
+                    .table
+                    .borrow_mut()
+                    .send(Instant::now(), p.as_slice(), &mut out)
+                    .transmit_len();
+                // The plaintext buffer belongs to the shard: send it home before any await.
+                let _ = core.to_shards[shard].try_send(Msg::Home(p));
+                if let Some((to, len)) = sent {
+                    send_datagram(&core.udp, &out[..len], to).await;
+                }
+            }
+            Msg::Home(b) => core.pool.borrow_mut().give(b),
+        }
+    }
+}
+
+trait TransmitLen {
+    fn transmit_len(self) -> Option<(SocketAddr, usize)>;
+}
+
+impl TransmitLen for Sent<'_> {
+    fn transmit_len(self) -> Option<(SocketAddr, usize)> {
+        match self {
+            Sent::Transmit(t) => Some((t.to, t.datagram.len())),
+            Sent::Queued { .. } => None,
+            Sent::Dropped(reason) => {
+                tracing::trace!(event = "wireguard.drop_outbound", ?reason);
+                None
+            }
+        }
+    }
+}
+
+/// Drives WireGuard timers until `stop` is set.
+pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut handshakes_seen = 0u64;
+    {
+        let now = Instant::now();
+        core.table
+            .borrow_mut()
+            .initiate_all(now, &mut out, &mut |_, to, d| pending.push((to, d.to_vec())));
+    }
+    loop {
+        for (to, d) in pending.drain(..) {
+            send_datagram(&core.udp, &d, to).await;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        let next = core
+            .table
+            .borrow_mut()
+            .tick(now, &mut out, &mut |_, to, d| pending.push((to, d.to_vec())));
+        // Endpoint names whose handshakes keep failing: resolve off the executor.
+        loop {
+            let job = core.table.borrow_mut().poll_resolve();
+            let Some((peer, endpoint)) = job else { break };
+            let core2 = core.clone();
+            glommio::spawn_local(async move {
+                let name = endpoint.to_string();
+                let resolved = glommio::executor()
+                    .spawn_blocking(move || name.to_socket_addrs().map(|mut a| a.next()))
+                    .await;
+                match resolved {
+                    Ok(Some(addr)) => {
+                        if core2.table.borrow_mut().set_endpoint(peer, addr) {
+                            tracing::info!(event = "wireguard.endpoint_resolved", %peer, endpoint = %endpoint, %addr);
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(event = "wireguard.resolve_failure", %peer, endpoint = %endpoint);
+                    }
+                }
+            })
+            .detach();
+        }
+        publish(&core, &mut handshakes_seen);
+        if pending.is_empty() {
+            let wait = next.saturating_duration_since(Instant::now()).min(TICK_INTERVAL);
+            glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
+    let table = core.table.borrow();
+    let c = table.counters();
+    if c.handshakes_completed != *handshakes_seen {
+        *handshakes_seen = c.handshakes_completed;
+        core.status
+            .handshakes
+            .store(c.handshakes_completed, Ordering::Relaxed);
+        let newest = table
+            .peers()
+            .filter_map(|p| table.peer_status(p))
+            .filter_map(|s| s.last_handshake)
+            .max();
+        if let Some(at) = newest {
+            core.status.set_last_handshake(at);
+        }
+        tracing::info!(event = "wireguard.handshake", total = c.handshakes_completed);
+    }
+    core.status
+        .datagrams_dropped
+        .store(c.dropped(), Ordering::Relaxed);
+}

@@ -1,0 +1,484 @@
+//! The HTTP/1.1 server inside the tunnel: one async task per tunnel connection.
+//!
+//! The connection is any `AsyncRead + AsyncWrite` (a smoltcp socket in production, an in-memory
+//! pipe in tests) and time comes from a [`Timer`], so this module runs on any executor; the
+//! runtime supplies glommio's. Requests on a connection are answered strictly in order
+//! (pipelining), heads are parsed in place from the connection's one read buffer, and every
+//! response carries an `X-Request-Id`.
+//!
+//! Invariants: the read buffer never grows past `max_head_bytes`; a connection that sent a
+//! request we cannot frame is answered and closed, never resynchronised by guessing.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+
+use crate::http::{BodyFraming, HeadError, Limits, Method, RequestHead, ResponseHead, parse_head};
+
+/// Header carrying the per-request id on every response.
+pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
+
+/// A source of sleeps (glommio's timer in production).
+pub trait Timer {
+    /// A future that completes after `d`.
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()>;
+}
+
+/// Server settings, from `[inbound]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    pub limits: Limits,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// From the validated configuration.
+    pub fn from_inbound(i: &crate::config::Inbound) -> Self {
+        Self {
+            limits: Limits {
+                max_head_bytes: i.max_head_bytes,
+                max_headers: i.max_headers,
+            },
+            head_timeout: i.head_timeout,
+            idle_timeout: i.idle_timeout,
+        }
+    }
+}
+
+/// Generates request ids: a per-process prefix, the shard, a per-shard counter. No shared state.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    shard: u16,
+    next: u64,
+}
+
+impl RequestIds {
+    /// Ids for shard `shard`; `prefix` should differ between broker runs (e.g. random).
+    pub fn new(prefix: u32, shard: u16) -> Self {
+        Self {
+            prefix,
+            shard,
+            next: 0,
+        }
+    }
+
+    /// The next id, formatted into `out` (cleared first).
+    pub fn next_into(&mut self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.next += 1;
+        out.clear();
+        let _ = write!(out, "{:08x}-{}-{}", self.prefix, self.shard, self.next);
+    }
+}
+
+/// Counters one connection task adds to (owned by the shard, never shared across cores).
+#[derive(Debug, Default, Clone)]
+pub struct ServerStats {
+    pub requests: u64,
+    pub healthchecks: u64,
+    pub not_found: u64,
+    pub rejected: u64,
+    pub timeouts: u64,
+}
+
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    TimedOut,
+    Failed,
+}
+
+async fn read_with_timeout<C: AsyncRead + Unpin, T: Timer>(
+    conn: &mut C,
+    buf: &mut [u8],
+    timer: &T,
+    limit: Duration,
+) -> ReadOutcome {
+    let read = async {
+        match conn.read(buf).await {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => ReadOutcome::Data(n),
+            Err(_) => ReadOutcome::Failed,
+        }
+    };
+    let timeout = async {
+        timer.sleep(limit).await;
+        ReadOutcome::TimedOut
+    };
+    future::or(read, timeout).await
+}
+
+fn json_error(status: u16, message: &str, request_id: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"error\":{},\"request_id\":\"{request_id}\"}}",
+        json_string(message)
+    );
+    let mut h = ResponseHead::default();
+    let mut out = h
+        .start(status)
+        .header("Content-Type", "application/json")
+        .header_u64("Content-Length", body.len() as u64)
+        .header(REQUEST_ID_HEADER, request_id)
+        .header("Connection", "close")
+        .finish()
+        .to_vec();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What the connection tasks of one shard share: settings, the id generator and counters.
+/// Single-threaded (one per shard); borrows are never held across an await.
+#[derive(Debug)]
+pub struct ServerCtx {
+    pub cfg: ServerConfig,
+    pub ids: RefCell<RequestIds>,
+    pub stats: RefCell<ServerStats>,
+}
+
+impl ServerCtx {
+    /// A context for one shard.
+    pub fn new(cfg: ServerConfig, ids: RequestIds) -> Self {
+        Self {
+            cfg,
+            ids: RefCell::new(ids),
+            stats: RefCell::new(ServerStats::default()),
+        }
+    }
+}
+
+/// Serves one tunnel connection until it closes, errs or times out.
+pub async fn serve<C, T>(conn: &mut C, ctx: &ServerCtx, timer: &T)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
+{
+    let cfg = &ctx.cfg;
+    let mut buf = vec![0u8; cfg.limits.max_head_bytes];
+    let mut filled = 0usize;
+    let mut head = RequestHead::default();
+    let mut id = String::with_capacity(32);
+    let mut out = ResponseHead::default();
+    loop {
+        // 1. A complete head, from what is buffered plus reads.
+        let head_len = loop {
+            match parse_head(&buf[..filled], &cfg.limits, &mut head) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(e) => {
+                    ctx.stats.borrow_mut().rejected += 1;
+                    ctx.ids.borrow_mut().next_into(&mut id);
+                    let _ = conn
+                        .write_all(&json_error(e.status(), &e.to_string(), &id))
+                        .await;
+                    let _ = conn.flush().await;
+                    let _ = conn.close().await;
+                    return;
+                }
+            }
+            if filled == buf.len() {
+                // parse_head reports TooLarge before this can happen; defensive.
+                ctx.stats.borrow_mut().rejected += 1;
+                ctx.ids.borrow_mut().next_into(&mut id);
+                let e = HeadError::TooLarge;
+                let _ = conn
+                    .write_all(&json_error(e.status(), &e.to_string(), &id))
+                    .await;
+                let _ = conn.close().await;
+                return;
+            }
+            let limit = if filled == 0 {
+                cfg.idle_timeout
+            } else {
+                cfg.head_timeout
+            };
+            match read_with_timeout(conn, &mut buf[filled..], timer, limit).await {
+                ReadOutcome::Data(n) => filled += n,
+                ReadOutcome::Eof | ReadOutcome::Failed => {
+                    let _ = conn.close().await;
+                    return;
+                }
+                ReadOutcome::TimedOut => {
+                    if filled > 0 {
+                        ctx.stats.borrow_mut().timeouts += 1;
+                        ctx.ids.borrow_mut().next_into(&mut id);
+                        let _ = conn
+                            .write_all(&json_error(408, "request head timeout", &id))
+                            .await;
+                    }
+                    let _ = conn.close().await;
+                    return;
+                }
+            }
+        };
+        ctx.stats.borrow_mut().requests += 1;
+        ctx.ids.borrow_mut().next_into(&mut id);
+
+        // 2. Route. Only bodiless requests keep the connection: this endpoint consumes no
+        // bodies yet, and an unread body must not be parsed as the next request.
+        let target = head.target(&buf);
+        let path = target.split('?').next().unwrap_or_default();
+        let has_body = head.body != BodyFraming::None;
+        let keep_alive = head.keep_alive && !has_body;
+        let response: Vec<u8> =
+            if path == "/healthcheck" && matches!(head.method, Method::Get | Method::Head) {
+                ctx.stats.borrow_mut().healthchecks += 1;
+                let mut r = out
+                    .start(200)
+                    .header("Content-Type", "text/plain")
+                    .header_u64("Content-Length", 2)
+                    .header(REQUEST_ID_HEADER, &id)
+                    .header(
+                        "Connection",
+                        if keep_alive { "keep-alive" } else { "close" },
+                    )
+                    .finish()
+                    .to_vec();
+                if head.method == Method::Get {
+                    r.extend_from_slice(b"OK");
+                }
+                r
+            } else {
+                ctx.stats.borrow_mut().not_found += 1;
+                let body = format!("{{\"error\":\"not found\",\"request_id\":\"{id}\"}}");
+                let mut r = out
+                    .start(404)
+                    .header("Content-Type", "application/json")
+                    .header_u64("Content-Length", body.len() as u64)
+                    .header(REQUEST_ID_HEADER, &id)
+                    .header(
+                        "Connection",
+                        if keep_alive { "keep-alive" } else { "close" },
+                    )
+                    .finish()
+                    .to_vec();
+                if head.method != Method::Head {
+                    r.extend_from_slice(body.as_bytes());
+                }
+                r
+            };
+        if conn.write_all(&response).await.is_err() {
+            return;
+        }
+        // Pipelined bytes move to the front of the buffer.
+        buf.copy_within(head_len..filled, 0);
+        filled -= head_len;
+        if !keep_alive {
+            let _ = conn.flush().await;
+            let _ = conn.close().await;
+            return;
+        }
+        if filled == 0 && conn.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A scripted connection: reads come from `input` in `step`-byte pieces, then EOF (or
+    /// pending forever when `hang`), writes go to `output`.
+    struct Script {
+        input: Vec<u8>,
+        pos: usize,
+        step: usize,
+        hang: bool,
+        output: Vec<u8>,
+        closed: bool,
+    }
+
+    impl Script {
+        fn new(input: &[u8], step: usize, hang: bool) -> Self {
+            Self {
+                input: input.to_vec(),
+                pos: 0,
+                step,
+                hang,
+                output: Vec::new(),
+                closed: false,
+            }
+        }
+    }
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.pos == self.input.len() {
+                return if self.hang {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(0))
+                };
+            }
+            let n = self.step.min(buf.len()).min(self.input.len() - self.pos);
+            let start = self.pos;
+            buf[..n].copy_from_slice(&self.input[start..start + n]);
+            self.pos += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Script {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.output.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.closed = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Sleeps complete at once: every wait times out immediately.
+    struct Instant;
+    impl Timer for Instant {
+        fn sleep(&self, _: Duration) -> impl Future<Output = ()> {
+            future::ready(())
+        }
+    }
+
+    /// Sleeps never complete.
+    struct Never;
+    impl Timer for Never {
+        fn sleep(&self, _: Duration) -> impl Future<Output = ()> {
+            future::pending()
+        }
+    }
+
+    fn cfg() -> ServerConfig {
+        ServerConfig {
+            limits: Limits {
+                max_head_bytes: 1024,
+                max_headers: 16,
+            },
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn run<T: Timer>(
+        input: &[u8],
+        step: usize,
+        hang: bool,
+        timer: &T,
+    ) -> (String, ServerStats, bool) {
+        let mut s = Script::new(input, step, hang);
+        let ctx = ServerCtx::new(cfg(), RequestIds::new(0xabcd, 1));
+        future::block_on(serve(&mut s, &ctx, timer));
+        let stats = ctx.stats.borrow().clone();
+        (
+            String::from_utf8_lossy(&s.output).into_owned(),
+            stats,
+            s.closed,
+        )
+    }
+
+    #[test]
+    fn healthcheck_keep_alive_and_pipelining_in_order() {
+        let req = "GET /healthcheck HTTP/1.1\r\nHost: b\r\n\r\nGET /nope HTTP/1.1\r\nHost: b\r\n\r\nHEAD /healthcheck HTTP/1.1\r\nHost: b\r\n\r\n";
+        for step in [1, 5, 1000] {
+            let (out, stats, closed) = run(req.as_bytes(), step, false, &Never);
+            let first = out.find("HTTP/1.1 200 OK").expect("200");
+            let second = out.find("HTTP/1.1 404 Not Found").expect("404");
+            let third = out.rfind("HTTP/1.1 200 OK").expect("HEAD 200");
+            assert!(first < second && second < third, "in order: {out}");
+            assert!(out.contains("Content-Length: 2\r\n"));
+            assert!(out.contains("\r\n\r\nOK"));
+            assert!(out.contains("X-Request-Id: 0000abcd-1-1\r\n"));
+            assert!(out.contains("X-Request-Id: 0000abcd-1-3\r\n"));
+            assert!(
+                out.ends_with("Connection: keep-alive\r\n\r\n"),
+                "HEAD has no body: {out:?}"
+            );
+            assert_eq!(stats.requests, 3);
+            assert_eq!(stats.healthchecks, 2);
+            assert!(closed, "EOF closes");
+        }
+    }
+
+    #[test]
+    fn malformed_and_smuggling_get_400_and_close() {
+        let (out, stats, closed) = run(
+            b"POST /healthcheck HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthcheck HTTP/1.1\r\nHost: b\r\n\r\n",
+            1000,
+            false,
+            &Never,
+        );
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(out.contains(
+            "\"error\":\"malformed request: both Content-Length and Transfer-Encoding\""
+        ));
+        assert_eq!(
+            out.matches("HTTP/1.1").count(),
+            1,
+            "the smuggled request is never answered"
+        );
+        assert_eq!(stats.rejected, 1);
+        assert!(closed);
+    }
+
+    #[test]
+    fn oversized_head_gets_431() {
+        let big = format!("GET /{} HTTP/1.1\r\nHost: b\r\n\r\n", "a".repeat(2000));
+        let (out, _, _) = run(big.as_bytes(), 100, true, &Never);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    }
+
+    #[test]
+    fn stalled_head_gets_408_and_idle_closes_silently() {
+        let (out, stats, closed) = run(b"GET /health", 100, true, &Instant);
+        assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+        assert_eq!(stats.timeouts, 1);
+        assert!(closed);
+        let (out, _, closed) = run(b"", 100, true, &Instant);
+        assert!(out.is_empty());
+        assert!(closed);
+    }
+
+    #[test]
+    fn request_with_body_is_answered_then_closed() {
+        let (out, _, closed) = run(
+            b"POST /x HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\r\nabcGET /healthcheck HTTP/1.1\r\nHost: b\r\n\r\n",
+            1000,
+            false,
+            &Never,
+        );
+        assert!(out.starts_with("HTTP/1.1 404 "));
+        assert!(out.contains("Connection: close"));
+        assert_eq!(out.matches("HTTP/1.1").count(), 1);
+        assert!(closed);
+    }
+}

@@ -1,0 +1,420 @@
+//! The WireGuard peer table: a sans-IO core around one boringtun [`Tunn`] per peer.
+//!
+//! [`Tunn`]: boringtun::noise::Tunn
+//! [`Tunn::parse_incoming_packet`]: boringtun::noise::Tunn::parse_incoming_packet
+//!
+//! ## Responsibility
+//!
+//! [`PeerTable`] turns UDP datagrams into authenticated IP packets and IP packets into UDP
+//! datagrams, for every configured peer, and tells its caller what to send where. It never owns
+//! a socket, never reads a clock for its own decisions (time comes in as `now`), never resolves a
+//! name and never allocates per packet: results borrow the caller's output buffer, the way
+//! boringtun's `TunnResult<'a>` does. The tunnel-core executor drives it:
+//!
+//! * [`PeerTable::receive`] for every datagram, then [`PeerTable::flush`] until `None` after a
+//!   [`Received::Transmit`];
+//! * [`PeerTable::send`] for every IP packet from the local stack (routed by destination through
+//!   the allowed IPs, longest prefix first);
+//! * [`PeerTable::tick`] every [`TICK_INTERVAL`] (it returns when it wants the next call);
+//! * [`PeerTable::initiate_all`] once, when the side that dials is ready to carry traffic;
+//! * [`PeerTable::poll_resolve`] / [`PeerTable::set_endpoint`] for DNS, which is I/O and therefore
+//!   the runtime's job.
+//!
+//! The same table serves both ends of the tunnel. The broker is the **initiator**: each peer (a
+//! vendor gateway) has an endpoint, and after `initiate_all` the table keeps a session up with it
+//! for as long as the process runs. The vendor-side test kit and load generator are the
+//! **responder**: a peer may have no endpoint at all; the table learns it from the peer's first
+//! authenticated packet.
+//!
+//! ## Invariants
+//!
+//! * Only authenticated packets change state we own: an endpoint moves (roaming) only after
+//!   boringtun verified a handshake or decrypted a data packet from the new address.
+//! * A packet reaches [`Received::Packet`] only if it decrypted under the peer's session, is a
+//!   well-formed IP packet that is not a fragment, and its source address routes back to that
+//!   very peer (WireGuard's cryptokey routing; boringtun does not check it).
+//! * No input panics: every datagram is classified by type and length
+//!   ([`Tunn::parse_incoming_packet`]) and by receiver index before any cryptography, and
+//!   everything that fails is [`Received::Dropped`] and counted in [`Counters`].
+//! * A peer's local session indices are `(slot ^ salt) << 8 | n` (boringtun puts the `index`
+//!   given to `Tunn::new` in the top 24 bits); `receiver_idx >> 8` therefore names the peer
+//!   with one XOR and one bounds check. The salt is random per table so that indices of an
+//!   earlier process do not land on today's sessions.
+//!
+//! ## boringtun traps handled here
+//!
+//! * **Queued packets**: after `decapsulate` returns `WriteToNetwork`, boringtun may hold
+//!   packets queued while there was no session; they come out only through repeated
+//!   `decapsulate` calls with an empty datagram. That is [`PeerTable::flush`]. A responder's
+//!   session only becomes usable when the initiator's first data packet (its keepalive) arrives,
+//!   which boringtun answers with `Done`: the table flushes there itself, and `tick` drains
+//!   whatever is left.
+//! * **Buffer sizes**: `encapsulate` and `decapsulate` panic when the output buffer is shorter
+//!   than the input + 32 bytes (or < 148 for a handshake). Every entry point checks
+//!   [`required_buffer_len`] first and drops with [`DropReason::BufferTooSmall`] instead.
+//! * **Allowed IPs** are not enforced by boringtun: see the invariant above.
+//! * **Rate limiter**: one `Arc<RateLimiter>` is shared by every `Tunn`; a shared limiter is
+//!   never reset by boringtun, so `tick` calls `reset_count` once a second. Under load boringtun
+//!   answers handshakes with cookie replies: they are surfaced as [`Received::Transmit`] with
+//!   `peer: None` (the sender is not authenticated).
+//! * **Finding the peer of a handshake initiation** needs a Diffie-Hellman
+//!   (`parse_handshake_anon`). With more than one peer the table first checks MAC1 and the load
+//!   through the shared limiter (cheap), so garbage and floods never reach the DH. The
+//!   initiation is then verified again inside `decapsulate`, so it counts twice against the
+//!   limiter; the limit is in verifications. A single-peer table (the broker) skips the
+//!   anonymous parse and lets `decapsulate` check MAC1 before its own DH.
+//! * **Stale clock**: boringtun stamps every event with the time of the last `update_timers`
+//!   call, not the current time. A `Tunn` that `tick` skipped (a responder peer with no endpoint
+//!   yet) would stamp a new session with its creation time and expire it on the next tick; the
+//!   table refreshes a peer's timers before its first use after such a gap (with a buffer too
+//!   small for a handshake initiation, so the refresh cannot burn a DH for nothing).
+//! * **Giving up**: boringtun stops retrying a handshake after 90 s (`REKEY_ATTEMPT_TIME`) and
+//!   then stays silent, persistent keepalives included, until a packet is queued. For a dialed
+//!   peer `tick` starts a fresh handshake whenever there is no session, so a broker keeps
+//!   knocking for as long as the gateway is unreachable (one initiation every 5 s, boringtun's
+//!   `REKEY_TIMEOUT`), and asks for the gateway's name to be re-resolved after
+//!   [`RESOLVE_AFTER_FAILED_HANDSHAKES`] unanswered initiations (at most every
+//!   [`RESOLVE_INTERVAL`]).
+//! * **Own clock**: boringtun's retransmission and rekey timers read the system clock, not
+//!   `now`; the table's own decisions (limiter reset, resolution throttle, handshake age) use
+//!   `now`.
+
+mod peer;
+mod route;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::config::Endpoint;
+use crate::keys::PublicKey;
+use crate::packet::Flow;
+
+pub use table::PeerTable;
+
+/// How often [`PeerTable::tick`] wants to run (boringtun's timers have one-second resolution;
+/// WireGuard implementations drive them every 100–250 ms).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bytes a data packet grows by when encrypted (header 16 + Poly1305 tag 16).
+pub const DATA_OVERHEAD: usize = 32;
+
+/// The smallest output buffer any entry point accepts: a handshake initiation is 148 bytes.
+pub const MIN_BUFFER_LEN: usize = 148;
+
+/// Unanswered handshake initiations in a row after which a peer with an
+/// [`PeerSpec::endpoint_name`] is queued for DNS re-resolution (at 5 s per retry: ~15 s of
+/// silence).
+pub const RESOLVE_AFTER_FAILED_HANDSHAKES: u32 = 3;
+
+/// The shortest interval between two re-resolution requests for one peer.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Handshake messages verified per second (across all peers) before the table answers with
+/// cookie replies instead of doing Diffie-Hellman. boringtun's device uses the same value.
+pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// The most peers a table can hold: boringtun keeps 24 bits of a session index for the peer.
+pub const MAX_PEERS: usize = 1 << 24;
+
+/// The output buffer length every entry point needs for packets of up to `max_packet` bytes:
+/// `max(max_packet + DATA_OVERHEAD, MIN_BUFFER_LEN)`. [`PeerTable::receive`] needs at least the
+/// datagram's length (and [`MIN_BUFFER_LEN`]).
+pub const fn required_buffer_len(max_packet: usize) -> usize {
+    let n = max_packet.saturating_add(DATA_OVERHEAD);
+    if n < MIN_BUFFER_LEN {
+        MIN_BUFFER_LEN
+    } else {
+        n
+    }
+}
+
+/// One peer as configured.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    /// The peer's static public key; unique in a table.
+    pub public_key: PublicKey,
+    /// Optional pre-shared key mixed into the handshake (`wg`'s `PresharedKey`).
+    pub preshared_key: Option<[u8; 32]>,
+    /// Where to reach the peer, if known. `None` on the responder side: the table learns it from
+    /// the peer's first authenticated packet. A peer with an `endpoint_name` but no address yet
+    /// is queued for resolution at once (see [`PeerTable::poll_resolve`]).
+    pub endpoint: Option<SocketAddr>,
+    /// The DNS name behind `endpoint`, re-resolved when handshakes keep failing.
+    pub endpoint_name: Option<Endpoint>,
+    /// Inner addresses routed to this peer and accepted from it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds between keepalives when the tunnel is otherwise idle; 0 = off.
+    pub persistent_keepalive: u16,
+}
+
+/// A peer's handle in one [`PeerTable`]: its position in the `peers` given to
+/// [`PeerTable::new`]. Handles of another table are meaningless (methods return `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(u32);
+
+impl PeerId {
+    /// The position of the peer in the list given to [`PeerTable::new`].
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer#{}", self.0)
+    }
+}
+
+/// A datagram to send to a peer.
+#[derive(Debug)]
+pub struct Transmit<'o> {
+    /// The peer it is for.
+    pub peer: PeerId,
+    /// The peer's endpoint.
+    pub to: SocketAddr,
+    /// The datagram, in the caller's output buffer.
+    pub datagram: &'o mut [u8],
+}
+
+/// What to do after [`PeerTable::receive`].
+#[derive(Debug)]
+pub enum Received<'o> {
+    /// A decrypted IP packet whose inner source address routes to `peer`: hand it to the
+    /// stack (`flow.hash()` picks the shard).
+    Packet {
+        /// The peer it came from.
+        peer: PeerId,
+        /// Addresses, protocol and ports of the packet, already parsed.
+        flow: Flow,
+        /// The IP packet, in the caller's output buffer, trimmed to its IP length.
+        packet: &'o mut [u8],
+    },
+    /// Send `datagram` to `to` (a handshake response, a cookie reply, a keepalive, queued
+    /// data); then, if `peer` is `Some`, call [`PeerTable::flush`] until it returns `None`.
+    Transmit {
+        /// The authenticated peer, or `None` for a cookie reply (the sender is unauthenticated).
+        peer: Option<PeerId>,
+        /// Where to send it: the datagram's source address.
+        to: SocketAddr,
+        /// The datagram, in the caller's output buffer.
+        datagram: &'o mut [u8],
+    },
+    /// Nothing to do (a keepalive, an accepted cookie).
+    Done,
+    /// Dropped and counted; never an error the caller must handle.
+    Dropped(DropReason),
+}
+
+/// What to do after [`PeerTable::send`].
+#[derive(Debug)]
+pub enum Sent<'o> {
+    /// Send this datagram: the encrypted packet, or — when there was no session — a handshake
+    /// initiation, the packet itself waiting in boringtun's queue until the handshake completes
+    /// (it comes out of [`PeerTable::flush`] then).
+    Transmit(Transmit<'o>),
+    /// No session yet and a handshake already in flight: the packet waits in boringtun's queue
+    /// (at most 256 packets per peer; beyond that boringtun drops silently).
+    Queued {
+        /// The peer the packet is for.
+        peer: PeerId,
+    },
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// Why a datagram or packet was dropped. Every reason has a counter in [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a WireGuard message: wrong type or length. No cryptography was spent.
+    Garbage,
+    /// The receiver index names no peer of this table. No cryptography was spent.
+    UnknownIndex,
+    /// A valid handshake initiation from a static key that is not a configured peer.
+    UnknownPeer,
+    /// The peer exists but has no session under that index (stale or expired), or the message
+    /// answers a handshake that is no longer in flight.
+    NoSession,
+    /// A MAC, an AEAD tag or a timestamp did not verify.
+    Unauthenticated,
+    /// A replayed message: a data counter already seen or too old, or a handshake initiation
+    /// whose timestamp is not newer than the last one.
+    Replay,
+    /// A handshake refused under load without a source address to send a cookie to.
+    UnderLoad,
+    /// The decrypted packet's source address does not route to the peer that sent it.
+    BadSource,
+    /// The decrypted packet is an IP fragment (the broker does not reassemble).
+    Fragment,
+    /// The decrypted (or outgoing) packet is not a well-formed IPv4/IPv6 packet.
+    Malformed,
+    /// An outgoing packet's destination matches no peer's allowed IPs.
+    NoRoute,
+    /// An outgoing packet is for a peer whose endpoint is not known yet.
+    NoEndpoint,
+    /// The caller's output buffer is shorter than [`required_buffer_len`].
+    BufferTooSmall,
+}
+
+/// Table-wide counters (plain `u64`: the table lives on one core; the runtime exports them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Datagrams given to [`PeerTable::receive`].
+    pub datagrams_received: u64,
+    /// Authenticated IP packets delivered ([`Received::Packet`]).
+    pub packets_received: u64,
+    /// Authenticated keepalives received.
+    pub keepalives_received: u64,
+    /// Cookie replies received and accepted.
+    pub cookies_received: u64,
+    /// Handshakes completed, either role.
+    pub handshakes_completed: u64,
+    /// Handshake initiations sent (first attempts and retries).
+    pub handshake_initiations_sent: u64,
+    /// Handshake responses sent.
+    pub handshake_responses_sent: u64,
+    /// Cookie replies sent (we were under load).
+    pub cookies_sent: u64,
+    /// Data datagrams sent (excluding keepalives).
+    pub data_sent: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+    /// Packets queued in boringtun waiting for a handshake.
+    pub queued: u64,
+    /// Endpoints learned from a peer that had none.
+    pub endpoints_learned: u64,
+    /// Endpoint changes because a peer's authenticated packet came from a new address.
+    pub roams: u64,
+    /// DNS re-resolutions requested through [`PeerTable::poll_resolve`].
+    pub resolutions_requested: u64,
+    /// Something was due to a peer whose endpoint is not known (dropped).
+    pub no_endpoint: u64,
+    /// See [`DropReason::Garbage`].
+    pub garbage: u64,
+    /// See [`DropReason::UnknownIndex`].
+    pub unknown_index: u64,
+    /// See [`DropReason::UnknownPeer`].
+    pub unknown_peer: u64,
+    /// See [`DropReason::NoSession`].
+    pub no_session: u64,
+    /// See [`DropReason::Unauthenticated`].
+    pub unauthenticated: u64,
+    /// See [`DropReason::Replay`].
+    pub replays: u64,
+    /// See [`DropReason::UnderLoad`].
+    pub under_load: u64,
+    /// See [`DropReason::BadSource`].
+    pub bad_source: u64,
+    /// See [`DropReason::Fragment`].
+    pub fragments: u64,
+    /// See [`DropReason::Malformed`].
+    pub malformed: u64,
+    /// See [`DropReason::NoRoute`].
+    pub no_route: u64,
+    /// See [`DropReason::BufferTooSmall`].
+    pub buffer_too_small: u64,
+}
+
+impl Counters {
+    fn count_drop(&mut self, reason: DropReason) {
+        let c = match reason {
+            DropReason::Garbage => &mut self.garbage,
+            DropReason::UnknownIndex => &mut self.unknown_index,
+            DropReason::UnknownPeer => &mut self.unknown_peer,
+            DropReason::NoSession => &mut self.no_session,
+            DropReason::Unauthenticated => &mut self.unauthenticated,
+            DropReason::Replay => &mut self.replays,
+            DropReason::UnderLoad => &mut self.under_load,
+            DropReason::BadSource => &mut self.bad_source,
+            DropReason::Fragment => &mut self.fragments,
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::NoRoute => &mut self.no_route,
+            DropReason::NoEndpoint => &mut self.no_endpoint,
+            DropReason::BufferTooSmall => &mut self.buffer_too_small,
+        };
+        *c += 1;
+    }
+
+    /// Everything dropped, all reasons together.
+    pub fn dropped(&self) -> u64 {
+        self.garbage
+            + self.unknown_index
+            + self.unknown_peer
+            + self.no_session
+            + self.unauthenticated
+            + self.replays
+            + self.under_load
+            + self.bad_source
+            + self.fragments
+            + self.malformed
+            + self.no_route
+            + self.no_endpoint
+            + self.buffer_too_small
+    }
+}
+
+/// A snapshot of one peer, for `wg show`-style status, metrics and readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// The peer's static public key.
+    pub public_key: PublicKey,
+    /// Where datagrams for the peer go now (configured, resolved or learned).
+    pub endpoint: Option<SocketAddr>,
+    /// The DNS name re-resolved for this peer, if any.
+    pub endpoint_name: Option<Endpoint>,
+    /// When the last handshake completed (the caller's clock); see [`PeerStatus::handshake_age`].
+    pub last_handshake: Option<Instant>,
+    /// Handshakes completed with this peer.
+    pub handshakes: u64,
+    /// Handshake initiations sent since the last completed handshake (0 when healthy).
+    pub handshake_attempts: u32,
+    /// Authenticated IP packets received from the peer.
+    pub rx_packets: u64,
+    /// Bytes of those IP packets.
+    pub rx_bytes: u64,
+    /// IP packets encrypted and handed out for the peer.
+    pub tx_packets: u64,
+    /// Bytes of those IP packets.
+    pub tx_bytes: u64,
+}
+
+impl PeerStatus {
+    /// How long ago the last handshake completed, if one did.
+    pub fn handshake_age(&self, now: Instant) -> Option<Duration> {
+        self.last_handshake
+            .map(|t| now.saturating_duration_since(t))
+    }
+}
+
+/// Why a [`PeerTable`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerTableError {
+    /// Two peers share a public key (handshakes could not tell them apart).
+    #[error("peer {0} is listed more than once")]
+    DuplicatePeer(PublicKey),
+    /// A peer has the table's own public key.
+    #[error("peer {0} is this side's own public key")]
+    OwnKey(PublicKey),
+    /// Two peers were given the same allowed-IPs prefix.
+    #[error("allowed IP {net} is given to both peer {first} and peer {second}")]
+    DuplicateAllowedIp {
+        /// The prefix, host bits cleared.
+        net: IpNet,
+        /// The peer that has it first.
+        first: PublicKey,
+        /// The peer it was given to again.
+        second: PublicKey,
+    },
+    /// More than [`MAX_PEERS`] peers.
+    #[error("{0} peers is more than the {MAX_PEERS} a table can hold")]
+    TooManyPeers(usize),
+}

@@ -1,0 +1,157 @@
+//! One peer: its boringtun [`Tunn`], where to reach it, and the bookkeeping boringtun does not do
+//! (handshake attempts in a row, DNS re-resolution throttle, traffic counters).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::Tunn;
+
+use super::{PeerStatus, RESOLVE_AFTER_FAILED_HANDSHAKES, RESOLVE_INTERVAL};
+use crate::config::Endpoint;
+use crate::keys::PublicKey;
+
+/// Size of the scratch buffer used to refresh a stale peer's timers: one byte too small for a
+/// handshake initiation, so that the refresh can never make boringtun generate an ephemeral key
+/// and run Diffie-Hellman for a message that would be thrown away (a keepalive, 32 bytes, fits).
+pub(super) const REFRESH_SCRATCH_LEN: usize = 147;
+
+pub(super) struct Peer {
+    pub(super) tunn: Tunn,
+    pub(super) public_key: PublicKey,
+    /// Where datagrams for this peer go: configured, resolved, or learned from the peer.
+    pub(super) endpoint: Option<SocketAddr>,
+    /// A DNS name to re-resolve when handshakes keep failing.
+    pub(super) endpoint_name: Option<Endpoint>,
+    /// Set by `initiate_all`: keep a session up with this peer (re-initiate whenever there is
+    /// none, even after boringtun gave up).
+    pub(super) dial: bool,
+    /// True when `tick` has not driven this peer's timers since its last use: boringtun stamps
+    /// events with the time of the last `update_timers` call, so it must be refreshed first.
+    pub(super) stale: bool,
+    /// boringtun may hold packets queued while no session existed.
+    pub(super) maybe_queued: bool,
+    /// Handshake initiations sent since the last completed handshake.
+    pub(super) attempts: u32,
+    pub(super) last_handshake: Option<Instant>,
+    pub(super) resolve_pending: bool,
+    pub(super) last_resolve_request: Option<Instant>,
+    pub(super) handshakes: u64,
+    pub(super) rx_packets: u64,
+    pub(super) rx_bytes: u64,
+    pub(super) tx_packets: u64,
+    pub(super) tx_bytes: u64,
+}
+
+impl Peer {
+    pub(super) fn new(
+        tunn: Tunn,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+        endpoint_name: Option<Endpoint>,
+    ) -> Self {
+        Self {
+            tunn,
+            public_key,
+            endpoint,
+            endpoint_name,
+            dial: false,
+            stale: true,
+            maybe_queued: false,
+            attempts: 0,
+            last_handshake: None,
+            resolve_pending: false,
+            last_resolve_request: None,
+            handshakes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+        }
+    }
+
+    /// Brings boringtun's notion of "now" up to date before the first event after a period in
+    /// which `tick` skipped this peer (no endpoint) or before the first tick at all. Without it a
+    /// session established on a long-idle `Tunn` is stamped with the creation time and expired by
+    /// the next `update_timers` call (REJECT_AFTER_TIME is counted from that stamp).
+    pub(super) fn refresh_if_stale(&mut self) {
+        if self.stale {
+            let mut scratch = [0u8; REFRESH_SCRATCH_LEN];
+            // Whatever this produces (an expiry, a keepalive that could not be delivered) is
+            // deliberately dropped: the peer had no endpoint or no session to use it.
+            let _ = self.tunn.update_timers(&mut scratch);
+            self.stale = false;
+            // A persistent keepalive due without a session is queued by boringtun.
+            if self.tunn.persistent_keepalive().is_some() {
+                self.maybe_queued = true;
+            }
+        }
+    }
+
+    /// Whether boringtun has a current session with this peer (one that `encapsulate` uses).
+    pub(super) fn has_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+
+    /// Records a handshake initiation sent to this peer. Returns true when the attempts before
+    /// it went unanswered often enough that the endpoint's DNS name should be re-resolved.
+    pub(super) fn note_initiation(&mut self) -> bool {
+        self.attempts = self.attempts.saturating_add(1);
+        // `attempts - 1` earlier initiations went unanswered.
+        self.attempts > RESOLVE_AFTER_FAILED_HANDSHAKES
+    }
+
+    /// Records a completed handshake (either role).
+    pub(super) fn note_handshake(&mut self, now: Instant) {
+        self.attempts = 0;
+        self.last_handshake = Some(now);
+        self.handshakes += 1;
+    }
+
+    /// Whether a resolution may be requested now: there is a name, none is pending, and the
+    /// last request is at least [`RESOLVE_INTERVAL`] old.
+    pub(super) fn may_request_resolve(&self, now: Instant) -> bool {
+        self.endpoint_name.is_some()
+            && !self.resolve_pending
+            && self
+                .last_resolve_request
+                .is_none_or(|t| now.saturating_duration_since(t) >= RESOLVE_INTERVAL)
+    }
+
+    /// Whether the last handshake is recent enough that a missing "current" session is just the
+    /// responder waiting for the initiator's first data packet, not a dead tunnel.
+    pub(super) fn handshake_within(&self, now: Instant, window: Duration) -> bool {
+        self.last_handshake
+            .is_some_and(|t| now.saturating_duration_since(t) < window)
+    }
+
+    pub(super) fn status(&self) -> PeerStatus {
+        PeerStatus {
+            public_key: self.public_key,
+            endpoint: self.endpoint,
+            endpoint_name: self.endpoint_name.clone(),
+            last_handshake: self.last_handshake,
+            handshakes: self.handshakes,
+            handshake_attempts: self.attempts,
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            tx_packets: self.tx_packets,
+            tx_bytes: self.tx_bytes,
+        }
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `Tunn` has no Debug (and holds key material): leave it out.
+        f.debug_struct("Peer")
+            .field("public_key", &self.public_key)
+            .field("endpoint", &self.endpoint)
+            .field("endpoint_name", &self.endpoint_name)
+            .field("dial", &self.dial)
+            .field("attempts", &self.attempts)
+            .field("last_handshake", &self.last_handshake)
+            .field("resolve_pending", &self.resolve_pending)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,278 @@
+//! The `wgbroker` binary: key tools against `wg`, and the exit-code contract of each command.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+}
+
+fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/broker.toml")
+}
+
+/// `wg` from wireguard-tools; `.ci/run` installs it.
+fn wg() -> Command {
+    Command::new("wg")
+}
+
+#[test]
+fn genkey_and_pubkey_match_wg() {
+    // Our key → wg pubkey == our pubkey.
+    for _ in 0..8 {
+        let key = bin().arg("genkey").output().expect("genkey");
+        assert!(key.status.success());
+        let key = stdout(&key);
+        assert_eq!(key.len(), 45, "44 base64 chars and a newline: {key:?}");
+        let ours = run_with_stdin(
+            {
+                let mut c = bin();
+                c.arg("pubkey");
+                c
+            },
+            &key,
+        );
+        let theirs = run_with_stdin(
+            {
+                let mut c = wg();
+                c.arg("pubkey");
+                c
+            },
+            &key,
+        );
+        assert!(theirs.status.success(), "wg pubkey: {}", stderr(&theirs));
+        assert_eq!(stdout(&ours), stdout(&theirs), "byte-identical output");
+    }
+    // wg's key → our pubkey == wg pubkey.
+    for _ in 0..8 {
+        let key = stdout(&wg().arg("genkey").output().expect("wg genkey (wireguard-tools)"));
+        let ours = run_with_stdin(
+            {
+                let mut c = bin();
+                c.arg("pubkey");
+                c
+            },
+            &key,
+        );
+        let theirs = run_with_stdin(
+            {
+                let mut c = wg();
+                c.arg("pubkey");
+                c
+            },
+            &key,
+        );
+        assert_eq!(stdout(&ours), stdout(&theirs));
+    }
+}
+
+#[test]
+fn pubkey_rejects_garbage_like_wg() {
+    for bad in ["", "not a key\n", "AAAA\n"] {
+        let o = run_with_stdin(
+            {
+                let mut c = bin();
+                c.arg("pubkey");
+                c
+            },
+            bad,
+        );
+        assert!(!o.status.success());
+        assert!(stdout(&o).is_empty());
+        assert!(stderr(&o).contains("not the correct length or format"));
+        let w = run_with_stdin(
+            {
+                let mut c = wg();
+                c.arg("pubkey");
+                c
+            },
+            bad,
+        );
+        assert!(!w.status.success(), "wg agrees that {bad:?} is bad");
+    }
+}
+
+#[test]
+fn version_and_usage_errors() {
+    let o = bin().arg("--version").output().expect("run");
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("wgbroker {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = bin().arg("frobnicate").output().expect("run");
+    assert_eq!(o.status.code(), Some(64));
+    let o = bin().args(["explain", "GET"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(64), "missing -c and URL");
+}
+
+#[test]
+fn check_reports_every_error_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "[wireguard]\naddress = \"nope\"\nmtu = 1\n[[scm]]\ntype = \"svn\"\nbase_url = \"https://x\"\n",
+    )
+    .expect("write");
+    let o = bin().arg("check").arg("-c").arg(&f).output().expect("run");
+    assert_eq!(o.status.code(), Some(78));
+    let err = stderr(&o);
+    for key in [
+        "wireguard.private_key",
+        "wireguard.address",
+        "wireguard.mtu",
+        "wireguard.peers",
+        "scm[0].type",
+    ] {
+        assert!(err.contains(&format!("bad.toml: {key}: ")), "{key} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_accepts_the_example_with_its_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = stdout(&bin().arg("genkey").output().expect("genkey"));
+    std::fs::write(dir.path().join("wgbroker.key"), &key).expect("write");
+    std::fs::write(dir.path().join("github.token"), "ghp_exampletoken").expect("write");
+    let tok = dir.path().join("gitlab.token");
+    std::fs::write(&tok, "glpat-example").expect("write");
+    let over = dir.path().join("site.toml");
+    std::fs::write(
+        &over,
+        format!(
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://gitlab.example.com/api/v4\"\ntoken = {{ file = \"{}\" }}\n",
+            tok.display()
+        ),
+    )
+    .expect("write");
+    let o = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(example())
+        .arg("-c")
+        .arg(&over)
+        .env("CREDENTIALS_DIRECTORY", dir.path())
+        .env("JIRA_AUTH", "Basic c2VjcmV0")
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("configuration OK"), "{out}");
+    // The public key printed is the one of the credential's private key.
+    let public = run_with_stdin(
+        {
+            let mut c = bin();
+            c.arg("pubkey");
+            c
+        },
+        &key,
+    );
+    assert!(out.contains(stdout(&public).trim()));
+    assert!(!out.contains("ghp_exampletoken") && !stderr(&o).contains("ghp_exampletoken"));
+}
+
+#[test]
+fn dump_redacts_every_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("b.toml");
+    std::fs::write(
+        &f,
+        r#"
+[wireguard]
+private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+endpoint = "gw.example.com:51820"
+allowed_ips = ["10.77.0.1/32"]
+[[scm]]
+type = "github"
+base_url = "https://ghe.example.com/api/v3"
+token = "ghp_inlinesecret"
+[[allow]]
+url = "https://jira.example.com/rest/api/2/issue/:key"
+methods = ["GET"]
+set_request_headers = { Authorization = "Basic amlyYTpodW50ZXIy" }
+"#,
+    )
+    .expect("write");
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for secret in [
+        "ghp_inlinesecret",
+        "amlyYTpodW50ZXIy",
+        "yAnz5TF+lXXJte14tji3zlMNq",
+    ] {
+        assert!(!out.contains(secret), "{secret} leaked");
+    }
+    // The merged document is valid TOML and lists the generated rules after the user rule.
+    let doc: toml::Table = toml::from_str(&out).expect("dump is TOML");
+    let rules = doc["rules"].as_array().expect("rules");
+    assert!(rules.len() > 20, "GitHub rules generated");
+    assert_eq!(rules[0]["origin"].as_str(), Some("allow[0]"));
+    assert!(
+        rules[1]["origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("scm[0]"))
+    );
+}
+
+#[test]
+fn explain_exit_codes() {
+    let ex = example();
+    let run = |method: &str, url: &str| {
+        let o = bin()
+            .arg("explain")
+            .arg("-c")
+            .arg(&ex)
+            .args([method, url])
+            .output()
+            .expect("run");
+        (o.status.code(), stdout(&o))
+    };
+    let (code, out) = run("GET", "https://ghe.example.com/api/v3/repos/acme/app");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ALLOWED"), "{out}");
+    assert!(out.contains("Authorization: <redacted>"), "{out}");
+    let (code, out) = run("DELETE", "https://ghe.example.com/api/v3/repos/acme/app");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("DENIED"));
+    let (code, out) = run("GET", "https://evil.example.com/");
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = run("GET", "https://ghe.example.com/api/v3/repos/acme/../admin");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.starts_with("MALFORMED"));
+    let (code, _) = run("GET", "https://ghe.example.com/api/v3/repos//app");
+    assert_eq!(code, Some(2));
+    // User rule for Jira, from the example.
+    let (code, out) = run("GET", "https://jira.example.com/rest/api/2/issue/ABC-1");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("allow[0]"), "{out}");
+}

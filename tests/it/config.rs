@@ -1,0 +1,326 @@
+//! Configuration: overlay semantics, secret sources, every error at once with file and key path.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use wgbroker::config::{self, ConfigErrors, LoadMode, Loaded, SecretSource};
+
+const KEY_A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+const PEER: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+fn base() -> String {
+    format!(
+        r#"
+[wireguard]
+private_key = "{KEY_A}"
+address = "10.77.0.2"
+
+[[wireguard.peers]]
+public_key = "{PEER}"
+endpoint = "gw.example.com:51820"
+allowed_ips = ["10.77.0.1/32"]
+"#
+    )
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let m: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| m.get(k).cloned()
+}
+
+fn load(layers: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    load_env(layers, &env_of(&[]))
+}
+
+fn load_env(
+    layers: &[(&str, &str)],
+    env: &dyn config::SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    let layers: Vec<(PathBuf, String)> = layers
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect();
+    config::load_str(&layers, LoadMode::Full, env)
+}
+
+fn errors(layers: &[(&str, &str)]) -> Vec<String> {
+    match load(layers) {
+        Ok(_) => panic!("configuration unexpectedly valid"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let l = load(&[("a.toml", &base())]).expect("valid");
+    let c = &l.config;
+    assert_eq!(c.wireguard.listen_port, 0);
+    assert_eq!(c.wireguard.mtu, 1420);
+    assert_eq!(c.wireguard.peers[0].persistent_keepalive, 20);
+    assert_eq!(c.wireguard.peers[0].endpoint.host, "gw.example.com");
+    assert_eq!(c.wireguard.peers[0].endpoint.port, 51820);
+    assert_eq!(c.inbound.listen_port, 80);
+    assert!(c.heartbeat.is_none());
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9000");
+}
+
+#[test]
+fn overlay_merges_tables_and_replaces_arrays() {
+    let site = r#"
+[wireguard]
+mtu = 1380
+[[wireguard.peers]]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+endpoint = "[2001:db8::1]:51820"
+allowed_ips = ["10.77.0.1/32", "fd00::1/128"]
+persistent_keepalive = 0
+[inbound]
+listen_port = 8080
+"#;
+    let l = load(&[("base.toml", &base()), ("site.toml", site)]).expect("valid");
+    let wg = &l.config.wireguard;
+    // Table merge: address from base, mtu from site.
+    assert_eq!(wg.address.to_string(), "10.77.0.2");
+    assert_eq!(wg.mtu, 1380);
+    // Array replace: exactly the site's one peer.
+    assert_eq!(wg.peers.len(), 1);
+    assert_eq!(wg.peers[0].endpoint.host, "2001:db8::1");
+    assert_eq!(wg.peers[0].allowed_ips.len(), 2);
+    assert_eq!(wg.peers[0].persistent_keepalive, 0);
+    assert_eq!(l.config.inbound.listen_port, 8080);
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_file_and_key() {
+    let bad = r#"
+[wireguard]
+address = "10.77.0.300"
+mtu = 70000
+colour = "blue"
+[[wireguard.peers]]
+public_key = "short"
+endpoint = "nohost"
+allowed_ips = ["10.0.0.1/8"]
+[inbound]
+listen_port = "eighty"
+[[scm]]
+type = "perforce"
+base_url = "https://p4.example.com"
+[[allow]]
+methods = ["GET"]
+[upstream]
+tls_min_version = "1.1"
+[nonsense]
+x = 1
+"#;
+    let errs = errors(&[("base.toml", &base()), ("site.toml", bad)]);
+    let expect = [
+        "site.toml: wireguard.address: invalid IP address",
+        "site.toml: wireguard.mtu: 70000 is out of range",
+        "site.toml: wireguard.colour: unknown key",
+        "site.toml: wireguard.peers[0].public_key: key is not the correct length",
+        "site.toml: wireguard.peers[0].endpoint: invalid endpoint",
+        "site.toml: wireguard.peers[0].allowed_ips[0]: \"10.0.0.1/8\" has host bits set",
+        "site.toml: inbound.listen_port: expected an integer",
+        "site.toml: scm[0].type: unknown SCM type \"perforce\"",
+        "site.toml: allow[0].url: missing required key",
+        "site.toml: upstream.tls_min_version: \"1.1\" is not supported",
+        "site.toml: nonsense: unknown key",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    // The private key came from base.toml and is fine: nothing reported against it.
+    assert!(!errs.iter().any(|e| e.contains("private_key")));
+}
+
+#[test]
+fn toml_syntax_errors_name_the_file() {
+    let errs = errors(&[("a.toml", &base()), ("broken.toml", "[wireguard\nx=1")]);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("broken.toml: invalid TOML"), "{errs:?}");
+}
+
+#[test]
+fn missing_sections_and_keys_are_errors() {
+    let errs = errors(&[("empty.toml", "")]);
+    assert_eq!(errs, ["empty.toml: wireguard: missing required section [wireguard]"]);
+    let errs = errors(&[("a.toml", "[wireguard]\n")]);
+    for key in ["private_key", "address", "peers"] {
+        assert!(
+            errs.iter().any(|e| e.contains(&format!("wireguard.{key}: "))),
+            "{key}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn secrets_from_every_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("key"), format!("{KEY_A}\n")).expect("write");
+    std::fs::write(dir.path().join("gl.token"), "glpat-fromfile\n").expect("write");
+    std::fs::create_dir(dir.path().join("creds")).expect("mkdir");
+    std::fs::write(dir.path().join("creds/gh"), "ghp-fromcredential").expect("write");
+    let cfg = format!(
+        r#"
+[wireguard]
+private_key = {{ file = "{key}" }}
+address = "fd00::2"
+[[wireguard.peers]]
+public_key = "{PEER}"
+endpoint = "gw.example.com:51820"
+allowed_ips = ["fd00::1/128"]
+[[scm]]
+type = "github"
+base_url = "https://ghe.example.com/api/v3"
+token = {{ credential = "gh" }}
+[[scm]]
+type = "gitlab"
+base_url = "https://gitlab.example.com/api/v4"
+token = {{ file = "{gl}" }}
+[[allow]]
+url = "https://jira.example.com/rest/api/2/issue/:key"
+methods = ["get"]
+set_request_headers = {{ Authorization = {{ env = "JIRA_AUTH" }}, X-Inline = "inline-value" }}
+"#,
+        key = dir.path().join("key").display(),
+        gl = dir.path().join("gl.token").display(),
+    );
+    let creds = dir.path().join("creds").display().to_string();
+    let env = env_of(&[
+        ("JIRA_AUTH", "Basic amlyYTpzZWNyZXQ="),
+        ("CREDENTIALS_DIRECTORY", &creds),
+    ]);
+    let l = load_env(&[("a.toml", &cfg)], &env).expect("valid");
+    let c = &l.config;
+    assert_eq!(
+        c.wireguard.private_key.to_base64(),
+        KEY_A,
+        "file secret, trailing newline trimmed"
+    );
+    assert!(matches!(c.wireguard.private_key_source, SecretSource::File(_)));
+    let gh = c.scm[0].token.as_ref().expect("token");
+    assert_eq!(gh.value.expose(), "ghp-fromcredential");
+    assert_eq!(gh.source, SecretSource::Credential("gh".into()));
+    assert_eq!(
+        c.scm[1].token.as_ref().expect("token").value.expose(),
+        "glpat-fromfile"
+    );
+    let hdrs = &c.allow[0].set_request_headers;
+    assert_eq!(c.allow[0].methods, ["GET"]);
+    let get = |n: &str| {
+        hdrs.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.expose().to_owned())
+    };
+    assert_eq!(get("Authorization").as_deref(), Some("Basic amlyYTpzZWNyZXQ="));
+    assert_eq!(get("X-Inline").as_deref(), Some("inline-value"));
+
+    // The dump shows sources, never values.
+    let dump = config::dump::render(c);
+    for secret in [
+        "ghp-fromcredential",
+        "glpat-fromfile",
+        "amlyYTpzZWNyZXQ",
+        "inline-value",
+        KEY_A,
+    ] {
+        assert!(!dump.contains(secret), "{secret} leaked into dump:\n{dump}");
+    }
+    assert!(dump.contains("credential = \"gh\""), "{dump}");
+    assert!(dump.contains("Authorization = \"<redacted>\""), "{dump}");
+    assert!(dump.contains("<redacted>"), "{dump}");
+}
+
+#[test]
+fn unreadable_secrets_are_errors_that_do_not_leak() {
+    let cfg = format!(
+        r#"
+[wireguard]
+private_key = {{ env = "NO_SUCH_VAR" }}
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "{PEER}"
+endpoint = "gw.example.com:51820"
+allowed_ips = ["10.77.0.1/32"]
+preshared_key = {{ credential = "psk" }}
+[[scm]]
+type = "gitlab"
+base_url = "https://gitlab.example.com/api/v4"
+token = {{ file = "/nonexistent/token", env = "X" }}
+[[allow]]
+url = "https://a.example.com/x"
+methods = ["GET"]
+set_request_headers = {{ X-Token = {{ vault = "x" }} }}
+"#
+    );
+    let errs = errors(&[("a.toml", &cfg)]);
+    let expect = [
+        "a.toml: wireguard.private_key.env: environment variable NO_SUCH_VAR is not set",
+        "a.toml: wireguard.peers[0].preshared_key.credential: credential \"psk\" requested but $CREDENTIALS_DIRECTORY is not set",
+        "a.toml: scm[0].token: a secret table needs exactly one of",
+        "a.toml: allow[0].set_request_headers.X-Token.vault: unknown secret source",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+    }
+    // A wrong inline key is reported without echoing it.
+    let errs = errors(&[(
+        "b.toml",
+        &base().replace(KEY_A, "c2VjcmV0LXRoYXQtaXMtbm90LWEta2V5LXNlY3JldA=="),
+    )]);
+    assert!(errs.iter().all(|e| !e.contains("c2VjcmV0")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("wireguard.private_key: key is not")));
+}
+
+#[test]
+fn policy_mode_tolerates_unavailable_secrets() {
+    let layers = vec![(PathBuf::from("ex.toml"), config::EXAMPLE.to_owned())];
+    let l = config::load_str(&layers, LoadMode::Policy, &env_of(&[]))
+        .expect("the shipped example loads in policy mode");
+    assert!(!l.warnings.is_empty());
+    assert!(
+        config::load_str(&layers, LoadMode::Full, &env_of(&[])).is_err(),
+        "full mode needs the credentials"
+    );
+}
+
+#[test]
+fn heartbeat_must_be_reachable_through_the_tunnel() {
+    let hb = "[heartbeat]\nurl = \"http://192.0.2.1/ping\"\n";
+    let errs = errors(&[("a.toml", &base()), ("hb.toml", hb)]);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("hb.toml: heartbeat.url: 192.0.2.1 is not inside any peer's allowed_ips")),
+        "{errs:?}"
+    );
+    let ok = "[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"15s\"\n";
+    let l = load(&[("a.toml", &base()), ("hb.toml", ok)]).expect("valid");
+    let hb = l.config.heartbeat.expect("heartbeat");
+    assert_eq!(hb.interval.as_secs(), 15);
+}
+
+#[test]
+fn runtime_profiles_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/profiles");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("perf/profiles exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let name = path.display().to_string();
+            if let Err(e) = load(&[("base.toml", &base()), (&name, &text)]) {
+                panic!("{e}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no profile found in {}", dir.display());
+}

@@ -1,0 +1,133 @@
+//! Network namespaces for tests against real peers: two namespaces joined by a veth pair, torn
+//! down on drop. Addresses exist only inside these namespaces; nothing leaves the machine.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces, `vendor` and `broker`, with a veth pair between them.
+#[derive(Debug)]
+pub struct Pair {
+    pub vendor: String,
+    pub broker: String,
+    /// Vendor end of the veth, as seen from the broker namespace.
+    pub vendor_ip: String,
+    pub broker_ip: String,
+    children: Vec<Child>,
+}
+
+impl Pair {
+    /// Creates the namespaces; `subnet` picks a distinct /30 per test (0..=255).
+    pub fn new(tag: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let vendor = format!("wgbv-{tag}-{id}");
+        let broker = format!("wgbb-{tag}-{id}");
+        let octet = (std::process::id() as usize * 7 + n as usize * 4) % 250;
+        let vendor_ip = format!("10.213.{octet}.1");
+        let broker_ip = format!("10.213.{octet}.2");
+        let pair = Self {
+            vendor,
+            broker,
+            vendor_ip,
+            broker_ip,
+            children: Vec::new(),
+        };
+        let (va, vb) = (format!("v{}a", n + 100 * (std::process::id() % 1000)), format!("v{}b", n + 100 * (std::process::id() % 1000)));
+        sh(&["ip", "netns", "add", &pair.vendor]);
+        sh(&["ip", "netns", "add", &pair.broker]);
+        sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        sh(&["ip", "link", "set", &va, "netns", &pair.vendor]);
+        sh(&["ip", "link", "set", &vb, "netns", &pair.broker]);
+        pair.exec(&pair.vendor, &["ip", "addr", "add", &format!("{}/30", pair.vendor_ip), "dev", &va]);
+        pair.exec(&pair.broker, &["ip", "addr", "add", &format!("{}/30", pair.broker_ip), "dev", &vb]);
+        for (ns, dev) in [(&pair.vendor, &va), (&pair.broker, &vb)] {
+            pair.exec(ns, &["ip", "link", "set", dev, "up"]);
+            pair.exec(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Runs a command inside namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// A command prepared to run inside `ns`.
+    pub fn command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    /// Starts a long-running child inside `ns`; it is killed on drop.
+    pub fn spawn(&mut self, ns: &str, args: &[&str]) -> &mut Child {
+        let child = self
+            .command(ns, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+
+    /// The child started by [`Pair::spawn`] with process id `pid`.
+    pub fn child(&mut self, pid: u32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.id() == pid)
+    }
+
+    /// Sets up `wireguard-go` as the vendor's gateway: interface `wg0` with `tunnel_ip/24`,
+    /// listening on UDP 51820, one peer (the broker) with `broker_public` and `broker_tunnel_ip`.
+    pub fn start_wireguard_go(&mut self, private_key: &str, tunnel_ip: &str, broker_public: &str, broker_tunnel_ip: &str) {
+        let ns = self.vendor.clone();
+        let mut c = self.command(&ns, &["wireguard-go", "-f", "wg0"]);
+        c.env("WG_PROCESS_FOREGROUND", "1").stdout(Stdio::null()).stderr(Stdio::null());
+        self.children.push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
+        // Wait for the UAPI socket.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.command(&ns, &["wg", "show", "wg0"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "wireguard-go did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let key_file = std::env::temp_dir().join(format!("{ns}.key"));
+        std::fs::write(&key_file, private_key).expect("write key");
+        self.exec(&ns, &[
+            "wg", "set", "wg0", "private-key", key_file.to_str().expect("utf-8"), "listen-port", "51820",
+            "peer", broker_public, "allowed-ips", &format!("{broker_tunnel_ip}/32"),
+        ]);
+        let _ = std::fs::remove_file(&key_file);
+        self.exec(&ns, &["ip", "addr", "add", &format!("{tunnel_ip}/24"), "dev", "wg0"]);
+        self.exec(&ns, &["ip", "link", "set", "wg0", "up"]);
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.vendor, &self.broker] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

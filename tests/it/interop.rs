@@ -1,0 +1,130 @@
+//! Interop with a real WireGuard peer: `wireguard-go` + kernel TCP + `curl` in one network
+//! namespace (the vendor), the `wgbroker` binary in another, joined by a veth pair. Needs root,
+//! `ip netns`, `wireguard-go`, `wireguard-tools` and `curl`, which `.ci/setup` installs.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wgbroker::keys::PrivateKey;
+
+use crate::harness::netns::Pair;
+
+struct Interop {
+    pair: Pair,
+    broker_pid: u32,
+    handshake: Duration,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Interop {
+    let mut pair = Pair::new("io");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    pair.start_wireguard_go(
+        &vendor_key.to_base64(),
+        "10.77.0.1",
+        &broker_key.public_key().to_string(),
+        "10.77.0.2",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[wireguard]
+private_key = "{}"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{}:51820"
+allowed_ips = ["10.77.0.1/32"]
+[log]
+level = "warn"
+"#,
+            broker_key.to_base64(),
+            vendor_key.public_key(),
+            pair.vendor_ip
+        ),
+    )
+    .expect("write config");
+    let broker_ns = pair.broker.clone();
+    let started = Instant::now();
+    let child = pair.spawn(
+        &broker_ns,
+        &[env!("CARGO_BIN_EXE_wgbroker"), "run", "-c", cfg.to_str().expect("utf-8")],
+    );
+    let broker_pid = child.id();
+    // The handshake is visible on the vendor side.
+    let vendor_ns = pair.vendor.clone();
+    let handshake = loop {
+        let out = pair.exec(&vendor_ns, &["wg", "show", "wg0", "latest-handshakes"]);
+        if out.split_whitespace().nth(1).is_some_and(|t| t != "0") {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no handshake: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("interop: handshake completed {handshake:?} after the broker started");
+    Interop {
+        pair,
+        broker_pid,
+        handshake,
+        _dir: dir,
+    }
+}
+
+/// Runs curl in the vendor namespace; returns (status codes, connections opened).
+fn curl(t: &Interop, args: &[&str], urls: usize) -> (Vec<String>, u64) {
+    let url = "http://10.77.0.2/healthcheck";
+    let mut cmd = t.pair.command(&t.pair.vendor, &["curl", "-sS", "--max-time", "20"]);
+    cmd.args(args)
+        .args(["-H", "Connection: close", "-w", "%{http_code} %{num_connects}\n"]);
+    for _ in 0..urls {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut codes = Vec::new();
+    let mut connects = 0;
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        codes.push(it.next().unwrap_or_default().to_owned());
+        connects += it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    assert!(out.status.success(), "curl failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    (codes, connects)
+}
+
+#[test]
+fn wireguard_go_and_curl_reach_the_broker() {
+    let t = start();
+    assert!(t.handshake < Duration::from_secs(15));
+
+    // 300 sequential requests, each on a fresh TCP connection.
+    let (codes, connects) = curl(&t, &[], 300);
+    assert_eq!(codes.len(), 300);
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(connects, 300, "one fresh connection per request");
+
+    // 64 in parallel.
+    let (codes, connects) = curl(&t, &["--parallel", "--parallel-max", "64", "--parallel-immediate"], 64);
+    assert_eq!(codes.len(), 64);
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(connects, 64);
+
+    // The body is exactly "OK".
+    let body = t.pair.exec(&t.pair.vendor, &["curl", "-sS", "--max-time", "10", "http://10.77.0.2/healthcheck"]);
+    assert_eq!(body, "OK");
+
+    // SIGTERM stops the broker within a second, exit status 0.
+    let started = Instant::now();
+    let st = Command::new("kill").args(["-TERM", &t.broker_pid.to_string()]).status().expect("kill");
+    assert!(st.success());
+    let mut t = t;
+    let pid = t.broker_pid;
+    let child = t.pair.child(pid).expect("broker child");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "broker exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "stop took {:?}", started.elapsed());
+}
