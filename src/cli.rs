@@ -39,6 +39,9 @@ struct ConfigArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a broker, a local SCM-like upstream and a vendor peer on loopback; send a realistic
+    /// mix of requests through the real tunnel and print what was allowed, denied and why.
+    Demo,
     /// Print a new private key (base64, like `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (like `wg pubkey`).
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Demo => ExitCode::from(crate::demo::run()),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Run(args) => run(&args.files),
@@ -140,8 +144,13 @@ fn run(files: &[PathBuf]) -> ExitCode {
             signal_hook::consts::SIGHUP => {
                 // Live reload lands with the operations work; until then say so plainly.
                 match config::load(files, LoadMode::Full, &ProcessEnv) {
-                    Ok(_) => tracing::warn!(event = "config.reload", result = "valid, applies on restart"),
-                    Err(errors) => tracing::error!(event = "config.reload", result = "invalid", errors = %errors),
+                    Ok(_) => tracing::warn!(
+                        event = "config.reload",
+                        result = "valid, applies on restart"
+                    ),
+                    Err(errors) => {
+                        tracing::error!(event = "config.reload", result = "invalid", errors = %errors)
+                    }
                 }
             }
             _ => break,

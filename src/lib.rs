@@ -40,9 +40,11 @@
 pub mod allowlist;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod keys;
 pub mod netstack;
+pub mod notify;
 pub mod packet;
 pub mod runtime;
 pub mod secret;
@@ -50,3 +52,4 @@ pub mod server;
 pub mod telemetry;
 pub mod testkit;
 pub mod tunnel;
+pub mod upstream;

@@ -92,6 +92,112 @@ impl Glob {
     }
 }
 
+/// A compiled `:name(re)` segment matcher. Regexes that are a single character class repeated
+/// (`\d+`, `\w+`, `[a-z0-9_.-]+`, also with `*`: a segment is never empty) become a 256-bit
+/// byte set, checked without the regex engine; anything else is an anchored [`regex::Regex`].
+/// The byte set is ASCII-only, so on (non-canonical) non-ASCII input it is stricter than the
+/// Unicode-aware regex, never looser.
+#[derive(Debug, Clone)]
+pub(crate) enum SegmentRegex {
+    Class([u64; 4]),
+    Regex(regex::Regex),
+}
+
+impl SegmentRegex {
+    /// Compiles `^(?:src)$`; the error is a message for the operator.
+    pub fn compile(src: &str) -> Result<SegmentRegex, String> {
+        let re = regex::RegexBuilder::new(&format!("^(?:{src})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("bad regex in :name({src}): {e}"))?;
+        Ok(match byte_class(src) {
+            Some(set) => SegmentRegex::Class(set),
+            None => SegmentRegex::Regex(re),
+        })
+    }
+
+    /// Whether the whole (non-empty) segment matches.
+    #[inline]
+    pub fn is_match(&self, seg: &[u8]) -> bool {
+        match self {
+            SegmentRegex::Class(set) => {
+                !seg.is_empty()
+                    && seg
+                        .iter()
+                        .all(|&b| set[usize::from(b >> 6)] >> (b & 63) & 1 == 1)
+            }
+            SegmentRegex::Regex(re) => std::str::from_utf8(seg).is_ok_and(|s| re.is_match(s)),
+        }
+    }
+}
+
+/// The byte set of a regex of the form `CLASS+` or `CLASS*`, where CLASS is `\d`, `\w` or a
+/// bracket expression of ASCII characters, ranges, `\d`, `\w` and escaped punctuation.
+fn byte_class(src: &str) -> Option<[u64; 4]> {
+    let body = src.strip_suffix('+').or_else(|| src.strip_suffix('*'))?;
+    let mut set = [0u64; 4];
+    let mut add = |b: u8| set[usize::from(b >> 6)] |= 1 << (b & 63);
+    let add_digits = |add: &mut dyn FnMut(u8)| (b'0'..=b'9').for_each(add);
+    let add_word = |add: &mut dyn FnMut(u8)| {
+        (b'0'..=b'9')
+            .chain(b'a'..=b'z')
+            .chain(b'A'..=b'Z')
+            .chain([b'_'])
+            .for_each(add)
+    };
+    match body {
+        "\\d" => add_digits(&mut add),
+        "\\w" => add_word(&mut add),
+        _ => {
+            let inner = body.strip_prefix('[')?.strip_suffix(']')?.as_bytes();
+            // Negation and set operations (`--`, `&&`, `~~`) are left to the regex engine.
+            if inner.is_empty() || inner[0] == b'^' || inner.windows(2).any(|w| w == b"--") {
+                return None;
+            }
+            let mut i = 0;
+            while i < inner.len() {
+                let c = inner[i];
+                let lit = match c {
+                    b'\\' => match *inner.get(i + 1)? {
+                        b'd' => {
+                            add_digits(&mut add);
+                            i += 2;
+                            continue;
+                        }
+                        b'w' => {
+                            add_word(&mut add);
+                            i += 2;
+                            continue;
+                        }
+                        e if e.is_ascii_punctuation() => {
+                            i += 1;
+                            e
+                        }
+                        _ => return None,
+                    },
+                    b'[' | b']' | b'&' | b'~' => return None, // nested classes, set operations
+                    c if c.is_ascii_graphic() => c,
+                    _ => return None,
+                };
+                // A range `lit-hi` (a '-' first or last is a literal).
+                if inner.get(i + 1) == Some(&b'-') && i + 2 < inner.len() {
+                    let hi = inner[i + 2];
+                    if hi == b'\\' || hi == b'[' || hi == b']' || !hi.is_ascii_graphic() || hi < lit
+                    {
+                        return None;
+                    }
+                    (lit..=hi).for_each(&mut add);
+                    i += 3;
+                } else {
+                    add(lit);
+                    i += 1;
+                }
+            }
+        }
+    }
+    Some(set)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return Some(0);
@@ -415,6 +521,55 @@ mod tests {
         assert!(!g.matches(b"aba"));
         assert!(g.matches(b"abba"));
         assert!(glob("*").matches(b""));
+    }
+
+    #[test]
+    fn byte_classes_agree_with_the_regex_engine() {
+        let sources = [
+            r"\d+",
+            r"\w+",
+            "[a-z]+",
+            "[a-z0-9_.-]+",
+            "[-a]+",
+            r"[\d\-]*",
+            "[A-Fa-f0-9]+",
+            r"[\w.]+",
+            "[ab]+",
+            "a|x",
+            "[^a]+",
+            r"\d{2}",
+            "[a-]+",
+            "[:@]+",
+            "(ab)+",
+            "[[:alpha:]]+",
+            "[a-z--b]+",
+            "[+--]+",
+        ];
+        let inputs = [
+            "", "a", "ab", "abc", "0", "123", "12a", "a-b", "-", "_", ".", "A9f", "x.y", "%2F",
+            ":@", "zz", "b", "+,",
+        ];
+        for src in sources {
+            let fast = SegmentRegex::compile(src).expect("valid");
+            let slow = regex::Regex::new(&format!("^(?:{src})$")).expect("valid");
+            for input in inputs {
+                let want = !input.is_empty() && slow.is_match(input);
+                assert_eq!(fast.is_match(input.as_bytes()), want, "{src} on {input:?}");
+            }
+        }
+        assert!(matches!(
+            SegmentRegex::compile(r"\d+"),
+            Ok(SegmentRegex::Class(_))
+        ));
+        assert!(matches!(
+            SegmentRegex::compile("[a-z0-9_.-]+"),
+            Ok(SegmentRegex::Class(_))
+        ));
+        assert!(matches!(
+            SegmentRegex::compile("a|x"),
+            Ok(SegmentRegex::Regex(_))
+        ));
+        assert!(SegmentRegex::compile("[").is_err());
     }
 
     #[test]

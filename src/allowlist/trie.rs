@@ -18,13 +18,11 @@
 mod build;
 mod table;
 
-use regex::Regex;
-
 use super::canon::Scheme;
-use super::constraint::{ANY_SLOT, SLOTS};
-use super::pattern::Glob;
+use super::constraint::ANY_SLOT;
+use super::pattern::{Glob, SegmentRegex};
 pub(crate) use build::TrieBuilder;
-use table::{Key, LitTable, Origins};
+use table::{LitTable, Origins};
 
 /// "No node" / "no rule".
 pub(crate) const NONE: u32 = u32::MAX;
@@ -42,8 +40,6 @@ const F_GLOB: u8 = 32;
 
 #[derive(Debug)]
 struct Node {
-    /// Lowest rule id at or below this node, per method slot ([`NONE`] if none).
-    min_rule: [u32; SLOTS],
     /// `F_*` bits; 0 for a leaf (only the end of the path can match here).
     flags: u8,
     param: u32,
@@ -60,7 +56,11 @@ struct Node {
 pub(crate) struct Trie {
     origins: Origins,
     nodes: Vec<Node>,
-    regexes: Vec<Regex>,
+    /// `min_rule[slot][node]`: the lowest rule id at or below `node` whose methods include
+    /// `slot` (any rule for [`ANY_SLOT`]), [`NONE`] if none. One column per slot keeps the
+    /// pruning check of a walk to one load.
+    min_rule: Vec<Box<[u32]>>,
+    regexes: Vec<SegmentRegex>,
     globs: Vec<Glob>,
 }
 
@@ -95,12 +95,19 @@ impl Trie {
     where
         F: FnMut(u32, Span) -> bool,
     {
+        let Some(min_rule) = self.min_rule.get(slot.min(ANY_SLOT)) else {
+            return WalkResult {
+                best: None,
+                exhausted: false,
+                visits: 0,
+            };
+        };
         let mut w = Walker {
             nodes: &self.nodes,
+            min_rule,
             regexes: &self.regexes,
             globs: &self.globs,
             path: path.as_bytes(),
-            slot: slot.min(ANY_SLOT),
             best: NONE,
             budget: BUDGET,
             exhausted: false,
@@ -123,10 +130,11 @@ const END: usize = usize::MAX;
 
 struct Walker<'t, 'p, F> {
     nodes: &'t [Node],
-    regexes: &'t [Regex],
+    /// The walk's method column of `Trie::min_rule`.
+    min_rule: &'t [u32],
+    regexes: &'t [SegmentRegex],
     globs: &'t [Glob],
     path: &'p [u8],
-    slot: usize,
     best: u32,
     budget: u32,
     exhausted: bool,
@@ -152,67 +160,94 @@ where
     /// Whether `node` can still hold a better rule than the best so far.
     #[inline]
     fn live(&self, node: u32) -> bool {
-        self.nodes
+        self.min_rule
             .get(node as usize)
-            .is_some_and(|n| n.min_rule[self.slot] < self.best)
+            .is_some_and(|&m| m < self.best)
     }
 
-    /// Enters `node` with the segment starting at `pos` next (or [`END`]); `capture` is the
-    /// range matched by the last non-literal element so far.
-    #[inline]
-    fn descend(&mut self, node: u32, pos: usize, capture: Span) {
-        let Some(n) = self.nodes.get(node as usize) else {
-            return;
-        };
-        if n.min_rule[self.slot] >= self.best {
-            return;
-        }
-        if self.budget == 0 {
-            self.exhausted = true;
-            return;
-        }
-        self.budget -= 1;
-        if pos == END {
-            for &id in n.terminals.iter() {
-                if id >= self.best {
-                    break;
-                }
-                if (self.accept)(id, capture) {
-                    self.best = id;
-                    break;
-                }
-            }
-        } else if n.flags != 0 {
-            self.expand(n, pos, capture);
-        }
-    }
-
-    /// Follows every edge of `n` that matches the segment(s) starting at `pos`. Recursion
-    /// depth is bounded by the trie depth (at most `MAX_ELEMS`).
-    fn expand(&mut self, n: &Node, pos: usize, capture: Span) {
-        let end = self.seg_end(pos);
-        let next = self.after(end);
-        let seg = self.path.get(pos..end).unwrap_or_default();
-        if n.flags & F_LITS != 0 {
-            if let Some(child) = n.lits.get(Key::at(self.path, pos, end), seg) {
-                self.descend(child, next, capture);
-            }
-        }
-        if seg.is_empty() {
-            // Only `*` and globs can match an empty (trailing) segment.
-            if n.flags & (F_STAR | F_GLOB) == 0 {
+    /// Walks from `node` with the segment starting at `pos` next (or [`END`]); `capture` is the
+    /// range matched by the last non-literal element so far. The common shape (a literal and/or
+    /// a `:name` edge) continues in the loop instead of recursing; recursion depth is bounded
+    /// by the trie depth (at most `MAX_ELEMS`).
+    fn descend(&mut self, mut node: u32, mut pos: usize, mut capture: Span) {
+        loop {
+            if !self.live(node) {
                 return;
             }
-        } else {
-            if n.flags & F_PARAM != 0 {
-                self.descend(n.param, next, (pos, end));
+            let Some(n) = self.nodes.get(node as usize) else {
+                return;
+            };
+            if self.budget == 0 {
+                self.exhausted = true;
+                return;
             }
+            self.budget -= 1;
+            if pos == END {
+                self.terminals(n, capture);
+                return;
+            }
+            if n.flags == 0 {
+                return;
+            }
+            let (end, key) = table::segment(self.path, pos);
+            let next = self.after(end);
+            let lit = if n.flags & F_LITS != 0 {
+                n.lits.get(key, self.path, pos)
+            } else {
+                None
+            };
+            let param = (n.flags & F_PARAM != 0 && end > pos).then_some(n.param);
+            if n.flags & (F_REGEX | F_GROUP | F_STAR | F_GLOB) != 0 {
+                if let Some(child) = lit {
+                    self.descend(child, next, capture);
+                }
+                if let Some(child) = param {
+                    self.descend(child, next, (pos, end));
+                }
+                self.expand_rare(n, pos, end, next);
+                return;
+            }
+            match (lit, param) {
+                (Some(l), Some(p)) => {
+                    self.descend(l, next, capture);
+                    node = p;
+                    capture = (pos, end);
+                }
+                (Some(l), None) => node = l,
+                (None, Some(p)) => {
+                    node = p;
+                    capture = (pos, end);
+                }
+                (None, None) => return,
+            }
+            pos = next;
+        }
+    }
+
+    /// At the end of the path: accept the lowest terminal rule that holds.
+    #[inline]
+    fn terminals(&mut self, n: &Node, capture: Span) {
+        for &id in n.terminals.iter() {
+            if id >= self.best {
+                break;
+            }
+            if (self.accept)(id, capture) {
+                self.best = id;
+                break;
+            }
+        }
+    }
+
+    /// Regex, group, star and glob edges of `n` (the segment is `pos..end`).
+    fn expand_rare(&mut self, n: &Node, pos: usize, end: usize, next: usize) {
+        let seg = self.path.get(pos..end).unwrap_or_default();
+        if !seg.is_empty() {
             if n.flags & F_REGEX != 0 {
                 for &(re, child) in n.regexes.iter() {
-                    let is_match = std::str::from_utf8(seg)
-                        .ok()
-                        .zip(self.regexes.get(re as usize))
-                        .is_some_and(|(s, re)| re.is_match(s));
+                    let is_match = self
+                        .regexes
+                        .get(re as usize)
+                        .is_some_and(|r| r.is_match(seg));
                     if is_match {
                         self.descend(child, next, (pos, end));
                     }

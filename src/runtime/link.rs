@@ -6,7 +6,9 @@
 //! channel instead; the code on both ends is the same.
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 
 use crate::packet::PacketBuf;
 

@@ -20,6 +20,7 @@ pub mod preflight;
 mod shard;
 pub mod status;
 mod tunnel_core;
+pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -53,6 +54,9 @@ pub enum StartError {
     /// The stack configuration derived from the config is invalid.
     #[error("netstack: {0}")]
     Stack(#[from] crate::netstack::ConfigError),
+    /// The upstream TLS or proxy settings are unusable.
+    #[error("upstream: {0}")]
+    Upstream(String),
     /// Binding the UDP socket or spawning an executor failed.
     #[error("{0}")]
     Io(String),
@@ -142,7 +146,9 @@ fn peer_specs(c: &Config) -> Vec<PeerSpec> {
 /// hundred sockets at `max_connections`.
 fn stacks_per_shard(c: &Config, shards: usize) -> usize {
     match c.runtime.stacks_per_shard {
-        0 => (c.runtime.max_connections / shards.max(1)).div_ceil(256).clamp(1, 256),
+        0 => (c.runtime.max_connections / shards.max(1))
+            .div_ceil(256)
+            .clamp(1, 256),
         n => n,
     }
 }
@@ -173,11 +179,21 @@ fn random_u64() -> u64 {
 fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     // Dual-stack when any peer endpoint is IPv6; IPv4 otherwise.
-    let v6 = c.wireguard.peers.iter().any(|p| p.endpoint.host.contains(':'));
+    let v6 = c
+        .wireguard
+        .peers
+        .iter()
+        .any(|p| p.endpoint.host.contains(':'));
     let (domain, addr) = if v6 {
-        (Domain::IPV6, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.wireguard.listen_port))
+        (
+            Domain::IPV6,
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.wireguard.listen_port),
+        )
     } else {
-        (Domain::IPV4, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.wireguard.listen_port))
+        (
+            Domain::IPV4,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.wireguard.listen_port),
+        )
     };
     let io = |what: &str, e: std::io::Error| StartError::Io(format!("UDP socket: {what}: {e}"));
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("create", e))?;
@@ -209,23 +225,35 @@ fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
 /// Everything one shard executor needs, built on the control thread (all `Send`).
 struct ShardSeed {
     index: usize,
+    /// Every rule in decision order; each shard compiles its own allowlist (no sharing).
+    rules: Vec<crate::allowlist::RuleSpec>,
     stack: StackConfig,
     server: ServerConfig,
     seed: u64,
     id_prefix: u32,
     buf_capacity: usize,
+    upstream: crate::config::Upstream,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: crate::upstream::proxy::ProxySettings,
 }
 
 impl ShardSeed {
     fn build(self, to_tunnel: link::Tx, status: Arc<Status>) -> Result<shard::Shard, StartError> {
         let set = StackSet::new(&self.stack, Instant::now(), self.seed)?;
         let pool = BufPool::new(self.buf_capacity, 4096);
-        let ids = RequestIds::new(self.id_prefix, u16::try_from(self.index).unwrap_or(u16::MAX));
+        let ids = RequestIds::new(
+            self.id_prefix,
+            u16::try_from(self.index).unwrap_or(u16::MAX),
+        );
+        let allowlist = crate::allowlist::Allowlist::compile(self.rules)
+            .map_err(|e| StartError::Io(format!("allowlist: {} error(s)", e.len())))?;
+        let upstreams = upstream::ShardUpstreams::new(&self.upstream, self.tls, self.proxy);
         Ok(shard::Shard::new(
             set,
+            upstreams,
             pool,
             to_tunnel,
-            ServerCtx::new(self.server, ids),
+            ServerCtx::new(self.server, allowlist, ids),
             status,
         ))
     }
@@ -235,7 +263,8 @@ impl ShardSeed {
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
     preflight::check_limits()?;
-    let plan = placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
+    let plan =
+        placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();
     let stacks = stacks_per_shard(c, shards);
     let table = PeerTable::new(&c.wireguard.private_key, peer_specs(c), Instant::now())?;
@@ -249,10 +278,20 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     let cap = buf_capacity(c.wireguard.mtu);
     let id_prefix = random_u64() as u32;
-    let server = ServerConfig::from_inbound(&c.inbound);
+    let server = ServerConfig::from_config(c);
+    let rules = c.rules();
+    let tls = crate::upstream::tls::client_config(&c.upstream).map_err(StartError::Upstream)?;
+    let proxy = crate::upstream::proxy::ProxySettings::from_config(&c.upstream, &|k: &str| {
+        std::env::var(k).ok()
+    })
+    .map_err(StartError::Upstream)?;
     let seeds: Vec<ShardSeed> = (0..shards)
         .map(|i| ShardSeed {
             index: i,
+            rules: rules.clone(),
+            upstream: c.upstream.clone(),
+            tls: tls.clone(),
+            proxy: proxy.clone(),
             stack: stack_config(c, i, shards, stacks),
             server,
             seed: random_u64(),
@@ -268,7 +307,10 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let mut joins = Vec::new();
 
     if plan.combined {
-        let seed = seeds.into_iter().next().ok_or_else(|| StartError::Io("no shard".into()))?;
+        let seed = seeds
+            .into_iter()
+            .next()
+            .ok_or_else(|| StartError::Io("no shard".into()))?;
         let (status2, stop2) = (status.clone(), stop.clone());
         let j = builder("wgbroker-core", plan.tunnel_cpu, c)
             .spawn(move || async move {
@@ -312,7 +354,8 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                 .spawn(move || async move {
                     // Both directions at once: a connect waits for its peer end.
                     let (to_tunnel, from_tunnel) =
-                        futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect()).await;
+                        futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect())
+                            .await;
                     let shard = match seed.build(to_tunnel, status2.clone()) {
                         Ok(s) => Rc::new(s),
                         Err(e) => {
@@ -362,5 +405,9 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             .map_err(|e| StartError::Io(format!("cannot start the tunnel executor: {e}")))?;
         joins.push(j);
     }
-    Ok(BrokerHandle { stop, status, joins })
+    Ok(BrokerHandle {
+        stop,
+        status,
+        joins,
+    })
 }

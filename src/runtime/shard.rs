@@ -29,6 +29,7 @@ const MAX_PARK: Duration = Duration::from_millis(100);
 /// One shard's state (single-threaded).
 pub(super) struct Shard {
     pub set: RefCell<StackSet>,
+    pub upstreams: super::upstream::ShardUpstreams,
     pub pool: RefCell<BufPool>,
     pub to_tunnel: Tx,
     pub server: ServerCtx,
@@ -44,9 +45,17 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    pub fn new(set: StackSet, pool: BufPool, to_tunnel: Tx, server: ServerCtx, status: Arc<Status>) -> Self {
+    pub fn new(
+        set: StackSet,
+        upstreams: super::upstream::ShardUpstreams,
+        pool: BufPool,
+        to_tunnel: Tx,
+        server: ServerCtx,
+        status: Arc<Status>,
+    ) -> Self {
         Self {
             set: RefCell::new(set),
+            upstreams,
             pool: RefCell::new(pool),
             to_tunnel,
             server,
@@ -92,6 +101,13 @@ pub(super) async fn ingress_loop(shard: Rc<Shard>, from_tunnel: Rx) {
 
 /// Polls the stacks, starts connection tasks, hands packets to the tunnel core.
 pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+    let period = shard.upstreams.sweep_period();
+    glommio::spawn_local(super::upstream::ShardUpstreams::sweep_every(
+        Rc::downgrade(&shard),
+        |s: &Shard| &s.upstreams,
+        period,
+    ))
+    .detach();
     let mut spent: Vec<PacketBuf> = Vec::with_capacity(256);
     let mut accepted: Vec<ConnId> = Vec::with_capacity(64);
     loop {
@@ -149,12 +165,20 @@ impl server::Timer for GlommioTimer {
 }
 
 async fn connection(shard: Rc<Shard>, id: ConnId) {
+    let peer = shard.set.borrow().remote_addr(id).map(|a| a.ip());
     let mut conn = TunnelConn {
         shard: shard.clone(),
         id,
         closed: false,
     };
-    server::serve(&mut conn, &shard.server, &GlommioTimer).await;
+    server::serve(
+        &mut conn,
+        &shard.server,
+        &GlommioTimer,
+        &shard.upstreams,
+        peer,
+    )
+    .await;
     shard
         .status
         .requests
@@ -178,7 +202,11 @@ fn io_error(e: ConnError) -> io::Error {
 }
 
 impl AsyncRead for TunnelConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut set = self.shard.set.borrow_mut();
         match set.recv_slice(self.id, buf) {
             Ok(0) if !buf.is_empty() => {
@@ -198,7 +226,11 @@ impl AsyncRead for TunnelConn {
 }
 
 impl AsyncWrite for TunnelConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut set = self.shard.set.borrow_mut();
         match set.send_slice(self.id, data) {
             Ok(0) if !data.is_empty() => {

@@ -66,10 +66,10 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
             core.pool.borrow_mut().give(buf);
             continue;
         }
-        let received = core
-            .table
-            .borrow_mut()
-            .receive(Instant::now(), from, &datagram[..n], buf.space());
+        let received =
+            core.table
+                .borrow_mut()
+                .receive(Instant::now(), from, &datagram[..n], buf.space());
         match received {
             Received::Packet { flow, packet, .. } => {
                 let len = packet.len();
@@ -79,7 +79,11 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                     core.status.link_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Received::Transmit { peer, to, datagram: reply } => {
+            Received::Transmit {
+                peer,
+                to,
+                datagram: reply,
+            } => {
                 let len = reply.len();
                 buf.set_len(len);
                 send_datagram(&core.udp, buf.as_slice(), to).await;
@@ -155,7 +159,9 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let now = Instant::now();
         core.table
             .borrow_mut()
-            .initiate_all(now, &mut out, &mut |_, to, d| pending.push((to, d.to_vec())));
+            .initiate_all(now, &mut out, &mut |_, to, d| {
+                pending.push((to, d.to_vec()))
+            });
     }
     loop {
         for (to, d) in pending.drain(..) {
@@ -168,7 +174,9 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let next = core
             .table
             .borrow_mut()
-            .tick(now, &mut out, &mut |_, to, d| pending.push((to, d.to_vec())));
+            .tick(now, &mut out, &mut |_, to, d| {
+                pending.push((to, d.to_vec()))
+            });
         // Endpoint names whose handshakes keep failing: resolve off the executor.
         loop {
             let job = core.table.borrow_mut().poll_resolve();
@@ -194,7 +202,9 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         }
         publish(&core, &mut handshakes_seen);
         if pending.is_empty() {
-            let wait = next.saturating_duration_since(Instant::now()).min(TICK_INTERVAL);
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(TICK_INTERVAL);
             glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
         }
     }
@@ -216,7 +226,10 @@ fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
         if let Some(at) = newest {
             core.status.set_last_handshake(at);
         }
-        tracing::info!(event = "wireguard.handshake", total = c.handshakes_completed);
+        tracing::info!(
+            event = "wireguard.handshake",
+            total = c.handshakes_completed
+        );
     }
     core.status
         .datagrams_dropped

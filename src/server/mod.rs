@@ -11,11 +11,20 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
+use crate::allowlist::Allowlist;
 use crate::http::{BodyFraming, HeadError, Limits, Method, RequestHead, ResponseHead, parse_head};
+use crate::upstream::Upstreams;
+
+mod body;
+pub mod proxy;
+
+pub use proxy::{ERROR_HEADER, PROXIED_HEADER, ProxyTimeouts};
 
 /// Header carrying the per-request id on every response.
 pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
@@ -26,17 +35,19 @@ pub trait Timer {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()>;
 }
 
-/// Server settings, from `[inbound]`.
+/// Server settings, from `[inbound]` and `[upstream]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerConfig {
     pub limits: Limits,
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
+    pub proxy: ProxyTimeouts,
 }
 
 impl ServerConfig {
     /// From the validated configuration.
-    pub fn from_inbound(i: &crate::config::Inbound) -> Self {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        let i = &c.inbound;
         Self {
             limits: Limits {
                 max_head_bytes: i.max_head_bytes,
@@ -44,6 +55,10 @@ impl ServerConfig {
             },
             head_timeout: i.head_timeout,
             idle_timeout: i.idle_timeout,
+            proxy: ProxyTimeouts {
+                body: i.body_timeout,
+                response: c.upstream.response_timeout,
+            },
         }
     }
 }
@@ -83,6 +98,9 @@ pub struct ServerStats {
     pub not_found: u64,
     pub rejected: u64,
     pub timeouts: u64,
+    pub proxied: u64,
+    pub denied: u64,
+    pub upstream_errors: u64,
 }
 
 enum ReadOutcome {
@@ -113,21 +131,7 @@ async fn read_with_timeout<C: AsyncRead + Unpin, T: Timer>(
 }
 
 fn json_error(status: u16, message: &str, request_id: &str) -> Vec<u8> {
-    let body = format!(
-        "{{\"error\":{},\"request_id\":\"{request_id}\"}}",
-        json_string(message)
-    );
-    let mut h = ResponseHead::default();
-    let mut out = h
-        .start(status)
-        .header("Content-Type", "application/json")
-        .header_u64("Content-Length", body.len() as u64)
-        .header(REQUEST_ID_HEADER, request_id)
-        .header("Connection", "close")
-        .finish()
-        .to_vec();
-    out.extend_from_slice(body.as_bytes());
-    out
+    proxy::error_response(status, message, request_id, true)
 }
 
 /// A JSON string literal for `s`.
@@ -151,29 +155,40 @@ pub fn json_string(s: &str) -> String {
 #[derive(Debug)]
 pub struct ServerCtx {
     pub cfg: ServerConfig,
+    /// This shard's own compiled allowlist (replaced whole on reload; no sharing across cores).
+    pub allowlist: RefCell<Rc<Allowlist>>,
     pub ids: RefCell<RequestIds>,
     pub stats: RefCell<ServerStats>,
 }
 
 impl ServerCtx {
     /// A context for one shard.
-    pub fn new(cfg: ServerConfig, ids: RequestIds) -> Self {
+    pub fn new(cfg: ServerConfig, allowlist: Allowlist, ids: RequestIds) -> Self {
         Self {
             cfg,
+            allowlist: RefCell::new(Rc::new(allowlist)),
             ids: RefCell::new(ids),
             stats: RefCell::new(ServerStats::default()),
         }
     }
 }
 
-/// Serves one tunnel connection until it closes, errs or times out.
-pub async fn serve<C, T>(conn: &mut C, ctx: &ServerCtx, timer: &T)
-where
+/// Serves one tunnel connection until it closes, errs or times out. `peer` is the vendor's
+/// tunnel address (for `X-Forwarded-For`).
+pub async fn serve<C, T, U>(
+    conn: &mut C,
+    ctx: &ServerCtx,
+    timer: &T,
+    upstreams: &U,
+    peer: Option<IpAddr>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     T: Timer,
+    U: Upstreams,
 {
     let cfg = &ctx.cfg;
     let mut buf = vec![0u8; cfg.limits.max_head_bytes];
+    let mut head_copy: Vec<u8> = Vec::new();
     let mut filled = 0usize;
     let mut head = RequestHead::default();
     let mut id = String::with_capacity(32);
@@ -233,8 +248,49 @@ where
         ctx.stats.borrow_mut().requests += 1;
         ctx.ids.borrow_mut().next_into(&mut id);
 
-        // 2. Route. Only bodiless requests keep the connection: this endpoint consumes no
-        // bodies yet, and an unread body must not be parsed as the next request.
+        // 2. Route.
+        if head.target(&buf).starts_with("/proxy/") {
+            head_copy.clear();
+            head_copy.extend_from_slice(&buf[..head_len]);
+            let allowlist = ctx.allowlist.borrow().clone();
+            let exchange = proxy::Exchange {
+                allowlist: &allowlist,
+                timeouts: cfg.proxy,
+                peer,
+                request_id: &id,
+            };
+            let mut inbound = body::Inbound {
+                conn: &mut *conn,
+                buf: &mut buf,
+                pos: head_len,
+                filled,
+            };
+            let outcome =
+                proxy::proxy(&exchange, &head, &head_copy, &mut inbound, timer, upstreams).await;
+            let (pos, end) = (inbound.pos, inbound.filled);
+            {
+                let mut st = ctx.stats.borrow_mut();
+                match outcome.error {
+                    None => st.proxied += 1,
+                    Some("denied") => st.denied += 1,
+                    Some("malformed") => st.rejected += 1,
+                    Some(_) => st.upstream_errors += 1,
+                }
+            }
+            buf.copy_within(pos..end, 0);
+            filled = end - pos;
+            if !outcome.keep_alive {
+                let _ = conn.flush().await;
+                let _ = conn.close().await;
+                return;
+            }
+            if filled == 0 && conn.flush().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Only bodiless requests keep the connection: these endpoints consume no bodies, and an
+        // unread body must not be parsed as the next request.
         let target = head.target(&buf);
         let path = target.split('?').next().unwrap_or_default();
         let has_body = head.body != BodyFraming::None;
@@ -386,7 +442,24 @@ mod tests {
             },
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            proxy: ProxyTimeouts {
+                body: Duration::from_secs(10),
+                response: Duration::from_secs(10),
+            },
         }
+    }
+
+    /// An upstream set that must never be used by these tests.
+    struct NoUpstreams;
+    impl Upstreams for NoUpstreams {
+        type Conn = Script;
+        async fn connect(
+            &self,
+            _: &crate::upstream::Target,
+        ) -> Result<crate::upstream::Pooled<Script>, crate::upstream::UpstreamError> {
+            panic!("no upstream in server unit tests")
+        }
+        fn release(&self, _: &crate::upstream::Target, _: crate::upstream::Pooled<Script>) {}
     }
 
     fn run<T: Timer>(
@@ -396,8 +469,8 @@ mod tests {
         timer: &T,
     ) -> (String, ServerStats, bool) {
         let mut s = Script::new(input, step, hang);
-        let ctx = ServerCtx::new(cfg(), RequestIds::new(0xabcd, 1));
-        future::block_on(serve(&mut s, &ctx, timer));
+        let ctx = ServerCtx::new(cfg(), Allowlist::default(), RequestIds::new(0xabcd, 1));
+        future::block_on(serve(&mut s, &ctx, timer, &NoUpstreams, None));
         let stats = ctx.stats.borrow().clone();
         (
             String::from_utf8_lossy(&s.output).into_owned(),

@@ -48,10 +48,15 @@ impl Request {
 
     /// The request on the wire, with `Host` and, for a body, `Content-Length`.
     pub fn encode(&self, host: &str) -> Vec<u8> {
-        let mut out = format!("{} {} HTTP/1.1\r\nHost: {host}\r\n", self.method, self.target).into_bytes();
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: {host}\r\n",
+            self.method, self.target
+        )
+        .into_bytes();
         let mut has_len = false;
         for (n, v) in &self.headers {
-            has_len |= n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding");
+            has_len |= n.eq_ignore_ascii_case("content-length")
+                || n.eq_ignore_ascii_case("transfer-encoding");
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
         }
         if !self.body.is_empty() && !has_len {

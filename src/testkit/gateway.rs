@@ -12,7 +12,9 @@ use ipnet::IpNet;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::netstack::{StackConfig, StackSet};
 use crate::packet::BufPool;
-use crate::tunnel::{PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+use crate::tunnel::{
+    PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
+};
 
 /// How to build a gateway.
 #[derive(Debug, Clone)]
@@ -41,7 +43,12 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Defaults for a gateway at `vendor_address` talking to a broker at `broker_address`,
     /// listening on an ephemeral loopback port.
-    pub fn new(private_key: PrivateKey, broker_public_key: PublicKey, vendor_address: IpAddr, broker_address: IpAddr) -> Self {
+    pub fn new(
+        private_key: PrivateKey,
+        broker_public_key: PublicKey,
+        vendor_address: IpAddr,
+        broker_address: IpAddr,
+    ) -> Self {
         Self {
             private_key,
             broker_public_key,
@@ -84,7 +91,10 @@ pub struct Gateway {
 
 /// A UDP receive that found nothing before its deadline.
 fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 impl Gateway {
@@ -192,7 +202,9 @@ impl Gateway {
             let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
             self.next_tick = self
                 .table
-                .tick(now, &mut self.out, &mut |_, to, d| sends.push((to, d.to_vec())))
+                .tick(now, &mut self.out, &mut |_, to, d| {
+                    sends.push((to, d.to_vec()))
+                })
                 .min(now + TICK_INTERVAL);
             for (to, d) in sends {
                 self.udp.send_to(&d, to)?;
@@ -235,7 +247,9 @@ impl Gateway {
             self.pool.give(buf);
             return Ok(());
         }
-        let r = self.table.receive(Instant::now(), from, &self.datagram[..n], buf.space());
+        let r = self
+            .table
+            .receive(Instant::now(), from, &self.datagram[..n], buf.space());
         match r {
             Received::Packet { packet, .. } => {
                 let len = packet.len();

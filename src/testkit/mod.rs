@@ -3,6 +3,7 @@
 //! ([`crate::netstack::StackSet`] in client mode) and an HTTP/1.1 client, over a plain UDP
 //! socket. No root, no TUN.
 
-pub mod response;
-pub mod gateway;
 pub mod client;
+pub mod gateway;
+pub mod response;
+pub mod scm;

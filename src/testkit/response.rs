@@ -99,16 +99,27 @@ impl ResponseReader {
                     let hs: Vec<(String, String)> = r
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     let find = |name: &str| {
                         hs.iter()
                             .find(|(k, _)| k.eq_ignore_ascii_case(name))
                             .map(|(_, v)| v.trim().to_owned())
                     };
-                    self.body = if self.head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+                    self.body = if self.head_request
+                        || status == 204
+                        || status == 304
+                        || (100..200).contains(&status)
+                    {
                         Body::None
-                    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                    } else if find("transfer-encoding")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+                    {
                         Body::Chunked(ChunkedDecoder::new())
                     } else if let Some(len) = find("content-length") {
                         Body::Length(len.parse().map_err(|_| ReadError::Head)?)
@@ -165,7 +176,10 @@ impl ResponseReader {
             }
         }
         let done = matches!(self.body, Body::None);
-        Ok((used_before_body + used, if done { self.response.take() } else { None }))
+        Ok((
+            used_before_body + used,
+            if done { self.response.take() } else { None },
+        ))
     }
 
     /// The peer closed the connection: a close-delimited body ends here.

@@ -70,7 +70,12 @@ fn genkey_and_pubkey_match_wg() {
     }
     // wg's key → our pubkey == wg pubkey.
     for _ in 0..8 {
-        let key = stdout(&wg().arg("genkey").output().expect("wg genkey (wireguard-tools)"));
+        let key = stdout(
+            &wg()
+                .arg("genkey")
+                .output()
+                .expect("wg genkey (wireguard-tools)"),
+        );
         let ours = run_with_stdin(
             {
                 let mut c = bin();
@@ -150,7 +155,10 @@ fn check_reports_every_error_and_fails() {
         "wireguard.peers",
         "scm[0].type",
     ] {
-        assert!(err.contains(&format!("bad.toml: {key}: ")), "{key} in:\n{err}");
+        assert!(
+            err.contains(&format!("bad.toml: {key}: ")),
+            "{key} in:\n{err}"
+        );
     }
 }
 

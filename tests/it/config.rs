@@ -35,10 +35,7 @@ fn load(layers: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
     load_env(layers, &env_of(&[]))
 }
 
-fn load_env(
-    layers: &[(&str, &str)],
-    env: &dyn config::SecretEnv,
-) -> Result<Loaded, ConfigErrors> {
+fn load_env(layers: &[(&str, &str)], env: &dyn config::SecretEnv) -> Result<Loaded, ConfigErrors> {
     let layers: Vec<(PathBuf, String)> = layers
         .iter()
         .map(|(n, t)| (PathBuf::from(n), t.to_string()))
@@ -151,11 +148,15 @@ fn toml_syntax_errors_name_the_file() {
 #[test]
 fn missing_sections_and_keys_are_errors() {
     let errs = errors(&[("empty.toml", "")]);
-    assert_eq!(errs, ["empty.toml: wireguard: missing required section [wireguard]"]);
+    assert_eq!(
+        errs,
+        ["empty.toml: wireguard: missing required section [wireguard]"]
+    );
     let errs = errors(&[("a.toml", "[wireguard]\n")]);
     for key in ["private_key", "address", "peers"] {
         assert!(
-            errs.iter().any(|e| e.contains(&format!("wireguard.{key}: "))),
+            errs.iter()
+                .any(|e| e.contains(&format!("wireguard.{key}: "))),
             "{key}: {errs:?}"
         );
     }
@@ -205,7 +206,10 @@ set_request_headers = {{ Authorization = {{ env = "JIRA_AUTH" }}, X-Inline = "in
         KEY_A,
         "file secret, trailing newline trimmed"
     );
-    assert!(matches!(c.wireguard.private_key_source, SecretSource::File(_)));
+    assert!(matches!(
+        c.wireguard.private_key_source,
+        SecretSource::File(_)
+    ));
     let gh = c.scm[0].token.as_ref().expect("token");
     assert_eq!(gh.value.expose(), "ghp-fromcredential");
     assert_eq!(gh.source, SecretSource::Credential("gh".into()));
@@ -220,7 +224,10 @@ set_request_headers = {{ Authorization = {{ env = "JIRA_AUTH" }}, X-Inline = "in
             .find(|(k, _)| k == n)
             .map(|(_, v)| v.expose().to_owned())
     };
-    assert_eq!(get("Authorization").as_deref(), Some("Basic amlyYTpzZWNyZXQ="));
+    assert_eq!(
+        get("Authorization").as_deref(),
+        Some("Basic amlyYTpzZWNyZXQ=")
+    );
     assert_eq!(get("X-Inline").as_deref(), Some("inline-value"));
 
     // The dump shows sources, never values.
@@ -269,7 +276,10 @@ set_request_headers = {{ X-Token = {{ vault = "x" }} }}
         "a.toml: allow[0].set_request_headers.X-Token.vault: unknown secret source",
     ];
     for e in expect {
-        assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
     }
     // A wrong inline key is reported without echoing it.
     let errs = errors(&[(
@@ -277,7 +287,10 @@ set_request_headers = {{ X-Token = {{ vault = "x" }} }}
         &base().replace(KEY_A, "c2VjcmV0LXRoYXQtaXMtbm90LWEta2V5LXNlY3JldA=="),
     )]);
     assert!(errs.iter().all(|e| !e.contains("c2VjcmV0")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("wireguard.private_key: key is not")));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("wireguard.private_key: key is not"))
+    );
 }
 
 #[test]
@@ -297,8 +310,8 @@ fn heartbeat_must_be_reachable_through_the_tunnel() {
     let hb = "[heartbeat]\nurl = \"http://192.0.2.1/ping\"\n";
     let errs = errors(&[("a.toml", &base()), ("hb.toml", hb)]);
     assert!(
-        errs.iter()
-            .any(|e| e.starts_with("hb.toml: heartbeat.url: 192.0.2.1 is not inside any peer's allowed_ips")),
+        errs.iter().any(|e| e
+            .starts_with("hb.toml: heartbeat.url: 192.0.2.1 is not inside any peer's allowed_ips")),
         "{errs:?}"
     );
     let ok = "[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"15s\"\n";

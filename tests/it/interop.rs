@@ -52,7 +52,12 @@ level = "warn"
     let started = Instant::now();
     let child = pair.spawn(
         &broker_ns,
-        &[env!("CARGO_BIN_EXE_wgbroker"), "run", "-c", cfg.to_str().expect("utf-8")],
+        &[
+            env!("CARGO_BIN_EXE_wgbroker"),
+            "run",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+        ],
     );
     let broker_pid = child.id();
     // The handshake is visible on the vendor side.
@@ -62,7 +67,10 @@ level = "warn"
         if out.split_whitespace().nth(1).is_some_and(|t| t != "0") {
             break started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "no handshake: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no handshake: {out}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     eprintln!("interop: handshake completed {handshake:?} after the broker started");
@@ -77,9 +85,15 @@ level = "warn"
 /// Runs curl in the vendor namespace; returns (status codes, connections opened).
 fn curl(t: &Interop, args: &[&str], urls: usize) -> (Vec<String>, u64) {
     let url = "http://10.77.0.2/healthcheck";
-    let mut cmd = t.pair.command(&t.pair.vendor, &["curl", "-sS", "--max-time", "20"]);
-    cmd.args(args)
-        .args(["-H", "Connection: close", "-w", "%{http_code} %{num_connects}\n"]);
+    let mut cmd = t
+        .pair
+        .command(&t.pair.vendor, &["curl", "-sS", "--max-time", "20"]);
+    cmd.args(args).args([
+        "-H",
+        "Connection: close",
+        "-w",
+        "%{http_code} %{num_connects}\n",
+    ]);
     for _ in 0..urls {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -92,7 +106,11 @@ fn curl(t: &Interop, args: &[&str], urls: usize) -> (Vec<String>, u64) {
         codes.push(it.next().unwrap_or_default().to_owned());
         connects += it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
     }
-    assert!(out.status.success(), "curl failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (codes, connects)
 }
 
@@ -108,23 +126,43 @@ fn wireguard_go_and_curl_reach_the_broker() {
     assert_eq!(connects, 300, "one fresh connection per request");
 
     // 64 in parallel.
-    let (codes, connects) = curl(&t, &["--parallel", "--parallel-max", "64", "--parallel-immediate"], 64);
+    let (codes, connects) = curl(
+        &t,
+        &["--parallel", "--parallel-max", "64", "--parallel-immediate"],
+        64,
+    );
     assert_eq!(codes.len(), 64);
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     assert_eq!(connects, 64);
 
     // The body is exactly "OK".
-    let body = t.pair.exec(&t.pair.vendor, &["curl", "-sS", "--max-time", "10", "http://10.77.0.2/healthcheck"]);
+    let body = t.pair.exec(
+        &t.pair.vendor,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "http://10.77.0.2/healthcheck",
+        ],
+    );
     assert_eq!(body, "OK");
 
     // SIGTERM stops the broker within a second, exit status 0.
     let started = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &t.broker_pid.to_string()]).status().expect("kill");
+    let st = Command::new("kill")
+        .args(["-TERM", &t.broker_pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(st.success());
     let mut t = t;
     let pid = t.broker_pid;
     let child = t.pair.child(pid).expect("broker child");
     let status = child.wait().expect("wait");
     assert!(status.success(), "broker exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(1), "stop took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        started.elapsed()
+    );
 }

@@ -1,8 +1,10 @@
 //! The one integration-test binary: modules per area, one link step.
 
 mod allowlist;
-mod harness;
-mod interop;
 mod cli;
 mod config;
+mod harness;
+mod interop;
+mod proxy;
 mod tunnel;
+mod upstream;

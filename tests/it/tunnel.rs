@@ -9,7 +9,11 @@ use crate::harness::Tunnel;
 
 fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
     let plan = (0..conns)
-        .map(|_| (0..per_conn).map(|_| Request::get("/healthcheck")).collect())
+        .map(|_| {
+            (0..per_conn)
+                .map(|_| Request::get("/healthcheck"))
+                .collect()
+        })
         .collect();
     let results = client::run(
         &mut t.gateway,
@@ -24,7 +28,10 @@ fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
     for (i, conn) in results.iter().enumerate() {
         assert_eq!(conn.len(), per_conn, "connection {i}");
         for ex in conn {
-            let r = ex.response.as_ref().unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            let r = ex
+                .response
+                .as_ref()
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
             assert_eq!(r.status, 200);
             assert_eq!(r.body, b"OK");
             assert_eq!(r.header("content-length"), Some("2"));
@@ -42,10 +49,20 @@ fn many_connections_get_healthcheck_answers() {
     // The broker saw them all.
     let status = t.broker.as_ref().expect("running").status().clone();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status.connections.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+    while status
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 200
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(status.connections.load(std::sync::atomic::Ordering::Relaxed) >= 200);
+    assert!(
+        status
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 200
+    );
     assert!(status.handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
@@ -69,9 +86,27 @@ fn unknown_paths_get_404_and_stop_is_prompt() {
     );
     let r = results[0][0].response.as_ref().expect("response");
     assert_eq!(r.status, 404);
-    assert_eq!(results[0][1].response.as_ref().expect("response").status, 200);
+    assert_eq!(
+        results[0][1].response.as_ref().expect("response").status,
+        200
+    );
     let broker = t.broker.take().expect("running");
     let started = Instant::now();
     broker.shutdown().expect("clean stop");
-    assert!(started.elapsed() < Duration::from_secs(1), "stop took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "diagnostic: prints handshake timing"]
+fn handshake_timing() {
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let t = Tunnel::start("");
+        eprintln!("start+handshake {:?}", t0.elapsed());
+        drop(t);
+    }
 }

@@ -8,13 +8,11 @@
 
 use std::collections::HashMap;
 
-use regex::Regex;
-
 use super::table::{LitTable, Origins};
 use super::{F_GLOB, F_GROUP, F_LITS, F_PARAM, F_REGEX, F_STAR, NONE, Node, Trie};
 use crate::allowlist::canon::Scheme;
 use crate::allowlist::constraint::{ANY_SLOT, SLOTS};
-use crate::allowlist::pattern::{Elem, Glob, Pattern};
+use crate::allowlist::pattern::{Elem, Glob, Pattern, SegmentRegex};
 
 /// A pattern element with its regex or glob interned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,7 +38,7 @@ struct BuildNode {
 pub(crate) struct TrieBuilder {
     nodes: Vec<BuildNode>,
     origins: Vec<(Scheme, u16, String, u32)>,
-    regexes: Vec<Regex>,
+    regexes: Vec<SegmentRegex>,
     regex_ids: HashMap<String, u32>,
     globs: Vec<Glob>,
     glob_ids: HashMap<Glob, u32>,
@@ -69,10 +67,7 @@ impl TrieBuilder {
         if let Some(&id) = self.regex_ids.get(src) {
             return Ok(id);
         }
-        let re = regex::RegexBuilder::new(&format!("^(?:{src})$"))
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| format!("bad regex in :name({src}): {e}"))?;
+        let re = SegmentRegex::compile(src)?;
         let id = u32::try_from(self.regexes.len()).map_err(|_| "too many regexes".to_owned())?;
         self.regexes.push(re);
         self.regex_ids.insert(src.to_owned(), id);
@@ -128,8 +123,9 @@ impl TrieBuilder {
 
     /// Freezes the trie; `masks[id]` is rule `id`'s method bitmask.
     pub fn finish(self, masks: &[u32]) -> Trie {
-        let mut nodes: Vec<Node> = self.nodes.into_iter().map(freeze).collect();
+        let nodes: Vec<Node> = self.nodes.into_iter().map(freeze).collect();
         // Children have higher indices than their parent: fold the minima bottom-up.
+        let mut mins = vec![[NONE; SLOTS]; nodes.len()];
         for i in (0..nodes.len()).rev() {
             let mut min = [NONE; SLOTS];
             for &id in nodes[i].terminals.iter() {
@@ -141,17 +137,21 @@ impl TrieBuilder {
                 }
             }
             for c in children(&nodes[i]) {
-                if let Some(child) = nodes.get(c as usize) {
-                    for (m, cm) in min.iter_mut().zip(child.min_rule) {
-                        *m = (*m).min(cm);
+                if let Some(child) = mins.get(c as usize) {
+                    for (m, cm) in min.iter_mut().zip(child) {
+                        *m = (*m).min(*cm);
                     }
                 }
             }
-            nodes[i].min_rule = min;
+            mins[i] = min;
         }
+        let min_rule = (0..SLOTS)
+            .map(|slot| mins.iter().map(|m| m[slot]).collect())
+            .collect();
         Trie {
             origins: Origins::from(self.origins),
             nodes,
+            min_rule,
             regexes: self.regexes,
             globs: self.globs,
         }
@@ -160,7 +160,6 @@ impl TrieBuilder {
 
 fn freeze(b: BuildNode) -> Node {
     let mut node = Node {
-        min_rule: [NONE; SLOTS],
         flags: 0,
         param: NONE,
         group: NONE,

@@ -45,14 +45,18 @@ impl Key {
         Key::at(text, 0, text.len())
     }
 
-    #[inline]
+    /// A well-mixed 64-bit hash (the table indexes by its top bits): keys that differ only in
+    /// a few middle bytes (`s9996` vs `s9992`) must not cluster under linear probing.
+    #[inline(always)]
     fn hash(self) -> u64 {
-        (self.head ^ self.tail.rotate_left(29) ^ self.len as u64).wrapping_mul(K)
+        let x = self.head ^ self.tail.rotate_left(29).wrapping_mul(K) ^ self.len as u64;
+        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93)
     }
 }
 
 /// Eight bytes, little-endian (`w` has exactly 8 bytes at the call sites).
-#[inline]
+#[inline(always)]
 fn word(w: &[u8]) -> u64 {
     <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes)
 }
@@ -69,7 +73,7 @@ const SLASHES: u64 = 0x2f2f_2f2f_2f2f_2f2f;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
 /// 0x80 in every byte of `x` that is zero, 0 elsewhere (exact: no false positives).
-#[inline]
+#[inline(always)]
 fn zero_bytes(x: u64) -> u64 {
     !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
 }
@@ -108,6 +112,37 @@ pub(crate) fn find_slash(path: &[u8], from: usize) -> usize {
     }
 }
 
+/// The end of the segment starting at `pos` and its fingerprint, from one pass: the first word
+/// read for the `/` search is also the fingerprint's head.
+#[inline(always)]
+pub(crate) fn segment(path: &[u8], pos: usize) -> (usize, Key) {
+    let Some(first) = path.get(pos..pos + 8) else {
+        let end = find_slash(path, pos);
+        return (end, Key::at(path, pos, end));
+    };
+    let w0 = word(first);
+    let z = zero_bytes(w0 ^ SLASHES);
+    if z != 0 {
+        let len = (z.trailing_zeros() / 8) as usize; // 0..=7
+        let head = w0 & ((1u64 << (8 * len)) - 1);
+        return (pos + len, Key { head, tail: 0, len });
+    }
+    let end = find_slash(path, pos + 8);
+    let len = end - pos;
+    let tail = match end.checked_sub(8) {
+        Some(i) if len > 8 => path.get(i..end).map_or(0, word),
+        _ => 0,
+    };
+    (
+        end,
+        Key {
+            head: w0,
+            tail,
+            len,
+        },
+    )
+}
+
 #[derive(Debug)]
 pub(crate) struct LitEntry {
     key: Key,
@@ -117,20 +152,21 @@ pub(crate) struct LitEntry {
 }
 
 impl LitEntry {
-    #[inline]
-    fn is(&self, key: Key, seg: &[u8]) -> bool {
-        self.key == key && (key.len <= 16 || *self.text == *seg)
+    /// Whether this is the segment `path[pos..pos + key.len]` with fingerprint `key`.
+    #[inline(always)]
+    fn is(&self, key: Key, path: &[u8], pos: usize) -> bool {
+        self.key == key && (key.len <= 16 || path.get(pos..pos + key.len) == Some(&*self.text))
     }
 }
 
-/// Literal-segment edges of a node: a linear table while small, an open-addressing table of
-/// fingerprints (load factor ≤ 1/2, linear probing) beyond.
+/// Literal-segment edges of a node: one entry compared directly, or an open-addressing table of
+/// fingerprints (load factor ≤ 1/2, linear probing).
 #[derive(Debug, Default)]
 pub(crate) enum LitTable {
     #[default]
     Empty,
-    Small(Box<[LitEntry]>),
-    Large {
+    One(LitEntry),
+    Hashed {
         /// Index into `entries`, or [`NONE`].
         slots: Box<[u32]>,
         shift: u32,
@@ -138,11 +174,9 @@ pub(crate) enum LitTable {
     },
 }
 
-const SMALL_LITS: usize = 8;
-
 impl LitTable {
     pub fn from(lits: Vec<(Box<[u8]>, u32)>) -> LitTable {
-        let entries: Vec<LitEntry> = lits
+        let mut entries: Vec<LitEntry> = lits
             .into_iter()
             .map(|(text, child)| LitEntry {
                 key: Key::of(&text),
@@ -150,11 +184,8 @@ impl LitTable {
                 text,
             })
             .collect();
-        if entries.is_empty() {
-            return LitTable::Empty;
-        }
-        if entries.len() <= SMALL_LITS {
-            return LitTable::Small(entries.into_boxed_slice());
+        if entries.len() <= 1 {
+            return entries.pop().map_or(LitTable::Empty, LitTable::One);
         }
         let bits = (entries.len() * 2).next_power_of_two().trailing_zeros();
         let mut slots = vec![NONE; 1 << bits];
@@ -166,20 +197,20 @@ impl LitTable {
             }
             slots[at] = i as u32;
         }
-        LitTable::Large {
+        LitTable::Hashed {
             slots: slots.into_boxed_slice(),
             shift: 64 - bits,
             entries: entries.into_boxed_slice(),
         }
     }
 
-    /// The child for segment `seg` whose fingerprint is `key`.
-    #[inline]
-    pub fn get(&self, key: Key, seg: &[u8]) -> Option<u32> {
+    /// The child for the segment `path[pos..]` whose fingerprint is `key`.
+    #[inline(always)]
+    pub fn get(&self, key: Key, path: &[u8], pos: usize) -> Option<u32> {
         match self {
             LitTable::Empty => None,
-            LitTable::Small(list) => list.iter().find(|e| e.is(key, seg)).map(|e| e.child),
-            LitTable::Large {
+            LitTable::One(e) => e.is(key, path, pos).then_some(e.child),
+            LitTable::Hashed {
                 slots,
                 shift,
                 entries,
@@ -188,7 +219,7 @@ impl LitTable {
                 let mut at = (key.hash() >> shift) as usize;
                 loop {
                     let e = entries.get(*slots.get(at)? as usize)?;
-                    if e.is(key, seg) {
+                    if e.is(key, path, pos) {
                         return Some(e.child);
                     }
                     at = (at + 1) & mask;
@@ -200,8 +231,8 @@ impl LitTable {
     pub fn children(&self) -> impl Iterator<Item = u32> + '_ {
         let entries: &[LitEntry] = match self {
             LitTable::Empty => &[],
-            LitTable::Small(e) => e,
-            LitTable::Large { entries, .. } => entries,
+            LitTable::One(e) => std::slice::from_ref(e),
+            LitTable::Hashed { entries, .. } => entries,
         };
         entries.iter().map(|e| e.child)
     }
@@ -296,13 +327,15 @@ impl Origins {
                 .find(|(s, p, h, _)| *p == port && *s == scheme && **h == *host)
                 .map(|&(_, _, _, r)| r),
         };
-        if exact.is_some() || !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        if exact.is_some() {
             return exact;
         }
-        // A hand-built, non-canonical host: compare case-insensitively.
+        // Only a hand-built, non-canonical host can still match: compare case-insensitively.
         self.list
             .iter()
-            .find(|(s, p, h, _)| *s == scheme && *p == port && h.eq_ignore_ascii_case(host))
+            .find(|(s, p, h, _)| {
+                *p == port && *s == scheme && h.len() == host.len() && h.eq_ignore_ascii_case(host)
+            })
             .map(|&(_, _, _, r)| r)
     }
 }
@@ -313,11 +346,12 @@ mod tests {
 
     #[test]
     fn fingerprints_read_in_place_equal_standalone_ones() {
-        let path = b"/abc/defghijk/0123456789abcdefXYZ/q";
+        let path = b"/abc/defghijk/01234567/0123456789abcdefXYZ/0123456789abcdef/q/";
         let mut pos = 1;
         for seg in path[1..].split(|&b| b == b'/') {
             let end = pos + seg.len();
             assert_eq!(Key::at(path, pos, end), Key::of(seg), "{seg:?}");
+            assert_eq!(segment(path, pos), (end, Key::of(seg)), "{seg:?}");
             pos = end + 1;
         }
         assert_ne!(Key::of(b"ab"), Key::of(b"ab\0"));
@@ -344,6 +378,50 @@ mod tests {
         }
     }
 
+    /// Average number of slots probed for a successful lookup.
+    fn mean_probe(keys: &[Box<[u8]>]) -> f64 {
+        let LitTable::Hashed {
+            slots,
+            shift,
+            entries,
+        } = LitTable::from(keys.iter().cloned().zip(0..).collect())
+        else {
+            panic!("expected a hashed table");
+        };
+        let mask = slots.len() - 1;
+        let mut total = 0usize;
+        for k in keys {
+            let key = Key::of(k);
+            let mut at = (key.hash() >> shift) as usize;
+            total += 1;
+            while entries[slots[at] as usize].key != key {
+                at = (at + 1) & mask;
+                total += 1;
+            }
+        }
+        total as f64 / keys.len() as f64
+    }
+
+    #[test]
+    fn similar_keys_do_not_cluster() {
+        let families: [Box<dyn Fn(usize) -> String>; 4] = [
+            Box::new(|i| format!("s{i}")),
+            Box::new(|i| format!("{i}")),
+            Box::new(|i| format!("repo-{i:05}")),
+            Box::new(|i| format!("a-very-long-segment-name-{i}")),
+        ];
+        for f in &families {
+            for step in [1, 4, 20, 100] {
+                let keys: Vec<Box<[u8]>> = (0..500 * step)
+                    .step_by(step)
+                    .map(|i| f(i).into_bytes().into())
+                    .collect();
+                let m = mean_probe(&keys);
+                assert!(m < 2.0, "{:?}, step {step}: mean probe {m}", f(0));
+            }
+        }
+    }
+
     #[test]
     fn large_tables_find_every_key_and_nothing_else() {
         let keys: Vec<Box<[u8]>> = (0..200)
@@ -354,9 +432,9 @@ mod tests {
             })
             .collect();
         let table = LitTable::from(keys.iter().cloned().zip(0..).collect());
-        assert!(matches!(table, LitTable::Large { .. }));
+        assert!(matches!(table, LitTable::Hashed { .. }));
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(table.get(Key::of(k), k), Some(i as u32));
+            assert_eq!(table.get(Key::of(k), k, 0), Some(i as u32));
         }
         for miss in [
             &b"segment-1"[..],
@@ -364,7 +442,7 @@ mod tests {
             b"segment-1-xx",
             b"segment-24-xxxxxxxxxxxxxxxxxxxxxxxy",
         ] {
-            assert_eq!(table.get(Key::of(miss), miss), None);
+            assert_eq!(table.get(Key::of(miss), miss, 0), None);
         }
     }
 }

@@ -16,7 +16,12 @@ pub const BROKER_IP: &str = "10.77.0.2";
 pub const VENDOR_IP: &str = "10.77.0.1";
 
 /// A broker configuration dialing `gateway` (extra TOML appended).
-pub fn broker_toml(broker_key: &PrivateKey, vendor_public: &str, gateway: SocketAddr, extra: &str) -> String {
+pub fn broker_toml(
+    broker_key: &PrivateKey,
+    vendor_public: &str,
+    gateway: SocketAddr,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [wireguard]
@@ -36,8 +41,12 @@ persistent_keepalive = 0
 }
 
 pub fn load(toml: &str) -> Loaded {
-    config::load_str(&[(PathBuf::from("test.toml"), toml.to_owned())], LoadMode::Full, &|_: &str| None)
-        .unwrap_or_else(|e| panic!("{e}"))
+    config::load_str(
+        &[(PathBuf::from("test.toml"), toml.to_owned())],
+        LoadMode::Full,
+        &|_: &str| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An in-process broker and the vendor gateway it dials, handshake done.

@@ -49,14 +49,39 @@ impl Pair {
             broker_ip,
             children: Vec::new(),
         };
-        let (va, vb) = (format!("v{}a", n + 100 * (std::process::id() % 1000)), format!("v{}b", n + 100 * (std::process::id() % 1000)));
+        let (va, vb) = (
+            format!("v{}a", n + 100 * (std::process::id() % 1000)),
+            format!("v{}b", n + 100 * (std::process::id() % 1000)),
+        );
         sh(&["ip", "netns", "add", &pair.vendor]);
         sh(&["ip", "netns", "add", &pair.broker]);
-        sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        sh(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ]);
         sh(&["ip", "link", "set", &va, "netns", &pair.vendor]);
         sh(&["ip", "link", "set", &vb, "netns", &pair.broker]);
-        pair.exec(&pair.vendor, &["ip", "addr", "add", &format!("{}/30", pair.vendor_ip), "dev", &va]);
-        pair.exec(&pair.broker, &["ip", "addr", "add", &format!("{}/30", pair.broker_ip), "dev", &vb]);
+        pair.exec(
+            &pair.vendor,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/30", pair.vendor_ip),
+                "dev",
+                &va,
+            ],
+        );
+        pair.exec(
+            &pair.broker,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/30", pair.broker_ip),
+                "dev",
+                &vb,
+            ],
+        );
         for (ns, dev) in [(&pair.vendor, &va), (&pair.broker, &vb)] {
             pair.exec(ns, &["ip", "link", "set", dev, "up"]);
             pair.exec(ns, &["ip", "link", "set", "lo", "up"]);
@@ -97,25 +122,64 @@ impl Pair {
 
     /// Sets up `wireguard-go` as the vendor's gateway: interface `wg0` with `tunnel_ip/24`,
     /// listening on UDP 51820, one peer (the broker) with `broker_public` and `broker_tunnel_ip`.
-    pub fn start_wireguard_go(&mut self, private_key: &str, tunnel_ip: &str, broker_public: &str, broker_tunnel_ip: &str) {
+    pub fn start_wireguard_go(
+        &mut self,
+        private_key: &str,
+        tunnel_ip: &str,
+        broker_public: &str,
+        broker_tunnel_ip: &str,
+    ) {
         let ns = self.vendor.clone();
         let mut c = self.command(&ns, &["wireguard-go", "-f", "wg0"]);
-        c.env("WG_PROCESS_FOREGROUND", "1").stdout(Stdio::null()).stderr(Stdio::null());
-        self.children.push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
+        c.env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.children
+            .push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
         // Wait for the UAPI socket.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.command(&ns, &["wg", "show", "wg0"]).output().map(|o| !o.status.success()).unwrap_or(true) {
-            assert!(std::time::Instant::now() < deadline, "wireguard-go did not come up");
+        while self
+            .command(&ns, &["wg", "show", "wg0"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wireguard-go did not come up"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let key_file = std::env::temp_dir().join(format!("{ns}.key"));
         std::fs::write(&key_file, private_key).expect("write key");
-        self.exec(&ns, &[
-            "wg", "set", "wg0", "private-key", key_file.to_str().expect("utf-8"), "listen-port", "51820",
-            "peer", broker_public, "allowed-ips", &format!("{broker_tunnel_ip}/32"),
-        ]);
+        self.exec(
+            &ns,
+            &[
+                "wg",
+                "set",
+                "wg0",
+                "private-key",
+                key_file.to_str().expect("utf-8"),
+                "listen-port",
+                "51820",
+                "peer",
+                broker_public,
+                "allowed-ips",
+                &format!("{broker_tunnel_ip}/32"),
+            ],
+        );
         let _ = std::fs::remove_file(&key_file);
-        self.exec(&ns, &["ip", "addr", "add", &format!("{tunnel_ip}/24"), "dev", "wg0"]);
+        self.exec(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{tunnel_ip}/24"),
+                "dev",
+                "wg0",
+            ],
+        );
         self.exec(&ns, &["ip", "link", "set", "wg0", "up"]);
     }
 }

@@ -1,0 +1,355 @@
+//! `wgbroker demo`: the whole product in one process, on loopback only.
+//!
+//! It starts a broker with a fresh keypair, a small SCM-like upstream ([`MockScm`]) and a
+//! vendor-side gateway from the test kit, sends a realistic mix of requests through the real
+//! WireGuard tunnel, and prints what was allowed, denied or rejected, and why, with latencies.
+//! It checks its own expectations (statuses, the injected token reaching the upstream, nothing
+//! denied reaching it, the token never reaching the vendor) and exits non-zero if one fails.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::allowlist::{CanonUrl, Decision};
+use crate::config::{self, LoadMode};
+use crate::keys::PrivateKey;
+use crate::testkit::client::{self, Request, RunOptions};
+use crate::testkit::gateway::{Gateway, GatewayConfig};
+use crate::testkit::scm::MockScm;
+
+const TOKEN: &str = "ghp_demoTOKENdemoTOKENdemoTOKEN0123456789";
+
+struct Case {
+    method: &'static str,
+    /// Path on the mock upstream, or a full URL when it starts with `http`.
+    url: String,
+    expect: u16,
+    what: &'static str,
+}
+
+fn config_text(
+    broker: &PrivateKey,
+    vendor: &PrivateKey,
+    gateway: std::net::SocketAddr,
+    scm: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[wireguard]
+private_key = "{}"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{gateway}"
+allowed_ips = ["10.77.0.1/32"]
+persistent_keepalive = 0
+
+[[scm]]
+type = "github"
+base_url = "http://{scm}/api/v3"
+token = "{TOKEN}"
+allow_code_access = true
+
+[[allow]]
+url = "http://{scm}/download/:size"
+methods = ["GET"]
+remove_response_headers = ["Set-Cookie"]
+
+[log]
+level = "error"
+"#,
+        broker.to_base64(),
+        vendor.public_key(),
+    )
+}
+
+/// Runs the demo; returns the process exit code.
+pub fn run() -> u8 {
+    match run_inner() {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("wgbroker demo: {e}");
+            71
+        }
+    }
+}
+
+fn run_inner() -> Result<bool, String> {
+    let scm = MockScm::start(TOKEN).map_err(|e| format!("mock upstream: {e}"))?;
+    let broker_key = PrivateKey::generate().map_err(|e| e.to_string())?;
+    let vendor_key = PrivateKey::generate().map_err(|e| e.to_string())?;
+    let vendor_ip: IpAddr = [10, 77, 0, 1].into();
+    let broker_ip: IpAddr = [10, 77, 0, 2].into();
+    let mut gateway = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        vendor_ip,
+        broker_ip,
+    ))
+    .map_err(|e| format!("gateway: {e}"))?;
+    let text = config_text(
+        &broker_key,
+        &vendor_key,
+        gateway.local_addr().map_err(|e| e.to_string())?,
+        scm.addr(),
+    );
+    let loaded = config::load_str(
+        &[(PathBuf::from("demo.toml"), text)],
+        LoadMode::Full,
+        &|_: &str| None,
+    )
+    .map_err(|e| e.to_string())?;
+    crate::telemetry::init(&loaded.config.log);
+
+    println!("wgbroker demo — everything on loopback, in this process");
+    println!("  upstream (SCM-like API)  http://{}", scm.addr());
+    println!(
+        "  vendor gateway (UDP)     {}  tunnel address {vendor_ip}",
+        gateway.local_addr().map_err(|e| e.to_string())?
+    );
+    println!(
+        "  broker                   public key {}  tunnel address {broker_ip}:80",
+        broker_key.public_key()
+    );
+    println!(
+        "  rules                    {} (GitHub built-ins with code access + 1 user rule)",
+        loaded.allowlist.rules().len()
+    );
+
+    let started = Instant::now();
+    let broker = crate::runtime::start(&loaded).map_err(|e| format!("broker: {e}"))?;
+    if !gateway.wait_handshake(Duration::from_secs(10)) {
+        let _ = broker.shutdown();
+        return Err("the broker did not complete a WireGuard handshake".into());
+    }
+    println!(
+        "  WireGuard handshake      completed {:.1} ms after start\n",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let base = format!("http://{}", scm.addr());
+    let cases = vec![
+        Case {
+            method: "GET",
+            url: "/api/v3/repos/acme/app".into(),
+            expect: 200,
+            what: "repository metadata",
+        },
+        Case {
+            method: "GET",
+            url: "/api/v3/repos/acme/app/pulls".into(),
+            expect: 200,
+            what: "list pull requests",
+        },
+        Case {
+            method: "GET",
+            url: "/api/v3/repos/acme/app/contents/src/main.rs".into(),
+            expect: 200,
+            what: "read a file (code access)",
+        },
+        Case {
+            method: "GET",
+            url: "/download/1048576".into(),
+            expect: 200,
+            what: "1 MiB download (user rule)",
+        },
+        Case {
+            method: "DELETE",
+            url: "/api/v3/repos/acme/app".into(),
+            expect: 403,
+            what: "delete the repository",
+        },
+        Case {
+            method: "PUT",
+            url: "/api/v3/repos/acme/app/collaborators/mallory".into(),
+            expect: 403,
+            what: "add a collaborator",
+        },
+        Case {
+            method: "GET",
+            url: "/api/v3/admin/users".into(),
+            expect: 403,
+            what: "site admin API",
+        },
+        Case {
+            method: "GET",
+            url: "/api/v3/repos/acme/app/../../admin/users".into(),
+            expect: 400,
+            what: "path traversal",
+        },
+        Case {
+            method: "GET",
+            url: "/api/v3/repos/acme/app/contents/%2e%2e/%2e%2e/etc".into(),
+            expect: 400,
+            what: "encoded traversal",
+        },
+        Case {
+            method: "GET",
+            url: "http://169.254.169.254/latest/meta-data/".into(),
+            expect: 403,
+            what: "cloud metadata endpoint",
+        },
+        Case {
+            method: "GET",
+            url: "/healthcheck".into(),
+            expect: 200,
+            what: "broker health check",
+        },
+    ];
+    let requests: Vec<Request> = cases
+        .iter()
+        .map(|c| {
+            let target = if c.url == "/healthcheck" {
+                c.url.clone()
+            } else if c.url.starts_with("http") {
+                format!("/proxy/{}", c.url)
+            } else {
+                format!("/proxy/{base}{}", c.url)
+            };
+            Request::new(c.method, &target)
+        })
+        .collect();
+    // One request at a time, each on a fresh tunnel connection, so latencies read cleanly.
+    let results: Vec<Vec<client::Exchange>> = requests
+        .into_iter()
+        .map(|r| {
+            client::run(
+                &mut gateway,
+                vec![vec![r]],
+                RunOptions {
+                    port: 80,
+                    timeout: Duration::from_secs(20),
+                    keep_bodies: true,
+                },
+            )
+            .remove(0)
+        })
+        .collect();
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "  {:<3} {:<6} {:<52} {:>6} {:>9} {:>9}  decision",
+        "#", "method", "request", "status", "ms", "bytes"
+    );
+    let mut all_ok = true;
+    let mut allowed_upstream = 0usize;
+    for (i, (case, res)) in cases.iter().zip(results.iter()).enumerate() {
+        let ex = &res[0];
+        let shown = if case.url.starts_with('/') && case.url != "/healthcheck" {
+            format!("{{upstream}}{}", case.url)
+        } else {
+            case.url.clone()
+        };
+        let (status, bytes, why) = match &ex.response {
+            Ok(r) => {
+                let why = match r.status {
+                    403 => "DENIED   url is not in allowlist".to_owned(),
+                    400 => format!("REJECTED {}", json_error(&r.text())),
+                    s if s < 300 && case.url == "/healthcheck" => "served by the broker".to_owned(),
+                    s if s < 300 => {
+                        allowed_upstream += 1;
+                        format!(
+                            "ALLOWED  {}",
+                            rule_for(&loaded, case.method, &format!("{base}{}", case.url))
+                        )
+                    }
+                    _ => format!("upstream answered {}", r.status),
+                };
+                if r.text().contains(TOKEN) {
+                    all_ok = false;
+                    println!("  !! the token reached the vendor side in response {i}");
+                }
+                (r.status, r.body.len(), why)
+            }
+            Err(e) => (0, 0, format!("ERROR {e}")),
+        };
+        let mark = if status == case.expect {
+            ""
+        } else {
+            "  <-- unexpected"
+        };
+        if status != case.expect {
+            all_ok = false;
+        }
+        let _ = writeln!(
+            table,
+            "  {:<3} {:<6} {:<52} {:>6} {:>9.2} {:>9}  {} ({}){mark}",
+            i + 1,
+            case.method,
+            truncate(&shown, 52),
+            status,
+            ex.latency.as_secs_f64() * 1e3,
+            bytes,
+            why,
+            case.what
+        );
+    }
+    println!("{table}");
+
+    let seen = scm.seen();
+    let with_token = seen
+        .iter()
+        .filter(|s| s.header("authorization") == Some(&format!("Bearer {TOKEN}")))
+        .count();
+    let leaked = seen
+        .iter()
+        .any(|s| s.target.contains("..") || s.method == "DELETE" || s.method == "PUT");
+    println!(
+        "  upstream received {} request(s), {} with the injected token; denied and rejected requests reached it: {}",
+        seen.len(),
+        with_token,
+        if leaked { "YES" } else { "none" }
+    );
+    if seen.len() != allowed_upstream
+        || with_token
+            != seen.len()
+                - seen
+                    .iter()
+                    .filter(|s| s.target.starts_with("/download"))
+                    .count()
+        || leaked
+    {
+        all_ok = false;
+    }
+    let _ = broker.shutdown();
+    println!(
+        "  {}",
+        if all_ok {
+            "all expectations held"
+        } else {
+            "SOME EXPECTATIONS FAILED"
+        }
+    );
+    Ok(all_ok)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn json_error(body: &str) -> String {
+    body.split("\"error\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or(body)
+        .to_owned()
+}
+
+fn rule_for(loaded: &config::Loaded, method: &str, url: &str) -> String {
+    match CanonUrl::parse(url) {
+        Ok(u) => match loaded.allowlist.decide(method, &u, &[]) {
+            Decision::Allowed { rule_id, rule } => format!("rule #{rule_id} {}", rule.spec.origin),
+            Decision::Denied(r) => format!("(explain says denied: {r})"),
+        },
+        Err(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,492 @@
+//! Upstream connections on a shard: glommio sockets, rustls through `futures-rustls`, and a
+//! per-shard pool of idle keep-alive connections behind [`crate::upstream::Upstreams`].
+//!
+//! Responsibility: resolve names off the executor (`spawn_blocking`), connect with a timeout
+//! (directly or through the HTTP CONNECT proxy [`ProxySettings`] picks), run the TLS handshake
+//! with a timeout, set `TCP_NODELAY`, and keep idle connections per [`Target`] for reuse.
+//!
+//! Invariants:
+//! * the pool is single-threaded (`RefCell`, no locks, no atomics); a borrow is never held across
+//!   an `.await` or a spawn, and connections leaving the pool are dropped only after the borrow
+//!   ends;
+//! * at most `pool_max_idle_per_host` idle connections per target (the oldest is closed first);
+//!   none older than `idle_timeout` is handed out;
+//! * an idle connection is handed out only if a non-blocking peek finds nothing to read: readable
+//!   EOF (the peer closed it), unsolicited bytes (a late response, a TLS alert or ticket) or a
+//!   socket error all mean it is closed instead;
+//! * a connection is filed only under the target it was opened for;
+//! * the connect timeout covers name resolution, the TCP connect to every address tried, and the
+//!   proxy's CONNECT exchange; the TLS timeout covers the handshake alone.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::rc::Weak;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, future};
+use futures_rustls::TlsConnector;
+use futures_rustls::client::TlsStream;
+use glommio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+use crate::config;
+use crate::upstream::proxy::{ProxyEndpoint, ProxySettings};
+use crate::upstream::{Pooled, Target, UpstreamError, Upstreams, connect};
+
+/// Most addresses of one name tried in turn.
+const MAX_ADDRS: usize = 8;
+
+/// A connection to an upstream: plain TCP or TLS over TCP.
+pub enum Conn {
+    /// `http` targets.
+    Plain(TcpStream),
+    /// `https` targets (boxed: the rustls state is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = self.tcp().peer_addr().ok();
+        match self {
+            Conn::Plain(_) => f.debug_struct("Conn::Plain").field("peer", &peer).finish(),
+            Conn::Tls(_) => f.debug_struct("Conn::Tls").field("peer", &peer).finish(),
+        }
+    }
+}
+
+impl Conn {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// True for TLS connections.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    /// The ALPN protocol the upstream chose, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
+
+    /// True when an idle connection may carry another request: a non-blocking `MSG_PEEK` finds
+    /// nothing to read and no error, and (TLS) rustls holds no unread plaintext and no
+    /// close_notify. EOF, data or an error all mean it must be closed.
+    pub fn idle_and_open(&self) -> bool {
+        // Bytes rustls already pulled off the socket are invisible to the peek: a TLS session with
+        // unread plaintext or a received close_notify no longer "wants to read".
+        if let Conn::Tls(s) = self {
+            if !s.get_ref().1.wants_read() {
+                return false;
+            }
+        }
+        let sock = socket2::SockRef::from(self.tcp());
+        let mut one = [MaybeUninit::<u8>::uninit(); 1];
+        match sock.recv_with_flags(&mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// Pool counters (per shard; read them for metrics or tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// New TCP connections established (through the proxy's tunnel when there is one), before
+    /// any TLS handshake.
+    pub opened: u64,
+    /// Connections handed out from the idle pool.
+    pub reused: u64,
+    /// Idle connections closed because they outlived `idle_timeout`.
+    pub expired: u64,
+    /// Idle connections closed because the peer had closed them (or sent unsolicited bytes).
+    pub dead: u64,
+    /// Idle connections closed because the per-target limit was reached.
+    pub evicted: u64,
+}
+
+/// An idle connection and when it became idle.
+struct Idle {
+    conn: Conn,
+    since: Instant,
+    exchanges: u32,
+}
+
+/// A shard's upstream connector and idle-connection pool.
+pub struct ShardUpstreams {
+    connector: TlsConnector,
+    proxy: ProxySettings,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: RefCell<HashMap<Target, Vec<Idle>>>,
+    stats: Cell<PoolStats>,
+}
+
+impl fmt::Debug for ShardUpstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardUpstreams")
+            .field("proxy", &self.proxy)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_timeout", &self.tls_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_idle", &self.max_idle)
+            .field("stats", &self.stats.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardUpstreams {
+    /// A pool for one shard. `tls` comes from [`crate::upstream::tls::client_config`] (built once
+    /// and shared by every shard), `proxy` from
+    /// [`ProxySettings::from_config`](crate::upstream::proxy::ProxySettings::from_config).
+    /// Zero timeouts are treated as one millisecond.
+    pub fn new(
+        cfg: &config::Upstream,
+        tls: Arc<rustls::ClientConfig>,
+        proxy: ProxySettings,
+    ) -> Self {
+        let nonzero = |d: Duration| d.max(Duration::from_millis(1));
+        Self {
+            connector: TlsConnector::from(tls),
+            proxy,
+            connect_timeout: nonzero(cfg.connect_timeout),
+            tls_timeout: nonzero(cfg.tls_timeout),
+            idle_timeout: cfg.idle_timeout,
+            max_idle: cfg.pool_max_idle_per_host,
+            idle: RefCell::new(HashMap::new()),
+            stats: Cell::new(PoolStats::default()),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PoolStats {
+        self.stats.get()
+    }
+
+    /// Idle connections currently pooled for `target`.
+    pub fn idle_count(&self, target: &Target) -> usize {
+        self.idle.borrow().get(target).map_or(0, Vec::len)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut PoolStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// Closes idle connections that outlived `idle_timeout` or were closed by their peer, and
+    /// forgets targets with nothing idle. Returns how many connections were closed.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut closed: Vec<Idle> = Vec::new();
+        let (mut expired, mut dead) = (0u64, 0u64);
+        {
+            let mut idle = self.idle.borrow_mut();
+            for list in idle.values_mut() {
+                let mut i = 0;
+                while i < list.len() {
+                    let stale = now.saturating_duration_since(list[i].since) >= self.idle_timeout;
+                    if stale || !list[i].conn.idle_and_open() {
+                        if stale {
+                            expired += 1;
+                        } else {
+                            dead += 1;
+                        }
+                        closed.push(list.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        self.count(|s| {
+            s.expired += expired;
+            s.dead += dead;
+        });
+        let n = closed.len();
+        drop(closed);
+        n
+    }
+
+    /// How often [`ShardUpstreams::sweep_every`] should run: half the idle timeout, between one
+    /// second and thirty.
+    pub fn sweep_period(&self) -> Duration {
+        (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// Sweeps the pool every `period` for as long as its owner lives; spawn it detached on the
+    /// shard, e.g. `spawn_local(ShardUpstreams::sweep_every(Rc::downgrade(&shard), |s: &Shard|
+    /// &s.upstreams, period))`. It holds only a weak reference, so it never keeps the owner alive.
+    pub async fn sweep_every<T>(owner: Weak<T>, pool: fn(&T) -> &ShardUpstreams, period: Duration) {
+        loop {
+            glommio::timer::sleep(period).await;
+            let Some(owner) = owner.upgrade() else { return };
+            pool(&owner).sweep(Instant::now());
+        }
+    }
+
+    /// An idle connection to `target` that is fresh and still open, if any.
+    fn checkout(&self, target: &Target, now: Instant) -> Option<Pooled<Conn>> {
+        let mut closed: Vec<Idle> = Vec::new();
+        let (mut expired, mut dead) = (0u64, 0u64);
+        let found = {
+            let mut idle = self.idle.borrow_mut();
+            let list = idle.get_mut(target)?;
+            let mut found = None;
+            // Newest first: the most recently used connection is the likeliest to be open.
+            while let Some(c) = list.pop() {
+                if now.saturating_duration_since(c.since) >= self.idle_timeout {
+                    // The list is in the order connections became idle: everything older is stale too.
+                    expired += 1 + list.len() as u64;
+                    closed.push(c);
+                    closed.append(list);
+                    break;
+                }
+                if c.conn.idle_and_open() {
+                    found = Some(c);
+                    break;
+                }
+                dead += 1;
+                closed.push(c);
+            }
+            if list.is_empty() {
+                idle.remove(target);
+            }
+            found
+        };
+        self.count(|s| {
+            s.expired += expired;
+            s.dead += dead;
+            s.reused += u64::from(found.is_some());
+        });
+        drop(closed);
+        found.map(|c| Pooled::new(c.conn, target.clone(), c.exchanges))
+    }
+
+    /// Opens a new connection to `target`.
+    async fn open(&self, target: &Target) -> Result<Conn, UpstreamError> {
+        let peer = format!("{}:{}", target.host, target.port);
+        let proxy = self.proxy.proxy_for(target);
+        let shown = match proxy {
+            Some(p) => format!("{peer} via proxy {}", p.peer()),
+            None => peer.clone(),
+        };
+        let after = self.connect_timeout;
+        let deadline = Instant::now() + after;
+        let tcp = within(after, self.dial(target, proxy, deadline), || {
+            UpstreamError::ConnectTimeout { peer: shown, after }
+        })
+        .await?;
+        if !target.tls {
+            return Ok(Conn::Plain(tcp));
+        }
+        let name = ServerName::try_from(target.bare_host().to_owned()).map_err(|_| {
+            UpstreamError::TlsHandshake {
+                peer: peer.clone(),
+                detail: "the host is not a valid TLS server name".into(),
+            }
+        })?;
+        let after = self.tls_timeout;
+        let handshake = async {
+            self.connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| UpstreamError::tls(peer.clone(), &e))
+        };
+        let tls = within(after, handshake, || UpstreamError::TlsTimeout {
+            peer: peer.clone(),
+            after,
+        })
+        .await?;
+        Ok(Conn::Tls(Box::new(tls)))
+    }
+
+    /// Resolves, connects (to the proxy when there is one) and opens the CONNECT tunnel.
+    async fn dial(
+        &self,
+        target: &Target,
+        proxy: Option<&ProxyEndpoint>,
+        deadline: Instant,
+    ) -> Result<TcpStream, UpstreamError> {
+        let hop = proxy.map_or_else(|| target.clone(), ProxyEndpoint::target);
+        let shown = match proxy {
+            Some(p) => format!("proxy {}", p.peer()),
+            None => format!("{}:{}", hop.host, hop.port),
+        };
+        let addrs = resolve(&hop, &shown).await?;
+        let mut last: Option<io::Error> = None;
+        let mut stream = None;
+        let n = addrs.len();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            // Each address gets an equal share of the time left, so one that drops SYNs (a dead
+            // IPv6 route, say) cannot use up the whole timeout before the next is tried.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = left / u32::try_from(n - i).unwrap_or(u32::MAX).max(1);
+            let attempt = future::or(async { Some(TcpStream::connect(addr).await) }, async {
+                glommio::timer::sleep(share).await;
+                None
+            });
+            match attempt.await {
+                Some(Ok(s)) => {
+                    stream = Some(s);
+                    break;
+                }
+                Some(Err(e)) => last = Some(e.into()),
+                None => last = Some(io::Error::from(io::ErrorKind::TimedOut)),
+            }
+        }
+        let mut tcp = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(UpstreamError::ConnectTimeout {
+                    peer: shown,
+                    after: self.connect_timeout,
+                });
+            }
+            (None, last) => {
+                return Err(UpstreamError::Connect {
+                    peer: shown,
+                    source: last
+                        .unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable)),
+                });
+            }
+        };
+        // Requests and small bodies go out as they are written; the proxy code writes whole heads.
+        let _ = tcp.set_nodelay(true);
+        if let Some(p) = proxy {
+            connect::handshake(&mut tcp, target, p).await?;
+        }
+        self.count(|s| s.opened += 1);
+        Ok(tcp)
+    }
+}
+
+impl Upstreams for ShardUpstreams {
+    type Conn = Conn;
+
+    async fn connect(&self, target: &Target) -> Result<Pooled<Conn>, UpstreamError> {
+        if let Some(p) = self.checkout(target, Instant::now()) {
+            return Ok(p);
+        }
+        let conn = self.open(target).await?;
+        Ok(Pooled::new(conn, target.clone(), 0))
+    }
+
+    fn release(&self, target: &Target, conn: Pooled<Conn>) {
+        let (conn, own, exchanges) = conn.into_parts();
+        if own != *target || self.max_idle == 0 {
+            return;
+        }
+        let evicted = {
+            let mut idle = self.idle.borrow_mut();
+            let list = idle.entry(own).or_default();
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+                exchanges: exchanges.saturating_add(1),
+            });
+            (list.len() > self.max_idle).then(|| list.remove(0))
+        };
+        if evicted.is_some() {
+            self.count(|s| s.evicted += 1);
+        }
+        drop(evicted);
+    }
+}
+
+/// Races `f` against a timer of `d`; the timer's loss builds the timeout error.
+async fn within<T>(
+    d: Duration,
+    f: impl Future<Output = Result<T, UpstreamError>>,
+    on_timeout: impl FnOnce() -> UpstreamError,
+) -> Result<T, UpstreamError> {
+    future::or(f, async move {
+        glommio::timer::sleep(d).await;
+        Err(on_timeout())
+    })
+    .await
+}
+
+/// The addresses of `hop`: the literal itself, or a DNS lookup on the executor's blocking pool.
+async fn resolve(hop: &Target, shown: &str) -> Result<Vec<SocketAddr>, UpstreamError> {
+    if let Some(ip) = hop.ip() {
+        return Ok(vec![SocketAddr::new(ip, hop.port)]);
+    }
+    let host = hop.bare_host().to_owned();
+    let port = hop.port;
+    let found = glommio::executor()
+        .spawn_blocking(move || {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
+        })
+        .await;
+    match found {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(UpstreamError::Dns {
+            peer: shown.to_owned(),
+            detail: "no addresses".into(),
+        }),
+        Err(e) => Err(UpstreamError::Dns {
+            peer: shown.to_owned(),
+            detail: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,840 @@
+//! One proxied exchange: `METHOD /proxy/<absolute URL>` → canonicalise → allowlist → rewrite →
+//! upstream → response streamed back.
+//!
+//! Invariants:
+//! * The URL is canonicalised once; the upstream request target is exactly the matched path and
+//!   query ([`CanonUrl::request_target`]).
+//! * Nothing reaches an upstream before the allowlist allowed it.
+//! * Bodies stream both ways through fixed buffers with back-pressure: a multi-GB clone never
+//!   sits in memory.
+//! * The rule's `set_request_headers` override the vendor's; URL userinfo becomes
+//!   `Authorization: Basic` unless the rule sets `Authorization`; hop-by-hop headers never pass.
+//! * Until the response head is written, every failure becomes a JSON error response
+//!   (400/403/502/504) with `X-Semgrep-Private-Link-Error: 1`; after it, the connection is
+//!   aborted (the status line is already gone).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+
+use super::body::Inbound;
+use super::{REQUEST_ID_HEADER, Timer, json_string};
+use crate::allowlist::{Allowlist, CanonUrl, Decision, Rule};
+use crate::http::{BodyFraming, ChunkedDecoder, RequestHead, ResponseHead};
+use crate::upstream::{Target, UpstreamError, Upstreams};
+
+/// Header on proxied responses.
+pub const PROXIED_HEADER: &str = "X-Semgrep-Private-Link";
+/// Header on broker-generated errors.
+pub const ERROR_HEADER: &str = "X-Semgrep-Private-Link-Error";
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most upstream response header lines.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// Request headers that describe one hop and never pass through the broker.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Timeouts of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyTimeouts {
+    /// Vendor body stalls (`[inbound] body_timeout`).
+    pub body: Duration,
+    /// Upstream response head after the request was sent (`[upstream] response_timeout`); also
+    /// the longest pause between upstream body reads.
+    pub response: Duration,
+}
+
+/// What happened, for the log line and metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    /// Rule index that allowed the request.
+    pub rule: Option<usize>,
+    /// Bounded error kind (`denied`, `malformed`, `connect`, `timeout_response`, ...).
+    pub error: Option<&'static str>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Whether the vendor connection may carry another request.
+    pub keep_alive: bool,
+}
+
+enum Failure {
+    /// Nothing sent to the vendor yet: answer with this status and error.
+    Respond(u16, &'static str, String),
+    /// The response head is already out: abort the connection.
+    Abort(&'static str),
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Self {
+        Failure::Respond(e.status(), e.kind(), e.to_string())
+    }
+}
+
+async fn timed<T: Timer, F: Future>(timer: &T, d: Duration, f: F) -> Option<F::Output> {
+    future::or(async { Some(f.await) }, async {
+        timer.sleep(d).await;
+        None
+    })
+    .await
+}
+
+/// An error response, JSON body, always with the error header; `close` adds `Connection: close`.
+pub fn error_response(status: u16, message: &str, request_id: &str, close: bool) -> Vec<u8> {
+    let body = format!(
+        "{{\"error\":{},\"request_id\":\"{request_id}\"}}",
+        json_string(message)
+    );
+    let mut h = ResponseHead::default();
+    h.start(status)
+        .header("Content-Type", "application/json")
+        .header_u64("Content-Length", body.len() as u64)
+        .header(ERROR_HEADER, "1")
+        .header(REQUEST_ID_HEADER, request_id);
+    if close {
+        h.header("Connection", "close");
+    }
+    let mut out = h.finish().to_vec();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Context of one proxied exchange.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub allowlist: &'a Allowlist,
+    pub timeouts: ProxyTimeouts,
+    /// The vendor's tunnel address, for `X-Forwarded-For`.
+    pub peer: Option<IpAddr>,
+    pub request_id: &'a str,
+}
+
+/// Handles `head` (whose target starts with `/proxy/`). The request body, if any, is read from
+/// `inbound`; on return `inbound` is positioned after this request's body (when the connection
+/// may continue).
+pub async fn proxy<C, T, U>(
+    x: &Exchange<'_>,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    inbound: &mut Inbound<'_, C>,
+    timer: &T,
+    upstreams: &U,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
+    U: Upstreams,
+{
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        status: 0,
+        rule: None,
+        error: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        keep_alive: head.keep_alive,
+    };
+    let target = head.target(head_bytes);
+    let raw = target.strip_prefix("/proxy/").unwrap_or_default();
+    let method = head.method_str(head_bytes);
+    let result = match CanonUrl::parse(raw) {
+        Err(e) => Err(Failure::Respond(
+            400,
+            "malformed",
+            format!("malformed destination: {e}"),
+        )),
+        Ok(url) => {
+            let headers: Vec<httparse::Header<'_>> = head
+                .headers(head_bytes)
+                .map(|(name, value)| httparse::Header { name, value })
+                .collect();
+            match x.allowlist.decide(method, &url, &headers) {
+                Decision::Denied(reason) => {
+                    tracing::info!(
+                        event = "allowlist.reject",
+                        request_id = x.request_id,
+                        method,
+                        scheme = url.scheme.as_str(),
+                        host = %url.host,
+                        port = url.port,
+                        path = %url.path,
+                        reason = %reason,
+                    );
+                    Err(Failure::Respond(
+                        403,
+                        "denied",
+                        "url is not in allowlist".into(),
+                    ))
+                }
+                Decision::Allowed { rule_id, rule } => {
+                    outcome.rule = Some(rule_id);
+                    tracing::info!(
+                        event = "proxy.request",
+                        request_id = x.request_id,
+                        method,
+                        scheme = url.scheme.as_str(),
+                        host = %url.host,
+                        port = url.port,
+                        path = %url.path,
+                        rule = rule_id,
+                    );
+                    forward(
+                        x,
+                        head,
+                        head_bytes,
+                        &url,
+                        rule,
+                        inbound,
+                        timer,
+                        upstreams,
+                        &mut outcome,
+                    )
+                    .await
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(Failure::Respond(status, kind, message)) => {
+            outcome.status = status;
+            outcome.error = Some(kind);
+            // An unread request body would be parsed as the next request: close instead.
+            let body_pending = head.body != BodyFraming::None && outcome.request_bytes == 0;
+            if body_pending || status >= 500 {
+                outcome.keep_alive = false;
+            }
+            let resp = error_response(status, &message, x.request_id, !outcome.keep_alive);
+            if status >= 500 {
+                tracing::warn!(event = "upstream.error", request_id = x.request_id, status, kind, error = %message);
+            }
+            if inbound.conn.write_all(&resp).await.is_err() {
+                outcome.keep_alive = false;
+            }
+        }
+        Err(Failure::Abort(kind)) => {
+            outcome.error = Some(kind);
+            outcome.keep_alive = false;
+            tracing::warn!(
+                event = "upstream.error",
+                request_id = x.request_id,
+                kind,
+                phase = "streaming"
+            );
+        }
+    }
+    if outcome.rule.is_some() {
+        tracing::info!(
+            event = "proxy.response",
+            request_id = x.request_id,
+            status = outcome.status,
+            error = outcome.error.unwrap_or(""),
+            request_bytes = outcome.request_bytes,
+            response_bytes = outcome.response_bytes,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+    outcome
+}
+
+fn is_hop_by_hop(name: &str, connection_tokens: &[&str]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_tokens
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t))
+}
+
+fn connection_tokens<'b>(headers: impl Iterator<Item = (&'b str, &'b [u8])>) -> Vec<&'b str> {
+    headers
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| std::str::from_utf8(v).unwrap_or_default().split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Builds the upstream request head.
+fn upstream_head(
+    x: &Exchange<'_>,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    url: &CanonUrl,
+    rule: &Rule,
+) -> Vec<u8> {
+    let method = head.method_str(head_bytes);
+    let mut out = String::with_capacity(512);
+    let _ = write!(
+        out,
+        "{method} {} HTTP/1.1\r\nHost: {}\r\n",
+        url.request_target(),
+        url.authority()
+    );
+    let tokens = connection_tokens(head.headers(head_bytes));
+    let set = &rule.spec.set_request_headers;
+    let overridden = |name: &str| set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let mut xff: Option<String> = None;
+    let mut out_bytes = out.into_bytes();
+    for (name, value) in head.headers(head_bytes) {
+        if is_hop_by_hop(name, &tokens)
+            || name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("expect")
+            || overridden(name)
+            || (url.userinfo.is_some() && name.eq_ignore_ascii_case("authorization"))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let v = String::from_utf8_lossy(value);
+            xff = Some(match xff {
+                Some(prev) => format!("{prev}, {v}"),
+                None => v.into_owned(),
+            });
+            continue;
+        }
+        out_bytes.extend_from_slice(name.as_bytes());
+        out_bytes.extend_from_slice(b": ");
+        out_bytes.extend_from_slice(value);
+        out_bytes.extend_from_slice(b"\r\n");
+    }
+    let mut tail = String::with_capacity(256);
+    if let Some(peer) = x.peer {
+        match xff {
+            Some(prev) => {
+                let _ = write!(tail, "X-Forwarded-For: {prev}, {peer}\r\n");
+            }
+            None => {
+                let _ = write!(tail, "X-Forwarded-For: {peer}\r\n");
+            }
+        }
+    } else if let Some(prev) = xff {
+        let _ = write!(tail, "X-Forwarded-For: {prev}\r\n");
+    }
+    if let Some(userinfo) = &url.userinfo {
+        if !overridden("authorization") {
+            let decoded = percent_decode(userinfo);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(decoded);
+            let _ = write!(tail, "Authorization: Basic {b64}\r\n");
+        }
+    }
+    for (name, value) in set {
+        let v = value.expose();
+        if !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            let _ = write!(tail, "{name}: {v}\r\n");
+        }
+    }
+    match head.body {
+        BodyFraming::None => {
+            if matches!(method, "POST" | "PUT" | "PATCH") {
+                tail.push_str("Content-Length: 0\r\n");
+            }
+        }
+        BodyFraming::Length(n) => {
+            let _ = write!(tail, "Content-Length: {n}\r\n");
+        }
+        BodyFraming::Chunked => tail.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    tail.push_str("Connection: keep-alive\r\n\r\n");
+    out_bytes.extend_from_slice(tail.as_bytes());
+    out_bytes
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward<C, T, U>(
+    x: &Exchange<'_>,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    url: &CanonUrl,
+    rule: &Rule,
+    inbound: &mut Inbound<'_, C>,
+    timer: &T,
+    upstreams: &U,
+    outcome: &mut Outcome,
+) -> Result<(), Failure>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
+    U: Upstreams,
+{
+    let target = Target::from_url(url);
+    let request = upstream_head(x, head, head_bytes, url, rule);
+    let mut pooled = upstreams.connect(&target).await?;
+    if head.expect_continue {
+        // The allowlist said yes and an upstream is ready: let the vendor send the body.
+        inbound
+            .conn
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| Failure::Abort("vendor_write"))?;
+    }
+    let up = &mut pooled.conn;
+    up.write_all(&request)
+        .await
+        .map_err(|_| Failure::Respond(502, "reset", "upstream closed the connection".into()))?;
+    send_body(head.body, inbound, up, timer, x.timeouts.body, outcome).await?;
+    up.flush()
+        .await
+        .map_err(|_| Failure::Respond(502, "reset", "upstream closed the connection".into()))?;
+
+    // Response head.
+    let mut ubuf = vec![0u8; MAX_RESPONSE_HEAD];
+    let mut ufilled = 0usize;
+    let (status, head_len, framing, upstream_keep_alive, resp_head) = loop {
+        let n = match timed(timer, x.timeouts.response, up.read(&mut ubuf[ufilled..])).await {
+            None => {
+                return Err(Failure::Respond(
+                    504,
+                    "timeout_response",
+                    "upstream did not answer in time".into(),
+                ));
+            }
+            Some(Err(_)) | Some(Ok(0)) => {
+                return Err(Failure::Respond(
+                    502,
+                    "reset",
+                    "upstream closed the connection before answering".into(),
+                ));
+            }
+            Some(Ok(n)) => n,
+        };
+        ufilled += n;
+        match parse_response_head(
+            &ubuf[..ufilled],
+            head.method_str(head_bytes) == "HEAD",
+            rule,
+            x.request_id,
+        ) {
+            Ok(None) => {
+                if ufilled == ubuf.len() {
+                    return Err(Failure::Respond(
+                        502,
+                        "bad_response",
+                        "upstream response head too large".into(),
+                    ));
+                }
+            }
+            Ok(Some(Parsed::Informational(len))) => {
+                // 1xx from upstream (we never forward Expect): skip it.
+                ubuf.copy_within(len..ufilled, 0);
+                ufilled -= len;
+            }
+            Ok(Some(Parsed::Final(p))) => break p,
+            Err(msg) => return Err(Failure::Respond(502, "bad_response", msg.into())),
+        }
+    };
+    outcome.status = status;
+    let vendor_close = !outcome.keep_alive;
+    let mut resp_head = resp_head;
+    if vendor_close {
+        resp_head.extend_from_slice(b"Connection: close\r\n");
+    }
+    resp_head.extend_from_slice(b"\r\n");
+    inbound
+        .conn
+        .write_all(&resp_head)
+        .await
+        .map_err(|_| Failure::Abort("vendor_write"))?;
+
+    // Response body.
+    let reusable = stream_response(
+        framing,
+        &mut ubuf,
+        head_len,
+        ufilled,
+        up,
+        inbound.conn,
+        timer,
+        x.timeouts.response,
+        outcome,
+    )
+    .await?;
+    inbound
+        .conn
+        .flush()
+        .await
+        .map_err(|_| Failure::Abort("vendor_write"))?;
+    if reusable && upstream_keep_alive {
+        upstreams.release(&target, pooled);
+    }
+    Ok(())
+}
+
+/// How the upstream response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RespFraming {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+enum Parsed {
+    Informational(usize),
+    Final((u16, usize, RespFraming, bool, Vec<u8>)),
+}
+
+/// Parses the upstream response head and builds the one sent to the vendor (without the final
+/// blank line).
+fn parse_response_head(
+    buf: &[u8],
+    head_request: bool,
+    rule: &Rule,
+    request_id: &str,
+) -> Result<Option<Parsed>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(_) => return Err("malformed upstream response head"),
+    };
+    let status = r.code.unwrap_or(0);
+    if (100..200).contains(&status) {
+        if status == 101 {
+            return Err("upstream tried to switch protocols");
+        }
+        return Ok(Some(Parsed::Informational(len)));
+    }
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = r.version == Some(0);
+    let tokens: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| std::str::from_utf8(h.value).unwrap_or_default().split(','))
+        .map(str::trim)
+        .collect();
+    close |= tokens.iter().any(|t| t.eq_ignore_ascii_case("close"));
+    let mut out = Vec::with_capacity(len + 128);
+    let reason = r.reason.unwrap_or("");
+    let _ = write!(Wrap(&mut out), "HTTP/1.1 {status} {reason}\r\n");
+    for h in r.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).unwrap_or_default().trim();
+            let n: u64 = v.parse().map_err(|_| "invalid upstream Content-Length")?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err("conflicting upstream Content-Length");
+            }
+            content_length = Some(n);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = std::str::from_utf8(h.value).unwrap_or_default();
+            chunked = v
+                .rsplit(',')
+                .map(str::trim)
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                return Err("unsupported upstream transfer-coding");
+            }
+            continue;
+        }
+        if is_hop_by_hop(name, &tokens)
+            || rule
+                .spec
+                .remove_response_headers
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(PROXIED_HEADER)
+            || name.eq_ignore_ascii_case(REQUEST_ID_HEADER)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_body = head_request || status == 204 || status == 304;
+    let framing = if no_body {
+        RespFraming::None
+    } else if chunked {
+        RespFraming::Chunked
+    } else if let Some(n) = content_length {
+        RespFraming::Length(n)
+    } else {
+        RespFraming::UntilClose
+    };
+    match framing {
+        RespFraming::Length(n) => {
+            let _ = write!(Wrap(&mut out), "Content-Length: {n}\r\n");
+        }
+        RespFraming::Chunked | RespFraming::UntilClose => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+        }
+        RespFraming::None => {
+            if let (true, Some(n)) = (head_request, content_length) {
+                let _ = write!(Wrap(&mut out), "Content-Length: {n}\r\n");
+            }
+        }
+    }
+    let _ = write!(
+        Wrap(&mut out),
+        "{PROXIED_HEADER}: 1\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
+    );
+    let keep = !close && framing != RespFraming::UntilClose;
+    Ok(Some(Parsed::Final((status, len, framing, keep, out))))
+}
+
+/// `fmt::Write` into a byte vector.
+struct Wrap<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Wrap<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Streams the vendor's request body to the upstream.
+async fn send_body<C, W, T>(
+    framing: BodyFraming,
+    inbound: &mut Inbound<'_, C>,
+    up: &mut W,
+    timer: &T,
+    stall: Duration,
+    outcome: &mut Outcome,
+) -> Result<(), Failure>
+where
+    C: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    T: Timer,
+{
+    let up_err = || {
+        Failure::Respond(
+            502,
+            "reset",
+            "upstream closed the connection while receiving the body".into(),
+        )
+    };
+    let vendor_gone = || Failure::Respond(400, "body", "request body incomplete".into());
+    match framing {
+        BodyFraming::None => Ok(()),
+        BodyFraming::Length(mut left) => {
+            while left > 0 {
+                if inbound.buffered().is_empty() {
+                    match timed(timer, stall, inbound.fill()).await {
+                        None => {
+                            return Err(Failure::Respond(
+                                408,
+                                "timeout_body",
+                                "request body timeout".into(),
+                            ));
+                        }
+                        Some(Ok(0)) | Some(Err(_)) => return Err(vendor_gone()),
+                        Some(Ok(_)) => {}
+                    }
+                }
+                let take = (left.min(inbound.buffered().len() as u64)) as usize;
+                up.write_all(&inbound.buffered()[..take])
+                    .await
+                    .map_err(|_| up_err())?;
+                inbound.consume(take);
+                left -= take as u64;
+                outcome.request_bytes += take as u64;
+            }
+            Ok(())
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut frame = String::with_capacity(16);
+            loop {
+                let step = decoder.decode(inbound.buffered()).map_err(|e| {
+                    Failure::Respond(400, "body", format!("malformed chunked body: {e}"))
+                })?;
+                if !step.data.is_empty() {
+                    frame.clear();
+                    let _ = write!(frame, "{:x}\r\n", step.data.len());
+                    up.write_all(frame.as_bytes()).await.map_err(|_| up_err())?;
+                    up.write_all(&inbound.buffered()[step.data.clone()])
+                        .await
+                        .map_err(|_| up_err())?;
+                    up.write_all(b"\r\n").await.map_err(|_| up_err())?;
+                    outcome.request_bytes += step.data.len() as u64;
+                }
+                inbound.consume(step.consumed);
+                if step.done {
+                    up.write_all(b"0\r\n\r\n").await.map_err(|_| up_err())?;
+                    return Ok(());
+                }
+                if step.consumed == 0 || inbound.buffered().is_empty() {
+                    match timed(timer, stall, inbound.fill()).await {
+                        None => {
+                            return Err(Failure::Respond(
+                                408,
+                                "timeout_body",
+                                "request body timeout".into(),
+                            ));
+                        }
+                        Some(Ok(0)) | Some(Err(_)) => return Err(vendor_gone()),
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Streams the upstream response body to the vendor; returns whether the upstream connection
+/// ended the exchange cleanly (reusable).
+#[allow(clippy::too_many_arguments)]
+async fn stream_response<R, W, T>(
+    framing: RespFraming,
+    ubuf: &mut [u8],
+    head_len: usize,
+    mut filled: usize,
+    up: &mut R,
+    vendor: &mut W,
+    timer: &T,
+    stall: Duration,
+    outcome: &mut Outcome,
+) -> Result<bool, Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    T: Timer,
+{
+    let mut pos = head_len;
+    let mut frame = String::with_capacity(16);
+    let mut decoder = ChunkedDecoder::new();
+    let mut left = match framing {
+        RespFraming::Length(n) => n,
+        _ => 0,
+    };
+    if framing == RespFraming::None {
+        return Ok(pos == filled);
+    }
+    loop {
+        // Forward what is buffered.
+        let avail = &ubuf[pos..filled];
+        match framing {
+            RespFraming::None => return Ok(true),
+            RespFraming::Length(_) => {
+                let take = (left.min(avail.len() as u64)) as usize;
+                if take > 0 {
+                    vendor
+                        .write_all(&avail[..take])
+                        .await
+                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                }
+                pos += take;
+                left -= take as u64;
+                outcome.response_bytes += take as u64;
+                if left == 0 {
+                    return Ok(pos == filled);
+                }
+            }
+            RespFraming::UntilClose => {
+                if !avail.is_empty() {
+                    write_chunk(vendor, &mut frame, avail).await?;
+                    outcome.response_bytes += avail.len() as u64;
+                }
+                pos = filled;
+            }
+            RespFraming::Chunked => loop {
+                let step = decoder
+                    .decode(&ubuf[pos..filled])
+                    .map_err(|_| Failure::Abort("bad_response"))?;
+                let data = (pos + step.data.start)..(pos + step.data.end);
+                if !data.is_empty() {
+                    let n = data.len();
+                    write_chunk(vendor, &mut frame, &ubuf[data]).await?;
+                    outcome.response_bytes += n as u64;
+                }
+                pos += step.consumed;
+                if step.done {
+                    vendor
+                        .write_all(b"0\r\n\r\n")
+                        .await
+                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                    return Ok(pos == filled);
+                }
+                if step.consumed == 0 || pos == filled {
+                    break;
+                }
+            },
+        }
+        // Read more.
+        if pos > 0 {
+            ubuf.copy_within(pos..filled, 0);
+            filled -= pos;
+            pos = 0;
+        }
+        let n = match timed(timer, stall, up.read(&mut ubuf[filled..])).await {
+            None => return Err(Failure::Abort("timeout_body")),
+            Some(Err(_)) => return Err(Failure::Abort("reset")),
+            Some(Ok(n)) => n,
+        };
+        if n == 0 {
+            if framing == RespFraming::UntilClose {
+                vendor
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|_| Failure::Abort("vendor_write"))?;
+                return Ok(false);
+            }
+            return Err(Failure::Abort("reset"));
+        }
+        filled += n;
+    }
+}
+
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    vendor: &mut W,
+    frame: &mut String,
+    data: &[u8],
+) -> Result<(), Failure> {
+    frame.clear();
+    let _ = write!(frame, "{:x}\r\n", data.len());
+    vendor
+        .write_all(frame.as_bytes())
+        .await
+        .map_err(|_| Failure::Abort("vendor_write"))?;
+    vendor
+        .write_all(data)
+        .await
+        .map_err(|_| Failure::Abort("vendor_write"))?;
+    vendor
+        .write_all(b"\r\n")
+        .await
+        .map_err(|_| Failure::Abort("vendor_write"))
+}

@@ -1,0 +1,562 @@
+//! Which upstream connections go through an HTTP CONNECT proxy, and which proxy.
+//!
+//! Responsibility: turn `[upstream] proxy`, `no_proxy`, `use_env_proxy` and the conventional
+//! environment variables into [`ProxySettings`], and answer [`ProxySettings::proxy_for`].
+//!
+//! Semantics (those of curl, which most tooling shares):
+//! * `[upstream] proxy` wins over the environment and is used for `http` and `https` targets;
+//! * otherwise, with `use_env_proxy`, `https` targets use `https_proxy` / `HTTPS_PROXY` and `http`
+//!   targets `http_proxy` / `HTTP_PROXY` (lower case first; an empty value counts as unset);
+//! * the bypass list is `[upstream] no_proxy` plus, with `use_env_proxy`, `no_proxy` / `NO_PROXY`
+//!   (comma-separated). An entry is `*` (no proxy at all), a domain (`example.com` matches itself
+//!   and every subdomain, never `badexample.com`; a leading `.` or `*.` is ignored), an IP literal
+//!   or CIDR (`10.1.2.3`, `10.0.0.0/8`, `::1`, `[::1]`; matched against IP-literal targets only —
+//!   names are never resolved for this), each optionally with `:port` to bypass that port only.
+//!   Matching ignores case and a trailing dot. Entries that parse as none of these are ignored.
+//! * A proxy URL is `http://[user:password@]host[:port][/]` (the scheme may be left out in the
+//!   environment; the port defaults to 80). Userinfo is percent-decoded and becomes
+//!   `Proxy-Authorization: Basic` on CONNECT. TLS to the proxy (`https://` proxies) is not
+//!   supported and is an error.
+//!
+//! Invariants: proxy credentials are only ever held in a [`Secret`]; no error message repeats the
+//! proxy URL (it may carry a password) — errors name the setting and the problem.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+
+use super::Target;
+use crate::config::Upstream;
+use crate::secret::Secret;
+
+/// An HTTP CONNECT proxy: where it listens and the credentials to present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyEndpoint {
+    host: String,
+    port: u16,
+    authorization: Option<Secret>,
+}
+
+impl ProxyEndpoint {
+    /// Parses `http://[user:password@]host[:port][/]`; `origin` names the setting in errors.
+    pub fn parse(url: &str, origin: &str) -> Result<Self, String> {
+        let url = url.trim();
+        let rest = match url.find("://") {
+            Some(i) if url[..i].eq_ignore_ascii_case("http") => &url[i + 3..],
+            Some(_) => {
+                return Err(format!(
+                    "{origin}: unsupported proxy scheme (only http:// CONNECT proxies are supported)"
+                ));
+            }
+            None => url,
+        };
+        let authority = match rest.find('/') {
+            Some(i) if rest[i..] == *"/" => &rest[..i],
+            Some(_) => return Err(format!("{origin}: a proxy URL has no path")),
+            None => rest,
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (host, port) = split_host_port(hostport)
+            .ok_or_else(|| format!("{origin}: invalid proxy host or port"))?;
+        let port = port.unwrap_or(80);
+        if port == 0 || !valid_host(&host) {
+            return Err(format!("{origin}: invalid proxy host or port"));
+        }
+        let authorization = match userinfo {
+            None => None,
+            Some(ui) => {
+                let (user, pass) = ui.split_once(':').unwrap_or((ui, ""));
+                let user = percent_decode(user)
+                    .ok_or_else(|| format!("{origin}: invalid escape in proxy user"))?;
+                let pass = percent_decode(pass)
+                    .ok_or_else(|| format!("{origin}: invalid escape in proxy password"))?;
+                let mut plain = user;
+                plain.push(b':');
+                plain.extend_from_slice(&pass);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+                plain.fill(0);
+                Some(Secret::new(format!("Basic {b64}")))
+            }
+        };
+        Ok(Self {
+            host,
+            port,
+            authorization,
+        })
+    }
+
+    /// The proxy's host (IPv6 in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The proxy as a [`Target`] (plain TCP), for connecting and for error messages.
+    pub fn target(&self) -> Target {
+        Target::new(false, self.host.clone(), self.port)
+    }
+
+    /// `host:port` of the proxy — safe to log.
+    pub fn peer(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The `Proxy-Authorization` header value (`Basic ...`), when the URL had credentials.
+    pub fn authorization(&self) -> Option<&Secret> {
+        self.authorization.as_ref()
+    }
+}
+
+/// One `no_proxy` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bypass {
+    All,
+    Domain { suffix: String, port: Option<u16> },
+    Ip { net: IpNet, port: Option<u16> },
+}
+
+/// A parsed `no_proxy` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoProxy {
+    entries: Vec<Bypass>,
+}
+
+impl NoProxy {
+    /// Parses entries; each item may itself be a comma-separated list. Unparseable entries are
+    /// ignored (environment lists often carry junk).
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut entries = Vec::new();
+        for item in items {
+            for raw in item.split(',') {
+                if let Some(e) = parse_entry(raw.trim()) {
+                    entries.push(e);
+                }
+            }
+        }
+        Self { entries }
+    }
+
+    /// True when `target` is reached directly.
+    pub fn matches(&self, target: &Target) -> bool {
+        let host = target.bare_host().trim_end_matches('.');
+        let ip = host.parse::<IpAddr>().ok();
+        self.entries.iter().any(|e| match e {
+            Bypass::All => true,
+            Bypass::Domain { suffix, port } => {
+                port.is_none_or(|p| p == target.port)
+                    && ip.is_none()
+                    && host.len() >= suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && (host.len() == suffix.len()
+                        || host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
+            }
+            Bypass::Ip { net, port } => {
+                port.is_none_or(|p| p == target.port) && ip.is_some_and(|a| net.contains(&a))
+            }
+        })
+    }
+
+    /// True when the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn parse_entry(s: &str) -> Option<Bypass> {
+    if s.is_empty() {
+        return None;
+    }
+    if s == "*" {
+        return Some(Bypass::All);
+    }
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Some(Bypass::Ip { net, port: None });
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(Bypass::Ip {
+            net: IpNet::from(ip),
+            port: None,
+        });
+    }
+    let (host, port) = split_host_port(s)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
+    if let Ok(net) = host.parse::<IpNet>() {
+        return Some(Bypass::Ip { net, port });
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(Bypass::Ip {
+            net: IpNet::from(ip),
+            port,
+        });
+    }
+    let suffix = host
+        .strip_prefix("*.")
+        .or_else(|| host.strip_prefix('.'))
+        .unwrap_or(host)
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if suffix.is_empty() || !valid_host(&suffix) {
+        return None;
+    }
+    Some(Bypass::Domain { suffix, port })
+}
+
+/// Splits `host[:port]` / `[v6][:port]`; `None` when the port is not a number.
+fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = format!("[{}]", &rest[..end]);
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((host.to_ascii_lowercase(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_ascii_lowercase(), Some(p.parse().ok()?))),
+        None => Some((s.to_ascii_lowercase(), None)),
+    }
+}
+
+/// A DNS name, IPv4 literal or bracketed IPv6 literal made of safe characters.
+fn valid_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hi = (hex[0] as char).to_digit(16)?;
+            let lo = (hex[1] as char).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The proxy decision for every target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    https: Option<ProxyEndpoint>,
+    http: Option<ProxyEndpoint>,
+    no_proxy: NoProxy,
+}
+
+impl ProxySettings {
+    /// No proxy: every target is reached directly.
+    pub fn direct() -> Self {
+        Self::default()
+    }
+
+    /// From `[upstream]` and, when `use_env_proxy`, the environment as read by `env` (pass
+    /// `&|k| std::env::var(k).ok()` in production). Errors name the setting, never its value.
+    pub fn from_config(c: &Upstream, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let var = |names: [&'static str; 2]| {
+            names
+                .into_iter()
+                .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+        };
+        let (https, http) = if let Some(p) = &c.proxy {
+            let e = ProxyEndpoint::parse(p, "upstream.proxy")?;
+            (Some(e.clone()), Some(e))
+        } else if c.use_env_proxy {
+            let https = var(["https_proxy", "HTTPS_PROXY"])
+                .map(|(n, v)| ProxyEndpoint::parse(&v, n))
+                .transpose()?;
+            let http = var(["http_proxy", "HTTP_PROXY"])
+                .map(|(n, v)| ProxyEndpoint::parse(&v, n))
+                .transpose()?;
+            (https, http)
+        } else {
+            (None, None)
+        };
+        let env_no_proxy = if c.use_env_proxy {
+            var(["no_proxy", "NO_PROXY"]).map(|(_, v)| v)
+        } else {
+            None
+        };
+        let no_proxy = NoProxy::parse(
+            c.no_proxy
+                .iter()
+                .map(String::as_str)
+                .chain(env_no_proxy.as_deref()),
+        );
+        Ok(Self {
+            https,
+            http,
+            no_proxy,
+        })
+    }
+
+    /// A proxy for every target (tests, tools), with a bypass list.
+    pub fn with_proxy(proxy: ProxyEndpoint, no_proxy: NoProxy) -> Self {
+        Self {
+            https: Some(proxy.clone()),
+            http: Some(proxy),
+            no_proxy,
+        }
+    }
+
+    /// The proxy to tunnel through to reach `target`, or `None` to connect directly.
+    pub fn proxy_for(&self, target: &Target) -> Option<&ProxyEndpoint> {
+        let p = if target.tls {
+            self.https.as_ref()
+        } else {
+            self.http.as_ref()
+        }?;
+        (!self.no_proxy.matches(target)).then_some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg(proxy: Option<&str>, no_proxy: &[&str], use_env: bool) -> Upstream {
+        Upstream {
+            ca_files: Vec::new(),
+            tls_min_version: crate::config::TlsVersion::V1_2,
+            connect_timeout: Duration::from_secs(1),
+            tls_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+            proxy: proxy.map(str::to_owned),
+            no_proxy: no_proxy.iter().map(|s| (*s).to_owned()).collect(),
+            use_env_proxy: use_env,
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn https(h: &str) -> Target {
+        Target::new(true, h, 443)
+    }
+
+    fn np(list: &str) -> NoProxy {
+        NoProxy::parse([list])
+    }
+
+    #[test]
+    fn parses_proxy_urls() {
+        let p = ProxyEndpoint::parse("http://proxy.corp:3128", "t").expect("parse");
+        assert_eq!((p.host(), p.port()), ("proxy.corp", 3128));
+        assert!(p.authorization().is_none());
+        let p = ProxyEndpoint::parse("proxy.corp:8080/", "t").expect("parse");
+        assert_eq!((p.host(), p.port()), ("proxy.corp", 8080));
+        let p = ProxyEndpoint::parse("HTTP://Proxy.Corp", "t").expect("parse");
+        assert_eq!((p.host(), p.port()), ("proxy.corp", 80));
+        let p = ProxyEndpoint::parse("http://[::1]:3128", "t").expect("parse");
+        assert_eq!((p.host(), p.port()), ("[::1]", 3128));
+        assert_eq!(p.peer(), "[::1]:3128");
+    }
+
+    #[test]
+    fn proxy_userinfo_becomes_basic_auth_and_never_prints() {
+        let p = ProxyEndpoint::parse("http://us%65r:p%40ss:word@proxy:3128", "t").expect("parse");
+        // base64("user:p@ss:word")
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("user:p@ss:word")
+        );
+        assert_eq!(p.authorization().map(Secret::expose), Some(want.as_str()));
+        let shown = format!("{p:?} {}", p.peer());
+        assert!(
+            !shown.contains("ss:word") && !shown.contains("user"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_proxy_urls_are_refused_without_echoing_them() {
+        for bad in [
+            "socks5://user:hunter2@proxy:1080",
+            "https://user:hunter2@proxy:443",
+            "http://user:hunter2@proxy:99999",
+            "http://user:hunter2@proxy:3128/path",
+            "http://user:hunter2@",
+            "http://user:hunter2@pro xy:1",
+            "http://user:hunter%zz@proxy:1",
+        ] {
+            let e = ProxyEndpoint::parse(bad, "HTTPS_PROXY").expect_err(bad);
+            assert!(
+                e.starts_with("HTTPS_PROXY:") && !e.contains("hunter2"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_proxy_wins_over_environment_for_both_schemes() {
+        let e = env(&[("HTTPS_PROXY", "http://env:1")]);
+        let s =
+            ProxySettings::from_config(&cfg(Some("http://cfg:3128"), &[], true), &e).expect("ok");
+        assert_eq!(
+            s.proxy_for(&https("a.example"))
+                .map(ProxyEndpoint::peer)
+                .as_deref(),
+            Some("cfg:3128")
+        );
+        let plain = Target::new(false, "a.example", 80);
+        assert_eq!(
+            s.proxy_for(&plain).map(ProxyEndpoint::peer).as_deref(),
+            Some("cfg:3128")
+        );
+    }
+
+    #[test]
+    fn environment_per_scheme_lower_case_first() {
+        let e = env(&[
+            ("https_proxy", "http://lower:1"),
+            ("HTTPS_PROXY", "http://upper:2"),
+            ("HTTP_PROXY", "plain:3"),
+        ]);
+        let s = ProxySettings::from_config(&cfg(None, &[], true), &e).expect("ok");
+        assert_eq!(
+            s.proxy_for(&https("a.example"))
+                .map(ProxyEndpoint::peer)
+                .as_deref(),
+            Some("lower:1")
+        );
+        let plain = Target::new(false, "a.example", 80);
+        assert_eq!(
+            s.proxy_for(&plain).map(ProxyEndpoint::peer).as_deref(),
+            Some("plain:3")
+        );
+    }
+
+    #[test]
+    fn environment_ignored_without_use_env_proxy_and_empty_values_unset() {
+        let e = env(&[("HTTPS_PROXY", "http://env:1"), ("NO_PROXY", "*")]);
+        let s = ProxySettings::from_config(&cfg(None, &[], false), &e).expect("ok");
+        assert_eq!(s, ProxySettings::direct());
+        let e = env(&[("https_proxy", "  "), ("HTTPS_PROXY", "http://env:1")]);
+        let s = ProxySettings::from_config(&cfg(None, &[], true), &e).expect("ok");
+        assert_eq!(
+            s.proxy_for(&https("x")).map(ProxyEndpoint::peer).as_deref(),
+            Some("env:1")
+        );
+    }
+
+    #[test]
+    fn bad_environment_proxy_is_an_error_naming_the_variable() {
+        let e = env(&[("HTTPS_PROXY", "socks5://u:secretpw@p:1")]);
+        let err = ProxySettings::from_config(&cfg(None, &[], true), &e).expect_err("bad");
+        assert!(
+            err.contains("HTTPS_PROXY") && !err.contains("secretpw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_proxy_from_config_and_environment_combine() {
+        let e = env(&[
+            ("HTTPS_PROXY", "http://p:1"),
+            ("no_proxy", "internal.corp, 10.0.0.0/8"),
+        ]);
+        let s = ProxySettings::from_config(&cfg(None, &["git.example.com"], true), &e).expect("ok");
+        assert!(s.proxy_for(&https("git.example.com")).is_none());
+        assert!(s.proxy_for(&https("gitlab.internal.corp")).is_none());
+        assert!(s.proxy_for(&https("10.2.3.4")).is_none());
+        assert!(s.proxy_for(&https("github.com")).is_some());
+    }
+
+    #[test]
+    fn no_proxy_domain_suffix_at_label_boundary() {
+        let n = np("example.com");
+        assert!(n.matches(&https("example.com")));
+        assert!(n.matches(&https("git.example.com")));
+        assert!(n.matches(&https("a.b.EXAMPLE.com")));
+        assert!(!n.matches(&https("badexample.com")));
+        assert!(!n.matches(&https("example.com.evil")));
+        assert!(!n.matches(&https("com")));
+    }
+
+    #[test]
+    fn no_proxy_leading_dot_and_star_prefix() {
+        for list in [".example.com", "*.example.com", "example.com."] {
+            let n = np(list);
+            assert!(n.matches(&https("git.example.com")), "{list}");
+            assert!(n.matches(&https("example.com")), "{list}");
+            assert!(!n.matches(&https("notexample.com")), "{list}");
+        }
+        assert!(np("example.com").matches(&https("git.example.com.")));
+    }
+
+    #[test]
+    fn no_proxy_star_bypasses_everything() {
+        let n = np("foo, *");
+        assert!(n.matches(&https("anything.example")));
+        assert!(n.matches(&https("[::1]")));
+        // `*` only as a whole entry.
+        assert!(np("*foo").is_empty());
+    }
+
+    #[test]
+    fn no_proxy_host_port_entries() {
+        let n = np("git.example.com:8443, 10.1.2.3:80, [::1]:8080");
+        assert!(n.matches(&Target::new(true, "git.example.com", 8443)));
+        assert!(!n.matches(&Target::new(true, "git.example.com", 443)));
+        assert!(n.matches(&Target::new(false, "10.1.2.3", 80)));
+        assert!(!n.matches(&Target::new(true, "10.1.2.3", 443)));
+        assert!(n.matches(&Target::new(false, "[::1]", 8080)));
+        assert!(!n.matches(&Target::new(false, "[::1]", 80)));
+    }
+
+    #[test]
+    fn no_proxy_ip_literals_and_cidrs() {
+        let n = np("127.0.0.1, ::1, 192.168.0.0/16, fd00::/8");
+        assert!(n.matches(&https("127.0.0.1")));
+        assert!(!n.matches(&https("127.0.0.2")));
+        assert!(n.matches(&https("[::1]")));
+        assert!(n.matches(&https("192.168.44.1")));
+        assert!(n.matches(&https("[fd12::1]")));
+        assert!(!n.matches(&https("[fe80::1]")));
+        // Names are never resolved for IP entries.
+        assert!(!n.matches(&https("localhost")));
+        // An IP entry is not a domain suffix.
+        assert!(!np("0.0.1").matches(&https("10.0.0.1")));
+    }
+
+    #[test]
+    fn no_proxy_ignores_junk() {
+        let n = np(" , :, host:notaport, [::1, ..., a b");
+        assert!(n.is_empty(), "{n:?}");
+    }
+}

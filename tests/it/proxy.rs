@@ -1,0 +1,332 @@
+//! The broker's job end to end through the real tunnel (in process): allowlist enforced,
+//! credentials injected, bodies streamed byte-exact, upstream failures mapped to 502/504.
+
+use std::time::Duration;
+
+use wgbroker::testkit::client::{self, Exchange, Request, RunOptions};
+use wgbroker::testkit::response::Response;
+use wgbroker::testkit::scm::{FNV_INIT, MockScm, fnv1a, pattern_byte};
+
+use crate::harness::Tunnel;
+
+const TOKEN: &str = "ghp_testTOKEN0123456789abcdefABCDEF012345";
+
+fn setup(extra: &str) -> (MockScm, Tunnel) {
+    let scm = MockScm::start(TOKEN).expect("mock scm");
+    let a = scm.addr();
+    let cfg = format!(
+        r#"
+[[scm]]
+type = "github"
+base_url = "http://{a}/api/v3"
+token = "{TOKEN}"
+allow_code_access = true
+
+[[allow]]
+url = "http://{a}/download/:n"
+methods = ["GET"]
+remove_response_headers = ["Set-Cookie"]
+
+[[allow]]
+url = "http://{a}/chunked/:n"
+methods = ["GET"]
+
+[[allow]]
+url = "http://{a}/upload"
+methods = ["POST", "PUT"]
+
+[[allow]]
+url = "http://{a}/slow/:s"
+methods = ["GET"]
+
+[[allow]]
+url = "http://{a}/redirect"
+methods = ["GET"]
+
+[[allow]]
+url = "http://127.0.0.1:1/*"
+methods = ["GET"]
+
+{extra}
+"#
+    );
+    let t = Tunnel::start(&cfg);
+    (scm, t)
+}
+
+fn one(t: &mut Tunnel, req: Request, timeout: Duration) -> Exchange {
+    let mut r = client::run(
+        &mut t.gateway,
+        vec![vec![req]],
+        RunOptions {
+            port: 80,
+            timeout,
+            keep_bodies: true,
+        },
+    );
+    r.remove(0).remove(0)
+}
+
+fn ok(ex: &Exchange) -> &Response {
+    ex.response
+        .as_ref()
+        .unwrap_or_else(|e| panic!("no response: {e}"))
+}
+
+#[test]
+fn allowed_get_reaches_upstream_with_the_injected_token() {
+    let (scm, mut t) = setup("");
+    let url = format!(
+        "/proxy/http://{}/api/v3/repos/acme/app?per_page=5&x=%2F",
+        scm.addr()
+    );
+    let ex = one(
+        &mut t,
+        Request::get(&url)
+            .header("Authorization", "Bearer vendor-supplied")
+            .header("X-Forwarded-For", "192.0.2.7")
+            .header("Connection", "keep-alive, X-Hop")
+            .header("X-Hop", "must not pass")
+            .header("X-Trace", "passes"),
+        Duration::from_secs(10),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"full_name\":\"acme/app\""));
+    assert_eq!(r.header("x-semgrep-private-link"), Some("1"));
+    assert!(r.header("x-request-id").is_some());
+    let seen = scm.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(
+        s.target, "/api/v3/repos/acme/app?per_page=5&x=%2F",
+        "query forwarded verbatim"
+    );
+    assert_eq!(
+        s.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str()),
+        "rule header overrides the vendor's"
+    );
+    assert_eq!(s.header("host"), Some(scm.addr().to_string().as_str()));
+    assert_eq!(s.header("x-forwarded-for"), Some("192.0.2.7, 10.77.0.1"));
+    assert_eq!(s.header("x-trace"), Some("passes"));
+    assert_eq!(
+        s.header("x-hop"),
+        None,
+        "Connection-listed headers are hop-by-hop"
+    );
+    assert!(!r.text().contains(TOKEN));
+}
+
+#[test]
+fn denied_and_malformed_requests_never_reach_the_upstream() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    let cases: Vec<(Request, u16)> = vec![
+        (
+            Request::new(
+                "DELETE",
+                &format!("/proxy/http://{a}/api/v3/repos/acme/app"),
+            ),
+            403,
+        ),
+        (
+            Request::get(&format!("/proxy/http://{a}/api/v3/repos/acme/app/git/refs")),
+            403,
+        ),
+        (
+            Request::get("/proxy/http://169.254.169.254/latest/meta-data/"),
+            403,
+        ),
+        (
+            Request::get(&format!("/proxy/https://{a}/api/v3/repos/acme/app")),
+            403,
+        ),
+        (
+            Request::get(&format!(
+                "/proxy/http://{a}/api/v3/repos/acme/app/../../admin"
+            )),
+            400,
+        ),
+        (
+            Request::get(&format!("/proxy/http://{a}/api/v3/repos/acme/%2e%2e/admin")),
+            400,
+        ),
+        (
+            Request::get(&format!(
+                "/proxy/http://{a}/api/v3/repos/acme/app/contents/..%2F..%2Fx"
+            )),
+            400,
+        ),
+        (
+            Request::get(&format!("/proxy/http://{a}/api/v3/repos//app")),
+            400,
+        ),
+        (
+            Request::get(&format!(
+                "/proxy/http://{a}/api/v3/repos/acme/app/contents/a%5Cb"
+            )),
+            400,
+        ),
+        (
+            Request::get(&format!(
+                "/proxy/http://{a}/api/v3/repos/acme/app/contents/a%00b"
+            )),
+            400,
+        ),
+        (Request::get("/proxy/not a url"), 400),
+        (Request::get("/proxy/ftp://example.com/x"), 400),
+    ];
+    for (req, status) in cases {
+        let target = req.target.clone();
+        let ex = one(&mut t, req, Duration::from_secs(10));
+        let r = ok(&ex);
+        assert_eq!(r.status, status, "{target}: {}", r.text());
+        assert_eq!(
+            r.header("x-semgrep-private-link-error"),
+            Some("1"),
+            "{target}"
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        if status == 403 {
+            assert!(
+                r.text()
+                    .starts_with(r#"{"error":"url is not in allowlist""#),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    assert!(
+        scm.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        scm.seen()
+    );
+}
+
+#[test]
+fn ten_mib_download_and_five_mib_chunked_upload_are_byte_exact() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    let n: u64 = 10 << 20;
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/download/{n}")),
+        Duration::from_secs(60),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, n);
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i as u64)),
+        "content differs"
+    );
+    assert_eq!(
+        r.header("set-cookie"),
+        None,
+        "remove_response_headers applies"
+    );
+    assert_eq!(r.header("content-length"), Some(n.to_string().as_str()));
+
+    // Chunked upload of 5 MiB in uneven chunks.
+    let body: Vec<u8> = (0..(5u64 << 20)).map(|i| pattern_byte(i * 7)).collect();
+    let mut wire = Vec::new();
+    for part in body.chunks(65_537) {
+        wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        wire.extend_from_slice(part);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let ex = one(
+        &mut t,
+        Request::new("POST", &format!("/proxy/http://{a}/upload"))
+            .header("Transfer-Encoding", "chunked")
+            .body(wire),
+        Duration::from_secs(60),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let expect = format!(
+        r#"{{"bytes":{},"fnv":"{:016x}"}}"#,
+        body.len(),
+        fnv1a(&body, FNV_INIT)
+    );
+    assert_eq!(r.text(), expect);
+
+    // A chunked upstream response reaches the vendor intact.
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/chunked/100000")),
+        Duration::from_secs(20),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.body.len(), 100_000);
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i as u64))
+    );
+}
+
+#[test]
+fn dead_upstream_is_502_slow_upstream_is_504_redirects_are_returned() {
+    let (scm, mut t) = setup("[upstream]\nresponse_timeout = \"1s\"\nconnect_timeout = \"2s\"\n");
+    let a = scm.addr();
+    let ex = one(
+        &mut t,
+        Request::get("/proxy/http://127.0.0.1:1/anything"),
+        Duration::from_secs(10),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("x-semgrep-private-link-error"), Some("1"));
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/slow/3")),
+        Duration::from_secs(10),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 504, "{}", r.text());
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/redirect")),
+        Duration::from_secs(10),
+    );
+    let r = ok(&ex);
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("https://elsewhere.example/"));
+    // The broker keeps serving.
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/api/v3/repos/acme/app")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok(&ex).status, 200);
+}
+
+#[test]
+fn keep_alive_connection_carries_many_proxied_requests() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    let reqs: Vec<Request> = (0..20)
+        .map(|i| Request::get(&format!("/proxy/http://{a}/api/v3/repos/acme/app{i}")))
+        .collect();
+    let res = client::run(
+        &mut t.gateway,
+        vec![reqs],
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(20),
+            keep_bodies: true,
+        },
+    );
+    assert_eq!(res[0].len(), 20);
+    for ex in &res[0] {
+        assert_eq!(ok(ex).status, 200);
+    }
+    assert_eq!(scm.seen().len(), 20);
+}
