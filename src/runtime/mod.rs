@@ -233,6 +233,7 @@ struct ShardSeed {
     id_prefix: u32,
     buf_capacity: usize,
     upstream: crate::config::Upstream,
+    scrubber: crate::server::scrub::Scrubber,
     tls: Arc<rustls::ClientConfig>,
     proxy: crate::upstream::proxy::ProxySettings,
 }
@@ -253,7 +254,7 @@ impl ShardSeed {
             upstreams,
             pool,
             to_tunnel,
-            ServerCtx::new(self.server, allowlist, ids),
+            ServerCtx::new(self.server, allowlist, self.scrubber, ids),
             status,
         ))
     }
@@ -280,6 +281,8 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let id_prefix = random_u64() as u32;
     let server = ServerConfig::from_config(c);
     let rules = c.rules();
+    let secrets = ServerConfig::secrets(c);
+    let scrubber = crate::server::scrub::Scrubber::new(secrets.iter().map(String::as_str));
     let tls = crate::upstream::tls::client_config(&c.upstream).map_err(StartError::Upstream)?;
     let proxy = crate::upstream::proxy::ProxySettings::from_config(&c.upstream, &|k: &str| {
         std::env::var(k).ok()
@@ -290,6 +293,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             index: i,
             rules: rules.clone(),
             upstream: c.upstream.clone(),
+            scrubber: scrubber.clone(),
             tls: tls.clone(),
             proxy: proxy.clone(),
             stack: stack_config(c, i, shards, stacks),
@@ -304,6 +308,13 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         s.stack.validate()?;
     }
     let capacity = c.runtime.channel_capacity;
+    let heartbeat = c
+        .heartbeat
+        .as_ref()
+        .and_then(shard::HeartbeatTarget::from_config);
+    if heartbeat.is_some() {
+        status.heartbeat_passing.store(false, Ordering::Relaxed);
+    }
     let mut joins = Vec::new();
 
     if plan.combined {
@@ -334,6 +345,10 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     status: status2,
                 });
                 glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
+                if let Some(hb) = heartbeat.clone() {
+                    glommio::spawn_local(shard::heartbeat_loop(shard.clone(), hb, stop2.clone()))
+                        .detach();
+                }
                 let driver = glommio::spawn_local(shard::driver_loop(shard, stop2.clone()));
                 glommio::spawn_local(tunnel_core::egress_loop(core.clone(), tunnel_rx, 0)).detach();
                 glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
@@ -350,6 +365,12 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             core_ends.push((to_shard_tx, to_tunnel_rx));
             let (status2, stop2) = (status.clone(), stop.clone());
             let name = format!("wgbroker-shard{}", seed.index);
+            // The heartbeat runs on the first shard only.
+            let heartbeat = if seed.index == 0 {
+                heartbeat.clone()
+            } else {
+                None
+            };
             let j = builder(&name, cpu, c)
                 .spawn(move || async move {
                     // Both directions at once: a connect waits for its peer end.
@@ -365,6 +386,14 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     };
                     status2.shards_ready.fetch_add(1, Ordering::Relaxed);
                     glommio::spawn_local(shard::ingress_loop(shard.clone(), from_tunnel)).detach();
+                    if let Some(hb) = heartbeat {
+                        glommio::spawn_local(shard::heartbeat_loop(
+                            shard.clone(),
+                            hb,
+                            stop2.clone(),
+                        ))
+                        .detach();
+                    }
                     shard::driver_loop(shard, stop2).await;
                 })
                 .map_err(|e| StartError::Io(format!("cannot start shard executor: {e}")))?;

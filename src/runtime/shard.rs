@@ -268,3 +268,156 @@ impl Drop for TunnelConn {
         }
     }
 }
+
+/// Where the heartbeat goes: an address inside the tunnel and the request target.
+#[derive(Debug, Clone)]
+pub(super) struct HeartbeatTarget {
+    pub addr: std::net::SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl HeartbeatTarget {
+    /// From `[heartbeat]` (validated: `http://<ip>[:port]/path`).
+    pub fn from_config(hb: &crate::config::Heartbeat) -> Option<Self> {
+        let rest = hb.url.strip_prefix("http://")?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = authority.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            authority
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 80))
+        })?;
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Some(Self {
+            addr,
+            host: authority.to_owned(),
+            path,
+            interval: hb.interval,
+            timeout: hb.timeout,
+        })
+    }
+}
+
+/// GETs the heartbeat URL through the tunnel every interval; publishes the result.
+pub(super) async fn heartbeat_loop(
+    shard: Rc<Shard>,
+    target: HeartbeatTarget,
+    stop: Arc<AtomicBool>,
+) {
+    // The first check soon after start (the handshake needs a moment), then every interval.
+    let mut wait = Duration::from_secs(1).min(target.interval);
+    loop {
+        let mut slept = Duration::ZERO;
+        while slept < wait {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let step = MAX_PARK.min(wait - slept);
+            glommio::timer::sleep(step).await;
+            slept += step;
+        }
+        wait = target.interval;
+        let result = future::or(heartbeat_once(&shard, &target), async {
+            glommio::timer::sleep(target.timeout).await;
+            Err("timed out".to_owned())
+        })
+        .await;
+        match result {
+            Ok(status) if (200..300).contains(&status) => {
+                shard.status.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                if !shard.status.heartbeat_passing.swap(true, Ordering::Relaxed) {
+                    tracing::info!(event = "heartbeat.recovered", url_host = %target.host);
+                }
+            }
+            other => {
+                let reason = match other {
+                    Ok(status) => format!("status {status}"),
+                    Err(e) => e,
+                };
+                shard
+                    .status
+                    .heartbeats_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                shard
+                    .status
+                    .heartbeat_passing
+                    .store(false, Ordering::Relaxed);
+                tracing::warn!(event = "heartbeat.failure", url_host = %target.host, reason = %reason);
+            }
+        }
+    }
+}
+
+async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u16, String> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let id = shard
+        .set
+        .borrow_mut()
+        .connect(target.addr)
+        .map_err(|e| format!("connect: {e}"))?;
+    shard.kick();
+    let mut conn = TunnelConn {
+        shard: shard.clone(),
+        id,
+        closed: false,
+    };
+    // Wait for the handshake: smoltcp wakes the send waker on every state change.
+    future::poll_fn(|cx| {
+        let mut set = shard.set.borrow_mut();
+        match set.state(id) {
+            crate::netstack::State::Established => Poll::Ready(Ok(())),
+            crate::netstack::State::SynSent | crate::netstack::State::SynReceived => {
+                match set.register_send_waker(id, cx.waker()) {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(format!("connect: {e}"))),
+                }
+            }
+            other => Poll::Ready(Err(format!("connection {other}"))),
+        }
+    })
+    .await?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wgbroker/{}\r\nConnection: close\r\n\r\n",
+        target.path,
+        target.host,
+        env!("CARGO_PKG_VERSION")
+    );
+    conn.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 1024];
+    let mut filled = 0;
+    loop {
+        let n = conn
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before a status line".into());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf[..filled]) {
+            Ok(_) if resp.code.is_some() => {
+                let _ = conn.close().await;
+                return Ok(resp.code.unwrap_or(0));
+            }
+            Ok(_) if filled < buf.len() => {}
+            Ok(_) => return Err("response head too large".into()),
+            Err(_) => return Err("malformed response".into()),
+        }
+    }
+}

@@ -26,6 +26,11 @@ pub struct Status {
     pub connections: AtomicU64,
     /// Requests answered by all shards.
     pub requests: AtomicU64,
+    /// Heartbeats that succeeded / failed since start.
+    pub heartbeats_ok: AtomicU64,
+    pub heartbeats_failed: AtomicU64,
+    /// Whether the newest heartbeat succeeded (true when no heartbeat is configured).
+    pub heartbeat_passing: AtomicBool,
     /// Set once every executor has stopped.
     pub stopped: AtomicBool,
 }
@@ -50,6 +55,9 @@ impl Status {
             link_drops: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            heartbeats_ok: AtomicU64::new(0),
+            heartbeats_failed: AtomicU64::new(0),
+            heartbeat_passing: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
         }
     }

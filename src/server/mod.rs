@@ -23,6 +23,7 @@ use crate::upstream::Upstreams;
 
 mod body;
 pub mod proxy;
+pub mod scrub;
 
 pub use proxy::{ERROR_HEADER, PROXIED_HEADER, ProxyTimeouts};
 
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub proxy: ProxyTimeouts,
+    /// Cap on logged body bytes for rules with body logging (`[log] body_limit`).
+    pub body_log_limit: usize,
 }
 
 impl ServerConfig {
@@ -59,7 +62,27 @@ impl ServerConfig {
                 body: i.body_timeout,
                 response: c.upstream.response_timeout,
             },
+            body_log_limit: c.log.body_limit,
         }
+    }
+
+    /// Every secret value of the configuration, for the [`scrub::Scrubber`].
+    pub fn secrets(c: &crate::config::Config) -> Vec<String> {
+        let mut out: Vec<String> = c
+            .rules()
+            .iter()
+            .flat_map(|r| {
+                r.set_request_headers
+                    .iter()
+                    .map(|(_, v)| v.expose().to_owned())
+            })
+            .collect();
+        out.extend(
+            c.scm
+                .iter()
+                .filter_map(|s| s.token.as_ref().map(|t| t.value.expose().to_owned())),
+        );
+        out
     }
 }
 
@@ -159,13 +182,21 @@ pub struct ServerCtx {
     pub allowlist: RefCell<Rc<Allowlist>>,
     pub ids: RefCell<RequestIds>,
     pub stats: RefCell<ServerStats>,
+    /// Removes configured secrets from whatever per-rule header and body logging prints.
+    pub scrubber: RefCell<Rc<scrub::Scrubber>>,
 }
 
 impl ServerCtx {
     /// A context for one shard.
-    pub fn new(cfg: ServerConfig, allowlist: Allowlist, ids: RequestIds) -> Self {
+    pub fn new(
+        cfg: ServerConfig,
+        allowlist: Allowlist,
+        scrubber: scrub::Scrubber,
+        ids: RequestIds,
+    ) -> Self {
         Self {
             cfg,
+            scrubber: RefCell::new(Rc::new(scrubber)),
             allowlist: RefCell::new(Rc::new(allowlist)),
             ids: RefCell::new(ids),
             stats: RefCell::new(ServerStats::default()),
@@ -253,8 +284,11 @@ pub async fn serve<C, T, U>(
             head_copy.clear();
             head_copy.extend_from_slice(&buf[..head_len]);
             let allowlist = ctx.allowlist.borrow().clone();
+            let scrubber = ctx.scrubber.borrow().clone();
             let exchange = proxy::Exchange {
                 allowlist: &allowlist,
+                scrubber: &scrubber,
+                body_limit: cfg.body_log_limit,
                 timeouts: cfg.proxy,
                 peer,
                 request_id: &id,
@@ -446,6 +480,7 @@ mod tests {
                 body: Duration::from_secs(10),
                 response: Duration::from_secs(10),
             },
+            body_log_limit: 1024,
         }
     }
 
@@ -469,7 +504,12 @@ mod tests {
         timer: &T,
     ) -> (String, ServerStats, bool) {
         let mut s = Script::new(input, step, hang);
-        let ctx = ServerCtx::new(cfg(), Allowlist::default(), RequestIds::new(0xabcd, 1));
+        let ctx = ServerCtx::new(
+            cfg(),
+            Allowlist::default(),
+            scrub::Scrubber::default(),
+            RequestIds::new(0xabcd, 1),
+        );
         future::block_on(serve(&mut s, &ctx, timer, &NoUpstreams, None));
         let stats = ctx.stats.borrow().clone();
         (

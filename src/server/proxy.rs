@@ -71,6 +71,21 @@ pub struct Outcome {
     pub response_bytes: u64,
     /// Whether the vendor connection may carry another request.
     pub keep_alive: bool,
+    /// The first bytes of the request body, for rules with `log_request_body` (capped).
+    pub request_sample: Option<Vec<u8>>,
+    /// The first bytes of the response body, for rules with `log_response_body` (capped).
+    pub response_sample: Option<Vec<u8>>,
+    /// Cap of the samples.
+    sample_limit: usize,
+}
+
+impl Outcome {
+    fn sample(slot: &mut Option<Vec<u8>>, limit: usize, data: &[u8]) {
+        if let Some(v) = slot {
+            let room = limit.saturating_sub(v.len());
+            v.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
 }
 
 enum Failure {
@@ -118,6 +133,9 @@ pub fn error_response(status: u16, message: &str, request_id: &str, close: bool)
 #[derive(Debug)]
 pub struct Exchange<'a> {
     pub allowlist: &'a Allowlist,
+    pub scrubber: &'a super::scrub::Scrubber,
+    /// Cap on logged body bytes.
+    pub body_limit: usize,
     pub timeouts: ProxyTimeouts,
     /// The vendor's tunnel address, for `X-Forwarded-For`.
     pub peer: Option<IpAddr>,
@@ -148,6 +166,9 @@ where
         request_bytes: 0,
         response_bytes: 0,
         keep_alive: head.keep_alive,
+        request_sample: None,
+        response_sample: None,
+        sample_limit: x.body_limit,
     };
     let target = head.target(head_bytes);
     let raw = target.strip_prefix("/proxy/").unwrap_or_default();
@@ -193,6 +214,13 @@ where
                         path = %url.path,
                         rule = rule_id,
                     );
+                    if rule.spec.log.request_headers {
+                        let mut text = String::new();
+                        for (n, v) in head.headers(head_bytes) {
+                            let _ = writeln!(text, "{n}: {}", x.scrubber.header(n, v));
+                        }
+                        tracing::info!(event = "proxy.request_headers", request_id = x.request_id, headers = %text);
+                    }
                     forward(
                         x,
                         head,
@@ -236,6 +264,15 @@ where
                 kind,
                 phase = "streaming"
             );
+        }
+    }
+    for (event, sample) in [
+        ("proxy.request_body", &outcome.request_sample),
+        ("proxy.response_body", &outcome.response_sample),
+    ] {
+        if let Some(bytes) = sample {
+            let text = x.scrubber.scrub(&String::from_utf8_lossy(bytes));
+            tracing::info!(event, request_id = x.request_id, bytes = bytes.len(), body = %text);
         }
     }
     if outcome.rule.is_some() {
@@ -394,6 +431,12 @@ where
 {
     let target = Target::from_url(url);
     let request = upstream_head(x, head, head_bytes, url, rule);
+    if rule.spec.log.request_body {
+        outcome.request_sample = Some(Vec::new());
+    }
+    if rule.spec.log.response_body {
+        outcome.response_sample = Some(Vec::new());
+    }
     let mut pooled = upstreams.connect(&target).await?;
     if head.expect_continue {
         // The allowlist said yes and an upstream is ready: let the vendor send the body.
@@ -459,6 +502,15 @@ where
         }
     };
     outcome.status = status;
+    if rule.spec.log.response_headers {
+        let text = String::from_utf8_lossy(&resp_head);
+        let mut lines = String::new();
+        for line in text.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+            let (n, v) = line.split_once(": ").unwrap_or((line, ""));
+            let _ = writeln!(lines, "{n}: {}", x.scrubber.header(n, v.as_bytes()));
+        }
+        tracing::info!(event = "proxy.response_headers", request_id = x.request_id, status, headers = %lines);
+    }
     let vendor_close = !outcome.keep_alive;
     let mut resp_head = resp_head;
     if vendor_close {
@@ -665,6 +717,11 @@ where
                     }
                 }
                 let take = (left.min(inbound.buffered().len() as u64)) as usize;
+                Outcome::sample(
+                    &mut outcome.request_sample,
+                    outcome.sample_limit,
+                    &inbound.buffered()[..take],
+                );
                 up.write_all(&inbound.buffered()[..take])
                     .await
                     .map_err(|_| up_err())?;
@@ -685,6 +742,11 @@ where
                     frame.clear();
                     let _ = write!(frame, "{:x}\r\n", step.data.len());
                     up.write_all(frame.as_bytes()).await.map_err(|_| up_err())?;
+                    Outcome::sample(
+                        &mut outcome.request_sample,
+                        outcome.sample_limit,
+                        &inbound.buffered()[step.data.clone()],
+                    );
                     up.write_all(&inbound.buffered()[step.data.clone()])
                         .await
                         .map_err(|_| up_err())?;
@@ -750,6 +812,11 @@ where
             RespFraming::None => return Ok(true),
             RespFraming::Length(_) => {
                 let take = (left.min(avail.len() as u64)) as usize;
+                Outcome::sample(
+                    &mut outcome.response_sample,
+                    outcome.sample_limit,
+                    &avail[..take],
+                );
                 if take > 0 {
                     vendor
                         .write_all(&avail[..take])
@@ -765,6 +832,7 @@ where
             }
             RespFraming::UntilClose => {
                 if !avail.is_empty() {
+                    Outcome::sample(&mut outcome.response_sample, outcome.sample_limit, avail);
                     write_chunk(vendor, &mut frame, avail).await?;
                     outcome.response_bytes += avail.len() as u64;
                 }
@@ -777,6 +845,11 @@ where
                 let data = (pos + step.data.start)..(pos + step.data.end);
                 if !data.is_empty() {
                     let n = data.len();
+                    Outcome::sample(
+                        &mut outcome.response_sample,
+                        outcome.sample_limit,
+                        &ubuf[data.clone()],
+                    );
                     write_chunk(vendor, &mut frame, &ubuf[data]).await?;
                     outcome.response_bytes += n as u64;
                 }

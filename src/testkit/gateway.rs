@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     /// Per-connection TCP buffers.
     pub rx_buffer: usize,
     pub tx_buffer: usize,
+    /// TCP port on `vendor_address` where the gateway answers any HTTP request with
+    /// `200 pong` (the broker's heartbeat target).
+    pub serve_port: u16,
 }
 
 impl GatewayConfig {
@@ -60,6 +63,7 @@ impl GatewayConfig {
             max_sockets_per_stack: 512,
             rx_buffer: 256 << 10,
             tx_buffer: 256 << 10,
+            serve_port: 80,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct GatewayStats {
     pub packets_in: u64,
     pub packets_out: u64,
     pub dropped: u64,
+    /// HTTP requests the gateway answered on `serve_port` (heartbeats).
+    pub served: u64,
 }
 
 /// The vendor side of the tunnel.
@@ -86,6 +92,8 @@ pub struct Gateway {
     out: Vec<u8>,
     next_tick: Instant,
     broker_address: IpAddr,
+    /// Connections accepted on `serve_port`, with the request bytes read so far.
+    serving: Vec<(crate::netstack::ConnId, Vec<u8>)>,
     pub stats: GatewayStats,
 }
 
@@ -118,9 +126,8 @@ impl Gateway {
         let stack = StackConfig {
             address: cfg.vendor_address,
             mtu: cfg.mtu,
-            // The gateway only dials; a listener on the discard port never sees a SYN.
-            listen_port: 9,
-            backlog: 1,
+            listen_port: cfg.serve_port,
+            backlog: 4,
             rx_buffer: cfg.rx_buffer,
             tx_buffer: cfg.tx_buffer,
             max_sockets_per_stack: cfg.max_sockets_per_stack,
@@ -144,6 +151,7 @@ impl Gateway {
             out: vec![0u8; required_buffer_len(cap)],
             next_tick: now,
             broker_address: cfg.broker_address,
+            serving: Vec::new(),
             stats: GatewayStats::default(),
         })
     }
@@ -197,6 +205,9 @@ impl Gateway {
         };
         self.receive(wait)?;
         self.poll_stack()?;
+        if self.serve() {
+            self.poll_stack()?;
+        }
         let now = Instant::now();
         if now >= self.next_tick {
             let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -281,6 +292,39 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Answers HTTP requests on `serve_port`; returns whether it wrote anything.
+    fn serve(&mut self) -> bool {
+        while let Some(id) = self.set.accept() {
+            self.serving.push((id, Vec::new()));
+        }
+        let mut wrote = false;
+        let mut buf = [0u8; 2048];
+        let set = &mut self.set;
+        let served = &mut self.stats.served;
+        self.serving.retain_mut(|(id, req)| {
+            match set.recv_slice(*id, &mut buf) {
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+            if req.len() > 16 * 1024 {
+                let _ = set.abort(*id);
+                return false;
+            }
+            if req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let _ = set.send_slice(
+                    *id,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong",
+                );
+                let _ = set.close(*id);
+                *served += 1;
+                wrote = true;
+                return false;
+            }
+            true
+        });
+        wrote
     }
 
     fn poll_stack(&mut self) -> io::Result<()> {

@@ -284,3 +284,18 @@ fn explain_exit_codes() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("allow[0]"), "{out}");
 }
+
+#[test]
+fn demo_runs_on_loopback_and_holds_its_expectations() {
+    let o = bin().arg("demo").output().expect("run demo");
+    let out = stdout(&o);
+    assert!(o.status.success(), "demo failed:\n{out}\n{}", stderr(&o));
+    assert!(out.contains("all expectations held"), "{out}");
+    for word in ["ALLOWED", "DENIED", "REJECTED"] {
+        assert!(out.contains(word), "{word} missing:\n{out}");
+    }
+    assert!(
+        !out.contains("ghp_demoTOKEN"),
+        "the demo token is printed:\n{out}"
+    );
+}

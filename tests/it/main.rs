@@ -5,6 +5,8 @@ mod cli;
 mod config;
 mod harness;
 mod interop;
+mod interop_proxy;
+mod logs;
 mod proxy;
 mod tunnel;
 mod upstream;

@@ -110,3 +110,41 @@ fn handshake_timing() {
         drop(t);
     }
 }
+
+#[test]
+fn heartbeat_reaches_the_gateway_through_the_tunnel() {
+    let mut t = Tunnel::start(
+        "[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+    );
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.gateway.stats.served < 2 && Instant::now() < deadline {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    assert!(
+        t.gateway.stats.served >= 2,
+        "heartbeats served: {}",
+        t.gateway.stats.served
+    );
+    // Give the broker a moment to record the result of the last one.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while status
+        .heartbeats_ok
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+        && Instant::now() < deadline
+    {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    assert!(
+        status
+            .heartbeats_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    assert!(
+        status
+            .heartbeat_passing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

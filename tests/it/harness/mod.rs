@@ -75,7 +75,7 @@ impl Tunnel {
         );
         let broker = runtime::start(&load(&toml)).unwrap_or_else(|e| panic!("start: {e}"));
         assert!(
-            gateway.wait_handshake(Duration::from_secs(10)),
+            gateway.wait_handshake(Duration::from_secs(20)),
             "broker never completed a handshake"
         );
         Self {

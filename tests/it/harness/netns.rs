@@ -129,8 +129,28 @@ impl Pair {
         broker_public: &str,
         broker_tunnel_ip: &str,
     ) {
+        self.start_wireguard_go_on(
+            "wg0",
+            private_key,
+            tunnel_ip,
+            broker_public,
+            broker_tunnel_ip,
+        );
+    }
+
+    /// [`Pair::start_wireguard_go`] with interface `ifname`. wireguard-go's control socket is
+    /// `/var/run/wireguard/<ifname>.sock`, shared by every namespace: tests that may run at the
+    /// same time as others (in this process or another) need a name of their own.
+    pub fn start_wireguard_go_on(
+        &mut self,
+        ifname: &str,
+        private_key: &str,
+        tunnel_ip: &str,
+        broker_public: &str,
+        broker_tunnel_ip: &str,
+    ) {
         let ns = self.vendor.clone();
-        let mut c = self.command(&ns, &["wireguard-go", "-f", "wg0"]);
+        let mut c = self.command(&ns, &["wireguard-go", "-f", ifname]);
         c.env("WG_PROCESS_FOREGROUND", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -139,7 +159,7 @@ impl Pair {
         // Wait for the UAPI socket.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while self
-            .command(&ns, &["wg", "show", "wg0"])
+            .command(&ns, &["wg", "show", ifname])
             .output()
             .map(|o| !o.status.success())
             .unwrap_or(true)
@@ -157,7 +177,7 @@ impl Pair {
             &[
                 "wg",
                 "set",
-                "wg0",
+                ifname,
                 "private-key",
                 key_file.to_str().expect("utf-8"),
                 "listen-port",
@@ -177,10 +197,10 @@ impl Pair {
                 "add",
                 &format!("{tunnel_ip}/24"),
                 "dev",
-                "wg0",
+                ifname,
             ],
         );
-        self.exec(&ns, &["ip", "link", "set", "wg0", "up"]);
+        self.exec(&ns, &["ip", "link", "set", ifname, "up"]);
     }
 }
 

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Figures for the data plane and the proxy through a real WireGuard peer, on this machine:
+#   handshake time, /healthcheck req/s and latency with wrk, a proxied small GET through the
+#   tunnel to nginx, a 10 MiB download, broker RSS (idle, 1,000 open connections), CPU time per
+#   executor thread.
+# Runs inside two network namespaces it creates (vendor: wireguard-go + wrk + curl; broker:
+# wgbroker + nginx on its loopback) and removes; kills only what it started; bounded in time.
+# Needs root, wireguard-go, wireguard-tools, wrk, nginx, curl (.ci/setup installs them).
+#
+#   perf/tunnel-figures.sh [path/to/wgbroker]     (default: target/release/wgbroker)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/wgbroker}
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+DUR=${DUR:-10}
+TAG=$$
+V=wgpv$TAG; B=wgpb$TAG
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  ip netns pids "$V" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns pids "$B" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns del "$V" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+ip netns add "$V"; ip netns add "$B"
+ip link add "va$TAG" type veth peer name "vb$TAG"
+ip link set "va$TAG" netns "$V"; ip link set "vb$TAG" netns "$B"
+ip -n "$V" addr add 10.214.0.1/30 dev "va$TAG"; ip -n "$B" addr add 10.214.0.2/30 dev "vb$TAG"
+for ns in "$V" "$B"; do ip -n "$ns" link set lo up; done
+ip -n "$V" link set "va$TAG" up; ip -n "$B" link set "vb$TAG" up
+
+VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
+BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
+WG_PROCESS_FOREGROUND=1 ip netns exec "$V" wireguard-go -f wg0 >/dev/null 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do ip netns exec "$V" wg show wg0 >/dev/null 2>&1 && break; sleep 0.05; done
+echo "$VKEY" > "$TMP/v.key"
+ip netns exec "$V" wg set wg0 private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
+ip -n "$V" addr add 10.77.0.1/24 dev wg0; ip -n "$V" link set wg0 up
+
+# Upstream: nginx on the broker namespace's loopback.
+mkdir -p "$TMP/www"
+echo '{"full_name":"acme/app"}' > "$TMP/www/small.json"
+head -c $((10 << 20)) /dev/urandom > "$TMP/www/big.bin"
+cat > "$TMP/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:8080; root $TMP/www; } }
+NGX
+ip netns exec "$B" nginx -c "$TMP/nginx.conf" & PIDS+=($!)
+
+cat > "$TMP/broker.toml" <<CFG
+[wireguard]
+private_key = "$BKEY"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "$VPUB"
+endpoint = "10.214.0.1:51820"
+allowed_ips = ["10.77.0.1/32"]
+[[allow]]
+url = "http://127.0.0.1:8080/:file"
+methods = ["GET"]
+set_request_headers = { Authorization = "Bearer perf-token" }
+[log]
+level = "error"
+CFG
+T0=$(date +%s%N)
+ip netns exec "$B" "$BIN" run -c "$TMP/broker.toml" & BPID=$!; PIDS+=($BPID)
+for _ in $(seq 1000); do
+  hs=$(ip netns exec "$V" wg show wg0 latest-handshakes | awk '{print $2}')
+  [ "${hs:-0}" != 0 ] && break; sleep 0.005
+done
+T1=$(date +%s%N)
+echo "handshake: $(( (T1 - T0) / 1000000 )) ms from process start (includes exec, config load, executor start)"
+
+rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$BPID/status"; }
+cpu() { # per-thread CPU seconds: name=utime+stime
+  for t in /proc/$BPID/task/*; do
+    read -r -a st < "$t/stat" || continue
+    printf '%s=%s ' "$(cat "$t/comm")" "$(awk -v u="${st[13]}" -v s="${st[14]}" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2fs", (u + s) / h }')"
+  done; echo; }
+sleep 1
+echo "RSS idle: $(rss)"
+W() { ip netns exec "$V" wrk "$@"; }
+echo "--- /healthcheck, wrk -t2 -c64 -d${DUR}s (keep-alive)"
+echo "CPU before: $(cpu)"
+W -t2 -c64 -d"${DUR}s" --latency http://10.77.0.2/healthcheck | grep -E "Requests/sec|Latency|50%|90%|99%|Socket|Non-2xx"
+echo "CPU after:  $(cpu)"
+echo "RSS after: $(rss)"
+echo "--- proxied small GET to nginx, wrk -t2 -c64 -d${DUR}s"
+W -t2 -c64 -d"${DUR}s" --latency http://10.77.0.2/proxy/http://127.0.0.1:8080/small.json | grep -E "Requests/sec|Latency|50%|90%|99%|Socket|Non-2xx"
+echo "CPU after:  $(cpu)"
+echo "--- 1,000 open connections (wrk -c1000, sampled mid-run)"
+W -t2 -c1000 -d"${DUR}s" --timeout 10s http://10.77.0.2/healthcheck > "$TMP/wrk1000" & WP=$!
+sleep $((DUR / 2)); echo "RSS with 1000 connections: $(rss)"
+wait $WP; grep -E "Requests/sec|Socket|Non-2xx" "$TMP/wrk1000" || true
+echo "--- 10 MiB download through the tunnel"
+for i in 1 2 3; do
+  ip netns exec "$V" curl -s -o /dev/null -w "%{size_download} bytes in %{time_total}s = %{speed_download} B/s\n" \
+    http://10.77.0.2/proxy/http://127.0.0.1:8080/big.bin
+done
+echo "CPU final: $(cpu)"
+echo "RSS final: $(rss)"
+kill -TERM "$BPID"; wait "$BPID" 2>/dev/null; echo "broker exit status: $?"
