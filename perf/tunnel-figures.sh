@@ -16,6 +16,7 @@ DUR=${DUR:-10}
 TAG=$$
 V=wgpv$TAG; B=wgpb$TAG
 TMP=$(mktemp -d)
+chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done

@@ -12,9 +12,11 @@ use crate::config::{Log, LogFormat};
 pub fn init(log: &Log) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("wgbroker={},warn", log.level)));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let json = match log.format {
         LogFormat::Json => true,

@@ -203,14 +203,16 @@ impl fmt::Debug for CanonUrl {
 /// Whole-URL byte screen: ASCII printable only, no fragment, no backslash.
 fn check_raw_bytes(raw: &str) -> Result<(), Malformed> {
     for &b in raw.as_bytes() {
-        match b {
-            0..=0x1f | 0x7f => return Err(Malformed("control character")),
-            b' ' => return Err(Malformed("space")),
-            b'#' => return Err(Malformed("fragment")),
-            b'\\' => return Err(Malformed("backslash")),
-            0x80.. => return Err(Malformed("non-ASCII byte (percent-encode it)")),
-            _ => {}
+        if (0x21..=0x7e).contains(&b) && b != b'#' && b != b'\\' {
+            continue;
         }
+        return Err(match b {
+            b' ' => Malformed("space"),
+            b'#' => Malformed("fragment"),
+            b'\\' => Malformed("backslash"),
+            0x80.. => Malformed("non-ASCII byte (percent-encode it)"),
+            _ => Malformed("control character"),
+        });
     }
     Ok(())
 }
@@ -233,7 +235,7 @@ fn split_userinfo(authority: &str) -> Result<(Option<&str>, &str), Malformed> {
             if hi.is_none() || lo.is_none() {
                 return Err(Malformed("invalid percent-encoding in userinfo"));
             }
-        } else if !(is_unreserved(b) || is_sub_delim(b) || b == b':') {
+        } else if !PCHAR[usize::from(b)] || b == b'@' {
             return Err(Malformed("invalid character in userinfo"));
         }
     }
@@ -302,45 +304,51 @@ pub(crate) fn canon_host(host: &str) -> Result<String, Malformed> {
         let addr: Ipv6Addr = inner.parse().map_err(|_| Malformed("bad IPv6 address"))?;
         return Ok(format!("[{addr}]"));
     }
-    if host.contains('%') {
-        return Err(Malformed("percent-encoding in host"));
-    }
     if host.len() > 253 {
         return Err(Malformed("host too long"));
     }
-    let lower = host.to_ascii_lowercase();
-    if !lower
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
-        return Err(Malformed("invalid character in host"));
+    // One pass: lower-case, check characters and labels, remember the last label.
+    let mut out = String::with_capacity(host.len());
+    let mut label_start = 0;
+    let mut last_start = 0;
+    for (i, &b) in host.as_bytes().iter().enumerate() {
+        let c = b.to_ascii_lowercase();
+        match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' => {}
+            b'.' => {
+                check_label(&host.as_bytes()[label_start..i])?;
+                label_start = i + 1;
+                last_start = label_start;
+            }
+            b'%' => return Err(Malformed("percent-encoding in host")),
+            _ => return Err(Malformed("invalid character in host")),
+        }
+        out.push(char::from(c));
     }
-    if lower.ends_with('.') {
+    if host.ends_with('.') {
         return Err(Malformed("trailing dot in host"));
     }
-    let mut last = "";
-    for label in lower.split('.') {
-        if label.is_empty() {
-            return Err(Malformed("empty label in host"));
-        }
-        if label.len() > 63 {
-            return Err(Malformed("host label too long"));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(Malformed("host label starts or ends with '-'"));
-        }
-        last = label;
-    }
+    check_label(&host.as_bytes()[label_start..])?;
     // WHATWG parsers read a host whose last label is numeric as an IPv4 address (with octal,
     // hex and short forms); accept only the one unambiguous spelling.
-    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+    let last = &out.as_bytes()[last_start..];
+    let numeric = last.iter().all(u8::is_ascii_digit)
         || last
-            .strip_prefix("0x")
-            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if numeric && !is_strict_ipv4(&lower) {
+            .strip_prefix(b"0x")
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+    if numeric && !is_strict_ipv4(&out) {
         return Err(Malformed("ambiguous numeric host (use a dotted quad)"));
     }
-    Ok(lower)
+    Ok(out)
+}
+
+fn check_label(label: &[u8]) -> Result<(), Malformed> {
+    match label {
+        [] => Err(Malformed("empty label in host")),
+        l if l.len() > 63 => Err(Malformed("host label too long")),
+        [b'-', ..] | [.., b'-'] => Err(Malformed("host label starts or ends with '-'")),
+        _ => Ok(()),
+    }
 }
 
 fn is_strict_ipv4(s: &str) -> bool {
@@ -361,27 +369,53 @@ fn is_strict_ipv4(s: &str) -> bool {
 
 /// Validates a path (starting with `/`) and returns it with percent escapes upper-cased.
 pub(crate) fn canon_path(path: &str) -> Result<String, Malformed> {
-    let Some(body) = path.strip_prefix('/') else {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return Err(Malformed("path does not start with '/'"));
-    };
-    let mut out = String::with_capacity(path.len());
-    let mut segments = body.split('/').peekable();
-    while let Some(seg) = segments.next() {
-        out.push('/');
-        if seg.is_empty() && segments.peek().is_some() {
-            return Err(Malformed("empty path segment"));
-        }
-        check_segment(seg)?;
-        push_upper_hex(&mut out, seg);
     }
+    let mut lower_hex = false;
+    let mut seg_start = 1;
+    let mut has_pct = false;
+    let mut i = 1;
+    loop {
+        match b.get(i) {
+            Some(&c) if PCHAR[usize::from(c)] => i += 1,
+            Some(b'%') => {
+                check_escape(b, i)?;
+                lower_hex |= b[i + 1..i + 3].iter().any(u8::is_ascii_lowercase);
+                has_pct = true;
+                i += 3;
+            }
+            Some(b'/') | None => {
+                let seg = &b[seg_start..i];
+                let at_end = i >= b.len();
+                if seg.is_empty() && !at_end {
+                    return Err(Malformed("empty path segment"));
+                }
+                check_segment_meaning(seg, has_pct)?;
+                if at_end {
+                    break;
+                }
+                i += 1;
+                seg_start = i;
+                has_pct = false;
+            }
+            Some(_) => return Err(Malformed("invalid character in path")),
+        }
+    }
+    if !lower_hex {
+        return Ok(path.to_owned());
+    }
+    let mut out = String::with_capacity(path.len());
+    push_upper_hex(&mut out, path);
     Ok(out)
 }
 
-/// Copies `seg` into `out` with the hex digits of percent escapes upper-cased. `seg` has been
+/// Copies `text` into `out` with the hex digits of percent escapes upper-cased. `text` has been
 /// validated, so every `%` starts a valid escape.
-pub(crate) fn push_upper_hex(out: &mut String, seg: &str) {
+pub(crate) fn push_upper_hex(out: &mut String, text: &str) {
     let mut after_pct = 0u8;
-    for c in seg.chars() {
+    for c in text.chars() {
         if c == '%' {
             after_pct = 2;
             out.push(c);
@@ -398,18 +432,27 @@ pub(crate) fn push_upper_hex(out: &mut String, seg: &str) {
 /// control byte or backslash, and — after decoding — no dot segment, no empty part around an
 /// encoded `/`, no double-encoded delimiter, valid UTF-8.
 pub(crate) fn check_segment(seg: &str) -> Result<(), Malformed> {
-    let bytes = seg.as_bytes();
-    let has_pct = check_segment_chars(bytes)?;
+    let has_pct = check_segment_chars(seg.as_bytes())?;
+    check_segment_meaning(seg.as_bytes(), has_pct)
+}
+
+/// The decoded-form checks of a segment whose characters are valid.
+fn check_segment_meaning(seg: &[u8], has_pct: bool) -> Result<(), Malformed> {
     if !has_pct {
-        return check_decoded_part(bytes);
+        // Only a leading '.', ' ' or ';' can make an unencoded segment a (disguised) dot
+        // segment or a path-parameter trick.
+        return match seg.first() {
+            Some(b'.' | b' ' | b';') => check_decoded_part(seg),
+            _ => Ok(()),
+        };
     }
     // Decode into a stack buffer (segments are short); only a long one needs the heap.
     let mut buf = [0u8; 256];
     let heap: Vec<u8>;
-    let decoded = if bytes.len() <= buf.len() {
-        decode_into(bytes, &mut buf)
+    let decoded = if seg.len() <= buf.len() {
+        decode_into(seg, &mut buf)
     } else {
-        heap = decode_to_vec(bytes);
+        heap = decode_to_vec(seg);
         &heap
     };
     if std::str::from_utf8(decoded).is_err() {
@@ -418,9 +461,8 @@ pub(crate) fn check_segment(seg: &str) -> Result<(), Malformed> {
     if has_delimiter_escape(decoded) {
         return Err(Malformed("double percent-encoding of a delimiter"));
     }
-    let mut parts = decoded.split(|&b| b == b'/');
     let multi = decoded.contains(&b'/');
-    for part in &mut parts {
+    for part in decoded.split(|&b| b == b'/') {
         if multi && part.is_empty() {
             return Err(Malformed("empty segment inside an encoded '/'"));
         }
@@ -429,25 +471,30 @@ pub(crate) fn check_segment(seg: &str) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// A valid `%XX` escape at `i` that encodes neither a control byte nor a backslash.
+fn check_escape(bytes: &[u8], i: usize) -> Result<u8, Malformed> {
+    let v = pct_at(bytes, i).ok_or(Malformed("invalid percent-encoding"))?;
+    if v < 0x20 || v == 0x7f {
+        return Err(Malformed("encoded control character"));
+    }
+    if v == b'\\' {
+        return Err(Malformed("encoded backslash"));
+    }
+    Ok(v)
+}
+
 /// Checks the characters of a raw segment (or of a literal piece of a pattern segment): only
 /// `pchar`s and valid escapes, none encoding a control byte or a backslash. Returns whether the
 /// text contains an escape.
 pub(crate) fn check_segment_chars(bytes: &[u8]) -> Result<bool, Malformed> {
     let mut has_pct = false;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let v = pct_at(bytes, i).ok_or(Malformed("invalid percent-encoding"))?;
-            if v < 0x20 || v == 0x7f {
-                return Err(Malformed("encoded control character"));
-            }
-            if v == b'\\' {
-                return Err(Malformed("encoded backslash"));
-            }
+            check_escape(bytes, i)?;
             has_pct = true;
             i += 3;
-        } else if is_pchar(b) {
+        } else if PCHAR[usize::from(b)] {
             i += 1;
         } else {
             return Err(Malformed("invalid character in path"));
@@ -550,21 +597,36 @@ pub(crate) fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn is_sub_delim(b: u8) -> bool {
-    matches!(
-        b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-    )
-}
-
-/// RFC 3986 `pchar` minus `%` (escapes are handled separately).
-pub(crate) fn is_pchar(b: u8) -> bool {
-    is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'@'
-}
+/// RFC 3986 `pchar` minus `%` (escapes are handled separately), as a lookup table.
+static PCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

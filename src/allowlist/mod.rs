@@ -2,13 +2,15 @@
 //!
 //! Data flow: the config layer builds [`RuleSpec`]s (user rules first, then the SCM rules from
 //! [`scm::rules`]); [`Allowlist::compile`] validates all of them at once and compiles them into one
-//! [`trie`] (scheme+host+port → path segment trie → method bitmask → rule id) plus per-rule
-//! [`constraint`]s. Per request the proxy canonicalises the upstream URL once
+//! `trie` (scheme+host+port → path segment trie → method bitmask → rule id) plus per-rule
+//! `constraint`s. Per request the proxy canonicalises the upstream URL once
 //! ([`CanonUrl::parse`]), asks [`Allowlist::decide`], and forwards exactly the URL it matched.
 //!
 //! Invariants:
 //! * first match in rule order wins: the allowed rule is the lowest-indexed rule whose pattern,
-//!   method and constraints all hold;
+//!   method and constraints all hold (a rule whose constraint fails does not stop the search);
+//!   a pattern that can match a path in several ways (several `*`) holds if its constraints
+//!   hold for one of them;
 //! * `decide` never panics, never allocates when it allows or denies for a missing origin, path
 //!   or method (describing a failed constraint is the one allocation), and does a bounded amount
 //!   of work (a walk that exceeds the budget denies);
@@ -215,29 +217,7 @@ impl Allowlist {
             return Decision::Denied(DenyReason::NoRuleForOrigin);
         };
         if let Some(slot) = constraint::method_slot(method) {
-            let bit = 1u32 << slot;
-            let mut failed: Option<(u32, Failed)> = None;
-            let query = url.query.as_deref();
-            let res = self.trie.walk(root, &url.path, slot, |id, capture| {
-                let Some(rule) = self.rules.get(id as usize) else {
-                    return false;
-                };
-                if rule.methods & bit == 0 {
-                    return false;
-                }
-                if rule.constraints.is_empty() {
-                    return true;
-                }
-                match rule.constraints.check(&url.path, capture, query, headers) {
-                    Ok(()) => true,
-                    Err(f) => {
-                        if failed.is_none_or(|(fid, _)| id < fid) {
-                            failed = Some((id, f));
-                        }
-                        false
-                    }
-                }
-            });
+            let (res, failed) = self.walk_method(root, slot, url, headers);
             if res.exhausted {
                 return Decision::Denied(DenyReason::NoPathMatch);
             }
@@ -285,30 +265,61 @@ impl Allowlist {
                 false
             });
         }
-        path_matches.sort_by_key(|m| m.rule.id);
+        // A pattern that can match in several ways holds if its constraints hold for one of
+        // them: keep that one.
+        path_matches.sort_by_key(|m| (m.rule.id, m.constraint_failure.is_some()));
         path_matches.dedup_by_key(|m| m.rule.id);
         Explanation {
             decision,
             path_matches,
+            visits: self.visits(method, url, headers),
         }
     }
 
-    /// Trie nodes entered by the method-specific walk of a decision (for tuning).
-    #[doc(hidden)]
-    pub fn visits(&self, method: &str, url: &CanonUrl) -> u32 {
+    /// The decision's walk for a known method: the best rule whose method and constraints hold,
+    /// and the lowest rule that matched path and method but failed a constraint.
+    fn walk_method(
+        &self,
+        root: u32,
+        slot: usize,
+        url: &CanonUrl,
+        headers: &[httparse::Header<'_>],
+    ) -> (trie::WalkResult, Option<(u32, Failed)>) {
+        let bit = 1u32 << slot;
+        let mut failed: Option<(u32, Failed)> = None;
+        let query = url.query.as_deref();
+        let res = self.trie.walk(root, &url.path, slot, |id, capture| {
+            let Some(rule) = self.rules.get(id as usize) else {
+                return false;
+            };
+            if rule.methods & bit == 0 {
+                return false;
+            }
+            if rule.constraints.is_empty() {
+                return true;
+            }
+            match rule.constraints.check(&url.path, capture, query, headers) {
+                Ok(()) => true,
+                Err(f) => {
+                    if failed.is_none_or(|(fid, _)| id < fid) {
+                        failed = Some((id, f));
+                    }
+                    false
+                }
+            }
+        });
+        (res, failed)
+    }
+
+    /// Trie nodes entered by the method-specific walk of a decision.
+    fn visits(&self, method: &str, url: &CanonUrl, headers: &[httparse::Header<'_>]) -> u32 {
         let (Some(root), Some(slot)) = (
             self.trie.origin(url.scheme, url.port, &url.host),
             constraint::method_slot(method),
         ) else {
             return 0;
         };
-        let bit = 1u32 << slot;
-        let walk = self.trie.walk(root, &url.path, slot, |id, _| {
-            self.rules
-                .get(id as usize)
-                .is_some_and(|r| r.methods & bit != 0)
-        });
-        walk.visits
+        self.walk_method(root, slot, url, headers).0.visits
     }
 
     fn describe(&self, id: u32, failed: Failed) -> String {
@@ -422,6 +433,9 @@ pub struct Explanation<'a> {
     pub decision: Decision<'a>,
     /// Every rule whose URL pattern matches, in rule order.
     pub path_matches: Vec<PathMatch<'a>>,
+    /// Trie nodes the decision's walk entered (about one per path segment for ordinary rule
+    /// sets; `*` and `{:name/}+` add the splits they try). A cost measure for tuning and tests.
+    pub visits: u32,
 }
 
 /// One rule whose URL pattern matches the explained request.

@@ -248,7 +248,8 @@ pub struct Runtime {
     pub tcp_tx_buffer: usize,
     /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
     pub stacks_per_shard: usize,
-    /// Pre-armed listening sockets per stack (the emulated backlog); default 16.
+    /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN);
+    /// default 4. Each holds full TCP buffers, so this is idle memory.
     pub listen_backlog: usize,
     /// Open tunnel connections across the broker; beyond it new SYNs are refused; default 16384.
     pub max_connections: usize,

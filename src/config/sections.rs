@@ -688,7 +688,7 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
         tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(128 << 10)).0,
         stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
-        listen_backlog: s.or(ctx, "listen_backlog", 16),
+        listen_backlog: s.or(ctx, "listen_backlog", 4),
         max_connections: s.or(ctx, "max_connections", 16384),
         channel_capacity: s.or(ctx, "channel_capacity", 1024),
     };

@@ -283,7 +283,7 @@ where
             error = outcome.error.unwrap_or(""),
             request_bytes = outcome.request_bytes,
             response_bytes = outcome.response_bytes,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
+            us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
     }
     outcome

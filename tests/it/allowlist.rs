@@ -1087,6 +1087,58 @@ fn explain_lists_the_rules_that_match_the_path() {
     );
 }
 
+/// A deterministic cost guard (timings belong to the benchmark): on the built-in set a decision
+/// enters about one trie node per path segment, whatever the number of rules.
+#[test]
+fn decisions_walk_about_one_node_per_segment() {
+    let a = scm_set(true, true);
+    for (method, raw) in [
+        (
+            "GET",
+            "https://ghe.example.com/api/v3/repos/acme/widget/pulls",
+        ),
+        (
+            "GET",
+            "https://ghe.example.com/api/v3/repositories/1234/contents/src/main.rs",
+        ),
+        (
+            "POST",
+            "https://ghe.example.com/acme/widget/git-upload-pack",
+        ),
+        (
+            "GET",
+            "https://gitlab.example.com/api/v4/projects/g%2Fp/repository/files/a%2Fb/raw",
+        ),
+        ("GET", "https://gitlab.example.com/grp/sub/proj/info/refs"),
+        (
+            "PUT",
+            "https://bitbucket.example.com/rest/api/latest/projects/P/repos/r/browse/a/b.py",
+        ),
+        (
+            "GET",
+            "https://dev.azure.com/o/p/_apis/git/repositories/r/pullRequests/7/iterations/2/changes",
+        ),
+    ] {
+        let u = url(raw);
+        let segments = u.path.split('/').count() as u32 - 1;
+        let e = a.explain(method, &u, &[]);
+        assert!(e.decision.is_allowed(), "{method} {raw}");
+        assert!(
+            e.visits <= segments + 4,
+            "{method} {raw}: {} visits for {segments} segments",
+            e.visits
+        );
+    }
+    // Ten thousand rules on one host: still a handful of visits.
+    let specs = (0..10_000)
+        .map(|i| rule(&format!("https://big.example/api/s{i}/items/:id"), &["GET"]))
+        .collect();
+    let big = compile(specs);
+    let e = big.explain("GET", &url("https://big.example/api/s9876/items/1"), &[]);
+    assert_eq!(e.decision.rule().map(|r| r.id), Some(9876));
+    assert!(e.visits <= 6, "{} visits", e.visits);
+}
+
 #[test]
 fn pathological_paths_stay_bounded_and_fail_closed() {
     let a = compile(vec![rule("https://h.example/*/*/*/:a/*/*/z", &["GET"])]);

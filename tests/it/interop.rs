@@ -20,7 +20,11 @@ fn start() -> Interop {
     let mut pair = Pair::new("io");
     let vendor_key = PrivateKey::generate().expect("rng");
     let broker_key = PrivateKey::generate().expect("rng");
-    pair.start_wireguard_go(
+    // wireguard-go's control socket is named after the interface and shared by every namespace:
+    // a unique name keeps concurrent tests (and other test processes) apart.
+    let ifname = format!("wgi{}", std::process::id() % 100_000);
+    pair.start_wireguard_go_on(
+        &ifname,
         &vendor_key.to_base64(),
         "10.77.0.1",
         &broker_key.public_key().to_string(),
@@ -63,7 +67,7 @@ level = "warn"
     // The handshake is visible on the vendor side.
     let vendor_ns = pair.vendor.clone();
     let handshake = loop {
-        let out = pair.exec(&vendor_ns, &["wg", "show", "wg0", "latest-handshakes"]);
+        let out = pair.exec(&vendor_ns, &["wg", "show", &ifname, "latest-handshakes"]);
         if out.split_whitespace().nth(1).is_some_and(|t| t != "0") {
             break started.elapsed();
         }

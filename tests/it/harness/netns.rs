@@ -120,27 +120,11 @@ impl Pair {
         self.children.iter_mut().find(|c| c.id() == pid)
     }
 
-    /// Sets up `wireguard-go` as the vendor's gateway: interface `wg0` with `tunnel_ip/24`,
+    /// Sets up `wireguard-go` as the vendor's gateway: interface `ifname` with `tunnel_ip/24`,
     /// listening on UDP 51820, one peer (the broker) with `broker_public` and `broker_tunnel_ip`.
-    pub fn start_wireguard_go(
-        &mut self,
-        private_key: &str,
-        tunnel_ip: &str,
-        broker_public: &str,
-        broker_tunnel_ip: &str,
-    ) {
-        self.start_wireguard_go_on(
-            "wg0",
-            private_key,
-            tunnel_ip,
-            broker_public,
-            broker_tunnel_ip,
-        );
-    }
-
-    /// [`Pair::start_wireguard_go`] with interface `ifname`. wireguard-go's control socket is
-    /// `/var/run/wireguard/<ifname>.sock`, shared by every namespace: tests that may run at the
-    /// same time as others (in this process or another) need a name of their own.
+    /// wireguard-go's control socket is `/var/run/wireguard/<ifname>.sock`, shared by every
+    /// namespace: tests that may run at the same time as others (in this process or another)
+    /// need a name of their own.
     pub fn start_wireguard_go_on(
         &mut self,
         ifname: &str,
