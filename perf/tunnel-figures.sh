@@ -8,6 +8,7 @@
 # Needs root, wireguard-go, wireguard-tools, wrk, nginx, curl (.ci/setup installs them).
 #
 #   perf/tunnel-figures.sh [path/to/wgbroker]     (default: target/release/wgbroker)
+#   EXTRA_TOML=$'[runtime]\nspin_before_park = "100us"' DUR=10 perf/tunnel-figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/wgbroker}
@@ -70,6 +71,7 @@ methods = ["GET"]
 set_request_headers = { Authorization = "Bearer perf-token" }
 [log]
 level = "error"
+${EXTRA_TOML:-}
 CFG
 T0=$(date +%s%N)
 ip netns exec "$B" "$BIN" run -c "$TMP/broker.toml" & BPID=$!; PIDS+=($BPID)

@@ -72,14 +72,21 @@ impl Shard {
         }
     }
 
-    /// Resolves when kicked or when the stack set wants a poll.
+    /// Resolves when kicked (packets arrived) or when the stack set wants a poll (a connection
+    /// task queued or consumed data: the set wakes us through its poll waker, and `poll_delay`
+    /// then reads zero). Checking the set on every wake-up is what makes that waker count: a
+    /// wake without a kick would otherwise park the driver again until its timer.
     fn kicked(&self) -> impl Future<Output = ()> + '_ {
         future::poll_fn(move |cx| {
             if self.kicked.replace(false) {
                 return Poll::Ready(());
             }
+            let mut set = self.set.borrow_mut();
+            if set.poll_delay(Instant::now()) == Some(Duration::ZERO) {
+                return Poll::Ready(());
+            }
             *self.driver.borrow_mut() = Some(cx.waker().clone());
-            self.set.borrow_mut().set_poll_waker(cx.waker());
+            set.set_poll_waker(cx.waker());
             Poll::Pending
         })
     }

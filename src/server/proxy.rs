@@ -911,3 +911,198 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
         .await
         .map_err(|_| Failure::Abort("vendor_write"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allowlist::{LogFlags, RuleOrigin, RuleSpec};
+    use crate::http::{Limits, parse_head};
+    use crate::secret::Secret;
+
+    fn rule(set: &[(&str, &str)], remove: &[&str]) -> Allowlist {
+        let spec = RuleSpec {
+            url: "https://ghe.example.com/*".into(),
+            methods: vec!["GET".into(), "POST".into()],
+            set_request_headers: set
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
+                .collect(),
+            remove_response_headers: remove.iter().map(|s| (*s).to_owned()).collect(),
+            log: LogFlags::default(),
+            path_files: vec![],
+            query: vec![],
+            headers: vec![],
+            origin: RuleOrigin::User { index: 0 },
+        };
+        Allowlist::compile(vec![spec]).expect("valid rule")
+    }
+
+    fn rewrite(raw: &str, set: &[(&str, &str)]) -> String {
+        let mut head = RequestHead::default();
+        let limits = Limits {
+            max_head_bytes: 8192,
+            max_headers: 64,
+        };
+        parse_head(raw.as_bytes(), &limits, &mut head)
+            .expect("valid")
+            .expect("complete");
+        let target = head.target(raw.as_bytes());
+        let url =
+            CanonUrl::parse(target.strip_prefix("/proxy/").expect("proxy")).expect("canonical");
+        let list = rule(set, &[]);
+        let scrubber = super::super::scrub::Scrubber::default();
+        let x = Exchange {
+            allowlist: &list,
+            scrubber: &scrubber,
+            body_limit: 0,
+            timeouts: ProxyTimeouts {
+                body: Duration::from_secs(1),
+                response: Duration::from_secs(1),
+            },
+            peer: Some("10.77.0.1".parse().expect("ip")),
+            request_id: "id",
+        };
+        String::from_utf8(upstream_head(
+            &x,
+            &head,
+            raw.as_bytes(),
+            &url,
+            &list.rules()[0],
+        ))
+        .expect("utf-8")
+    }
+
+    #[test]
+    fn request_head_rewrite() {
+        let out = rewrite(
+            "POST /proxy/https://u%40x:p%3Aw@GHE.example.com:443/api/v3/x?a=1&b=%2F HTTP/1.1\r\n\
+             Host: 10.77.0.2\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\
+             Proxy-Authorization: Basic eA==\r\nTE: trailers\r\nAuthorization: Bearer vendor\r\n\
+             X-Forwarded-For: 192.0.2.1\r\nPrivate-Token: vendor\r\nX-Keep: yes\r\n\
+             Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+            &[("PRIVATE-TOKEN", "injected")],
+        );
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(
+            lines[0], "POST /api/v3/x?a=1&b=%2F HTTP/1.1",
+            "matched target forwarded verbatim"
+        );
+        assert_eq!(
+            lines[1], "Host: ghe.example.com",
+            "default port omitted, host lower-cased"
+        );
+        for gone in [
+            "X-Hop",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "TE:",
+            "Expect",
+            "Bearer vendor",
+            "Private-Token: vendor",
+        ] {
+            assert!(!out.contains(gone), "{gone} passed through:\n{out}");
+        }
+        assert!(out.contains("X-Keep: yes\r\n"));
+        assert!(out.contains("X-Forwarded-For: 192.0.2.1, 10.77.0.1\r\n"));
+        // userinfo (percent-decoded) became Basic auth: "u@x:p:w".
+        assert!(
+            out.contains("Authorization: Basic dUB4OnA6dw==\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("PRIVATE-TOKEN: injected\r\n"));
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        assert!(out.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn rule_authorization_beats_userinfo_and_bodiless_posts_get_a_length() {
+        let out = rewrite(
+            "POST /proxy/https://u:p@ghe.example.com/api HTTP/1.1\r\nHost: b\r\n\r\n",
+            &[("Authorization", "Bearer rule")],
+        );
+        assert!(out.contains("Authorization: Bearer rule\r\n"));
+        assert!(!out.contains("Basic"));
+        assert!(out.contains("Content-Length: 0\r\n"));
+    }
+
+    fn response(
+        raw: &str,
+        head_request: bool,
+        remove: &[&str],
+    ) -> Result<Option<Parsed>, &'static str> {
+        let list = rule(&[], remove);
+        parse_response_head(raw.as_bytes(), head_request, &list.rules()[0], "rid")
+    }
+
+    #[test]
+    fn response_head_filtering_and_framing() {
+        let Ok(Some(Parsed::Final((status, _, framing, keep, head)))) = response(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nConnection: close\r\nContent-Length: 5\r\nX-Semgrep-Private-Link: 0\r\nX-A: b\r\n\r\nhello",
+            false,
+            &["set-cookie"],
+        ) else {
+            panic!("final response expected")
+        };
+        let head = String::from_utf8(head).expect("utf-8");
+        assert_eq!(status, 200);
+        assert_eq!(framing, RespFraming::Length(5));
+        assert!(!keep, "upstream asked to close");
+        assert!(!head.contains("Set-Cookie") && !head.contains("Connection"));
+        assert!(head.contains("X-A: b\r\n") && head.contains("Content-Length: 5\r\n"));
+        assert!(head.contains("X-Semgrep-Private-Link: 1\r\nX-Request-Id: rid\r\n"));
+        assert_eq!(
+            head.matches("X-Semgrep-Private-Link").count(),
+            1,
+            "the upstream cannot forge it"
+        );
+
+        // Close-delimited bodies are re-framed as chunked for the vendor; the upstream
+        // connection is then not reusable.
+        let Ok(Some(Parsed::Final((_, _, framing, keep, head)))) =
+            response("HTTP/1.0 200 OK\r\n\r\n", false, &[])
+        else {
+            panic!("final")
+        };
+        assert_eq!(framing, RespFraming::UntilClose);
+        assert!(!keep);
+        assert!(String::from_utf8_lossy(&head).contains("Transfer-Encoding: chunked"));
+
+        // HEAD keeps the advertised length but has no body.
+        let Ok(Some(Parsed::Final((_, _, framing, _, head)))) =
+            response("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, &[])
+        else {
+            panic!("final")
+        };
+        assert_eq!(framing, RespFraming::None);
+        assert!(String::from_utf8_lossy(&head).contains("Content-Length: 99"));
+
+        assert!(matches!(
+            response("HTTP/1.1 100 Continue\r\n\r\n", false, &[]),
+            Ok(Some(Parsed::Informational(25)))
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\nContent-Le", false, &[]),
+            Ok(None)
+        ));
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(response(bad, false, &[]).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn error_responses_are_json_with_the_error_header() {
+        let r = String::from_utf8(error_response(403, "url is not in allowlist", "r-1", false))
+            .expect("utf-8");
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(r.contains("X-Semgrep-Private-Link-Error: 1\r\n"));
+        assert!(r.contains("X-Request-Id: r-1\r\n"));
+        assert!(!r.contains("Connection: close"));
+        assert!(r.ends_with(r#"{"error":"url is not in allowlist","request_id":"r-1"}"#));
+    }
+}

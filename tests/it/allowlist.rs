@@ -1182,7 +1182,11 @@ struct GenRule {
     elems: Vec<El>,
     trailing_slash: bool,
     methods: Vec<&'static str>,
+    /// `X-K` must equal this value.
+    header: Option<&'static str>,
 }
+
+const HEADER_VALUES: [&str; 2] = ["a", "b"];
 
 impl GenRule {
     /// The pattern text, and the equivalent anchored regex over the path (written independently
@@ -1237,66 +1241,98 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
         prop::collection::vec(el(), 1..5),
         any::<bool>(),
         prop::sample::subsequence(&RULE_METHODS[..], 1..=3),
+        prop::option::weighted(0.25, prop::sample::select(&HEADER_VALUES[..])),
     )
-        .prop_map(|(origin, elems, trailing_slash, methods)| GenRule {
+        .prop_map(|(origin, elems, trailing_slash, methods, header)| GenRule {
             origin,
             elems,
             trailing_slash,
             methods,
+            header,
         })
 }
 
-fn gen_request() -> impl Strategy<Value = (String, &'static str)> {
+type GenRequest = (String, &'static str, Option<&'static str>);
+
+fn gen_request() -> impl Strategy<Value = GenRequest> {
     (
         0..5usize,
         prop::collection::vec(prop::sample::select(&SEGS[..]), 1..7),
         any::<bool>(),
         prop::sample::select(&REQ_METHODS[..]),
+        prop::option::of(prop::sample::select(&HEADER_VALUES[..])),
     )
-        .prop_map(|(o, segs, slash, m)| {
+        .prop_map(|(o, segs, slash, m, header)| {
+            let slash = if slash { "/" } else { "" };
             (
-                format!(
-                    "{}/{}{}",
-                    ORIGINS[o],
-                    segs.join("/"),
-                    if slash { "/" } else { "" }
-                ),
+                format!("{}/{}{slash}", ORIGINS[o], segs.join("/")),
                 m,
+                header,
             )
         })
 }
 
+/// A decision, with the constraint-failure message left out (the naive matcher has none).
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
     Allowed(usize),
-    Denied(DenyReason),
+    NoOrigin,
+    NoPath,
+    Method,
+    Constraint,
 }
 
+impl From<Decision<'_>> for Expect {
+    fn from(d: Decision<'_>) -> Expect {
+        match d {
+            Decision::Allowed { rule_id, .. } => Expect::Allowed(rule_id),
+            Decision::Denied(DenyReason::NoRuleForOrigin) => Expect::NoOrigin,
+            Decision::Denied(DenyReason::NoPathMatch) => Expect::NoPath,
+            Decision::Denied(DenyReason::MethodNotAllowed) => Expect::Method,
+            Decision::Denied(DenyReason::ConstraintFailed(_)) => Expect::Constraint,
+        }
+    }
+}
+
+struct NaiveRule {
+    origin: usize,
+    path: regex::Regex,
+    methods: Vec<&'static str>,
+    header: Option<&'static str>,
+}
+
+/// First rule in order whose origin, path regex, method and header constraint hold.
 fn naive(
-    rules: &[(usize, regex::Regex, Vec<&str>)],
+    rules: &[NaiveRule],
     origin: usize,
     path: &str,
     method: &str,
+    header: Option<&str>,
 ) -> Expect {
-    let mut origin_seen = false;
-    let mut path_seen = false;
-    for (i, (o, re, methods)) in rules.iter().enumerate() {
-        if *o != origin {
+    let (mut origin_seen, mut path_seen, mut constraint_failed) = (false, false, false);
+    for (i, r) in rules.iter().enumerate() {
+        if r.origin != origin {
             continue;
         }
         origin_seen = true;
-        if re.is_match(path) {
-            path_seen = true;
-            if methods.contains(&method) {
-                return Expect::Allowed(i);
-            }
+        if !r.path.is_match(path) {
+            continue;
+        }
+        path_seen = true;
+        if !r.methods.contains(&method) {
+            continue;
+        }
+        match r.header {
+            Some(want) if header != Some(want) => constraint_failed = true,
+            _ => return Expect::Allowed(i),
         }
     }
-    Expect::Denied(match (origin_seen, path_seen) {
-        (false, _) => DenyReason::NoRuleForOrigin,
-        (true, false) => DenyReason::NoPathMatch,
-        (true, true) => DenyReason::MethodNotAllowed,
-    })
+    match (origin_seen, path_seen, constraint_failed) {
+        (false, _, _) => Expect::NoOrigin,
+        (true, _, true) => Expect::Constraint,
+        (true, false, false) => Expect::NoPath,
+        (true, true, false) => Expect::Method,
+    }
 }
 
 proptest! {
@@ -1311,22 +1347,27 @@ proptest! {
         let mut reference = Vec::new();
         for r in &rules {
             let (pattern, re) = r.render();
-            specs.push(rule(&pattern, &r.methods));
-            let re = regex::Regex::new(&re).map_err(|e| TestCaseError::fail(format!("{re}: {e}")))?;
-            reference.push((r.origin, re, r.methods.clone()));
+            let mut spec = rule(&pattern, &r.methods);
+            if let Some(v) = r.header {
+                spec.headers = vec![("X-K".to_owned(), ValueConstraint::Equals(v.to_owned()))];
+            }
+            specs.push(spec);
+            let path = regex::Regex::new(&re).map_err(|e| TestCaseError::fail(format!("{re}: {e}")))?;
+            reference.push(NaiveRule { origin: r.origin, path, methods: r.methods.clone(), header: r.header });
         }
         let allowlist = Allowlist::compile(specs.clone())
             .map_err(|e| TestCaseError::fail(format!("{e:?} for {specs:#?}")))?;
-        for (raw, method) in &requests {
+        for (raw, method, header) in &requests {
             let u = url(raw);
             let origin = ORIGINS.iter().position(|o| raw.starts_with(&format!("{o}/"))).unwrap_or(usize::MAX);
-            let expected = naive(&reference, origin, &u.path, method);
-            let got = match allowlist.decide(method, &u, &[]) {
-                Decision::Allowed { rule_id, .. } => Expect::Allowed(rule_id),
-                Decision::Denied(r) => Expect::Denied(r),
-            };
-            prop_assert_eq!(got, expected, "{} {} with {:#?}", method, raw,
-                specs.iter().map(|s| (&s.url, &s.methods)).collect::<Vec<_>>());
+            let expected = naive(&reference, origin, &u.path, method, *header);
+            let headers: Vec<httparse::Header<'_>> = header
+                .iter()
+                .map(|v| httparse::Header { name: "x-k", value: v.as_bytes() })
+                .collect();
+            let got = Expect::from(allowlist.decide(method, &u, &headers));
+            prop_assert_eq!(got, expected, "{} {} {:?} with {:#?}", method, raw, header,
+                specs.iter().map(|s| (&s.url, &s.methods, &s.headers)).collect::<Vec<_>>());
         }
     }
 

@@ -299,3 +299,36 @@ fn demo_runs_on_loopback_and_holds_its_expectations() {
         "the demo token is printed:\n{out}"
     );
 }
+
+#[test]
+fn run_refuses_to_start_with_a_low_memlock_limit_and_names_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("b.toml");
+    std::fs::write(
+        &f,
+        r#"
+[wireguard]
+private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+endpoint = "127.0.0.1:9"
+allowed_ips = ["10.77.0.1/32"]
+"#,
+    )
+    .expect("write");
+    // prlimit (util-linux) lowers RLIMIT_MEMLOCK to 64 KiB for the child only.
+    let o = Command::new("prlimit")
+        .arg("--memlock=65536:65536")
+        .arg(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&f)
+        .output()
+        .expect("prlimit (util-linux)");
+    assert_eq!(o.status.code(), Some(71), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("ulimit -l") && err.contains("LimitMEMLOCK"),
+        "{err}"
+    );
+}
