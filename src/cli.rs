@@ -139,6 +139,23 @@ fn run(files: &[PathBuf]) -> ExitCode {
         peers = c.wireguard.peers.len(),
         rules = loaded.allowlist.rules().len(),
     );
+    // systemd: READY once every shard listens; the watchdog is fed only while every executor
+    // makes progress; STATUS carries a one-line summary.
+    let status = broker.status().clone();
+    let shards = status.beats().len() - 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status
+        .shards_ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < shards
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    crate::notify::ready();
+    let _ = std::thread::Builder::new()
+        .name("wgbroker-watchdog".into())
+        .spawn(move || supervise(&status));
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGHUP => {
@@ -157,12 +174,57 @@ fn run(files: &[PathBuf]) -> ExitCode {
         }
     }
     tracing::info!(event = "broker.stop");
+    crate::notify::stopping();
     match broker.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wgbroker: {e}");
             ExitCode::from(EXIT_OS)
         }
+    }
+}
+
+/// Feeds the systemd watchdog while every executor advances, and keeps STATUS current.
+fn supervise(status: &crate::runtime::Status) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Half of WatchdogSec= (see notify::watchdog_interval), or every 5 s for STATUS alone.
+    let period = crate::notify::watchdog_interval()
+        .unwrap_or(std::time::Duration::from_secs(5))
+        .max(std::time::Duration::from_millis(100));
+    let mut last = status.beats();
+    loop {
+        std::thread::sleep(period);
+        if status.stopped.load(Relaxed) {
+            return;
+        }
+        let now = status.beats();
+        let stalled: Vec<usize> = now
+            .iter()
+            .zip(&last)
+            .enumerate()
+            .filter(|(_, (a, b))| a == b)
+            .map(|(i, _)| i)
+            .collect();
+        if stalled.is_empty() {
+            crate::notify::watchdog();
+        } else {
+            tracing::error!(event = "runtime.stall", executors = ?stalled);
+        }
+        last = now;
+        let hs = status.handshake_age().map_or_else(
+            || "no handshake yet".to_owned(),
+            |a| format!("handshake {}s ago", a.as_secs()),
+        );
+        crate::notify::status(&format!(
+            "{hs}; {} connections, {} requests; heartbeat {}",
+            status.connections.load(Relaxed),
+            status.requests(),
+            if status.heartbeat_passing.load(Relaxed) {
+                "ok"
+            } else {
+                "failing"
+            },
+        ));
     }
 }
 

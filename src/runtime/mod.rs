@@ -250,6 +250,7 @@ impl ShardSeed {
             .map_err(|e| StartError::Io(format!("allowlist: {} error(s)", e.len())))?;
         let upstreams = upstream::ShardUpstreams::new(&self.upstream, self.tls, self.proxy);
         Ok(shard::Shard::new(
+            self.index,
             set,
             upstreams,
             pool,
@@ -270,7 +271,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let stacks = stacks_per_shard(c, shards);
     let table = PeerTable::new(&c.wireguard.private_key, peer_specs(c), Instant::now())?;
     let udp = bind_udp(c)?;
-    let status = Arc::new(Status::new());
+    let status = Arc::new(Status::new(shards));
     if let Ok(local) = udp.local_addr() {
         if let Some(a) = local.as_socket() {
             status.udp_port.store(a.port(), Ordering::Relaxed);

@@ -28,6 +28,8 @@ const MAX_PARK: Duration = Duration::from_millis(100);
 
 /// One shard's state (single-threaded).
 pub(super) struct Shard {
+    /// This shard's index (0-based).
+    pub index: usize,
     pub set: RefCell<StackSet>,
     pub upstreams: super::upstream::ShardUpstreams,
     pub pool: RefCell<BufPool>,
@@ -46,6 +48,7 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     pub fn new(
+        index: usize,
         set: StackSet,
         upstreams: super::upstream::ShardUpstreams,
         pool: BufPool,
@@ -54,6 +57,7 @@ impl Shard {
         status: Arc<Status>,
     ) -> Self {
         Self {
+            index,
             set: RefCell::new(set),
             upstreams,
             pool: RefCell::new(pool),
@@ -117,8 +121,17 @@ pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     .detach();
     let mut spent: Vec<PacketBuf> = Vec::with_capacity(256);
     let mut accepted: Vec<ConnId> = Vec::with_capacity(64);
+    let beat_index = 1 + shard.index;
+    let mut last_beat = Instant::now();
     loop {
         let now = Instant::now();
+        if now.duration_since(last_beat) >= MAX_PARK {
+            shard.status.beat(beat_index);
+            shard
+                .status
+                .set_requests(shard.index, shard.server.stats.borrow().requests);
+            last_beat = now;
+        }
         {
             let mut set = shard.set.borrow_mut();
             set.poll(now, &mut shard.pool.borrow_mut());
@@ -186,10 +199,6 @@ async fn connection(shard: Rc<Shard>, id: ConnId) {
         peer,
     )
     .await;
-    shard
-        .status
-        .requests
-        .store(shard.server.stats.borrow().requests, Ordering::Relaxed);
 }
 
 /// A tunnel TCP connection as an async byte stream.

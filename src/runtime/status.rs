@@ -24,8 +24,8 @@ pub struct Status {
     pub link_drops: AtomicU64,
     /// Tunnel connections accepted by all shards.
     pub connections: AtomicU64,
-    /// Requests answered by all shards.
-    pub requests: AtomicU64,
+    /// Requests answered, per shard (each shard publishes its own count with its beat).
+    shard_requests: Vec<AtomicU64>,
     /// Heartbeats that succeeded / failed since start.
     pub heartbeats_ok: AtomicU64,
     pub heartbeats_failed: AtomicU64,
@@ -33,18 +33,22 @@ pub struct Status {
     pub heartbeat_passing: AtomicBool,
     /// Set once every executor has stopped.
     pub stopped: AtomicBool,
+    /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
+    /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
+    beats: Vec<AtomicU64>,
 }
 
 impl Default for Status {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
 impl Status {
-    /// A fresh status.
-    pub fn new() -> Self {
+    /// A fresh status for a tunnel core and `shards` shards.
+    pub fn new(shards: usize) -> Self {
         Self {
+            beats: (0..=shards).map(|_| AtomicU64::new(0)).collect(),
             started: Instant::now(),
             udp_port: AtomicU16::new(0),
             shards_ready: AtomicUsize::new(0),
@@ -54,12 +58,42 @@ impl Status {
             oversize: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
+            shard_requests: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             heartbeats_ok: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
             heartbeat_passing: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Executor `i` made progress (0 = tunnel core, 1.. = shards).
+    pub fn beat(&self, i: usize) {
+        if let Some(b) = self.beats.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shard `shard` has answered `n` requests in all.
+    pub fn set_requests(&self, shard: usize, n: u64) {
+        if let Some(c) = self.shard_requests.get(shard) {
+            c.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests answered by all shards (as of their last beat).
+    pub fn requests(&self) -> u64 {
+        self.shard_requests
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The progress counters, in executor order.
+    pub fn beats(&self) -> Vec<u64> {
+        self.beats
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Records a handshake completed at `at`.

@@ -201,6 +201,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             .detach();
         }
         publish(&core, &mut handshakes_seen);
+        core.status.beat(0);
         if pending.is_empty() {
             let wait = next
                 .saturating_duration_since(Instant::now())

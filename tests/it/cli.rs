@@ -332,3 +332,72 @@ allowed_ips = ["10.77.0.1/32"]
         "{err}"
     );
 }
+
+#[test]
+fn run_speaks_sd_notify_ready_watchdog_status_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let f = dir.path().join("b.toml");
+    std::fs::write(
+        &f,
+        r#"
+[wireguard]
+private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+endpoint = "127.0.0.1:9"
+allowed_ips = ["10.77.0.1/32"]
+[log]
+level = "error"
+"#,
+    )
+    .expect("write");
+    let mut child = bin()
+        .args(["run", "-c"])
+        .arg(&f)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1") && seen.contains("STATUS="))
+        && std::time::Instant::now() < deadline
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+    assert!(seen.contains("READY=1"), "{seen}");
+    assert!(
+        seen.contains("WATCHDOG=1"),
+        "executors progress, so the watchdog is fed: {seen}"
+    );
+    assert!(seen.contains("STATUS=no handshake yet"), "{seen}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    assert!(child.wait().expect("wait").success());
+}
