@@ -108,6 +108,9 @@ for i in 1 2 3; do
   ip netns exec "$V" curl -s -o /dev/null -w "%{size_download} bytes in %{time_total}s = %{speed_download} B/s\n" \
     http://10.77.0.2/proxy/http://127.0.0.1:8080/big.bin
 done
+for ns in "$V" "$B"; do
+  echo "UDP drops in $ns: $(ip netns exec "$ns" nstat -az UdpRcvbufErrors UdpSndbufErrors 2>/dev/null | awk 'NR>1 {printf "%s=%s ", $1, $2}')"
+done
 echo "CPU final: $(cpu)"
 echo "RSS final: $(rss)"
 kill -TERM "$BPID"; wait "$BPID" 2>/dev/null; echo "broker exit status: $?"

@@ -686,7 +686,7 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         udp_recv_buffer: s.or::<Bytes>(ctx, "udp_recv_buffer", Bytes(4 << 20)).0,
         udp_send_buffer: s.or::<Bytes>(ctx, "udp_send_buffer", Bytes(4 << 20)).0,
         tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
-        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(128 << 10)).0,
+        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(64 << 10)).0,
         stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
         listen_backlog: s.or(ctx, "listen_backlog", 4),
         max_connections: s.or(ctx, "max_connections", 16384),
