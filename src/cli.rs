@@ -159,16 +159,23 @@ fn run(files: &[PathBuf]) -> ExitCode {
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGHUP => {
-                // Live reload lands with the operations work; until then say so plainly.
+                // Validate with the credentials this process holds (systemd does not hand them
+                // to ExecReload=). Swapping the compiled configuration into running shards is
+                // not implemented yet: a valid file applies at the next restart, and the log
+                // says so plainly.
+                crate::notify::reloading();
                 match config::load(files, LoadMode::Full, &ProcessEnv) {
                     Ok(_) => tracing::warn!(
                         event = "config.reload",
-                        result = "valid, applies on restart"
+                        result = "valid; live reload is not implemented, restart to apply"
                     ),
-                    Err(errors) => {
-                        tracing::error!(event = "config.reload", result = "invalid", errors = %errors)
-                    }
+                    Err(errors) => tracing::error!(
+                        event = "config.reload",
+                        result = "invalid, keeping the running configuration",
+                        errors = %errors
+                    ),
                 }
+                crate::notify::ready();
             }
             _ => break,
         }

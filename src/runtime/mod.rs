@@ -222,6 +222,36 @@ fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
         .preempt_timer(c.runtime.preempt_timer)
 }
 
+/// Builds (and drops) one executor on the calling thread, so that a kernel without io_uring, a
+/// seccomp profile that forbids it or a ring that cannot be allocated is reported as a clear
+/// error here instead of a panic inside an executor thread.
+fn probe_io_uring(c: &Config) -> Result<(), StartError> {
+    let probe = std::thread::Builder::new()
+        .name("wgbroker-probe".into())
+        .spawn({
+            let depth = c.runtime.ring_depth;
+            move || {
+                std::panic::catch_unwind(|| {
+                    LocalExecutorBuilder::new(Placement::Unbound)
+                        .ring_depth(depth)
+                        .io_memory(64 << 10)
+                        .make()
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|_| Err("the io_uring set-up panicked".into()))
+            }
+        })
+        .map_err(|e| StartError::Io(format!("cannot start a thread: {e}")))?;
+    match probe.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(preflight::PreflightError::IoUringUnavailable(e).into()),
+        Err(_) => {
+            Err(preflight::PreflightError::IoUringUnavailable("probe thread failed".into()).into())
+        }
+    }
+}
+
 /// Everything one shard executor needs, built on the control thread (all `Send`).
 struct ShardSeed {
     index: usize,
@@ -265,6 +295,7 @@ impl ShardSeed {
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
     preflight::check_limits()?;
+    probe_io_uring(c)?;
     let plan =
         placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();

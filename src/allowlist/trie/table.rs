@@ -49,9 +49,8 @@ impl Key {
     /// a few middle bytes (`s9996` vs `s9992`) must not cluster under linear probing.
     #[inline(always)]
     fn hash(self) -> u64 {
-        let x = self.head ^ self.tail.rotate_left(29).wrapping_mul(K) ^ self.len as u64;
-        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-        (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93)
+        let x = self.head ^ self.tail.rotate_left(29) ^ (self.len as u64).rotate_right(8);
+        (x ^ (x >> 29)).wrapping_mul(0xd6e8_feb8_6659_fd93)
     }
 }
 
@@ -155,17 +154,24 @@ impl LitEntry {
     /// Whether this is the segment `path[pos..pos + key.len]` with fingerprint `key`.
     #[inline(always)]
     fn is(&self, key: Key, path: &[u8], pos: usize) -> bool {
-        self.key == key && (key.len <= 16 || path.get(pos..pos + key.len) == Some(&*self.text))
+        self.key == key && (key.len <= 16 || self.is_long(path, pos))
+    }
+
+    /// The full comparison, only for segments longer than 16 bytes (kept out of the hot loop).
+    #[cold]
+    #[inline(never)]
+    fn is_long(&self, path: &[u8], pos: usize) -> bool {
+        path.get(pos..pos + self.text.len()) == Some(&*self.text)
     }
 }
 
-/// Literal-segment edges of a node: one entry compared directly, or an open-addressing table of
-/// fingerprints (load factor ≤ 1/2, linear probing).
+/// Literal-segment edges of a node: a few entries compared in turn, or an open-addressing table
+/// of fingerprints (load factor ≤ 1/2, linear probing).
 #[derive(Debug, Default)]
 pub(crate) enum LitTable {
     #[default]
     Empty,
-    One(LitEntry),
+    Few(Box<[LitEntry]>),
     Hashed {
         /// Index into `entries`, or [`NONE`].
         slots: Box<[u32]>,
@@ -174,9 +180,12 @@ pub(crate) enum LitTable {
     },
 }
 
+/// Up to this many literal edges are scanned rather than hashed.
+const FEW_LITS: usize = 4;
+
 impl LitTable {
     pub fn from(lits: Vec<(Box<[u8]>, u32)>) -> LitTable {
-        let mut entries: Vec<LitEntry> = lits
+        let entries: Vec<LitEntry> = lits
             .into_iter()
             .map(|(text, child)| LitEntry {
                 key: Key::of(&text),
@@ -184,8 +193,11 @@ impl LitTable {
                 text,
             })
             .collect();
-        if entries.len() <= 1 {
-            return entries.pop().map_or(LitTable::Empty, LitTable::One);
+        if entries.is_empty() {
+            return LitTable::Empty;
+        }
+        if entries.len() <= FEW_LITS {
+            return LitTable::Few(entries.into_boxed_slice());
         }
         let bits = (entries.len() * 2).next_power_of_two().trailing_zeros();
         let mut slots = vec![NONE; 1 << bits];
@@ -209,7 +221,7 @@ impl LitTable {
     pub fn get(&self, key: Key, path: &[u8], pos: usize) -> Option<u32> {
         match self {
             LitTable::Empty => None,
-            LitTable::One(e) => e.is(key, path, pos).then_some(e.child),
+            LitTable::Few(list) => list.iter().find(|e| e.is(key, path, pos)).map(|e| e.child),
             LitTable::Hashed {
                 slots,
                 shift,
@@ -231,7 +243,7 @@ impl LitTable {
     pub fn children(&self) -> impl Iterator<Item = u32> + '_ {
         let entries: &[LitEntry] = match self {
             LitTable::Empty => &[],
-            LitTable::One(e) => std::slice::from_ref(e),
+            LitTable::Few(e) => e,
             LitTable::Hashed { entries, .. } => entries,
         };
         entries.iter().map(|e| e.child)
@@ -286,11 +298,11 @@ impl BuildHasher for FxBuild {
 /// Roots by host: `(scheme, port, root node)` for each origin of that host.
 type HostTable = HashMap<Box<str>, Vec<(Scheme, u16, u32)>, FxBuild>;
 
-/// Origins → root nodes: a short list scanned linearly, or a host-keyed table when there are
-/// many.
+/// Origins → root nodes: a short list scanned linearly (hosts compared by fingerprint), or a
+/// host-keyed table when there are many.
 #[derive(Debug, Default)]
 pub(crate) struct Origins {
-    list: Vec<(Scheme, u16, Box<str>, u32)>,
+    list: Vec<(Scheme, u16, Key, Box<str>, u32)>,
     by_host: Option<HostTable>,
 }
 
@@ -308,7 +320,7 @@ impl Origins {
         Origins {
             list: list
                 .into_iter()
-                .map(|(s, p, h, r)| (s, p, h.into_boxed_str(), r))
+                .map(|(s, p, h, r)| (s, p, Key::of(h.as_bytes()), h.into_boxed_str(), r))
                 .collect(),
             by_host,
         }
@@ -321,11 +333,15 @@ impl Origins {
                 .get(host)
                 .and_then(|v| v.iter().find(|(s, p, _)| *s == scheme && *p == port))
                 .map(|&(_, _, r)| r),
-            None => self
-                .list
-                .iter()
-                .find(|(s, p, h, _)| *p == port && *s == scheme && **h == *host)
-                .map(|&(_, _, _, r)| r),
+            None => {
+                let key = Key::of(host.as_bytes());
+                self.list
+                    .iter()
+                    .find(|(s, p, k, h, _)| {
+                        *k == key && *p == port && *s == scheme && (key.len <= 16 || **h == *host)
+                    })
+                    .map(|&(.., r)| r)
+            }
         };
         if exact.is_some() {
             return exact;
@@ -333,10 +349,10 @@ impl Origins {
         // Only a hand-built, non-canonical host can still match: compare case-insensitively.
         self.list
             .iter()
-            .find(|(s, p, h, _)| {
+            .find(|(s, p, _, h, _)| {
                 *p == port && *s == scheme && h.len() == host.len() && h.eq_ignore_ascii_case(host)
             })
-            .map(|&(_, _, _, r)| r)
+            .map(|&(.., r)| r)
     }
 }
 
