@@ -1372,6 +1372,27 @@ proptest! {
     }
 
     #[test]
+    fn compiling_arbitrary_patterns_never_panics(
+        parts in prop::collection::vec(prop::sample::select(&[
+            "/", "a", ":", ":n", "(", ")", "\\d+", "[", "]", "{", "}", "+", "*", "\\", "%", "%2F", "%zz",
+            "{:g/}+", ":id(\\d+)", ".", "..", "?", "#", "@", "é", "\\:", "\\*", " ", "|", "(?", "^", "$",
+        ][..]), 0..14),
+        globs in prop::collection::vec(prop::sample::select(&[
+            "**/package.json", "*.lock", "a", "**", "*", "**/*", "a/*.x", "[x]", "", "/a", "a//b",
+        ][..]), 0..3),
+    ) {
+        let mut r = rule(&format!("https://h.example/{}", parts.concat()), &["GET"]);
+        r.path_files = globs.iter().map(|g| g.to_string()).collect();
+        match Allowlist::compile(vec![r]) {
+            Ok(a) => {
+                // Whatever compiled must also decide without panicking.
+                let _ = a.decide("GET", &url("https://h.example/a/b"), &[]);
+            }
+            Err(errors) => prop_assert!(errors.iter().all(|e| e.rule == 0 && !e.message.is_empty())),
+        }
+    }
+
+    #[test]
     fn canonicalisation_is_idempotent_and_clean(
         host in prop::sample::select(&["h.example", "H.EXAMPLE:8443", "[::1]", "1.2.3.4", "u:p@h.example"][..]),
         parts in prop::collection::vec(prop::sample::select(&[
