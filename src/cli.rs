@@ -320,7 +320,24 @@ fn dump(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn explain(files: &[PathBuf], method: &str, url: &str, raw_headers: &[String]) -> ExitCode {
+/// `scheme://user:pass@host/...` → `scheme://<redacted>@host/...`: what the user typed is echoed,
+/// but never a credential.
+fn redact_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
+fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> ExitCode {
+    let shown = redact_userinfo(raw_url);
+    let url = shown.as_str();
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
         Ok(l) => l,
         Err(errors) => {
@@ -347,7 +364,7 @@ fn explain(files: &[PathBuf], method: &str, url: &str, raw_headers: &[String]) -
         })
         .collect();
     let method = method.to_ascii_uppercase();
-    let canon = match CanonUrl::parse(url) {
+    let canon = match CanonUrl::parse(raw_url) {
         Ok(c) => c,
         Err(e) => {
             println!("MALFORMED  {method} {url}");
@@ -356,24 +373,43 @@ fn explain(files: &[PathBuf], method: &str, url: &str, raw_headers: &[String]) -
             return ExitCode::from(2);
         }
     };
-    match loaded.allowlist.decide(&method, &canon, &headers) {
+    let explanation = loaded.allowlist.explain(&method, &canon, &headers);
+    let allowed = match &explanation.decision {
         Decision::Allowed { rule_id, rule } => {
             println!("ALLOWED  {method} {url}");
             println!("  rule #{rule_id}: {}", rule.spec.origin);
             println!("  pattern: {} {:?}", rule.spec.url, rule.spec.methods);
+            println!(
+                "  forwarded as: {method} {}://{}{}",
+                canon.scheme.as_str(),
+                canon.authority(),
+                canon.request_target()
+            );
             for (name, _) in &rule.spec.set_request_headers {
                 println!("  sets header: {name}: <redacted>");
             }
             for name in &rule.spec.remove_response_headers {
                 println!("  removes response header: {name}");
             }
-            ExitCode::SUCCESS
+            true
         }
         Decision::Denied(reason) => {
             println!("DENIED  {method} {url}");
-            println!("  {reason:?}");
+            println!("  {reason}");
             println!("  the broker answers 403 {{\"error\":\"url is not in allowlist\"}}");
-            ExitCode::from(1)
+            false
+        }
+    };
+    if !explanation.path_matches.is_empty() {
+        println!("  rules whose pattern matches this url:");
+        for m in &explanation.path_matches {
+            let verdict = match (&m.constraint_failure, m.method_allowed) {
+                (_, false) => "method not listed".to_owned(),
+                (Some(c), true) => c.clone(),
+                (None, true) => "holds".to_owned(),
+            };
+            println!("    {}: {verdict}", m.rule);
         }
     }
+    ExitCode::from(if allowed { 0 } else { 1 })
 }

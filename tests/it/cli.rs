@@ -401,3 +401,23 @@ level = "error"
     assert!(stopping, "STOPPING=1 on SIGTERM");
     assert!(child.wait().expect("wait").success());
 }
+
+#[test]
+fn explain_never_echoes_url_credentials() {
+    for url in [
+        "https://user:hunter2secret@ghe.example.com/api/v3/repos/acme/app",
+        "https://user:hunter2secret@ghe.example.com/api/v3/repos/../admin",
+        "https://user:hunter2secret@evil.example.com/",
+    ] {
+        let o = bin()
+            .arg("explain")
+            .arg("-c")
+            .arg(example())
+            .args(["GET", url])
+            .output()
+            .expect("run");
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!all.contains("hunter2secret"), "{all}");
+        assert!(all.contains("<redacted>@"), "{all}");
+    }
+}
