@@ -698,23 +698,12 @@ where
             "upstream closed the connection while receiving the body".into(),
         )
     };
-    let vendor_gone = || Failure::Respond(400, "body", "request body incomplete".into());
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(mut left) => {
             while left > 0 {
                 if inbound.buffered().is_empty() {
-                    match timed(timer, stall, inbound.fill()).await {
-                        None => {
-                            return Err(Failure::Respond(
-                                408,
-                                "timeout_body",
-                                "request body timeout".into(),
-                            ));
-                        }
-                        Some(Ok(0)) | Some(Err(_)) => return Err(vendor_gone()),
-                        Some(Ok(_)) => {}
-                    }
+                    fill_body(inbound, timer, stall).await?;
                 }
                 let take = (left.min(inbound.buffered().len() as u64)) as usize;
                 Outcome::sample(
@@ -739,19 +728,12 @@ where
                     Failure::Respond(400, "body", format!("malformed chunked body: {e}"))
                 })?;
                 if !step.data.is_empty() {
-                    frame.clear();
-                    let _ = write!(frame, "{:x}\r\n", step.data.len());
-                    up.write_all(frame.as_bytes()).await.map_err(|_| up_err())?;
-                    Outcome::sample(
-                        &mut outcome.request_sample,
-                        outcome.sample_limit,
-                        &inbound.buffered()[step.data.clone()],
-                    );
-                    up.write_all(&inbound.buffered()[step.data.clone()])
+                    let data = &inbound.buffered()[step.data.clone()];
+                    Outcome::sample(&mut outcome.request_sample, outcome.sample_limit, data);
+                    write_chunk(up, &mut frame, data)
                         .await
                         .map_err(|_| up_err())?;
-                    up.write_all(b"\r\n").await.map_err(|_| up_err())?;
-                    outcome.request_bytes += step.data.len() as u64;
+                    outcome.request_bytes += data.len() as u64;
                 }
                 inbound.consume(step.consumed);
                 if step.done {
@@ -759,17 +741,7 @@ where
                     return Ok(());
                 }
                 if step.consumed == 0 || inbound.buffered().is_empty() {
-                    match timed(timer, stall, inbound.fill()).await {
-                        None => {
-                            return Err(Failure::Respond(
-                                408,
-                                "timeout_body",
-                                "request body timeout".into(),
-                            ));
-                        }
-                        Some(Ok(0)) | Some(Err(_)) => return Err(vendor_gone()),
-                        Some(Ok(_)) => {}
-                    }
+                    fill_body(inbound, timer, stall).await?;
                 }
             }
         }
@@ -833,7 +805,9 @@ where
             RespFraming::UntilClose => {
                 if !avail.is_empty() {
                     Outcome::sample(&mut outcome.response_sample, outcome.sample_limit, avail);
-                    write_chunk(vendor, &mut frame, avail).await?;
+                    write_chunk(vendor, &mut frame, avail)
+                        .await
+                        .map_err(|_| Failure::Abort("vendor_write"))?;
                     outcome.response_bytes += avail.len() as u64;
                 }
                 pos = filled;
@@ -850,7 +824,9 @@ where
                         outcome.sample_limit,
                         &ubuf[data.clone()],
                     );
-                    write_chunk(vendor, &mut frame, &ubuf[data]).await?;
+                    write_chunk(vendor, &mut frame, &ubuf[data])
+                        .await
+                        .map_err(|_| Failure::Abort("vendor_write"))?;
                     outcome.response_bytes += n as u64;
                 }
                 pos += step.consumed;
@@ -891,25 +867,38 @@ where
     }
 }
 
+/// Writes `data` as one chunk of a chunked body.
 async fn write_chunk<W: AsyncWrite + Unpin>(
-    vendor: &mut W,
+    w: &mut W,
     frame: &mut String,
     data: &[u8],
-) -> Result<(), Failure> {
+) -> std::io::Result<()> {
     frame.clear();
     let _ = write!(frame, "{:x}\r\n", data.len());
-    vendor
-        .write_all(frame.as_bytes())
-        .await
-        .map_err(|_| Failure::Abort("vendor_write"))?;
-    vendor
-        .write_all(data)
-        .await
-        .map_err(|_| Failure::Abort("vendor_write"))?;
-    vendor
-        .write_all(b"\r\n")
-        .await
-        .map_err(|_| Failure::Abort("vendor_write"))
+    w.write_all(frame.as_bytes()).await?;
+    w.write_all(data).await?;
+    w.write_all(b"\r\n").await
+}
+
+/// Reads more of the vendor's request body, or says why it cannot.
+async fn fill_body<C: AsyncRead + Unpin, T: Timer>(
+    inbound: &mut Inbound<'_, C>,
+    timer: &T,
+    stall: Duration,
+) -> Result<(), Failure> {
+    match timed(timer, stall, inbound.fill()).await {
+        None => Err(Failure::Respond(
+            408,
+            "timeout_body",
+            "request body timeout".into(),
+        )),
+        Some(Ok(0)) | Some(Err(_)) => Err(Failure::Respond(
+            400,
+            "body",
+            "request body incomplete".into(),
+        )),
+        Some(Ok(_)) => Ok(()),
+    }
 }
 
 #[cfg(test)]

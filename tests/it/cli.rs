@@ -36,6 +36,12 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/broker.toml")
 }
 
+/// `cmd pubkey` with `key` on standard input.
+fn pubkey_via(mut cmd: Command, key: &str) -> Output {
+    cmd.arg("pubkey");
+    run_with_stdin(cmd, key)
+}
+
 /// `wg` from wireguard-tools; `.ci/run` installs it.
 fn wg() -> Command {
     Command::new("wg")
@@ -49,22 +55,8 @@ fn genkey_and_pubkey_match_wg() {
         assert!(key.status.success());
         let key = stdout(&key);
         assert_eq!(key.len(), 45, "44 base64 chars and a newline: {key:?}");
-        let ours = run_with_stdin(
-            {
-                let mut c = bin();
-                c.arg("pubkey");
-                c
-            },
-            &key,
-        );
-        let theirs = run_with_stdin(
-            {
-                let mut c = wg();
-                c.arg("pubkey");
-                c
-            },
-            &key,
-        );
+        let ours = pubkey_via(bin(), &key);
+        let theirs = pubkey_via(wg(), &key);
         assert!(theirs.status.success(), "wg pubkey: {}", stderr(&theirs));
         assert_eq!(stdout(&ours), stdout(&theirs), "byte-identical output");
     }
@@ -76,22 +68,8 @@ fn genkey_and_pubkey_match_wg() {
                 .output()
                 .expect("wg genkey (wireguard-tools)"),
         );
-        let ours = run_with_stdin(
-            {
-                let mut c = bin();
-                c.arg("pubkey");
-                c
-            },
-            &key,
-        );
-        let theirs = run_with_stdin(
-            {
-                let mut c = wg();
-                c.arg("pubkey");
-                c
-            },
-            &key,
-        );
+        let ours = pubkey_via(bin(), &key);
+        let theirs = pubkey_via(wg(), &key);
         assert_eq!(stdout(&ours), stdout(&theirs));
     }
 }
@@ -99,25 +77,11 @@ fn genkey_and_pubkey_match_wg() {
 #[test]
 fn pubkey_rejects_garbage_like_wg() {
     for bad in ["", "not a key\n", "AAAA\n"] {
-        let o = run_with_stdin(
-            {
-                let mut c = bin();
-                c.arg("pubkey");
-                c
-            },
-            bad,
-        );
+        let o = pubkey_via(bin(), bad);
         assert!(!o.status.success());
         assert!(stdout(&o).is_empty());
         assert!(stderr(&o).contains("not the correct length or format"));
-        let w = run_with_stdin(
-            {
-                let mut c = wg();
-                c.arg("pubkey");
-                c
-            },
-            bad,
-        );
+        let w = pubkey_via(wg(), bad);
         assert!(!w.status.success(), "wg agrees that {bad:?} is bad");
     }
 }
@@ -193,14 +157,7 @@ fn check_accepts_the_example_with_its_credentials() {
     let out = stdout(&o);
     assert!(out.starts_with("configuration OK"), "{out}");
     // The public key printed is the one of the credential's private key.
-    let public = run_with_stdin(
-        {
-            let mut c = bin();
-            c.arg("pubkey");
-            c
-        },
-        &key,
-    );
+    let public = pubkey_via(bin(), &key);
     assert!(out.contains(stdout(&public).trim()));
     assert!(!out.contains("ghp_exampletoken") && !stderr(&o).contains("ghp_exampletoken"));
 }
