@@ -56,6 +56,9 @@ url = "http://{scm}/download/:size"
 methods = ["GET"]
 remove_response_headers = ["Set-Cookie"]
 
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
 level = "error"
 "#,

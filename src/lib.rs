@@ -37,6 +37,7 @@
 //! Only [`runtime`] imports glommio; every other module runs in a plain `#[test]` and a criterion
 //! benchmark without io_uring.
 
+pub mod admin;
 pub mod allowlist;
 pub mod cli;
 pub mod config;

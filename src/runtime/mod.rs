@@ -466,6 +466,21 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             .map_err(|e| StartError::Io(format!("cannot start the tunnel executor: {e}")))?;
         joins.push(j);
     }
+    if c.admin.enabled {
+        match crate::admin::spawn(c.admin.listen, status.clone(), stop.clone()) {
+            Ok(addr) => status.admin_port.store(addr.port(), Ordering::Relaxed),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for j in joins {
+                    let _ = j.join();
+                }
+                return Err(StartError::Io(format!(
+                    "admin listener {}: {e}",
+                    c.admin.listen
+                )));
+            }
+        }
+    }
     Ok(BrokerHandle {
         stop,
         status,

@@ -33,6 +33,8 @@ pub struct Status {
     pub heartbeat_passing: AtomicBool,
     /// Set once every executor has stopped.
     pub stopped: AtomicBool,
+    /// Port of the admin listener (0 when disabled or not bound).
+    pub admin_port: AtomicU16,
     /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
     /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
     beats: Vec<AtomicU64>,
@@ -63,6 +65,7 @@ impl Status {
             heartbeats_failed: AtomicU64::new(0),
             heartbeat_passing: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
+            admin_port: AtomicU16::new(0),
         }
     }
 
@@ -78,6 +81,14 @@ impl Status {
         if let Some(c) = self.shard_requests.get(shard) {
             c.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// Requests answered per shard (as of their last beat).
+    pub fn requests_per_shard(&self) -> Vec<u64> {
+        self.shard_requests
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Requests answered by all shards (as of their last beat).

@@ -309,6 +309,9 @@ address = "10.77.0.2"
 public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 endpoint = "127.0.0.1:9"
 allowed_ips = ["10.77.0.1/32"]
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
 level = "error"
 "#,

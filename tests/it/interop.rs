@@ -43,6 +43,9 @@ address = "10.77.0.2"
 public_key = "{}"
 endpoint = "{}:51820"
 allowed_ips = ["10.77.0.1/32"]
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
 level = "warn"
 "#,

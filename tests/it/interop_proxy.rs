@@ -187,6 +187,9 @@ response_timeout = "2s"
 connect_timeout = "3s"
 use_env_proxy = false
 
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
 level = "info"
 format = "text"

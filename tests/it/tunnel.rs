@@ -148,3 +148,93 @@ fn heartbeat_reaches_the_gateway_through_the_tunnel() {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// GET on the admin listener: (status code, body).
+fn admin_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin listener");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (code, body)
+}
+
+#[test]
+fn admin_listener_serves_metrics_and_probes() {
+    let mut t = Tunnel::start("");
+    healthchecks(&mut t, 3, 2);
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
+    assert_ne!(port, 0);
+    assert_eq!(admin_get(port, "/healthz"), (200, "ok\n".to_owned()));
+    // The tunnel core publishes the handshake with its next timer tick (100 ms).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut ready = admin_get(port, "/readyz");
+    while ready.0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        ready = admin_get(port, "/readyz");
+    }
+    assert_eq!(
+        ready.0, 200,
+        "handshake is fresh, no heartbeat configured: {ready:?}"
+    );
+    assert_eq!(admin_get(port, "/probes/readiness").0, 200);
+    assert_eq!(admin_get(port, "/nope").0, 404);
+    // Let the shards publish their counters (about every 100 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, text) = admin_get(port, "/metrics");
+    assert_eq!(code, 200);
+    // Every sample line is `name{labels} value` with a number, and every family is typed.
+    let mut samples = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').expect("name value");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let family = name.split('{').next().expect("family");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} untyped"
+        );
+        samples.insert(name.to_owned(), v);
+    }
+    assert!(samples["wgbroker_handshakes_total"] >= 1.0);
+    assert!(samples["wgbroker_connections_total"] >= 3.0);
+    assert_eq!(samples["wgbroker_ready"], 1.0);
+    let requests: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("wgbroker_requests_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(requests >= 6.0, "{text}");
+}
+
+#[test]
+fn readiness_follows_the_heartbeat() {
+    // The heartbeat target answers nothing (no gateway pump while we look): not ready.
+    let t = Tunnel::start(
+        "[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
+    );
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        last = admin_get(port, "/readyz");
+        if last.0 == 503 && last.1.contains("heartbeat") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(last.0, 503, "{last:?}");
+    assert!(last.1.contains("heartbeat failing"), "{last:?}");
+}

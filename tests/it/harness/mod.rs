@@ -34,6 +34,10 @@ endpoint = "{gateway}"
 allowed_ips = ["{VENDOR_IP}/32"]
 persistent_keepalive = 0
 
+# Many brokers run in one test process: each takes an ephemeral admin port.
+[admin]
+listen = "127.0.0.1:0"
+
 {extra}
 "#,
         key = broker_key.to_base64(),
