@@ -220,6 +220,7 @@ pub async fn serve<C, T, U>(
     let cfg = &ctx.cfg;
     let mut buf = vec![0u8; cfg.limits.max_head_bytes];
     let mut head_copy: Vec<u8> = Vec::new();
+    let mut response_buf: Vec<u8> = Vec::new();
     let mut filled = 0usize;
     let mut head = RequestHead::default();
     let mut id = String::with_capacity(32);
@@ -299,8 +300,16 @@ pub async fn serve<C, T, U>(
                 pos: head_len,
                 filled,
             };
-            let outcome =
-                proxy::proxy(&exchange, &head, &head_copy, &mut inbound, timer, upstreams).await;
+            let outcome = proxy::proxy(
+                &exchange,
+                &head,
+                &head_copy,
+                &mut inbound,
+                &mut response_buf,
+                timer,
+                upstreams,
+            )
+            .await;
             let (pos, end) = (inbound.pos, inbound.filled);
             {
                 let mut st = ctx.stats.borrow_mut();

@@ -150,6 +150,7 @@ pub async fn proxy<C, T, U>(
     head: &RequestHead,
     head_bytes: &[u8],
     inbound: &mut Inbound<'_, C>,
+    ubuf: &mut Vec<u8>,
     timer: &T,
     upstreams: &U,
 ) -> Outcome
@@ -228,6 +229,7 @@ where
                         &url,
                         rule,
                         inbound,
+                        ubuf,
                         timer,
                         upstreams,
                         &mut outcome,
@@ -420,6 +422,7 @@ async fn forward<C, T, U>(
     url: &CanonUrl,
     rule: &Rule,
     inbound: &mut Inbound<'_, C>,
+    ubuf: &mut Vec<u8>,
     timer: &T,
     upstreams: &U,
     outcome: &mut Outcome,
@@ -456,7 +459,8 @@ where
         .map_err(|_| Failure::Respond(502, "reset", "upstream closed the connection".into()))?;
 
     // Response head.
-    let mut ubuf = vec![0u8; MAX_RESPONSE_HEAD];
+    // The connection's response buffer: allocated on its first proxied request, reused after.
+    ubuf.resize(MAX_RESPONSE_HEAD, 0);
     let mut ufilled = 0usize;
     let (status, head_len, framing, upstream_keep_alive, resp_head) = loop {
         let n = match timed(timer, x.timeouts.response, up.read(&mut ubuf[ufilled..])).await {
@@ -526,7 +530,7 @@ where
     // Response body.
     let reusable = stream_response(
         framing,
-        &mut ubuf,
+        ubuf,
         head_len,
         ufilled,
         up,
