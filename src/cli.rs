@@ -14,6 +14,10 @@ use crate::allowlist::{CanonUrl, Decision};
 use crate::config::{self, LoadMode, ProcessEnv};
 use crate::keys::PrivateKey;
 
+/// How long SIGTERM/SIGINT lets in-flight requests finish (systemd's default stop timeout is
+/// 90 s; this stays well inside it).
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Usage error (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 /// Invalid input data, such as a malformed key on stdin (`EX_DATAERR`).
@@ -180,10 +184,17 @@ fn run(files: &[PathBuf]) -> ExitCode {
             _ => break,
         }
     }
-    tracing::info!(event = "broker.stop");
+    tracing::info!(
+        event = "broker.stop",
+        drain_deadline_s = DRAIN_DEADLINE.as_secs()
+    );
     crate::notify::stopping();
-    match broker.shutdown() {
-        Ok(()) => ExitCode::SUCCESS,
+    match broker.drain(DRAIN_DEADLINE) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(left) => {
+            tracing::warn!(event = "broker.drain_deadline", open_connections = left);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("wgbroker: {e}");
             ExitCode::from(EXIT_OS)

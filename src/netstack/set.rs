@@ -282,6 +282,17 @@ impl StackSet {
         self.spent.drain(..)
     }
 
+    /// Stops accepting new connections in every stack (drain): armed listeners are dropped and
+    /// never re-armed; established connections carry on.
+    pub fn stop_accepting(&mut self) {
+        for s in &mut self.stacks {
+            s.stop_accepting();
+        }
+        if let Some(w) = self.poll_waker.take() {
+            w.wake();
+        }
+    }
+
     /// The next connection that completed its handshake, if any.
     pub fn accept(&mut self) -> Option<ConnId> {
         while let Some(id) = self.accepted.pop_front() {

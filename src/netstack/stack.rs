@@ -297,6 +297,17 @@ impl Stack {
         }
     }
 
+    /// Stops accepting: no listener is armed again and the armed ones are dropped (a SYN then
+    /// meets no listener and smoltcp answers RST). Established connections are untouched.
+    pub fn stop_accepting(&mut self) {
+        self.opts.backlog = 0;
+        for h in std::mem::take(&mut self.listeners) {
+            self.sockets.remove(h);
+            self.slots.remove(&h);
+        }
+        self.touch();
+    }
+
     /// Adds fresh listeners until the backlog is armed or the stack is full.
     fn top_up_listeners(&mut self) {
         while self.listeners.len() < self.opts.backlog && self.has_room() {

@@ -98,6 +98,21 @@ impl BrokerHandle {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Drains: stops accepting tunnel connections, closes idle ones, lets in-flight exchanges
+    /// finish until every connection is gone or `deadline` passes, then stops and waits.
+    /// Returns how many connections were still open at the deadline.
+    pub fn drain(self, deadline: Duration) -> Result<u64, String> {
+        self.status.draining.store(true, Ordering::Relaxed);
+        let until = Instant::now() + deadline;
+        // Shards notice within one driver iteration (at most ~100 ms).
+        std::thread::sleep(Duration::from_millis(150).min(deadline));
+        while self.status.active_connections() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.status.active_connections();
+        self.shutdown().map(|()| left)
+    }
+
     /// Stops and waits.
     pub fn shutdown(self) -> Result<(), String> {
         self.stop();

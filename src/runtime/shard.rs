@@ -38,6 +38,8 @@ pub(super) struct Shard {
     pub status: Arc<Status>,
     kicked: Cell<bool>,
     driver: RefCell<Option<Waker>>,
+    /// Open connection tasks on this shard.
+    active: Cell<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -66,6 +68,7 @@ impl Shard {
             status,
             kicked: Cell::new(false),
             driver: RefCell::new(None),
+            active: Cell::new(0),
         }
     }
 
@@ -125,6 +128,15 @@ pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     let mut last_beat = Instant::now();
     loop {
         let now = Instant::now();
+        if shard.status.draining.load(Ordering::Relaxed) && !shard.server.drain.is_set() {
+            shard.set.borrow_mut().stop_accepting();
+            shard.server.drain.set();
+            tracing::info!(
+                event = "shard.drain",
+                shard = shard.index,
+                open = shard.active.get()
+            );
+        }
         if now.duration_since(last_beat) >= MAX_PARK {
             shard.status.beat(beat_index);
             shard
@@ -186,6 +198,8 @@ impl server::Timer for GlommioTimer {
 
 async fn connection(shard: Rc<Shard>, id: ConnId) {
     let peer = shard.set.borrow().remote_addr(id).map(|a| a.ip());
+    shard.active.set(shard.active.get() + 1);
+    shard.status.set_active(shard.index, shard.active.get());
     let mut conn = TunnelConn {
         shard: shard.clone(),
         id,
@@ -199,6 +213,9 @@ async fn connection(shard: Rc<Shard>, id: ConnId) {
         peer,
     )
     .await;
+    drop(conn);
+    shard.active.set(shard.active.get().saturating_sub(1));
+    shard.status.set_active(shard.index, shard.active.get());
 }
 
 /// A tunnel TCP connection as an async byte stream.

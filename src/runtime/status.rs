@@ -35,6 +35,10 @@ pub struct Status {
     pub stopped: AtomicBool,
     /// Port of the admin listener (0 when disabled or not bound).
     pub admin_port: AtomicU16,
+    /// Set to drain: shards stop accepting, idle connections close, busy ones finish.
+    pub draining: AtomicBool,
+    /// Open tunnel connections per shard (published when one opens or closes).
+    shard_active: Vec<AtomicU64>,
     /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
     /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
     beats: Vec<AtomicU64>,
@@ -66,6 +70,8 @@ impl Status {
             heartbeat_passing: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             admin_port: AtomicU16::new(0),
+            draining: AtomicBool::new(false),
+            shard_active: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -81,6 +87,21 @@ impl Status {
         if let Some(c) = self.shard_requests.get(shard) {
             c.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// Shard `shard` has `n` open connections.
+    pub fn set_active(&self, shard: usize, n: u64) {
+        if let Some(c) = self.shard_active.get(shard) {
+            c.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Open tunnel connections across shards.
+    pub fn active_connections(&self) -> u64 {
+        self.shard_active
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Requests answered per shard (as of their last beat).

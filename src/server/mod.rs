@@ -22,6 +22,7 @@ use crate::http::{BodyFraming, HeadError, Limits, Method, RequestHead, ResponseH
 use crate::upstream::Upstreams;
 
 mod body;
+pub mod drain;
 pub mod proxy;
 pub mod scrub;
 
@@ -184,6 +185,8 @@ pub struct ServerCtx {
     pub stats: RefCell<ServerStats>,
     /// Removes configured secrets from whatever per-rule header and body logging prints.
     pub scrubber: RefCell<Rc<scrub::Scrubber>>,
+    /// Set on SIGTERM: idle connections close, busy ones close after their exchange.
+    pub drain: drain::Drain,
 }
 
 impl ServerCtx {
@@ -197,10 +200,20 @@ impl ServerCtx {
         Self {
             cfg,
             scrubber: RefCell::new(Rc::new(scrubber)),
+            drain: drain::Drain::default(),
             allowlist: RefCell::new(Rc::new(allowlist)),
             ids: RefCell::new(ids),
             stats: RefCell::new(ServerStats::default()),
         }
+    }
+}
+
+/// A connection's drain slot, given back when the connection ends.
+struct DrainSlot<'a>(&'a drain::Drain, usize);
+
+impl Drop for DrainSlot<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 
@@ -221,6 +234,7 @@ pub async fn serve<C, T, U>(
     let mut buf = vec![0u8; cfg.limits.max_head_bytes];
     let mut head_copy: Vec<u8> = Vec::new();
     let mut response_buf: Vec<u8> = Vec::new();
+    let slot = DrainSlot(&ctx.drain, ctx.drain.claim());
     let mut filled = 0usize;
     let mut head = RequestHead::default();
     let mut id = String::with_capacity(32);
@@ -258,7 +272,18 @@ pub async fn serve<C, T, U>(
             } else {
                 cfg.head_timeout
             };
-            match read_with_timeout(conn, &mut buf[filled..], timer, limit).await {
+            let read = read_with_timeout(conn, &mut buf[filled..], timer, limit);
+            let outcome = if filled == 0 {
+                // Between requests: a drain closes the idle connection at once.
+                future::or(read, async {
+                    ctx.drain.wait(slot.1).await;
+                    ReadOutcome::Eof
+                })
+                .await
+            } else {
+                read.await
+            };
+            match outcome {
                 ReadOutcome::Data(n) => filled += n,
                 ReadOutcome::Eof | ReadOutcome::Failed => {
                     let _ = conn.close().await;
@@ -322,7 +347,7 @@ pub async fn serve<C, T, U>(
             }
             buf.copy_within(pos..end, 0);
             filled = end - pos;
-            if !outcome.keep_alive {
+            if !outcome.keep_alive || ctx.drain.is_set() {
                 let _ = conn.flush().await;
                 let _ = conn.close().await;
                 return;
@@ -337,7 +362,7 @@ pub async fn serve<C, T, U>(
         let target = head.target(&buf);
         let path = target.split('?').next().unwrap_or_default();
         let has_body = head.body != BodyFraming::None;
-        let keep_alive = head.keep_alive && !has_body;
+        let keep_alive = head.keep_alive && !has_body && !ctx.drain.is_set();
         let response: Vec<u8> =
             if path == "/healthcheck" && matches!(head.method, Method::Get | Method::Head) {
                 ctx.stats.borrow_mut().healthchecks += 1;

@@ -330,3 +330,46 @@ fn keep_alive_connection_carries_many_proxied_requests() {
     }
     assert_eq!(scm.seen().len(), 20);
 }
+
+#[test]
+fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    let broker = t.broker.take().expect("running");
+    let status = broker.status().clone();
+    // Drain starts while a 2 s upstream request is in flight.
+    let drainer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let left = broker.drain(Duration::from_secs(10)).expect("clean stop");
+        (left, started.elapsed())
+    });
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/slow/2")),
+        Duration::from_secs(10),
+    );
+    let r = ok(&ex);
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request finished: {}",
+        r.text()
+    );
+    assert_eq!(r.text(), "late");
+    // The gateway keeps pumping so the broker's FINs and ACKs flow until the drain completes.
+    while !drainer.is_finished() {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    let (left, took) = drainer.join().expect("drain thread");
+    assert_eq!(left, 0, "every connection finished before the deadline");
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+    assert!(status.draining.load(std::sync::atomic::Ordering::Relaxed));
+    // Nothing accepts any more: a new connection fails.
+    let ex = one(&mut t, Request::get("/healthcheck"), Duration::from_secs(3));
+    assert!(
+        ex.response.is_err(),
+        "a drained broker answered: {:?}",
+        ex.response
+    );
+}
