@@ -160,19 +160,36 @@ fn run(files: &[PathBuf]) -> ExitCode {
     let _ = std::thread::Builder::new()
         .name("wgbroker-watchdog".into())
         .spawn(move || supervise(&status));
+    let mut current = loaded;
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGHUP => {
                 // Validate with the credentials this process holds (systemd does not hand them
-                // to ExecReload=). Swapping the compiled configuration into running shards is
-                // not implemented yet: a valid file applies at the next restart, and the log
-                // says so plainly.
+                // to ExecReload=), then swap the allowlist into every shard; an invalid file
+                // keeps the running configuration.
                 crate::notify::reloading();
                 match config::load(files, LoadMode::Full, &ProcessEnv) {
-                    Ok(_) => tracing::warn!(
-                        event = "config.reload",
-                        result = "valid; live reload is not implemented, restart to apply"
-                    ),
+                    Ok(new) => {
+                        let restart = sections_needing_restart(&current.config, &new.config);
+                        match broker.reload(&new) {
+                            Ok(()) => tracing::info!(
+                                event = "config.reload",
+                                result = "applied",
+                                rules = new.allowlist.rules().len()
+                            ),
+                            Err(e) => {
+                                tracing::error!(event = "config.reload", result = "failed", error = %e)
+                            }
+                        }
+                        if !restart.is_empty() {
+                            tracing::warn!(
+                                event = "config.reload",
+                                needs_restart = %restart.join(", "),
+                                "changes to these sections apply at the next restart"
+                            );
+                        }
+                        current = new;
+                    }
                     Err(errors) => tracing::error!(
                         event = "config.reload",
                         result = "invalid, keeping the running configuration",
@@ -200,6 +217,27 @@ fn run(files: &[PathBuf]) -> ExitCode {
             ExitCode::from(EXIT_OS)
         }
     }
+}
+
+/// The sections whose changes a reload cannot apply (everything but the rules).
+fn sections_needing_restart(old: &config::Config, new: &config::Config) -> Vec<String> {
+    let parse = |c: &config::Config| -> toml::Table {
+        toml::from_str(&config::dump::render(c)).unwrap_or_default()
+    };
+    let (a, b) = (parse(old), parse(new));
+    [
+        "wireguard",
+        "inbound",
+        "heartbeat",
+        "upstream",
+        "admin",
+        "log",
+        "runtime",
+    ]
+    .iter()
+    .filter(|k| a.get(**k) != b.get(**k))
+    .map(|k| (*k).to_owned())
+    .collect()
 }
 
 /// Feeds the systemd watchdog while every executor advances, and keeps STATUS current.

@@ -98,6 +98,25 @@ impl BrokerHandle {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Swaps the allowlist and the log scrubber of `loaded` into every shard at a safe point,
+    /// without touching the tunnel or open connections; waits (up to 2 s) until every shard
+    /// runs it. Other sections (WireGuard, inbound, runtime, upstream, admin) need a restart.
+    pub fn reload(&self, loaded: &Loaded) -> Result<(), String> {
+        let c = &loaded.config;
+        let generation = self.status.publish_reload(status::ReloadPayload {
+            rules: c.rules(),
+            secrets: ServerConfig::secrets(c),
+        });
+        let until = Instant::now() + Duration::from_secs(2);
+        while !self.status.reload_applied(generation) {
+            if Instant::now() >= until {
+                return Err("not every shard applied the new configuration within 2 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Drains: stops accepting tunnel connections, closes idle ones, lets in-flight exchanges
     /// finish until every connection is gone or `deadline` passes, then stops and waits.
     /// Returns how many connections were still open at the deadline.

@@ -40,6 +40,8 @@ pub(super) struct Shard {
     driver: RefCell<Option<Waker>>,
     /// Open connection tasks on this shard.
     active: Cell<u64>,
+    /// The reload generation this shard runs.
+    applied: Cell<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -69,6 +71,7 @@ impl Shard {
             kicked: Cell::new(false),
             driver: RefCell::new(None),
             active: Cell::new(0),
+            applied: Cell::new(0),
         }
     }
 
@@ -128,6 +131,10 @@ pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     let mut last_beat = Instant::now();
     loop {
         let now = Instant::now();
+        let generation = shard.status.reload_generation();
+        if generation != shard.applied.get() {
+            apply_reload(&shard, generation);
+        }
         if shard.status.draining.load(Ordering::Relaxed) && !shard.server.drain.is_set() {
             shard.set.borrow_mut().stop_accepting();
             shard.server.drain.set();
@@ -185,6 +192,37 @@ pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
         let park = delay.unwrap_or(MAX_PARK).min(MAX_PARK);
         future::or(shard.kicked(), glommio::timer::sleep(park)).await;
     }
+}
+
+/// Swaps in the newest configuration at a safe point (between driver iterations): requests
+/// already being served keep the allowlist they started with (they hold its `Rc`), new ones
+/// use the new one. Nothing about the tunnel or open connections changes.
+fn apply_reload(shard: &Shard, generation: u64) {
+    if let Some(p) = shard.status.reload_payload() {
+        match crate::allowlist::Allowlist::compile(p.rules.clone()) {
+            Ok(a) => {
+                *shard.server.allowlist.borrow_mut() = Rc::new(a);
+                *shard.server.scrubber.borrow_mut() = Rc::new(crate::server::scrub::Scrubber::new(
+                    p.secrets.iter().map(String::as_str),
+                ));
+                tracing::info!(
+                    event = "config.applied",
+                    shard = shard.index,
+                    generation,
+                    rules = p.rules.len()
+                );
+            }
+            // The control thread compiled the same rules before publishing them; this cannot
+            // fail short of a bug, and the old configuration stays.
+            Err(e) => tracing::error!(
+                event = "config.apply_failed",
+                shard = shard.index,
+                errors = e.len()
+            ),
+        }
+    }
+    shard.applied.set(generation);
+    shard.status.ack_reload(shard.index, generation);
 }
 
 /// glommio's timer for the server.

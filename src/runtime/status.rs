@@ -2,6 +2,16 @@
 //! atomics written at most once per timer tick, never on the per-packet path.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A configuration to swap into every shard (the parts that apply without a restart).
+#[derive(Debug)]
+pub struct ReloadPayload {
+    /// Every rule in decision order; each shard compiles its own allowlist from them.
+    pub rules: Vec<crate::allowlist::RuleSpec>,
+    /// Secret values for the log scrubber.
+    pub secrets: Vec<String>,
+}
 use std::time::{Duration, Instant};
 
 /// Broker status shared across threads.
@@ -39,6 +49,11 @@ pub struct Status {
     pub draining: AtomicBool,
     /// Open tunnel connections per shard (published when one opens or closes).
     shard_active: Vec<AtomicU64>,
+    /// Bumped by [`Status::publish_reload`]; shards compare it once per driver iteration.
+    reload_generation: AtomicU64,
+    reload_payload: Mutex<Option<Arc<ReloadPayload>>>,
+    /// The reload generation each shard has applied.
+    reload_applied: Vec<AtomicU64>,
     /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
     /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
     beats: Vec<AtomicU64>,
@@ -72,6 +87,9 @@ impl Status {
             admin_port: AtomicU16::new(0),
             draining: AtomicBool::new(false),
             shard_active: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            reload_generation: AtomicU64::new(0),
+            reload_payload: Mutex::new(None),
+            reload_applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -87,6 +105,38 @@ impl Status {
         if let Some(c) = self.shard_requests.get(shard) {
             c.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// Offers a new configuration to every shard; returns its generation.
+    pub fn publish_reload(&self, payload: ReloadPayload) -> u64 {
+        if let Ok(mut slot) = self.reload_payload.lock() {
+            *slot = Some(Arc::new(payload));
+        }
+        self.reload_generation.fetch_add(1, Ordering::Release) + 1
+    }
+
+    /// The newest reload generation (0: none).
+    pub fn reload_generation(&self) -> u64 {
+        self.reload_generation.load(Ordering::Acquire)
+    }
+
+    /// The newest reload payload.
+    pub fn reload_payload(&self) -> Option<Arc<ReloadPayload>> {
+        self.reload_payload.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Shard `shard` has applied generation `generation`.
+    pub fn ack_reload(&self, shard: usize, generation: u64) {
+        if let Some(a) = self.reload_applied.get(shard) {
+            a.store(generation, Ordering::Release);
+        }
+    }
+
+    /// Whether every shard applied generation `generation` (or a newer one).
+    pub fn reload_applied(&self, generation: u64) -> bool {
+        self.reload_applied
+            .iter()
+            .all(|a| a.load(Ordering::Acquire) >= generation)
     }
 
     /// Shard `shard` has `n` open connections.

@@ -373,3 +373,65 @@ fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
         ex.response
     );
 }
+
+#[test]
+fn reload_swaps_the_allowlist_without_dropping_the_tunnel() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    let download = format!("/proxy/http://{a}/download/10");
+    let fresh = format!("/proxy/http://{a}/brand-new");
+    assert_eq!(
+        ok(&one(
+            &mut t,
+            Request::get(&download),
+            Duration::from_secs(10)
+        ))
+        .status,
+        200
+    );
+    assert_eq!(
+        ok(&one(&mut t, Request::get(&fresh), Duration::from_secs(10))).status,
+        403
+    );
+    let status = t.broker.as_ref().expect("running").status().clone();
+    // Let the start-up handshake(s) settle and be published (one timer tick).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while status.handshakes.load(std::sync::atomic::Ordering::Relaxed) == 0
+        && std::time::Instant::now() < deadline
+    {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    for _ in 0..15 {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    let handshakes = status.handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(handshakes >= 1);
+
+    // The same configuration with the download rule replaced by one for a new path.
+    let old_rule = format!("url = \"http://{a}/download/:n\"");
+    assert!(t.config_text.contains(&old_rule));
+    let new_text = t
+        .config_text
+        .replace(&old_rule, &format!("url = \"http://{a}/brand-new\""));
+    let new = crate::harness::load(&new_text);
+    t.broker
+        .as_ref()
+        .expect("running")
+        .reload(&new)
+        .expect("every shard applies it");
+
+    let r = one(&mut t, Request::get(&download), Duration::from_secs(10));
+    assert_eq!(ok(&r).status, 403, "the removed rule no longer allows");
+    let r = one(&mut t, Request::get(&fresh), Duration::from_secs(10));
+    let r = ok(&r);
+    assert_eq!(
+        r.status, 404,
+        "now proxied: the mock upstream has no such route"
+    );
+    assert_eq!(r.header("x-semgrep-private-link"), Some("1"));
+    assert_eq!(
+        status.handshakes.load(std::sync::atomic::Ordering::Relaxed),
+        handshakes,
+        "the tunnel was not re-established"
+    );
+}

@@ -57,6 +57,8 @@ pub fn load(toml: &str) -> Loaded {
 pub struct Tunnel {
     pub gateway: Gateway,
     pub broker: Option<BrokerHandle>,
+    /// The broker's configuration text (to derive a reloaded one from).
+    pub config_text: String,
 }
 
 impl Tunnel {
@@ -78,6 +80,7 @@ impl Tunnel {
             extra,
         );
         let broker = runtime::start(&load(&toml)).unwrap_or_else(|e| panic!("start: {e}"));
+        let config_text = toml;
         assert!(
             gateway.wait_handshake(Duration::from_secs(20)),
             "broker never completed a handshake"
@@ -85,6 +88,7 @@ impl Tunnel {
         Self {
             gateway,
             broker: Some(broker),
+            config_text,
         }
     }
 }
