@@ -7,6 +7,7 @@ mod harness;
 mod interop;
 mod interop_proxy;
 mod logs;
+mod operations;
 mod proxy;
 mod tunnel;
 mod upstream;

@@ -1,0 +1,196 @@
+//! Operating the real binary: SIGHUP reloads (valid and invalid files) and SIGTERM drains while
+//! requests are in flight. The vendor side is the test kit's gateway on loopback; the broker is
+//! `wgbroker run`, dialing it.
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wgbroker::keys::PrivateKey;
+use wgbroker::testkit::client::{self, Request, RunOptions};
+use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
+use wgbroker::testkit::scm::MockScm;
+
+fn config(
+    broker: &PrivateKey,
+    vendor: &PrivateKey,
+    gateway: std::net::SocketAddr,
+    scm: std::net::SocketAddr,
+    extra_rule: &str,
+) -> String {
+    format!(
+        r#"
+[wireguard]
+private_key = "{}"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{gateway}"
+allowed_ips = ["10.77.0.1/32"]
+persistent_keepalive = 0
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "info"
+format = "json"
+[[allow]]
+url = "http://{scm}/slow/:s"
+methods = ["GET"]
+{extra_rule}
+"#,
+        broker.to_base64(),
+        vendor.public_key()
+    )
+}
+
+fn kill(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
+    let scm = MockScm::start("unused").expect("mock");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let vip: IpAddr = [10, 77, 0, 1].into();
+    let bip: IpAddr = [10, 77, 0, 2].into();
+    let mut gw = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        vip,
+        bip,
+    ))
+    .expect("gateway");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broker.toml");
+    let base = config(
+        &broker_key,
+        &vendor_key,
+        gw.local_addr().expect("addr"),
+        scm.addr(),
+        "",
+    );
+    std::fs::write(&file, &base).expect("write");
+    let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn broker");
+    let pid = child.id();
+    assert!(gw.wait_handshake(Duration::from_secs(20)), "no handshake");
+
+    // 8 connections x 3 requests of 1 s each, while the files change under the broker.
+    let file2 = file.clone();
+    let allowed_extra = format!(
+        "[[allow]]\nurl = \"http://{}/download/:n\"\nmethods = [\"GET\"]\n",
+        scm.addr()
+    );
+    let valid = config(
+        &broker_key,
+        &vendor_key,
+        gw_addr,
+        scm.addr(),
+        &allowed_extra,
+    );
+    let signaller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(&file2, valid).expect("write valid");
+        kill(pid, "-HUP");
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(&file2, "[wireguard\nbroken = ").expect("write invalid");
+        kill(pid, "-HUP");
+    });
+    let slow = format!("/proxy/http://{}/slow/1", scm.addr());
+    let plan = (0..8)
+        .map(|_| (0..3).map(|_| Request::get(&slow)).collect())
+        .collect();
+    let res = client::run(
+        &mut gw,
+        plan,
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(30),
+            keep_bodies: true,
+        },
+    );
+    signaller.join().expect("signals sent");
+    for conn in &res {
+        for ex in conn {
+            let r = ex
+                .response
+                .as_ref()
+                .unwrap_or_else(|e| panic!("request failed across reload: {e}"));
+            assert_eq!(r.status, 200);
+        }
+    }
+    // The valid reload applied (its new rule allows), the invalid one was refused.
+    let dl = format!("/proxy/http://{}/download/16", scm.addr());
+    let res = client::run(
+        &mut gw,
+        vec![vec![Request::get(&dl)]],
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(10),
+            keep_bodies: true,
+        },
+    );
+    assert_eq!(
+        res[0][0].response.as_ref().expect("response").status,
+        200,
+        "the reloaded rule allows"
+    );
+
+    // SIGTERM with requests in flight: they finish, the broker exits 0.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        kill(pid, "-TERM");
+    });
+    let plan = (0..4).map(|_| vec![Request::get(&slow)]).collect();
+    let res = client::run(
+        &mut gw,
+        plan,
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(15),
+            keep_bodies: true,
+        },
+    );
+    killer.join().expect("signal sent");
+    for conn in &res {
+        let r = conn[0]
+            .response
+            .as_ref()
+            .unwrap_or_else(|e| panic!("in-flight request failed during drain: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    // Keep the tunnel moving while the broker closes its connections.
+    let mut status = None;
+    for _ in 0..500 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            status = Some(s);
+            break;
+        }
+        gw.pump(Duration::from_millis(20)).expect("pump");
+    }
+    let status = status.expect("the broker exited within 10 s");
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(dir.path().join("broker.log")).expect("log");
+    assert!(
+        log.contains("\"result\":\"applied\""),
+        "valid reload applied:\n{log}"
+    );
+    assert!(
+        log.contains("invalid, keeping the running configuration"),
+        "invalid reload refused:\n{log}"
+    );
+    assert!(log.contains("\"event\":\"shard.drain\""), "drained:\n{log}");
+}
