@@ -69,13 +69,8 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
     .expect("gateway");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("broker.toml");
-    let base = config(
-        &broker_key,
-        &vendor_key,
-        gw.local_addr().expect("addr"),
-        scm.addr(),
-        "",
-    );
+    let gw_addr = gw.local_addr().expect("addr");
+    let base = config(&broker_key, &vendor_key, gw_addr, scm.addr(), "");
     std::fs::write(&file, &base).expect("write");
     let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
