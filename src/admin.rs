@@ -108,6 +108,72 @@ pub fn metrics(status: &Status) -> String {
     for (shard, n) in status.requests_per_shard().iter().enumerate() {
         let _ = writeln!(out, "wgbroker_requests_total{{shard=\"{shard}\"}} {n}");
     }
+    let stats = status.shard_stats();
+    let sum = |f: &dyn Fn(&crate::server::ServerStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let _ = writeln!(
+        out,
+        "# HELP wgbroker_outcomes_total Requests inside the tunnel by outcome.\n# TYPE wgbroker_outcomes_total counter"
+    );
+    for (label, v) in [
+        ("proxied", sum(&|s| s.proxied)),
+        ("denied", sum(&|s| s.denied)),
+        ("malformed", sum(&|s| s.rejected)),
+        ("upstream_error", sum(&|s| s.upstream_errors)),
+        ("healthcheck", sum(&|s| s.healthchecks)),
+        ("not_found", sum(&|s| s.not_found)),
+        ("timeout", sum(&|s| s.timeouts)),
+    ] {
+        let _ = writeln!(out, "wgbroker_outcomes_total{{outcome=\"{label}\"}} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wgbroker_proxied_responses_total Proxied responses by status class.\n# TYPE wgbroker_proxied_responses_total counter"
+    );
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wgbroker_proxied_responses_total{{class=\"{class}\"}} {}",
+            sum(&|s| s.proxied_by_class[i])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wgbroker_proxied_bytes_total Body bytes of proxied exchanges.\n# TYPE wgbroker_proxied_bytes_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "wgbroker_proxied_bytes_total{{direction=\"in\"}} {}",
+        sum(&|s| s.bytes_in)
+    );
+    let _ = writeln!(
+        out,
+        "wgbroker_proxied_bytes_total{{direction=\"out\"}} {}",
+        sum(&|s| s.bytes_out)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wgbroker_proxy_latency_seconds Time from a complete request head to the end of the proxied response.\n# TYPE wgbroker_proxy_latency_seconds histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, bound) in crate::server::LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += sum(&|s| s.latency_buckets[i]);
+        let _ = writeln!(
+            out,
+            "wgbroker_proxy_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            bound / 1000.0
+        );
+    }
+    cumulative += sum(&|s| s.latency_buckets[crate::server::LATENCY_BUCKETS_MS.len()]);
+    let _ = writeln!(
+        out,
+        "wgbroker_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "wgbroker_proxy_latency_seconds_sum {}",
+        sum(&|s| s.latency_sum_us) as f64 / 1e6
+    );
+    let _ = writeln!(out, "wgbroker_proxy_latency_seconds_count {cumulative}");
     let _ = writeln!(
         out,
         "# HELP wgbroker_executor_beats_total Progress ticks per executor (0 = tunnel core).\n# TYPE wgbroker_executor_beats_total counter"

@@ -149,6 +149,9 @@ pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
             shard
                 .status
                 .set_requests(shard.index, shard.server.stats.borrow().requests);
+            shard
+                .status
+                .set_shard_stats(shard.index, &shard.server.stats.borrow());
             last_beat = now;
         }
         {

@@ -54,6 +54,8 @@ pub struct Status {
     reload_payload: Mutex<Option<Arc<ReloadPayload>>>,
     /// The reload generation each shard has applied.
     reload_applied: Vec<AtomicU64>,
+    /// Each shard's server counters, copied in with its beat (~100 ms) and merged at scrape.
+    shard_stats: Vec<Mutex<crate::server::ServerStats>>,
     /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
     /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
     beats: Vec<AtomicU64>,
@@ -90,6 +92,9 @@ impl Status {
             reload_generation: AtomicU64::new(0),
             reload_payload: Mutex::new(None),
             reload_applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            shard_stats: (0..shards)
+                .map(|_| Mutex::new(Default::default()))
+                .collect(),
         }
     }
 
@@ -105,6 +110,23 @@ impl Status {
         if let Some(c) = self.shard_requests.get(shard) {
             c.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// Shard `shard` publishes its server counters (once per beat, not per request).
+    pub fn set_shard_stats(&self, shard: usize, stats: &crate::server::ServerStats) {
+        if let Some(slot) = self.shard_stats.get(shard) {
+            if let Ok(mut s) = slot.lock() {
+                s.clone_from(stats);
+            }
+        }
+    }
+
+    /// The server counters of every shard, as of their last beat.
+    pub fn shard_stats(&self) -> Vec<crate::server::ServerStats> {
+        self.shard_stats
+            .iter()
+            .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
+            .collect()
     }
 
     /// Offers a new configuration to every shard; returns its generation.

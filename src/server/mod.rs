@@ -125,6 +125,39 @@ pub struct ServerStats {
     pub proxied: u64,
     pub denied: u64,
     pub upstream_errors: u64,
+    /// Proxied responses by status class: 1xx..5xx at index 0..4.
+    pub proxied_by_class: [u64; 5],
+    /// Request and response body bytes of proxied exchanges.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Latency of proxied exchanges (head received → response done), cumulative-free bucket
+    /// counts for the upper bounds in [`LATENCY_BUCKETS_MS`] plus one overflow bucket.
+    pub latency_buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
+    /// Sum of those latencies, microseconds.
+    pub latency_sum_us: u64,
+}
+
+/// Upper bounds of the proxied-latency histogram buckets, milliseconds.
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 30000.0,
+];
+
+impl ServerStats {
+    /// Records one proxied exchange.
+    pub fn record_proxied(&mut self, o: &proxy::Outcome) {
+        if let Some(class) = (o.status / 100).checked_sub(1).filter(|c| *c < 5) {
+            self.proxied_by_class[usize::from(class)] += 1;
+        }
+        self.bytes_in += o.request_bytes;
+        self.bytes_out += o.response_bytes;
+        let ms = o.elapsed_us as f64 / 1000.0;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency_buckets[i] += 1;
+        self.latency_sum_us += o.elapsed_us;
+    }
 }
 
 enum ReadOutcome {
@@ -338,6 +371,9 @@ pub async fn serve<C, T, U>(
             let (pos, end) = (inbound.pos, inbound.filled);
             {
                 let mut st = ctx.stats.borrow_mut();
+                if outcome.rule.is_some() && outcome.status != 0 {
+                    st.record_proxied(&outcome);
+                }
                 match outcome.error {
                     None => st.proxied += 1,
                     Some("denied") => st.denied += 1,

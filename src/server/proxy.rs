@@ -77,6 +77,8 @@ pub struct Outcome {
     pub response_sample: Option<Vec<u8>>,
     /// Cap of the samples.
     sample_limit: usize,
+    /// From the complete request head to the end of the response, microseconds.
+    pub elapsed_us: u64,
 }
 
 impl Outcome {
@@ -170,6 +172,7 @@ where
         request_sample: None,
         response_sample: None,
         sample_limit: x.body_limit,
+        elapsed_us: 0,
     };
     let target = head.target(head_bytes);
     let raw = target.strip_prefix("/proxy/").unwrap_or_default();
@@ -268,6 +271,7 @@ where
             );
         }
     }
+    outcome.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     for (event, sample) in [
         ("proxy.request_body", &outcome.request_sample),
         ("proxy.response_body", &outcome.response_sample),
@@ -285,7 +289,7 @@ where
             error = outcome.error.unwrap_or(""),
             request_bytes = outcome.request_bytes,
             response_bytes = outcome.response_bytes,
-            us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            us = outcome.elapsed_us,
         );
     }
     outcome

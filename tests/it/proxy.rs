@@ -329,6 +329,35 @@ fn keep_alive_connection_carries_many_proxied_requests() {
         assert_eq!(ok(ex).status, 200);
     }
     assert_eq!(scm.seen().len(), 20);
+    // The admin listener counts them (shards publish about every 100 ms).
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let metrics = loop {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        if text.contains("wgbroker_proxy_latency_seconds_count 20")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("wgbroker_outcomes_total{outcome=\"proxied\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wgbroker_proxied_responses_total{class=\"2xx\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wgbroker_proxy_latency_seconds_count 20"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -200,7 +200,14 @@ fn admin_listener_serves_metrics_and_probes() {
         let v: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("not a number: {line}"));
-        let family = name.split('{').next().expect("family");
+        let base = name.split('{').next().expect("family");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                base.strip_suffix(suffix)
+                    .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+            })
+            .unwrap_or(base);
         assert!(
             text.contains(&format!("# TYPE {family} ")),
             "{family} untyped"
@@ -216,6 +223,16 @@ fn admin_listener_serves_metrics_and_probes() {
         .map(|(_, v)| v)
         .sum();
     assert!(requests >= 6.0, "{text}");
+    assert!(
+        samples["wgbroker_outcomes_total{outcome=\"healthcheck\"}"] >= 6.0,
+        "{text}"
+    );
+    // The latency histogram is well formed: buckets are cumulative and end at the count.
+    let count = samples["wgbroker_proxy_latency_seconds_count"];
+    assert_eq!(
+        samples["wgbroker_proxy_latency_seconds_bucket{le=\"+Inf\"}"],
+        count
+    );
 }
 
 #[test]
