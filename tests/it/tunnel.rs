@@ -190,6 +190,25 @@ fn admin_listener_serves_metrics_and_probes() {
     std::thread::sleep(Duration::from_millis(300));
     let (code, text) = admin_get(port, "/metrics");
     assert_eq!(code, 200);
+    // A Prometheus text parser reads it, typed: counters, gauges and the latency histogram.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    let kind = |m: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == m)
+            .map(|s| s.value.clone())
+    };
+    assert!(
+        matches!(kind("wgbroker_handshakes_total"), Some(prometheus_parse::Value::Counter(v)) if v >= 1.0)
+    );
+    assert!(matches!(kind("wgbroker_ready"), Some(prometheus_parse::Value::Gauge(v)) if v == 1.0));
+    assert!(matches!(
+        kind("wgbroker_proxy_latency_seconds"),
+        Some(prometheus_parse::Value::Histogram(_))
+    ));
+    assert!(scrape.docs.contains_key("wgbroker_outcomes_total"));
     // Every sample line is `name{labels} value` with a number, and every family is typed.
     let mut samples = std::collections::HashMap::new();
     for line in text
@@ -254,4 +273,46 @@ fn readiness_follows_the_heartbeat() {
     }
     assert_eq!(last.0, 503, "{last:?}");
     assert!(last.1.contains("heartbeat failing"), "{last:?}");
+}
+
+#[test]
+fn readiness_flips_with_the_handshake() {
+    use wgbroker::keys::PrivateKey;
+    use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let mut gw = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        crate::harness::VENDOR_IP.parse().expect("ip"),
+        crate::harness::BROKER_IP.parse().expect("ip"),
+    ))
+    .expect("gateway");
+    let toml = crate::harness::broker_toml(
+        &broker_key,
+        &vendor_key.public_key().to_string(),
+        gw.local_addr().expect("addr"),
+        "",
+    );
+    let broker = wgbroker::runtime::start(&crate::harness::load(&toml)).expect("start");
+    let port = broker
+        .status()
+        .admin_port
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The gateway does not answer yet: no handshake, not ready.
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = admin_get(port, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("no WireGuard handshake yet"), "{body}");
+    assert_eq!(admin_get(port, "/healthz").0, 200, "alive all the same");
+    // Now it answers: ready once the handshake is published.
+    assert!(gw.wait_handshake(Duration::from_secs(20)));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut ready = admin_get(port, "/readyz");
+    while ready.0 != 200 && Instant::now() < deadline {
+        gw.pump(Duration::from_millis(20)).expect("pump");
+        ready = admin_get(port, "/readyz");
+    }
+    assert_eq!(ready.0, 200, "{ready:?}");
+    broker.shutdown().expect("stop");
 }
