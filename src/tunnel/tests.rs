@@ -1206,7 +1206,6 @@ fn ten_thousand_random_datagrams_never_panic_nor_authenticate() {
 /// REKEY_TIMEOUT retransmission, surfaced by `tick`. Sleeps 5 s of wall clock, hence ignored
 /// by default (`cargo test --lib tunnel -- --ignored`).
 #[test]
-#[ignore = "waits 5 s for boringtun's retransmission timer"]
 fn tick_surfaces_boringtun_retransmission() {
     let mut p = pair();
     p.net.nodes.truncate(1); // the gateway is unreachable

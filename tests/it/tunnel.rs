@@ -101,17 +101,6 @@ fn unknown_paths_get_404_and_stop_is_prompt() {
 }
 
 #[test]
-#[ignore = "diagnostic: prints handshake timing"]
-fn handshake_timing() {
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let t = Tunnel::start("");
-        eprintln!("start+handshake {:?}", t0.elapsed());
-        drop(t);
-    }
-}
-
-#[test]
 fn heartbeat_reaches_the_gateway_through_the_tunnel() {
     let mut t = Tunnel::start(
         "[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
