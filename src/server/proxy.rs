@@ -184,11 +184,30 @@ where
             format!("malformed destination: {e}"),
         )),
         Ok(url) => {
-            let headers: Vec<httparse::Header<'_>> = head
-                .headers(head_bytes)
-                .map(|(name, value)| httparse::Header { name, value })
-                .collect();
-            match x.allowlist.decide(method, &url, &headers) {
+            // The header view the allowlist reads: on the stack for ordinary heads, no
+            // allocation per request.
+            let mut stack = [httparse::Header {
+                name: "",
+                value: &[],
+            }; 32];
+            let mut heap = Vec::new();
+            let count = head.headers(head_bytes).count();
+            let headers: &mut [httparse::Header<'_>] = if count <= stack.len() {
+                &mut stack[..count]
+            } else {
+                heap.resize(
+                    count,
+                    httparse::Header {
+                        name: "",
+                        value: &[],
+                    },
+                );
+                &mut heap
+            };
+            for (slot, (name, value)) in headers.iter_mut().zip(head.headers(head_bytes)) {
+                *slot = httparse::Header { name, value };
+            }
+            match x.allowlist.decide(method, &url, headers) {
                 Decision::Denied(reason) => {
                     tracing::info!(
                         event = "allowlist.reject",

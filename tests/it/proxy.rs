@@ -464,3 +464,34 @@ fn reload_swaps_the_allowlist_without_dropping_the_tunnel() {
         "the tunnel was not re-established"
     );
 }
+
+#[test]
+fn header_constraints_see_the_vendor_request_headers() {
+    let scm = MockScm::start(TOKEN).expect("mock scm");
+    let a = scm.addr();
+    let mut t = crate::harness::Tunnel::start(&format!(
+        "[[allow]]\nurl = \"http://{a}/gated\"\nmethods = [\"GET\"]\nheaders = {{ X-Scan = {{ equals = \"yes\" }} }}\n"
+    ));
+    let url = format!("/proxy/http://{a}/gated");
+    let without = one(&mut t, Request::get(&url), Duration::from_secs(10));
+    assert_eq!(ok(&without).status, 403);
+    let with = one(
+        &mut t,
+        Request::get(&url).header("X-Scan", "yes"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok(&with).status, 404, "allowed: the mock has no such route");
+    // More headers than the stack view holds (32) take the heap path and still match.
+    let mut req = Request::get(&url);
+    for i in 0..40 {
+        req = req.header(&format!("X-Filler-{i}"), "v");
+    }
+    let many = one(&mut t, req.header("X-Scan", "yes"), Duration::from_secs(10));
+    assert_eq!(ok(&many).status, 404);
+    let other = one(
+        &mut t,
+        Request::get(&url).header("X-Scan", "no"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok(&other).status, 403);
+}
