@@ -78,6 +78,24 @@ pub fn metrics(status: &Status) -> String {
         r(&status.link_drops),
     );
     gauge(
+        "wgbroker_udp_rx_batches_total",
+        "recvmmsg calls that returned datagrams (datagrams per batch = received / batches).",
+        "counter",
+        r(&status.rx_batches),
+    );
+    gauge(
+        "wgbroker_udp_tx_batches_total",
+        "sendmmsg batches sent.",
+        "counter",
+        r(&status.tx_batches),
+    );
+    gauge(
+        "wgbroker_udp_send_errors_total",
+        "Datagrams the kernel refused to send (no route, refused, ...).",
+        "counter",
+        r(&status.send_errors),
+    );
+    gauge(
         "wgbroker_connections_total",
         "Tunnel TCP connections accepted.",
         "counter",

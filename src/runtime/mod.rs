@@ -14,12 +14,13 @@
 //! listeners, and only then initiates handshakes — so the first handshake completes when the
 //! broker can already answer.
 
-mod link;
+pub(crate) mod link;
 pub mod placement;
 pub mod preflight;
 mod shard;
 pub mod status;
 mod tunnel_core;
+mod udp;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};

@@ -1,5 +1,5 @@
 //! Where each executor runs: the tunnel core on one CPU, one shard per remaining CPU, or tunnel
-//! and shard together on a one-CPU machine. Pure function of the config and the CPUs available,
+//! and shard together on one executor on a machine with one or two CPUs. Pure function of the config and the CPUs available,
 //! so it is tested without threads.
 
 use crate::config::Runtime;
@@ -44,7 +44,13 @@ pub fn plan(rt: &Runtime, available: &[usize]) -> Result<Plan, String> {
         0 => rest.len().max(1),
         n => n,
     };
-    if rest.is_empty() && shard_count == 1 {
+    // Auto on a machine with one or two CPUs: one executor for everything. Measured on a
+    // 2-core VM (perf/tunnel-figures.sh, /healthcheck through wireguard-go): split tunnel core +
+    // shard 44 us of broker CPU per request, one combined executor 20 us — the split pays a
+    // cross-core wake-up (eventfd write + membarrier IPIs) per hand-off, and pinning both cores
+    // leaves none for the kernel's UDP and softirq work. `shards = 1` still asks for the split.
+    let auto_combined = rt.shards == 0 && cpus.len() <= 2;
+    if (rest.is_empty() && shard_count == 1) || auto_combined {
         return Ok(Plan {
             tunnel_cpu: pin(tunnel),
             shards: vec![pin(tunnel)],
@@ -114,10 +120,24 @@ mod tests {
     }
 
     #[test]
-    fn two_cpus_give_tunnel_plus_one_shard() {
+    fn two_cpus_combine_unless_a_shard_count_is_set() {
         let p = plan(&rt(), &[0, 1]).expect("plan");
+        assert!(p.combined);
+        assert_eq!(p.tunnel_cpu, Some(0));
+        assert_eq!(p.shards, vec![Some(0)]);
+        let mut r = rt();
+        r.shards = 1;
+        let p = plan(&r, &[0, 1]).expect("plan");
         assert_eq!(p.tunnel_cpu, Some(0));
         assert_eq!(p.shards, vec![Some(1)]);
+        assert!(!p.combined);
+    }
+
+    #[test]
+    fn three_cpus_give_tunnel_plus_two_shards() {
+        let p = plan(&rt(), &[0, 1, 2]).expect("plan");
+        assert_eq!(p.tunnel_cpu, Some(0));
+        assert_eq!(p.shards, vec![Some(1), Some(2)]);
         assert!(!p.combined);
     }
 

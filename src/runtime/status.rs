@@ -32,6 +32,11 @@ pub struct Status {
     pub oversize: AtomicU64,
     /// Decrypted packets dropped because a shard's link was full.
     pub link_drops: AtomicU64,
+    /// `recvmmsg` calls that returned datagrams, `sendmmsg` batches sent, and datagrams the
+    /// kernel refused with a hard error (datagrams per batch = datagrams / batches).
+    pub rx_batches: AtomicU64,
+    pub tx_batches: AtomicU64,
+    pub send_errors: AtomicU64,
     /// Tunnel connections accepted by all shards.
     pub connections: AtomicU64,
     /// Requests answered, per shard (each shard publishes its own count with its beat).
@@ -80,6 +85,9 @@ impl Status {
             datagrams_dropped: AtomicU64::new(0),
             oversize: AtomicU64::new(0),
             link_drops: AtomicU64::new(0),
+            rx_batches: AtomicU64::new(0),
+            tx_batches: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             shard_requests: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             heartbeats_ok: AtomicU64::new(0),

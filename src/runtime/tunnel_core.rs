@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
 use super::status::Status;
+use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
 use crate::tunnel::{PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
@@ -46,91 +48,159 @@ async fn send_datagram(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
     }
 }
 
-/// Receives datagrams until the socket fails for good.
+/// Receives datagrams until the socket fails for good: drains the socket with `recvmmsg`,
+/// decrypts each datagram straight into a pooled buffer and moves it to its shard, then lets the
+/// shards run before the next batch; waits for readability through glommio when it is empty.
 pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
-    let mut datagram = vec![0u8; 65536];
-    let mut scratch = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let capacity = core.pool.borrow().buf_capacity();
+    // One byte more than any datagram our buffers take, so that longer ones show as truncated.
+    let mut batch = RecvBatch::new(capacity + 1);
+    let mut scratch = vec![0u8; required_buffer_len(capacity)];
+    let fd = core.udp.as_raw_fd();
+    let mut probe = [0u8; 1];
     loop {
-        let (n, from) = match core.udp.recv_from(&mut datagram).await {
-            Ok(x) => x,
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Empty: wait until a datagram is queued (a peek leaves it there).
+                if let Err(e) = core.udp.peek_from(&mut probe).await {
+                    tracing::warn!(event = "wireguard.recv_error", error = %e);
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(event = "wireguard.recv_error", error = %e);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let mut buf = core.pool.borrow_mut().take();
-        if n > buf.capacity() {
-            // Larger than any datagram our MTU allows: garbage.
-            core.status.oversize.fetch_add(1, Ordering::Relaxed);
-            core.pool.borrow_mut().give(buf);
-            continue;
-        }
-        let received =
-            core.table
-                .borrow_mut()
-                .receive(Instant::now(), from, &datagram[..n], buf.space());
-        match received {
-            Received::Packet { flow, packet, .. } => {
-                let len = packet.len();
-                buf.set_len(len);
-                let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
-                if !core.to_shards[shard].try_send(Msg::Packet(buf)) {
-                    core.status.link_drops.fetch_add(1, Ordering::Relaxed);
-                }
+        core.status.rx_batches.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        for i in 0..n {
+            let Some((datagram, from, truncated)) = batch.get(i) else {
+                break;
+            };
+            let Some(from) = from else { continue };
+            if truncated {
+                // Larger than any datagram our MTU allows: garbage.
+                core.status.oversize.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            Received::Transmit {
-                peer,
-                to,
-                datagram: reply,
-            } => {
-                let len = reply.len();
-                buf.set_len(len);
-                send_datagram(&core.udp, buf.as_slice(), to).await;
-                core.pool.borrow_mut().give(buf);
-                if let Some(peer) = peer {
-                    loop {
-                        let next = core
-                            .table
-                            .borrow_mut()
-                            .flush(peer, &mut scratch)
-                            .map(|t| (t.to, t.datagram.len()));
-                        match next {
-                            Some((to, len)) => send_datagram(&core.udp, &scratch[..len], to).await,
-                            None => break,
+            let mut buf = core.pool.borrow_mut().take();
+            let received = core
+                .table
+                .borrow_mut()
+                .receive(now, from, datagram, buf.space());
+            match received {
+                Received::Packet { flow, packet, .. } => {
+                    let len = packet.len();
+                    buf.set_len(len);
+                    let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
+                    if !core.to_shards[shard].try_send(Msg::Packet(buf)) {
+                        core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Received::Transmit {
+                    peer,
+                    to,
+                    datagram: reply,
+                } => {
+                    let len = reply.len();
+                    buf.set_len(len);
+                    send_datagram(&core.udp, buf.as_slice(), to).await;
+                    core.pool.borrow_mut().give(buf);
+                    if let Some(peer) = peer {
+                        loop {
+                            let next = core
+                                .table
+                                .borrow_mut()
+                                .flush(peer, &mut scratch)
+                                .map(|t| (t.to, t.datagram.len()));
+                            match next {
+                                Some((to, len)) => {
+                                    send_datagram(&core.udp, &scratch[..len], to).await
+                                }
+                                None => break,
+                            }
                         }
                     }
                 }
-            }
-            Received::Done => core.pool.borrow_mut().give(buf),
-            Received::Dropped(reason) => {
-                tracing::trace!(event = "wireguard.drop", ?reason, %from);
-                core.pool.borrow_mut().give(buf);
+                Received::Done => core.pool.borrow_mut().give(buf),
+                Received::Dropped(reason) => {
+                    tracing::trace!(event = "wireguard.drop", ?reason, %from);
+                    core.pool.borrow_mut().give(buf);
+                }
             }
         }
+        // Let the shards (and, on one executor, the egress loop) work through this batch.
+        futures_lite::future::yield_now().await;
     }
 }
 
-/// Encrypts what shard `shard` hands back; returns when the shard's link closes.
+/// Encrypts what shard `shard` hands back; returns when the shard's link closes. Takes every
+/// packet already queued on the link (up to a batch), encrypts each into a batch slot and sends
+/// the batch with one `sendmmsg` (runs of same-size datagrams as one GSO send).
 pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
-    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
-    while let Some(msg) = from_shard.recv().await {
-        match msg {
-            Msg::Packet(p) => {
-                let sent = core
-                    .table
-                    .borrow_mut()
-                    .send(Instant::now(), p.as_slice(), &mut out)
-                    .transmit_len();
-                // The plaintext buffer belongs to the shard: send it home before any await.
-                let _ = core.to_shards[shard].try_send(Msg::Home(p));
-                if let Some((to, len)) = sent {
-                    send_datagram(&core.udp, &out[..len], to).await;
+    let slot = required_buffer_len(core.pool.borrow().buf_capacity());
+    let fd = core.udp.as_raw_fd();
+    let mut batch = SendBatch::new(slot, udp::gso_supported(fd));
+    while let Some(first) = from_shard.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Packet(p) => {
+                    let sent = core
+                        .table
+                        .borrow_mut()
+                        .send(Instant::now(), p.as_slice(), batch.next_slot())
+                        .transmit_len();
+                    // The plaintext buffer belongs to the shard: send it home before any await.
+                    let _ = core.to_shards[shard].try_send(Msg::Home(p));
+                    if let Some((to, len)) = sent {
+                        batch.commit(len, to);
+                    }
+                }
+                Msg::Home(b) => core.pool.borrow_mut().give(b),
+            }
+            if batch.is_full() {
+                flush(&core, &mut batch).await;
+            }
+            next = match futures_lite::future::poll_once(from_shard.recv()).await {
+                Some(Some(m)) => Some(m),
+                _ => None,
+            };
+        }
+        flush(&core, &mut batch).await;
+    }
+}
+
+/// Sends a batch: one `sendmmsg` when the socket has room, glommio's async send for what it
+/// could not take.
+async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
+    if batch.is_empty() {
+        return;
+    }
+    core.status.tx_batches.fetch_add(1, Ordering::Relaxed);
+    match batch.send(core.udp.as_raw_fd()) {
+        Ok(0) => {}
+        Ok(failed) => {
+            core.status
+                .send_errors
+                .fetch_add(failed as u64, Ordering::Relaxed);
+        }
+        Err(unsent) => {
+            core.status
+                .send_errors
+                .fetch_add(unsent.failed as u64, Ordering::Relaxed);
+            for i in unsent.from..batch.len() {
+                if let Some((d, to)) = batch.datagram(i) {
+                    send_datagram(&core.udp, d, to).await;
                 }
             }
-            Msg::Home(b) => core.pool.borrow_mut().give(b),
         }
     }
+    batch.clear();
 }
 
 trait TransmitLen {

@@ -72,6 +72,16 @@ fn one_cpu_runs_tunnel_and_shard_on_one_executor() {
     healthchecks(&mut t, 50, 2);
 }
 
+/// The split layout (tunnel core and shards on their own executors, packets handed over
+/// cross-thread rings) is the default with three or more CPUs; ask for it explicitly here.
+#[test]
+fn split_tunnel_core_and_shards_serve_too() {
+    let mut t = Tunnel::start("[runtime]\nshards = 2\npin = false\n");
+    healthchecks(&mut t, 100, 2);
+    let status = t.broker.as_ref().expect("running").status().clone();
+    assert_eq!(status.beats().len(), 3, "a tunnel core and two shards");
+}
+
 #[test]
 fn unknown_paths_get_404_and_stop_is_prompt() {
     let mut t = Tunnel::start("");
