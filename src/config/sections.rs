@@ -612,7 +612,7 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
         tls_timeout: s.or(ctx, "tls_timeout", Duration::from_secs(10)),
         response_timeout: s.or(ctx, "response_timeout", Duration::from_secs(60)),
         idle_timeout: s.or(ctx, "idle_timeout", Duration::from_secs(90)),
-        pool_max_idle_per_host: s.or(ctx, "pool_max_idle_per_host", 32),
+        pool_max_idle_per_host: s.or(ctx, "pool_max_idle_per_host", 256),
         proxy,
         no_proxy: s.or(ctx, "no_proxy", Vec::new()),
         use_env_proxy: s.or(ctx, "use_env_proxy", true),
