@@ -330,6 +330,12 @@ impl ShardSeed {
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
     preflight::check_limits()?;
+    if !preflight::disable_transparent_huge_pages() {
+        tracing::debug!(
+            event = "runtime.thp_enabled",
+            "PR_SET_THP_DISABLE refused; socket buffers may use huge pages"
+        );
+    }
     probe_io_uring(c)?;
     let plan =
         placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
