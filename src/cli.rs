@@ -70,6 +70,13 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "HEADER")]
         headers: Vec<String>,
     },
+    /// Drive a broker with the vendor's side (WireGuard + TCP in userspace) and report req/s,
+    /// MB/s, errors, latency percentiles and CPU per side.
+    ///
+    /// In-process by default (a broker from -c FILE or an embedded configuration, plus a local
+    /// upstream); --gateway waits for an external broker to dial; --calibrate adds the driver's
+    /// own ceiling against a null responder.
+    Loadtest(Box<crate::loadtest::Args>),
 }
 
 /// Runs the command line; the binary's `main` is only this.
@@ -101,6 +108,7 @@ pub fn main() -> ExitCode {
             url,
             headers,
         } => explain(&config.files, &method, &url, &headers),
+        Command::Loadtest(args) => ExitCode::from(crate::loadtest::run(*args)),
     }
 }
 

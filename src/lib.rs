@@ -18,6 +18,7 @@
 //! | allowlist | [`allowlist`] | canonicalise URLs, compile patterns into one trie, decide | allocate per decision |
 //! | runtime seam | [`runtime`] | glommio executors, pinning, UDP socket, channels between cores | protocol logic |
 //! | front end | [`cli`] | `check`, `dump`, `explain`, `genkey`, `pubkey`, ... | |
+//! | load testing | [`loadtest`] | the vendor's side under load: closed/open loop, HDR latency, CPU per side | touch the data path it measures |
 //!
 //! ## Data path
 //!
@@ -44,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod keys;
+pub mod loadtest;
 pub mod netstack;
 pub mod notify;
 pub mod packet;
@@ -54,3 +56,14 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tunnel;
 pub mod upstream;
+
+/// Internals that `benches/` measure directly. Not an API: nothing outside this crate's own
+/// benchmarks may depend on it, and it changes without notice.
+#[doc(hidden)]
+pub mod bench_support {
+    /// The packet links between the tunnel core and a shard (`runtime::link`): what
+    /// `benches/hotpath/handoff.rs` times.
+    pub mod link {
+        pub use crate::runtime::link::{Msg, Rx, RxEnd, Tx, TxEnd, local, shared};
+    }
+}

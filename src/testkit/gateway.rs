@@ -1,20 +1,33 @@
 //! A vendor-side WireGuard gateway with its own TCP stack, over a plain UDP socket.
 //!
-//! It is the responder: the broker dials it. Everything runs on the caller's thread, driven by
-//! [`Gateway::pump`]; no root, no TUN device.
+//! It is the responder: the broker dials it (or, with [`GatewayConfig::dial`], it dials a peer
+//! itself — the load tester's calibration responder plays the broker that way). Everything runs
+//! on the caller's thread, driven by [`Gateway::pump`]; no root, no TUN device.
+//!
+//! The datagram path is batched: one `recvmmsg` takes up to [`BATCH`] datagrams, encrypted
+//! packets are written straight into the slots of a send batch that one `sendmmsg` flushes, and
+//! the socket stays non-blocking (waiting is one `ppoll`). Decrypted packets live in a
+//! [`BufPool`]; nothing is allocated per packet once the pool is warm.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
 use crate::keys::{PrivateKey, PublicKey};
-use crate::netstack::{StackConfig, StackSet};
+use crate::netstack::{ConnId, StackConfig, StackSet};
 use crate::packet::BufPool;
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
 };
+
+/// Datagrams per `recvmmsg` / `sendmmsg` call.
+pub const BATCH: usize = 64;
+
+/// Receive rounds (of up to [`BATCH`] datagrams) per [`Gateway::pump`] before the TCP stack runs.
+const RECV_ROUNDS: usize = 16;
 
 /// How to build a gateway.
 #[derive(Debug, Clone)]
@@ -38,9 +51,21 @@ pub struct GatewayConfig {
     /// Per-connection TCP buffers.
     pub rx_buffer: usize,
     pub tx_buffer: usize,
-    /// TCP port on `vendor_address` where the gateway answers any HTTP request with
-    /// `200 pong` (the broker's heartbeat target).
+    /// TCP port on `vendor_address` where the gateway answers HTTP requests (the broker's
+    /// heartbeat target): `200 pong`, or `N` bytes for a target ending in `/download/N`.
+    /// Keep-alive unless the request says `Connection: close`.
     pub serve_port: u16,
+    /// Listeners kept armed on `serve_port` per stack.
+    pub serve_backlog: usize,
+    /// Dial the peer at this UDP address (be the WireGuard initiator) instead of waiting for it.
+    pub dial: Option<SocketAddr>,
+    /// Requested UDP socket buffer sizes (the kernel caps them at `net.core.{r,w}mem_max`).
+    pub udp_buffer: usize,
+    /// Datagrams per `recvmmsg`/`sendmmsg` (1..=[`BATCH`]; 1 = one syscall per datagram).
+    pub batch: usize,
+    /// Before sleeping for a datagram, poll the socket this long (busy-wait). Trades a core
+    /// for wake-up latency; zero (the default) sleeps at once.
+    pub spin: Duration,
 }
 
 impl GatewayConfig {
@@ -64,6 +89,11 @@ impl GatewayConfig {
             rx_buffer: 256 << 10,
             tx_buffer: 256 << 10,
             serve_port: 80,
+            serve_backlog: 4,
+            dial: None,
+            udp_buffer: 4 << 20,
+            batch: BATCH,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -78,6 +108,82 @@ pub struct GatewayStats {
     pub dropped: u64,
     /// HTTP requests the gateway answered on `serve_port` (heartbeats).
     pub served: u64,
+    /// `recvmmsg` calls that returned at least one datagram.
+    pub recv_calls: u64,
+    /// `sendmmsg` calls.
+    pub send_calls: u64,
+    /// Times the gateway slept in `ppoll` waiting for a datagram.
+    pub waits: u64,
+}
+
+/// One connection accepted on `serve_port`.
+#[derive(Debug)]
+struct Served {
+    id: ConnId,
+    /// Request head bytes read so far (bounded).
+    head: Vec<u8>,
+    /// Request body bytes still to read and discard.
+    discard: u64,
+    /// Response head bytes not yet queued, from `out_off`.
+    out: Vec<u8>,
+    out_off: usize,
+    /// Response body bytes still to queue.
+    body_left: u64,
+    /// Close once the response is queued.
+    close: bool,
+}
+
+/// Largest request head the serve port accepts.
+const MAX_SERVE_HEAD: usize = 16 * 1024;
+
+/// Outgoing datagrams waiting for one `sendmmsg`: fixed slots, no allocation per packet.
+#[derive(Debug)]
+struct SendBatch {
+    slots: Vec<u8>,
+    slot: usize,
+    /// Datagrams per flush.
+    limit: usize,
+    /// `(to, start, len)` of each queued datagram, within its slot.
+    queued: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl SendBatch {
+    fn new(slot: usize, limit: usize) -> Self {
+        Self {
+            slots: vec![0u8; slot * BATCH],
+            slot,
+            limit: limit.clamp(1, BATCH),
+            queued: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued.len() >= self.limit
+    }
+
+    /// The next free slot, to write a datagram into.
+    fn space(&mut self) -> &mut [u8] {
+        let i = self.queued.len().min(BATCH - 1);
+        &mut self.slots[i * self.slot..(i + 1) * self.slot]
+    }
+
+    /// Records the datagram written into [`SendBatch::space`] at `start..start + len`.
+    fn commit(&mut self, to: SocketAddr, start: usize, len: usize) {
+        if self.queued.len() < BATCH {
+            self.queued.push((to, start, len));
+        }
+    }
+
+    /// Copies `d` into the next slot (handshakes and timer output; the data path encrypts in
+    /// place instead).
+    fn push_copy(&mut self, to: SocketAddr, d: &[u8]) -> bool {
+        if self.is_full() || d.len() > self.slot {
+            return false;
+        }
+        self.space()[..d.len()].copy_from_slice(d);
+        self.commit(to, 0, d.len());
+        true
+    }
 }
 
 /// The vendor side of the tunnel.
@@ -88,32 +194,36 @@ pub struct Gateway {
     broker: PeerId,
     set: StackSet,
     pool: BufPool,
-    datagram: Vec<u8>,
+    /// Receive slots for `recvmmsg`.
+    rx_slots: Vec<u8>,
+    rx_slot: usize,
+    rx_meta: [(usize, Option<SocketAddr>); BATCH],
+    rx_batch: usize,
+    spin: Duration,
+    tx: SendBatch,
+    /// Scratch output for table calls whose result is not sent at once (timers).
     out: Vec<u8>,
     next_tick: Instant,
     broker_address: IpAddr,
-    /// Connections accepted on `serve_port`, with the request bytes read so far.
-    serving: Vec<(crate::netstack::ConnId, Vec<u8>)>,
+    serving: Vec<Served>,
     pub stats: GatewayStats,
-}
-
-/// A UDP receive that found nothing before its deadline.
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 impl Gateway {
     /// Binds the UDP socket and builds the tunnel and TCP state.
     pub fn bind(cfg: &GatewayConfig) -> io::Result<Self> {
         let udp = UdpSocket::bind(cfg.listen)?;
+        udp.set_nonblocking(true)?;
+        {
+            let s = socket2::SockRef::from(&udp);
+            let _ = s.set_recv_buffer_size(cfg.udp_buffer);
+            let _ = s.set_send_buffer_size(cfg.udp_buffer);
+        }
         let now = Instant::now();
         let spec = PeerSpec {
             public_key: cfg.broker_public_key,
             preshared_key: None,
-            endpoint: None,
+            endpoint: cfg.dial,
             endpoint_name: None,
             allowed_ips: vec![IpNet::from(cfg.broker_address)],
             persistent_keepalive: 0,
@@ -127,7 +237,7 @@ impl Gateway {
             address: cfg.vendor_address,
             mtu: cfg.mtu,
             listen_port: cfg.serve_port,
-            backlog: 4,
+            backlog: cfg.serve_backlog.max(1),
             rx_buffer: cfg.rx_buffer,
             tx_buffer: cfg.tx_buffer,
             max_sockets_per_stack: cfg.max_sockets_per_stack,
@@ -141,19 +251,34 @@ impl Gateway {
         let set = StackSet::new(&stack, now, u64::from_le_bytes(seed))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let cap = (cfg.mtu + crate::tunnel::DATA_OVERHEAD + 63) & !63;
-        Ok(Self {
+        // A slot holds the largest datagram either side sends (MTU + overhead, or a handshake).
+        let slot = required_buffer_len(cap).max(2048);
+        let mut gw = Self {
             udp,
             table,
             broker,
             set,
             pool: BufPool::new(cap, 8192),
-            datagram: vec![0u8; 65536],
-            out: vec![0u8; required_buffer_len(cap)],
+            rx_slots: vec![0u8; slot * BATCH],
+            rx_slot: slot,
+            rx_meta: [(0, None); BATCH],
+            rx_batch: cfg.batch.clamp(1, BATCH),
+            spin: cfg.spin,
+            tx: SendBatch::new(slot, cfg.batch),
+            out: vec![0u8; slot],
             next_tick: now,
             broker_address: cfg.broker_address,
             serving: Vec::new(),
             stats: GatewayStats::default(),
-        })
+        };
+        if cfg.dial.is_some() {
+            let tx = &mut gw.tx;
+            gw.table.initiate_all(now, &mut gw.out, &mut |_, to, d| {
+                tx.push_copy(to, d);
+            });
+            gw.flush_tx()?;
+        }
+        Ok(gw)
     }
 
     /// The UDP address the broker must dial (its peer `endpoint`).
@@ -169,6 +294,11 @@ impl Gateway {
     /// The TCP stack, for opening and using connections.
     pub fn stack(&mut self) -> &mut StackSet {
         &mut self.set
+    }
+
+    /// The WireGuard peer table (counters, peer status).
+    pub fn table(&self) -> &PeerTable {
+        &self.table
     }
 
     /// Whether a session with the broker is up.
@@ -196,12 +326,13 @@ impl Gateway {
     /// stack, send what it produced, run WireGuard timers when due.
     pub fn pump(&mut self, max_wait: Duration) -> io::Result<()> {
         let now = Instant::now();
-        let wait = if self.set.poll_delay(now) == Some(Duration::ZERO) {
+        let delay = self.set.poll_delay(now);
+        let wait = if delay == Some(Duration::ZERO) {
             Duration::ZERO
         } else {
             max_wait
                 .min(self.next_tick.saturating_duration_since(now))
-                .min(self.set.poll_delay(now).unwrap_or(max_wait))
+                .min(delay.unwrap_or(max_wait))
         };
         self.receive(wait)?;
         self.poll_stack()?;
@@ -210,49 +341,87 @@ impl Gateway {
         }
         let now = Instant::now();
         if now >= self.next_tick {
-            let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+            let tx = &mut self.tx;
+            let mut overflow: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
             self.next_tick = self
                 .table
                 .tick(now, &mut self.out, &mut |_, to, d| {
-                    sends.push((to, d.to_vec()))
+                    if !tx.push_copy(to, d) {
+                        overflow.push((to, d.to_vec()));
+                    }
                 })
                 .min(now + TICK_INTERVAL);
-            for (to, d) in sends {
-                self.udp.send_to(&d, to)?;
-                self.stats.datagrams_out += 1;
+            self.flush_tx()?;
+            for (to, d) in overflow {
+                self.tx.push_copy(to, &d);
+                self.flush_tx()?;
             }
         }
-        Ok(())
+        self.flush_tx()
     }
 
     fn receive(&mut self, wait: Duration) -> io::Result<()> {
-        // First datagram: wait up to `wait`; then drain without blocking.
-        if wait.is_zero() {
-            self.udp.set_nonblocking(true)?;
-        } else {
-            self.udp.set_nonblocking(false)?;
-            self.udp.set_read_timeout(Some(wait))?;
-        }
-        let mut first = true;
-        for _ in 0..4096 {
-            let r = self.udp.recv_from(&mut self.datagram);
-            if first && !wait.is_zero() {
-                self.udp.set_nonblocking(true)?;
+        let fd = self.udp.as_raw_fd();
+        let mut waited = wait.is_zero();
+        let mut round = 0;
+        let rounds = RECV_ROUNDS * BATCH / self.rx_batch;
+        let len = self.rx_slot * self.rx_batch;
+        while round < rounds {
+            let n = batch::recv(
+                fd,
+                &mut self.rx_slots[..len],
+                self.rx_slot,
+                &mut self.rx_meta,
+            )?;
+            if n == 0 {
+                if waited {
+                    break;
+                }
+                // Nothing yet: flush what is queued, then sleep until a datagram or `wait`.
+                waited = true;
+                self.flush_tx()?;
+                if !self.spin.is_zero() {
+                    let until = Instant::now() + self.spin.min(wait);
+                    let mut got = false;
+                    while Instant::now() < until {
+                        if batch::wait_readable(fd, Duration::ZERO)? {
+                            got = true;
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if got {
+                        continue;
+                    }
+                }
+                self.stats.waits += 1;
+                if !batch::wait_readable(fd, wait.saturating_sub(self.spin))? {
+                    break;
+                }
+                continue;
             }
-            first = false;
-            let (n, from) = match r {
-                Ok(x) => x,
-                Err(e) if would_block(&e) => break,
-                Err(e) => return Err(e),
-            };
-            self.stats.datagrams_in += 1;
-            self.handle_datagram(n, from)?;
+            waited = true;
+            round += 1;
+            self.stats.recv_calls += 1;
+            for i in 0..n {
+                let (len, from) = self.rx_meta[i];
+                self.stats.datagrams_in += 1;
+                match from {
+                    Some(from) if len <= self.rx_slot => self.handle_datagram(i, len, from)?,
+                    _ => self.stats.dropped += 1,
+                }
+            }
+            if n < self.rx_batch {
+                break;
+            }
         }
         Ok(())
     }
 
-    fn handle_datagram(&mut self, n: usize, from: SocketAddr) -> io::Result<()> {
+    fn handle_datagram(&mut self, slot: usize, n: usize, from: SocketAddr) -> io::Result<()> {
         let mut buf = self.pool.take();
+        let start = slot * self.rx_slot;
+        let datagram = &self.rx_slots[start..start + n];
         if n > buf.capacity() {
             self.stats.dropped += 1;
             self.pool.give(buf);
@@ -260,7 +429,7 @@ impl Gateway {
         }
         let r = self
             .table
-            .receive(Instant::now(), from, &self.datagram[..n], buf.space());
+            .receive(Instant::now(), from, datagram, buf.space());
         match r {
             Received::Packet { packet, .. } => {
                 let len = packet.len();
@@ -271,17 +440,24 @@ impl Gateway {
                 }
             }
             Received::Transmit { peer, to, datagram } => {
-                let len = datagram.len();
-                buf.set_len(len);
-                self.udp.send_to(buf.as_slice(), to)?;
-                self.stats.datagrams_out += 1;
+                if self.tx.is_full() {
+                    self.flush_tx()?;
+                }
+                self.tx.push_copy(to, datagram);
                 self.pool.give(buf);
                 if let Some(peer) = peer {
-                    while let Some(t) = self.table.flush(peer, &mut self.out) {
-                        let len = t.datagram.len();
-                        let to = t.to;
-                        self.udp.send_to(&self.out[..len], to)?;
-                        self.stats.datagrams_out += 1;
+                    loop {
+                        if self.tx.is_full() {
+                            self.flush_tx()?;
+                        }
+                        let space = self.tx.space();
+                        let base = space.as_ptr().addr();
+                        let Some(t) = self.table.flush(peer, space) else {
+                            break;
+                        };
+                        let (to, start, len) =
+                            (t.to, t.datagram.as_ptr().addr() - base, t.datagram.len());
+                        self.tx.commit(to, start, len);
                     }
                 }
             }
@@ -294,36 +470,54 @@ impl Gateway {
         Ok(())
     }
 
+    /// Sends every queued datagram. A socket whose send buffer stays full for 10 ms loses the
+    /// rest (counted): UDP may drop, TCP inside retransmits.
+    fn flush_tx(&mut self) -> io::Result<()> {
+        if self.tx.queued.is_empty() {
+            return Ok(());
+        }
+        let fd = self.udp.as_raw_fd();
+        let mut off = 0;
+        let mut stalled = false;
+        while off < self.tx.queued.len() {
+            let n = batch::send(fd, &self.tx.slots, self.tx.slot, &self.tx.queued, off)?;
+            self.stats.send_calls += 1;
+            if n == 0 {
+                if stalled || !batch::wait_writable(fd, Duration::from_millis(10))? {
+                    self.stats.dropped += (self.tx.queued.len() - off) as u64;
+                    break;
+                }
+                stalled = true;
+                continue;
+            }
+            self.stats.datagrams_out += n as u64;
+            off += n;
+        }
+        self.tx.queued.clear();
+        Ok(())
+    }
+
     /// Answers HTTP requests on `serve_port`; returns whether it wrote anything.
     fn serve(&mut self) -> bool {
         while let Some(id) = self.set.accept() {
-            self.serving.push((id, Vec::new()));
+            self.serving.push(Served {
+                id,
+                head: Vec::new(),
+                discard: 0,
+                out: Vec::new(),
+                out_off: 0,
+                body_left: 0,
+                close: false,
+            });
+        }
+        if self.serving.is_empty() {
+            return false;
         }
         let mut wrote = false;
-        let mut buf = [0u8; 2048];
         let set = &mut self.set;
         let served = &mut self.stats.served;
-        self.serving.retain_mut(|(id, req)| {
-            match set.recv_slice(*id, &mut buf) {
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-                Err(_) => return false,
-            }
-            if req.len() > 16 * 1024 {
-                let _ = set.abort(*id);
-                return false;
-            }
-            if req.windows(4).any(|w| w == b"\r\n\r\n") {
-                let _ = set.send_slice(
-                    *id,
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong",
-                );
-                let _ = set.close(*id);
-                *served += 1;
-                wrote = true;
-                return false;
-            }
-            true
-        });
+        self.serving
+            .retain_mut(|s| serve_one(set, s, served, &mut wrote));
         wrote
     }
 
@@ -334,9 +528,16 @@ impl Gateway {
             while let Some(p) = self.set.pop_tx() {
                 sent = true;
                 self.stats.packets_out += 1;
-                let r = self.table.send(Instant::now(), p.as_slice(), &mut self.out);
+                if self.tx.is_full() {
+                    self.flush_tx()?;
+                }
+                let space = self.tx.space();
+                let base = space.as_ptr().addr();
+                let r = self.table.send(Instant::now(), p.as_slice(), space);
                 let t = match r {
-                    Sent::Transmit(t) => Some((t.to, t.datagram.len())),
+                    Sent::Transmit(t) => {
+                        Some((t.to, t.datagram.as_ptr().addr() - base, t.datagram.len()))
+                    }
                     Sent::Queued { .. } => None,
                     Sent::Dropped(_) => {
                         self.stats.dropped += 1;
@@ -344,9 +545,8 @@ impl Gateway {
                     }
                 };
                 self.pool.give(p);
-                if let Some((to, len)) = t {
-                    self.udp.send_to(&self.out[..len], to)?;
-                    self.stats.datagrams_out += 1;
+                if let Some((to, start, len)) = t {
+                    self.tx.commit(to, start, len);
                 }
             }
             for b in self.set.drain_spent() {
@@ -357,5 +557,363 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+/// Body bytes the serve port sends for a target ending in `/download/N` (at most 4 GiB).
+fn download_size(target: &str) -> Option<u64> {
+    let path = target.split('?').next().unwrap_or(target);
+    let (rest, n) = path.rsplit_once('/')?;
+    if !rest.ends_with("/download") {
+        return None;
+    }
+    n.parse::<u64>().ok().map(|n| n.min(1 << 32))
+}
+
+/// One serve-port connection's step; returns whether to keep it.
+fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut bool) -> bool {
+    static ZEROS: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+    for _ in 0..64 {
+        // 1. Finish the response in progress.
+        if s.out_off < s.out.len() {
+            match set.send_slice(s.id, &s.out[s.out_off..]) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    s.out_off += n;
+                    *wrote = true;
+                    continue;
+                }
+                Err(_) => return false,
+            }
+        }
+        if s.body_left > 0 {
+            let left = s.body_left;
+            match set.send(s.id, |buf| {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let mut off = 0;
+                while off < n {
+                    let k = (n - off).min(ZEROS.len());
+                    buf[off..off + k].copy_from_slice(&ZEROS[..k]);
+                    off += k;
+                }
+                (n, n)
+            }) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    s.body_left -= n as u64;
+                    *wrote = true;
+                    continue;
+                }
+                Err(_) => return false,
+            }
+        }
+        if s.close {
+            let _ = set.close(s.id);
+            return false;
+        }
+        // 2. Discard the request body.
+        if s.discard > 0 {
+            let left = s.discard;
+            match set.recv(s.id, |buf| {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                (n, n)
+            }) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    s.discard -= n as u64;
+                    if s.discard > 0 {
+                        continue;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        // 3. Parse the next request head (it may already be buffered after the last body).
+        if s.discard == 0 {
+            if let Some(end) = find_head_end(&s.head) {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut req = httparse::Request::new(&mut headers);
+                let Ok(httparse::Status::Complete(_)) = req.parse(&s.head[..end]) else {
+                    let _ = set.abort(s.id);
+                    return false;
+                };
+                let mut len = 0u64;
+                let mut close = false;
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = h.value.eq_ignore_ascii_case(b"close");
+                    }
+                }
+                let body = download_size(req.path.unwrap_or(""));
+                // Body bytes that arrived with the head.
+                let extra = (s.head.len() - end) as u64;
+                let from_head = extra.min(len);
+                s.discard = len - from_head;
+                s.head
+                    .drain(..end + usize::try_from(from_head).unwrap_or(0));
+                s.out.clear();
+                s.out_off = 0;
+                let (n, ctype) = match body {
+                    Some(n) => (n, "application/octet-stream"),
+                    None => (4, "text/plain"),
+                };
+                s.out
+                    .extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: ");
+                s.out.extend_from_slice(ctype.as_bytes());
+                s.out.extend_from_slice(b"\r\nContent-Length: ");
+                s.out.extend_from_slice(n.to_string().as_bytes());
+                if close {
+                    s.out.extend_from_slice(b"\r\nConnection: close");
+                }
+                s.out.extend_from_slice(b"\r\n\r\n");
+                if body.is_none() {
+                    s.out.extend_from_slice(b"pong");
+                    s.body_left = 0;
+                } else {
+                    s.body_left = n;
+                }
+                s.close = close;
+                *served += 1;
+                continue;
+            }
+            let mut buf = [0u8; 2048];
+            match set.recv_slice(s.id, &mut buf) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    s.head.extend_from_slice(&buf[..n]);
+                    if s.head.len() > MAX_SERVE_HEAD {
+                        let _ = set.abort(s.id);
+                        return false;
+                    }
+                }
+                Err(_) => {
+                    let _ = set.close(s.id);
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Batched datagram I/O on the raw socket: the only `unsafe` in the test kit, each block a
+/// single libc call over buffers this module owns for the duration of the call.
+mod batch {
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::RawFd;
+    use std::time::Duration;
+
+    use super::BATCH;
+
+    fn would_block(e: &io::Error) -> bool {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
+    }
+
+    /// Room for any socket address the kernel writes (`sizeof(struct sockaddr_storage)`).
+    const NAME: usize = 128;
+
+    /// Decodes a `sockaddr_in` / `sockaddr_in6` from its bytes.
+    fn to_std(b: &[u8; NAME], len: usize) -> Option<SocketAddr> {
+        let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
+        let port = u16::from_be_bytes([b[2], b[3]]);
+        if family == libc::AF_INET && len >= 16 {
+            let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+        } else if family == libc::AF_INET6 && len >= 28 {
+            let flow = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&b[8..24]);
+            let scope = u32::from_ne_bytes([b[24], b[25], b[26], b[27]]);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
+        } else {
+            None
+        }
+    }
+
+    /// Encodes `addr` as a `sockaddr_in` / `sockaddr_in6`; returns its length.
+    fn from_std(addr: &SocketAddr, b: &mut [u8; NAME]) -> usize {
+        b.fill(0);
+        match addr {
+            SocketAddr::V4(a) => {
+                b[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                b[2..4].copy_from_slice(&a.port().to_be_bytes());
+                b[4..8].copy_from_slice(&a.ip().octets());
+                16
+            }
+            SocketAddr::V6(a) => {
+                b[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+                b[2..4].copy_from_slice(&a.port().to_be_bytes());
+                b[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+                b[8..24].copy_from_slice(&a.ip().octets());
+                b[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+                28
+            }
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams without blocking; slot `i` of `slots` (each `slot`
+    /// bytes) gets datagram `i`, `meta[i]` its length and sender (`None`: truncated or an
+    /// unknown address family). Returns how many arrived (0 when none is waiting).
+    #[allow(unsafe_code)]
+    pub(super) fn recv(
+        fd: RawFd,
+        slots: &mut [u8],
+        slot: usize,
+        meta: &mut [(usize, Option<SocketAddr>); BATCH],
+    ) -> io::Result<usize> {
+        let count = (slots.len() / slot).min(BATCH);
+        let mut names = [[0u8; NAME]; BATCH];
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for (i, chunk) in slots.chunks_exact_mut(slot).take(count).enumerate() {
+            iov[i].iov_base = chunk.as_mut_ptr().cast();
+            iov[i].iov_len = slot;
+            hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_namelen = NAME as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a name, an iovec and a slot of `slots`, all alive and
+        // exclusively borrowed for the call; `count` headers are initialised.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if would_block(&e) { Ok(0) } else { Err(e) };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let h = &hdrs[i];
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let from = to_std(&names[i], h.msg_hdr.msg_namelen as usize).filter(|_| !truncated);
+            meta[i] = (h.msg_len as usize, from);
+        }
+        Ok(n)
+    }
+
+    /// Sends `queued[off..]` (each `(to, start, len)` inside its slot of `slots`) with one
+    /// `sendmmsg`; returns how many went out (0: the socket buffer is full).
+    #[allow(unsafe_code)]
+    pub(super) fn send(
+        fd: RawFd,
+        slots: &[u8],
+        slot: usize,
+        queued: &[(SocketAddr, usize, usize)],
+        off: usize,
+    ) -> io::Result<usize> {
+        let todo = &queued[off.min(queued.len())..];
+        let count = todo.len().min(BATCH);
+        if count == 0 {
+            return Ok(0);
+        }
+        let mut names = [[0u8; NAME]; BATCH];
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for (i, (to, start, len)) in todo.iter().take(count).enumerate() {
+            let index = off + i;
+            let base = index * slot + start;
+            let data = &slots[base..base + len];
+            let sl = from_std(to, &mut names[i]);
+            iov[i].iov_base = data.as_ptr().cast_mut().cast();
+            iov[i].iov_len = data.len();
+            hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_namelen = sl as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a name, an iovec and bytes of `slots`, all alive for
+        // the call; the kernel only reads the data (the const-to-mut cast is for the C type).
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if would_block(&e) { Ok(0) } else { Err(e) };
+        }
+        Ok(n as usize)
+    }
+
+    /// Sleeps until `fd` has `events` or `timeout` passes; returns whether it is ready.
+    #[allow(unsafe_code)]
+    fn wait(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(3600) as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: one valid pollfd and a valid timespec, both alive for the call; no signal
+        // mask is passed.
+        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n > 0)
+    }
+
+    pub(super) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+        wait(fd, libc::POLLIN, timeout)
+    }
+
+    pub(super) fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+        wait(fd, libc::POLLOUT, timeout)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn addresses_round_trip_through_sockaddr_storage() {
+            for a in ["127.0.0.1:51820", "[::1]:443", "[fe80::1%2]:9"] {
+                let a: SocketAddr = a.parse().expect("addr");
+                let mut b = [0u8; NAME];
+                let len = from_std(&a, &mut b);
+                assert_eq!(to_std(&b, len), Some(a));
+            }
+        }
     }
 }

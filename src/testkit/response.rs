@@ -203,6 +203,206 @@ impl ResponseReader {
     }
 }
 
+/// What [`ResponseMeter`] reports for one complete response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metered {
+    pub status: u16,
+    /// The server said `Connection: close` (or the body ran until the close).
+    pub close: bool,
+    /// Bytes of the status line and headers.
+    pub head_bytes: u64,
+    /// Body bytes (decoded, for a chunked body).
+    pub body_bytes: u64,
+}
+
+/// A response reader for load generation: status, lengths and the close flag only, with no
+/// allocation per response once warm (the head buffer is reused, the body is counted, never
+/// kept). Feed it the bytes of one response after another, calling [`ResponseMeter::start`]
+/// before each.
+#[derive(Debug)]
+pub struct ResponseMeter {
+    head: Vec<u8>,
+    body: Body,
+    in_head: bool,
+    head_request: bool,
+    status: u16,
+    close: bool,
+    head_bytes: u64,
+    body_bytes: u64,
+}
+
+impl Default for ResponseMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResponseMeter {
+    /// A meter ready for a first response to a non-HEAD request.
+    pub fn new() -> Self {
+        Self {
+            head: Vec::with_capacity(1024),
+            body: Body::None,
+            in_head: true,
+            head_request: false,
+            status: 0,
+            close: false,
+            head_bytes: 0,
+            body_bytes: 0,
+        }
+    }
+
+    /// Resets for the next response (`head_request`: the request was HEAD).
+    pub fn start(&mut self, head_request: bool) {
+        self.head.clear();
+        self.body = Body::None;
+        self.in_head = true;
+        self.head_request = head_request;
+        self.status = 0;
+        self.close = false;
+        self.head_bytes = 0;
+        self.body_bytes = 0;
+    }
+
+    /// Whether any byte of the current response arrived.
+    pub fn started(&self) -> bool {
+        !self.head.is_empty() || !self.in_head
+    }
+
+    fn done(&self) -> Metered {
+        Metered {
+            status: self.status,
+            close: self.close,
+            head_bytes: self.head_bytes,
+            body_bytes: self.body_bytes,
+        }
+    }
+
+    /// Feeds bytes; returns how many belong to this response and the figures once it is
+    /// complete. Bytes after its end are not consumed.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Metered>), ReadError> {
+        let mut used = 0;
+        if self.in_head {
+            // Append in small steps so that a head followed by a large body copies little.
+            loop {
+                let before = self.head.len();
+                let room = (MAX_HEAD + 1).saturating_sub(before);
+                let take = (input.len() - used).min(4096).min(room);
+                if take == 0 {
+                    if room == 0 {
+                        return Err(ReadError::TooLarge);
+                    }
+                    return Ok((used, None));
+                }
+                self.head.extend_from_slice(&input[used..used + take]);
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut r = httparse::Response::new(&mut headers);
+                match r.parse(&self.head) {
+                    Ok(httparse::Status::Partial) => used += take,
+                    Ok(httparse::Status::Complete(n)) => {
+                        used += n - before;
+                        self.status = r.code.unwrap_or(0);
+                        self.head_bytes = n as u64;
+                        let mut chunked = false;
+                        let mut length = None;
+                        for h in r.headers.iter() {
+                            let v = trim(h.value);
+                            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                                chunked = v.eq_ignore_ascii_case(b"chunked");
+                            } else if h.name.eq_ignore_ascii_case("content-length") {
+                                let n = std::str::from_utf8(v)
+                                    .ok()
+                                    .and_then(|v| v.parse::<u64>().ok())
+                                    .ok_or(ReadError::Head)?;
+                                length = Some(n);
+                            } else if h.name.eq_ignore_ascii_case("connection") {
+                                self.close = v.eq_ignore_ascii_case(b"close");
+                            }
+                        }
+                        let status = self.status;
+                        self.body = if self.head_request
+                            || status == 204
+                            || status == 304
+                            || (100..200).contains(&status)
+                        {
+                            Body::None
+                        } else if chunked {
+                            Body::Chunked(ChunkedDecoder::new())
+                        } else if let Some(n) = length {
+                            if n == 0 { Body::None } else { Body::Length(n) }
+                        } else {
+                            self.close = true;
+                            Body::UntilClose
+                        };
+                        self.in_head = false;
+                        self.head.clear();
+                        break;
+                    }
+                    Err(_) => return Err(ReadError::Head),
+                }
+            }
+        }
+        loop {
+            match &mut self.body {
+                Body::None => return Ok((used, Some(self.done()))),
+                Body::Length(left) => {
+                    let n = (*left).min((input.len() - used) as u64);
+                    *left -= n;
+                    self.body_bytes += n;
+                    used += n as usize;
+                    if *left == 0 {
+                        self.body = Body::None;
+                        continue;
+                    }
+                    return Ok((used, None));
+                }
+                Body::UntilClose => {
+                    self.body_bytes += (input.len() - used) as u64;
+                    return Ok((input.len(), None));
+                }
+                Body::Chunked(d) => {
+                    if used == input.len() {
+                        return Ok((used, None));
+                    }
+                    let step = d.decode(&input[used..]).map_err(|_| ReadError::Chunked)?;
+                    self.body_bytes += step.data.len() as u64;
+                    used += step.consumed;
+                    if step.done {
+                        self.body = Body::None;
+                        continue;
+                    }
+                    if step.consumed == 0 {
+                        return Ok((used, None));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer closed the connection: a close-delimited body ends here.
+    pub fn finish_on_close(&mut self) -> Option<Metered> {
+        match self.body {
+            Body::UntilClose if !self.in_head => {
+                self.body = Body::None;
+                Some(self.done())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &v[start..end.max(start)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +432,38 @@ mod tests {
             let (r, used) = read_all(c, step);
             assert_eq!(r.body, b"abcde");
             assert_eq!(used, c.len() - 4);
+        }
+    }
+
+    #[test]
+    fn meter_counts_without_keeping_and_stops_at_the_end() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKHTTP/1.1 404 Not Found\r\n";
+        let c = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nNEXT";
+        let h = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n";
+        let mut m = ResponseMeter::new();
+        for step in [1, 3, 1000] {
+            for (wire, rest, status, body, close) in [
+                (&a[..], 24, 200, 2, false),
+                (&c[..], 4, 200, 5, true),
+                (&h[..], 0, 403, 0, false),
+            ] {
+                m.start(wire == &h[..]);
+                let mut off = 0;
+                let got = loop {
+                    let end = (off + step).min(wire.len());
+                    let (used, done) = m.feed(&wire[off..end]).expect("valid");
+                    off += used;
+                    if let Some(d) = done {
+                        break d;
+                    }
+                    assert!(end < wire.len(), "stuck");
+                };
+                assert_eq!(
+                    (got.status, got.body_bytes, got.close),
+                    (status, body, close)
+                );
+                assert_eq!(off, wire.len() - rest, "step {step}");
+            }
         }
     }
 }

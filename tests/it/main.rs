@@ -6,6 +6,7 @@ mod config;
 mod harness;
 mod interop;
 mod interop_proxy;
+mod loadtest;
 mod logs;
 mod operations;
 mod proxy;

@@ -1,0 +1,524 @@
+//! Figures of a run: what each driver thread counts ([`Stats`], mergeable), the final
+//! [`Report`] (serialised as the `--json` object) and its table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::cpu::ThreadCpu;
+
+/// Latency histograms are in microseconds, from 1 µs to one hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant, valid bounds")
+}
+
+/// Failures by kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Errors {
+    /// The TCP connection could not be opened (refused, reset during the handshake, no port).
+    pub connect: u64,
+    /// No complete response within `--timeout`.
+    pub timeout: u64,
+    /// The connection was reset or closed before the response was complete.
+    pub reset: u64,
+    /// A complete response with another status than the scenario expects.
+    pub unexpected_status: u64,
+    /// A response that could not be parsed.
+    pub bad_response: u64,
+}
+
+impl Errors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.timeout + self.reset + self.unexpected_status + self.bad_response
+    }
+
+    fn add(&mut self, o: &Errors) {
+        self.connect += o.connect;
+        self.timeout += o.timeout;
+        self.reset += o.reset;
+        self.unexpected_status += o.unexpected_status;
+        self.bad_response += o.bad_response;
+    }
+}
+
+/// Figures of one request kind (the mix reports each).
+#[derive(Debug, Clone)]
+pub struct KindStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+/// What a driver thread counted inside the measurement window.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Complete responses with the expected status.
+    pub ok: u64,
+    pub errors: Errors,
+    /// Complete responses by status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Request bytes written (heads and bodies) / response bytes read, of finished requests.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub body_sent: u64,
+    pub body_received: u64,
+    /// From the intended send time to the complete response (corrected for coordinated
+    /// omission in open loop), responses only.
+    pub latency: Histogram<u64>,
+    /// From the first byte written to the complete response.
+    pub service: Histogram<u64>,
+    pub kinds: Vec<KindStats>,
+    /// Requests finished during the warm-up (not in any other figure).
+    pub warmup_requests: u64,
+    /// Requests in flight when the window closed (cancelled, not counted).
+    pub cancelled: u64,
+    /// Connections opened.
+    pub connections_opened: u64,
+}
+
+impl Stats {
+    pub fn new(kinds: usize) -> Self {
+        Self {
+            ok: 0,
+            errors: Errors::default(),
+            statuses: BTreeMap::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            body_sent: 0,
+            body_received: 0,
+            latency: histogram(),
+            service: histogram(),
+            kinds: (0..kinds)
+                .map(|_| KindStats {
+                    requests: 0,
+                    errors: 0,
+                    latency: histogram(),
+                })
+                .collect(),
+            warmup_requests: 0,
+            cancelled: 0,
+            connections_opened: 0,
+        }
+    }
+
+    /// Requests that finished in the window, successfully or not.
+    pub fn requests(&self) -> u64 {
+        self.ok + self.errors.total()
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        self.ok += o.ok;
+        self.errors.add(&o.errors);
+        for (k, v) in &o.statuses {
+            *self.statuses.entry(*k).or_default() += v;
+        }
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.body_sent += o.body_sent;
+        self.body_received += o.body_received;
+        let _ = self.latency.add(&o.latency);
+        let _ = self.service.add(&o.service);
+        for (a, b) in self.kinds.iter_mut().zip(&o.kinds) {
+            a.requests += b.requests;
+            a.errors += b.errors;
+            let _ = a.latency.add(&b.latency);
+        }
+        self.warmup_requests += o.warmup_requests;
+        self.cancelled += o.cancelled;
+        self.connections_opened += o.connections_opened;
+    }
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            samples: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Statuses by class.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Classes {
+    #[serde(rename = "1xx")]
+    pub c1: u64,
+    #[serde(rename = "2xx")]
+    pub c2: u64,
+    #[serde(rename = "3xx")]
+    pub c3: u64,
+    #[serde(rename = "4xx")]
+    pub c4: u64,
+    #[serde(rename = "5xx")]
+    pub c5: u64,
+}
+
+/// Bytes moved, both directions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Bytes {
+    /// Request bytes written (heads and bodies).
+    pub sent: u64,
+    /// Response bytes read (heads and bodies).
+    pub received: u64,
+    pub body_sent: u64,
+    pub body_received: u64,
+}
+
+/// Megabytes (10^6 bytes) per second, both directions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Throughput {
+    pub sent: f64,
+    pub received: f64,
+}
+
+/// CPU seconds used in the measurement window, by who used them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cpu {
+    /// The load driver threads (their WireGuard, TCP and HTTP client work).
+    pub driver: f64,
+    /// The broker's executors (in-process mode only; 0 otherwise).
+    pub broker: f64,
+    /// The local upstream's threads (in-process mode).
+    pub upstream: f64,
+    /// The calibration responder's threads.
+    pub responder: f64,
+    /// Every thread of this process that was alive at the end of the window.
+    pub threads: Vec<ThreadCpu>,
+}
+
+/// Per request kind (mix).
+#[derive(Debug, Clone, Serialize)]
+pub struct Kind {
+    pub name: String,
+    pub request: String,
+    pub expect: u16,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_us: Latency,
+}
+
+/// Counters of the driver's gateways.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct GatewayFigures {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub recv_calls: u64,
+    pub send_calls: u64,
+    pub dropped: u64,
+}
+
+/// Everything a run measured; `--json` prints it as one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `in-process`, `gateway` or `null` (the calibration responder).
+    pub target: String,
+    pub scenario: String,
+    /// `closed` or `open`.
+    #[serde(rename = "loop")]
+    pub loop_kind: String,
+    pub threads: usize,
+    pub connections: usize,
+    /// Requested rate (open loop), requests per second.
+    pub rate: Option<f64>,
+    pub warmup_s: f64,
+    /// Length of the measurement window.
+    pub duration_s: f64,
+    /// Requests finished in the window (successful or not).
+    pub requests: u64,
+    /// Responses with the expected status.
+    pub ok: u64,
+    pub req_per_s: f64,
+    pub errors: Errors,
+    pub errors_total: u64,
+    pub status_classes: Classes,
+    pub statuses: BTreeMap<String, u64>,
+    pub bytes: Bytes,
+    pub mb_per_s: Throughput,
+    /// From the intended send time (open loop: corrected for coordinated omission).
+    pub latency_us: Latency,
+    /// From the first byte written.
+    pub service_time_us: Latency,
+    pub kinds: Vec<Kind>,
+    pub cpu_s: Cpu,
+    pub gateway: GatewayFigures,
+    pub warmup_requests: u64,
+    pub cancelled_at_end: u64,
+    pub connections_opened: u64,
+}
+
+impl Report {
+    /// Builds the report of a window of `duration_s` seconds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: &str,
+        plan: &super::scenario::Plan,
+        threads: usize,
+        connections: usize,
+        rate: Option<f64>,
+        warmup_s: f64,
+        duration_s: f64,
+        s: &Stats,
+        cpu: Cpu,
+        gateway: GatewayFigures,
+    ) -> Self {
+        let secs = duration_s.max(1e-9);
+        let mut classes = Classes::default();
+        for (code, n) in &s.statuses {
+            match code / 100 {
+                1 => classes.c1 += n,
+                2 => classes.c2 += n,
+                3 => classes.c3 += n,
+                4 => classes.c4 += n,
+                5 => classes.c5 += n,
+                _ => {}
+            }
+        }
+        let kinds = if plan.templates.len() > 1 {
+            plan.templates
+                .iter()
+                .zip(&s.kinds)
+                .map(|(t, k)| Kind {
+                    name: t.name.to_owned(),
+                    request: t.line.clone(),
+                    expect: t.expect,
+                    requests: k.requests,
+                    errors: k.errors,
+                    latency_us: Latency::of(&k.latency),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            target: target.to_owned(),
+            scenario: plan.scenario.to_string(),
+            loop_kind: if rate.is_some() { "open" } else { "closed" }.to_owned(),
+            threads,
+            connections,
+            rate,
+            warmup_s,
+            duration_s,
+            requests: s.requests(),
+            ok: s.ok,
+            req_per_s: s.requests() as f64 / secs,
+            errors: s.errors,
+            errors_total: s.errors.total(),
+            status_classes: classes,
+            statuses: s
+                .statuses
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            bytes: Bytes {
+                sent: s.bytes_sent,
+                received: s.bytes_received,
+                body_sent: s.body_sent,
+                body_received: s.body_received,
+            },
+            mb_per_s: Throughput {
+                sent: s.bytes_sent as f64 / secs / 1e6,
+                received: s.bytes_received as f64 / secs / 1e6,
+            },
+            latency_us: Latency::of(&s.latency),
+            service_time_us: Latency::of(&s.service),
+            kinds,
+            cpu_s: cpu,
+            gateway,
+            warmup_requests: s.warmup_requests,
+            cancelled_at_end: s.cancelled,
+            connections_opened: s.connections_opened,
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+/// The final table; with two reports (broker and calibration), side by side.
+pub fn table(columns: &[(&str, &Report)]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        rows.push((name.to_owned(), columns.iter().map(|(_, r)| f(r)).collect()));
+    };
+    row("scenario", &|r| {
+        format!(
+            "{} ({} loop{})",
+            r.scenario,
+            r.loop_kind,
+            r.rate
+                .map_or(String::new(), |x| format!(", {x:.0} req/s asked"))
+        )
+    });
+    row("threads x connections", &|r| {
+        format!("{} x {}", r.threads, r.connections)
+    });
+    row("window", &|r| {
+        format!("{:.2} s (+{:.1} s warm-up)", r.duration_s, r.warmup_s)
+    });
+    row("requests", &|r| r.requests.to_string());
+    row("req/s", &|r| format!("{:.0}", r.req_per_s));
+    row("MB/s sent / received", &|r| {
+        format!("{:.2} / {:.2}", r.mb_per_s.sent, r.mb_per_s.received)
+    });
+    row("statuses", &|r| {
+        let c = &r.status_classes;
+        let parts: Vec<String> = [
+            ("1xx", c.c1),
+            ("2xx", c.c2),
+            ("3xx", c.c3),
+            ("4xx", c.c4),
+            ("5xx", c.c5),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    });
+    row("errors", &|r| {
+        let e = &r.errors;
+        if e.total() == 0 {
+            return "0".into();
+        }
+        let parts: Vec<String> = [
+            ("connect", e.connect),
+            ("timeout", e.timeout),
+            ("reset", e.reset),
+            ("unexpected status", e.unexpected_status),
+            ("bad response", e.bad_response),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+        format!("{} ({})", e.total(), parts.join(", "))
+    });
+    for (name, q) in [
+        ("latency p50 ms", 0),
+        ("latency p90 ms", 1),
+        ("latency p99 ms", 2),
+        ("latency p99.9 ms", 3),
+        ("latency max ms", 4),
+    ] {
+        row(name, &move |r| {
+            let l = &r.latency_us;
+            ms([l.p50, l.p90, l.p99, l.p999, l.max][q])
+        });
+    }
+    if columns.iter().any(|(_, r)| r.rate.is_some()) {
+        row("service time p50 / p99 ms", &|r| {
+            format!(
+                "{} / {}",
+                ms(r.service_time_us.p50),
+                ms(r.service_time_us.p99)
+            )
+        });
+    }
+    row("CPU s driver", &|r| format!("{:.2}", r.cpu_s.driver));
+    if columns.iter().any(|(_, r)| r.cpu_s.broker > 0.0) {
+        row("CPU s broker", &|r| format!("{:.2}", r.cpu_s.broker));
+    }
+    if columns.iter().any(|(_, r)| r.cpu_s.upstream > 0.0) {
+        row("CPU s upstream", &|r| format!("{:.2}", r.cpu_s.upstream));
+    }
+    if columns.iter().any(|(_, r)| r.cpu_s.responder > 0.0) {
+        row("CPU s null responder", &|r| {
+            format!("{:.2}", r.cpu_s.responder)
+        });
+    }
+    row("driver CPU µs / request", &|r| {
+        if r.requests == 0 {
+            "-".into()
+        } else {
+            format!("{:.1}", r.cpu_s.driver * 1e6 / r.requests as f64)
+        }
+    });
+    if columns.iter().any(|(_, r)| r.cpu_s.broker > 0.0) {
+        row("broker CPU µs / request", &|r| {
+            if r.requests == 0 || r.cpu_s.broker == 0.0 {
+                "-".into()
+            } else {
+                format!("{:.1}", r.cpu_s.broker * 1e6 / r.requests as f64)
+            }
+        });
+    }
+    let name_w = rows
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    let col_w: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(_, v)| v[i].chars().count())
+                .chain([columns[i].0.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let _ = write!(out, "  {:name_w$}", "");
+    for (i, (title, _)) in columns.iter().enumerate() {
+        let _ = write!(out, "  {:>w$}", title, w = col_w[i]);
+    }
+    out.push('\n');
+    for (name, vals) in &rows {
+        let _ = write!(out, "  {name:name_w$}");
+        for (i, v) in vals.iter().enumerate() {
+            let _ = write!(out, "  {:>w$}", v, w = col_w[i]);
+        }
+        out.push('\n');
+    }
+    for (title, r) in columns {
+        if !r.kinds.is_empty() {
+            let _ = writeln!(out, "\n  {title}: by kind");
+            let _ = writeln!(
+                out,
+                "    {:<16} {:>7} {:>9} {:>7} {:>10} {:>10}",
+                "kind", "expect", "requests", "errors", "p50 ms", "p99 ms"
+            );
+            for k in &r.kinds {
+                let _ = writeln!(
+                    out,
+                    "    {:<16} {:>7} {:>9} {:>7} {:>10} {:>10}",
+                    k.name,
+                    k.expect,
+                    k.requests,
+                    k.errors,
+                    ms(k.latency_us.p50),
+                    ms(k.latency_us.p99)
+                );
+            }
+        }
+    }
+    out
+}
