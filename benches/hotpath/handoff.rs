@@ -18,12 +18,14 @@
 //! **Backstop.** With `spin_before_park` set, glommio 0.9 has been seen to lose a cross-executor
 //! wake-up: both executors parked in `io_cqring_wait` with a packet in the ring, for good. The
 //! broker's own loops have timers that would end such a stall after a while; a benchmark has
-//! none and would hang. So every receive here is also re-polled by a [`BACKSTOP`] ticker, and a
-//! batch that took longer than half of it is counted as a stall and reported on stderr. A stall
-//! is either a thread the kernel did not run for that long (a busy machine: it happens in
-//! `local/*` too) or a lost wake-up the ticker rescued; only the second is a finding.
+//! none and would hang. So a pending receive is also re-polled every [`BACKSTOP`], and two
+//! things are reported on stderr: *rescues*, receives that had waited at least [`RESCUE_AFTER`]
+//! and completed on such a re-poll (on an idle machine: the message sat in the ring and no
+//! wake-up came), and *stalls*, batches that took longer than half a backstop. On a busy
+//! machine both also count threads the kernel did not run for that long (stalls happen in
+//! `local/*` too), so read them on an idle one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::pin::pin;
 use std::rc::Rc;
@@ -46,11 +48,20 @@ const BUF: usize = 1420 + 32;
 const PACKET: usize = 600;
 /// How often a pending receive is re-polled regardless of wake-ups (see the module docs).
 const BACKSTOP: Duration = Duration::from_millis(10);
+/// A receive the backstop completed after it waited this long counts as a rescue: a whole tick
+/// went by with the message in the ring. (Shorter waits are ambiguous on a busy machine: a
+/// thread the kernel did not run for a while wakes to its timer and its message at once.)
+const RESCUE_AFTER: Duration = BACKSTOP;
 
 /// The waker of the receive in progress, for the backstop ticker.
 #[derive(Default)]
 struct Kick {
     waker: RefCell<Option<Waker>>,
+    /// The ticker woke the receive since its last poll.
+    kicked: Cell<bool>,
+    /// Receives pending for [`RESCUE_AFTER`] or more that completed on a poll the ticker asked
+    /// for.
+    rescues: Cell<u64>,
 }
 
 /// Wakes the pending receive every [`BACKSTOP`]; runs until its task is dropped.
@@ -58,6 +69,7 @@ async fn ticker(kick: Rc<Kick>) {
     loop {
         glommio::timer::sleep(BACKSTOP).await;
         if let Some(w) = kick.waker.borrow_mut().take() {
+            kick.kicked.set(true);
             w.wake();
         }
     }
@@ -69,11 +81,21 @@ async fn recv(rx: &Rx, kick: Option<&Kick>) -> Option<Msg> {
         return rx.recv().await;
     };
     let mut next = pin!(rx.recv());
-    poll_fn(|cx| match next.as_mut().poll(cx) {
-        Poll::Ready(m) => Poll::Ready(m),
-        Poll::Pending => {
-            *kick.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
+    let mut pending_since: Option<Instant> = None;
+    poll_fn(|cx| {
+        let kicked = kick.kicked.replace(false);
+        match next.as_mut().poll(cx) {
+            Poll::Ready(m) => {
+                if kicked && pending_since.is_some_and(|t| t.elapsed() >= RESCUE_AFTER) {
+                    kick.rescues.set(kick.rescues.get() + 1);
+                }
+                Poll::Ready(m)
+            }
+            Poll::Pending => {
+                pending_since.get_or_insert_with(Instant::now);
+                *kick.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
     })
     .await
@@ -105,8 +127,10 @@ fn executor(name: &str, cpu: usize, spin: Duration) -> LocalExecutorBuilder {
 /// What one measurement saw.
 struct Run {
     elapsed: Duration,
-    /// Batches that took longer than half a [`BACKSTOP`]: a wake-up was lost or late.
+    /// Batches that took longer than half a [`BACKSTOP`].
     stalls: u64,
+    /// Receives (on both sides) that only the backstop completed.
+    rescues: u64,
 }
 
 /// The tunnel core's side: sends `iters` packets in batches of `batch` and waits for each
@@ -142,6 +166,7 @@ async fn drive(tx: &Tx, rx: &Rx, kick: Option<&Kick>, iters: u64, batch: usize) 
     Run {
         elapsed: start.elapsed(),
         stalls,
+        rescues: kick.map_or(0, |k| k.rescues.get()),
     }
 }
 
@@ -167,6 +192,7 @@ fn shared(iters: u64, batch: usize, spin: Duration) -> Run {
             let kick = Rc::new(Kick::default());
             let _ticker = glommio::spawn_local(ticker(kick.clone()));
             echo(tx, rx, Some(&kick)).await;
+            kick.rescues.get()
         })
         .expect("the shard executor starts");
     let core = executor("bench-core", 0, spin)
@@ -179,8 +205,8 @@ fn shared(iters: u64, batch: usize, spin: Duration) -> Run {
             run
         })
         .expect("the core executor starts");
-    let run = core.join().expect("the core executor ran");
-    shard.join().expect("the shard executor ran");
+    let mut run = core.join().expect("the core executor ran");
+    run.rescues += shard.join().expect("the shard executor ran");
     run
 }
 
@@ -203,9 +229,11 @@ fn local(iters: u64, batch: usize) -> Run {
 
 /// The time of one measurement, with its stalls reported.
 fn timed(label: &str, run: Run) -> Duration {
-    if run.stalls > 0 {
+    if run.stalls > 0 || run.rescues > 0 {
         eprintln!(
-            "{label}: {} batch(es) stalled > {:?} (descheduled, or a lost wake-up rescued)",
+            "{label}: {} receive(s) waited >= {RESCUE_AFTER:?} and were completed by the \
+             {BACKSTOP:?} backstop (lost wake-up, or descheduled), {} batch(es) took > {:?}",
+            run.rescues,
             run.stalls,
             BACKSTOP / 2
         );
