@@ -11,39 +11,28 @@
 #   EXTRA_TOML=$'[runtime]\nspin_before_park = "100us"' DUR=10 perf/tunnel-figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=perf/lib.sh
+. perf/lib.sh
 BIN=${1:-target/release/wgbroker}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 DUR=${DUR:-10}
 TAG=$$
 V=wgpv$TAG; B=wgpb$TAG
+WG=wgpv$TAG        # not wg0: wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is machine-wide
 TMP=$(mktemp -d)
 chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  ip netns pids "$V" 2>/dev/null | xargs -r kill 2>/dev/null || true
-  ip netns pids "$B" 2>/dev/null | xargs -r kill 2>/dev/null || true
-  ip netns del "$V" 2>/dev/null || true
-  ip netns del "$B" 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+# perf_cleanup kills what we started, removes the namespaces, the veth and the temp dir.
+trap perf_cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
 
-ip netns add "$V"; ip netns add "$B"
-ip link add "va$TAG" type veth peer name "vb$TAG"
-ip link set "va$TAG" netns "$V"; ip link set "vb$TAG" netns "$B"
-ip -n "$V" addr add 10.214.0.1/30 dev "va$TAG"; ip -n "$B" addr add 10.214.0.2/30 dev "vb$TAG"
-for ns in "$V" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$V" link set "va$TAG" up; ip -n "$B" link set "vb$TAG" up
+perf_ns "$V"; perf_ns "$B"
+perf_veth "$V" "va$TAG" 10.214.0.1/30 "$B" "vb$TAG" 10.214.0.2/30
 
 VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
 BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
-WG_PROCESS_FOREGROUND=1 ip netns exec "$V" wireguard-go -f wg0 >/dev/null 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do ip netns exec "$V" wg show wg0 >/dev/null 2>&1 && break; sleep 0.05; done
+perf_wg_up "$V" "$WG"
 echo "$VKEY" > "$TMP/v.key"
-ip netns exec "$V" wg set wg0 private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
-ip -n "$V" addr add 10.77.0.1/24 dev wg0; ip -n "$V" link set wg0 up
+ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
+ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
 
 # Upstream: nginx on the broker namespace's loopback.
 mkdir -p "$TMP/www"
@@ -55,7 +44,7 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   server { listen 127.0.0.1:8080; root $TMP/www; } }
 NGX
-ip netns exec "$B" nginx -c "$TMP/nginx.conf" & PIDS+=($!)
+perf_bg "$B" nginx -c "$TMP/nginx.conf"
 
 cat > "$TMP/broker.toml" <<CFG
 [wireguard]
@@ -74,9 +63,9 @@ level = "error"
 ${EXTRA_TOML:-}
 CFG
 T0=$(date +%s%N)
-ip netns exec "$B" "$BIN" run -c "$TMP/broker.toml" & BPID=$!; PIDS+=($BPID)
+perf_bg "$B" "$BIN" run -c "$TMP/broker.toml"; BPID=$PERF_LAST_PID
 for _ in $(seq 1000); do
-  hs=$(ip netns exec "$V" wg show wg0 latest-handshakes | awk '{print $2}')
+  hs=$(ip netns exec "$V" wg show "$WG" latest-handshakes | awk '{print $2}')
   [ "${hs:-0}" != 0 ] && break; sleep 0.005
 done
 T1=$(date +%s%N)
@@ -84,7 +73,7 @@ echo "handshake: $(( (T1 - T0) / 1000000 )) ms from process start (includes exec
 
 rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$BPID/status"; }
 cpu() { # per-thread CPU seconds: name=utime+stime
-  for t in /proc/$BPID/task/*; do
+  for t in "/proc/$BPID"/task/*; do
     read -r -a st < "$t/stat" || continue
     printf '%s=%s ' "$(cat "$t/comm")" "$(awk -v u="${st[13]}" -v s="${st[14]}" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.2fs", (u + s) / h }')"
   done; echo; }
@@ -104,7 +93,7 @@ W -t2 -c1000 -d"${DUR}s" --timeout 10s http://10.77.0.2/healthcheck > "$TMP/wrk1
 sleep $((DUR / 2)); echo "RSS with 1000 connections: $(rss)"
 wait $WP; grep -E "Requests/sec|Socket|Non-2xx" "$TMP/wrk1000" || true
 echo "--- 10 MiB download through the tunnel"
-for i in 1 2 3; do
+for _ in 1 2 3; do
   ip netns exec "$V" curl -s -o /dev/null -w "%{size_download} bytes in %{time_total}s = %{speed_download} B/s\n" \
     http://10.77.0.2/proxy/http://127.0.0.1:8080/big.bin
 done

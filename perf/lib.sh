@@ -1,0 +1,155 @@
+# shellcheck shell=bash
+# Shared helpers for perf/*.sh (sourced, not run): network namespaces, veths and wireguard-go
+# interfaces that are removed on every exit path, processes that are tracked by PID and killed only
+# if they still live in one of *our* namespaces, and /proc accounting (CPU ticks, peak RSS).
+#
+# The caller sets TMP (a private temp dir, removed by perf_cleanup) and calls
+#   trap perf_cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
+# before creating anything.
+
+PERF_PIDS=()      # processes we started (killed on exit if still in one of our namespaces)
+PERF_NETNS=()     # namespaces we created
+PERF_LINKS=()     # links created in the root namespace (deleted if they are still there)
+PERF_WGSOCKS=()   # wireguard-go UAPI sockets (/var/run/wireguard is not per namespace)
+# shellcheck disable=SC2034  # used by the callers
+CLK_TCK=$(getconf CLK_TCK)
+
+# perf_ns NAME: creates a namespace with lo up, removed by perf_cleanup.
+perf_ns() {
+  ip netns add "$1"
+  PERF_NETNS+=("$1")
+  ip -n "$1" link set lo up
+}
+
+# perf_veth NS1 IF1 ADDR1/LEN NS2 IF2 ADDR2/LEN: a veth pair between two namespaces.
+perf_veth() {
+  PERF_LINKS+=("$2")
+  ip link add "$2" type veth peer name "$5"
+  ip link set "$2" netns "$1"
+  ip link set "$5" netns "$4"
+  ip -n "$1" addr add "$3" dev "$2"
+  ip -n "$4" addr add "$6" dev "$5"
+  ip -n "$1" link set "$2" up
+  ip -n "$4" link set "$5" up
+}
+
+# perf_bg NS CMD...: starts CMD in namespace NS in the background, records its PID in PERF_PIDS
+# and in PERF_LAST_PID. `ip netns exec` execs, so the PID is CMD's own.
+perf_bg() {
+  local ns=$1; shift
+  ip netns exec "$ns" "$@" &
+  PERF_LAST_PID=$!
+  PERF_PIDS+=("$PERF_LAST_PID")
+}
+
+# perf_wg_up NS IFNAME: starts wireguard-go (foreground, tracked) and waits for its UAPI socket.
+# IFNAME must be unique on the machine: the UAPI socket lives in /var/run/wireguard/IFNAME.sock,
+# shared by every namespace (two concurrent runs using "wg0" would talk to each other's daemon).
+perf_wg_up() {
+  PERF_WGSOCKS+=("/var/run/wireguard/$2.sock")
+  WG_PROCESS_FOREGROUND=1 perf_bg "$1" wireguard-go -f "$2" >"$TMP/wireguard-go.$2.log" 2>&1
+  local _
+  for _ in $(seq 100); do
+    ip netns exec "$1" wg show "$2" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "wireguard-go did not come up on $2 in $1 (see $TMP/wireguard-go.$2.log)" >&2
+  return 1
+}
+
+# perf_pid_in_ours PID: true when PID still lives in one of our namespaces.
+perf_pid_in_ours() {
+  local ns ours
+  ns=$(ip netns identify "$1" 2>/dev/null) || return 1
+  [ -n "$ns" ] || return 1
+  for ours in "${PERF_NETNS[@]:-}"; do [ "$ns" = "$ours" ] && return 0; done
+  return 1
+}
+
+perf_cleanup() {
+  local p ns l s _ alive
+  set +e
+  for p in "${PERF_PIDS[@]:-}"; do
+    [ -n "$p" ] && perf_pid_in_ours "$p" && kill -TERM "$p" 2>/dev/null
+  done
+  for _ in $(seq 30); do
+    alive=0
+    for p in "${PERF_PIDS[@]:-}"; do [ -n "$p" ] && kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  # Anything left in our namespaces was started by us (nginx workers, stragglers): KILL by PID.
+  for ns in "${PERF_NETNS[@]:-}"; do
+    [ -n "$ns" ] || continue
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+  done
+  for _ in $(seq 20); do
+    alive=0
+    for ns in "${PERF_NETNS[@]:-}"; do
+      [ -n "$ns" ] && [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] && alive=1
+    done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for ns in "${PERF_NETNS[@]:-}"; do [ -n "$ns" ] && ip netns del "$ns" 2>/dev/null; done
+  for l in "${PERF_LINKS[@]:-}"; do [ -n "$l" ] && ip link del "$l" 2>/dev/null; done
+  for s in "${PERF_WGSOCKS[@]:-}"; do [ -n "$s" ] && rm -f "$s"; done
+  [ -n "${TMP:-}" ] && [ -d "$TMP" ] && rm -rf "$TMP"
+  return 0
+}
+
+# perf_cpu_ticks PID...: utime+stime in clock ticks summed over PIDs (each PID's figure covers all
+# of its threads, including exited ones). Missing PIDs count 0.
+perf_cpu_ticks() {
+  local p s t=0 f
+  for p in "$@"; do
+    s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    s=${s##*) }          # drop "pid (comm) "; comm may contain spaces
+    read -r -a f <<<"$s"
+    t=$((t + f[11] + f[12]))
+  done
+  echo "$t"
+}
+
+# perf_host_ticks: "busy steal" clock ticks over all CPUs since boot (busy = user nice system irq
+# softirq; steal = taken by the hypervisor).
+perf_host_ticks() {
+  local _c u n s _i _w irq sirq st _r
+  read -r _c u n s _i _w irq sirq st _r </proc/stat
+  echo "$((u + n + s + irq + sirq)) $st"
+}
+
+# perf_hwm_kib PID...: VmHWM (peak RSS) summed over PIDs, KiB.
+perf_hwm_kib() {
+  local p t=0 v
+  for p in "$@"; do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+# perf_rss_kib PID...: VmRSS summed over PIDs, KiB.
+perf_rss_kib() {
+  local p t=0 v
+  for p in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+# perf_children PID: direct children of PID (e.g. nginx workers of a master).
+perf_children() {
+  ps -o pid= --ppid "$1" 2>/dev/null | tr -s ' \n' ' '
+}
+
+# perf_reaped_ticks: CPU ticks of this shell's waited-for children (cutime+cstime of $$), e.g.
+# a wrk that has exited and been reaped.
+perf_reaped_ticks() {
+  local s f
+  s=$(cat "/proc/$$/stat")
+  s=${s##*) }
+  read -r -a f <<<"$s"
+  echo "$((f[13] + f[14]))"
+}
