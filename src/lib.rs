@@ -35,6 +35,12 @@
 //! HTTP/1.1 in place, asks the allowlist, rewrites headers and streams to the upstream over a pooled
 //! connection. No TCP payload crosses cores.
 //!
+//! The tunnel core drains its socket with `recvmmsg` and sends what the shards hand back in
+//! batches with `sendmmsg`, runs of same-size datagrams to one peer as one UDP GSO send
+//! (`runtime::udp`). With one or two CPUs the tunnel core and the single shard share one executor
+//! and the channels are local: a cross-core hand-off to a parked executor costs an eventfd write
+//! and a membarrier, which on a 2-core VM doubled the CPU per request (see `runtime::placement`).
+//!
 //! Only [`runtime`] imports glommio; every other module runs in a plain `#[test]` and a criterion
 //! benchmark without io_uring.
 
