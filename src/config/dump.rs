@@ -227,6 +227,7 @@ pub fn render(c: &Config) -> String {
     rt.insert("preempt_timer".into(), dur(r.preempt_timer));
     rt.insert("udp_recv_buffer".into(), int(r.udp_recv_buffer));
     rt.insert("udp_send_buffer".into(), int(r.udp_send_buffer));
+    rt.insert("udp_gso".into(), r.udp_gso.into());
     rt.insert("tcp_rx_buffer".into(), int(r.tcp_rx_buffer));
     rt.insert("tcp_tx_buffer".into(), int(r.tcp_tx_buffer));
     rt.insert("stacks_per_shard".into(), int(r.stacks_per_shard));

@@ -226,8 +226,8 @@ pub struct Runtime {
     pub cpus: Vec<usize>,
     /// CPU of the tunnel core; default: the first of `cpus`.
     pub tunnel_cpu: Option<usize>,
-    /// Shard executors; 0 = one per remaining CPU (at least one; with one CPU the tunnel core and
-    /// the shard share an executor).
+    /// Shard executors; 0 = auto: with one or two CPUs the tunnel core and one shard share an
+    /// executor, otherwise one shard per CPU after the tunnel core.
     pub shards: usize,
     /// Pin executors to their CPUs; default true.
     pub pin: bool,
@@ -243,6 +243,9 @@ pub struct Runtime {
     /// UDP socket buffers, bytes; default 4 MiB each.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
+    /// Send runs of same-size datagrams to one peer as one UDP GSO buffer when the kernel takes
+    /// `UDP_SEGMENT`; default true. Off: one datagram per `sendmmsg` entry.
+    pub udp_gso: bool,
     /// smoltcp per-connection buffers, bytes; default 64 KiB each. The send buffer bounds how much
     /// a connection bursts into the tunnel: 128 KiB overflowed a default gateway UDP buffer
     /// (perf/tunnel-figures.sh: 7 MB/s vs 17 MB/s for a 10 MiB download).
@@ -251,7 +254,8 @@ pub struct Runtime {
     /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
     pub stacks_per_shard: usize,
     /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN);
-    /// default 4. Each holds full TCP buffers, so this is idle memory.
+    /// default 4. Their buffers are allocated but only touched by data (THP is off), so idle
+    /// memory stays small.
     pub listen_backlog: usize,
     /// Open tunnel connections across the broker; beyond it new SYNs are refused; default 16384.
     pub max_connections: usize,

@@ -685,6 +685,7 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         preempt_timer: s.or(ctx, "preempt_timer", Duration::from_millis(10)),
         udp_recv_buffer: s.or::<Bytes>(ctx, "udp_recv_buffer", Bytes(4 << 20)).0,
         udp_send_buffer: s.or::<Bytes>(ctx, "udp_send_buffer", Bytes(4 << 20)).0,
+        udp_gso: s.or(ctx, "udp_gso", true),
         tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
         tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(64 << 10)).0,
         stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),

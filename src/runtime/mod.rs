@@ -351,6 +351,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let cap = buf_capacity(c.wireguard.mtu);
+    let gso = c.runtime.udp_gso;
     let id_prefix = random_u64() as u32;
     let server = ServerConfig::from_config(c);
     let rules = c.rules();
@@ -416,6 +417,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     shards: 1,
                     stacks,
                     status: status2,
+                    gso,
                 });
                 glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
                 if let Some(hb) = heartbeat.clone() {
@@ -497,6 +499,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     shards,
                     stacks,
                     status: status2,
+                    gso,
                 });
                 for (i, rx) in from_shards.into_iter().enumerate() {
                     glommio::spawn_local(tunnel_core::egress_loop(core.clone(), rx, i)).detach();

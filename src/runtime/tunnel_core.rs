@@ -31,6 +31,8 @@ pub(super) struct TunnelCore {
     pub shards: usize,
     pub stacks: usize,
     pub status: Arc<Status>,
+    /// `[runtime] udp_gso`: use UDP GSO where the kernel supports it.
+    pub gso: bool,
 }
 
 impl std::fmt::Debug for TunnelCore {
@@ -144,7 +146,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
 pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
     let slot = required_buffer_len(core.pool.borrow().buf_capacity());
     let fd = core.udp.as_raw_fd();
-    let mut batch = SendBatch::new(slot, udp::gso_supported(fd));
+    let mut batch = SendBatch::new(slot, core.gso && udp::gso_supported(fd));
     while let Some(first) = from_shard.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {

@@ -75,7 +75,8 @@ fn many_connections_get_healthcheck_answers() {
 
 #[test]
 fn one_cpu_runs_tunnel_and_shard_on_one_executor() {
-    let mut t = Tunnel::start("[runtime]\ncpus = [0]\n");
+    // Also the plain sendmmsg path: GSO off.
+    let mut t = Tunnel::start("[runtime]\ncpus = [0]\nudp_gso = false\n");
     healthchecks(&mut t, 50, 2);
 }
 
