@@ -57,6 +57,12 @@ impl<'p> Ctx<'p> {
         self.lenient_secrets
     }
 
+    /// Records a non-fatal finding at `key` (printed by `check`, `run` and `dump`).
+    pub fn warning(&mut self, key: &str, message: impl Into<String>) {
+        let f = self.finding(key, message);
+        self.warnings.push(f);
+    }
+
     /// Records a problem at `key`.
     pub fn error(&mut self, key: &str, message: impl Into<String>) {
         let f = self.finding(key, message);

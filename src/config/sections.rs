@@ -693,6 +693,13 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         max_connections: s.or(ctx, "max_connections", 16384),
         channel_capacity: s.or(ctx, "channel_capacity", 1024),
     };
+    if !r.pin && !r.spin_before_park.is_zero() {
+        // glommio drops spin_before_park for executors without a CPU binding.
+        ctx.warning(
+            &s.key("spin_before_park"),
+            "has no effect with `pin = false`: executors spin before parking only when pinned",
+        );
+    }
     if let Some(t) = r.tunnel_cpu {
         if !r.cpus.is_empty() && !r.cpus.contains(&t) {
             ctx.error(&s.key("tunnel_cpu"), format!("CPU {t} is not in `cpus`"));

@@ -337,3 +337,18 @@ fn runtime_profiles_validate() {
     }
     assert!(n >= 1, "no profile found in {}", dir.display());
 }
+
+#[test]
+fn spin_without_pinning_is_a_warning_naming_the_file() {
+    let rt = "[runtime]\npin = false\nspin_before_park = \"50us\"\n";
+    let l = load(&[("a.toml", &base()), ("rt.toml", rt)]).expect("still valid");
+    let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("rt.toml: runtime.spin_before_park: has no effect")),
+        "{w:?}"
+    );
+    let pinned = "[runtime]\npin = true\nspin_before_park = \"50us\"\n";
+    let l = load(&[("a.toml", &base()), ("rt.toml", pinned)]).expect("valid");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
