@@ -148,6 +148,8 @@ pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usi
     let fd = core.udp.as_raw_fd();
     let mut batch = SendBatch::new(slot, core.gso && udp::gso_supported(fd));
     while let Some(first) = from_shard.recv().await {
+        // One clock read per drain: the packets of a batch leave together.
+        let now = Instant::now();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -155,7 +157,7 @@ pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usi
                     let sent = core
                         .table
                         .borrow_mut()
-                        .send(Instant::now(), p.as_slice(), batch.next_slot())
+                        .send(now, p.as_slice(), batch.next_slot())
                         .transmit_len();
                     // The plaintext buffer belongs to the shard: send it home before any await.
                     let _ = core.to_shards[shard].try_send(Msg::Home(p));

@@ -284,9 +284,12 @@ pub struct RecvBatch {
     lens: Vec<usize>,
     truncated: Vec<bool>,
     from: Vec<Option<SocketAddr>>,
-    names: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
+    // Built once: each header points at its name, its iovec and its slot of `data`. All four
+    // are boxed slices, never resized, so the pointers stay valid when the batch moves.
+    names: Box<[libc::sockaddr_storage]>,
+    /// Only read by the kernel, through `hdrs`: owned here so that it lives as long as they do.
+    _iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -304,15 +307,38 @@ impl RecvBatch {
     pub fn new(slot: usize) -> Self {
         // SAFETY: all-zero is a valid `sockaddr_storage`.
         let zero_name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut data = vec![0u8; slot * BATCH].into_boxed_slice();
+        let mut names = vec![zero_name; BATCH].into_boxed_slice();
+        let base = data.as_mut_ptr();
+        let mut iovs: Box<[libc::iovec]> = (0..BATCH)
+            .map(|i| libc::iovec {
+                // SAFETY: slot `i` lies inside `data` (BATCH slots long).
+                iov_base: unsafe { base.add(i * slot) }.cast(),
+                iov_len: slot,
+            })
+            .collect();
+        let hdrs = (0..BATCH)
+            .map(|i| {
+                // SAFETY: all-zero is a valid `msghdr`.
+                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_name = (&raw mut names[i]).cast();
+                hdr.msg_iov = &raw mut iovs[i];
+                hdr.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: hdr,
+                    msg_len: 0,
+                }
+            })
+            .collect();
         Self {
             slot,
-            data: vec![0u8; slot * BATCH].into_boxed_slice(),
+            data,
             lens: Vec::with_capacity(BATCH),
             truncated: Vec::with_capacity(BATCH),
             from: Vec::with_capacity(BATCH),
-            names: vec![zero_name; BATCH],
-            iovs: Vec::with_capacity(BATCH),
-            hdrs: Vec::with_capacity(BATCH),
+            names,
+            _iovs: iovs,
+            hdrs,
         }
     }
 
@@ -321,31 +347,14 @@ impl RecvBatch {
         self.lens.clear();
         self.truncated.clear();
         self.from.clear();
-        self.iovs.clear();
-        self.hdrs.clear();
-        let base = self.data.as_mut_ptr();
-        for i in 0..BATCH {
-            self.iovs.push(libc::iovec {
-                // SAFETY: slot `i` lies inside `data` (BATCH slots long).
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
-                iov_len: self.slot,
-            });
-        }
-        for i in 0..BATCH {
-            // SAFETY: all-zero is a valid `msghdr`.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_name = (&raw mut self.names[i]).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &raw mut self.iovs[i];
-            hdr.msg_iovlen = 1;
-            self.hdrs.push(libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            });
+        for h in self.hdrs.iter_mut() {
+            // The kernel writes back the name length and the flags: reset both.
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
         }
         let n = loop {
             // SAFETY: `hdrs` holds BATCH initialised mmsghdrs whose name and iov pointers point
-            // into `names`, `iovs` and `data`, all owned by `self` and not moved during the call.
+            // into the boxed `names`, `iovs` and `data` of `self` (built in `new`, never resized).
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
