@@ -710,9 +710,11 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 mod batch {
     use std::io;
     use std::mem::MaybeUninit;
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::net::SocketAddr;
     use std::os::fd::RawFd;
     use std::time::Duration;
+
+    use socket2::SockAddr;
 
     use super::BATCH;
 
@@ -721,53 +723,6 @@ mod batch {
             e.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
         )
-    }
-
-    /// Room for any socket address the kernel writes (`sizeof(struct sockaddr_storage)`).
-    const NAME: usize = 128;
-
-    /// Decodes a `sockaddr_in` / `sockaddr_in6` from its bytes.
-    fn to_std(b: &[u8; NAME], len: usize) -> Option<SocketAddr> {
-        let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
-        let port = u16::from_be_bytes([b[2], b[3]]);
-        if family == libc::AF_INET && len >= 16 {
-            let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, port)))
-        } else if family == libc::AF_INET6 && len >= 28 {
-            let flow = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-            let mut ip = [0u8; 16];
-            ip.copy_from_slice(&b[8..24]);
-            let scope = u32::from_ne_bytes([b[24], b[25], b[26], b[27]]);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flow,
-                scope,
-            )))
-        } else {
-            None
-        }
-    }
-
-    /// Encodes `addr` as a `sockaddr_in` / `sockaddr_in6`; returns its length.
-    fn from_std(addr: &SocketAddr, b: &mut [u8; NAME]) -> usize {
-        b.fill(0);
-        match addr {
-            SocketAddr::V4(a) => {
-                b[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-                b[2..4].copy_from_slice(&a.port().to_be_bytes());
-                b[4..8].copy_from_slice(&a.ip().octets());
-                16
-            }
-            SocketAddr::V6(a) => {
-                b[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-                b[2..4].copy_from_slice(&a.port().to_be_bytes());
-                b[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
-                b[8..24].copy_from_slice(&a.ip().octets());
-                b[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
-                28
-            }
-        }
     }
 
     /// Receives up to [`BATCH`] datagrams without blocking; slot `i` of `slots` (each `slot`
@@ -781,7 +736,9 @@ mod batch {
         meta: &mut [(usize, Option<SocketAddr>); BATCH],
     ) -> io::Result<usize> {
         let count = (slots.len() / slot).min(BATCH);
-        let mut names = [[0u8; NAME]; BATCH];
+        // SAFETY: all-zero is a valid `sockaddr_storage`.
+        let mut names: [libc::sockaddr_storage; BATCH] =
+            unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: as above.
@@ -789,8 +746,8 @@ mod batch {
         for (i, chunk) in slots.chunks_exact_mut(slot).take(count).enumerate() {
             iov[i].iov_base = chunk.as_mut_ptr().cast();
             iov[i].iov_len = slot;
-            hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr().cast();
-            hdrs[i].msg_hdr.msg_namelen = NAME as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_name = (&raw mut names[i]).cast();
+            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
             hdrs[i].msg_hdr.msg_iovlen = 1;
         }
@@ -813,7 +770,10 @@ mod batch {
         for i in 0..n {
             let h = &hdrs[i];
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let from = to_std(&names[i], h.msg_hdr.msg_namelen as usize).filter(|_| !truncated);
+            // SAFETY: the kernel wrote a socket address of `msg_namelen` bytes into `names[i]`,
+            // a whole sockaddr_storage.
+            let name = unsafe { SockAddr::new(names[i], h.msg_hdr.msg_namelen) };
+            let from = name.as_socket().filter(|_| !truncated);
             meta[i] = (h.msg_len as usize, from);
         }
         Ok(n)
@@ -834,20 +794,25 @@ mod batch {
         if count == 0 {
             return Ok(0);
         }
-        let mut names = [[0u8; NAME]; BATCH];
+        // Encoded on the stack: no allocation per batch (unused entries are never passed).
+        let names: [SockAddr; BATCH] = std::array::from_fn(|i| {
+            SockAddr::from(
+                todo.get(i)
+                    .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |t| t.0),
+            )
+        });
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, (to, start, len)) in todo.iter().take(count).enumerate() {
+        for (i, (_, start, len)) in todo.iter().take(count).enumerate() {
             let index = off + i;
             let base = index * slot + start;
             let data = &slots[base..base + len];
-            let sl = from_std(to, &mut names[i]);
             iov[i].iov_base = data.as_ptr().cast_mut().cast();
             iov[i].iov_len = data.len();
-            hdrs[i].msg_hdr.msg_name = names[i].as_mut_ptr().cast();
-            hdrs[i].msg_hdr.msg_namelen = sl as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_name = names[i].as_ptr().cast_mut().cast();
+            hdrs[i].msg_hdr.msg_namelen = names[i].len();
             hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
             hdrs[i].msg_hdr.msg_iovlen = 1;
         }
@@ -900,20 +865,5 @@ mod batch {
 
     pub(super) fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
         wait(fd, libc::POLLOUT, timeout)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn addresses_round_trip_through_sockaddr_storage() {
-            for a in ["127.0.0.1:51820", "[::1]:443", "[fe80::1%2]:9"] {
-                let a: SocketAddr = a.parse().expect("addr");
-                let mut b = [0u8; NAME];
-                let len = from_std(&a, &mut b);
-                assert_eq!(to_std(&b, len), Some(a));
-            }
-        }
     }
 }
