@@ -456,71 +456,8 @@ pub async fn serve<C, T, U>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
 
-    /// A scripted connection: reads come from `input` in `step`-byte pieces, then EOF (or
-    /// pending forever when `hang`), writes go to `output`.
-    struct Script {
-        input: Vec<u8>,
-        pos: usize,
-        step: usize,
-        hang: bool,
-        output: Vec<u8>,
-        closed: bool,
-    }
-
-    impl Script {
-        fn new(input: &[u8], step: usize, hang: bool) -> Self {
-            Self {
-                input: input.to_vec(),
-                pos: 0,
-                step,
-                hang,
-                output: Vec::new(),
-                closed: false,
-            }
-        }
-    }
-
-    impl AsyncRead for Script {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<std::io::Result<usize>> {
-            if self.pos == self.input.len() {
-                return if self.hang {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(Ok(0))
-                };
-            }
-            let n = self.step.min(buf.len()).min(self.input.len() - self.pos);
-            let start = self.pos;
-            buf[..n].copy_from_slice(&self.input[start..start + n]);
-            self.pos += n;
-            Poll::Ready(Ok(n))
-        }
-    }
-
-    impl AsyncWrite for Script {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.output.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            self.closed = true;
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::testkit::script::Script;
 
     /// Sleeps complete at once: every wait times out immediately.
     struct Instant;
@@ -573,7 +510,7 @@ mod tests {
         hang: bool,
         timer: &T,
     ) -> (String, ServerStats, bool) {
-        let mut s = Script::new(input, step, hang);
+        let mut s = Script::new(input, step).hanging(hang);
         let ctx = ServerCtx::new(
             cfg(),
             Allowlist::default(),

@@ -7,3 +7,5 @@ pub mod client;
 pub mod gateway;
 pub mod response;
 pub mod scm;
+#[cfg(test)]
+pub(crate) mod script;

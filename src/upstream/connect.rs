@@ -159,67 +159,17 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
 
     use super::*;
 
-    /// A scripted stream: reads come from `input` in `chunk`-sized pieces, writes are recorded.
-    struct Script {
-        input: Vec<u8>,
-        pos: usize,
-        chunk: usize,
-        written: Vec<u8>,
-    }
-
-    impl Script {
-        fn new(input: &[u8], chunk: usize) -> Self {
-            Self {
-                input: input.to_vec(),
-                pos: 0,
-                chunk,
-                written: Vec::new(),
-            }
-        }
-    }
-
-    impl AsyncRead for Script {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.chunk).min(self.input.len() - self.pos);
-            let start = self.pos;
-            buf[..n].copy_from_slice(&self.input[start..start + n]);
-            self.pos += n;
-            Poll::Ready(Ok(n))
-        }
-    }
-
-    impl AsyncWrite for Script {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.written.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::testkit::script::Script;
 
     fn run(reply: &[u8], chunk: usize, proxy: &str) -> (Result<(), UpstreamError>, Vec<u8>) {
         let proxy = ProxyEndpoint::parse(proxy, "t").expect("proxy");
         let target = Target::new(true, "git.example.com", 443);
         let mut s = Script::new(reply, chunk);
         let r = futures_lite::future::block_on(handshake(&mut s, &target, &proxy));
-        (r, s.written)
+        (r, s.output)
     }
 
     #[test]
