@@ -418,6 +418,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     stacks,
                     status: status2,
                     gso,
+                    io: Default::default(),
                 });
                 glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
                 if let Some(hb) = heartbeat.clone() {
@@ -500,6 +501,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     stacks,
                     status: status2,
                     gso,
+                    io: Default::default(),
                 });
                 for (i, rx) in from_shards.into_iter().enumerate() {
                     glommio::spawn_local(tunnel_core::egress_loop(core.clone(), rx, i)).detach();

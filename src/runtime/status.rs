@@ -33,7 +33,8 @@ pub struct Status {
     /// Decrypted packets dropped because a shard's link was full.
     pub link_drops: AtomicU64,
     /// `recvmmsg` calls that returned datagrams, `sendmmsg` batches sent, and datagrams the
-    /// kernel refused with a hard error (datagrams per batch = datagrams / batches).
+    /// kernel refused with a hard error (datagrams per batch = datagrams / batches); counted on
+    /// the tunnel core and published with its 100 ms timer tick.
     pub rx_batches: AtomicU64,
     pub tx_batches: AtomicU64,
     pub send_errors: AtomicU64,

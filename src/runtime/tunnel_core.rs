@@ -6,7 +6,7 @@
 //! back and sends the spent buffers home; the timer loop drives handshakes, keepalives,
 //! re-resolution and the shared rate limiter.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
@@ -33,6 +33,22 @@ pub(super) struct TunnelCore {
     pub status: Arc<Status>,
     /// `[runtime] udp_gso`: use UDP GSO where the kernel supports it.
     pub gso: bool,
+    /// Batch counters, kept on this core and published with the timer tick (no atomic per batch).
+    pub io: IoCounters,
+}
+
+/// The tunnel core's own counters of its batched UDP I/O.
+#[derive(Debug, Default)]
+pub(super) struct IoCounters {
+    rx_batches: Cell<u64>,
+    tx_batches: Cell<u64>,
+    send_errors: Cell<u64>,
+}
+
+impl IoCounters {
+    fn bump(c: &Cell<u64>, by: u64) {
+        c.set(c.get().wrapping_add(by));
+    }
 }
 
 impl std::fmt::Debug for TunnelCore {
@@ -77,7 +93,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                 continue;
             }
         };
-        core.status.rx_batches.fetch_add(1, Ordering::Relaxed);
+        IoCounters::bump(&core.io.rx_batches, 1);
         let now = Instant::now();
         for i in 0..n {
             let Some((datagram, from, truncated)) = batch.get(i) else {
@@ -185,18 +201,14 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
     if batch.is_empty() {
         return;
     }
-    core.status.tx_batches.fetch_add(1, Ordering::Relaxed);
+    IoCounters::bump(&core.io.tx_batches, 1);
     match batch.send(core.udp.as_raw_fd()) {
         Ok(0) => {}
         Ok(failed) => {
-            core.status
-                .send_errors
-                .fetch_add(failed as u64, Ordering::Relaxed);
+            IoCounters::bump(&core.io.send_errors, failed as u64);
         }
         Err(unsent) => {
-            core.status
-                .send_errors
-                .fetch_add(unsent.failed as u64, Ordering::Relaxed);
+            IoCounters::bump(&core.io.send_errors, unsent.failed as u64);
             for i in unsent.from..batch.len() {
                 if let Some((d, to)) = batch.datagram(i) {
                     send_datagram(&core.udp, d, to).await;
@@ -309,4 +321,14 @@ fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
     core.status
         .datagrams_dropped
         .store(c.dropped(), Ordering::Relaxed);
+    let io = &core.io;
+    core.status
+        .rx_batches
+        .store(io.rx_batches.get(), Ordering::Relaxed);
+    core.status
+        .tx_batches
+        .store(io.tx_batches.get(), Ordering::Relaxed);
+    core.status
+        .send_errors
+        .store(io.send_errors.get(), Ordering::Relaxed);
 }
