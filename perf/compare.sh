@@ -20,7 +20,8 @@
 # their own — upstream alone, the baseline's proxy without the tunnel, each tunnel with a trivial
 # 200 — as reference points for this machine; 0: skip), CASES ("small denied bulk"), BASE_WORKERS /
 # UP_WORKERS (nginx worker_processes of the baseline proxy / the upstream, auto), WG_GOMAXPROCS
-# (GOMAXPROCS for both wireguard-go), HOLD=N (debugging: keep the set-up alive N s after
+# (GOMAXPROCS for both wireguard-go), WG_RMEM (bytes: the UDP receive buffer both wireguard-go get,
+# see below; "" = the host's default), HOLD=N (debugging: keep the set-up alive N s after
 # verification, then measure).
 # --json: the JSON document goes to stdout and the human-readable report to stderr.
 #
@@ -74,6 +75,12 @@
 #     2-core box the vendor's wireguard-go is what limits the bulk download: its UDP receive buffer
 #     overflows (drops are printed per run). Kernel TCP (baseline) recovers from those losses with
 #     SACK/fast retransmit; smoltcp (wgbroker, 1 s minimum RTO) shows them as stalls (download p99).
+#     wireguard-go since 0.0.20230223 asks for 7 MiB socket buffers (SO_RCVBUFFORCE), and kernel
+#     WireGuard has no such buffer, so a current gateway does not drop those bursts: WG_RMEM=7340032
+#     models one. This old wireguard-go never sets SO_RCVBUF, so its sockets take the host-wide
+#     net.core.rmem_default, which is read-only inside a namespace: WG_RMEM sets it host-wide for
+#     the run (before either wireguard-go starts; wgbroker sets its own buffers) and puts the old
+#     value back on every exit path. Other programs opening sockets meanwhile get it too.
 #   * The machine may be shared: load average is printed at start and end, and "foreign" CPU per
 #     run; treat runs with high foreign CPU with suspicion.
 set -euo pipefail
@@ -105,6 +112,7 @@ CALIBRATE=${CALIBRATE:-1}            # reference points before the measured runs
 BASE_WORKERS=${BASE_WORKERS:-auto}   # worker_processes of the baseline's nginx proxy
 UP_WORKERS=${UP_WORKERS:-auto}       # worker_processes of the upstream nginx
 WG_GOMAXPROCS=${WG_GOMAXPROCS:-}     # GOMAXPROCS of both wireguard-go (vendor and baseline); "" = Go's default
+WG_RMEM=${WG_RMEM:-}                 # net.core.rmem_default for the run (both wireguard-go); "" = leave it
 CASES=${CASES:-small denied bulk}
 for c in $CASES; do case $c in small|denied|bulk) ;; *) echo "CASES: unknown case $c" >&2; exit 64 ;; esac; done
 TOKEN=perf-token-$RANDOM$RANDOM
@@ -113,6 +121,9 @@ for v in DUR ROUNDS THREADS CONNS BULK_THREADS BULK_CONNS BULK_MIB WARMUP SSL_SE
 done
 [[ $CALIBRATE =~ ^[01]$ ]] || { echo "CALIBRATE must be 0 or 1" >&2; exit 64; }
 [[ ${QUIET_WAIT:-0} =~ ^[0-9]+$ ]] || { echo "QUIET_WAIT must be a whole number of seconds" >&2; exit 64; }
+if [ -n "$WG_RMEM" ] && { ! [[ $WG_RMEM =~ ^[0-9]+$ ]] || [ "$WG_RMEM" -lt 4096 ] || [ "$WG_RMEM" -gt 268435456 ]; }; then
+  echo "WG_RMEM must be a byte count from 4096 to 268435456" >&2; exit 64
+fi
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
 for t in wireguard-go wg wrk nginx openssl curl ip awk; do
   command -v "$t" >/dev/null || { echo "missing $t (.ci/setup installs the tools)" >&2; exit 1; }
@@ -151,6 +162,7 @@ echo "host: $NCPU CPUs ($CPU_MODEL), kernel $(uname -r), load average $LOAD0"
 echo "tools: $(wireguard-go --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"
 echo "runs: $ROUNDS rounds x ($CASES) x 2 sides x ${DUR}s; small/denied wrk -t$THREADS -c$CONNS," \
   "bulk wrk -t$BULK_THREADS -c$BULK_CONNS on a $BULK_MIB MiB file"
+echo "wireguard-go UDP receive buffer: $([ -n "$WG_RMEM" ] && echo "$WG_RMEM bytes (WG_RMEM; host default $(sysctl -n net.core.rmem_default) restored at exit)" || echo "host default net.core.rmem_default = $(sysctl -n net.core.rmem_default) bytes")"
 [ -n "${EXTRA_TOML:-}" ] && echo "EXTRA_TOML: $(echo "$EXTRA_TOML" | sed 's/[[:space:]]*#.*//' | grep -v '^\s*#' | grep -v '^\s*$' | tr '\n' ' ' | sed 's/  */ /g')"
 echo "estimated time: ~${EST}s$([ "${QUIET_WAIT:-0}" -gt 0 ] && echo ", at most ${EST_MAX}s with QUIET_WAIT=${QUIET_WAIT}s per run")"
 awk -v l="${LOAD0%% *}" -v n="$NCPU" 'BEGIN { exit !(l > 0.3 * n) }' &&
@@ -180,6 +192,7 @@ AKEY=$("$WGB" genkey); APUB=$(echo "$AKEY" | "$WGB" pubkey)   # (a) wgbroker
 NKEY=$("$WGB" genkey); NPUB=$(echo "$NKEY" | "$WGB" pubkey)   # (b) baseline wireguard-go
 ( umask 077; echo "$VKEY" >"$TMP/v.key"; echo "$NKEY" >"$TMP/n.key" )
 
+if [ -n "$WG_RMEM" ]; then perf_sysctl net.core.rmem_default "$WG_RMEM"; fi
 GOMAXPROCS=$WG_GOMAXPROCS perf_wg_up "$V" "$VWG"
 ip netns exec "$V" wg set "$VWG" private-key "$TMP/v.key" listen-port 51820 \
   peer "$APUB" allowed-ips 10.77.0.2/32 peer "$NPUB" allowed-ips 10.77.0.3/32
@@ -657,8 +670,8 @@ json() {
     "$(date -u -d "@$T_START" +%FT%TZ)" "$BIN" "$BIN_VERSION" "$BIN_SHA" "$GIT_REV" "$GIT_DIRTY"
   printf '  "host": {"cpus": %d, "cpu_model": "%s", "kernel": "%s", "loadavg_start": "%s", "loadavg_end": "%s"},\n' \
     "$NCPU" "$CPU_MODEL" "$(uname -r)" "$LOAD0" "$LOAD1"
-  printf '  "params": {"dur_s": %d, "rounds": %d, "cases": "%s", "threads": %d, "conns": %d, "bulk_threads": %d, "bulk_conns": %d, "bulk_mib": %d, "base_workers": "%s", "up_workers": "%s", "wg_gomaxprocs": "%s", "quiet_wait_s": %d, "extra_toml": %s},\n' \
-    "$DUR" "$ROUNDS" "$CASES" "$THREADS" "$CONNS" "$BULK_THREADS" "$BULK_CONNS" "$BULK_MIB" "$BASE_WORKERS" "$UP_WORKERS" "$WG_GOMAXPROCS" "$QUIET_WAIT" \
+  printf '  "params": {"dur_s": %d, "rounds": %d, "cases": "%s", "threads": %d, "conns": %d, "bulk_threads": %d, "bulk_conns": %d, "bulk_mib": %d, "base_workers": "%s", "up_workers": "%s", "wg_gomaxprocs": "%s", "wg_rmem": "%s", "quiet_wait_s": %d, "extra_toml": %s},\n' \
+    "$DUR" "$ROUNDS" "$CASES" "$THREADS" "$CONNS" "$BULK_THREADS" "$BULK_CONNS" "$BULK_MIB" "$BASE_WORKERS" "$UP_WORKERS" "$WG_GOMAXPROCS" "${WG_RMEM:-default $(sysctl -n net.core.rmem_default)}" "$QUIET_WAIT" \
     "$(printf '%s' "${EXTRA_TOML:-}" | awk 'BEGIN { printf "\"" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "%s\\n", $0 } END { printf "\"" }')"
   printf '  "ceiling": {"chacha20_poly1305_bytes_per_s_1350": %s, "chacha20_poly1305_bytes_per_s_16384": %s},\n' "${SSL_1350:-null}" "${SSL_16K:-null}"
   printf '  "peak_rss_kib": {"wgbroker": %d, "baseline": %d}, "rss_after_warmup_kib": {"wgbroker": %d, "baseline": %d},\n' \

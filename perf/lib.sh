@@ -66,9 +66,19 @@ perf_pid_in_ours() {
   return 1
 }
 
+# perf_sysctl KEY VALUE: sets a host-wide sysctl; perf_cleanup puts the old value back.
+PERF_SYSCTLS=()
+perf_sysctl() {
+  local old
+  old=$(sysctl -n "$1") || return 1
+  PERF_SYSCTLS+=("$1=$old")
+  sysctl -q -w "$1=$2"
+}
+
 perf_cleanup() {
   local p ns l s _ alive
   set +e
+  for s in "${PERF_SYSCTLS[@]:-}"; do [ -n "$s" ] && sysctl -q -w "$s"; done
   for p in "${PERF_PIDS[@]:-}"; do
     [ -n "$p" ] && perf_pid_in_ours "$p" && kill -TERM "$p" 2>/dev/null
   done
