@@ -17,6 +17,7 @@ use crate::keys::PrivateKey;
 use crate::testkit::client::{self, Request, RunOptions};
 use crate::testkit::gateway::{Gateway, GatewayConfig};
 use crate::testkit::scm::MockScm;
+use crate::testkit::toml::{PeerToml, WireguardToml};
 
 const TOKEN: &str = "ghp_demoTOKENdemoTOKENdemoTOKEN0123456789";
 
@@ -34,17 +35,12 @@ fn config_text(
     gateway: std::net::SocketAddr,
     scm: std::net::SocketAddr,
 ) -> String {
+    let wireguard = WireguardToml::new(broker, "10.77.0.2")
+        .peer(PeerToml::new(vendor.public_key(), gateway, "10.77.0.1/32").persistent_keepalive(0))
+        .render();
     format!(
         r#"
-[wireguard]
-private_key = "{}"
-address = "10.77.0.2"
-[[wireguard.peers]]
-public_key = "{}"
-endpoint = "{gateway}"
-allowed_ips = ["10.77.0.1/32"]
-persistent_keepalive = 0
-
+{wireguard}
 [[scm]]
 type = "github"
 base_url = "http://{scm}/api/v3"
@@ -61,9 +57,7 @@ listen = "127.0.0.1:0"
 
 [log]
 level = "error"
-"#,
-        broker.to_base64(),
-        vendor.public_key(),
+"#
     )
 }
 

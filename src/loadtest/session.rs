@@ -21,6 +21,7 @@ use crate::cli::{EXIT_CONFIG, EXIT_OS};
 use crate::config::{self, LoadMode};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::testkit::gateway::{Gateway, GatewayConfig};
+use crate::testkit::toml::{PeerToml, WireguardToml};
 
 /// The token the in-process upstream insists on (injected by the broker's GitHub rules).
 const TOKEN: &str = "ghp_loadtestTOKENloadtestTOKEN0123456789";
@@ -365,19 +366,19 @@ fn measure_target(a: &Args, target: Target) -> Result<Report, Failure> {
 
 /// The `[wireguard]` table of the in-process broker: its key and one peer per driver thread.
 fn wireguard_toml(a: &Args, broker: &PrivateKey, d: &Drivers) -> String {
-    let mut s = format!(
-        "[wireguard]\nprivate_key = \"{}\"\naddress = \"{}\"\nlisten_port = 0\n",
-        broker.to_base64(),
-        a.broker_address
-    );
-    for ((key, addr), vendor) in d.keys.iter().zip(&d.addrs).zip(&d.vendors) {
-        s.push_str(&format!(
-            "\n[[wireguard.peers]]\npublic_key = \"{}\"\nendpoint = \"{addr}\"\nallowed_ips = [\"{}\"]\npersistent_keepalive = 0\n",
-            key.public_key(),
-            ipnet::IpNet::from(*vendor)
-        ));
-    }
-    s
+    let peers = d
+        .keys
+        .iter()
+        .zip(&d.addrs)
+        .zip(&d.vendors)
+        .map(|((key, addr), vendor)| {
+            PeerToml::new(key.public_key(), addr, ipnet::IpNet::from(*vendor))
+                .persistent_keepalive(0)
+        });
+    WireguardToml::new(broker, a.broker_address)
+        .listen_port(0)
+        .peers(peers)
+        .render()
 }
 
 /// Rules that let the in-process broker reach the local upstream.
@@ -533,21 +534,31 @@ fn print_gateway_info(a: &Args, d: &Drivers) {
         ));
     }
     s.push_str(&format!(
-        "  broker: tunnel address {}, HTTP port {}\n\n# --- paste into the broker's configuration ---\n[wireguard]\n# private_key = <the broker's key, whose public key was given as --broker-public-key>\naddress = \"{}\"\n",
-        a.broker_address, a.port, a.broker_address
+        "  broker: tunnel address {}, HTTP port {}\n\n# --- paste into the broker's configuration ---\n",
+        a.broker_address, a.port
     ));
-    for ((key, addr), vendor) in d.keys.iter().zip(&d.addrs).zip(&d.vendors) {
-        let endpoint = if addr.ip().is_unspecified() {
-            format!("<this host's address>:{}", addr.port())
-        } else {
-            addr.to_string()
-        };
-        s.push_str(&format!(
-            "\n[[wireguard.peers]]\npublic_key = \"{}\"\nendpoint = \"{endpoint}\"\nallowed_ips = [\"{}\"]\n",
-            key.public_key(),
-            ipnet::IpNet::from(*vendor)
-        ));
-    }
+    // No persistent_keepalive: the broker's default applies.
+    let peers = d
+        .keys
+        .iter()
+        .zip(&d.addrs)
+        .zip(&d.vendors)
+        .map(|((key, addr), vendor)| {
+            let endpoint = if addr.ip().is_unspecified() {
+                format!("<this host's address>:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            PeerToml::new(key.public_key(), endpoint, ipnet::IpNet::from(*vendor))
+        });
+    s.push_str(
+        &WireguardToml::without_private_key(
+            "<the broker's key, whose public key was given as --broker-public-key>",
+            a.broker_address,
+        )
+        .peers(peers)
+        .render(),
+    );
     s.push_str("# --- end ---");
     info(a, &s);
 }

@@ -15,12 +15,11 @@
 //! | anything else | `404` |
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread;
 
 use crate::http::ChunkedDecoder;
+use crate::testkit::listener::Listener;
 
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -34,57 +33,22 @@ const MAX_DOWNLOAD: u64 = 1 << 32;
 /// The running upstream; stops accepting when dropped.
 #[derive(Debug)]
 pub struct Upstream {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    listener: Listener,
 }
 
 impl Upstream {
     /// Starts on `127.0.0.1:0`; `/api/v3` routes require `Authorization: Bearer <token>`.
     pub fn start(token: &str) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let open = Arc::new(AtomicUsize::new(0));
         let auth: Arc<[u8]> = format!("Bearer {token}").into_bytes().into();
-        let stop2 = stop.clone();
-        thread::Builder::new()
-            .name("lt-upstream".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-                        open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let (open2, auth2) = (open.clone(), auth.clone());
-                    let spawned =
-                        thread::Builder::new()
-                            .name("lt-upstream-c".into())
-                            .spawn(move || {
-                                let _ = serve(conn, &auth2);
-                                open2.fetch_sub(1, Ordering::Relaxed);
-                            });
-                    if spawned.is_err() {
-                        open.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-            })?;
-        Ok(Self { addr, stop })
+        let listener = Listener::start("lt-upstream", MAX_CONNECTIONS, move |conn| {
+            let _ = serve(conn, &auth);
+        })?;
+        Ok(Self { listener })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
+        self.listener.addr()
     }
 }
 

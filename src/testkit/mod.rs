@@ -5,7 +5,9 @@
 
 pub mod client;
 pub mod gateway;
+pub mod listener;
 pub mod response;
 pub mod scm;
 #[cfg(test)]
 pub(crate) mod script;
+pub mod toml;

@@ -2,14 +2,18 @@
 //! routes that insist on the injected token, file downloads, an upload sink, a slow route. It
 //! records every request it receives so tests can prove what did — and did not — reach it.
 //!
-//! Thread per connection, std only: it is a fixture, not part of the data plane.
+//! Thread per connection ([`Listener`]), std only: it is a fixture, not part of the data plane.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use crate::testkit::listener::Listener;
+
+/// Connections served at once (a test that needs more is doing something else).
+const MAX_CONNECTIONS: usize = 1024;
 
 /// A request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -53,47 +57,29 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// The running fixture; stops when dropped.
 #[derive(Debug)]
 pub struct MockScm {
-    addr: SocketAddr,
+    listener: Listener,
     token: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl MockScm {
     /// Starts on `127.0.0.1:0`; API routes require `Authorization: Bearer <token>`.
     pub fn start(token: &str) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s2, st2, tok) = (seen.clone(), stop.clone(), token.to_owned());
-        thread::Builder::new()
-            .name("mock-scm".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if st2.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (s3, tok2) = (s2.clone(), tok.clone());
-                    let _ = thread::Builder::new()
-                        .name("mock-scm-conn".into())
-                        .spawn(move || {
-                            let _ = serve(conn, &s3, &tok2);
-                        });
-                }
-            })?;
+        let (seen2, tok) = (seen.clone(), token.to_owned());
+        let listener = Listener::start("mock-scm", MAX_CONNECTIONS, move |conn| {
+            let _ = serve(conn, &seen2, &tok);
+        })?;
         Ok(Self {
-            addr,
+            listener,
             token: token.to_owned(),
             seen,
-            stop,
         })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// The token it expects.
@@ -104,13 +90,6 @@ impl MockScm {
     /// Every request received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for MockScm {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 

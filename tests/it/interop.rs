@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wgbroker::keys::PrivateKey;
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 use crate::harness::netns::Pair;
 
@@ -32,26 +33,23 @@ fn start() -> Interop {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("broker.toml");
+    let wireguard = WireguardToml::new(&broker_key, "10.77.0.2")
+        .peer(PeerToml::new(
+            vendor_key.public_key(),
+            format!("{}:51820", pair.vendor_ip),
+            "10.77.0.1/32",
+        ))
+        .render();
     std::fs::write(
         &cfg,
         format!(
             r#"
-[wireguard]
-private_key = "{}"
-address = "10.77.0.2"
-[[wireguard.peers]]
-public_key = "{}"
-endpoint = "{}:51820"
-allowed_ips = ["10.77.0.1/32"]
-[admin]
+{wireguard}[admin]
 listen = "127.0.0.1:0"
 
 [log]
 level = "warn"
-"#,
-            broker_key.to_base64(),
-            vendor_key.public_key(),
-            pair.vendor_ip
+"#
         ),
     )
     .expect("write config");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use wgbroker::keys::PrivateKey;
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 use crate::harness::netns::{Pair, sh};
 
@@ -138,17 +139,16 @@ fn broker_config(
     endpoint: &str,
     ca: &Path,
 ) -> String {
+    let wireguard = WireguardToml::new(broker_key, BROKER_TUNNEL_IP)
+        .peer(PeerToml::new(
+            vendor_public,
+            format!("{endpoint}:51820"),
+            format!("{VENDOR_TUNNEL_IP}/32"),
+        ))
+        .render();
     format!(
         r#"
-[wireguard]
-private_key = "{key}"
-address = "{BROKER_TUNNEL_IP}"
-
-[[wireguard.peers]]
-public_key = "{vendor_public}"
-endpoint = "{endpoint}:51820"
-allowed_ips = ["{VENDOR_TUNNEL_IP}/32"]
-
+{wireguard}
 [[scm]]
 type = "github"
 base_url = "http://127.0.0.1:{HTTP_PORT}/api/v3"
@@ -194,7 +194,6 @@ listen = "127.0.0.1:0"
 level = "info"
 format = "text"
 "#,
-        key = broker_key.to_base64(),
         ca = ca.display(),
     )
 }

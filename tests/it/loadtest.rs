@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::scm::MockScm;
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 fn loadtest(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgbroker"))
@@ -306,20 +307,14 @@ fn gateway_mode_drives_an_external_broker() {
     );
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("broker.toml");
+    let wireguard = WireguardToml::new(&broker_key, "10.77.0.2")
+        .peer(PeerToml::new(key, endpoint, allowed).persistent_keepalive(0))
+        .render();
     std::fs::write(
         &cfg,
         format!(
             r#"
-[wireguard]
-private_key = "{}"
-address = "10.77.0.2"
-
-[[wireguard.peers]]
-public_key = "{key}"
-endpoint = "{endpoint}"
-allowed_ips = ["{allowed}"]
-persistent_keepalive = 0
-
+{wireguard}
 [[scm]]
 type = "github"
 base_url = "http://{}/api/v3"
@@ -331,7 +326,6 @@ listen = "127.0.0.1:0"
 [log]
 level = "error"
 "#,
-            broker_key.to_base64(),
             scm.addr()
         ),
     )

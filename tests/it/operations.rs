@@ -10,6 +10,7 @@ use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
 use wgbroker::testkit::scm::MockScm;
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 fn config(
     broker: &PrivateKey,
@@ -18,17 +19,12 @@ fn config(
     scm: std::net::SocketAddr,
     extra_rule: &str,
 ) -> String {
+    let wireguard = WireguardToml::new(broker, "10.77.0.2")
+        .peer(PeerToml::new(vendor.public_key(), gateway, "10.77.0.1/32").persistent_keepalive(0))
+        .render();
     format!(
         r#"
-[wireguard]
-private_key = "{}"
-address = "10.77.0.2"
-[[wireguard.peers]]
-public_key = "{}"
-endpoint = "{gateway}"
-allowed_ips = ["10.77.0.1/32"]
-persistent_keepalive = 0
-[admin]
+{wireguard}[admin]
 listen = "127.0.0.1:0"
 [log]
 level = "info"
@@ -37,9 +33,7 @@ format = "json"
 url = "http://{scm}/slow/:s"
 methods = ["GET"]
 {extra_rule}
-"#,
-        broker.to_base64(),
-        vendor.public_key()
+"#
     )
 }
 

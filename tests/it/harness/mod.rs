@@ -11,6 +11,7 @@ use wgbroker::config::{self, LoadMode, Loaded};
 use wgbroker::keys::PrivateKey;
 use wgbroker::runtime::{self, BrokerHandle};
 use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 pub const BROKER_IP: &str = "10.77.0.2";
 pub const VENDOR_IP: &str = "10.77.0.1";
@@ -22,25 +23,21 @@ pub fn broker_toml(
     gateway: SocketAddr,
     extra: &str,
 ) -> String {
+    let wireguard = WireguardToml::new(broker_key, BROKER_IP)
+        .peer(
+            PeerToml::new(vendor_public, gateway, format!("{VENDOR_IP}/32"))
+                .persistent_keepalive(0),
+        )
+        .render();
     format!(
         r#"
-[wireguard]
-private_key = "{key}"
-address = "{BROKER_IP}"
-
-[[wireguard.peers]]
-public_key = "{vendor_public}"
-endpoint = "{gateway}"
-allowed_ips = ["{VENDOR_IP}/32"]
-persistent_keepalive = 0
-
+{wireguard}
 # Many brokers run in one test process: each takes an ephemeral admin port.
 [admin]
 listen = "127.0.0.1:0"
 
 {extra}
-"#,
-        key = broker_key.to_base64(),
+"#
     )
 }
 
