@@ -17,8 +17,14 @@
 //!
 //! **Backstop.** With `spin_before_park` set, glommio 0.9 has been seen to lose a cross-executor
 //! wake-up: both executors parked in `io_cqring_wait` with a packet in the ring, for good. The
-//! broker's own loops have timers that would end such a stall after a while; a benchmark has
-//! none and would hang. So a pending receive is also re-polled every [`BACKSTOP`], and two
+//! likely mechanism, read in glommio 0.9.0's `executor/mod.rs`: `run_task_queues` returns
+//! `false` ("nothing ran") when `need_preempt()` is already true before it runs a queue, e.g.
+//! because the preemption timer armed by the previous `poll_io` fired while the thread was not
+//! running; the caller takes that for "idle" and parks, the park consumes the timer's
+//! completion (which wakes no task) and sleeps with a runnable queue. glommio/glommio PR #53
+//! fixes it upstream; no release on crates.io has the fix yet. The broker's own loops have
+//! timers (100 ms) that end such a stall, and any I/O completion ends it sooner; a benchmark
+//! has none and would hang. So a pending receive is also re-polled every [`BACKSTOP`], and two
 //! things are reported on stderr: *rescues*, receives that had waited at least [`RESCUE_AFTER`]
 //! and completed on such a re-poll (on an idle machine: the message sat in the ring and no
 //! wake-up came), and *stalls*, batches that took longer than half a backstop. On a busy

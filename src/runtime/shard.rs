@@ -23,7 +23,9 @@ use crate::netstack::{ConnError, ConnId, StackSet};
 use crate::packet::{BufPool, PacketBuf};
 use crate::server::{self, ServerCtx};
 
-/// Longest the driver sleeps, so that it notices `stop` promptly.
+/// Longest the driver sleeps, so that it notices `stop` promptly. Its timer also bounds a stall
+/// of glommio 0.9's own: an executor that parks with a runnable task queue when its preemption
+/// timer fired before the queue ran (see `benches/hotpath/handoff.rs`); any I/O ends it sooner.
 const MAX_PARK: Duration = Duration::from_millis(100);
 
 /// One shard's state (single-threaded).
