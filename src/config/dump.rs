@@ -230,6 +230,7 @@ pub fn render(c: &Config) -> String {
     rt.insert("udp_gso".into(), r.udp_gso.into());
     rt.insert("tcp_rx_buffer".into(), int(r.tcp_rx_buffer));
     rt.insert("tcp_tx_buffer".into(), int(r.tcp_tx_buffer));
+    rt.insert("tcp_ack_delay".into(), dur(r.tcp_ack_delay));
     rt.insert("stacks_per_shard".into(), int(r.stacks_per_shard));
     rt.insert("listen_backlog".into(), int(r.listen_backlog));
     rt.insert("max_connections".into(), int(r.max_connections));

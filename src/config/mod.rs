@@ -251,6 +251,11 @@ pub struct Runtime {
     /// (perf/tunnel-figures.sh: 7 MB/s vs 17 MB/s for a 10 MiB download).
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
+    /// How long a tunnel connection may hold back a pure ACK, hoping to carry it on the reply;
+    /// default 5 ms, 0 = ACK at once. Every second full segment is still ACKed at once. A vendor
+    /// client that writes a request in two pieces without `TCP_NODELAY` (Nagle) waits up to this
+    /// long for the second piece to go out.
+    pub tcp_ack_delay: Duration,
     /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
     pub stacks_per_shard: usize,
     /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN);

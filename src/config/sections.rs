@@ -688,6 +688,7 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         udp_gso: s.or(ctx, "udp_gso", true),
         tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
         tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(64 << 10)).0,
+        tcp_ack_delay: s.or(ctx, "tcp_ack_delay", Duration::from_millis(5)),
         stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
         listen_backlog: s.or(ctx, "listen_backlog", 4),
         max_connections: s.or(ctx, "max_connections", 16384),
@@ -713,6 +714,10 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
     }
     if r.tcp_rx_buffer < 2048 || r.tcp_tx_buffer < 2048 {
         ctx.error(&s.key("tcp_rx_buffer"), "TCP buffers must be at least 2KiB");
+    }
+    if r.tcp_ack_delay > Duration::from_millis(500) {
+        // RFC 1122 4.2.3.2: an ACK must not be delayed by more than 0.5 s.
+        ctx.error(&s.key("tcp_ack_delay"), "must be at most 500ms");
     }
     if r.listen_backlog == 0 || r.max_connections == 0 || r.channel_capacity == 0 {
         ctx.error(

@@ -57,9 +57,10 @@ pub struct StackConfig {
     /// its side releases the socket after this long.
     pub timeout: Option<Duration>,
     /// How long smoltcp may hold back a pure ACK hoping to piggyback it on data. `None` ACKs at
-    /// once. Default 1 ms: short enough that a peer running Nagle is never stalled noticeably
-    /// (smoltcp's own default is 10 ms), long enough that a reply written by the connection task
-    /// in the same executor turn carries the ACK. smoltcp still ACKs at once every full segment.
+    /// once. Default 5 ms (`[runtime] tcp_ack_delay`; smoltcp's own default is 10 ms): long
+    /// enough that a proxied reply under load carries the ACK (at 1 ms, a third of requests also
+    /// cost a pure-ACK datagram), short enough that a peer running Nagle is not stalled for long.
+    /// smoltcp still ACKs at once when a second full segment is unacknowledged.
     pub ack_delay: Option<Duration>,
     /// Packets waiting in one stack's ingress queue before further packets for it are dropped.
     /// Default 1024.
@@ -84,7 +85,7 @@ impl Default for StackConfig {
             shards: 1,
             keep_alive: Some(Duration::from_secs(30)),
             timeout: Some(Duration::from_secs(120)),
-            ack_delay: Some(Duration::from_millis(1)),
+            ack_delay: Some(Duration::from_millis(5)),
             rx_queue: 1024,
             tx_queue: 4096,
         }

@@ -197,6 +197,7 @@ fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> Stack
         backlog: c.runtime.listen_backlog,
         rx_buffer: c.runtime.tcp_rx_buffer,
         tx_buffer: c.runtime.tcp_tx_buffer,
+        ack_delay: (!c.runtime.tcp_ack_delay.is_zero()).then_some(c.runtime.tcp_ack_delay),
         max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),
         stacks,
         shard_index: shard,

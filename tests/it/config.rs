@@ -352,3 +352,22 @@ fn spin_without_pinning_is_a_warning_naming_the_file() {
     let l = load(&[("a.toml", &base()), ("rt.toml", pinned)]).expect("valid");
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
 }
+
+#[test]
+fn tcp_ack_delay_defaults_to_5ms_zero_acks_at_once_and_is_capped() {
+    let l = load(&[("a.toml", &base())]).expect("valid");
+    assert_eq!(
+        l.config.runtime.tcp_ack_delay,
+        std::time::Duration::from_millis(5)
+    );
+    let off = "[runtime]\ntcp_ack_delay = \"0s\"\n";
+    let l = load(&[("a.toml", &base()), ("rt.toml", off)]).expect("0s is valid");
+    assert!(l.config.runtime.tcp_ack_delay.is_zero());
+    let long = "[runtime]\ntcp_ack_delay = \"600ms\"\n";
+    let e = errors(&[("a.toml", &base()), ("rt.toml", long)]);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("runtime.tcp_ack_delay: must be at most 500ms")),
+        "{e:?}"
+    );
+}
