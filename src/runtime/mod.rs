@@ -20,7 +20,7 @@ pub mod preflight;
 mod shard;
 pub mod status;
 mod tunnel_core;
-mod udp;
+pub(crate) mod udp;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};

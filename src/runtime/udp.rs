@@ -8,13 +8,17 @@
 //! it can. Both calls are non-blocking (`MSG_DONTWAIT`): the caller waits for readiness through
 //! glommio and falls back to its async send when the socket buffer is full.
 //!
-//! This module is part of the runtime seam: the only `unsafe` in the data plane, each block
-//! with its reason.
+//! The test kit's gateway (the vendor side in tests, `demo` and `loadtest`) uses the same
+//! batches, blocking on [`wait`] instead of glommio.
+//!
+//! This module is part of the runtime seam: the only `unsafe` in the crate's data plane and test
+//! kit, each block with its reason.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
+use std::time::Duration;
 
 use socket2::SockAddr;
 
@@ -60,6 +64,8 @@ pub struct Unsent {
 pub struct SendBatch {
     slot: usize,
     data: Box<[u8]>,
+    /// Where each datagram starts inside its slot.
+    offs: Vec<usize>,
     lens: Vec<usize>,
     dests: Vec<SockAddr>,
     to: Vec<SocketAddr>,
@@ -70,6 +76,8 @@ pub struct SendBatch {
     cmsgs: Vec<[u64; CMSG_WORDS]>,
     /// First datagram of each message in `hdrs`.
     starts: Vec<usize>,
+    /// `sendmmsg` calls made, for the caller's statistics.
+    calls: u64,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -88,6 +96,7 @@ impl SendBatch {
         Self {
             slot,
             data: vec![0u8; slot * BATCH].into_boxed_slice(),
+            offs: Vec::with_capacity(BATCH),
             lens: Vec::with_capacity(BATCH),
             dests: Vec::with_capacity(BATCH),
             to: Vec::with_capacity(BATCH),
@@ -96,7 +105,13 @@ impl SendBatch {
             hdrs: Vec::with_capacity(BATCH),
             cmsgs: vec![[0u64; CMSG_WORDS]; BATCH],
             starts: Vec::with_capacity(BATCH),
+            calls: 0,
         }
+    }
+
+    /// `sendmmsg` calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
     }
 
     /// Datagrams queued.
@@ -123,22 +138,43 @@ impl SendBatch {
 
     /// Queues the `len` bytes written at the start of the slot, for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
+        self.commit_at(0, len, to);
+    }
+
+    /// Queues the `len` bytes written at `start` inside the slot (an encryption that placed its
+    /// output after a prefix), for `to`. Clamped to the slot.
+    pub fn commit_at(&mut self, start: usize, len: usize, to: SocketAddr) {
         if self.is_full() {
             return;
         }
-        self.lens.push(len.min(self.slot));
+        let start = start.min(self.slot);
+        self.offs.push(start);
+        self.lens.push(len.min(self.slot - start));
         self.dests.push(SockAddr::from(to));
         self.to.push(to);
+    }
+
+    /// Copies `datagram` into the next slot and queues it; false (nothing queued) when the batch
+    /// is full or the datagram does not fit a slot.
+    pub fn push_copy(&mut self, to: SocketAddr, datagram: &[u8]) -> bool {
+        if self.is_full() || datagram.len() > self.slot {
+            return false;
+        }
+        self.next_slot()[..datagram.len()].copy_from_slice(datagram);
+        self.commit(datagram.len(), to);
+        true
     }
 
     /// Datagram `i` and its destination.
     pub fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let len = *self.lens.get(i)?;
-        Some((&self.data[i * self.slot..i * self.slot + len], self.to[i]))
+        let start = i * self.slot + self.offs[i];
+        Some((&self.data[start..start + len], self.to[i]))
     }
 
     /// Empties the batch.
     pub fn clear(&mut self) {
+        self.offs.clear();
         self.lens.clear();
         self.dests.clear();
         self.to.clear();
@@ -172,10 +208,11 @@ impl SendBatch {
         self.hdrs.clear();
         self.starts.clear();
         let base = self.data.as_mut_ptr();
-        for (i, &len) in self.lens.iter().enumerate().skip(from) {
+        for (i, (&len, &off)) in self.lens.iter().zip(&self.offs).enumerate().skip(from) {
             self.iovs.push(libc::iovec {
-                // SAFETY: slot `i` lies inside `data` (`i < BATCH`, `data` is BATCH slots long).
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                // SAFETY: `off + len <= slot` (clamped in `commit_at`) and slot `i` lies inside
+                // `data` (`i < BATCH`, `data` is BATCH slots long).
+                iov_base: unsafe { base.add(i * self.slot + off) }.cast(),
                 iov_len: len,
             });
         }
@@ -222,7 +259,12 @@ impl SendBatch {
     /// sent (or dropped by a hard error: counted in the returned value); `Err` with the first
     /// unsent index when the socket buffer is full.
     pub fn send(&mut self, fd: RawFd) -> Result<usize, Unsent> {
-        let mut from = 0;
+        self.send_from(fd, 0)
+    }
+
+    /// [`Self::send`] for the datagrams from index `from` on (after an [`Unsent`]).
+    pub fn send_from(&mut self, fd: RawFd, from: usize) -> Result<usize, Unsent> {
+        let mut from = from;
         let mut failed = 0;
         'rebuild: while from < self.lens.len() {
             self.build(from);
@@ -239,6 +281,7 @@ impl SendBatch {
                         libc::MSG_DONTWAIT,
                     )
                 };
+                self.calls += 1;
                 if rc > 0 {
                     m += rc as usize;
                     continue;
@@ -344,6 +387,12 @@ impl RecvBatch {
 
     /// Receives up to [`BATCH`] datagrams without blocking; `WouldBlock` when none is queued.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_up_to(fd, BATCH)
+    }
+
+    /// [`Self::recv`] taking at most `max` datagrams (1 to [`BATCH`]).
+    pub fn recv_up_to(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        let max = max.clamp(1, BATCH);
         self.lens.clear();
         self.truncated.clear();
         self.from.clear();
@@ -353,13 +402,14 @@ impl RecvBatch {
             h.msg_hdr.msg_flags = 0;
         }
         let n = loop {
-            // SAFETY: `hdrs` holds BATCH initialised mmsghdrs whose name and iov pointers point
-            // into the boxed `names`, `iovs` and `data` of `self` (built in `new`, never resized).
+            // SAFETY: `hdrs` holds BATCH initialised mmsghdrs (`max <= BATCH` are passed) whose
+            // name and iov pointers point into the boxed `names`, `iovs` and `data` of `self`
+            // (built in `new`, never resized).
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
                     self.hdrs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
+                    max as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -394,6 +444,46 @@ impl RecvBatch {
             self.truncated[i],
         ))
     }
+}
+
+/// What [`wait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// A datagram is queued (`POLLIN`).
+    Readable,
+    /// The send buffer has room (`POLLOUT`).
+    Writable,
+}
+
+/// Blocks the thread until `fd` is `ready` or `timeout` passes (zero: just look); returns
+/// whether it is ready. A signal ends the wait early with `false`. For threads that own a
+/// socket outside glommio (the test kit's gateway).
+pub fn wait(fd: RawFd, ready: Ready, timeout: Duration) -> io::Result<bool> {
+    let events = match ready {
+        Ready::Readable => libc::POLLIN,
+        Ready::Writable => libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(3600) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: one valid pollfd and a valid timespec, both on this stack frame for the call; no
+    // signal mask is passed.
+    let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
 }
 
 #[cfg(test)]
@@ -472,6 +562,69 @@ mod tests {
         fill(&mut plain, 100, 0, to1);
         fill(&mut plain, 100, 0, to1);
         assert_eq!(plain.run_len(0), 1);
+    }
+
+    #[test]
+    fn datagrams_at_an_offset_resume_and_copies_go_out_whole() {
+        let (a, b) = pair();
+        let to = b.local_addr().expect("addr");
+        let mut batch = SendBatch::new(512, false);
+        // As an encryption that writes after a prefix: bytes before `start` must not be sent.
+        let slot = batch.next_slot();
+        slot[..16].fill(0xee);
+        slot[16..116].fill(1);
+        batch.commit_at(16, 100, to);
+        assert!(batch.push_copy(to, &[2u8; 50]));
+        assert!(!batch.push_copy(to, &[3u8; 513]), "longer than a slot");
+        // A start past the slot is clamped, not a panic: an empty datagram.
+        batch.commit_at(10_000, 5, to);
+        assert_eq!(batch.datagram(0).map(|(d, _)| d.len()), Some(100));
+        assert_eq!(batch.datagram(2).map(|(d, _)| d.len()), Some(0));
+        // Resume after the first, as after an `Unsent { from: 1 }`.
+        assert_eq!(batch.send_from(a.as_raw_fd(), 1).expect("sent"), 0);
+        assert_eq!(batch.send(a.as_raw_fd()).expect("sent"), 0);
+        assert_eq!(batch.calls(), 2);
+        let mut buf = [0u8; 1024];
+        let got: Vec<Vec<u8>> = (0..5)
+            .map(|_| {
+                let (n, _) = b.recv_from(&mut buf).expect("datagram");
+                buf[..n].to_vec()
+            })
+            .collect();
+        assert_eq!(got[0], vec![2u8; 50]);
+        assert_eq!(got[1], Vec::<u8>::new());
+        assert_eq!(got[2], vec![1u8; 100]);
+        assert_eq!(got[3], vec![2u8; 50]);
+        assert_eq!(got[4], Vec::<u8>::new());
+    }
+
+    #[test]
+    fn recv_up_to_takes_no_more_than_asked_and_wait_sees_readiness() {
+        let (a, b) = pair();
+        let to = b.local_addr().expect("addr");
+        let fd = b.as_raw_fd();
+        assert!(!wait(fd, Ready::Readable, Duration::ZERO).expect("poll"));
+        assert!(wait(fd, Ready::Writable, Duration::ZERO).expect("poll"));
+        for i in 0..5u8 {
+            a.send_to(&[i; 10], to).expect("send");
+        }
+        assert!(wait(fd, Ready::Readable, Duration::from_secs(2)).expect("poll"));
+        let mut rb = RecvBatch::new(64);
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            match rb.recv_up_to(fd, 2) {
+                Ok(n) => {
+                    assert!((1..=2).contains(&n), "asked for at most 2, got {n}");
+                    seen.extend((0..n).map(|i| rb.get(i).expect("datagram").0[0]));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(wait(fd, Ready::Readable, Duration::from_secs(2)).expect("poll"));
+                }
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert!(!wait(fd, Ready::Readable, Duration::from_millis(10)).expect("poll"));
     }
 
     #[test]

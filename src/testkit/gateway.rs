@@ -4,10 +4,12 @@
 //! itself — the load tester's calibration responder plays the broker that way). Everything runs
 //! on the caller's thread, driven by [`Gateway::pump`]; no root, no TUN device.
 //!
-//! The datagram path is batched: one `recvmmsg` takes up to [`BATCH`] datagrams, encrypted
-//! packets are written straight into the slots of a send batch that one `sendmmsg` flushes, and
-//! the socket stays non-blocking (waiting is one `ppoll`). Decrypted packets live in a
-//! [`BufPool`]; nothing is allocated per packet once the pool is warm.
+//! The datagram path is batched with the broker's own batches (`runtime::udp`, the crate's only
+//! `unsafe`): one `recvmmsg` takes up to [`BATCH`] datagrams, encrypted packets are written
+//! straight into the slots of a send batch that one `sendmmsg` flushes (same-size runs as one
+//! UDP GSO send where the kernel has it), and the socket stays non-blocking (waiting is one
+//! `ppoll`). Decrypted packets live in a [`BufPool`]; nothing is allocated per packet once the
+//! pool is warm.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -19,12 +21,13 @@ use ipnet::IpNet;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::netstack::{ConnId, StackConfig, StackSet};
 use crate::packet::BufPool;
+use crate::runtime::udp::{self, Ready, RecvBatch, Unsent};
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
 };
 
 /// Datagrams per `recvmmsg` / `sendmmsg` call.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = udp::BATCH;
 
 /// Receive rounds (of up to [`BATCH`] datagrams) per [`Gateway::pump`] before the TCP stack runs.
 const RECV_ROUNDS: usize = 16;
@@ -136,53 +139,40 @@ struct Served {
 /// Largest request head the serve port accepts.
 const MAX_SERVE_HEAD: usize = 16 * 1024;
 
-/// Outgoing datagrams waiting for one `sendmmsg`: fixed slots, no allocation per packet.
+/// Outgoing datagrams waiting for one `sendmmsg`: the runtime's batch, flushed at `limit`.
 #[derive(Debug)]
-struct SendBatch {
-    slots: Vec<u8>,
-    slot: usize,
+struct Outbox {
+    batch: udp::SendBatch,
     /// Datagrams per flush.
     limit: usize,
-    /// `(to, start, len)` of each queued datagram, within its slot.
-    queued: Vec<(SocketAddr, usize, usize)>,
 }
 
-impl SendBatch {
-    fn new(slot: usize, limit: usize) -> Self {
+impl Outbox {
+    fn new(slot: usize, limit: usize, gso: bool) -> Self {
         Self {
-            slots: vec![0u8; slot * BATCH],
-            slot,
+            batch: udp::SendBatch::new(slot, gso),
             limit: limit.clamp(1, BATCH),
-            queued: Vec::with_capacity(BATCH),
         }
     }
 
     fn is_full(&self) -> bool {
-        self.queued.len() >= self.limit
+        self.batch.len() >= self.limit
     }
 
     /// The next free slot, to write a datagram into.
     fn space(&mut self) -> &mut [u8] {
-        let i = self.queued.len().min(BATCH - 1);
-        &mut self.slots[i * self.slot..(i + 1) * self.slot]
+        self.batch.next_slot()
     }
 
-    /// Records the datagram written into [`SendBatch::space`] at `start..start + len`.
+    /// Records the datagram written into [`Outbox::space`] at `start..start + len`.
     fn commit(&mut self, to: SocketAddr, start: usize, len: usize) {
-        if self.queued.len() < BATCH {
-            self.queued.push((to, start, len));
-        }
+        self.batch.commit_at(start, len, to);
     }
 
     /// Copies `d` into the next slot (handshakes and timer output; the data path encrypts in
     /// place instead).
     fn push_copy(&mut self, to: SocketAddr, d: &[u8]) -> bool {
-        if self.is_full() || d.len() > self.slot {
-            return false;
-        }
-        self.space()[..d.len()].copy_from_slice(d);
-        self.commit(to, 0, d.len());
-        true
+        !self.is_full() && self.batch.push_copy(to, d)
     }
 }
 
@@ -194,13 +184,11 @@ pub struct Gateway {
     broker: PeerId,
     set: StackSet,
     pool: BufPool,
-    /// Receive slots for `recvmmsg`.
-    rx_slots: Vec<u8>,
-    rx_slot: usize,
-    rx_meta: [(usize, Option<SocketAddr>); BATCH],
+    /// Receive slots for `recvmmsg`; `None` only while [`Gateway::receive`] handles a batch.
+    rx: Option<RecvBatch>,
     rx_batch: usize,
     spin: Duration,
-    tx: SendBatch,
+    tx: Outbox,
     /// Scratch output for table calls whose result is not sent at once (timers).
     out: Vec<u8>,
     next_tick: Instant,
@@ -253,18 +241,17 @@ impl Gateway {
         let cap = (cfg.mtu + crate::tunnel::DATA_OVERHEAD + 63) & !63;
         // A slot holds the largest datagram either side sends (MTU + overhead, or a handshake).
         let slot = required_buffer_len(cap).max(2048);
+        let gso = udp::gso_supported(udp.as_raw_fd());
         let mut gw = Self {
             udp,
             table,
             broker,
             set,
             pool: BufPool::new(cap, 8192),
-            rx_slots: vec![0u8; slot * BATCH],
-            rx_slot: slot,
-            rx_meta: [(0, None); BATCH],
+            rx: Some(RecvBatch::new(slot)),
             rx_batch: cfg.batch.clamp(1, BATCH),
             spin: cfg.spin,
-            tx: SendBatch::new(slot, cfg.batch),
+            tx: Outbox::new(slot, cfg.batch, gso),
             out: vec![0u8; slot],
             next_tick: now,
             broker_address: cfg.broker_address,
@@ -361,18 +348,25 @@ impl Gateway {
     }
 
     fn receive(&mut self, wait: Duration) -> io::Result<()> {
+        let Some(mut rx) = self.rx.take() else {
+            return Err(io::Error::other("gateway receive re-entered"));
+        };
+        let r = self.receive_into(&mut rx, wait);
+        self.rx = Some(rx);
+        r
+    }
+
+    fn receive_into(&mut self, rx: &mut RecvBatch, wait: Duration) -> io::Result<()> {
         let fd = self.udp.as_raw_fd();
         let mut waited = wait.is_zero();
         let mut round = 0;
         let rounds = RECV_ROUNDS * BATCH / self.rx_batch;
-        let len = self.rx_slot * self.rx_batch;
         while round < rounds {
-            let n = batch::recv(
-                fd,
-                &mut self.rx_slots[..len],
-                self.rx_slot,
-                &mut self.rx_meta,
-            )?;
+            let n = match rx.recv_up_to(fd, self.rx_batch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 if waited {
                     break;
@@ -384,7 +378,7 @@ impl Gateway {
                     let until = Instant::now() + self.spin.min(wait);
                     let mut got = false;
                     while Instant::now() < until {
-                        if batch::wait_readable(fd, Duration::ZERO)? {
+                        if udp::wait(fd, Ready::Readable, Duration::ZERO)? {
                             got = true;
                             break;
                         }
@@ -395,7 +389,7 @@ impl Gateway {
                     }
                 }
                 self.stats.waits += 1;
-                if !batch::wait_readable(fd, wait.saturating_sub(self.spin))? {
+                if !udp::wait(fd, Ready::Readable, wait.saturating_sub(self.spin))? {
                     break;
                 }
                 continue;
@@ -404,10 +398,9 @@ impl Gateway {
             round += 1;
             self.stats.recv_calls += 1;
             for i in 0..n {
-                let (len, from) = self.rx_meta[i];
                 self.stats.datagrams_in += 1;
-                match from {
-                    Some(from) if len <= self.rx_slot => self.handle_datagram(i, len, from)?,
+                match rx.get(i) {
+                    Some((datagram, Some(from), false)) => self.handle_datagram(datagram, from)?,
                     _ => self.stats.dropped += 1,
                 }
             }
@@ -418,11 +411,9 @@ impl Gateway {
         Ok(())
     }
 
-    fn handle_datagram(&mut self, slot: usize, n: usize, from: SocketAddr) -> io::Result<()> {
+    fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> io::Result<()> {
         let mut buf = self.pool.take();
-        let start = slot * self.rx_slot;
-        let datagram = &self.rx_slots[start..start + n];
-        if n > buf.capacity() {
+        if datagram.len() > buf.capacity() {
             self.stats.dropped += 1;
             self.pool.give(buf);
             return Ok(());
@@ -473,27 +464,35 @@ impl Gateway {
     /// Sends every queued datagram. A socket whose send buffer stays full for 10 ms loses the
     /// rest (counted): UDP may drop, TCP inside retransmits.
     fn flush_tx(&mut self) -> io::Result<()> {
-        if self.tx.queued.is_empty() {
+        let queued = self.tx.batch.len();
+        if queued == 0 {
             return Ok(());
         }
         let fd = self.udp.as_raw_fd();
-        let mut off = 0;
+        let calls = self.tx.batch.calls();
+        let mut from = 0;
         let mut stalled = false;
-        while off < self.tx.queued.len() {
-            let n = batch::send(fd, &self.tx.slots, self.tx.slot, &self.tx.queued, off)?;
-            self.stats.send_calls += 1;
-            if n == 0 {
-                if stalled || !batch::wait_writable(fd, Duration::from_millis(10))? {
-                    self.stats.dropped += (self.tx.queued.len() - off) as u64;
+        loop {
+            match self.tx.batch.send_from(fd, from) {
+                Ok(failed) => {
+                    self.stats.dropped += failed as u64;
+                    self.stats.datagrams_out += (queued - from - failed) as u64;
                     break;
                 }
-                stalled = true;
-                continue;
+                Err(Unsent { from: next, failed }) => {
+                    self.stats.dropped += failed as u64;
+                    self.stats.datagrams_out += (next - from - failed) as u64;
+                    from = next;
+                    if stalled || !udp::wait(fd, Ready::Writable, Duration::from_millis(10))? {
+                        self.stats.dropped += (queued - from) as u64;
+                        break;
+                    }
+                    stalled = true;
+                }
             }
-            self.stats.datagrams_out += n as u64;
-            off += n;
         }
-        self.tx.queued.clear();
+        self.stats.send_calls += self.tx.batch.calls() - calls;
+        self.tx.batch.clear();
         Ok(())
     }
 
@@ -703,167 +702,4 @@ fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut b
 
 fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// Batched datagram I/O on the raw socket: the only `unsafe` in the test kit, each block a
-/// single libc call over buffers this module owns for the duration of the call.
-mod batch {
-    use std::io;
-    use std::mem::MaybeUninit;
-    use std::net::SocketAddr;
-    use std::os::fd::RawFd;
-    use std::time::Duration;
-
-    use socket2::SockAddr;
-
-    use super::BATCH;
-
-    fn would_block(e: &io::Error) -> bool {
-        matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        )
-    }
-
-    /// Receives up to [`BATCH`] datagrams without blocking; slot `i` of `slots` (each `slot`
-    /// bytes) gets datagram `i`, `meta[i]` its length and sender (`None`: truncated or an
-    /// unknown address family). Returns how many arrived (0 when none is waiting).
-    #[allow(unsafe_code)]
-    pub(super) fn recv(
-        fd: RawFd,
-        slots: &mut [u8],
-        slot: usize,
-        meta: &mut [(usize, Option<SocketAddr>); BATCH],
-    ) -> io::Result<usize> {
-        let count = (slots.len() / slot).min(BATCH);
-        // SAFETY: all-zero is a valid `sockaddr_storage`.
-        let mut names: [libc::sockaddr_storage; BATCH] =
-            unsafe { MaybeUninit::zeroed().assume_init() };
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, chunk) in slots.chunks_exact_mut(slot).take(count).enumerate() {
-            iov[i].iov_base = chunk.as_mut_ptr().cast();
-            iov[i].iov_len = slot;
-            hdrs[i].msg_hdr.msg_name = (&raw mut names[i]).cast();
-            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: every header points at a name, an iovec and a slot of `slots`, all alive and
-        // exclusively borrowed for the call; `count` headers are initialised.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                count as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if would_block(&e) { Ok(0) } else { Err(e) };
-        }
-        let n = n as usize;
-        for i in 0..n {
-            let h = &hdrs[i];
-            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            // SAFETY: the kernel wrote a socket address of `msg_namelen` bytes into `names[i]`,
-            // a whole sockaddr_storage.
-            let name = unsafe { SockAddr::new(names[i], h.msg_hdr.msg_namelen) };
-            let from = name.as_socket().filter(|_| !truncated);
-            meta[i] = (h.msg_len as usize, from);
-        }
-        Ok(n)
-    }
-
-    /// Sends `queued[off..]` (each `(to, start, len)` inside its slot of `slots`) with one
-    /// `sendmmsg`; returns how many went out (0: the socket buffer is full).
-    #[allow(unsafe_code)]
-    pub(super) fn send(
-        fd: RawFd,
-        slots: &[u8],
-        slot: usize,
-        queued: &[(SocketAddr, usize, usize)],
-        off: usize,
-    ) -> io::Result<usize> {
-        let todo = &queued[off.min(queued.len())..];
-        let count = todo.len().min(BATCH);
-        if count == 0 {
-            return Ok(0);
-        }
-        // Encoded on the stack: no allocation per batch (unused entries are never passed).
-        let names: [SockAddr; BATCH] = std::array::from_fn(|i| {
-            SockAddr::from(
-                todo.get(i)
-                    .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |t| t.0),
-            )
-        });
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut iov: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, (_, start, len)) in todo.iter().take(count).enumerate() {
-            let index = off + i;
-            let base = index * slot + start;
-            let data = &slots[base..base + len];
-            iov[i].iov_base = data.as_ptr().cast_mut().cast();
-            iov[i].iov_len = data.len();
-            hdrs[i].msg_hdr.msg_name = names[i].as_ptr().cast_mut().cast();
-            hdrs[i].msg_hdr.msg_namelen = names[i].len();
-            hdrs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iov[i]);
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: every header points at a name, an iovec and bytes of `slots`, all alive for
-        // the call; the kernel only reads the data (the const-to-mut cast is for the C type).
-        let n = unsafe {
-            libc::sendmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                count as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if would_block(&e) { Ok(0) } else { Err(e) };
-        }
-        Ok(n as usize)
-    }
-
-    /// Sleeps until `fd` has `events` or `timeout` passes; returns whether it is ready.
-    #[allow(unsafe_code)]
-    fn wait(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(3600) as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: one valid pollfd and a valid timespec, both alive for the call; no signal
-        // mask is passed.
-        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(n > 0)
-    }
-
-    pub(super) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-        wait(fd, libc::POLLIN, timeout)
-    }
-
-    pub(super) fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-        wait(fd, libc::POLLOUT, timeout)
-    }
 }
