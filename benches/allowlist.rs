@@ -13,9 +13,8 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use wgbroker::allowlist::scm::{self, ScmKind};
 use wgbroker::allowlist::{Allowlist, CanonUrl, LogFlags, RuleOrigin, RuleSpec, Scheme};
-use wgbroker::secret::Secret;
+use wgbroker::bench_support::four_scm_rules;
 
 fn spec(url: String, methods: &[&str], index: usize) -> RuleSpec {
     RuleSpec {
@@ -29,24 +28,6 @@ fn spec(url: String, methods: &[&str], index: usize) -> RuleSpec {
         headers: Vec::new(),
         origin: RuleOrigin::User { index },
     }
-}
-
-fn scm_specs() -> Vec<RuleSpec> {
-    let token = Secret::new("token");
-    let entries = [
-        (ScmKind::Github, "https://ghe.example.com/api/v3"),
-        (ScmKind::Gitlab, "https://gitlab.example.com/api/v4"),
-        (
-            ScmKind::Bitbucket,
-            "https://bitbucket.example.com/rest/api/latest",
-        ),
-        (ScmKind::Azuredevops, "https://dev.azure.com"),
-    ];
-    let mut specs = Vec::new();
-    for (i, (kind, base)) in entries.into_iter().enumerate() {
-        specs.extend(scm::rules(kind, i, base, Some(&token), true).expect("valid base"));
-    }
-    specs
 }
 
 /// `n` rules over 10 hosts, mixing literals, `:name`, `:name(\d+)`, `*` and `{:ns/}+`.
@@ -255,7 +236,7 @@ fn bench_set(
 }
 
 fn benches(c: &mut Criterion) {
-    bench_set(c, "scm4", scm_specs(), &scm_requests(), true);
+    bench_set(c, "scm4", four_scm_rules(), &scm_requests(), true);
     for n in [10, 1_000, 10_000] {
         bench_set(
             c,

@@ -72,4 +72,32 @@ pub mod bench_support {
     pub mod link {
         pub use crate::runtime::link::{Msg, Rx, RxEnd, Tx, TxEnd, local, shared};
     }
+
+    use crate::allowlist::RuleSpec;
+    use crate::allowlist::scm::{self, ScmKind};
+    use crate::secret::Secret;
+
+    /// The built-in rules of four SCMs with code access (GitHub Enterprise, GitLab, Bitbucket
+    /// Data Center, Azure DevOps at example bases): what a typical broker runs. Shared by the
+    /// allowlist and hot-path benches and the `url_match` fuzz target.
+    pub fn four_scm_rules() -> Vec<RuleSpec> {
+        let token = Secret::new("token");
+        let entries = [
+            (ScmKind::Github, "https://ghe.example.com/api/v3"),
+            (ScmKind::Gitlab, "https://gitlab.example.com/api/v4"),
+            (
+                ScmKind::Bitbucket,
+                "https://bitbucket.example.com/rest/api/latest",
+            ),
+            (ScmKind::Azuredevops, "https://dev.azure.com"),
+        ];
+        let mut specs = Vec::new();
+        for (i, (kind, base)) in entries.into_iter().enumerate() {
+            specs.extend(
+                scm::rules(kind, i, base, Some(&token), true)
+                    .expect("the example bases are valid URLs"),
+            );
+        }
+        specs
+    }
 }

@@ -11,10 +11,9 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use wgbroker::allowlist::scm::{self, ScmKind};
-use wgbroker::allowlist::{Allowlist, CanonUrl, RuleSpec};
+use wgbroker::allowlist::{Allowlist, CanonUrl};
+use wgbroker::bench_support::four_scm_rules;
 use wgbroker::http::{Limits, RequestHead, parse_head};
-use wgbroker::secret::Secret;
 
 /// `[inbound]` defaults.
 const LIMITS: Limits = Limits {
@@ -89,25 +88,6 @@ const REQUESTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The built-in rules of four SCMs with code access: what a typical broker runs.
-fn scm_specs() -> Vec<RuleSpec> {
-    let token = Secret::new("token");
-    let entries = [
-        (ScmKind::Github, "https://ghe.example.com/api/v3"),
-        (ScmKind::Gitlab, "https://gitlab.example.com/api/v4"),
-        (
-            ScmKind::Bitbucket,
-            "https://bitbucket.example.com/rest/api/latest",
-        ),
-        (ScmKind::Azuredevops, "https://dev.azure.com"),
-    ];
-    let mut specs = Vec::new();
-    for (i, (kind, base)) in entries.into_iter().enumerate() {
-        specs.extend(scm::rules(kind, i, base, Some(&token), true).expect("valid base"));
-    }
-    specs
-}
-
 fn head(raw: &[u8], head: &mut RequestHead) -> usize {
     match parse_head(raw, &LIMITS, head) {
         Ok(Some(n)) => n,
@@ -151,7 +131,7 @@ fn decide(allowlist: &Allowlist, raw: &[u8], head: &RequestHead) -> bool {
 }
 
 pub fn benches(c: &mut Criterion) {
-    let allowlist = Allowlist::compile(scm_specs()).expect("rules compile");
+    let allowlist = Allowlist::compile(four_scm_rules()).expect("rules compile");
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(1));
     for &(name, text) in REQUESTS {

@@ -13,11 +13,10 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use wgbroker::allowlist::scm::{self, ScmKind};
 use wgbroker::allowlist::{
     Allowlist, CanonUrl, Decision, LogFlags, RuleOrigin, RuleSpec, ValueConstraint,
 };
-use wgbroker::secret::Secret;
+use wgbroker::bench_support::four_scm_rules;
 
 fn user_rule(index: usize, url: &str, methods: &[&str]) -> RuleSpec {
     RuleSpec {
@@ -82,19 +81,7 @@ fn allowlist() -> &'static Allowlist {
             user_rule(7, "http://[::1]:8080/x/:y/", &["DELETE"]),
             user_rule(8, "https://10.0.0.1/", &["TRACE"]),
         ];
-        let token = Secret::new("token");
-        let entries = [
-            (ScmKind::Github, "https://ghe.example.com/api/v3"),
-            (ScmKind::Gitlab, "https://gitlab.example.com/api/v4"),
-            (
-                ScmKind::Bitbucket,
-                "https://bitbucket.example.com/rest/api/latest",
-            ),
-            (ScmKind::Azuredevops, "https://dev.azure.com"),
-        ];
-        for (i, (kind, base)) in entries.into_iter().enumerate() {
-            specs.extend(scm::rules(kind, i, base, Some(&token), true).expect("valid base"));
-        }
+        specs.extend(four_scm_rules());
         Allowlist::compile(specs).expect("fuzz rules compile")
     })
 }
