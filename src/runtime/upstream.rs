@@ -425,6 +425,10 @@ impl Upstreams for ShardUpstreams {
         if let Some(p) = self.checkout(target, Instant::now()) {
             return Ok(p);
         }
+        self.connect_new(target).await
+    }
+
+    async fn connect_new(&self, target: &Target) -> Result<Pooled<Conn>, UpstreamError> {
         let conn = self.open(target).await?;
         Ok(Pooled::new(conn, target.clone(), 0))
     }

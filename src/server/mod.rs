@@ -501,6 +501,12 @@ mod tests {
         ) -> Result<crate::upstream::Pooled<Script>, crate::upstream::UpstreamError> {
             panic!("no upstream in server unit tests")
         }
+        async fn connect_new(
+            &self,
+            _: &crate::upstream::Target,
+        ) -> Result<crate::upstream::Pooled<Script>, crate::upstream::UpstreamError> {
+            panic!("no upstream in server unit tests")
+        }
         fn release(&self, _: &crate::upstream::Target, _: crate::upstream::Pooled<Script>) {}
     }
 

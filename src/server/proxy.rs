@@ -463,6 +463,12 @@ where
     if rule.spec.log.response_body {
         outcome.response_sample = Some(Vec::new());
     }
+    // A reused connection the upstream closed while it sat in the pool (after the pool's
+    // check) fails before a byte of the answer arrives; a request without a body and with a safe
+    // method cannot have done anything, so it goes once more on a new connection.
+    let retryable = head.body == BodyFraming::None
+        && !head.expect_continue
+        && matches!(head.method_str(head_bytes), "GET" | "HEAD" | "OPTIONS");
     let mut pooled = upstreams.connect(&target).await?;
     if head.expect_continue {
         // The allowlist said yes and an upstream is ready: let the vendor send the body.
@@ -472,36 +478,63 @@ where
             .await
             .map_err(|_| Failure::Abort("vendor_write"))?;
     }
-    let up = &mut pooled.conn;
-    up.write_all(&request)
-        .await
-        .map_err(|_| Failure::Respond(502, "reset", "upstream closed the connection".into()))?;
-    send_body(head.body, inbound, up, timer, x.timeouts.body, outcome).await?;
-    up.flush()
-        .await
-        .map_err(|_| Failure::Respond(502, "reset", "upstream closed the connection".into()))?;
 
-    // Response head.
     // The connection's response buffer: allocated on its first proxied request, reused after.
     ubuf.resize(MAX_RESPONSE_HEAD, 0);
+    let mut retried = false;
+    let mut first = loop {
+        let answered = send_request(
+            &mut pooled.conn,
+            &request,
+            head.body,
+            inbound,
+            timer,
+            x,
+            &mut ubuf[..],
+            outcome,
+        )
+        .await;
+        match answered {
+            Ok(n) => break n,
+            Err(Unanswered::Closed(_)) if pooled.reused && retryable && !retried => {
+                retried = true;
+                tracing::info!(
+                    event = "proxy.retry",
+                    request_id = x.request_id,
+                    upstream = %target,
+                    "a pooled upstream connection was closed: sending again on a new one"
+                );
+                drop(pooled);
+                pooled = upstreams.connect_new(&target).await?;
+            }
+            Err(Unanswered::Closed(f) | Unanswered::Other(f)) => return Err(f),
+        }
+    };
+    let up = &mut pooled.conn;
+
+    // Response head. The first read's bytes are in `ubuf[..first]`, not parsed yet.
     let mut ufilled = 0usize;
     let (status, head_len, framing, upstream_keep_alive, resp_head) = loop {
-        let n = match timed(timer, x.timeouts.response, up.read(&mut ubuf[ufilled..])).await {
-            None => {
-                return Err(Failure::Respond(
-                    504,
-                    "timeout_response",
-                    "upstream did not answer in time".into(),
-                ));
+        let n = if first > 0 {
+            std::mem::take(&mut first)
+        } else {
+            match timed(timer, x.timeouts.response, up.read(&mut ubuf[ufilled..])).await {
+                None => {
+                    return Err(Failure::Respond(
+                        504,
+                        "timeout_response",
+                        "upstream did not answer in time".into(),
+                    ));
+                }
+                Some(Err(_)) | Some(Ok(0)) => {
+                    return Err(Failure::Respond(
+                        502,
+                        "reset",
+                        "upstream closed the connection before answering".into(),
+                    ));
+                }
+                Some(Ok(n)) => n,
             }
-            Some(Err(_)) | Some(Ok(0)) => {
-                return Err(Failure::Respond(
-                    502,
-                    "reset",
-                    "upstream closed the connection before answering".into(),
-                ));
-            }
-            Some(Ok(n)) => n,
         };
         ufilled += n;
         match parse_response_head(
@@ -572,6 +605,60 @@ where
         upstreams.release(&target, pooled);
     }
     Ok(())
+}
+
+/// Why [`send_request`] got no answer.
+enum Unanswered {
+    /// The upstream closed or reset the connection before a byte of the answer: nothing it
+    /// received can have been acted on if the request had no body and a safe method.
+    Closed(Failure),
+    /// Anything else (the vendor's body stalled, the answer timed out...): not retried.
+    Other(Failure),
+}
+
+/// Writes the request head and body to `up` and reads the first bytes of the answer into
+/// `ubuf`; returns how many.
+#[allow(clippy::too_many_arguments)]
+async fn send_request<C, W, T>(
+    up: &mut W,
+    request: &[u8],
+    body: BodyFraming,
+    inbound: &mut Inbound<'_, C>,
+    timer: &T,
+    x: &Exchange<'_>,
+    ubuf: &mut [u8],
+    outcome: &mut Outcome,
+) -> Result<usize, Unanswered>
+where
+    C: AsyncRead + Unpin,
+    W: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
+{
+    let closed = || {
+        Unanswered::Closed(Failure::Respond(
+            502,
+            "reset",
+            "upstream closed the connection".into(),
+        ))
+    };
+    up.write_all(request).await.map_err(|_| closed())?;
+    send_body(body, inbound, up, timer, x.timeouts.body, outcome)
+        .await
+        .map_err(Unanswered::Other)?;
+    up.flush().await.map_err(|_| closed())?;
+    match timed(timer, x.timeouts.response, up.read(ubuf)).await {
+        None => Err(Unanswered::Other(Failure::Respond(
+            504,
+            "timeout_response",
+            "upstream did not answer in time".into(),
+        ))),
+        Some(Err(_)) | Some(Ok(0)) => Err(Unanswered::Closed(Failure::Respond(
+            502,
+            "reset",
+            "upstream closed the connection before answering".into(),
+        ))),
+        Some(Ok(n)) => Ok(n),
+    }
 }
 
 /// How the upstream response body is delimited.

@@ -1,5 +1,7 @@
 //! A small SCM-like HTTP/1.1 upstream on loopback, for tests and `demo`: GitHub-style API
-//! routes that insist on the injected token, file downloads, an upload sink, a slow route. It
+//! routes that insist on the injected token, file downloads, an upload sink, a slow route, and
+//! `GET /drop-next`, after which the connection reads its next request and closes without an
+//! answer (an upstream that closed a kept-alive connection while the request was on its way). It
 //! records every request it receives so tests can prove what did — and did not — reach it.
 //!
 //! Thread per connection ([`Listener`]), std only: it is a fixture, not part of the data plane.
@@ -166,6 +168,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
     conn.set_nodelay(true)?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
+    let mut drop_next = false;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
@@ -202,6 +205,9 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
         let authorized = s.header("authorization") == Some(&format!("Bearer {token}"));
         if let Ok(mut v) = seen.lock() {
             v.push(s.clone());
+        }
+        if drop_next {
+            return Ok(());
         }
         let path = target.split('?').next().unwrap_or("");
         let segs: Vec<&str> = path.split('/').skip(1).collect();
@@ -269,6 +275,10 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
             ("GET", ["slow", secs]) => {
                 thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1).min(30)));
                 respond(&mut w, 200, "text/plain", b"late")?;
+            }
+            ("GET", ["drop-next"]) => {
+                drop_next = true;
+                respond(&mut w, 200, "text/plain", b"armed")?;
             }
             ("GET", ["redirect"]) => {
                 write!(

@@ -176,6 +176,13 @@ pub trait Upstreams {
         target: &Target,
     ) -> impl Future<Output = Result<Pooled<Self::Conn>, UpstreamError>>;
 
+    /// A new connection to `target`, never one from the pool: for sending a request again after
+    /// a pooled connection turned out closed. Same timeouts and errors as [`Upstreams::connect`].
+    fn connect_new(
+        &self,
+        target: &Target,
+    ) -> impl Future<Output = Result<Pooled<Self::Conn>, UpstreamError>>;
+
     /// Gives back a connection whose last exchange ended cleanly and may be reused. A connection
     /// whose own target differs from `target` is dropped, never filed under `target`.
     fn release(&self, target: &Target, conn: Pooled<Self::Conn>);

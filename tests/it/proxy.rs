@@ -44,6 +44,10 @@ url = "http://{a}/redirect"
 methods = ["GET"]
 
 [[allow]]
+url = "http://{a}/drop-next"
+methods = ["GET"]
+
+[[allow]]
 url = "http://127.0.0.1:1/*"
 methods = ["GET"]
 
@@ -494,4 +498,53 @@ fn header_constraints_see_the_vendor_request_headers() {
         Duration::from_secs(10),
     );
     assert_eq!(ok(&other).status, 403);
+}
+
+#[test]
+fn a_pooled_connection_closed_by_the_upstream_is_retried_once_for_a_bodiless_get() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    // One vendor connection, so each request takes the pooled upstream connection the one before
+    // released. /drop-next arms it: the upstream reads the next request on it and closes.
+    let get = |p: &str| Request::get(&format!("/proxy/http://{a}{p}"));
+    let res = client::run(
+        &mut t.gateway,
+        vec![vec![
+            get("/drop-next"),
+            get("/api/v3/repos/acme/app"),
+            get("/drop-next"),
+            Request::new("POST", &format!("/proxy/http://{a}/upload")).body(vec![7u8; 100]),
+        ]],
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(10),
+            keep_bodies: true,
+        },
+    );
+    let statuses: Vec<u16> = res[0].iter().map(|ex| ok(ex).status).collect();
+    // The GET went again on a new connection and got its answer; the POST has a body, so it is
+    // not sent twice: the vendor gets the 502 instead.
+    assert_eq!(statuses, [200, 200, 200, 502], "{:?}", res[0]);
+    assert!(ok(&res[0][1]).text().contains("acme/app"));
+    assert_eq!(
+        ok(&res[0][3]).header("x-semgrep-private-link-error"),
+        Some("1")
+    );
+    assert!(
+        ok(&res[0][3]).text().contains("closed the connection"),
+        "{}",
+        ok(&res[0][3]).text()
+    );
+    let targets: Vec<String> = scm.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/drop-next",
+            "/api/v3/repos/acme/app",
+            "/api/v3/repos/acme/app",
+            "/drop-next",
+            "/upload",
+        ],
+        "the GET reached the upstream twice (the first copy was dropped), the POST once"
+    );
 }
