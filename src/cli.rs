@@ -168,7 +168,9 @@ fn run(files: &[PathBuf]) -> ExitCode {
     let _ = std::thread::Builder::new()
         .name("wgbroker-watchdog".into())
         .spawn(move || supervise(&status));
-    let mut current = loaded;
+    // Only the rules are swapped at runtime: every other section keeps running as it started, so
+    // each reload is compared with the configuration the process started with.
+    let started = loaded;
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGHUP => {
@@ -178,7 +180,7 @@ fn run(files: &[PathBuf]) -> ExitCode {
                 crate::notify::reloading();
                 match config::load(files, LoadMode::Full, &ProcessEnv) {
                     Ok(new) => {
-                        let restart = sections_needing_restart(&current.config, &new.config);
+                        let restart = sections_needing_restart(&started.config, &new.config);
                         match broker.reload(&new) {
                             Ok(()) => tracing::info!(
                                 event = "config.reload",
@@ -196,7 +198,6 @@ fn run(files: &[PathBuf]) -> ExitCode {
                                 "changes to these sections apply at the next restart"
                             );
                         }
-                        current = new;
                     }
                     Err(errors) => tracing::error!(
                         event = "config.reload",

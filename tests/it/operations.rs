@@ -183,3 +183,78 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
     );
     assert!(log.contains("\"event\":\"shard.drain\""), "drained:\n{log}");
 }
+
+/// The `config.reload` lines of the broker's JSON log, in order: for each applied reload, the
+/// sections it said need a restart ("" for none).
+fn reload_outcomes(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"config.reload\""))
+    {
+        if line.contains("\"result\":\"applied\"") {
+            out.push(String::new());
+        } else if let Some(rest) = line.split("\"needs_restart\":\"").nth(1) {
+            if let (Some(last), Some(sections)) = (out.last_mut(), rest.split('"').next()) {
+                *last = sections.to_owned();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_reload_names_the_sections_still_waiting_for_a_restart() {
+    let scm = MockScm::start("unused").expect("mock");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let mut gw = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        [10, 77, 0, 1].into(),
+        [10, 77, 0, 2].into(),
+    ))
+    .expect("gateway");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broker.toml");
+    let gw_addr = gw.local_addr().expect("addr");
+    let base = config(&broker_key, &vendor_key, gw_addr, scm.addr(), "");
+    std::fs::write(&file, &base).expect("write");
+    let log_path = dir.path().join("broker.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn broker");
+    let pid = child.id();
+    assert!(gw.wait_handshake(Duration::from_secs(20)), "no handshake");
+
+    let changed = format!("{base}\n[runtime]\nchannel_capacity = 512\n");
+    // A runtime change, the same file again, then the original file back.
+    let steps = [&changed, &changed, &base];
+    for (i, text) in steps.iter().enumerate() {
+        std::fs::write(&file, text).expect("write");
+        kill(pid, "-HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reload_outcomes(&std::fs::read_to_string(&log_path).expect("log")).len() <= i {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {i} not logged"
+            );
+            gw.pump(Duration::from_millis(20)).expect("pump");
+        }
+    }
+    kill(pid, "-TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert_eq!(
+        reload_outcomes(&log),
+        ["runtime", "runtime", ""],
+        "the change is pending until a restart, however many reloads come after it; with the \
+         original file back nothing is:\n{log}"
+    );
+}
