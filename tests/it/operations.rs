@@ -47,8 +47,22 @@ fn kill(pid: u32, sig: &str) {
     );
 }
 
-#[test]
-fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
+/// `wgbroker run` on a config file dialing a fresh test-kit gateway, with the handshake done.
+struct Running {
+    scm: MockScm,
+    broker_key: PrivateKey,
+    vendor_key: PrivateKey,
+    gw: Gateway,
+    /// Holds the config file and the log; removed on drop.
+    dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+    /// The config first written to `file`.
+    base: String,
+    child: std::process::Child,
+}
+
+fn start_broker() -> Running {
     let scm = MockScm::start("unused").expect("mock");
     let broker_key = PrivateKey::generate().expect("rng");
     let vendor_key = PrivateKey::generate().expect("rng");
@@ -63,19 +77,52 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
     .expect("gateway");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("broker.toml");
-    let gw_addr = gw.local_addr().expect("addr");
-    let base = config(&broker_key, &vendor_key, gw_addr, scm.addr(), "");
+    let base = config(
+        &broker_key,
+        &vendor_key,
+        gw.local_addr().expect("addr"),
+        scm.addr(),
+        "",
+    );
     std::fs::write(&file, &base).expect("write");
-    let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+    let log_path = dir.path().join("broker.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
         .args(["run", "-c"])
         .arg(&file)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn broker");
-    let pid = child.id();
     assert!(gw.wait_handshake(Duration::from_secs(20)), "no handshake");
+    Running {
+        scm,
+        broker_key,
+        vendor_key,
+        gw,
+        dir,
+        file,
+        log_path,
+        base,
+        child,
+    }
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
+    let Running {
+        scm,
+        broker_key,
+        vendor_key,
+        mut gw,
+        dir,
+        file,
+        log_path: _,
+        base: _,
+        mut child,
+    } = start_broker();
+    let pid = child.id();
+    let gw_addr = gw.local_addr().expect("addr");
 
     // 8 connections x 3 requests of 1 s each, while the files change under the broker.
     let file2 = file.clone();
@@ -205,32 +252,18 @@ fn reload_outcomes(log: &str) -> Vec<String> {
 
 #[test]
 fn every_reload_names_the_sections_still_waiting_for_a_restart() {
-    let scm = MockScm::start("unused").expect("mock");
-    let broker_key = PrivateKey::generate().expect("rng");
-    let vendor_key = PrivateKey::generate().expect("rng");
-    let mut gw = Gateway::bind(&GatewayConfig::new(
-        vendor_key.clone(),
-        broker_key.public_key(),
-        [10, 77, 0, 1].into(),
-        [10, 77, 0, 2].into(),
-    ))
-    .expect("gateway");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("broker.toml");
-    let gw_addr = gw.local_addr().expect("addr");
-    let base = config(&broker_key, &vendor_key, gw_addr, scm.addr(), "");
-    std::fs::write(&file, &base).expect("write");
-    let log_path = dir.path().join("broker.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn broker");
+    // `_dir` and `_scm` keep the files and the upstream alive (a `..` would drop them here).
+    let Running {
+        mut gw,
+        file,
+        log_path,
+        base,
+        mut child,
+        dir: _dir,
+        scm: _scm,
+        ..
+    } = start_broker();
     let pid = child.id();
-    assert!(gw.wait_handshake(Duration::from_secs(20)), "no handshake");
 
     let changed = format!("{base}\n[runtime]\nchannel_capacity = 512\n");
     // A runtime change, the same file again, then the original file back.
