@@ -1,7 +1,7 @@
 //! The broker's `[wireguard]` table as TOML text, for tests, `demo` and `loadtest`: the private
 //! key, the tunnel address, an optional `listen_port` and one `[[wireguard.peers]]` entry per
 //! vendor gateway. One renderer, so every fixture writes the section the same way and with
-//! values quoted as TOML basic strings.
+//! values quoted and escaped by the `toml` crate.
 //!
 //! Only the `[wireguard]` part: callers append the rest of the configuration (`[[scm]]`,
 //! `[[allow]]`, `[admin]`, ...) themselves. The text is rendered by [`WireguardToml::render`],
@@ -98,7 +98,7 @@ impl WireguardToml {
         match &self.key {
             KeyLine::Key(k) => {
                 s.push_str("private_key = ");
-                push_basic_string(&mut s, &k.to_base64());
+                push_toml_string(&mut s, &k.to_base64());
                 s.push('\n');
             }
             KeyLine::Comment(placeholder) => {
@@ -108,22 +108,22 @@ impl WireguardToml {
             }
         }
         s.push_str("address = ");
-        push_basic_string(&mut s, &self.address);
+        push_toml_string(&mut s, &self.address);
         s.push('\n');
         if let Some(port) = self.listen_port {
             s.push_str(&format!("listen_port = {port}\n"));
         }
         for p in &self.peers {
             s.push_str("\n[[wireguard.peers]]\npublic_key = ");
-            push_basic_string(&mut s, &p.public_key);
+            push_toml_string(&mut s, &p.public_key);
             s.push_str("\nendpoint = ");
-            push_basic_string(&mut s, &p.endpoint);
+            push_toml_string(&mut s, &p.endpoint);
             s.push_str("\nallowed_ips = [");
             for (i, net) in p.allowed_ips.iter().enumerate() {
                 if i > 0 {
                     s.push_str(", ");
                 }
-                push_basic_string(&mut s, net);
+                push_toml_string(&mut s, net);
             }
             s.push_str("]\n");
             if let Some(k) = p.persistent_keepalive {
@@ -169,23 +169,11 @@ impl PeerToml {
     }
 }
 
-/// Appends `v` as a TOML basic string: quoted, with `"`, `\` and control characters escaped.
-fn push_basic_string(s: &mut String, v: &str) {
-    s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            '\u{8}' => s.push_str("\\b"),
-            '\u{c}' => s.push_str("\\f"),
-            c if c.is_control() => s.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => s.push(c),
-        }
-    }
-    s.push('"');
+/// Appends `v` as a TOML string value, quoted and escaped.
+fn push_toml_string(s: &mut String, v: &str) {
+    // The `toml` crate's own encoder (the one `config::dump` renders with): it quotes and
+    // escapes as TOML requires.
+    s.push_str(&::toml::Value::String(v.to_owned()).to_string());
 }
 
 #[cfg(test)]
