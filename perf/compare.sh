@@ -70,17 +70,19 @@
 #   * The baseline's nginx matches on its normalised URI (merge_slashes off, but percent-decoding
 #     and dot-segment removal still happen) — it is the performance baseline, not an equally strict
 #     canonicaliser. The upstream is plain HTTP on loopback (no TLS on either side).
-#   * wireguard-go is whatever is installed (Debian 12: 0.0.20220316, no batching, no TUN
-#     offloads; the version is printed); the vendor side is the same wireguard-go for both. On a
-#     2-core box the vendor's wireguard-go is what limits the bulk download: its UDP receive buffer
-#     overflows (drops are printed per run). Kernel TCP (baseline) recovers from those losses with
-#     SACK/fast retransmit; smoltcp (wgbroker, 1 s minimum RTO) shows them as stalls (download p99).
-#     wireguard-go since 0.0.20230223 asks for 7 MiB socket buffers (SO_RCVBUFFORCE), and kernel
-#     WireGuard has no such buffer, so a current gateway does not drop those bursts: WG_RMEM=7340032
-#     models one. This old wireguard-go never sets SO_RCVBUF, so its sockets take the host-wide
-#     net.core.rmem_default, which is read-only inside a namespace: WG_RMEM sets it host-wide for
-#     the run (before either wireguard-go starts; wgbroker sets its own buffers) and puts the old
-#     value back on every exit path. Other programs opening sockets meanwhile get it too.
+#   * wireguard-go is whatever is installed (its version is printed and recorded); the vendor side
+#     is the same wireguard-go for both. The baseline must be what users deploy today: .ci/setup
+#     installs 0.0.20231211 (bookworm-backports on Debian 12; it calls itself v0.0.20230223), which
+#     batches UDP and TUN I/O, uses TUN offloads (GSO/GRO) and asks for 7 MiB socket buffers. The
+#     script warns when it finds an older one: Debian 12's own 0.0.20220316 has none of that, moves
+#     a fifth of the bulk data for the same CPU and drops bursts in its 208 KiB receive buffer.
+#     WG_RMEM sets the host-wide net.core.rmem_default for the run (read-only inside a namespace;
+#     set before either wireguard-go starts; wgbroker sets its own buffers; the old value is put
+#     back on every exit path; other programs opening sockets meanwhile get it too). It changes
+#     only a wireguard-go that does not size its own buffers, i.e. the old one.
+#   * smoltcp (wgbroker) recovers from a burst loss by its 1 s minimum RTO, kernel TCP (baseline)
+#     with SACK/fast retransmit: losses show as download p99 stalls on wgbroker's side; drops in the
+#     namespaces' UDP receive buffers are printed per run.
 #   * The machine may be shared: load average is printed at start and end, and "foreign" CPU per
 #     run; treat runs with high foreign CPU with suspicion.
 set -euo pipefail
@@ -152,6 +154,13 @@ GIT_DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc
 NCPU=$(nproc)
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+WG_VERSION=$(wireguard-go --version 2>/dev/null | awk 'NR == 1 {sub(/^v/, "", $2); print $2}')
+WG_VERSION=${WG_VERSION:-unknown}
+# Debian's 0.0.20231211 calls itself v0.0.20230223: name the package too.
+if [ "$(command -v wireguard-go)" = /usr/bin/wireguard-go ] &&
+  WG_PKG=$(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null); then
+  WG_VERSION="$WG_VERSION (Debian package $WG_PKG)"
+fi
 
 NRUNS=$((ROUNDS * $(echo "$CASES" | wc -w) * 2))
 EST=$((12 + 2 * SSL_SECS + 2 * WARMUP + NRUNS * (DUR + 1) + 3 + (CALIBRATE == 1 ? 5 * (DUR < 5 ? DUR : 5) : 0)))
@@ -159,12 +168,16 @@ EST_MAX=$((EST + (NRUNS + (CALIBRATE == 1 ? 5 : 0)) * ${QUIET_WAIT:-0}))
 echo "== wgbroker vs baseline (wireguard-go + nginx reverse proxy) — $(date -u +%FT%TZ)"
 echo "binary: $BIN ($BIN_VERSION, sha256 $BIN_SHA; repo $GIT_REV, $GIT_DIRTY uncommitted src changes)"
 echo "host: $NCPU CPUs ($CPU_MODEL), kernel $(uname -r), load average $LOAD0"
-echo "tools: $(wireguard-go --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"
+echo "tools: wireguard-go $WG_VERSION, $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"
 echo "runs: $ROUNDS rounds x ($CASES) x 2 sides x ${DUR}s; small/denied wrk -t$THREADS -c$CONNS," \
   "bulk wrk -t$BULK_THREADS -c$BULK_CONNS on a $BULK_MIB MiB file"
 echo "wireguard-go UDP receive buffer: $([ -n "$WG_RMEM" ] && echo "$WG_RMEM bytes (WG_RMEM; host default $(sysctl -n net.core.rmem_default) restored at exit)" || echo "host default net.core.rmem_default = $(sysctl -n net.core.rmem_default) bytes")"
 [ -n "${EXTRA_TOML:-}" ] && echo "EXTRA_TOML: $(echo "$EXTRA_TOML" | sed 's/[[:space:]]*#.*//' | grep -v '^\s*#' | grep -v '^\s*$' | tr '\n' ' ' | sed 's/  */ /g')"
 echo "estimated time: ~${EST}s$([ "${QUIET_WAIT:-0}" -gt 0 ] && echo ", at most ${EST_MAX}s with QUIET_WAIT=${QUIET_WAIT}s per run")"
+if command -v dpkg >/dev/null && ! dpkg --compare-versions "${WG_VERSION%% *}" ge 0.0.20230223 2>/dev/null; then
+  echo "WARNING: wireguard-go $WG_VERSION is older than 0.0.20230223 (no batching, no offloads, 208 KiB" \
+    "buffers): neither the baseline nor the vendor side is what users run today (.ci/setup installs one)"
+fi
 awk -v l="${LOAD0%% *}" -v n="$NCPU" 'BEGIN { exit !(l > 0.3 * n) }' &&
   echo "WARNING: load average ${LOAD0%% *} on $NCPU CPUs before start: the machine is busy; figures will be noisy"
 T_START=$(date +%s)
@@ -670,8 +683,8 @@ json() {
     "$(date -u -d "@$T_START" +%FT%TZ)" "$BIN" "$BIN_VERSION" "$BIN_SHA" "$GIT_REV" "$GIT_DIRTY"
   printf '  "host": {"cpus": %d, "cpu_model": "%s", "kernel": "%s", "loadavg_start": "%s", "loadavg_end": "%s"},\n' \
     "$NCPU" "$CPU_MODEL" "$(uname -r)" "$LOAD0" "$LOAD1"
-  printf '  "params": {"dur_s": %d, "rounds": %d, "cases": "%s", "threads": %d, "conns": %d, "bulk_threads": %d, "bulk_conns": %d, "bulk_mib": %d, "base_workers": "%s", "up_workers": "%s", "wg_gomaxprocs": "%s", "wg_rmem": "%s", "quiet_wait_s": %d, "extra_toml": %s},\n' \
-    "$DUR" "$ROUNDS" "$CASES" "$THREADS" "$CONNS" "$BULK_THREADS" "$BULK_CONNS" "$BULK_MIB" "$BASE_WORKERS" "$UP_WORKERS" "$WG_GOMAXPROCS" "${WG_RMEM:-default $(sysctl -n net.core.rmem_default)}" "$QUIET_WAIT" \
+  printf '  "params": {"dur_s": %d, "rounds": %d, "cases": "%s", "threads": %d, "conns": %d, "bulk_threads": %d, "bulk_conns": %d, "bulk_mib": %d, "base_workers": "%s", "up_workers": "%s", "wireguard_go": "%s", "wg_gomaxprocs": "%s", "wg_rmem": "%s", "quiet_wait_s": %d, "extra_toml": %s},\n' \
+    "$DUR" "$ROUNDS" "$CASES" "$THREADS" "$CONNS" "$BULK_THREADS" "$BULK_CONNS" "$BULK_MIB" "$BASE_WORKERS" "$UP_WORKERS" "$WG_VERSION" "$WG_GOMAXPROCS" "${WG_RMEM:-default $(sysctl -n net.core.rmem_default)}" "$QUIET_WAIT" \
     "$(printf '%s' "${EXTRA_TOML:-}" | awk 'BEGIN { printf "\"" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "%s\\n", $0 } END { printf "\"" }')"
   printf '  "ceiling": {"chacha20_poly1305_bytes_per_s_1350": %s, "chacha20_poly1305_bytes_per_s_16384": %s},\n' "${SSL_1350:-null}" "${SSL_16K:-null}"
   printf '  "peak_rss_kib": {"wgbroker": %d, "baseline": %d}, "rss_after_warmup_kib": {"wgbroker": %d, "baseline": %d},\n' \
