@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use super::cpu;
 use super::report::{Stats, histogram};
 use super::scenario::Plan;
-use crate::netstack::{ConnError, ConnId, State};
+use crate::netstack::{ConnError, ConnId, ConnectError, State};
 use crate::testkit::gateway::{Gateway, GatewayConfig, GatewayStats};
 use crate::testkit::response::{Metered, ResponseMeter};
 
@@ -216,6 +216,8 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     Connect,
+    /// The driver's own stack had no free local port (see `Errors::driver_ports`).
+    DriverPorts,
     Timeout,
     Reset,
     BadResponse,
@@ -354,7 +356,8 @@ impl Driver {
                     self.stats.connections_opened += 1;
                 }
             }
-            Err(_) => self.fail(c, Failure::Connect, now),
+            Err(ConnectError::NoPort) => self.fail(c, Failure::DriverPorts, now),
+            Err(ConnectError::Unaddressable) => self.fail(c, Failure::Connect, now),
         }
     }
 
@@ -432,6 +435,7 @@ impl Driver {
             let e = &mut self.stats.errors;
             match kind {
                 Failure::Connect => e.connect += 1,
+                Failure::DriverPorts => e.driver_ports += 1,
                 Failure::Timeout => e.timeout += 1,
                 Failure::Reset => e.reset += 1,
                 Failure::BadResponse => e.bad_response += 1,
@@ -455,7 +459,7 @@ impl Driver {
         self.drop_conn(c, true);
         let conn = &mut self.conns[c];
         conn.busy = false;
-        conn.retry_at = if kind == Failure::Connect {
+        conn.retry_at = if matches!(kind, Failure::Connect | Failure::DriverPorts) {
             now + RETRY_PAUSE
         } else {
             now

@@ -17,8 +17,11 @@ pub fn histogram() -> Histogram<u64> {
 /// Failures by kind.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Errors {
-    /// The TCP connection could not be opened (refused, reset during the handshake, no port).
+    /// The TCP connection could not be opened (refused, reset or timed out in the handshake).
     pub connect: u64,
+    /// The driver had no free local port for a new connection: its own closed connections hold
+    /// them in TIME-WAIT (10 s). A limit of the load generator, not of the broker.
+    pub driver_ports: u64,
     /// No complete response within `--timeout`.
     pub timeout: u64,
     /// The connection was reset or closed before the response was complete.
@@ -31,11 +34,17 @@ pub struct Errors {
 
 impl Errors {
     pub fn total(&self) -> u64 {
-        self.connect + self.timeout + self.reset + self.unexpected_status + self.bad_response
+        self.connect
+            + self.driver_ports
+            + self.timeout
+            + self.reset
+            + self.unexpected_status
+            + self.bad_response
     }
 
     fn add(&mut self, o: &Errors) {
         self.connect += o.connect;
+        self.driver_ports += o.driver_ports;
         self.timeout += o.timeout;
         self.reset += o.reset;
         self.unexpected_status += o.unexpected_status;
@@ -411,6 +420,7 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
         }
         let parts: Vec<String> = [
             ("connect", e.connect),
+            ("driver out of ports", e.driver_ports),
             ("timeout", e.timeout),
             ("reset", e.reset),
             ("unexpected status", e.unexpected_status),
@@ -498,6 +508,14 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
         }
         out.push('\n');
     }
+    if columns.iter().any(|(_, r)| r.errors.driver_ports > 0) {
+        let _ = writeln!(
+            out,
+            "\n  note: \"driver out of ports\" is the load generator's own limit: each connection it \
+             closes holds a local port in TIME-WAIT for 10 s (about 1,700 new connections/s per \
+             thread); use --close rst or more --threads"
+        );
+    }
     for (title, r) in columns {
         if !r.kinds.is_empty() {
             let _ = writeln!(out, "\n  {title}: by kind");
@@ -521,4 +539,65 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scenario::{Plan, Scenario, Targets};
+    use super::*;
+
+    fn connect_plan() -> Plan {
+        let t = Targets {
+            host: "10.77.0.2:80".into(),
+            upstream: "http://127.0.0.1:9/".into(),
+            url: None,
+            size: 0,
+            headers: Vec::new(),
+            any_200: false,
+        };
+        Plan::new(Scenario::Connect, &t, &[]).expect("plan")
+    }
+
+    fn report(errors: Errors) -> Report {
+        let plan = connect_plan();
+        let mut s = Stats::new(plan.templates.len());
+        s.errors = errors;
+        Report::new(
+            "in-process",
+            &plan,
+            1,
+            16,
+            None,
+            0.0,
+            1.0,
+            &s,
+            Cpu::default(),
+            GatewayFigures::default(),
+        )
+    }
+
+    #[test]
+    fn the_drivers_own_port_limit_is_named_apart_from_broker_connect_failures() {
+        let r = report(Errors {
+            connect: 2,
+            driver_ports: 5,
+            ..Errors::default()
+        });
+        assert_eq!(r.errors_total, 7);
+        let t = table(&[("broker", &r)]);
+        assert!(t.contains("7 (connect 2, driver out of ports 5)"), "{t}");
+        assert!(t.contains("note: \"driver out of ports\""), "{t}");
+        let j = serde_json::to_value(&r).expect("json");
+        assert_eq!(j["errors"]["driver_ports"], 5);
+        assert_eq!(j["errors"]["connect"], 2);
+
+        let t = table(&[(
+            "broker",
+            &report(Errors {
+                connect: 1,
+                ..Errors::default()
+            }),
+        )]);
+        assert!(t.contains("1 (connect 1)") && !t.contains("note:"), "{t}");
+    }
 }
