@@ -190,6 +190,62 @@ fn closed_connections_are_reaped_after_time_wait() {
 }
 
 #[test]
+fn connection_churn_reuses_reaped_sockets_whose_buffers_start_empty() {
+    let config = StackConfig {
+        stacks: 1,
+        backlog: 2,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    let built = |net: &Net| net.broker.stack_stats().map(|s| s.built).sum::<u64>();
+    let mut built_in_first_round = 0;
+    for round in 0..6u8 {
+        let pairs = open(&mut net, 2, 16 << 10);
+        let (up, down) = ([b'A' + round; 100], [b'a' + round; 100]);
+        for &(h, id) in &pairs {
+            net.peer.socket(h).send_slice(&up).expect("open");
+            net.broker.send_slice(id, &down).expect("open");
+        }
+        let (mut got_up, mut got_down) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+        net.run_until(200, |net| {
+            for (i, &(h, id)) in pairs.iter().enumerate() {
+                broker_read(net, id, &mut got_up[i]);
+                peer_read(net, h, &mut got_down[i]);
+            }
+            got_up.iter().chain(&got_down).all(|g| g.len() >= 100)
+        });
+        for i in 0..2 {
+            // Only this round's bytes: nothing left over from the socket's last connection.
+            assert_eq!((&got_up[i][..], &got_down[i][..]), (&up[..], &down[..]));
+        }
+        // Die with bytes still in both of the broker's rings: unread and unsent.
+        let reaped = net.broker.counters().reaped;
+        for &(h, id) in &pairs {
+            net.peer.socket(h).send_slice(&[0xee; 50]).expect("open");
+            net.exchange();
+            net.broker.send_slice(id, &[0xff; 50]).expect("open");
+            net.peer.socket(h).abort();
+        }
+        net.run_until(200, |net| net.broker.counters().reaped == reaped + 2);
+        if round == 0 {
+            built_in_first_round = built(&net);
+        } else {
+            assert_eq!(
+                built(&net),
+                built_in_first_round,
+                "round {round} built sockets"
+            );
+        }
+        let stats = net.broker.stack_stats().next().expect("one stack");
+        assert_eq!(
+            (stats.listeners, stats.connections, stats.spares),
+            (2, 0, 2)
+        );
+    }
+    assert!(built_in_first_round >= 2, "{built_in_first_round}");
+}
+
+#[test]
 fn connect_picks_a_port_whose_reply_flow_maps_home() {
     let config = StackConfig {
         stacks: 4,
