@@ -9,6 +9,7 @@
 #
 #   perf/tunnel-figures.sh [path/to/wgbroker]     (default: target/release/wgbroker)
 #   EXTRA_TOML=$'[runtime]\nspin_before_park = "100us"' DUR=10 perf/tunnel-figures.sh
+#   MANY=10000 perf/tunnel-figures.sh     (open connections for the RSS figure; default 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=perf/lib.sh
@@ -16,6 +17,9 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/wgbroker}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 DUR=${DUR:-10}
+MANY=${MANY:-1000}
+if ! [[ $MANY =~ ^[0-9]+$ ]] || [ "$MANY" -lt 2 ] || [ "$MANY" -gt 60000 ]; then echo "MANY: 2..60000" >&2; exit 64; fi
+ulimit -n $((MANY + 1024))   # wrk holds one descriptor per connection
 TAG=$$
 V=wgpv$TAG; B=wgpb$TAG
 WG=wgpv$TAG        # not wg0: wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is machine-wide
@@ -71,7 +75,7 @@ done
 T1=$(date +%s%N)
 echo "handshake: $(( (T1 - T0) / 1000000 )) ms from process start (includes exec, config load, executor start)"
 
-rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$BPID/status"; }
+rss() { awk '/VmRSS/ {r = $2} /VmHWM/ {h = $2} END {print r " KiB (peak " h " KiB)"}' "/proc/$BPID/status"; }
 cpu() { # per-thread CPU seconds: name=utime+stime
   for t in "/proc/$BPID"/task/*; do
     read -r -a st < "$t/stat" || continue
@@ -88,10 +92,10 @@ echo "RSS after: $(rss)"
 echo "--- proxied small GET to nginx, wrk -t2 -c64 -d${DUR}s"
 W -t2 -c64 -d"${DUR}s" --latency http://10.77.0.2/proxy/http://127.0.0.1:8080/small.json | grep -E "Requests/sec|Latency|50%|90%|99%|Socket|Non-2xx"
 echo "CPU after:  $(cpu)"
-echo "--- 1,000 open connections (wrk -c1000, sampled mid-run)"
-W -t2 -c1000 -d"${DUR}s" --timeout 10s http://10.77.0.2/healthcheck > "$TMP/wrk1000" & WP=$!
-sleep $((DUR / 2)); echo "RSS with 1000 connections: $(rss)"
-wait $WP; grep -E "Requests/sec|Socket|Non-2xx" "$TMP/wrk1000" || true
+echo "--- $MANY open connections (wrk -c$MANY, sampled mid-run)"
+W -t2 -c"$MANY" -d"${DUR}s" --timeout 10s http://10.77.0.2/healthcheck > "$TMP/wrkmany" & WP=$!
+sleep $((DUR / 2)); echo "RSS with $MANY connections: $(rss)"
+wait $WP; grep -E "Requests/sec|Socket|Non-2xx" "$TMP/wrkmany" || true
 echo "--- 10 MiB download through the tunnel"
 for _ in 1 2 3; do
   ip netns exec "$V" curl -s -o /dev/null -w "%{size_download} bytes in %{time_total}s = %{speed_download} B/s\n" \
