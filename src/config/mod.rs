@@ -246,9 +246,11 @@ pub struct Runtime {
     /// Send runs of same-size datagrams to one peer as one UDP GSO buffer when the kernel takes
     /// `UDP_SEGMENT`; default true. Off: one datagram per `sendmmsg` entry.
     pub udp_gso: bool,
-    /// smoltcp per-connection buffers, bytes; default 64 KiB each. The send buffer bounds how much
-    /// a connection bursts into the tunnel: 128 KiB overflowed a default gateway UDP buffer
-    /// (perf/tunnel-figures.sh: 7 MB/s vs 17 MB/s for a 10 MiB download).
+    /// smoltcp per-connection buffers, bytes; default 64 KiB receive, 256 KiB send. The send
+    /// buffer is the download window: against a current gateway 256 KiB moved 1.3x the data of
+    /// 64 KiB (perf/compare.sh, wireguard-go 0.0.20231211), but it is also the burst one
+    /// connection sends into the tunnel, which a gateway with a small UDP receive buffer (e.g.
+    /// wireguard-go before 0.0.20230223: 208 KiB) drops; smoltcp then waits out its 1 s RTO.
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
     /// How long a tunnel connection may hold back a pure ACK, hoping to carry it on the reply;

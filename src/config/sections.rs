@@ -687,7 +687,7 @@ fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
         udp_send_buffer: s.or::<Bytes>(ctx, "udp_send_buffer", Bytes(4 << 20)).0,
         udp_gso: s.or(ctx, "udp_gso", true),
         tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
-        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(64 << 10)).0,
+        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(256 << 10)).0,
         tcp_ack_delay: s.or(ctx, "tcp_ack_delay", Duration::from_millis(5)),
         stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
         listen_backlog: s.or(ctx, "listen_backlog", 4),

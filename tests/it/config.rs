@@ -339,6 +339,21 @@ fn runtime_profiles_validate() {
 }
 
 #[test]
+fn the_default_profile_is_the_built_in_runtime_written_out() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/profiles/default.toml");
+    let text = std::fs::read_to_string(&path).expect("perf/profiles/default.toml");
+    let built_in = load(&[("base.toml", &base())]).expect("base");
+    let written = load(&[("base.toml", &base()), ("default.toml", &text)]).expect("profile");
+    assert_eq!(
+        format!("{:?}", written.config.runtime),
+        format!("{:?}", built_in.config.runtime),
+        "perf/profiles/default.toml and the defaults in src/config/sections.rs disagree"
+    );
+    assert_eq!(built_in.config.runtime.tcp_tx_buffer, 256 << 10);
+    assert_eq!(built_in.config.runtime.tcp_rx_buffer, 64 << 10);
+}
+
+#[test]
 fn spin_without_pinning_is_a_warning_naming_the_file() {
     let rt = "[runtime]\npin = false\nspin_before_park = \"50us\"\n";
     let l = load(&[("a.toml", &base()), ("rt.toml", rt)]).expect("still valid");
