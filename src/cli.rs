@@ -52,7 +52,12 @@ enum Command {
     Pubkey,
     /// Run the broker: dial the gateway, serve HTTP inside the tunnel (stops on SIGINT/SIGTERM).
     Run(ConfigArgs),
-    /// Validate the configuration and report every problem at once.
+    /// Validate the configuration and report every problem at once, then check the host: the
+    /// io_uring sysctl, the locked-memory limit, an io_uring executor, and the UDP buffers the
+    /// kernel will grant.
+    ///
+    /// Exit status: 0 ready to run (warnings on stderr), 78 configuration errors, 71 the host
+    /// cannot run the broker.
     Check(ConfigArgs),
     /// Print the merged configuration and generated rules, secrets redacted.
     Dump(ConfigArgs),
@@ -354,7 +359,19 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 "broker public key: {}",
                 c.wireguard.private_key.public_key()
             );
-            ExitCode::SUCCESS
+            match crate::runtime::host_check(c) {
+                Ok(findings) => {
+                    println!("host OK: io_uring available, locked-memory limit sufficient");
+                    for f in findings {
+                        eprintln!("warning: {f}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wgbroker: host: {e}");
+                    ExitCode::from(EXIT_OS)
+                }
+            }
         }
         Err(errors) => {
             eprint!("{errors}");

@@ -236,9 +236,25 @@ fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
     if v6 {
         s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
     }
-    // Buffer sizes are a request; the kernel caps them at net.core.{r,w}mem_max.
+    // Buffer sizes are a request: the kernel caps them at net.core.{r,w}mem_max without an
+    // error, and reports twice what it granted (its bookkeeping overhead).
     let _ = s.set_recv_buffer_size(c.runtime.udp_recv_buffer);
     let _ = s.set_send_buffer_size(c.runtime.udp_send_buffer);
+    let granted = |got: std::io::Result<usize>| got.ok().map(|b| b / 2);
+    for f in preflight::udp_buffer_shortfalls(
+        c.runtime.udp_recv_buffer,
+        c.runtime.udp_send_buffer,
+        granted(s.recv_buffer_size()),
+        granted(s.send_buffer_size()),
+    ) {
+        tracing::warn!(
+            event = "runtime.udp_buffer",
+            key = f.key,
+            requested = f.requested,
+            granted = f.granted,
+            "{f}"
+        );
+    }
     s.bind(&addr.into())
         .map_err(|e| io(&format!("bind {addr}"), e))?;
     s.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
@@ -286,6 +302,21 @@ fn probe_io_uring(c: &Config) -> Result<(), StartError> {
             Err(preflight::PreflightError::IoUringUnavailable("probe thread failed".into()).into())
         }
     }
+}
+
+/// What `wgbroker check` verifies of the host before a start: the io_uring sysctl, the
+/// locked-memory limit and an io_uring executor (errors), and the UDP buffers the kernel will
+/// grant (findings, returned).
+pub fn host_check(c: &Config) -> Result<Vec<preflight::BufferShortfall>, StartError> {
+    preflight::check_limits()?;
+    probe_io_uring(c)?;
+    let (rmem_max, wmem_max) = preflight::udp_buffer_caps();
+    Ok(preflight::udp_buffer_shortfalls(
+        c.runtime.udp_recv_buffer,
+        c.runtime.udp_send_buffer,
+        rmem_max,
+        wmem_max,
+    ))
 }
 
 /// Everything one shard executor needs, built on the control thread (all `Send`).

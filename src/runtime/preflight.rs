@@ -68,6 +68,71 @@ pub fn check_limits() -> Result<(), PreflightError> {
     Ok(())
 }
 
+/// A UDP socket buffer the kernel grants below what `[runtime]` asks for. `SO_RCVBUF` and
+/// `SO_SNDBUF` are capped at `net.core.rmem_max` / `wmem_max` (208 KiB on a stock kernel) without
+/// an error, so a burst the configured buffer would have absorbed is dropped instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferShortfall {
+    /// `udp_recv_buffer` or `udp_send_buffer`.
+    pub key: &'static str,
+    /// The sysctl that caps it.
+    pub sysctl: &'static str,
+    pub requested: usize,
+    pub granted: usize,
+}
+
+impl std::fmt::Display for BufferShortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[runtime] {} asks for {} bytes but {} caps it at {}: datagram bursts beyond that \
+             are dropped; raise it with `sysctl -w {}={}` (persist in /etc/sysctl.d/) or lower \
+             {}",
+            self.key,
+            self.requested,
+            self.sysctl,
+            self.granted,
+            self.sysctl,
+            self.requested,
+            self.key
+        )
+    }
+}
+
+/// Compares the configured UDP buffers with the kernel's caps (`None`: cap unknown, no finding).
+pub fn udp_buffer_shortfalls(
+    recv: usize,
+    send: usize,
+    rmem_max: Option<usize>,
+    wmem_max: Option<usize>,
+) -> Vec<BufferShortfall> {
+    [
+        ("udp_recv_buffer", "net.core.rmem_max", recv, rmem_max),
+        ("udp_send_buffer", "net.core.wmem_max", send, wmem_max),
+    ]
+    .into_iter()
+    .filter_map(|(key, sysctl, requested, cap)| {
+        let granted = cap?;
+        (granted < requested).then_some(BufferShortfall {
+            key,
+            sysctl,
+            requested,
+            granted,
+        })
+    })
+    .collect()
+}
+
+/// `net.core.rmem_max` / `wmem_max` as this process sees them.
+pub fn udp_buffer_caps() -> (Option<usize>, Option<usize>) {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    };
+    (read("rmem_max"), read("wmem_max"))
+}
+
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), before the stacks
 /// allocate their socket buffers. With THP a connection that touches one byte of a fresh 64 KiB
 /// buffer can fault in a whole 2 MiB page; without it the kernel commits the 4 KiB pages data
@@ -112,5 +177,32 @@ mod tests {
         assert!(e.contains("ulimit -l 512") && e.contains("LimitMEMLOCK"));
         let e = PreflightError::IoUringDisabled(2).to_string();
         assert!(e.contains("sysctl -w kernel.io_uring_disabled=0"));
+    }
+
+    #[test]
+    fn udp_buffers_above_the_kernel_caps_are_named_with_the_fix() {
+        let found = udp_buffer_shortfalls(4 << 20, 4 << 20, Some(212_992), Some(8 << 20));
+        assert_eq!(
+            found,
+            vec![BufferShortfall {
+                key: "udp_recv_buffer",
+                sysctl: "net.core.rmem_max",
+                requested: 4 << 20,
+                granted: 212_992,
+            }]
+        );
+        let msg = found[0].to_string();
+        assert!(
+            msg.contains("udp_recv_buffer asks for 4194304 bytes")
+                && msg.contains("net.core.rmem_max caps it at 212992")
+                && msg.contains("sysctl -w net.core.rmem_max=4194304"),
+            "{msg}"
+        );
+        assert!(udp_buffer_shortfalls(4 << 20, 4 << 20, Some(4 << 20), Some(4 << 20)).is_empty());
+        assert!(udp_buffer_shortfalls(4 << 20, 4 << 20, None, None).is_empty());
+        assert_eq!(
+            udp_buffer_shortfalls(1 << 20, 1 << 20, Some(1), Some(1)).len(),
+            2
+        );
     }
 }

@@ -257,13 +257,13 @@ fn demo_runs_on_loopback_and_holds_its_expectations() {
     );
 }
 
-#[test]
-fn run_refuses_to_start_with_a_low_memlock_limit_and_names_the_fix() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = dir.path().join("b.toml");
+/// A minimal valid configuration (inline keys) plus `extra`.
+fn minimal_config(dir: &Path, extra: &str) -> PathBuf {
+    let f = dir.join("b.toml");
     std::fs::write(
         &f,
-        r#"
+        format!(
+            r#"
 [wireguard]
 private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 address = "10.77.0.2"
@@ -271,9 +271,67 @@ address = "10.77.0.2"
 public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 endpoint = "127.0.0.1:9"
 allowed_ips = ["10.77.0.1/32"]
-"#,
+{extra}"#
+        ),
     )
     .expect("write");
+    f
+}
+
+#[test]
+fn check_probes_the_host_and_names_each_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "");
+    let o = bin().arg("check").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("host OK: io_uring available"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A UDP buffer above net.core.rmem_max: still ready to run, with a warning naming the fix.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("net.core.rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let f = minimal_config(
+        dir.path(),
+        &format!("[runtime]\nudp_recv_buffer = {}\n", rmem_max * 2),
+    );
+    let o = bin().arg("check").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "warning: [runtime] udp_recv_buffer asks for {} bytes but net.core.rmem_max caps it at {rmem_max}",
+            rmem_max * 2
+        )) && err.contains("sysctl -w net.core.rmem_max="),
+        "{err}"
+    );
+
+    // A locked-memory limit glommio cannot work with: the host cannot run the broker.
+    let o = Command::new("prlimit")
+        .arg("--memlock=65536:65536")
+        .arg(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["check", "-c"])
+        .arg(&f)
+        .output()
+        .expect("prlimit (util-linux)");
+    assert_eq!(o.status.code(), Some(71), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("configuration OK"), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("wgbroker: host: ") && err.contains("LimitMEMLOCK"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_to_start_with_a_low_memlock_limit_and_names_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "");
     // prlimit (util-linux) lowers RLIMIT_MEMLOCK to 64 KiB for the child only.
     let o = Command::new("prlimit")
         .arg("--memlock=65536:65536")

@@ -62,7 +62,8 @@ struct Running {
     child: std::process::Child,
 }
 
-fn start_broker() -> Running {
+/// `extra` is appended to the generated config (rules, or a `[runtime]` table).
+fn start_broker(extra: &str) -> Running {
     let scm = MockScm::start("unused").expect("mock");
     let broker_key = PrivateKey::generate().expect("rng");
     let vendor_key = PrivateKey::generate().expect("rng");
@@ -82,7 +83,7 @@ fn start_broker() -> Running {
         &vendor_key,
         gw.local_addr().expect("addr"),
         scm.addr(),
-        "",
+        extra,
     );
     std::fs::write(&file, &base).expect("write");
     let log_path = dir.path().join("broker.log");
@@ -120,7 +121,7 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
         log_path: _,
         base: _,
         mut child,
-    } = start_broker();
+    } = start_broker("");
     let pid = child.id();
     let gw_addr = gw.local_addr().expect("addr");
 
@@ -262,7 +263,7 @@ fn every_reload_names_the_sections_still_waiting_for_a_restart() {
         dir: _dir,
         scm: _scm,
         ..
-    } = start_broker();
+    } = start_broker("");
     let pid = child.id();
 
     let changed = format!("{base}\n[runtime]\nchannel_capacity = 512\n");
@@ -290,4 +291,28 @@ fn every_reload_names_the_sections_still_waiting_for_a_restart() {
         "the change is pending until a restart, however many reloads come after it; with the \
          original file back nothing is:\n{log}"
     );
+}
+
+#[test]
+fn a_udp_buffer_the_kernel_caps_is_logged_with_the_fix() {
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("net.core.rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let mut b = start_broker(&format!("[runtime]\nudp_recv_buffer = {}\n", rmem_max * 2));
+    kill(b.child.id(), "-TERM");
+    assert!(b.child.wait().expect("exit").success());
+    let log = std::fs::read_to_string(&b.log_path).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"runtime.udp_buffer\""))
+        .unwrap_or_else(|| panic!("no runtime.udp_buffer warning in:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert_eq!(v["key"], "udp_recv_buffer", "{line}");
+    assert_eq!(v["requested"], rmem_max * 2, "{line}");
+    assert_eq!(v["granted"], rmem_max, "{line}");
+    let msg = v["message"].as_str().expect("message");
+    assert!(msg.contains("sysctl -w net.core.rmem_max="), "{msg}");
 }
