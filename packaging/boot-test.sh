@@ -97,6 +97,11 @@ inside timeout 60 systemctl enable --now wgbroker.service || {
 }
 inside systemctl status wgbroker --no-pager | sed -n '1,12p'
 ok "started and ready"
+# ExecStartPre's `wgbroker check` probes io_uring and memlock inside the same sandbox.
+host=$(inside journalctl -u wgbroker --no-pager -o cat | grep -E '^host OK|warning: \[runtime\] udp_' || true)
+echo "$host" | grep -q '^host OK' || fail "ExecStartPre's check did not pass its host probe"
+while IFS= read -r line; do echo "    $line"; done <<<"$host"
+ok "wgbroker check probed io_uring and the memlock limit in the unit's sandbox"
 
 step "Stays up past WatchdogSec= (35 s)"
 sleep 35
