@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
+
+/// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
+/// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
+/// that one shard that is behind does not hold the others' packets up for long.
+const LINK_WAIT: Duration = Duration::from_millis(5);
 use super::status::Status;
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
@@ -115,8 +120,15 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                     let len = packet.len();
                     buf.set_len(len);
                     let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
-                    if !core.to_shards[shard].try_send(Msg::Packet(buf)) {
-                        core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                    // A full link means the shard is behind: wait a little (the UDP socket
+                    // buffers what arrives meanwhile) rather than drop a packet that the vendor
+                    // would resend only after its retransmission timeout; a shard that stays
+                    // behind loses packets instead of stalling the others for long.
+                    let link = &core.to_shards[shard];
+                    if let Err(m) = link.try_send_or_return(Msg::Packet(buf)) {
+                        if !link.send_within(m, LINK_WAIT).await {
+                            core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Received::Transmit {
@@ -185,6 +197,12 @@ pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usi
             }
             if batch.is_full() {
                 flush(&core, &mut batch).await;
+                // Every packet sent one `Msg::Home` into the link that also carries inbound
+                // packets to the shard. Draining the whole outbound link (up to
+                // `channel_capacity` packets) before the shard could take its buffers back filled
+                // that link during downloads, and `rx_loop` dropped the vendor's ACKs: each cost
+                // smoltcp a 1 s retransmission timeout. Let the shard catch up after every batch.
+                futures_lite::future::yield_now().await;
             }
             next = match futures_lite::future::poll_once(from_shard.recv()).await {
                 Some(Some(m)) => Some(m),
