@@ -137,6 +137,7 @@ pub fn metrics(status: &Status) -> String {
         ("denied", sum(&|s| s.denied)),
         ("malformed", sum(&|s| s.rejected)),
         ("upstream_error", sum(&|s| s.upstream_errors)),
+        ("vendor_aborted", sum(&|s| s.vendor_aborted)),
         ("healthcheck", sum(&|s| s.healthchecks)),
         ("not_found", sum(&|s| s.not_found)),
         ("timeout", sum(&|s| s.timeouts)),

@@ -125,6 +125,9 @@ pub struct ServerStats {
     pub proxied: u64,
     pub denied: u64,
     pub upstream_errors: u64,
+    /// Proxied exchanges the vendor abandoned: its connection went away mid-response, or its
+    /// request body stopped or stalled.
+    pub vendor_aborted: u64,
     /// Proxied responses by status class: 1xx..5xx at index 0..4.
     pub proxied_by_class: [u64; 5],
     /// Request and response body bytes of proxied exchanges.
@@ -377,7 +380,9 @@ pub async fn serve<C, T, U>(
                 match outcome.error {
                     None => st.proxied += 1,
                     Some("denied") => st.denied += 1,
-                    Some("malformed") => st.rejected += 1,
+                    // A bad destination, or a malformed chunked request body.
+                    Some("malformed" | "body") => st.rejected += 1,
+                    Some(k) if proxy::VENDOR_SIDE.contains(&k) => st.vendor_aborted += 1,
                     Some(_) => st.upstream_errors += 1,
                 }
             }

@@ -33,6 +33,13 @@ pub const PROXIED_HEADER: &str = "X-Semgrep-Private-Link";
 pub const ERROR_HEADER: &str = "X-Semgrep-Private-Link-Error";
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// `Outcome::error` when writing the response to the vendor failed: the vendor closed or reset
+/// its connection.
+pub(crate) const VENDOR_CLOSED: &str = "vendor_closed";
+/// `Outcome::error` kinds that are the vendor's doing, not the upstream's: its connection went
+/// away mid-response, or its request body stopped or stalled.
+pub(crate) const VENDOR_SIDE: [&str; 3] =
+    [VENDOR_CLOSED, "body_incomplete", "timeout_request_body"];
 /// Most upstream response header lines.
 const MAX_RESPONSE_HEADERS: usize = 128;
 
@@ -282,12 +289,22 @@ where
         Err(Failure::Abort(kind)) => {
             outcome.error = Some(kind);
             outcome.keep_alive = false;
-            tracing::warn!(
-                event = "upstream.error",
-                request_id = x.request_id,
-                kind,
-                phase = "streaming"
-            );
+            if kind == VENDOR_CLOSED {
+                // The vendor went away mid-response (a cancelled clone, a client timeout): not
+                // the upstream's fault, and nothing to answer.
+                tracing::info!(
+                    event = "proxy.vendor_closed",
+                    request_id = x.request_id,
+                    response_bytes = outcome.response_bytes
+                );
+            } else {
+                tracing::warn!(
+                    event = "upstream.error",
+                    request_id = x.request_id,
+                    kind,
+                    phase = "streaming"
+                );
+            }
         }
     }
     outcome.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -476,7 +493,7 @@ where
             .conn
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
-            .map_err(|_| Failure::Abort("vendor_write"))?;
+            .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
     }
 
     // The connection's response buffer: allocated on its first proxied request, reused after.
@@ -581,7 +598,7 @@ where
         .conn
         .write_all(&resp_head)
         .await
-        .map_err(|_| Failure::Abort("vendor_write"))?;
+        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
 
     // Response body.
     let reusable = stream_response(
@@ -600,7 +617,7 @@ where
         .conn
         .flush()
         .await
-        .map_err(|_| Failure::Abort("vendor_write"))?;
+        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
     if reusable && upstream_keep_alive {
         upstreams.release(&target, pooled);
     }
@@ -907,7 +924,7 @@ where
                     vendor
                         .write_all(&avail[..take])
                         .await
-                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
                 }
                 pos += take;
                 left -= take as u64;
@@ -921,7 +938,7 @@ where
                     Outcome::sample(&mut outcome.response_sample, outcome.sample_limit, avail);
                     write_chunk(vendor, &mut frame, avail)
                         .await
-                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
                     outcome.response_bytes += avail.len() as u64;
                 }
                 pos = filled;
@@ -940,7 +957,7 @@ where
                     );
                     write_chunk(vendor, &mut frame, &ubuf[data])
                         .await
-                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
                     outcome.response_bytes += n as u64;
                 }
                 pos += step.consumed;
@@ -948,7 +965,7 @@ where
                     vendor
                         .write_all(b"0\r\n\r\n")
                         .await
-                        .map_err(|_| Failure::Abort("vendor_write"))?;
+                        .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
                     return Ok(pos == filled);
                 }
                 if step.consumed == 0 || pos == filled {
@@ -972,7 +989,7 @@ where
                 vendor
                     .write_all(b"0\r\n\r\n")
                     .await
-                    .map_err(|_| Failure::Abort("vendor_write"))?;
+                    .map_err(|_| Failure::Abort(VENDOR_CLOSED))?;
                 return Ok(false);
             }
             return Err(Failure::Abort("reset"));
@@ -1003,12 +1020,12 @@ async fn fill_body<C: AsyncRead + Unpin, T: Timer>(
     match timed(timer, stall, inbound.fill()).await {
         None => Err(Failure::Respond(
             408,
-            "timeout_body",
+            "timeout_request_body",
             "request body timeout".into(),
         )),
         Some(Ok(0)) | Some(Err(_)) => Err(Failure::Respond(
             400,
-            "body",
+            "body_incomplete",
             "request body incomplete".into(),
         )),
         Some(Ok(_)) => Ok(()),

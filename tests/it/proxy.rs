@@ -7,7 +7,7 @@ use wgbroker::testkit::client::{self, Exchange, Request, RunOptions};
 use wgbroker::testkit::response::Response;
 use wgbroker::testkit::scm::{FNV_INIT, MockScm, fnv1a, pattern_byte};
 
-use crate::harness::Tunnel;
+use crate::harness::{Tunnel, metric};
 
 const TOKEN: &str = "ghp_testTOKEN0123456789abcdefABCDEF012345";
 
@@ -273,6 +273,32 @@ fn ten_mib_download_and_five_mib_chunked_upload_are_byte_exact() {
             .iter()
             .enumerate()
             .all(|(i, &b)| b == pattern_byte(i as u64))
+    );
+}
+
+#[test]
+fn a_vendor_that_abandons_a_download_is_counted_apart_from_upstream_errors() {
+    let (scm, mut t) = setup("");
+    let a = scm.addr();
+    // The client gives up (RST) long before 256 MiB can arrive.
+    let ex = one(
+        &mut t,
+        Request::get(&format!("/proxy/http://{a}/download/{}", 256u64 << 20)),
+        Duration::from_millis(300),
+    );
+    assert!(ex.response.is_err(), "the download cannot finish in 300 ms");
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
+    // The broker sees it on its next write; shards publish their counters about every 100 ms.
+    let aborted = r#"wgbroker_outcomes_total{outcome="vendor_aborted"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(port, aborted) < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(port, aborted), 1.0);
+    assert_eq!(
+        metric(port, r#"wgbroker_outcomes_total{outcome="upstream_error"}"#),
+        0.0
     );
 }
 

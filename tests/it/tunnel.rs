@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use wgbroker::testkit::client::{self, Request, RunOptions};
 
-use crate::harness::Tunnel;
+use crate::harness::{Tunnel, admin_get};
 
 fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
     let plan = (0..conns)
@@ -157,21 +157,6 @@ fn heartbeat_reaches_the_gateway_through_the_tunnel() {
 }
 
 /// GET on the admin listener: (status code, body).
-fn admin_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin listener");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (code, body)
-}
-
 #[test]
 fn admin_listener_serves_metrics_and_probes() {
     let mut t = Tunnel::start("");
