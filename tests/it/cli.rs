@@ -278,6 +278,18 @@ allowed_ips = ["10.77.0.1/32"]
     f
 }
 
+/// `wgbroker <command> -c <config>` with RLIMIT_MEMLOCK lowered to 64 KiB for the child only
+/// (prlimit, util-linux): below what glommio needs.
+fn with_low_memlock(command: &str, config: &Path) -> Output {
+    Command::new("prlimit")
+        .arg("--memlock=65536:65536")
+        .arg(env!("CARGO_BIN_EXE_wgbroker"))
+        .args([command, "-c"])
+        .arg(config)
+        .output()
+        .expect("prlimit (util-linux)")
+}
+
 #[test]
 fn check_probes_the_host_and_names_each_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -312,13 +324,7 @@ fn check_probes_the_host_and_names_each_fix() {
     );
 
     // A locked-memory limit glommio cannot work with: the host cannot run the broker.
-    let o = Command::new("prlimit")
-        .arg("--memlock=65536:65536")
-        .arg(env!("CARGO_BIN_EXE_wgbroker"))
-        .args(["check", "-c"])
-        .arg(&f)
-        .output()
-        .expect("prlimit (util-linux)");
+    let o = with_low_memlock("check", &f);
     assert_eq!(o.status.code(), Some(71), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("configuration OK"), "{}", stdout(&o));
     let err = stderr(&o);
@@ -332,14 +338,7 @@ fn check_probes_the_host_and_names_each_fix() {
 fn run_refuses_to_start_with_a_low_memlock_limit_and_names_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = minimal_config(dir.path(), "");
-    // prlimit (util-linux) lowers RLIMIT_MEMLOCK to 64 KiB for the child only.
-    let o = Command::new("prlimit")
-        .arg("--memlock=65536:65536")
-        .arg(env!("CARGO_BIN_EXE_wgbroker"))
-        .args(["run", "-c"])
-        .arg(&f)
-        .output()
-        .expect("prlimit (util-linux)");
+    let o = with_low_memlock("run", &f);
     assert_eq!(o.status.code(), Some(71), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
