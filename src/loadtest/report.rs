@@ -240,6 +240,26 @@ pub struct GatewayFigures {
     pub dropped: u64,
 }
 
+/// What the in-process broker lost or refused over the whole session (hand-shake, warm-up and
+/// window): a clean run shows zeros. `None` when the broker is not in this process.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct BrokerDrops {
+    /// Decrypted packets dropped because a shard's link stayed full.
+    pub link: u64,
+    /// Datagrams the peer table dropped (garbage, replays, wrong source, ...).
+    pub tunnel: u64,
+    /// Datagrams larger than the tunnel MTU allows.
+    pub oversize: u64,
+    /// Datagrams the kernel refused to send.
+    pub send_errors: u64,
+}
+
+impl BrokerDrops {
+    pub fn total(&self) -> u64 {
+        self.link + self.tunnel + self.oversize + self.send_errors
+    }
+}
+
 /// Everything a run measured; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -274,6 +294,7 @@ pub struct Report {
     pub kinds: Vec<Kind>,
     pub cpu_s: Cpu,
     pub gateway: GatewayFigures,
+    pub broker_drops: Option<BrokerDrops>,
     pub warmup_requests: u64,
     pub cancelled_at_end: u64,
     pub connections_opened: u64,
@@ -357,6 +378,7 @@ impl Report {
             kinds,
             cpu_s: cpu,
             gateway,
+            broker_drops: None,
             warmup_requests: s.warmup_requests,
             cancelled_at_end: s.cancelled,
             connections_opened: s.connections_opened,
@@ -451,6 +473,25 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
                 ms(r.service_time_us.p50),
                 ms(r.service_time_us.p99)
             )
+        });
+    }
+    if columns.iter().any(|(_, r)| r.broker_drops.is_some()) {
+        row("broker drops", &|r| match r.broker_drops {
+            None => "-".into(),
+            Some(d) if d.total() == 0 => "0".into(),
+            Some(d) => {
+                let parts: Vec<String> = [
+                    ("link", d.link),
+                    ("tunnel", d.tunnel),
+                    ("oversize", d.oversize),
+                    ("send", d.send_errors),
+                ]
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+                format!("{} ({})", d.total(), parts.join(", "))
+            }
         });
     }
     row("CPU s driver", &|r| format!("{:.2}", r.cpu_s.driver));
@@ -599,5 +640,27 @@ mod tests {
             }),
         )]);
         assert!(t.contains("1 (connect 1)") && !t.contains("note:"), "{t}");
+    }
+
+    #[test]
+    fn the_in_process_brokers_drops_are_a_row_and_a_json_field() {
+        let mut r = report(Errors::default());
+        assert!(!table(&[("broker", &r)]).contains("broker drops"));
+        r.broker_drops = Some(BrokerDrops::default());
+        let t = table(&[("broker", &r)]);
+        let row = t
+            .lines()
+            .find(|l| l.contains("broker drops"))
+            .expect("the row");
+        assert!(row.trim_end().ends_with(" 0"), "{t}");
+        r.broker_drops = Some(BrokerDrops {
+            link: 3,
+            send_errors: 1,
+            ..BrokerDrops::default()
+        });
+        let t = table(&[("broker", &r)]);
+        assert!(t.contains("4 (link 3, send 1)"), "{t}");
+        let j = serde_json::to_value(&r).expect("json");
+        assert_eq!(j["broker_drops"]["link"], 3);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::cpu::{self, Snapshot};
 use super::driver::{self, Control, DriverSpec, Event, Outcome, Progress};
-use super::report::{Cpu, GatewayFigures, Report, Stats, table};
+use super::report::{BrokerDrops, Cpu, GatewayFigures, Report, Stats, table};
 use super::scenario::{Plan, Scenario, Targets, parse_mix};
 use super::upstream::Upstream;
 use super::{Args, CloseMode};
@@ -481,8 +481,21 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
             return Err((format!("broker: {e}"), EXIT_OS));
         }
     };
-    let result =
-        wait_ready(&d, a.handshake_timeout).and_then(|()| measure(a, Target::InProcess, &plan, d));
+    let result = wait_ready(&d, a.handshake_timeout)
+        .and_then(|()| measure(a, Target::InProcess, &plan, d))
+        .map(|mut r| {
+            // Some counters are published with the tunnel core's 100 ms tick.
+            std::thread::sleep(Duration::from_millis(150));
+            let st = broker.status();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            r.broker_drops = Some(BrokerDrops {
+                link: n(&st.link_drops),
+                tunnel: n(&st.datagrams_dropped),
+                oversize: n(&st.oversize),
+                send_errors: n(&st.send_errors),
+            });
+            r
+        });
     let _ = broker.shutdown();
     drop(upstream);
     result

@@ -56,6 +56,19 @@ fn assert_clean(r: &Value) -> u64 {
     assert!(u(r, "latency_us.p50") <= u(r, "latency_us.p99"));
     assert!(u(r, "latency_us.p99") <= u(r, "latency_us.max"));
     assert!(f(r, "cpu_s.driver") > 0.0, "driver CPU: {}", r["cpu_s"]);
+    // The in-process broker reports what it dropped inside (nothing, in a clean run).
+    if r["target"] == "in-process" {
+        for k in ["link", "tunnel", "oversize", "send_errors"] {
+            assert_eq!(
+                u(r, &format!("broker_drops.{k}")),
+                0,
+                "{}",
+                r["broker_drops"]
+            );
+        }
+    } else {
+        assert!(r["broker_drops"].is_null(), "{}", r["broker_drops"]);
+    }
     n
 }
 
