@@ -254,12 +254,6 @@ pub struct BrokerDrops {
     pub send_errors: u64,
 }
 
-impl BrokerDrops {
-    pub fn total(&self) -> u64 {
-        self.link + self.tunnel + self.oversize + self.send_errors
-    }
-}
-
 /// Everything a run measured; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -391,6 +385,20 @@ fn ms(us: u64) -> String {
 }
 
 /// The final table; with two reports (broker and calibration), side by side.
+/// `0`, or the total and its non-zero parts: `7 (connect 2, timeout 5)`.
+fn breakdown(parts: &[(&str, u64)]) -> String {
+    let total: u64 = parts.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let named: Vec<String> = parts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    format!("{total} ({})", named.join(", "))
+}
+
 pub fn table(columns: &[(&str, &Report)]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
@@ -437,22 +445,14 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
     });
     row("errors", &|r| {
         let e = &r.errors;
-        if e.total() == 0 {
-            return "0".into();
-        }
-        let parts: Vec<String> = [
+        breakdown(&[
             ("connect", e.connect),
             ("driver out of ports", e.driver_ports),
             ("timeout", e.timeout),
             ("reset", e.reset),
             ("unexpected status", e.unexpected_status),
             ("bad response", e.bad_response),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-        format!("{} ({})", e.total(), parts.join(", "))
+        ])
     });
     for (name, q) in [
         ("latency p50 ms", 0),
@@ -478,20 +478,12 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
     if columns.iter().any(|(_, r)| r.broker_drops.is_some()) {
         row("broker drops", &|r| match r.broker_drops {
             None => "-".into(),
-            Some(d) if d.total() == 0 => "0".into(),
-            Some(d) => {
-                let parts: Vec<String> = [
-                    ("link", d.link),
-                    ("tunnel", d.tunnel),
-                    ("oversize", d.oversize),
-                    ("send", d.send_errors),
-                ]
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-                format!("{} ({})", d.total(), parts.join(", "))
-            }
+            Some(d) => breakdown(&[
+                ("link", d.link),
+                ("tunnel", d.tunnel),
+                ("oversize", d.oversize),
+                ("send", d.send_errors),
+            ]),
         });
     }
     row("CPU s driver", &|r| format!("{:.2}", r.cpu_s.driver));

@@ -199,6 +199,15 @@ struct Drivers {
 }
 
 impl Drivers {
+    /// Each driver thread's gateway: its key, UDP endpoint and tunnel address.
+    fn gateways(&self) -> impl Iterator<Item = (&PrivateKey, &SocketAddr, &IpAddr)> {
+        self.keys
+            .iter()
+            .zip(&self.addrs)
+            .zip(&self.vendors)
+            .map(|((key, addr), vendor)| (key, addr, vendor))
+    }
+
     fn stop(self) {
         self.ctl.stop.store(true, Ordering::Relaxed);
         drop(self.starts);
@@ -366,15 +375,9 @@ fn measure_target(a: &Args, target: Target) -> Result<Report, Failure> {
 
 /// The `[wireguard]` table of the in-process broker: its key and one peer per driver thread.
 fn wireguard_toml(a: &Args, broker: &PrivateKey, d: &Drivers) -> String {
-    let peers = d
-        .keys
-        .iter()
-        .zip(&d.addrs)
-        .zip(&d.vendors)
-        .map(|((key, addr), vendor)| {
-            PeerToml::new(key.public_key(), addr, ipnet::IpNet::from(*vendor))
-                .persistent_keepalive(0)
-        });
+    let peers = d.gateways().map(|(key, addr, vendor)| {
+        PeerToml::new(key.public_key(), addr, ipnet::IpNet::from(*vendor)).persistent_keepalive(0)
+    });
     WireguardToml::new(broker, a.broker_address)
         .listen_port(0)
         .peers(peers)
@@ -540,7 +543,7 @@ fn info(a: &Args, s: &str) {
 
 fn print_gateway_info(a: &Args, d: &Drivers) {
     let mut s = String::from("wgbroker loadtest — gateway mode: waiting for the broker to dial\n");
-    for (i, ((key, addr), vendor)) in d.keys.iter().zip(&d.addrs).zip(&d.vendors).enumerate() {
+    for (i, (key, addr, vendor)) in d.gateways().enumerate() {
         s.push_str(&format!(
             "  gateway {i}: public key {}  endpoint {addr}  tunnel address {vendor}\n",
             key.public_key()
@@ -551,19 +554,14 @@ fn print_gateway_info(a: &Args, d: &Drivers) {
         a.broker_address, a.port
     ));
     // No persistent_keepalive: the broker's default applies.
-    let peers = d
-        .keys
-        .iter()
-        .zip(&d.addrs)
-        .zip(&d.vendors)
-        .map(|((key, addr), vendor)| {
-            let endpoint = if addr.ip().is_unspecified() {
-                format!("<this host's address>:{}", addr.port())
-            } else {
-                addr.to_string()
-            };
-            PeerToml::new(key.public_key(), endpoint, ipnet::IpNet::from(*vendor))
-        });
+    let peers = d.gateways().map(|(key, addr, vendor)| {
+        let endpoint = if addr.ip().is_unspecified() {
+            format!("<this host's address>:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        PeerToml::new(key.public_key(), endpoint, ipnet::IpNet::from(*vendor))
+    });
     s.push_str(
         &WireguardToml::without_private_key(
             "<the broker's key, whose public key was given as --broker-public-key>",
@@ -588,7 +586,8 @@ fn null(a: &Args) -> Result<Report, Failure> {
     )?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut responders = Vec::new();
-    for (i, ((key, addr), vendor)) in d.keys.iter().zip(&d.addrs).zip(&d.vendors).enumerate() {
+    let mut failed = None;
+    for (i, (key, addr, vendor)) in d.gateways().enumerate() {
         let per_thread = a.connections / a.threads + 1;
         let mut g = GatewayConfig::new(
             responder_key.clone(),
@@ -621,11 +620,15 @@ fn null(a: &Args) -> Result<Report, Failure> {
         match spawned {
             Ok(h) => responders.push(h),
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                d.stop();
-                return Err((format!("cannot start the null responder: {e}"), EXIT_OS));
+                failed = Some(e);
+                break;
             }
         }
+    }
+    if let Some(e) = failed {
+        stop.store(true, Ordering::Relaxed);
+        d.stop();
+        return Err((format!("cannot start the null responder: {e}"), EXIT_OS));
     }
     let result = wait_ready(&d, a.handshake_timeout.min(Duration::from_secs(20)))
         .and_then(|()| measure(a, Target::Null, &plan, d));
