@@ -524,7 +524,7 @@ where
                 drop(pooled);
                 pooled = upstreams.connect_new(&target).await?;
             }
-            Err(Unanswered::Closed(f) | Unanswered::Other(f)) => return Err(f),
+            Err(e) => return Err(e.failure()),
         }
     };
     let up = &mut pooled.conn;
@@ -535,23 +535,9 @@ where
         let n = if first > 0 {
             std::mem::take(&mut first)
         } else {
-            match timed(timer, x.timeouts.response, up.read(&mut ubuf[ufilled..])).await {
-                None => {
-                    return Err(Failure::Respond(
-                        504,
-                        "timeout_response",
-                        "upstream did not answer in time".into(),
-                    ));
-                }
-                Some(Err(_)) | Some(Ok(0)) => {
-                    return Err(Failure::Respond(
-                        502,
-                        "reset",
-                        "upstream closed the connection before answering".into(),
-                    ));
-                }
-                Some(Ok(n)) => n,
-            }
+            read_answer(up, &mut ubuf[ufilled..], timer, x.timeouts.response)
+                .await
+                .map_err(Unanswered::failure)?
         };
         ufilled += n;
         match parse_response_head(
@@ -633,6 +619,14 @@ enum Unanswered {
     Other(Failure),
 }
 
+impl Unanswered {
+    fn failure(self) -> Failure {
+        match self {
+            Unanswered::Closed(f) | Unanswered::Other(f) => f,
+        }
+    }
+}
+
 /// Writes the request head and body to `up` and reads the first bytes of the answer into
 /// `ubuf`; returns how many.
 #[allow(clippy::too_many_arguments)]
@@ -663,7 +657,22 @@ where
         .await
         .map_err(Unanswered::Other)?;
     up.flush().await.map_err(|_| closed())?;
-    match timed(timer, x.timeouts.response, up.read(ubuf)).await {
+    read_answer(up, ubuf, timer, x.timeouts.response).await
+}
+
+/// One read of the upstream's answer (head not complete yet): 504 when it does not come within
+/// `timeout`, 502 when the connection closes first.
+async fn read_answer<W, T>(
+    up: &mut W,
+    buf: &mut [u8],
+    timer: &T,
+    timeout: Duration,
+) -> Result<usize, Unanswered>
+where
+    W: AsyncRead + Unpin,
+    T: Timer,
+{
+    match timed(timer, timeout, up.read(buf)).await {
         None => Err(Unanswered::Other(Failure::Respond(
             504,
             "timeout_response",
