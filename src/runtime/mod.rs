@@ -308,8 +308,7 @@ fn probe_io_uring(c: &Config) -> Result<(), StartError> {
 /// locked-memory limit and an io_uring executor (errors), and the UDP buffers the kernel will
 /// grant (findings, returned).
 pub fn host_check(c: &Config) -> Result<Vec<preflight::BufferShortfall>, StartError> {
-    preflight::check_limits()?;
-    probe_io_uring(c)?;
+    host_can_run(c)?;
     let (rmem_max, wmem_max) = preflight::udp_buffer_caps();
     Ok(preflight::udp_buffer_shortfalls(
         c.runtime.udp_recv_buffer,
@@ -317,6 +316,13 @@ pub fn host_check(c: &Config) -> Result<Vec<preflight::BufferShortfall>, StartEr
         rmem_max,
         wmem_max,
     ))
+}
+
+/// The checks `start` and `check` share: the io_uring sysctl, the memlock limit, and an
+/// io_uring executor that can be built.
+fn host_can_run(c: &Config) -> Result<(), StartError> {
+    preflight::check_limits()?;
+    probe_io_uring(c)
 }
 
 /// Everything one shard executor needs, built on the control thread (all `Send`).
@@ -361,14 +367,13 @@ impl ShardSeed {
 /// Starts the broker described by `loaded`; returns once every executor is running.
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
-    preflight::check_limits()?;
+    host_can_run(c)?;
     if !preflight::disable_transparent_huge_pages() {
         tracing::debug!(
             event = "runtime.thp_enabled",
             "PR_SET_THP_DISABLE refused; socket buffers may use huge pages"
         );
     }
-    probe_io_uring(c)?;
     let plan =
         placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();

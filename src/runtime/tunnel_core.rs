@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
+use super::status::Status;
+use super::udp::{self, RecvBatch, SendBatch};
+use crate::packet::{BufPool, shard_of};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
 /// that one shard that is behind does not hold the others' packets up for long.
 const LINK_WAIT: Duration = Duration::from_millis(5);
-use super::status::Status;
-use super::udp::{self, RecvBatch, SendBatch};
-use crate::packet::{BufPool, shard_of};
 use crate::tunnel::{PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
 /// The tunnel core's state.
