@@ -178,7 +178,8 @@ where
         keep_alive: head.keep_alive,
         request_sample: None,
         response_sample: None,
-        sample_limit: x.body_limit,
+        // Collect past the cap by the longest secret, so one that straddles it is scrubbed whole.
+        sample_limit: x.body_limit.saturating_add(x.scrubber.lookahead()),
         elapsed_us: 0,
     };
     let target = head.target(head_bytes);
@@ -313,8 +314,9 @@ where
         ("proxy.response_body", &outcome.response_sample),
     ] {
         if let Some(bytes) = sample {
-            let text = x.scrubber.scrub(&String::from_utf8_lossy(bytes));
-            tracing::info!(event, request_id = x.request_id, bytes = bytes.len(), body = %text);
+            let text = x.scrubber.sample(bytes, x.body_limit);
+            let shown = bytes.len().min(x.body_limit);
+            tracing::info!(event, request_id = x.request_id, bytes = shown, body = %text);
         }
     }
     if outcome.rule.is_some() {

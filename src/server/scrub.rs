@@ -27,6 +27,8 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Debug, Clone, Default)]
 pub struct Scrubber {
     automaton: Option<AhoCorasick>,
+    /// Length of the longest pattern: how far past a cut a secret that starts before it can reach.
+    longest: usize,
 }
 
 impl Scrubber {
@@ -51,6 +53,7 @@ impl Scrubber {
         }
         patterns.sort();
         patterns.dedup();
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
         let automaton = if patterns.is_empty() {
             None
         } else {
@@ -59,7 +62,38 @@ impl Scrubber {
                 .build(&patterns)
                 .ok()
         };
-        Self { automaton }
+        Self { automaton, longest }
+    }
+
+    /// How many bytes past a sample's cap must be collected so that [`Scrubber::sample`] sees
+    /// every secret that starts inside the cap whole.
+    pub fn lookahead(&self) -> usize {
+        self.longest.saturating_sub(1)
+    }
+
+    /// A body sample as it may be logged: the first `limit` bytes of `body`, with every secret
+    /// that *starts* inside them replaced whole. `body` should hold `limit + lookahead()` bytes
+    /// where the body had them: the secret is found before the cut, so no prefix of a secret
+    /// that straddles the cap survives (cutting first, then scrubbing, would leave it). The
+    /// result is never longer than the first `limit` bytes once each secret there is replaced.
+    pub fn sample(&self, body: &[u8], limit: usize) -> String {
+        let cap = limit.min(body.len());
+        let mut out = Vec::with_capacity(cap);
+        let mut at = 0;
+        if let Some(ac) = &self.automaton {
+            for m in ac.find_iter(body) {
+                if m.start() >= cap {
+                    break;
+                }
+                out.extend_from_slice(&body[at..m.start()]);
+                out.extend_from_slice(REDACTED.as_bytes());
+                at = m.end();
+            }
+        }
+        if at < cap {
+            out.extend_from_slice(&body[at..cap]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// `text` with every secret replaced.
@@ -105,5 +139,21 @@ mod tests {
         // Short values are not patterns: ordinary words survive.
         assert_eq!(s.scrub("a short text"), "a short text");
         assert_eq!(Scrubber::default().scrub("as is"), "as is");
+    }
+
+    #[test]
+    fn samples_are_cut_after_scrubbing() {
+        let s = Scrubber::new(["SECRET-0123456789", "OTHER-abcdefghij"]);
+        // The longest pattern is the base64 form of the 17-byte secret: 24 bytes.
+        assert_eq!(s.lookahead(), 23);
+        // A secret across the cap goes whole, not as a prefix.
+        assert_eq!(s.sample(b"abcSECRET-0123456789 tail", 6), "abc<redacted>");
+        // A secret shortened by its replacement does not pull later bytes in past the cap, nor
+        // the prefix of a second secret that the sample cut off.
+        let body = b"SECRET-0123456789xy OTHER-abcde";
+        assert_eq!(s.sample(body, 19), "<redacted>xy");
+        // Without secrets the cap is plain, also for bodies shorter than it.
+        assert_eq!(Scrubber::default().sample(b"0123456789", 4), "0123");
+        assert_eq!(s.sample(b"abc", 100), "abc");
     }
 }

@@ -138,3 +138,60 @@ log_response_body = true
         assert!(!text.contains(secret), "{secret} leaked into the logs");
     }
 }
+
+/// A secret that straddles `[log] body_limit` must not leave its prefix in the sample: the body is
+/// scrubbed before it is cut, and the logged sample still respects the cap.
+#[test]
+fn body_samples_are_scrubbed_before_the_cap() {
+    const CUT_TOKEN: &str = "glpat-CUTTEST-abcdefghijklmnopqrstuvwxyz";
+    const LIMIT: usize = 64;
+    let cap = capture();
+    let scm = MockScm::start("unused").expect("mock");
+    let a = scm.addr();
+    let mut t = Tunnel::start(&format!(
+        r#"
+[log]
+body_limit = {LIMIT}
+
+[[scm]]
+type = "gitlab"
+base_url = "http://{a}/api/v4"
+token = "{CUT_TOKEN}"
+
+[[allow]]
+url = "http://{a}/upload"
+methods = ["POST"]
+log_request_body = true
+"#
+    ));
+    // The token starts 20 bytes before the cap and ends well after it.
+    let body = format!(
+        "{}{CUT_TOKEN} and the rest of a long body",
+        "p".repeat(LIMIT - 20)
+    );
+    let res = client::run(
+        &mut t.gateway,
+        vec![vec![
+            Request::new("POST", &format!("/proxy/http://{a}/upload")).body(body.into_bytes()),
+        ]],
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(15),
+            keep_bodies: true,
+        },
+    );
+    assert_eq!(res[0][0].response.as_ref().expect("response").status, 200);
+    drop(t);
+
+    let text = String::from_utf8_lossy(&cap.0.lock().expect("lock")).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"event\":\"proxy.request_body\"") && l.contains("pppp"))
+        .expect("the request body sample is logged");
+    // Not even the start of the token survives the cut ("glpat-CUT" is 9 bytes of it).
+    assert!(!line.contains("glpat-CUT"), "token prefix leaked: {line}");
+    let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+    let logged = v["fields"]["body"].as_str().expect("body field");
+    assert!(logged.len() <= LIMIT, "sample over the cap: {logged:?}");
+    assert!(logged.starts_with(&"p".repeat(LIMIT - 20)), "{logged:?}");
+}
