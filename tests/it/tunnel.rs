@@ -33,8 +33,9 @@ fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
                 .as_ref()
                 .unwrap_or_else(|e| panic!("connection {i}: {e}"));
             assert_eq!(r.status, 200);
-            assert_eq!(r.body, b"OK");
-            assert_eq!(r.header("content-length"), Some("2"));
+            assert_eq!(r.body, wgbroker::server::HEALTHCHECK_BODY);
+            assert_eq!(r.header("content-length"), Some("4"));
+            assert_eq!(r.header("content-type"), Some("application/json"));
             assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
             ok += 1;
         }
