@@ -59,7 +59,7 @@
 #
 # What the comparison controls: same machine, same moment (interleaved rounds), same vendor peer,
 # same upstream, same load generator and parameters, same rules/headers/response shape, same tunnel
-# MTU (1420), no pinning or nice by this script. What it does NOT control:
+# MTU (1420: set in wgbroker's config, whose default is 1320 for WAN paths), no pinning or nice by this script. What it does NOT control:
 #   * wgbroker's own `[runtime]` pins its executors (tunnel core on CPU 0, shard on CPU 1 by
 #     default); the baseline's processes float. Both sides share the 2 cores with wrk, the vendor's
 #     wireguard-go and the upstream nginx — a small box under full load, not an isolated server.
@@ -289,6 +289,7 @@ to_regex() {
 [wireguard]
 private_key = "$AKEY"
 address = "10.77.0.2"
+mtu = 1420
 [[wireguard.peers]]
 public_key = "$VPUB"
 endpoint = "10.214.0.1:51820"
@@ -387,7 +388,7 @@ done
 [ "$hs_ok" = 1 ] || die "no WireGuard handshake with both peers within 15 s ($(ip netns exec "$V" wg show "$VWG" latest-handshakes | tr '\n' ' '))"
 MTU_B=$(ip -n "$B" -o link show "$BWG" | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
 MTU_V=$(ip -n "$V" -o link show "$VWG" | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
-echo "-- tunnel up: vendor wireguard-go mtu $MTU_V; wgbroker 10.77.0.2 (mtu from its config, default 1420); baseline wireguard-go 10.77.0.3 mtu $MTU_B"
+echo "-- tunnel up: vendor wireguard-go mtu $MTU_V; wgbroker 10.77.0.2 (mtu 1420 in its config, like both wireguard-go); baseline wireguard-go 10.77.0.3 mtu $MTU_B"
 
 # ---------------------------------------------------------------- verification (both sides)
 C() { ip netns exec "$V" curl -sS --max-time 10 "$@"; }

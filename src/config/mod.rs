@@ -86,7 +86,7 @@ pub struct WireGuard {
     pub address: IpAddr,
     /// Local UDP port; 0 = any (the broker dials out, so no fixed port is needed).
     pub listen_port: u16,
-    /// Tunnel MTU; default 1420.
+    /// Tunnel MTU; default 1320 (see [`crate::netstack::DEFAULT_MTU`] for why not 1420).
     pub mtu: u16,
     pub peers: Vec<Peer>,
 }

@@ -252,7 +252,7 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
     });
     let address: Option<IpAddr> = s.req(ctx, "address");
     let listen_port: u16 = s.or(ctx, "listen_port", 0);
-    let mtu: u16 = s.or(ctx, "mtu", 1420);
+    let mtu: u16 = s.or(ctx, "mtu", crate::netstack::DEFAULT_MTU as u16);
     let min_mtu = if matches!(address, Some(IpAddr::V6(_))) {
         1280
     } else {

@@ -53,7 +53,7 @@ mod stack;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ConfigError, StackConfig};
+pub use config::{ConfigError, DEFAULT_MTU, StackConfig};
 pub use set::{DropReason, StackSet};
 pub use smoltcp::socket::tcp::State;
 pub use stack::{ConnId, StackStats};

@@ -55,7 +55,7 @@ fn minimal_config_gets_documented_defaults() {
     let l = load(&[("a.toml", &base())]).expect("valid");
     let c = &l.config;
     assert_eq!(c.wireguard.listen_port, 0);
-    assert_eq!(c.wireguard.mtu, 1420);
+    assert_eq!(c.wireguard.mtu, 1320);
     assert_eq!(c.wireguard.peers[0].persistent_keepalive, 20);
     assert_eq!(c.wireguard.peers[0].endpoint.host, "gw.example.com");
     assert_eq!(c.wireguard.peers[0].endpoint.port, 51820);

@@ -21,7 +21,7 @@ use crate::packet::{BufPool, PacketBuf};
 pub const PEER_V4: [u8; 4] = [10, 77, 0, 1];
 pub const BROKER_V4: [u8; 4] = [10, 77, 0, 2];
 
-/// The broker configuration the tests start from: 10.77.0.2:80, MTU 1420.
+/// The broker configuration the tests start from: 10.77.0.2:80, the default MTU (1320).
 pub fn broker_config() -> StackConfig {
     StackConfig {
         address: IpAddr::from(BROKER_V4),

@@ -31,9 +31,9 @@ fn handshake_completes_and_accept_yields_the_connection() {
     assert_eq!(net.broker.local_addr(id), Some(net.broker_addr(80)));
     assert_eq!(net.broker.accept(), None, "accepted exactly once");
 
-    // The MSS follows from the 1420-byte MTU; a 64 KiB buffer needs a window shift of 1.
+    // The MSS follows from the 1320-byte MTU; a 64 KiB buffer needs a window shift of 1.
     let synack = synack_of(&net.broker_sent);
-    assert_eq!(synack.max_seg_size, Some(1380));
+    assert_eq!(synack.max_seg_size, Some(1280));
     assert_eq!(synack.window_scale, Some(1));
 
     let stats: Vec<_> = net.broker.stack_stats().collect();

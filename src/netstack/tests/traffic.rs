@@ -173,7 +173,7 @@ fn ipv6_handshake_uses_the_ipv6_mss() {
     let mut net = Net::new(config);
     net.capture = true;
     let (h, id) = open(&mut net, 1, 16 << 10)[0];
-    assert_eq!(synack_of(&net.broker_sent).max_seg_size, Some(1360));
+    assert_eq!(synack_of(&net.broker_sent).max_seg_size, Some(1260));
     net.peer.socket(h).send_slice(b"over v6").expect("open");
     let mut got = Vec::new();
     net.run_until(20, |net| {
