@@ -181,7 +181,7 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// Pooled idle connections are closed after this; default 90 s.
     pub idle_timeout: Duration,
-    /// Idle connections kept per scheme+host+port per shard; default 32.
+    /// Idle connections kept per scheme+host+port per shard; default 256.
     pub pool_max_idle_per_host: usize,
     /// HTTP CONNECT proxy (`http://host:port`); default: `HTTPS_PROXY` when `use_env_proxy`.
     pub proxy: Option<String>,

@@ -1,8 +1,9 @@
 //! The runtime seam: the only module that imports glommio.
 //!
 //! It owns threads, CPU placement, io_uring rings, the UDP socket and the links between
-//! executors, and drives the sans-IO cores ([`crate::tunnel`], [`crate::netstack`],
-//! [`crate::server`]):
+//! executors; it drives the sans-IO cores ([`crate::tunnel`], [`crate::netstack`]) and runs the
+//! in-tunnel HTTP server's connection tasks ([`crate::server`]: async code over any
+//! `AsyncRead + AsyncWrite` and a timer, which the runtime supplies):
 //!
 //! * the **tunnel core** executor (pinned) owns the UDP socket and the [`PeerTable`];
 //! * one **shard** executor per remaining CPU owns a [`StackSet`] and the connection tasks;

@@ -1,5 +1,5 @@
-//! What the executors publish for the control thread, tests and (later) metrics: a handful of
-//! atomics written at most once per timer tick, never on the per-packet path.
+//! What the executors publish for the control thread, the admin listener (`/metrics`, `/readyz`)
+//! and tests: a handful of atomics written at most once per timer tick, never on the per-packet path.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

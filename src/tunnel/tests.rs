@@ -805,7 +805,8 @@ fn routing_picks_the_longest_prefix() {
 fn re_resolution_after_repeated_failed_handshakes() {
     // boringtun retransmits on its own clock (5 s); the test drives the same emission path
     // through `retransmit_initiation` (a forced initiation, exactly what boringtun's timer
-    // does) to count attempts without waiting. See the ignored test below for the real timer.
+    // does) to count attempts without waiting. `tick_surfaces_boringtun_retransmission` below
+    // checks the real timer.
     let now = Instant::now();
     let (bk, vk) = (key(), key());
     let mut gateway = spec(
@@ -1203,8 +1204,8 @@ fn ten_thousand_random_datagrams_never_panic_nor_authenticate() {
 }
 
 /// The real thing behind `re_resolution_after_repeated_failed_handshakes`: boringtun's own
-/// REKEY_TIMEOUT retransmission, surfaced by `tick`. Sleeps 5 s of wall clock, hence ignored
-/// by default (`cargo test --lib tunnel -- --ignored`).
+/// REKEY_TIMEOUT retransmission, surfaced by `tick`. It sleeps 5 s of wall clock (boringtun reads
+/// its own clock) and runs with every `cargo test`.
 #[test]
 fn tick_surfaces_boringtun_retransmission() {
     let mut p = pair();
