@@ -422,9 +422,9 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let heartbeat = c
         .heartbeat
         .as_ref()
-        .and_then(shard::HeartbeatTarget::from_config);
+        .map(|hb| shard::HeartbeatTarget::from_config(hb, &tls));
     if heartbeat.is_some() {
-        status.heartbeat_passing.store(false, Ordering::Relaxed);
+        status.set_heartbeat_failing("no heartbeat has completed yet");
     }
     let mut joins = Vec::new();
 
