@@ -22,6 +22,7 @@ use super::status::Status;
 use crate::netstack::{ConnError, ConnId, StackSet};
 use crate::packet::{BufPool, PacketBuf};
 use crate::server::{self, ServerCtx};
+use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// Longest the driver sleeps, so that it notices `stop` promptly. Its timer also bounds a stall
 /// of glommio 0.9's own: an executor that parks with a runnable task queue when its preemption
@@ -402,6 +403,9 @@ pub(super) async fn heartbeat_loop(
 ) {
     // The first check soon after start (the handshake needs a moment), then every interval.
     let mut wait = Duration::from_secs(1).min(target.interval);
+    // A failing heartbeat is logged at once, then at most once a minute (`/readyz` and the
+    // metrics have every failure).
+    let mut throttle = LogThrottle::new(REPEAT_INTERVAL);
     loop {
         let mut slept = Duration::ZERO;
         while slept < wait {
@@ -421,8 +425,13 @@ pub(super) async fn heartbeat_loop(
         match result {
             Ok(status) if (200..300).contains(&status) => {
                 shard.status.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                let suppressed = throttle.reset();
                 if !shard.status.heartbeat_passing.swap(true, Ordering::Relaxed) {
-                    tracing::info!(event = "heartbeat.recovered", url_host = %target.host);
+                    tracing::info!(
+                        event = "heartbeat.recovered",
+                        url_host = %target.host,
+                        failures_not_logged = suppressed
+                    );
                 }
             }
             other => {
@@ -435,7 +444,14 @@ pub(super) async fn heartbeat_loop(
                     .heartbeats_failed
                     .fetch_add(1, Ordering::Relaxed);
                 shard.status.set_heartbeat_failing(&reason);
-                tracing::warn!(event = "heartbeat.failure", url_host = %target.host, reason = %reason);
+                if let Some(suppressed) = throttle.admit(Instant::now()) {
+                    tracing::warn!(
+                        event = "heartbeat.failure",
+                        url_host = %target.host,
+                        reason = %reason,
+                        suppressed
+                    );
+                }
             }
         }
     }

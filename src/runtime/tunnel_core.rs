@@ -20,12 +20,13 @@ use super::link::{Msg, Rx, Tx};
 use super::status::Status;
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
+use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
 /// that one shard that is behind does not hold the others' packets up for long.
 const LINK_WAIT: Duration = Duration::from_millis(5);
-use crate::tunnel::{PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
 /// The tunnel core's state.
 pub(super) struct TunnelCore {
@@ -259,6 +260,13 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
+    // One throttle per peer for the lines that repeat while a gateway does not answer.
+    let mut throttles: Vec<LogThrottle> = core
+        .table
+        .borrow()
+        .peers()
+        .map(|_| LogThrottle::new(REPEAT_INTERVAL))
+        .collect();
     {
         let now = Instant::now();
         core.table
@@ -304,6 +312,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             })
             .detach();
         }
+        log_events(&core, &mut throttles, now);
         publish(&core, &mut handshakes_seen);
         core.status.beat(0);
         if pending.is_empty() {
@@ -311,6 +320,41 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
                 .saturating_duration_since(Instant::now())
                 .min(TICK_INTERVAL);
             glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+/// Logs what the peer table reports, as the broker's own events (boringtun's lines are filtered
+/// out): a gateway that does not answer gives one `wireguard.handshake_timeout` line at once, then
+/// at most one a minute with the count of the retries in between.
+fn log_events(core: &TunnelCore, throttles: &mut [LogThrottle], now: Instant) {
+    loop {
+        let event = core.table.borrow_mut().poll_event();
+        match event {
+            None => return,
+            Some(PeerEvent::HandshakeTimeout {
+                peer,
+                endpoint,
+                unanswered,
+            }) => {
+                let Some(throttle) = throttles.get_mut(peer.index()) else {
+                    continue;
+                };
+                if unanswered == 1 {
+                    // A new outage (the first timeout since a completed handshake).
+                    throttle.reset();
+                }
+                if let Some(suppressed) = throttle.admit(now) {
+                    tracing::warn!(
+                        event = "wireguard.handshake_timeout",
+                        %peer,
+                        %endpoint,
+                        attempts = unanswered,
+                        suppressed,
+                        "no handshake response from the gateway; retrying every 5 s"
+                    );
+                }
+            }
         }
     }
 }
