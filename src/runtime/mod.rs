@@ -148,14 +148,29 @@ fn buf_capacity(mtu: u16) -> usize {
 
 /// Resolves a peer endpoint now (at start-up); a name that does not resolve yet is left to the
 /// peer table's re-resolution.
-fn initial_endpoint(ep: &crate::config::Endpoint) -> Option<SocketAddr> {
+fn initial_endpoint(ep: &crate::config::Endpoint, ipv6_socket: bool) -> Option<SocketAddr> {
     if let Ok(ip) = ep.host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, ep.port));
+        return Some(udp::canonical(SocketAddr::new(ip, ep.port)));
     }
-    (ep.host.as_str(), ep.port).to_socket_addrs().ok()?.next()
+    usable_address(
+        (ep.host.as_str(), ep.port).to_socket_addrs().ok()?,
+        ipv6_socket,
+    )
 }
 
-fn peer_specs(c: &Config) -> Vec<PeerSpec> {
+/// The first of a name's addresses (in the resolver's order of preference) that the tunnel
+/// socket can reach: any with a dual-stack socket, IPv4 ones only without IPv6.
+pub(crate) fn usable_address(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    ipv6_socket: bool,
+) -> Option<SocketAddr> {
+    addrs
+        .into_iter()
+        .map(udp::canonical)
+        .find(|a| ipv6_socket || a.is_ipv4())
+}
+
+fn peer_specs(c: &Config, ipv6_socket: bool) -> Vec<PeerSpec> {
     c.wireguard
         .peers
         .iter()
@@ -168,7 +183,7 @@ fn peer_specs(c: &Config) -> Vec<PeerSpec> {
             PeerSpec {
                 public_key: p.public_key,
                 preshared_key: psk,
-                endpoint: initial_endpoint(&p.endpoint),
+                endpoint: initial_endpoint(&p.endpoint, ipv6_socket),
                 endpoint_name: is_name.then(|| p.endpoint.clone()),
                 allowed_ips: p.allowed_ips.clone(),
                 persistent_keepalive: p.persistent_keepalive,
@@ -212,30 +227,48 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
+/// The tunnel socket and whether it is IPv6. Dual-stack whenever the host has IPv6 (an
+/// `AF_INET6` socket with `IPV6_V6ONLY` off, bound to `[::]`): a gateway is then reached over
+/// whichever family its address has — a literal, or what its name resolves to at start or
+/// later — IPv4 peers through their v4-mapped addresses (see `udp::on_socket`). Without IPv6 on
+/// the host (the kernel refuses `AF_INET6`), IPv4 only: an IPv6 endpoint literal is then an
+/// error, and names are resolved to their IPv4 addresses.
+fn bind_udp(c: &Config) -> Result<(socket2::Socket, bool), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    // Dual-stack when any peer endpoint is IPv6; IPv4 otherwise.
-    let v6 = c
-        .wireguard
-        .peers
-        .iter()
-        .any(|p| p.endpoint.host.contains(':'));
-    let (domain, addr) = if v6 {
-        (
-            Domain::IPV6,
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.wireguard.listen_port),
-        )
-    } else {
-        (
-            Domain::IPV4,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.wireguard.listen_port),
-        )
-    };
     let io = |what: &str, e: std::io::Error| StartError::Io(format!("UDP socket: {what}: {e}"));
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("create", e))?;
-    if v6 {
-        s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
-    }
+    let port = c.wireguard.listen_port;
+    let (s, v6) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+        Ok(s) => {
+            s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
+            (s, true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            if let Some(p) = c
+                .wireguard
+                .peers
+                .iter()
+                .find(|p| p.endpoint.host.parse::<Ipv6Addr>().is_ok())
+            {
+                return Err(StartError::Io(format!(
+                    "peer endpoint {} is an IPv6 address, but this host has no IPv6 ({e})",
+                    p.endpoint
+                )));
+            }
+            tracing::info!(
+                event = "wireguard.ipv4_only",
+                "the host has no IPv6: gateways are reached over IPv4 only"
+            );
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+                .map_err(|e| io("create", e))?;
+            (s, false)
+        }
+        Err(e) => return Err(io("create", e)),
+    };
+    let addr = if v6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    };
     // Buffer sizes are a request: the kernel caps them at net.core.{r,w}mem_max without an
     // error, and reports twice what it granted (its bookkeeping overhead).
     let _ = s.set_recv_buffer_size(c.runtime.udp_recv_buffer);
@@ -258,7 +291,7 @@ fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
     s.bind(&addr.into())
         .map_err(|e| io(&format!("bind {addr}"), e))?;
     s.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
-    Ok(s)
+    Ok((s, v6))
 }
 
 fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
@@ -378,8 +411,12 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();
     let stacks = stacks_per_shard(c, shards);
-    let table = PeerTable::new(&c.wireguard.private_key, peer_specs(c), Instant::now())?;
-    let udp = bind_udp(c)?;
+    let (udp, ipv6_socket) = bind_udp(c)?;
+    let table = PeerTable::new(
+        &c.wireguard.private_key,
+        peer_specs(c, ipv6_socket),
+        Instant::now(),
+    )?;
     let status = Arc::new(Status::new(shards));
     if let Ok(local) = udp.local_addr() {
         if let Some(a) = local.as_socket() {
@@ -455,6 +492,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     stacks,
                     status: status2,
                     gso,
+                    ipv6_socket,
                     io: Default::default(),
                 });
                 glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
@@ -538,6 +576,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                     stacks,
                     status: status2,
                     gso,
+                    ipv6_socket,
                     io: Default::default(),
                 });
                 for (i, rx) in from_shards.into_iter().enumerate() {

@@ -39,6 +39,9 @@ pub(super) struct TunnelCore {
     pub status: Arc<Status>,
     /// `[runtime] udp_gso`: use UDP GSO where the kernel supports it.
     pub gso: bool,
+    /// The socket is IPv6 (dual-stack): IPv4 peers are sent to at their v4-mapped addresses,
+    /// and resolved names may give IPv6 ones.
+    pub ipv6_socket: bool,
     /// Batch counters, kept on this core and published with the timer tick (no atomic per batch).
     pub io: IoCounters,
 }
@@ -66,8 +69,9 @@ impl std::fmt::Debug for TunnelCore {
     }
 }
 
-async fn send_datagram(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
-    if let Err(e) = udp.send_to(datagram, to).await {
+async fn send_datagram(core: &TunnelCore, datagram: &[u8], to: SocketAddr) {
+    let wire = udp::on_socket(to, core.ipv6_socket);
+    if let Err(e) = core.udp.send_to(datagram, wire).await {
         tracing::debug!(event = "wireguard.send_error", %to, error = %e);
     }
 }
@@ -139,7 +143,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                 } => {
                     let len = reply.len();
                     buf.set_len(len);
-                    send_datagram(&core.udp, buf.as_slice(), to).await;
+                    send_datagram(&core, buf.as_slice(), to).await;
                     core.pool.borrow_mut().give(buf);
                     if let Some(peer) = peer {
                         loop {
@@ -149,9 +153,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                                 .flush(peer, &mut scratch)
                                 .map(|t| (t.to, t.datagram.len()));
                             match next {
-                                Some((to, len)) => {
-                                    send_datagram(&core.udp, &scratch[..len], to).await
-                                }
+                                Some((to, len)) => send_datagram(&core, &scratch[..len], to).await,
                                 None => break,
                             }
                         }
@@ -230,7 +232,7 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
             IoCounters::bump(&core.io.send_errors, unsent.failed as u64);
             for i in unsent.from..batch.len() {
                 if let Some((d, to)) = batch.datagram(i) {
-                    send_datagram(&core.udp, d, to).await;
+                    send_datagram(core, d, to).await;
                 }
             }
         }
@@ -277,7 +279,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     }
     loop {
         for (to, d) in pending.drain(..) {
-            send_datagram(&core.udp, &d, to).await;
+            send_datagram(&core, &d, to).await;
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -296,8 +298,12 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             let core2 = core.clone();
             glommio::spawn_local(async move {
                 let name = endpoint.to_string();
+                let ipv6_socket = core2.ipv6_socket;
                 let resolved = glommio::executor()
-                    .spawn_blocking(move || name.to_socket_addrs().map(|mut a| a.next()))
+                    .spawn_blocking(move || {
+                        name.to_socket_addrs()
+                            .map(|a| super::usable_address(a, ipv6_socket))
+                    })
                     .await;
                 match resolved {
                     Ok(Some(addr)) => {

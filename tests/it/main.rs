@@ -3,6 +3,7 @@
 mod allowlist;
 mod cli;
 mod config;
+mod dual_stack;
 mod harness;
 mod interop;
 mod interop_proxy;
