@@ -695,7 +695,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
                 let links =
                     futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect());
                 let Some((to_tunnel, from_tunnel)) = until_stopped(links, &stop2).await else {
-                    return rep.failed("stopped while connecting to the tunnel core".into());
+                    return; // `start` gave up on another executor; `rep` reports on drop
                 };
                 let shard = match seed.build(to_tunnel, status2.clone()) {
                     Ok(s) => Rc::new(s),
@@ -720,7 +720,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             for (tx, rx) in core_ends {
                 let links = futures_lite::future::zip(tx.connect(), rx.connect());
                 let Some((tx, rx)) = until_stopped(links, &stop2).await else {
-                    return rep.failed("stopped while connecting to the shards".into());
+                    return; // `start` gave up on another executor; `rep` reports on drop
                 };
                 to_shards.push(tx);
                 from_shards.push(rx);
@@ -728,7 +728,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             // Handshakes start only once every shard listens.
             while status2.shards_ready.load(Ordering::Relaxed) < shards {
                 if stop2.load(Ordering::Relaxed) {
-                    return rep.failed("stopped while waiting for the shards".into());
+                    return; // `start` gave up on another executor; `rep` reports on drop
                 }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
@@ -776,4 +776,85 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         status,
         joins,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> LocalExecutorBuilder {
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(64 << 10)
+    }
+
+    #[test]
+    fn the_first_executor_that_fails_fails_the_start_and_the_others_are_stopped() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        let (rep, stop2) = (StartReport::new("runs", tx.clone()), stop.clone());
+        let spawned = small().spawn(move || async move {
+            rep.ready();
+            while !stop2.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        started.add("runs", spawned, &stop).expect("spawned");
+        let rep = StartReport::new("fails", tx.clone());
+        let spawned = small().spawn(move || async move { rep.failed("no stacks".into()) });
+        started.add("fails", spawned, &stop).expect("spawned");
+        drop(tx);
+        match started.wait_running(&rx, &stop, Duration::from_secs(10)) {
+            Err(StartError::Executor { name, error }) => {
+                assert_eq!((name.as_str(), error.as_str()), ("fails", "no stacks"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "the running one was told to stop"
+        );
+        assert!(started.joins.is_empty(), "and was joined");
+    }
+
+    #[test]
+    fn an_executor_that_ends_without_reporting_is_a_failed_start() {
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        let rep = StartReport::new("silent", tx);
+        let spawned = small().spawn(move || async move { drop(rep) });
+        started.add("silent", spawned, &stop).expect("spawned");
+        let e = started
+            .wait_running(&rx, &stop, Duration::from_secs(10))
+            .expect_err("it never ran");
+        assert_eq!(
+            e.to_string(),
+            "executor silent could not start: it ended before it was running"
+        );
+    }
+
+    #[test]
+    fn executors_that_all_report_running_make_a_start() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        for name in ["a", "b"] {
+            let (rep, stop2) = (StartReport::new(name, tx.clone()), stop.clone());
+            let spawned = small().spawn(move || async move {
+                rep.ready();
+                while !stop2.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            started.add(name, spawned, &stop).expect("spawned");
+        }
+        started
+            .wait_running(&rx, &stop, Duration::from_secs(10))
+            .expect("both run");
+        assert!(!stop.load(Ordering::Relaxed));
+        stop.store(true, Ordering::Relaxed);
+        for j in started.into_joins() {
+            j.join().expect("clean stop");
+        }
+    }
 }
