@@ -30,7 +30,7 @@ pub fn readiness(status: &Status) -> Result<(), String> {
         Some(_) => {}
     }
     if !status.heartbeat_passing.load(Ordering::Relaxed) {
-        return Err("heartbeat failing".into());
+        return Err(format!("heartbeat failing: {}", status.heartbeat_failure()));
     }
     Ok(())
 }

@@ -156,19 +156,10 @@ fn run(files: &[PathBuf]) -> ExitCode {
         peers = c.wireguard.peers.len(),
         rules = loaded.allowlist.rules().len(),
     );
-    // systemd: READY once every shard listens; the watchdog is fed only while every executor
-    // makes progress; STATUS carries a one-line summary.
+    // systemd: READY now — `start` returned, so every executor runs and every shard listens (an
+    // executor that could not start failed `start` above: exit 71, no READY); the watchdog is fed
+    // only while every executor makes progress; STATUS carries a one-line summary.
     let status = broker.status().clone();
-    let shards = status.beats().len() - 1;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while status
-        .shards_ready
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < shards
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     crate::notify::ready();
     let _ = std::thread::Builder::new()
         .name("wgbroker-watchdog".into())

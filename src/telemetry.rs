@@ -5,11 +5,21 @@
 //! shipper reads it). When journald is chosen but its socket cannot be reached, the broker falls
 //! back to text on stderr and says so.
 //!
-//! Invariant: nothing here formats configuration values; call sites log event names, counts,
-//! addresses and ids only, and secrets are carried as [`crate::secret::Secret`], which never
-//! prints.
+//! Invariants:
+//! * Every line is one of the broker's own events: a record of this crate with an `event` field
+//!   ([`own_event`]). Dependencies' records are dropped whatever `RUST_LOG` says — boringtun
+//!   logs through `tracing` (`HANDSHAKE(REKEY_TIMEOUT)` every 5 s while a gateway does not
+//!   answer), smoltcp and rustls through `log` (bridged into `tracing` by tracing-log). Where
+//!   such a condition matters, the code that sees it logs an event of ours instead
+//!   (`wireguard.handshake_timeout` from the peer table's [`crate::tunnel::PeerEvent`]).
+//! * A condition that can repeat for as long as an outage lasts is logged through a
+//!   [`LogThrottle`]: its first occurrence, then at most one line per [`REPEAT_INTERVAL`] that
+//!   says how many were suppressed.
+//! * Nothing here formats configuration values; call sites log event names, counts, addresses
+//!   and ids only, and secrets are carried as [`crate::secret::Secret`], which never prints.
 
 use std::io::IsTerminal as _;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -39,7 +49,66 @@ pub fn choose(format: LogFormat, journal_stream: bool, terminal: bool) -> Output
 
 fn filter(log: &Log) -> EnvFilter {
     EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("wgbroker={},warn", log.level)))
+        .unwrap_or_else(|_| EnvFilter::new(format!("wgbroker={}", log.level)))
+}
+
+/// Whether a record is one of the broker's own events: emitted by this crate and, for an event,
+/// carrying an `event` field. Decided from static metadata, so `tracing` caches it per call site.
+pub fn own_event(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let ours = target == "wgbroker" || target.starts_with("wgbroker::");
+    ours && (!meta.is_event() || meta.fields().field("event").is_some())
+}
+
+/// The [`own_event`] filter as a layer.
+fn own_events_only<S: tracing::Subscriber>() -> impl tracing_subscriber::Layer<S> {
+    tracing_subscriber::filter::filter_fn(own_event)
+}
+
+/// The shortest interval between two lines of one repeating condition.
+pub const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rate limit for a log line that repeats while a condition lasts (a gateway that does not answer,
+/// a failing heartbeat): the first occurrence is logged, then at most one per interval, carrying
+/// how many were suppressed in between. Sans-IO: time comes in as `now`.
+#[derive(Debug, Clone)]
+pub struct LogThrottle {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    /// At most one line per `every` (see [`REPEAT_INTERVAL`]).
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// One occurrence at `now`: `Some(suppressed)` when it is to be logged, with the number of
+    /// occurrences suppressed since the previous logged one; `None` when it is suppressed.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// The condition is over: its next occurrence is logged at once. Returns how many
+    /// occurrences were suppressed since the last logged one.
+    pub fn reset(&mut self) -> u64 {
+        self.last = None;
+        std::mem::take(&mut self.suppressed)
+    }
 }
 
 /// Installs the global subscriber for `[log]`. `RUST_LOG` overrides the level when set. A second
@@ -62,12 +131,14 @@ pub fn init(log: &Log) {
             Ok(journald) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter(log))
+                    .with(own_events_only())
                     .with(journald.with_syslog_identifier("wgbroker".into()))
                     .try_init();
             }
             Err(e) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter(log))
+                    .with(own_events_only())
                     .with(text())
                     .try_init();
                 tracing::warn!(event = "log.journald_unavailable", error = %e, fallback = "text");
@@ -76,6 +147,7 @@ pub fn init(log: &Log) {
         Output::Json => {
             let _ = tracing_subscriber::registry()
                 .with(filter(log))
+                .with(own_events_only())
                 .with(
                     tracing_subscriber::fmt::layer()
                         .json()
@@ -88,6 +160,7 @@ pub fn init(log: &Log) {
         Output::Text => {
             let _ = tracing_subscriber::registry()
                 .with(filter(log))
+                .with(own_events_only())
                 .with(text())
                 .try_init();
         }
@@ -97,6 +170,30 @@ pub fn init(log: &Log) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeating_line_is_logged_first_then_once_per_interval_with_the_count() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = LogThrottle::new(REPEAT_INTERVAL);
+        assert_eq!(t.admit(t0), Some(0), "the first occurrence is logged");
+        for i in 1..12 {
+            // One every 5 s (boringtun's REKEY_TIMEOUT) for the rest of the minute.
+            assert_eq!(t.admit(t0 + s(5 * i)), None, "at {} s", 5 * i);
+        }
+        assert_eq!(
+            t.admit(t0 + s(60)),
+            Some(11),
+            "one line a minute, with the count"
+        );
+        assert_eq!(t.admit(t0 + s(65)), None);
+        assert_eq!(t.reset(), 1, "the condition ended with one suppressed");
+        assert_eq!(
+            t.admit(t0 + s(70)),
+            Some(0),
+            "a new outage is logged at once"
+        );
+    }
 
     #[test]
     fn auto_picks_journald_under_systemd_text_on_a_terminal_json_otherwise() {

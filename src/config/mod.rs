@@ -141,11 +141,78 @@ pub struct Inbound {
 /// `[heartbeat]`: periodic GET to the vendor's side of the tunnel.
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
+    /// The URL as configured.
     pub url: String,
+    /// The same URL taken apart (validated at load: the runtime never parses it again).
+    pub target: HeartbeatUrl,
     /// Default 30 s.
     pub interval: Duration,
     /// Default 5 s.
     pub timeout: Duration,
+}
+
+/// A `[heartbeat] url`: `http://` or `https://`, an IP address inside the tunnel (there is no
+/// DNS inside the tunnel), an optional port, a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatUrl {
+    /// `https://`: TLS through the tunnel, the certificate verified for `addr`'s IP address.
+    pub tls: bool,
+    /// Where to connect inside the tunnel (port 80 or 443 unless given).
+    pub addr: SocketAddr,
+    /// The authority as written (the `Host` header).
+    pub authority: String,
+    /// Path and query, `/` when the URL has none.
+    pub path: String,
+}
+
+impl HeartbeatUrl {
+    /// Takes `url` apart; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err("expected an http:// or https:// URL".into()),
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if path.contains('#') {
+            return Err("a fragment (#...) is not sent to a server; remove it".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = match authority.rsplit_once(':') {
+            // `[v6]:port` or `v4:port`; a bare IPv6 address has colons but no port.
+            Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("{p:?} is not a port number (1-65535)"))?;
+                (h, port)
+            }
+            _ => (authority, default_port),
+        };
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip = bare.parse::<IpAddr>().map_err(|_| {
+            "the heartbeat host must be an IP address inside the tunnel (no DNS inside the tunnel)"
+                .to_owned()
+        })?;
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(Self {
+            tls,
+            addr: SocketAddr::new(ip, port),
+            authority: authority.to_owned(),
+            path,
+        })
+    }
 }
 
 /// `[[scm]]`: one source-code-management system and its generated rules.

@@ -196,40 +196,18 @@ fn user_index(allow: &[RuleSpec], rule: usize) -> usize {
 
 fn check_heartbeat_reachable(hb: &Heartbeat, wg: &WireGuard, ctx: &mut Ctx<'_>) {
     // The heartbeat goes through the tunnel: its host must be an address some peer routes.
-    let Some(host) = hb
-        .url
-        .strip_prefix("http://")
-        .or_else(|| hb.url.strip_prefix("https://"))
-        .and_then(|rest| rest.split(['/', '?']).next())
-    else {
-        ctx.error("heartbeat.url", "expected an http:// or https:// URL");
-        return;
-    };
-    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(ip) => {
-            if !wg
-                .peers
-                .iter()
-                .any(|p| p.allowed_ips.iter().any(|n| n.contains(&ip)))
-            {
-                ctx.error(
-                    "heartbeat.url",
-                    format!("{ip} is not inside any peer's allowed_ips, so it is not reachable through the tunnel"),
-                );
-            }
-        }
-        Err(_) => ctx.error(
+    let ip = hb.target.addr.ip();
+    if !wg
+        .peers
+        .iter()
+        .any(|p| p.allowed_ips.iter().any(|n| n.contains(&ip)))
+    {
+        ctx.error(
             "heartbeat.url",
-            "the heartbeat host must be an IP address inside the tunnel (no DNS inside the tunnel)",
-        ),
+            format!(
+                "{ip} is not inside any peer's allowed_ips, so it is not reachable through the tunnel"
+            ),
+        );
     }
 }
 
@@ -402,9 +380,14 @@ fn heartbeat(mut s: Section<'_>, ctx: &mut Ctx<'_>) -> Option<Heartbeat> {
     let timeout = s.or(ctx, "timeout", Duration::from_secs(5));
     positive(ctx, &s, "interval", interval);
     positive(ctx, &s, "timeout", timeout);
+    let target = url
+        .as_deref()
+        .map(HeartbeatUrl::parse)
+        .and_then(|r| r.map_err(|e| ctx.error(&s.key("url"), e)).ok());
     s.finish(ctx);
     Some(Heartbeat {
         url: url?,
+        target: target?,
         interval,
         timeout,
     })

@@ -13,7 +13,10 @@
 //!
 //! Start-up order: the tunnel core binds its socket, waits until every shard has armed its
 //! listeners, and only then initiates handshakes — so the first handshake completes when the
-//! broker can already answer.
+//! broker can already answer. [`start`] returns only once every executor has reported that it
+//! runs; one that cannot be created or built fails the start with its own error
+//! ([`StartError::Executor`]) after the others are stopped, so `run` never announces a broker
+//! that is missing an executor.
 
 pub(crate) mod link;
 pub mod placement;
@@ -62,6 +65,10 @@ pub enum StartError {
     /// Binding the UDP socket or spawning an executor failed.
     #[error("{0}")]
     Io(String),
+    /// An executor could not be created, or failed before it was running (its rings, its CPU,
+    /// its stacks...); every other executor has been stopped.
+    #[error("executor {name} could not start: {error}")]
+    Executor { name: String, error: String },
 }
 
 /// A running broker.
@@ -149,14 +156,29 @@ fn buf_capacity(mtu: u16) -> usize {
 
 /// Resolves a peer endpoint now (at start-up); a name that does not resolve yet is left to the
 /// peer table's re-resolution.
-fn initial_endpoint(ep: &crate::config::Endpoint) -> Option<SocketAddr> {
+fn initial_endpoint(ep: &crate::config::Endpoint, ipv6_socket: bool) -> Option<SocketAddr> {
     if let Ok(ip) = ep.host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, ep.port));
+        return Some(udp::canonical(SocketAddr::new(ip, ep.port)));
     }
-    (ep.host.as_str(), ep.port).to_socket_addrs().ok()?.next()
+    usable_address(
+        (ep.host.as_str(), ep.port).to_socket_addrs().ok()?,
+        ipv6_socket,
+    )
 }
 
-fn peer_specs(c: &Config) -> Vec<PeerSpec> {
+/// The first of a name's addresses (in the resolver's order of preference) that the tunnel
+/// socket can reach: any with a dual-stack socket, IPv4 ones only without IPv6.
+pub(crate) fn usable_address(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    ipv6_socket: bool,
+) -> Option<SocketAddr> {
+    addrs
+        .into_iter()
+        .map(udp::canonical)
+        .find(|a| ipv6_socket || a.is_ipv4())
+}
+
+fn peer_specs(c: &Config, ipv6_socket: bool) -> Vec<PeerSpec> {
     c.wireguard
         .peers
         .iter()
@@ -169,7 +191,7 @@ fn peer_specs(c: &Config) -> Vec<PeerSpec> {
             PeerSpec {
                 public_key: p.public_key,
                 preshared_key: psk,
-                endpoint: initial_endpoint(&p.endpoint),
+                endpoint: initial_endpoint(&p.endpoint, ipv6_socket),
                 endpoint_name: is_name.then(|| p.endpoint.clone()),
                 allowed_ips: p.allowed_ips.clone(),
                 persistent_keepalive: p.persistent_keepalive,
@@ -213,30 +235,48 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
+/// The tunnel socket and whether it is IPv6. Dual-stack whenever the host has IPv6 (an
+/// `AF_INET6` socket with `IPV6_V6ONLY` off, bound to `[::]`): a gateway is then reached over
+/// whichever family its address has — a literal, or what its name resolves to at start or
+/// later — IPv4 peers through their v4-mapped addresses (see `udp::on_socket`). Without IPv6 on
+/// the host (the kernel refuses `AF_INET6`), IPv4 only: an IPv6 endpoint literal is then an
+/// error, and names are resolved to their IPv4 addresses.
+fn bind_udp(c: &Config) -> Result<(socket2::Socket, bool), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    // Dual-stack when any peer endpoint is IPv6; IPv4 otherwise.
-    let v6 = c
-        .wireguard
-        .peers
-        .iter()
-        .any(|p| p.endpoint.host.contains(':'));
-    let (domain, addr) = if v6 {
-        (
-            Domain::IPV6,
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.wireguard.listen_port),
-        )
-    } else {
-        (
-            Domain::IPV4,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), c.wireguard.listen_port),
-        )
-    };
     let io = |what: &str, e: std::io::Error| StartError::Io(format!("UDP socket: {what}: {e}"));
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("create", e))?;
-    if v6 {
-        s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
-    }
+    let port = c.wireguard.listen_port;
+    let (s, v6) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+        Ok(s) => {
+            s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
+            (s, true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            if let Some(p) = c
+                .wireguard
+                .peers
+                .iter()
+                .find(|p| p.endpoint.host.parse::<Ipv6Addr>().is_ok())
+            {
+                return Err(StartError::Io(format!(
+                    "peer endpoint {} is an IPv6 address, but this host has no IPv6 ({e})",
+                    p.endpoint
+                )));
+            }
+            tracing::info!(
+                event = "wireguard.ipv4_only",
+                "the host has no IPv6: gateways are reached over IPv4 only"
+            );
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+                .map_err(|e| io("create", e))?;
+            (s, false)
+        }
+        Err(e) => return Err(io("create", e)),
+    };
+    let addr = if v6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    };
     // Buffer sizes are a request: the kernel caps them at net.core.{r,w}mem_max without an
     // error, and reports twice what it granted (its bookkeeping overhead).
     let _ = s.set_recv_buffer_size(c.runtime.udp_recv_buffer);
@@ -259,7 +299,7 @@ fn bind_udp(c: &Config) -> Result<socket2::Socket, StartError> {
     s.bind(&addr.into())
         .map_err(|e| io(&format!("bind {addr}"), e))?;
     s.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
-    Ok(s)
+    Ok((s, v6))
 }
 
 fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
@@ -326,6 +366,162 @@ fn host_can_run(c: &Config) -> Result<(), StartError> {
     probe_io_uring(c)
 }
 
+/// The executor of the combined layout (tunnel core and the one shard), and the tunnel core's in
+/// the split layout; shards are `wgbroker-shard<i>`.
+const CORE_EXECUTOR: &str = "wgbroker-core";
+const TUNNEL_EXECUTOR: &str = "wgbroker-tunnel";
+
+/// How long [`start`] waits for every executor to report that it runs (a healthy start takes
+/// milliseconds).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An executor's name and how its start went.
+type Report = (String, Result<(), String>);
+
+/// One executor's start-up report to [`start`], sent once: when the executor runs (its state
+/// built, its listeners armed) or when it fails. Dropped unsent, it reports a failure: that is how
+/// an executor glommio could not create is noticed (glommio drops the start-up closure holding
+/// it), and one whose future ended or unwound early.
+struct StartReport {
+    name: String,
+    tx: Option<std::sync::mpsc::Sender<Report>>,
+}
+
+impl StartReport {
+    fn new(name: &str, tx: std::sync::mpsc::Sender<Report>) -> Self {
+        Self {
+            name: name.to_owned(),
+            tx: Some(tx),
+        }
+    }
+
+    /// The executor runs.
+    fn ready(mut self) {
+        self.send(Ok(()));
+    }
+
+    /// The executor cannot run, for `error`.
+    fn failed(mut self, error: String) {
+        tracing::error!(event = "runtime.error", executor = %self.name, error = %error);
+        self.send(Err(error));
+    }
+
+    fn send(&mut self, result: Result<(), String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.name.clone(), result));
+        }
+    }
+}
+
+impl Drop for StartReport {
+    fn drop(&mut self) {
+        self.send(Err("it ended before it was running".into()));
+    }
+}
+
+/// The executors [`start`] has spawned, by name, until they all run.
+#[derive(Default)]
+struct Started {
+    names: Vec<String>,
+    joins: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Started {
+    /// Records a spawned executor; a spawn that failed stops (and joins) the ones before it.
+    fn add(
+        &mut self,
+        name: &str,
+        spawned: glommio::Result<glommio::ExecutorJoinHandle<()>, ()>,
+        stop: &AtomicBool,
+    ) -> Result<(), StartError> {
+        match spawned {
+            Ok(j) => {
+                self.names.push(name.to_owned());
+                self.joins.push(j);
+                Ok(())
+            }
+            Err(e) => {
+                self.stop_all(stop);
+                Err(StartError::Executor {
+                    name: name.to_owned(),
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Waits until every executor reports that it runs. The first failure stops and joins them
+    /// all and is returned, with the executor's own error when it has one (glommio's, for an
+    /// executor it could not create) rather than the report's.
+    fn wait_running(
+        &mut self,
+        reports: &std::sync::mpsc::Receiver<Report>,
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<(), StartError> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = Instant::now() + timeout;
+        let mut running: Vec<String> = Vec::with_capacity(self.names.len());
+        while running.len() < self.names.len() {
+            match reports.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((name, Ok(()))) => running.push(name),
+                Ok((name, Err(reported))) => {
+                    let joined = self.stop_all(stop);
+                    let error = joined
+                        .into_iter()
+                        .find_map(|(n, r)| (n == name).then_some(r).and_then(Result::err))
+                        .unwrap_or(reported);
+                    return Err(StartError::Executor { name, error });
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    // Not joined: an executor that does not report may not notice `stop` either.
+                    stop.store(true, Ordering::Relaxed);
+                    let late: Vec<&str> = self
+                        .names
+                        .iter()
+                        .filter(|n| !running.contains(n))
+                        .map(String::as_str)
+                        .collect();
+                    return Err(StartError::Executor {
+                        name: late.join(", "),
+                        error: format!("not running after {} s", timeout.as_secs()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every executor and waits for them; each one's outcome by name.
+    fn stop_all(&mut self, stop: &AtomicBool) -> Vec<(String, Result<(), String>)> {
+        stop.store(true, Ordering::Relaxed);
+        self.names
+            .drain(..)
+            .zip(self.joins.drain(..))
+            .map(|(n, j)| (n, j.join().map_err(|e| e.to_string())))
+            .collect()
+    }
+
+    fn into_joins(self) -> Vec<glommio::ExecutorJoinHandle<()>> {
+        self.joins
+    }
+}
+
+/// Runs `fut` until it completes, or gives up (`None`) once `stop` is set: an executor waiting for
+/// a peer executor that never comes (it failed) leaves when [`start`] stops everything.
+async fn until_stopped<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &AtomicBool,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        while !stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    })
+    .await
+}
+
 /// Everything one shard executor needs, built on the control thread (all `Send`).
 struct ShardSeed {
     index: usize,
@@ -365,7 +561,9 @@ impl ShardSeed {
     }
 }
 
-/// Starts the broker described by `loaded`; returns once every executor is running.
+/// Starts the broker described by `loaded`; returns once every executor is running (its state
+/// built, its listeners armed). An executor that cannot start fails the whole start with its
+/// error ([`StartError::Executor`]), after the others have been stopped.
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
     host_can_run(c)?;
@@ -379,8 +577,12 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();
     let stacks = stacks_per_shard(c, shards);
-    let table = PeerTable::new(&c.wireguard.private_key, peer_specs(c), Instant::now())?;
-    let udp = bind_udp(c)?;
+    let (udp, ipv6_socket) = bind_udp(c)?;
+    let table = PeerTable::new(
+        &c.wireguard.private_key,
+        peer_specs(c, ipv6_socket),
+        Instant::now(),
+    )?;
     let status = Arc::new(Status::new(shards));
     if let Ok(local) = udp.local_addr() {
         if let Some(a) = local.as_socket() {
@@ -423,11 +625,15 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let heartbeat = c
         .heartbeat
         .as_ref()
-        .and_then(shard::HeartbeatTarget::from_config);
+        .map(|hb| shard::HeartbeatTarget::from_config(hb, &tls));
     if heartbeat.is_some() {
-        status.heartbeat_passing.store(false, Ordering::Relaxed);
+        status.set_heartbeat_failing("no heartbeat has completed yet");
     }
-    let mut joins = Vec::new();
+    // Every executor reports here once it runs (or why it does not); `start` returns only when
+    // all of them do, so that a broker missing one is never announced as started.
+    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    let report = |name: &str| StartReport::new(name, report_tx.clone());
+    let mut started = Started::default();
 
     if plan.combined {
         let seed = seeds
@@ -435,42 +641,40 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             .next()
             .ok_or_else(|| StartError::Io("no shard".into()))?;
         let (status2, stop2) = (status.clone(), stop.clone());
-        let j = builder("wgbroker-core", plan.tunnel_cpu, c)
-            .spawn(move || async move {
-                let (to_shard, shard_rx) = link::local(capacity);
-                let (to_tunnel, tunnel_rx) = link::local(capacity);
-                let shard = match seed.build(to_tunnel, status2.clone()) {
-                    Ok(s) => Rc::new(s),
-                    Err(e) => {
-                        tracing::error!(event = "runtime.error", error = %e);
-                        return;
-                    }
-                };
-                status2.shards_ready.fetch_add(1, Ordering::Relaxed);
-                let core = Rc::new(tunnel_core::TunnelCore {
-                    table: std::cell::RefCell::new(table),
-                    udp: glommio::net::UdpSocket::from(udp),
-                    to_shards: vec![to_shard],
-                    pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
-                    shards: 1,
-                    stacks,
-                    status: status2,
-                    gso,
-                    io: Default::default(),
-                });
-                glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
-                if let Some(hb) = heartbeat.clone() {
-                    glommio::spawn_local(shard::heartbeat_loop(shard.clone(), hb, stop2.clone()))
-                        .detach();
-                }
-                let driver = glommio::spawn_local(shard::driver_loop(shard, stop2.clone()));
-                glommio::spawn_local(tunnel_core::egress_loop(core.clone(), tunnel_rx, 0)).detach();
-                glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
-                tunnel_core::timer_loop(core, stop2).await;
-                driver.await;
-            })
-            .map_err(|e| StartError::Io(format!("cannot start the executor: {e}")))?;
-        joins.push(j);
+        let rep = report(CORE_EXECUTOR);
+        let j = builder(CORE_EXECUTOR, plan.tunnel_cpu, c).spawn(move || async move {
+            let (to_shard, shard_rx) = link::local(capacity);
+            let (to_tunnel, tunnel_rx) = link::local(capacity);
+            let shard = match seed.build(to_tunnel, status2.clone()) {
+                Ok(s) => Rc::new(s),
+                Err(e) => return rep.failed(e.to_string()),
+            };
+            status2.shards_ready.fetch_add(1, Ordering::Relaxed);
+            let core = Rc::new(tunnel_core::TunnelCore {
+                table: std::cell::RefCell::new(table),
+                udp: glommio::net::UdpSocket::from(udp),
+                to_shards: vec![to_shard],
+                pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
+                shards: 1,
+                stacks,
+                status: status2,
+                gso,
+                ipv6_socket,
+                io: Default::default(),
+            });
+            glommio::spawn_local(shard::ingress_loop(shard.clone(), shard_rx)).detach();
+            if let Some(hb) = heartbeat.clone() {
+                glommio::spawn_local(shard::heartbeat_loop(shard.clone(), hb, stop2.clone()))
+                    .detach();
+            }
+            let driver = glommio::spawn_local(shard::driver_loop(shard, stop2.clone()));
+            glommio::spawn_local(tunnel_core::egress_loop(core.clone(), tunnel_rx, 0)).detach();
+            glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
+            rep.ready();
+            tunnel_core::timer_loop(core, stop2).await;
+            driver.await;
+        });
+        started.add(CORE_EXECUTOR, j, &stop)?;
     } else {
         let mut core_ends = Vec::with_capacity(shards);
         for (seed, cpu) in seeds.into_iter().zip(plan.shards.iter().copied()) {
@@ -485,71 +689,74 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
             } else {
                 None
             };
-            let j = builder(&name, cpu, c)
-                .spawn(move || async move {
-                    // Both directions at once: a connect waits for its peer end.
-                    let (to_tunnel, from_tunnel) =
-                        futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect())
-                            .await;
-                    let shard = match seed.build(to_tunnel, status2.clone()) {
-                        Ok(s) => Rc::new(s),
-                        Err(e) => {
-                            tracing::error!(event = "runtime.error", error = %e);
-                            return;
-                        }
-                    };
-                    status2.shards_ready.fetch_add(1, Ordering::Relaxed);
-                    glommio::spawn_local(shard::ingress_loop(shard.clone(), from_tunnel)).detach();
-                    if let Some(hb) = heartbeat {
-                        glommio::spawn_local(shard::heartbeat_loop(
-                            shard.clone(),
-                            hb,
-                            stop2.clone(),
-                        ))
+            let rep = report(&name);
+            let j = builder(&name, cpu, c).spawn(move || async move {
+                // Both directions at once: a connect waits for its peer end (or for `start`
+                // to give up when the tunnel executor never comes).
+                let links =
+                    futures_lite::future::zip(to_tunnel_tx.connect(), to_shard_rx.connect());
+                let Some((to_tunnel, from_tunnel)) = until_stopped(links, &stop2).await else {
+                    return; // `start` gave up on another executor; `rep` reports on drop
+                };
+                let shard = match seed.build(to_tunnel, status2.clone()) {
+                    Ok(s) => Rc::new(s),
+                    Err(e) => return rep.failed(e.to_string()),
+                };
+                status2.shards_ready.fetch_add(1, Ordering::Relaxed);
+                glommio::spawn_local(shard::ingress_loop(shard.clone(), from_tunnel)).detach();
+                if let Some(hb) = heartbeat {
+                    glommio::spawn_local(shard::heartbeat_loop(shard.clone(), hb, stop2.clone()))
                         .detach();
-                    }
-                    shard::driver_loop(shard, stop2).await;
-                })
-                .map_err(|e| StartError::Io(format!("cannot start shard executor: {e}")))?;
-            joins.push(j);
+                }
+                rep.ready();
+                shard::driver_loop(shard, stop2).await;
+            });
+            started.add(&name, j, &stop)?;
         }
         let (status2, stop2) = (status.clone(), stop.clone());
-        let j = builder("wgbroker-tunnel", plan.tunnel_cpu, c)
-            .spawn(move || async move {
-                let mut to_shards = Vec::with_capacity(core_ends.len());
-                let mut from_shards = Vec::with_capacity(core_ends.len());
-                for (tx, rx) in core_ends {
-                    let (tx, rx) = futures_lite::future::zip(tx.connect(), rx.connect()).await;
-                    to_shards.push(tx);
-                    from_shards.push(rx);
+        let rep = report(TUNNEL_EXECUTOR);
+        let j = builder(TUNNEL_EXECUTOR, plan.tunnel_cpu, c).spawn(move || async move {
+            let mut to_shards = Vec::with_capacity(core_ends.len());
+            let mut from_shards = Vec::with_capacity(core_ends.len());
+            for (tx, rx) in core_ends {
+                let links = futures_lite::future::zip(tx.connect(), rx.connect());
+                let Some((tx, rx)) = until_stopped(links, &stop2).await else {
+                    return; // `start` gave up on another executor; `rep` reports on drop
+                };
+                to_shards.push(tx);
+                from_shards.push(rx);
+            }
+            // Handshakes start only once every shard listens.
+            while status2.shards_ready.load(Ordering::Relaxed) < shards {
+                if stop2.load(Ordering::Relaxed) {
+                    return; // `start` gave up on another executor; `rep` reports on drop
                 }
-                // Handshakes start only once every shard listens.
-                while status2.shards_ready.load(Ordering::Relaxed) < shards {
-                    if stop2.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
-                let core = Rc::new(tunnel_core::TunnelCore {
-                    table: std::cell::RefCell::new(table),
-                    udp: glommio::net::UdpSocket::from(udp),
-                    to_shards,
-                    pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
-                    shards,
-                    stacks,
-                    status: status2,
-                    gso,
-                    io: Default::default(),
-                });
-                for (i, rx) in from_shards.into_iter().enumerate() {
-                    glommio::spawn_local(tunnel_core::egress_loop(core.clone(), rx, i)).detach();
-                }
-                glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
-                tunnel_core::timer_loop(core, stop2).await;
-            })
-            .map_err(|e| StartError::Io(format!("cannot start the tunnel executor: {e}")))?;
-        joins.push(j);
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let core = Rc::new(tunnel_core::TunnelCore {
+                table: std::cell::RefCell::new(table),
+                udp: glommio::net::UdpSocket::from(udp),
+                to_shards,
+                pool: std::cell::RefCell::new(BufPool::new(cap, 4096)),
+                shards,
+                stacks,
+                status: status2,
+                gso,
+                ipv6_socket,
+                io: Default::default(),
+            });
+            for (i, rx) in from_shards.into_iter().enumerate() {
+                glommio::spawn_local(tunnel_core::egress_loop(core.clone(), rx, i)).detach();
+            }
+            glommio::spawn_local(tunnel_core::rx_loop(core.clone())).detach();
+            rep.ready();
+            tunnel_core::timer_loop(core, stop2).await;
+        });
+        started.add(TUNNEL_EXECUTOR, j, &stop)?;
     }
+    drop(report_tx);
+    started.wait_running(&report_rx, &stop, START_TIMEOUT)?;
+    let joins = started.into_joins();
     if c.admin.enabled {
         match crate::admin::spawn(c.admin.listen, status.clone(), stop.clone()) {
             Ok(addr) => status.admin_port.store(addr.port(), Ordering::Relaxed),
@@ -570,4 +777,85 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         status,
         joins,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> LocalExecutorBuilder {
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(64 << 10)
+    }
+
+    #[test]
+    fn the_first_executor_that_fails_fails_the_start_and_the_others_are_stopped() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        let (rep, stop2) = (StartReport::new("runs", tx.clone()), stop.clone());
+        let spawned = small().spawn(move || async move {
+            rep.ready();
+            while !stop2.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        started.add("runs", spawned, &stop).expect("spawned");
+        let rep = StartReport::new("fails", tx.clone());
+        let spawned = small().spawn(move || async move { rep.failed("no stacks".into()) });
+        started.add("fails", spawned, &stop).expect("spawned");
+        drop(tx);
+        match started.wait_running(&rx, &stop, Duration::from_secs(10)) {
+            Err(StartError::Executor { name, error }) => {
+                assert_eq!((name.as_str(), error.as_str()), ("fails", "no stacks"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "the running one was told to stop"
+        );
+        assert!(started.joins.is_empty(), "and was joined");
+    }
+
+    #[test]
+    fn an_executor_that_ends_without_reporting_is_a_failed_start() {
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        let rep = StartReport::new("silent", tx);
+        let spawned = small().spawn(move || async move { drop(rep) });
+        started.add("silent", spawned, &stop).expect("spawned");
+        let e = started
+            .wait_running(&rx, &stop, Duration::from_secs(10))
+            .expect_err("it never ran");
+        assert_eq!(
+            e.to_string(),
+            "executor silent could not start: it ended before it was running"
+        );
+    }
+
+    #[test]
+    fn executors_that_all_report_running_make_a_start() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = Started::default();
+        for name in ["a", "b"] {
+            let (rep, stop2) = (StartReport::new(name, tx.clone()), stop.clone());
+            let spawned = small().spawn(move || async move {
+                rep.ready();
+                while !stop2.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            started.add(name, spawned, &stop).expect("spawned");
+        }
+        started
+            .wait_running(&rx, &stop, Duration::from_secs(10))
+            .expect("both run");
+        assert!(!stop.load(Ordering::Relaxed));
+        stop.store(true, Ordering::Relaxed);
+        for j in started.into_joins() {
+            j.join().expect("clean stop");
+        }
+    }
 }

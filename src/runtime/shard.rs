@@ -22,6 +22,7 @@ use super::status::Status;
 use crate::netstack::{ConnError, ConnId, StackSet};
 use crate::packet::{BufPool, PacketBuf};
 use crate::server::{self, ServerCtx};
+use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// Longest the driver sleeps, so that it notices `stop` promptly. Its timer also bounds a stall
 /// of glommio 0.9's own: an executor that parks with a runnable task queue when its preemption
@@ -345,44 +346,52 @@ impl Drop for TunnelConn {
     }
 }
 
-/// Where the heartbeat goes: an address inside the tunnel and the request target.
-#[derive(Debug, Clone)]
+/// Where the heartbeat goes: an address inside the tunnel, the request target, and for an
+/// `https://` URL the TLS configuration and the name the certificate must carry.
+#[derive(Clone)]
 pub(super) struct HeartbeatTarget {
     pub addr: std::net::SocketAddr,
     pub host: String,
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
+    /// `https://`: the upstream's client configuration (same trust roots: the webpki set, the
+    /// system store and `[upstream] ca_files`) and the URL's IP address as the server name
+    /// (rustls checks it against the certificate's IP SANs; no SNI is sent for an address).
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl std::fmt::Debug for HeartbeatTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatTarget")
+            .field("addr", &self.addr)
+            .field("path", &self.path)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HeartbeatTarget {
-    /// From `[heartbeat]` (validated: `http://<ip>[:port]/path`).
-    pub fn from_config(hb: &crate::config::Heartbeat) -> Option<Self> {
-        let rest = hb.url.strip_prefix("http://")?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let addr = authority.parse::<std::net::SocketAddr>().ok().or_else(|| {
-            authority
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .map(|ip| std::net::SocketAddr::new(ip, 80))
-        })?;
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        Some(Self {
-            addr,
-            host: authority.to_owned(),
-            path,
+    /// From `[heartbeat]` (its URL was taken apart and validated at load); `tls` is the
+    /// upstream client configuration, used for an `https://` URL.
+    pub fn from_config(hb: &crate::config::Heartbeat, tls: &Arc<rustls::ClientConfig>) -> Self {
+        let t = &hb.target;
+        Self {
+            addr: t.addr,
+            host: t.authority.clone(),
+            path: t.path.clone(),
             interval: hb.interval,
             timeout: hb.timeout,
-        })
+            tls: t.tls.then(|| {
+                (
+                    tls.clone(),
+                    rustls::pki_types::ServerName::IpAddress(t.addr.ip().into()),
+                )
+            }),
+        }
     }
 }
 
@@ -394,6 +403,9 @@ pub(super) async fn heartbeat_loop(
 ) {
     // The first check soon after start (the handshake needs a moment), then every interval.
     let mut wait = Duration::from_secs(1).min(target.interval);
+    // A failing heartbeat is logged at once, then at most once a minute (`/readyz` and the
+    // metrics have every failure).
+    let mut throttle = LogThrottle::new(REPEAT_INTERVAL);
     loop {
         let mut slept = Duration::ZERO;
         while slept < wait {
@@ -413,8 +425,13 @@ pub(super) async fn heartbeat_loop(
         match result {
             Ok(status) if (200..300).contains(&status) => {
                 shard.status.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                let suppressed = throttle.reset();
                 if !shard.status.heartbeat_passing.swap(true, Ordering::Relaxed) {
-                    tracing::info!(event = "heartbeat.recovered", url_host = %target.host);
+                    tracing::info!(
+                        event = "heartbeat.recovered",
+                        url_host = %target.host,
+                        failures_not_logged = suppressed
+                    );
                 }
             }
             other => {
@@ -426,25 +443,28 @@ pub(super) async fn heartbeat_loop(
                     .status
                     .heartbeats_failed
                     .fetch_add(1, Ordering::Relaxed);
-                shard
-                    .status
-                    .heartbeat_passing
-                    .store(false, Ordering::Relaxed);
-                tracing::warn!(event = "heartbeat.failure", url_host = %target.host, reason = %reason);
+                shard.status.set_heartbeat_failing(&reason);
+                if let Some(suppressed) = throttle.admit(Instant::now()) {
+                    tracing::warn!(
+                        event = "heartbeat.failure",
+                        url_host = %target.host,
+                        reason = %reason,
+                        suppressed
+                    );
+                }
             }
         }
     }
 }
 
 async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u16, String> {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
     let id = shard
         .set
         .borrow_mut()
         .connect(target.addr)
         .map_err(|e| format!("connect: {e}"))?;
     shard.kick();
-    let mut conn = TunnelConn {
+    let conn = TunnelConn {
         shard: shard.clone(),
         id,
         closed: false,
@@ -464,6 +484,24 @@ async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u
         }
     })
     .await?;
+    match &target.tls {
+        None => heartbeat_exchange(conn, target).await,
+        Some((config, name)) => {
+            let tls = futures_rustls::TlsConnector::from(config.clone())
+                .connect(name.clone(), conn)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            heartbeat_exchange(tls, target).await
+        }
+    }
+}
+
+/// Sends the heartbeat request on `conn` and returns the response's status code.
+async fn heartbeat_exchange<S>(mut conn: S, target: &HeartbeatTarget) -> Result<u16, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wgbroker/{}\r\nConnection: close\r\n\r\n",
         target.path,
@@ -473,6 +511,7 @@ async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u
     conn.write_all(request.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
+    conn.flush().await.map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; 1024];
     let mut filled = 0;
     loop {

@@ -47,6 +47,8 @@ pub struct Status {
     pub heartbeats_failed: AtomicU64,
     /// Whether the newest heartbeat succeeded (true when no heartbeat is configured).
     pub heartbeat_passing: AtomicBool,
+    /// Why the newest heartbeat failed (shown by `/readyz`); written once per heartbeat.
+    heartbeat_failure: Mutex<String>,
     /// Set once every executor has stopped.
     pub stopped: AtomicBool,
     /// Port of the admin listener (0 when disabled or not bound).
@@ -94,6 +96,7 @@ impl Status {
             heartbeats_ok: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
             heartbeat_passing: AtomicBool::new(true),
+            heartbeat_failure: Mutex::new(String::new()),
             stopped: AtomicBool::new(false),
             admin_port: AtomicU16::new(0),
             draining: AtomicBool::new(false),
@@ -207,6 +210,25 @@ impl Status {
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// The heartbeat failed (or has not passed yet) for `reason`.
+    pub fn set_heartbeat_failing(&self, reason: &str) {
+        if let Ok(mut r) = self.heartbeat_failure.lock() {
+            reason.clone_into(&mut r);
+        }
+        self.heartbeat_passing.store(false, Ordering::Relaxed);
+    }
+
+    /// Why the heartbeat is failing (empty when it passes or none is configured).
+    pub fn heartbeat_failure(&self) -> String {
+        if self.heartbeat_passing.load(Ordering::Relaxed) {
+            return String::new();
+        }
+        self.heartbeat_failure
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Records a handshake completed at `at`.

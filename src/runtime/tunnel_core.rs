@@ -20,12 +20,13 @@ use super::link::{Msg, Rx, Tx};
 use super::status::Status;
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
+use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
 /// that one shard that is behind does not hold the others' packets up for long.
 const LINK_WAIT: Duration = Duration::from_millis(5);
-use crate::tunnel::{PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
 /// The tunnel core's state.
 pub(super) struct TunnelCore {
@@ -38,6 +39,9 @@ pub(super) struct TunnelCore {
     pub status: Arc<Status>,
     /// `[runtime] udp_gso`: use UDP GSO where the kernel supports it.
     pub gso: bool,
+    /// The socket is IPv6 (dual-stack): IPv4 peers are sent to at their v4-mapped addresses,
+    /// and resolved names may give IPv6 ones.
+    pub ipv6_socket: bool,
     /// Batch counters, kept on this core and published with the timer tick (no atomic per batch).
     pub io: IoCounters,
 }
@@ -65,8 +69,9 @@ impl std::fmt::Debug for TunnelCore {
     }
 }
 
-async fn send_datagram(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
-    if let Err(e) = udp.send_to(datagram, to).await {
+async fn send_datagram(core: &TunnelCore, datagram: &[u8], to: SocketAddr) {
+    let wire = udp::on_socket(to, core.ipv6_socket);
+    if let Err(e) = core.udp.send_to(datagram, wire).await {
         tracing::debug!(event = "wireguard.send_error", %to, error = %e);
     }
 }
@@ -138,7 +143,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                 } => {
                     let len = reply.len();
                     buf.set_len(len);
-                    send_datagram(&core.udp, buf.as_slice(), to).await;
+                    send_datagram(&core, buf.as_slice(), to).await;
                     core.pool.borrow_mut().give(buf);
                     if let Some(peer) = peer {
                         loop {
@@ -148,9 +153,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
                                 .flush(peer, &mut scratch)
                                 .map(|t| (t.to, t.datagram.len()));
                             match next {
-                                Some((to, len)) => {
-                                    send_datagram(&core.udp, &scratch[..len], to).await
-                                }
+                                Some((to, len)) => send_datagram(&core, &scratch[..len], to).await,
                                 None => break,
                             }
                         }
@@ -229,7 +232,7 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
             IoCounters::bump(&core.io.send_errors, unsent.failed as u64);
             for i in unsent.from..batch.len() {
                 if let Some((d, to)) = batch.datagram(i) {
-                    send_datagram(&core.udp, d, to).await;
+                    send_datagram(core, d, to).await;
                 }
             }
         }
@@ -259,6 +262,13 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
+    // One throttle per peer for the lines that repeat while a gateway does not answer.
+    let mut throttles: Vec<LogThrottle> = core
+        .table
+        .borrow()
+        .peers()
+        .map(|_| LogThrottle::new(REPEAT_INTERVAL))
+        .collect();
     {
         let now = Instant::now();
         core.table
@@ -269,7 +279,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     }
     loop {
         for (to, d) in pending.drain(..) {
-            send_datagram(&core.udp, &d, to).await;
+            send_datagram(&core, &d, to).await;
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -288,8 +298,12 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             let core2 = core.clone();
             glommio::spawn_local(async move {
                 let name = endpoint.to_string();
+                let ipv6_socket = core2.ipv6_socket;
                 let resolved = glommio::executor()
-                    .spawn_blocking(move || name.to_socket_addrs().map(|mut a| a.next()))
+                    .spawn_blocking(move || {
+                        name.to_socket_addrs()
+                            .map(|a| super::usable_address(a, ipv6_socket))
+                    })
                     .await;
                 match resolved {
                     Ok(Some(addr)) => {
@@ -304,6 +318,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             })
             .detach();
         }
+        log_events(&core, &mut throttles, now);
         publish(&core, &mut handshakes_seen);
         core.status.beat(0);
         if pending.is_empty() {
@@ -311,6 +326,41 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
                 .saturating_duration_since(Instant::now())
                 .min(TICK_INTERVAL);
             glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+/// Logs what the peer table reports, as the broker's own events (boringtun's lines are filtered
+/// out): a gateway that does not answer gives one `wireguard.handshake_timeout` line at once, then
+/// at most one a minute with the count of the retries in between.
+fn log_events(core: &TunnelCore, throttles: &mut [LogThrottle], now: Instant) {
+    loop {
+        let event = core.table.borrow_mut().poll_event();
+        match event {
+            None => return,
+            Some(PeerEvent::HandshakeTimeout {
+                peer,
+                endpoint,
+                unanswered,
+            }) => {
+                let Some(throttle) = throttles.get_mut(peer.index()) else {
+                    continue;
+                };
+                if unanswered == 1 {
+                    // A new outage (the first timeout since a completed handshake).
+                    throttle.reset();
+                }
+                if let Some(suppressed) = throttle.admit(now) {
+                    tracing::warn!(
+                        event = "wireguard.handshake_timeout",
+                        %peer,
+                        %endpoint,
+                        attempts = unanswered,
+                        suppressed,
+                        "no handshake response from the gateway; retrying every 5 s"
+                    );
+                }
+            }
         }
     }
 }

@@ -11,6 +11,12 @@
 //! The test kit's gateway (the vendor side in tests, `demo` and `loadtest`) uses the same
 //! batches, blocking on [`wait`] instead of glommio.
 //!
+//! Address families: the broker's socket is dual-stack IPv6 (see `runtime::bind_udp`), so an
+//! IPv4 peer is written to as its v4-mapped address ([`on_socket`]) and is seen coming from one;
+//! every address handed back ([`RecvBatch::get`]) is [`canonical`], so that the peer table
+//! compares a datagram's source with the configured or resolved endpoint correctly whatever the
+//! socket's family.
+//!
 //! This module is part of the runtime seam: the only `unsafe` in the crate's data plane and test
 //! kit, each block with its reason.
 #![allow(unsafe_code)]
@@ -32,6 +38,36 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 /// `CMSG_SPACE(sizeof(u16))` on 64-bit Linux: a 16-byte header plus the value, 8-aligned.
 const CMSG_WORDS: usize = 3;
+
+/// A peer's address as the peer table keeps it: an IPv4 peer seen through a dual-stack IPv6
+/// socket (`[::ffff:a.b.c.d]:p`) is the IPv4 address it stands for.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// `to` as a socket of this family takes it: an IPv6 (dual-stack) socket reaches an IPv4 peer
+/// at its v4-mapped IPv6 address.
+pub fn on_socket(to: SocketAddr, ipv6_socket: bool) -> SocketAddr {
+    match to {
+        SocketAddr::V4(a) if ipv6_socket => {
+            SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
+        }
+        _ => to,
+    }
+}
+
+/// Whether `fd` is an IPv6 socket (then IPv4 peers need [`on_socket`]).
+pub fn is_ipv6_socket(fd: RawFd) -> bool {
+    socket2::SockRef::from(&fd)
+        .local_addr()
+        .is_ok_and(|a| a.family() == libc::AF_INET6 as libc::sa_family_t)
+}
 
 /// Whether the kernel takes `UDP_SEGMENT` on this socket (probed once, harmlessly: a zero
 /// segment size is the default, "no segmentation").
@@ -67,9 +103,12 @@ pub struct SendBatch {
     /// Where each datagram starts inside its slot.
     offs: Vec<usize>,
     lens: Vec<usize>,
+    /// The destinations as the socket takes them, rebuilt by every send from `to`.
     dests: Vec<SockAddr>,
     to: Vec<SocketAddr>,
     gso: bool,
+    /// The socket's family, learnt on the first send (a batch serves one socket).
+    ipv6_socket: Option<bool>,
     // Rebuilt by every send; kept to avoid allocating per batch.
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -101,6 +140,7 @@ impl SendBatch {
             dests: Vec::with_capacity(BATCH),
             to: Vec::with_capacity(BATCH),
             gso,
+            ipv6_socket: None,
             iovs: Vec::with_capacity(BATCH),
             hdrs: Vec::with_capacity(BATCH),
             cmsgs: vec![[0u64; CMSG_WORDS]; BATCH],
@@ -150,7 +190,6 @@ impl SendBatch {
         let start = start.min(self.slot);
         self.offs.push(start);
         self.lens.push(len.min(self.slot - start));
-        self.dests.push(SockAddr::from(to));
         self.to.push(to);
     }
 
@@ -202,8 +241,14 @@ impl SendBatch {
         end - start
     }
 
-    /// Builds one message per run, starting at datagram `from`.
-    fn build(&mut self, from: usize) {
+    /// Builds one message per run, starting at datagram `from`, for a socket of the given family.
+    fn build(&mut self, from: usize, ipv6_socket: bool) {
+        self.dests.clear();
+        self.dests.extend(
+            self.to
+                .iter()
+                .map(|&to| SockAddr::from(on_socket(to, ipv6_socket))),
+        );
         self.iovs.clear();
         self.hdrs.clear();
         self.starts.clear();
@@ -266,8 +311,9 @@ impl SendBatch {
     pub fn send_from(&mut self, fd: RawFd, from: usize) -> Result<usize, Unsent> {
         let mut from = from;
         let mut failed = 0;
+        let ipv6_socket = *self.ipv6_socket.get_or_insert_with(|| is_ipv6_socket(fd));
         'rebuild: while from < self.lens.len() {
-            self.build(from);
+            self.build(from, ipv6_socket);
             let mut m = 0;
             while m < self.hdrs.len() {
                 // SAFETY: `hdrs[m..]` are initialised mmsghdrs whose name, iov and control
@@ -430,12 +476,12 @@ impl RecvBatch {
             // SAFETY: the kernel wrote a socket address of `msg_namelen` bytes into
             // `names[i]`, a full sockaddr_storage.
             let addr = unsafe { SockAddr::new(self.names[i], h.msg_hdr.msg_namelen) };
-            self.from.push(addr.as_socket());
+            self.from.push(addr.as_socket().map(canonical));
         }
         Ok(n)
     }
 
-    /// Datagram `i`: its bytes, its source, and whether it was longer than a slot.
+    /// Datagram `i`: its bytes, its source ([`canonical`]), and whether it was longer than a slot.
     pub fn get(&self, i: usize) -> Option<(&[u8], Option<SocketAddr>, bool)> {
         let len = *self.lens.get(i)?;
         Some((
@@ -670,5 +716,77 @@ mod tests {
             rb.recv(b.as_raw_fd()).map_err(|e| e.kind()).err(),
             Some(io::ErrorKind::WouldBlock)
         );
+    }
+
+    /// A dual-stack IPv6 socket, as the broker binds its tunnel socket.
+    fn dual_stack() -> UdpSocket {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).expect("AF_INET6");
+        s.set_only_v6(false).expect("dual-stack");
+        s.bind(&"[::]:0".parse::<SocketAddr>().expect("addr").into())
+            .expect("bind");
+        s.into()
+    }
+
+    #[test]
+    fn a_dual_stack_socket_talks_to_ipv4_peers_by_their_ipv4_addresses() {
+        let broker = dual_stack();
+        assert!(is_ipv6_socket(broker.as_raw_fd()));
+        let (v4, _) = pair();
+        assert!(!is_ipv6_socket(v4.as_raw_fd()));
+        v4.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let v4_addr = v4.local_addr().expect("addr");
+        let v6 = UdpSocket::bind("[::1]:0").expect("bind ::1");
+        v6.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let v6_addr = v6.local_addr().expect("addr");
+
+        // Out: a batch to an IPv4 and an IPv6 peer, given as the peer table keeps them.
+        let mut batch = SendBatch::new(64, false);
+        fill(&mut batch, 10, 4, v4_addr);
+        fill(&mut batch, 10, 6, v6_addr);
+        assert_eq!(batch.send(broker.as_raw_fd()).expect("sent"), 0);
+        let mut buf = [0u8; 64];
+        let port = broker.local_addr().expect("addr").port();
+        let (n, from) = v4
+            .recv_from(&mut buf)
+            .expect("the IPv4 peer got its datagram");
+        assert_eq!((n, buf[0], from.port()), (10, 4, port));
+        let (n, _) = v6
+            .recv_from(&mut buf)
+            .expect("the IPv6 peer got its datagram");
+        assert_eq!((n, buf[0]), (10, 6));
+
+        // In: the IPv4 peer's source is its plain IPv4 address, not `[::ffff:127.0.0.1]`, so it
+        // equals the endpoint it was configured or resolved as.
+        let to = SocketAddr::new("::1".parse().expect("ip"), port);
+        v4.send_to(&[1; 5], SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("send v4");
+        v6.send_to(&[2; 5], to).expect("send v6");
+        let mut rb = RecvBatch::new(64);
+        let mut from = Vec::new();
+        while from.len() < 2 {
+            assert!(
+                wait(broker.as_raw_fd(), Ready::Readable, Duration::from_secs(2)).expect("poll")
+            );
+            let n = rb.recv(broker.as_raw_fd()).expect("recvmmsg");
+            from.extend((0..n).map(|i| rb.get(i).expect("datagram").1));
+        }
+        from.sort();
+        assert_eq!(from, vec![Some(v4_addr), Some(v6_addr)]);
+    }
+
+    #[test]
+    fn canonical_and_on_socket_are_inverses_for_ipv4() {
+        let v4: SocketAddr = "192.0.2.7:51820".parse().expect("addr");
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:51820".parse().expect("addr");
+        let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("addr");
+        assert_eq!(on_socket(v4, true), mapped);
+        assert_eq!(on_socket(v4, false), v4);
+        assert_eq!(on_socket(v6, true), v6);
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        assert_eq!(canonical(v6), v6);
     }
 }

@@ -12,8 +12,10 @@
 //! pool is warm.
 
 use std::io;
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -58,6 +60,9 @@ pub struct GatewayConfig {
     /// heartbeat target): `200 pong`, or `N` bytes for a target ending in `/download/N`.
     /// Keep-alive unless the request says `Connection: close`.
     pub serve_port: u16,
+    /// Serve `serve_port` over TLS with this configuration (an `https://` heartbeat target)
+    /// instead of plain HTTP.
+    pub serve_tls: Option<Arc<rustls::ServerConfig>>,
     /// Listeners kept armed on `serve_port` per stack.
     pub serve_backlog: usize,
     /// Dial the peer at this UDP address (be the WireGuard initiator) instead of waiting for it.
@@ -92,6 +97,7 @@ impl GatewayConfig {
             rx_buffer: 256 << 10,
             tx_buffer: 256 << 10,
             serve_port: 80,
+            serve_tls: None,
             serve_backlog: 4,
             dial: None,
             udp_buffer: 4 << 20,
@@ -123,6 +129,8 @@ pub struct GatewayStats {
 #[derive(Debug)]
 struct Served {
     id: ConnId,
+    /// The TLS session over the connection when `serve_tls` is set.
+    tls: Option<Box<rustls::ServerConnection>>,
     /// Request head bytes read so far (bounded).
     head: Vec<u8>,
     /// Request body bytes still to read and discard.
@@ -194,6 +202,7 @@ pub struct Gateway {
     next_tick: Instant,
     broker_address: IpAddr,
     serving: Vec<Served>,
+    serve_tls: Option<Arc<rustls::ServerConfig>>,
     pub stats: GatewayStats,
 }
 
@@ -256,6 +265,7 @@ impl Gateway {
             next_tick: now,
             broker_address: cfg.broker_address,
             serving: Vec::new(),
+            serve_tls: cfg.serve_tls.clone(),
             stats: GatewayStats::default(),
         };
         if cfg.dial.is_some() {
@@ -499,8 +509,19 @@ impl Gateway {
     /// Answers HTTP requests on `serve_port`; returns whether it wrote anything.
     fn serve(&mut self) -> bool {
         while let Some(id) = self.set.accept() {
+            let tls = match &self.serve_tls {
+                Some(c) => match rustls::ServerConnection::new(c.clone()) {
+                    Ok(t) => Some(Box::new(t)),
+                    Err(_) => {
+                        let _ = self.set.abort(id);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             self.serving.push(Served {
                 id,
+                tls,
                 head: Vec::new(),
                 discard: 0,
                 out: Vec::new(),
@@ -569,54 +590,190 @@ fn download_size(target: &str) -> Option<u64> {
     n.parse::<u64>().ok().map(|n| n.min(1 << 32))
 }
 
+/// Response body bytes (`/download/N`).
+static BODY_FILL: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+
+/// Queues `data` on a served connection: straight into the TCP socket, or through its TLS
+/// session (then flushed as far as the socket takes it). Returns how many bytes were taken;
+/// `Err` when the connection is unusable.
+fn serve_send(
+    set: &mut StackSet,
+    s: &mut Served,
+    data: &[u8],
+    wrote: &mut bool,
+) -> Result<usize, ()> {
+    let Some(tls) = s.tls.as_deref_mut() else {
+        let n = set.send_slice(s.id, data).map_err(drop)?;
+        *wrote |= n > 0;
+        return Ok(n);
+    };
+    // rustls bounds what it buffers (64 KiB): a socket that does not drain makes it take 0.
+    let n = tls.writer().write(data).map_err(drop)?;
+    tls_flush(set, s.id, tls, wrote)?;
+    Ok(n)
+}
+
+/// Reads from a served connection into `buf`: `Ok(0)` when nothing is there yet, `Err` when the
+/// peer closed or the TLS session failed.
+fn serve_recv(
+    set: &mut StackSet,
+    s: &mut Served,
+    buf: &mut [u8],
+    wrote: &mut bool,
+) -> Result<usize, ()> {
+    let Some(tls) = s.tls.as_deref_mut() else {
+        return set.recv_slice(s.id, buf).map_err(drop);
+    };
+    let filled = tls_fill(set, s.id, tls);
+    // Handshake messages and alerts go out whatever happened.
+    tls_flush(set, s.id, tls, wrote)?;
+    filled?;
+    match tls.reader().read(buf) {
+        Ok(0) => Err(()),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(_) => Err(()),
+    }
+}
+
+/// Feeds the TLS session every byte the socket holds. `Err`: the records did not verify (an
+/// alert is queued for [`tls_flush`]).
+fn tls_fill(set: &mut StackSet, id: ConnId, tls: &mut rustls::ServerConnection) -> Result<(), ()> {
+    while tls.wants_read() {
+        let took = set.recv(id, |buf| {
+            if buf.is_empty() {
+                return (0, 0);
+            }
+            let mut rd: &[u8] = buf;
+            let n = tls.read_tls(&mut rd).unwrap_or(0);
+            (n, n)
+        });
+        match took {
+            Ok(0) => break,
+            Ok(_) => {
+                tls.process_new_packets().map_err(drop)?;
+            }
+            Err(_) => {
+                // The peer finished sending: tell rustls (an empty read is its end of stream).
+                let _ = tls.read_tls(&mut io::empty());
+                tls.process_new_packets().map_err(drop)?;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the TLS session's pending records into the socket; `Ok(true)` when none are left.
+fn tls_flush(
+    set: &mut StackSet,
+    id: ConnId,
+    tls: &mut rustls::ServerConnection,
+    wrote: &mut bool,
+) -> Result<bool, ()> {
+    while tls.wants_write() {
+        let n = set
+            .send(id, |buf| {
+                let mut w: &mut [u8] = buf;
+                let n = tls.write_tls(&mut w).unwrap_or(0);
+                (n, n)
+            })
+            .map_err(drop)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        *wrote = true;
+    }
+    Ok(true)
+}
+
 /// One serve-port connection's step; returns whether to keep it.
 fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut bool) -> bool {
-    static ZEROS: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+    if let Some(tls) = s.tls.as_deref_mut() {
+        // Records the socket could not take last time.
+        if tls_flush(set, s.id, tls, wrote).is_err() {
+            let _ = set.abort(s.id);
+            return false;
+        }
+    }
     for _ in 0..64 {
         // 1. Finish the response in progress.
         if s.out_off < s.out.len() {
-            match set.send_slice(s.id, &s.out[s.out_off..]) {
+            let out = std::mem::take(&mut s.out);
+            let sent = serve_send(set, s, &out[s.out_off..], wrote);
+            s.out = out;
+            match sent {
                 Ok(0) => return true,
                 Ok(n) => {
                     s.out_off += n;
-                    *wrote = true;
                     continue;
                 }
-                Err(_) => return false,
+                Err(()) => return false,
             }
         }
         if s.body_left > 0 {
             let left = s.body_left;
-            match set.send(s.id, |buf| {
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let mut off = 0;
-                while off < n {
-                    let k = (n - off).min(ZEROS.len());
-                    buf[off..off + k].copy_from_slice(&ZEROS[..k]);
-                    off += k;
-                }
-                (n, n)
-            }) {
+            let sent = if s.tls.is_some() {
+                let n = BODY_FILL
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                serve_send(set, s, &BODY_FILL[..n], wrote)
+            } else {
+                set.send(s.id, |buf| {
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let mut off = 0;
+                    while off < n {
+                        let k = (n - off).min(BODY_FILL.len());
+                        buf[off..off + k].copy_from_slice(&BODY_FILL[..k]);
+                        off += k;
+                    }
+                    (n, n)
+                })
+                .map_err(drop)
+            };
+            match sent {
                 Ok(0) => return true,
                 Ok(n) => {
                     s.body_left -= n as u64;
                     *wrote = true;
                     continue;
                 }
-                Err(_) => return false,
+                Err(()) => return false,
             }
         }
         if s.close {
+            if let Some(tls) = s.tls.as_deref_mut() {
+                tls.send_close_notify();
+                match tls_flush(set, s.id, tls, wrote) {
+                    // The close_notify waits for room in the socket.
+                    Ok(false) => return true,
+                    Ok(true) => {}
+                    Err(()) => {
+                        let _ = set.abort(s.id);
+                        return false;
+                    }
+                }
+            }
             let _ = set.close(s.id);
             return false;
         }
         // 2. Discard the request body.
         if s.discard > 0 {
             let left = s.discard;
-            match set.recv(s.id, |buf| {
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                (n, n)
-            }) {
+            let taken = if s.tls.is_some() {
+                let mut scratch = [0u8; 2048];
+                let n = scratch
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                serve_recv(set, s, &mut scratch[..n], wrote)
+            } else {
+                set.recv(s.id, |buf| {
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    (n, n)
+                })
+                .map_err(drop)
+            };
+            match taken {
                 Ok(0) => return true,
                 Ok(n) => {
                     s.discard -= n as u64;
@@ -624,7 +781,7 @@ fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut b
                         continue;
                     }
                 }
-                Err(_) => return false,
+                Err(()) => return false,
             }
         }
         // 3. Parse the next request head (it may already be buffered after the last body).
@@ -681,7 +838,7 @@ fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut b
                 continue;
             }
             let mut buf = [0u8; 2048];
-            match set.recv_slice(s.id, &mut buf) {
+            match serve_recv(set, s, &mut buf, wrote) {
                 Ok(0) => return true,
                 Ok(n) => {
                     s.head.extend_from_slice(&buf[..n]);
@@ -690,7 +847,7 @@ fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut b
                         return false;
                     }
                 }
-                Err(_) => {
+                Err(()) => {
                     let _ = set.close(s.id);
                     return false;
                 }

@@ -18,7 +18,9 @@
 //! * [`PeerTable::tick`] every [`TICK_INTERVAL`] (it returns when it wants the next call);
 //! * [`PeerTable::initiate_all`] once, when the side that dials is ready to carry traffic;
 //! * [`PeerTable::poll_resolve`] / [`PeerTable::set_endpoint`] for DNS, which is I/O and therefore
-//!   the runtime's job.
+//!   the runtime's job;
+//! * [`PeerTable::poll_event`] for what is worth a log line ([`PeerEvent`]): the table never
+//!   logs, and boringtun's own `tracing` lines are filtered out by [`crate::telemetry`].
 //!
 //! The same table serves both ends of the tunnel. The broker is the **initiator**: each peer (a
 //! vendor gateway) has an endpoint, and after `initiate_all` the table keeps a session up with it
@@ -114,6 +116,11 @@ pub const RESOLVE_AFTER_FAILED_HANDSHAKES: u32 = 3;
 
 /// The shortest interval between two re-resolution requests for one peer.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Most [`PeerEvent`]s held for [`PeerTable::poll_event`]; beyond that new ones are dropped
+/// (counted in [`Counters::events_dropped`]), so a caller that never polls (the test kit's
+/// gateway) costs a few bytes, not a growing queue.
+pub const MAX_PENDING_EVENTS: usize = 64;
 
 /// Handshake messages verified per second (across all peers) before the table answers with
 /// cookie replies instead of doing Diffie-Hellman. boringtun's device uses the same value.
@@ -211,6 +218,21 @@ pub enum Received<'o> {
     Dropped(DropReason),
 }
 
+/// Something that happened to a peer and deserves a log line; the runtime logs it (rate-limited)
+/// as the broker's own event. Taken with [`PeerTable::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerEvent {
+    /// A handshake initiation went unanswered for boringtun's `REKEY_TIMEOUT` (5 s) and another
+    /// one is being sent to `endpoint` (what boringtun itself logs as `HANDSHAKE(REKEY_TIMEOUT)`).
+    HandshakeTimeout {
+        peer: PeerId,
+        endpoint: SocketAddr,
+        /// Initiations in a row that got no answer, since the last completed handshake.
+        unanswered: u32,
+    },
+}
+
 /// What to do after [`PeerTable::send`].
 #[derive(Debug)]
 pub enum Sent<'o> {
@@ -296,6 +318,10 @@ pub struct Counters {
     pub resolutions_requested: u64,
     /// Something was due to a peer whose endpoint is not known (dropped).
     pub no_endpoint: u64,
+    /// Handshake initiations that went unanswered and were retried ([`PeerEvent::HandshakeTimeout`]).
+    pub handshake_timeouts: u64,
+    /// [`PeerEvent`]s dropped because [`MAX_PENDING_EVENTS`] were waiting.
+    pub events_dropped: u64,
     /// See [`DropReason::Garbage`].
     pub garbage: u64,
     /// See [`DropReason::UnknownIndex`].

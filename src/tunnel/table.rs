@@ -17,9 +17,9 @@ use boringtun::x25519;
 use super::peer::Peer;
 use super::route::Routes;
 use super::{
-    Counters, DATA_OVERHEAD, DEFAULT_HANDSHAKE_RATE_LIMIT, DropReason, MAX_PEERS, MIN_BUFFER_LEN,
-    PeerId, PeerSpec, PeerStatus, PeerTableError, Received, Sent, TICK_INTERVAL, Transmit,
-    required_buffer_len,
+    Counters, DATA_OVERHEAD, DEFAULT_HANDSHAKE_RATE_LIMIT, DropReason, MAX_PEERS,
+    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, PeerEvent, PeerId, PeerSpec, PeerStatus, PeerTableError,
+    Received, Sent, TICK_INTERVAL, Transmit, required_buffer_len,
 };
 use crate::config::Endpoint;
 use crate::keys::{PrivateKey, PublicKey};
@@ -52,6 +52,8 @@ pub struct PeerTable {
     salt: u32,
     counters: Counters,
     resolve_queue: VecDeque<PeerId>,
+    /// What the runtime should log, oldest first (at most [`MAX_PENDING_EVENTS`]).
+    events: VecDeque<PeerEvent>,
     next_rate_reset: Instant,
     /// The latest `now` given to any entry point (for `flush`, which takes none).
     now: Instant,
@@ -173,6 +175,7 @@ impl PeerTable {
             salt,
             counters: Counters::default(),
             resolve_queue: VecDeque::new(),
+            events: VecDeque::new(),
             next_rate_reset: now + Duration::from_secs(1),
             now,
             largest_packet: 0,
@@ -458,7 +461,19 @@ impl PeerTable {
                 // An initiation from boringtun's timers may come with a keepalive queued
                 // behind it (persistent keepalive without a session): let flush look.
                 p.maybe_queued = true;
-                if p.note_initiation() {
+                let resolve = p.note_initiation();
+                // A second initiation before any answer: the first one timed out (boringtun
+                // re-initiates only after REKEY_TIMEOUT, the table only once boringtun gave up).
+                let unanswered = p.attempts.saturating_sub(1);
+                if let (true, Some(endpoint)) = (unanswered > 0, p.endpoint) {
+                    self.counters.handshake_timeouts += 1;
+                    self.push_event(PeerEvent::HandshakeTimeout {
+                        peer: PeerId(slot as u32),
+                        endpoint,
+                        unanswered,
+                    });
+                }
+                if resolve {
                     self.request_resolve(slot, self.now);
                 }
             }
@@ -478,6 +493,20 @@ impl PeerTable {
             }
             _ => {}
         }
+    }
+
+    fn push_event(&mut self, event: PeerEvent) {
+        if self.events.len() < MAX_PENDING_EVENTS {
+            self.events.push_back(event);
+        } else {
+            self.counters.events_dropped += 1;
+        }
+    }
+
+    /// The oldest event not yet taken, for the runtime to log (see [`PeerEvent`]). Cheap; call
+    /// after [`PeerTable::tick`].
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
     }
 
     fn request_resolve(&mut self, slot: usize, now: Instant) {

@@ -1225,3 +1225,51 @@ fn tick_surfaces_boringtun_retransmission() {
         .expect("peer");
     assert_eq!(s.handshake_attempts, 2);
 }
+
+#[test]
+fn unanswered_initiations_are_reported_as_handshake_timeouts() {
+    let mut p = pair();
+    let vendor_node = p.net.nodes.pop().expect("vendor"); // the gateway is unreachable
+    let (b, id) = (p.broker, p.to_vendor);
+    assert_eq!(p.net.initiate_all(b).len(), 1);
+    assert_eq!(
+        p.net.table(b).poll_event(),
+        None,
+        "a first initiation is no timeout"
+    );
+    for unanswered in 1..=2 {
+        assert_eq!(p.net.retransmit(b, id).len(), 1);
+        assert_eq!(
+            p.net.table(b).poll_event(),
+            Some(PeerEvent::HandshakeTimeout {
+                peer: id,
+                endpoint: sa(VENDOR),
+                unanswered,
+            })
+        );
+        assert_eq!(p.net.table(b).poll_event(), None, "taken once");
+    }
+    assert!(p.net.run().iter().all(|g| *g == Got::Lost));
+    assert_eq!(p.net.table(b).counters().handshake_timeouts, 2);
+
+    // The gateway answers the next one: no event, and the count starts over.
+    p.net.nodes.push(vendor_node);
+    p.net.retransmit(b, id);
+    let _ = p.net.table(b).poll_event();
+    p.net.run();
+    assert_eq!(p.net.table(b).counters().handshakes_completed, 1);
+    assert_eq!(p.net.table(b).poll_event(), None);
+
+    // Nobody polls (the vendor side, say): the queue stays bounded and counts what it dropped.
+    // (The first of these initiations is answered by nothing yet: it is no timeout.)
+    for _ in 0..MAX_PENDING_EVENTS + 11 {
+        p.net.retransmit(b, id);
+    }
+    let mut seen = 0;
+    while let Some(PeerEvent::HandshakeTimeout { unanswered, .. }) = p.net.table(b).poll_event() {
+        seen += 1;
+        assert_eq!(unanswered, seen, "in order, from the first unanswered one");
+    }
+    assert_eq!(seen as usize, MAX_PENDING_EVENTS);
+    assert_eq!(p.net.table(b).counters().events_dropped, 10);
+}

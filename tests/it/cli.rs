@@ -419,6 +419,120 @@ level = "error"
     assert!(child.wait().expect("wait").success());
 }
 
+/// The highest io_uring file descriptor of a running process (its executors' rings).
+fn highest_ring_fd(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("io_uring"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .max()
+}
+
+/// Waits up to `within` for `child` to exit, collecting what arrives on the notify socket.
+fn wait_collecting(
+    child: &mut std::process::Child,
+    sock: &std::os::unix::net::UnixDatagram,
+    within: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+        if let Some(s) = child.try_wait().expect("wait") {
+            while let Ok(n) = sock.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            return (Some(s), seen);
+        }
+    }
+    (None, seen)
+}
+
+/// An executor that cannot be built (here: its last io_uring ring refused with EMFILE, the file
+/// descriptor limit set one below what the broker needs) must fail `run` with the cause and exit
+/// 71 — not be logged while systemd hears READY=1 and the broker runs without it.
+#[test]
+fn run_fails_with_exit_71_and_no_ready_when_an_executor_cannot_start() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One executor for everything, so that the last file descriptor it opens is a ring of its
+    // own (the I/O probe before it closes its rings; with the admin listener off, nothing after
+    // it opens a descriptor).
+    let cpu = wgbroker::runtime::placement::available_cpus()[0];
+    let f = minimal_config(
+        dir.path(),
+        &format!("[admin]\nenabled = false\n[runtime]\ncpus = [{cpu}]\npin = false\n"),
+    );
+    let notify = |name: &str| {
+        let path = dir.path().join(name);
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        (path, sock)
+    };
+
+    // How many descriptors a healthy start takes.
+    let (path, sock) = notify("ok.sock");
+    let mut child = bin()
+        .args(["run", "-c"])
+        .arg(&f)
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while !ready && std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            ready = String::from_utf8_lossy(&buf[..n]).contains("READY=1");
+        }
+    }
+    assert!(ready, "a healthy start says READY=1");
+    let highest = highest_ring_fd(child.id()).expect("the executor's rings");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+
+    // One descriptor fewer: the executor's last ring cannot be created.
+    let (path, sock) = notify("failing.sock");
+    let mut child = Command::new("prlimit")
+        .arg(format!("--nofile={highest}:{highest}"))
+        .arg(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&f)
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (status, seen) = wait_collecting(&mut child, &sock, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !seen.contains("READY=1"),
+        "READY sent although an executor failed: {seen}\n{err}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(71), "{err}");
+    assert!(
+        err.contains("wgbroker: ") && err.contains("executor") && err.contains("os error 24"),
+        "the cause is named: {err}"
+    );
+}
+
 #[test]
 fn explain_never_echoes_url_credentials() {
     for url in [

@@ -321,6 +321,45 @@ fn heartbeat_must_be_reachable_through_the_tunnel() {
 }
 
 #[test]
+fn heartbeat_urls_are_taken_apart_at_load() {
+    use wgbroker::config::HeartbeatUrl;
+    let p = |u: &str| HeartbeatUrl::parse(u);
+    let t = p("https://10.77.0.1/ping?x=1").expect("valid");
+    assert!(t.tls);
+    assert_eq!(t.addr, "10.77.0.1:443".parse().expect("addr"));
+    assert_eq!(
+        (t.authority.as_str(), t.path.as_str()),
+        ("10.77.0.1", "/ping?x=1")
+    );
+    let t = p("http://10.77.0.1:8080").expect("valid");
+    assert!(!t.tls);
+    assert_eq!(t.addr, "10.77.0.1:8080".parse().expect("addr"));
+    assert_eq!(t.path, "/");
+    let t = p("https://[fd00::1]:8443/hb").expect("valid");
+    assert_eq!(t.addr, "[fd00::1]:8443".parse().expect("addr"));
+    assert_eq!(t.authority, "[fd00::1]:8443");
+    assert_eq!(p("http://[fd00::1]").expect("valid").addr.port(), 80);
+    for (bad, why) in [
+        ("ftp://10.77.0.1/", "http:// or https://"),
+        ("https://gateway.example/ping", "must be an IP address"),
+        ("http://10.77.0.1:0/", "not a port number"),
+        ("http://10.77.0.1:http/", "not a port number"),
+        ("http://10.77.0.1/ping#top", "fragment"),
+    ] {
+        let e = p(bad).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    // At load, the error names the key.
+    let hb = "[heartbeat]\nurl = \"https://10.77.0.1:99999/\"\n";
+    let errs = errors(&[("a.toml", &base()), ("hb.toml", hb)]);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("hb.toml: heartbeat.url: \"99999\" is not a port number")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn runtime_profiles_validate() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/profiles");
     let mut n = 0;

@@ -195,3 +195,120 @@ log_request_body = true
     assert!(logged.len() <= LIMIT, "sample over the cap: {logged:?}");
     assert!(logged.starts_with(&"p".repeat(LIMIT - 20)), "{logged:?}");
 }
+
+/// Every event name the broker's source uses: the string literals shaped like `area.name` whose
+/// area is one the `event = "area...."` fields use.
+fn broker_events() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        for e in std::fs::read_dir(dir).expect("src dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push_str(&std::fs::read_to_string(&p).expect("source"));
+            }
+        }
+    }
+    let mut src = String::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut src,
+    );
+    let literal = regex::Regex::new(r#""([a-z]+)\.([a-z_]+)""#).expect("regex");
+    let areas: std::collections::BTreeSet<&str> = regex::Regex::new(r#"event = "([a-z]+)\."#)
+        .expect("regex")
+        .captures_iter(&src)
+        .filter_map(|c| c.get(1).map(|m| m.as_str()))
+        .collect();
+    literal
+        .captures_iter(&src)
+        .filter(|c| c.get(1).is_some_and(|a| areas.contains(a.as_str())))
+        .filter_map(|c| c.get(0).map(|m| m.as_str().trim_matches('"').to_owned()))
+        .collect()
+}
+
+/// While the gateway does not answer, boringtun retries the handshake every 5 s and logs about
+/// it on its own (`HANDSHAKE(REKEY_TIMEOUT)`, no `event` field). What reaches the log must be
+/// the broker's own event instead, and nothing else.
+#[test]
+fn an_unreachable_gateway_logs_a_handshake_timeout_event_and_no_foreign_lines() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use wgbroker::keys::PrivateKey;
+    use wgbroker::testkit::toml::{PeerToml, WireguardToml};
+
+    let events = broker_events();
+    assert!(events.contains("wireguard.handshake"), "{events:?}");
+    // Bound and never read: datagrams land here and nobody answers (no ICMP either).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let gateway = silent.local_addr().expect("addr");
+    let broker = PrivateKey::generate().expect("rng");
+    let vendor = PrivateKey::generate().expect("rng");
+    let wireguard = WireguardToml::new(&broker, "10.77.0.2")
+        .peer(PeerToml::new(vendor.public_key(), gateway, "10.77.0.1/32").persistent_keepalive(0))
+        .render();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broker.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{wireguard}[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n"
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn broker");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let check = |line: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let event = v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a line without an event field: {line}"));
+        assert!(events.contains(event), "not a broker event: {line}");
+        event.to_owned()
+    };
+    // boringtun's REKEY_TIMEOUT is 5 s (plus up to 333 ms of jitter).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut timeout_line = None;
+    while timeout_line.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if check(&line) == "wireguard.handshake_timeout" {
+                    timeout_line = Some(line);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    reader.join().expect("reader");
+    for line in rx.try_iter() {
+        check(&line);
+    }
+    assert!(status.success(), "{status:?}");
+    let line = timeout_line.expect("a wireguard.handshake_timeout event within 15 s");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert_eq!(v["endpoint"], gateway.to_string(), "{line}");
+    assert!(v["attempts"].as_u64().is_some_and(|n| n >= 1), "{line}");
+}

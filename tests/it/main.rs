@@ -4,6 +4,7 @@ mod allowlist;
 mod ci_setup;
 mod cli;
 mod config;
+mod dual_stack;
 mod harness;
 mod interop;
 mod interop_proxy;

@@ -1,6 +1,8 @@
 //! The data plane end to end, in process: a vendor gateway (boringtun + smoltcp from the test
 //! kit) over loopback UDP, the broker's glommio executors on the other side.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wgbroker::testkit::client::{self, Request, RunOptions};
@@ -154,6 +156,112 @@ fn heartbeat_reaches_the_gateway_through_the_tunnel() {
         status
             .heartbeat_passing
             .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// A CA and a certificate for the gateway's tunnel address (an IP SAN: the heartbeat URL names
+/// the gateway by address), as the gateway's TLS configuration and the CA's PEM file in `dir`.
+fn gateway_pki(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("wgbroker {name} CA"));
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec![crate::harness::VENDOR_IP.to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .expect("leaf cert");
+    let ca_file = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("server cert");
+    (ca_file, Arc::new(cfg))
+}
+
+/// A broker whose `https://` heartbeat goes to a gateway serving TLS with a certificate of the
+/// `gateway` CA, while the broker trusts the `trusted` CA file (plus the system roots).
+fn tls_heartbeat_tunnel(dir: &std::path::Path, same_ca: bool) -> Tunnel {
+    let (gateway_ca, server) = gateway_pki(dir, "gateway");
+    let trusted = if same_ca {
+        gateway_ca
+    } else {
+        gateway_pki(dir, "other").0
+    };
+    Tunnel::start_with(
+        &format!(
+            "[heartbeat]\nurl = \"https://{}/ping\"\ninterval = \"1s\"\ntimeout = \"2s\"\n\
+             [upstream]\nca_files = [\"{}\"]\n",
+            crate::harness::VENDOR_IP,
+            trusted.display()
+        ),
+        |g| {
+            // https:// without a port: 443.
+            g.serve_port = 443;
+            g.serve_tls = Some(server);
+        },
+    )
+}
+
+#[test]
+fn https_heartbeat_verifies_the_gateway_with_the_upstream_roots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut t = tls_heartbeat_tunnel(dir.path(), true);
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (t.gateway.stats.served < 2 || status.heartbeats_ok.load(Ordering::Relaxed) < 2)
+        && Instant::now() < deadline
+    {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    assert!(
+        t.gateway.stats.served >= 2,
+        "heartbeats served over TLS: {} ({:?})",
+        t.gateway.stats.served,
+        admin_get(port, "/readyz")
+    );
+    assert!(status.heartbeats_ok.load(Ordering::Relaxed) >= 2);
+    assert_eq!(status.heartbeats_failed.load(Ordering::Relaxed), 0);
+    assert_eq!(admin_get(port, "/readyz"), (200, "ready\n".to_owned()));
+}
+
+#[test]
+fn https_heartbeat_to_a_certificate_of_an_unknown_ca_fails_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut t = tls_heartbeat_tunnel(dir.path(), false);
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let port = status.admin_port.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status.heartbeats_failed.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    assert!(
+        status.heartbeats_failed.load(Ordering::Relaxed) >= 1,
+        "the TLS failure counts as a failed heartbeat"
+    );
+    assert_eq!(status.heartbeats_ok.load(Ordering::Relaxed), 0);
+    assert_eq!(t.gateway.stats.served, 0, "no request before verification");
+    let (code, body) = admin_get(port, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("heartbeat failing") && body.contains("UnknownIssuer"),
+        "the reason is given: {body}"
     );
 }
 

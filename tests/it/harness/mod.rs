@@ -61,14 +61,20 @@ pub struct Tunnel {
 impl Tunnel {
     /// Starts a broker with `extra` config and waits for its handshake with a fresh gateway.
     pub fn start(extra: &str) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Like [`Tunnel::start`], with the gateway's configuration adjusted by `gateway` first.
+    pub fn start_with(extra: &str, gateway: impl FnOnce(&mut GatewayConfig)) -> Self {
         let broker_key = PrivateKey::generate().expect("rng");
         let vendor_key = PrivateKey::generate().expect("rng");
-        let cfg = GatewayConfig::new(
+        let mut cfg = GatewayConfig::new(
             vendor_key.clone(),
             broker_key.public_key(),
             VENDOR_IP.parse::<IpAddr>().expect("ip"),
             BROKER_IP.parse::<IpAddr>().expect("ip"),
         );
+        gateway(&mut cfg);
         let mut gateway = Gateway::bind(&cfg).expect("bind gateway");
         let toml = broker_toml(
             &broker_key,
