@@ -395,23 +395,8 @@ fn dump(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// `scheme://user:pass@host/...` → `scheme://<redacted>@host/...`: what the user typed is echoed,
-/// but never a credential.
-fn redact_userinfo(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
-        None => url.to_owned(),
-    }
-}
-
 fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> ExitCode {
-    let shown = redact_userinfo(raw_url);
+    let shown = crate::secret::redact_userinfo(raw_url);
     let url = shown.as_str();
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
         Ok(l) => l,
@@ -422,11 +407,15 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
     };
     print_warnings(&loaded.warnings);
     let mut pairs = Vec::with_capacity(raw_headers.len());
-    for h in raw_headers {
+    for (i, h) in raw_headers.iter().enumerate() {
         match h.split_once(':') {
             Some((n, v)) => pairs.push((n.trim().to_owned(), v.trim().to_owned())),
             None => {
-                eprintln!("wgbroker: invalid header {h:?} (expected `Name: value`)");
+                // Not echoed: a header argument is as likely as not to carry a credential.
+                eprintln!(
+                    "wgbroker: -H argument {} is not `Name: value` (no colon)",
+                    i + 1
+                );
                 return ExitCode::from(EXIT_USAGE);
             }
         }

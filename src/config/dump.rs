@@ -187,7 +187,7 @@ pub fn render(c: &Config) -> String {
         int(u.pool_max_idle_per_host),
     );
     if let Some(p) = &u.proxy {
-        ut.insert("proxy".into(), redact_userinfo(p).into());
+        ut.insert("proxy".into(), crate::secret::redact_userinfo(p).into());
     }
     ut.insert("no_proxy".into(), strs(&u.no_proxy));
     ut.insert("use_env_proxy".into(), u.use_env_proxy.into());
@@ -241,12 +241,4 @@ pub fn render(c: &Config) -> String {
     root.insert("rules".into(), Value::Array(rules));
 
     toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-}
-
-/// `http://user:pass@host:port` → `http://<redacted>@host:port`.
-fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
 }

@@ -438,3 +438,65 @@ fn explain_never_echoes_url_credentials() {
         assert!(all.contains("<redacted>@"), "{all}");
     }
 }
+
+#[test]
+fn a_toml_syntax_error_on_a_secret_line_shows_place_and_key_never_the_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A token with trailing junk, and a private key whose closing quote is missing.
+    let a = dir.path().join("a.toml");
+    std::fs::write(
+        &a,
+        "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://gitlab.example.com/api/v4\"\n\
+         token = \"glpat-SECRETtoken1234\" # the CI token\n[[scm]]\ntype = \"github\"\n\
+         token = \"ghp_SECRETtoken5678\" x\n",
+    )
+    .expect("write");
+    let b = dir.path().join("b.toml");
+    std::fs::write(
+        &b,
+        "[wireguard]\naddress = \"10.77.0.2\"\n\
+         private_key = \"SECRETkey/lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n",
+    )
+    .expect("write");
+    for command in ["check", "run", "dump"] {
+        let o = bin()
+            .arg(command)
+            .arg("-c")
+            .arg(&a)
+            .arg("-c")
+            .arg(&b)
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(78), "{command}: {}", stderr(&o));
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        for secret in ["SECRETtoken1234", "SECRETtoken5678", "SECRETkey"] {
+            assert!(!all.contains(secret), "{command} leaks {secret}:\n{all}");
+        }
+        let err = stderr(&o);
+        for want in [
+            format!("{}:7:31: scm[1].token: invalid TOML: ", a.display()),
+            format!(
+                "{}:3:62: wireguard.private_key: invalid TOML: ",
+                b.display()
+            ),
+        ] {
+            assert!(err.contains(&want), "{command}: {want:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn explain_never_echoes_a_malformed_header_argument() {
+    let o = bin()
+        .arg("explain")
+        .arg("-c")
+        .arg(example())
+        .args(["GET", "https://ghe.example.com/api/v3/repos/acme/app"])
+        .args(["-H", "Authorization Bearer ghp_SECRETcli"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("ghp_SECRETcli"), "{all}");
+    assert!(stderr(&o).contains("-H"), "{}", stderr(&o));
+}
