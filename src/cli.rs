@@ -2,7 +2,8 @@
 //!
 //! Exit codes are part of the interface: `explain` exits 0 (allowed), 1 (denied) or 2 (rejected
 //! as malformed); every command exits [`EXIT_USAGE`] on a usage error and [`EXIT_CONFIG`] when the
-//! configuration is invalid.
+//! configuration is invalid. `run` and `check` share [`crate::runtime::prepare`] and give its
+//! errors the same status: [`EXIT_CONFIG`], [`EXIT_OS`] (the host) or [`EXIT_TEMPFAIL`].
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -24,8 +25,14 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
 /// Invalid configuration (`EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
-/// Operating-system failure (`EX_OSERR`).
+/// The host cannot run the broker: io_uring, the locked-memory limit (`EX_OSERR`); also a
+/// failing random source for `genkey`. Permanent until the host changes.
 pub const EXIT_OS: u8 = 71;
+/// The broker failed while running, e.g. an executor that stopped with an error (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: u8 = 70;
+/// Could not start now, may on a later try: an address in use or not assigned, no thread or
+/// socket to be had (`EX_TEMPFAIL`). The only start failure the systemd unit restarts on.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "wgbroker", version, about = "Outbound-only WireGuard network broker", long_about = None)]
@@ -136,15 +143,12 @@ fn run(files: &[PathBuf]) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wgbroker: cannot install signal handlers: {e}");
-            return ExitCode::from(EXIT_OS);
+            return ExitCode::from(EXIT_TEMPFAIL);
         }
     };
     let broker = match crate::runtime::start(&loaded) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("wgbroker: {e}");
-            return ExitCode::from(EXIT_OS);
-        }
+        Err(e) => return cannot_start(&e),
     };
     let c = &loaded.config;
     tracing::info!(
@@ -228,9 +232,22 @@ fn run(files: &[PathBuf]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("wgbroker: {e}");
-            ExitCode::from(EXIT_OS)
+            ExitCode::from(EXIT_SOFTWARE)
         }
     }
+}
+
+/// Reports why the broker cannot start (`run`) or would not (`check`), and the status that says
+/// whether trying again can help.
+fn cannot_start(e: &crate::runtime::StartError) -> ExitCode {
+    use crate::runtime::Cause;
+    let (what, code) = match e.cause() {
+        Cause::Config => ("configuration", EXIT_CONFIG),
+        Cause::Host => ("host", EXIT_OS),
+        Cause::Temporary => ("cannot start now", EXIT_TEMPFAIL),
+    };
+    eprintln!("wgbroker: {what}: {e}");
+    ExitCode::from(code)
 }
 
 /// The sections whose changes a reload cannot apply (everything but the rules).
@@ -359,18 +376,22 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 "broker public key: {}",
                 c.wireguard.private_key.public_key()
             );
-            match crate::runtime::host_check(c) {
-                Ok(findings) => {
-                    println!("host OK: io_uring available, locked-memory limit sufficient");
-                    for f in findings {
+            // Everything `run` does before it starts an executor, on the same code.
+            match crate::runtime::prepare(&loaded, crate::runtime::Purpose::Check) {
+                Ok(prepared) => {
+                    println!(
+                        "host OK: io_uring available, locked-memory limit sufficient; CPUs, \
+                         peers, CA files, proxy settings and sockets usable"
+                    );
+                    for f in &prepared.udp_shortfalls {
+                        eprintln!("warning: {f}");
+                    }
+                    for f in &prepared.in_use {
                         eprintln!("warning: {f}");
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("wgbroker: host: {e}");
-                    ExitCode::from(EXIT_OS)
-                }
+                Err(e) => cannot_start(&e),
             }
         }
         Err(errors) => {

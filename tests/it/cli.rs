@@ -500,3 +500,133 @@ fn explain_never_echoes_a_malformed_header_argument() {
     assert!(!all.contains("ghp_SECRETcli"), "{all}");
     assert!(stderr(&o).contains("-H"), "{}", stderr(&o));
 }
+
+/// `wgbroker <args>` run to its end; `timeout` kills it after 30 s (exit 137) should it start
+/// and keep running.
+fn run_to_end(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=KILL", "30", env!("CARGO_BIN_EXE_wgbroker")])
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("timeout (coreutils)")
+}
+
+#[test]
+fn check_refuses_what_run_refuses_with_the_same_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").expect("write");
+    let second_peer = "[[wireguard.peers]]\npublic_key = \"aTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n\
+                       endpoint = \"127.0.0.1:9\"\nallowed_ips = [\"10.77.0.1/32\"]\n";
+    let admin_any = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    // (configuration added, environment, what both commands say); all are exit 78.
+    let cases = [
+        (
+            admin_any.to_owned(),
+            Some(("HTTPS_PROXY", "socks5://u:SECRETpw@proxy.example:1080")),
+            "HTTPS_PROXY: unsupported proxy scheme",
+        ),
+        (
+            format!(
+                "{admin_any}[upstream]\nca_files = [\"{}\"]\n",
+                not_pem.display()
+            ),
+            None,
+            "contains no PEM certificate",
+        ),
+        (
+            format!("{second_peer}{admin_any}"),
+            None,
+            "allowed IP 10.77.0.1/32 is given to both peer",
+        ),
+        (
+            format!("{admin_any}[runtime]\ncpus = [4095]\n"),
+            None,
+            "runtime placement",
+        ),
+    ];
+    for (extra, env, what) in cases {
+        let f = minimal_config(dir.path(), &extra);
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        for command in ["check", "run"] {
+            let o = run_to_end(&[command], &f, &env);
+            let err = stderr(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(78),
+                "{command} with\n{extra}{env:?}:\n{err}"
+            );
+            assert!(
+                err.contains("wgbroker: configuration: ") && err.contains(what),
+                "{command}: {what:?} in:\n{err}"
+            );
+            assert!(!err.contains("SECRETpw"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn an_address_not_available_now_is_a_warning_for_check_and_a_temporary_failure_for_run() {
+    // TEST-NET-1: an address no interface of this host has (yet).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"192.0.2.1:9000\"\n");
+    let o = run_to_end(&["check"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: admin listener 192.0.2.1:9000: "),
+        "{err}"
+    );
+    let o = run_to_end(&["run"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("wgbroker: cannot start now: admin listener 192.0.2.1:9000: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_in_use_is_a_warning_for_check_and_a_temporary_failure_for_run() {
+    // As when an operator checks a changed configuration while the broker holds its ports.
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let (udp_port, admin_addr) = (
+        udp.local_addr().expect("addr").port(),
+        admin.local_addr().expect("addr"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), &format!("[admin]\nlisten = \"{admin_addr}\"\n"));
+    let text = std::fs::read_to_string(&f).expect("read").replace(
+        "address = \"10.77.0.2\"",
+        &format!("address = \"10.77.0.2\"\nlisten_port = {udp_port}"),
+    );
+    std::fs::write(&f, text).expect("write");
+    let o = run_to_end(&["check"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: UDP socket 0.0.0.0:{udp_port} ([wireguard] listen_port): "
+        )) && err.contains(&format!("warning: admin listener {admin_addr}: "))
+            && err.contains("in use"),
+        "{err}"
+    );
+    let o = run_to_end(&["run"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!(
+            "wgbroker: cannot start now: UDP socket 0.0.0.0:{udp_port}"
+        )),
+        "{err}"
+    );
+}
