@@ -598,11 +598,10 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     };
     let proxy: Option<String> = s.opt(ctx, "proxy");
     if let Some(p) = &proxy {
-        if !p.starts_with("http://") {
-            ctx.error(
-                &s.key("proxy"),
-                "expected an http://host:port URL of an HTTP CONNECT proxy",
-            );
+        // The same parser the runtime uses; its errors never repeat the URL (it may hold a
+        // password).
+        if let Err(problem) = crate::upstream::proxy::ProxyEndpoint::parse_url(p) {
+            ctx.error(&s.key("proxy"), problem);
         }
     }
     let u = Upstream {

@@ -630,3 +630,15 @@ fn an_address_in_use_is_a_warning_for_check_and_a_temporary_failure_for_run() {
         "{err}"
     );
 }
+
+#[test]
+fn an_https_proxy_in_the_environment_is_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let o = run_to_end(
+        &["check"],
+        &f,
+        &[("HTTPS_PROXY", "https://u:pw@proxy.example:3128")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

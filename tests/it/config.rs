@@ -499,3 +499,32 @@ fn value_errors_never_echo_a_secret() {
         }
     }
 }
+
+#[test]
+fn upstream_proxy_is_parsed_at_load_http_and_https() {
+    for ok in [
+        "http://proxy.corp:3128",
+        "https://u:p@proxy.corp",
+        "proxy.corp:8080",
+    ] {
+        let layer = format!("[upstream]\nproxy = \"{ok}\"\n");
+        assert!(
+            load(&[("a.toml", &base()), ("p.toml", &layer)]).is_ok(),
+            "{ok}"
+        );
+    }
+    for (bad, why) in [
+        ("socks5://u:SECRETp@proxy:1080", "unsupported proxy scheme"),
+        ("http://u:SECRETp@proxy:99999", "invalid proxy host or port"),
+        ("https://u:SECRETp@proxy/path", "a proxy URL has no path"),
+    ] {
+        let layer = format!("[upstream]\nproxy = \"{bad}\"\n");
+        let errs = errors(&[("a.toml", &base()), ("p.toml", &layer)]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("p.toml: upstream.proxy: ") && errs[0].contains(why),
+            "{bad}: {errs:?}"
+        );
+        assert!(!errs[0].contains("SECRETp"), "{errs:?}");
+    }
+}
