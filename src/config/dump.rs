@@ -105,10 +105,12 @@ pub fn render(c: &Config) -> String {
         "private_key".into(),
         secret_value(&c.wireguard.private_key_source),
     );
-    wg.insert(
-        "public_key".into(),
-        c.wireguard.private_key.public_key().to_string().into(),
-    );
+    // The key an operator hands to the vendor: never one derived from a stand-in key.
+    let public_key = match &c.wireguard.private_key_unavailable {
+        Some(why) => format!("unavailable: {why}"),
+        None => c.wireguard.private_key.public_key().to_string(),
+    };
+    wg.insert("public_key".into(), public_key.into());
     wg.insert("address".into(), c.wireguard.address.to_string().into());
     wg.insert("listen_port".into(), int(c.wireguard.listen_port));
     wg.insert("mtu".into(), int(c.wireguard.mtu));

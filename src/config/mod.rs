@@ -84,6 +84,9 @@ pub struct WireGuard {
     /// Secret key of the broker (`wgbroker genkey`).
     pub private_key: PrivateKey,
     pub private_key_source: SecretSource,
+    /// Why the private key could not be read ([`LoadMode::Policy`] only). `private_key` is then a
+    /// stand-in: neither it nor its public key may be used or shown.
+    pub private_key_unavailable: Option<String>,
     /// The broker's address inside the tunnel (v4 or v6); the HTTP endpoint listens here.
     pub address: IpAddr,
     /// Local UDP port; 0 = any (the broker dials out, so no fixed port is needed).

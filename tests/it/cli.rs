@@ -642,3 +642,55 @@ fn an_https_proxy_in_the_environment_is_accepted() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn dump_says_why_the_public_key_is_unavailable_instead_of_inventing_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("private.key");
+    let f = dir.path().join("b.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[wireguard]\nprivate_key = {{ file = \"{}\" }}\naddress = \"10.77.0.2\"\n\
+             [[wireguard.peers]]\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n\
+             endpoint = \"127.0.0.1:9\"\nallowed_ips = [\"10.77.0.1/32\"]\n",
+            key_file.display()
+        ),
+    )
+    .expect("write");
+    let public_key_of = |o: &Output| -> String {
+        let doc: toml::Table = toml::from_str(&stdout(o)).expect("dump is TOML");
+        doc["wireguard"]["public_key"]
+            .as_str()
+            .expect("public_key")
+            .to_owned()
+    };
+    // No key file: the reason, never the public key of a made-up private key.
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = public_key_of(&o);
+    let invented = wgbroker::keys::PrivateKey::from_bytes([0; 32])
+        .public_key()
+        .to_string();
+    assert!(!stdout(&o).contains(&invented), "{}", stdout(&o));
+    assert!(
+        shown.starts_with("unavailable: cannot read ")
+            && shown.contains(&key_file.display().to_string()),
+        "{shown}"
+    );
+    // With the key readable, its public key.
+    let key = stdout(&bin().arg("genkey").output().expect("genkey"));
+    std::fs::write(&key_file, &key).expect("write key");
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        public_key_of(&o),
+        stdout(&pubkey_via(bin(), &key)).trim(),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !stdout(&o).contains(key.trim()),
+        "the private key is dumped"
+    );
+}
