@@ -694,3 +694,96 @@ fn dump_says_why_the_public_key_is_unavailable_instead_of_inventing_one() {
         "the private key is dumped"
     );
 }
+
+/// `wgbroker <args> -c <fifo>` whose standard output is a pipe nobody reads: the read end is
+/// closed before the configuration is written into the FIFO, so the command cannot print a byte
+/// before its reader is gone (deterministic, unlike racing `| head -1`).
+fn with_closed_stdout(args: &[&str], config: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("broker.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let mut child = bin()
+        .args(args)
+        .arg("-c")
+        .arg(&fifo)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    // Opening the FIFO blocks until the child opens it to read the configuration.
+    std::fs::write(&fifo, config).expect("write the configuration into the FIFO");
+    child.wait_with_output().expect("wait")
+}
+
+/// `wgbroker <args>` with standard output on /dev/full (every write fails with ENOSPC).
+fn with_full_stdout(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    bin()
+        .args(args)
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn commands_that_print_end_with_their_status_when_stdout_is_gone_or_full() {
+    use std::os::unix::process::ExitStatusExt;
+    let ex = example();
+    let ex = ex.to_str().expect("utf-8 path");
+    let text = std::fs::read_to_string(ex).expect("example");
+    let allowed = "https://ghe.example.com/api/v3/repos/acme/app";
+    let denied = "https://evil.example.com/";
+    // A closed pipe: the reader wanted no more; the command ends quietly with the status it
+    // decided, as if the output had been read.
+    for (args, extra, status) in [
+        (&["explain"][..], &["GET", allowed][..], 0),
+        (&["explain"], &["GET", denied], 1),
+        (&["dump"], &[], 0),
+    ] {
+        let o = with_closed_stdout(args, &text, extra);
+        assert_eq!(o.status.signal(), None, "{args:?}: {:?}", o.status);
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("cannot write"), "{}", stderr(&o));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minimal = std::fs::read_to_string(minimal_config(
+        dir.path(),
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .expect("read");
+    let o = with_closed_stdout(&["check"], &minimal, &[]);
+    assert_eq!(o.status.code(), Some(0), "check: {}", stderr(&o));
+    // A full disk: one line on stderr and 74 (EX_IOERR).
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let f = f.to_str().expect("utf-8 path");
+    for args in [
+        &["explain", "-c", ex, "GET", allowed][..],
+        &["explain", "-c", ex, "GET", denied],
+        &["dump", "-c", ex],
+        &["check", "-c", f],
+        &["genkey"],
+    ] {
+        let o = with_full_stdout(args);
+        assert_eq!(o.status.signal(), None, "{args:?}: {:?}", o.status);
+        assert_eq!(o.status.code(), Some(74), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("wgbroker: cannot write to standard output: No space left on device"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
