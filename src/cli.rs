@@ -401,7 +401,7 @@ fn check(files: &[PathBuf]) -> u8 {
                     for f in &prepared.udp_shortfalls {
                         errln!("warning: {f}");
                     }
-                    for f in &prepared.in_use {
+                    for f in &prepared.bind_warnings {
                         errln!("warning: {f}");
                     }
                     0

@@ -405,17 +405,15 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
     })
     .map_err(StartError::Upstream)?;
 
-    let mut in_use = Vec::new();
-    let mut bound = |r: std::io::Result<()>, what: String| match r {
-        Ok(()) => Ok(true),
-        Err(source) => {
-            let e = StartError::Bind { what, source };
-            if purpose == Purpose::Check && e.cause() == Cause::Temporary {
-                in_use.push(e.to_string());
-                return Ok(false);
-            }
-            Err(e)
+    let mut bind_warnings = Vec::new();
+    let mut bound = |r: std::io::Result<()>, what: String| {
+        let Err(source) = r else { return Ok(()) };
+        let e = StartError::Bind { what, source };
+        if purpose == Purpose::Check && e.cause() == Cause::Temporary {
+            bind_warnings.push(e.to_string());
+            return Ok(());
         }
+        Err(e)
     };
     let (udp, udp_shortfalls) = udp_socket(c)?;
     let addr = udp_addr(c);
@@ -445,7 +443,7 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         tls,
         proxy,
         udp_shortfalls,
-        in_use,
+        bind_warnings,
     })
 }
 
@@ -462,7 +460,7 @@ pub struct Prepared {
     /// UDP buffers the kernel grants below `[runtime]`'s request (a warning, not an error).
     pub udp_shortfalls: Vec<preflight::BufferShortfall>,
     /// Addresses that cannot be bound now, in use or not assigned ([`Purpose::Check`] only).
-    pub in_use: Vec<String>,
+    pub bind_warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -474,7 +472,7 @@ impl std::fmt::Debug for Prepared {
             .field("admin", &self.admin)
             .field("proxy", &self.proxy)
             .field("udp_shortfalls", &self.udp_shortfalls)
-            .field("in_use", &self.in_use)
+            .field("bind_warnings", &self.bind_warnings)
             .finish_non_exhaustive()
     }
 }
@@ -531,7 +529,7 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         tls,
         proxy,
         udp_shortfalls,
-        in_use: _,
+        bind_warnings: _,
     } = prepare(loaded, Purpose::Start)?;
     for f in udp_shortfalls {
         tracing::warn!(
