@@ -127,6 +127,22 @@ sleep 1
 [ "$(show MainPID)" != "$pid" ] || fail "upgrade did not restart the broker"
 ok "restarted (pid $pid -> $(show MainPID))"
 
+step "An environment the broker cannot use fails the start once, without a restart loop"
+# `check` (ExecStartPre=) refuses what `run` would, with exit 78; Restart=on-abnormal does not
+# retry an exit status, so the error is in the journal once, not every RestartSec= (2 s).
+inside sh -c 'cp /etc/wgbroker/environment /etc/wgbroker/environment.good &&
+    echo HTTPS_PROXY=socks5://proxy.example:1080 >>/etc/wgbroker/environment'
+since=$(inside date +%s)
+! inside timeout 60 systemctl restart wgbroker.service || fail "started with HTTPS_PROXY=socks5://..."
+sleep 7
+[ "$(show ActiveState)" = failed ] || fail "not failed but $(show ActiveState)/$(show SubState)"
+refusals=$(inside journalctl -u wgbroker --since "@$since" --no-pager -o cat | grep -c 'HTTPS_PROXY: unsupported proxy scheme' || true)
+[ "$refusals" = 1 ] || fail "the unsupported proxy was reported $refusals times (a restart loop?)"
+inside sh -c 'mv /etc/wgbroker/environment.good /etc/wgbroker/environment'
+inside systemctl reset-failed wgbroker.service
+inside timeout 60 systemctl start wgbroker.service || fail "did not start again with the environment restored"
+ok "failed once with exit 78 and the reason in the journal; started again once fixed"
+
 step "Remove stops and disables; purge leaves nothing"
 inside dpkg -r wgbroker >/dev/null
 [ "$(show ActiveState)" = inactive ] || fail "still $(show ActiveState) after remove"

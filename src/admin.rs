@@ -281,7 +281,17 @@ pub fn spawn(
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve(TcpListener::bind(addr)?, status, stop)
+}
+
+/// Serves on `listener` (bound beforehand, e.g. by `runtime::prepare`, so that a start fails on
+/// an unusable address before any executor runs) on a thread until `stop` is set; returns the
+/// bound address.
+pub fn serve(
+    listener: TcpListener,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()

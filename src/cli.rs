@@ -2,9 +2,10 @@
 //!
 //! Exit codes are part of the interface: `explain` exits 0 (allowed), 1 (denied) or 2 (rejected
 //! as malformed); every command exits [`EXIT_USAGE`] on a usage error and [`EXIT_CONFIG`] when the
-//! configuration is invalid.
+//! configuration is invalid. `run` and `check` share [`crate::runtime::prepare`] and give its
+//! errors the same status: [`EXIT_CONFIG`], [`EXIT_OS`] (the host) or [`EXIT_TEMPFAIL`].
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::allowlist::{CanonUrl, Decision};
 use crate::config::{self, LoadMode, ProcessEnv};
 use crate::keys::PrivateKey;
+use crate::output::{err, errln, outln};
 
 /// How long SIGTERM/SIGINT lets in-flight requests finish (systemd's default stop timeout is
 /// 90 s; this stays well inside it).
@@ -24,8 +26,17 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
 /// Invalid configuration (`EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
-/// Operating-system failure (`EX_OSERR`).
+/// The host cannot run the broker: io_uring, the locked-memory limit (`EX_OSERR`); also a
+/// failing random source for `genkey`. Permanent until the host changes.
 pub const EXIT_OS: u8 = 71;
+/// Standard output could not be written, other than a closed pipe (`EX_IOERR`): a full disk,
+/// an I/O error. See [`crate::output`].
+pub const EXIT_IOERR: u8 = 74;
+/// The broker failed while running, e.g. an executor that stopped with an error (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: u8 = 70;
+/// Could not start now, may on a later try: an address in use or not assigned, no thread or
+/// socket to be had (`EX_TEMPFAIL`). The only start failure the systemd unit restarts on.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "wgbroker", version, about = "Outbound-only WireGuard network broker", long_about = None)]
@@ -84,24 +95,35 @@ enum Command {
     Loadtest(Box<crate::loadtest::Args>),
 }
 
-/// Runs the command line; the binary's `main` is only this.
+/// Runs the command line; the binary's `main` is only this. Whatever became of standard output,
+/// the exit status is the command's (or [`EXIT_IOERR`]), never a panic: see [`crate::output`].
 pub fn main() -> ExitCode {
+    ExitCode::from(crate::output::finish(command()))
+}
+
+/// Runs the command the arguments name; returns its exit status.
+fn command() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            let printed = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp
                 | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    ExitCode::SUCCESS
-                }
-                _ => ExitCode::from(EXIT_USAGE),
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => match printed
+                {
+                    Err(w) if w.kind() != std::io::ErrorKind::BrokenPipe => {
+                        errln!("wgbroker: cannot write to standard output: {w}");
+                        EXIT_IOERR
+                    }
+                    _ => 0,
+                },
+                _ => EXIT_USAGE,
             };
         }
     };
     match cli.command {
-        Command::Demo => ExitCode::from(crate::demo::run()),
+        Command::Demo => crate::demo::run(),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Run(args) => run(&args.files),
@@ -113,16 +135,16 @@ pub fn main() -> ExitCode {
             url,
             headers,
         } => explain(&config.files, &method, &url, &headers),
-        Command::Loadtest(args) => ExitCode::from(crate::loadtest::run(*args)),
+        Command::Loadtest(args) => crate::loadtest::run(*args),
     }
 }
 
-fn run(files: &[PathBuf]) -> ExitCode {
+fn run(files: &[PathBuf]) -> u8 {
     let loaded = match config::load(files, LoadMode::Full, &ProcessEnv) {
         Ok(l) => l,
         Err(errors) => {
-            eprint!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
+            err!("{errors}");
+            return EXIT_CONFIG;
         }
     };
     print_warnings(&loaded.warnings);
@@ -135,16 +157,13 @@ fn run(files: &[PathBuf]) -> ExitCode {
     ]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("wgbroker: cannot install signal handlers: {e}");
-            return ExitCode::from(EXIT_OS);
+            errln!("wgbroker: cannot install signal handlers: {e}");
+            return EXIT_TEMPFAIL;
         }
     };
     let broker = match crate::runtime::start(&loaded) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("wgbroker: {e}");
-            return ExitCode::from(EXIT_OS);
-        }
+        Err(e) => return cannot_start(&e),
     };
     let c = &loaded.config;
     tracing::info!(
@@ -212,16 +231,29 @@ fn run(files: &[PathBuf]) -> ExitCode {
     );
     crate::notify::stopping();
     match broker.drain(DRAIN_DEADLINE) {
-        Ok(0) => ExitCode::SUCCESS,
+        Ok(0) => 0,
         Ok(left) => {
             tracing::warn!(event = "broker.drain_deadline", open_connections = left);
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
-            eprintln!("wgbroker: {e}");
-            ExitCode::from(EXIT_OS)
+            errln!("wgbroker: {e}");
+            EXIT_SOFTWARE
         }
     }
+}
+
+/// Reports why the broker cannot start (`run`) or would not (`check`), and the status that says
+/// whether trying again can help.
+fn cannot_start(e: &crate::runtime::StartError) -> u8 {
+    use crate::runtime::Cause;
+    let (what, code) = match e.cause() {
+        Cause::Config => ("configuration", EXIT_CONFIG),
+        Cause::Host => ("host", EXIT_OS),
+        Cause::Temporary => ("cannot start now", EXIT_TEMPFAIL),
+    };
+    errln!("wgbroker: {what}: {e}");
+    code
 }
 
 /// The sections whose changes a reload cannot apply (everything but the rules).
@@ -289,20 +321,20 @@ fn supervise(status: &crate::runtime::Status) {
     }
 }
 
-fn genkey() -> ExitCode {
+fn genkey() -> u8 {
     match PrivateKey::generate() {
         Ok(k) => {
-            println!("{}", k.to_base64());
-            ExitCode::SUCCESS
+            outln!("{}", k.to_base64());
+            0
         }
         Err(e) => {
-            eprintln!("wgbroker: {e}");
-            ExitCode::from(EXIT_OS)
+            errln!("wgbroker: {e}");
+            EXIT_OS
         }
     }
 }
 
-fn pubkey() -> ExitCode {
+fn pubkey() -> u8 {
     let mut input = String::new();
     // Like `wg pubkey`, read at most a little more than one key.
     if std::io::stdin()
@@ -310,33 +342,33 @@ fn pubkey() -> ExitCode {
         .read_to_string(&mut input)
         .is_err()
     {
-        eprintln!("wgbroker: cannot read a key from standard input");
-        return ExitCode::from(EXIT_DATA);
+        errln!("wgbroker: cannot read a key from standard input");
+        return EXIT_DATA;
     }
     match PrivateKey::from_base64(&input) {
         Ok(k) => {
-            println!("{}", k.public_key());
-            ExitCode::SUCCESS
+            outln!("{}", k.public_key());
+            0
         }
         Err(e) => {
-            eprintln!("wgbroker: {e}");
-            ExitCode::from(EXIT_DATA)
+            errln!("wgbroker: {e}");
+            EXIT_DATA
         }
     }
 }
 
 fn print_warnings(w: &[config::ConfigError]) {
     for w in w {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
 }
 
-fn check(files: &[PathBuf]) -> ExitCode {
+fn check(files: &[PathBuf]) -> u8 {
     match config::load(files, LoadMode::Full, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let c = &loaded.config;
-            println!(
+            outln!(
                 "configuration OK: {} peer(s), {} rule(s) ({} user, {} generated from {} SCM entr{}), inbound port {}",
                 c.wireguard.peers.len(),
                 loaded.allowlist.rules().len(),
@@ -346,79 +378,72 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 if c.scm.len() == 1 { "y" } else { "ies" },
                 c.inbound.listen_port,
             );
-            println!(
+            outln!(
                 "broker public key: {}",
                 c.wireguard.private_key.public_key()
             );
-            match crate::runtime::host_check(c) {
-                Ok(findings) => {
-                    println!("host OK: io_uring available, locked-memory limit sufficient");
-                    for f in findings {
-                        eprintln!("warning: {f}");
+            // Everything `run` does before it starts an executor, on the same code.
+            match crate::runtime::prepare(&loaded, crate::runtime::Purpose::Check) {
+                Ok(prepared) => {
+                    outln!(
+                        "host OK: io_uring available, locked-memory limit sufficient; CPUs, \
+                         peers, CA files, proxy settings and sockets usable"
+                    );
+                    for f in &prepared.udp_shortfalls {
+                        errln!("warning: {f}");
                     }
-                    ExitCode::SUCCESS
+                    for f in &prepared.bind_warnings {
+                        errln!("warning: {f}");
+                    }
+                    0
                 }
-                Err(e) => {
-                    eprintln!("wgbroker: host: {e}");
-                    ExitCode::from(EXIT_OS)
-                }
+                Err(e) => cannot_start(&e),
             }
         }
         Err(errors) => {
-            eprint!("{errors}");
-            ExitCode::from(EXIT_CONFIG)
+            err!("{errors}");
+            EXIT_CONFIG
         }
     }
 }
 
-fn dump(files: &[PathBuf]) -> ExitCode {
+fn dump(files: &[PathBuf]) -> u8 {
     match config::load(files, LoadMode::Policy, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let out = config::dump::render(&loaded.config);
-            let _ = std::io::stdout().write_all(out.as_bytes());
-            ExitCode::SUCCESS
+            crate::output::write_out_bytes(out.as_bytes());
+            0
         }
         Err(errors) => {
-            eprint!("{errors}");
-            ExitCode::from(EXIT_CONFIG)
+            err!("{errors}");
+            EXIT_CONFIG
         }
     }
 }
 
-/// `scheme://user:pass@host/...` → `scheme://<redacted>@host/...`: what the user typed is echoed,
-/// but never a credential.
-fn redact_userinfo(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
-        None => url.to_owned(),
-    }
-}
-
-fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> ExitCode {
-    let shown = redact_userinfo(raw_url);
+fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> u8 {
+    let shown = crate::secret::redact_userinfo(raw_url);
     let url = shown.as_str();
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
         Ok(l) => l,
         Err(errors) => {
-            eprint!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
+            err!("{errors}");
+            return EXIT_CONFIG;
         }
     };
     print_warnings(&loaded.warnings);
     let mut pairs = Vec::with_capacity(raw_headers.len());
-    for h in raw_headers {
+    for (i, h) in raw_headers.iter().enumerate() {
         match h.split_once(':') {
             Some((n, v)) => pairs.push((n.trim().to_owned(), v.trim().to_owned())),
             None => {
-                eprintln!("wgbroker: invalid header {h:?} (expected `Name: value`)");
-                return ExitCode::from(EXIT_USAGE);
+                // Not echoed: a header argument is as likely as not to carry a credential.
+                errln!(
+                    "wgbroker: -H argument {} is not `Name: value` (no colon)",
+                    i + 1
+                );
+                return EXIT_USAGE;
             }
         }
     }
@@ -433,49 +458,49 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
     let canon = match CanonUrl::parse(raw_url) {
         Ok(c) => c,
         Err(e) => {
-            println!("MALFORMED  {method} {url}");
-            println!("  rejected before matching: {e}");
-            println!("  the broker answers 400 and nothing reaches an upstream");
-            return ExitCode::from(2);
+            outln!("MALFORMED  {method} {url}");
+            outln!("  rejected before matching: {e}");
+            outln!("  the broker answers 400 and nothing reaches an upstream");
+            return 2;
         }
     };
     let explanation = loaded.allowlist.explain(&method, &canon, &headers);
     let allowed = match &explanation.decision {
         Decision::Allowed { rule_id, rule } => {
-            println!("ALLOWED  {method} {url}");
-            println!("  rule #{rule_id}: {}", rule.spec.origin);
-            println!("  pattern: {} {:?}", rule.spec.url, rule.spec.methods);
-            println!(
+            outln!("ALLOWED  {method} {url}");
+            outln!("  rule #{rule_id}: {}", rule.spec.origin);
+            outln!("  pattern: {} {:?}", rule.spec.url, rule.spec.methods);
+            outln!(
                 "  forwarded as: {method} {}://{}{}",
                 canon.scheme.as_str(),
                 canon.authority(),
                 canon.request_target()
             );
             for (name, _) in &rule.spec.set_request_headers {
-                println!("  sets header: {name}: <redacted>");
+                outln!("  sets header: {name}: <redacted>");
             }
             for name in &rule.spec.remove_response_headers {
-                println!("  removes response header: {name}");
+                outln!("  removes response header: {name}");
             }
             true
         }
         Decision::Denied(reason) => {
-            println!("DENIED  {method} {url}");
-            println!("  {reason}");
-            println!("  the broker answers 403 {{\"error\":\"url is not in allowlist\"}}");
+            outln!("DENIED  {method} {url}");
+            outln!("  {reason}");
+            outln!("  the broker answers 403 {{\"error\":\"url is not in allowlist\"}}");
             false
         }
     };
     if !explanation.path_matches.is_empty() {
-        println!("  rules whose pattern matches this url:");
+        outln!("  rules whose pattern matches this url:");
         for m in &explanation.path_matches {
             let verdict = match (&m.constraint_failure, m.method_allowed) {
                 (_, false) => "method not listed".to_owned(),
                 (Some(c), true) => c.clone(),
                 (None, true) => "holds".to_owned(),
             };
-            println!("    {}: {verdict}", m.rule);
+            outln!("    {}: {verdict}", m.rule);
         }
     }
-    ExitCode::from(if allowed { 0 } else { 1 })
+    if allowed { 0 } else { 1 }
 }

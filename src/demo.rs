@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::allowlist::{CanonUrl, Decision};
 use crate::config::{self, LoadMode};
 use crate::keys::PrivateKey;
+use crate::output::{errln, outln};
 use crate::testkit::client::{self, Request, RunOptions};
 use crate::testkit::gateway::{Gateway, GatewayConfig};
 use crate::testkit::scm::MockScm;
@@ -67,7 +68,7 @@ pub fn run() -> u8 {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("wgbroker demo: {e}");
+            errln!("wgbroker demo: {e}");
             71
         }
     }
@@ -100,17 +101,17 @@ fn run_inner() -> Result<bool, String> {
     .map_err(|e| e.to_string())?;
     crate::telemetry::init(&loaded.config.log);
 
-    println!("wgbroker demo — everything on loopback, in this process");
-    println!("  upstream (SCM-like API)  http://{}", scm.addr());
-    println!(
+    outln!("wgbroker demo — everything on loopback, in this process");
+    outln!("  upstream (SCM-like API)  http://{}", scm.addr());
+    outln!(
         "  vendor gateway (UDP)     {}  tunnel address {vendor_ip}",
         gateway.local_addr().map_err(|e| e.to_string())?
     );
-    println!(
+    outln!(
         "  broker                   public key {}  tunnel address {broker_ip}:80",
         broker_key.public_key()
     );
-    println!(
+    outln!(
         "  rules                    {} (GitHub built-ins with code access + 1 user rule)",
         loaded.allowlist.rules().len()
     );
@@ -121,7 +122,7 @@ fn run_inner() -> Result<bool, String> {
         let _ = broker.shutdown();
         return Err("the broker did not complete a WireGuard handshake".into());
     }
-    println!(
+    outln!(
         "  WireGuard handshake      completed {:.1} ms after start\n",
         started.elapsed().as_secs_f64() * 1e3
     );
@@ -257,7 +258,7 @@ fn run_inner() -> Result<bool, String> {
                 };
                 if r.text().contains(TOKEN) {
                     all_ok = false;
-                    println!("  !! the token reached the vendor side in response {i}");
+                    outln!("  !! the token reached the vendor side in response {i}");
                 }
                 (r.status, r.body.len(), why)
             }
@@ -284,7 +285,7 @@ fn run_inner() -> Result<bool, String> {
             case.what
         );
     }
-    println!("{table}");
+    outln!("{table}");
 
     let seen = scm.seen();
     let with_token = seen
@@ -294,7 +295,7 @@ fn run_inner() -> Result<bool, String> {
     let leaked = seen
         .iter()
         .any(|s| s.target.contains("..") || s.method == "DELETE" || s.method == "PUT");
-    println!(
+    outln!(
         "  upstream received {} request(s), {} with the injected token; denied and rejected requests reached it: {}",
         seen.len(),
         with_token,
@@ -312,7 +313,7 @@ fn run_inner() -> Result<bool, String> {
         all_ok = false;
     }
     let _ = broker.shutdown();
-    println!(
+    outln!(
         "  {}",
         if all_ok {
             "all expectations held"

@@ -17,7 +17,7 @@
 //! | keys | [`keys`] | Curve25519 keys in `wg` format | |
 //! | allowlist | [`allowlist`] | canonicalise URLs, compile patterns into one trie, decide | allocate per decision |
 //! | runtime seam | [`runtime`] | glommio executors, pinning, UDP socket, channels between cores | protocol logic |
-//! | front end | [`cli`] | `check`, `dump`, `explain`, `genkey`, `pubkey`, ... | |
+//! | front end | [`cli`], [`output`] | `check`, `dump`, `explain`, `genkey`, `pubkey`, ...; printing that ends with a documented status whatever becomes of stdout | panic on a write error |
 //! | load testing | [`loadtest`] | the vendor's side under load: closed/open loop, HDR latency, CPU per side | touch the data path it measures |
 //!
 //! ## Data path
@@ -54,6 +54,7 @@ pub mod keys;
 pub mod loadtest;
 pub mod netstack;
 pub mod notify;
+pub mod output;
 pub mod packet;
 pub mod runtime;
 pub mod secret;

@@ -34,9 +34,34 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `scheme://user:pass@host/...` → `scheme://<redacted>@host/...`: a URL someone typed may be
+/// echoed (in an error, by `explain` or `dump`), but never the credentials in its userinfo.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Secret;
+    use super::{Secret, redact_userinfo};
+
+    #[test]
+    fn userinfo_is_redacted_up_to_the_last_at_of_the_authority() {
+        assert_eq!(
+            redact_userinfo("https://u:p@ss@host:1/a@b?c@d"),
+            "https://<redacted>@host:1/a@b?c@d"
+        );
+        assert_eq!(redact_userinfo("http://host/a@b"), "http://host/a@b");
+        assert_eq!(redact_userinfo("host:1"), "host:1");
+    }
 
     #[test]
     fn never_prints_its_value() {

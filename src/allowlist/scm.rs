@@ -124,9 +124,17 @@ fn github_by_id(template: &str) -> Option<String> {
     })
 }
 
+/// A base URL that does not parse, echoed without the credentials it may (wrongly) carry.
+fn invalid_base(base_url: &str, why: &str) -> String {
+    format!(
+        "base_url {:?}: {why}",
+        crate::secret::redact_userinfo(base_url)
+    )
+}
+
 /// `scheme://authority` plus (unless `root`) the base path, escaped, without a trailing `/`.
 fn prefix(base_url: &str, root: bool) -> Result<String, String> {
-    let base = CanonUrl::parse(base_url).map_err(|e| format!("base_url {base_url:?}: {}", e.0))?;
+    let base = CanonUrl::parse(base_url).map_err(|e| invalid_base(base_url, e.0))?;
     if base.userinfo.is_some() {
         return Err("base_url must not contain credentials (use `token`)".to_owned());
     }
@@ -154,7 +162,7 @@ fn prefix(base_url: &str, root: bool) -> Result<String, String> {
 /// The Azure DevOps "vsaex" base: `dev.azure.com` replaced by `vsaex.dev.azure.com`.
 fn vsaex_prefix(base_url: &str) -> Result<String, String> {
     let canonical = CanonUrl::parse(base_url)
-        .map_err(|e| format!("base_url {base_url:?}: {}", e.0))?
+        .map_err(|e| invalid_base(base_url, e.0))?
         .to_string();
     let replaced = if canonical.contains("://vsaex.dev.azure.com") {
         canonical

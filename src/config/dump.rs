@@ -105,10 +105,12 @@ pub fn render(c: &Config) -> String {
         "private_key".into(),
         secret_value(&c.wireguard.private_key_source),
     );
-    wg.insert(
-        "public_key".into(),
-        c.wireguard.private_key.public_key().to_string().into(),
-    );
+    // The key an operator hands to the vendor: never one derived from a stand-in key.
+    let public_key = match &c.wireguard.private_key_unavailable {
+        Some(why) => format!("unavailable: {why}"),
+        None => c.wireguard.private_key.public_key().to_string(),
+    };
+    wg.insert("public_key".into(), public_key.into());
     wg.insert("address".into(), c.wireguard.address.to_string().into());
     wg.insert("listen_port".into(), int(c.wireguard.listen_port));
     wg.insert("mtu".into(), int(c.wireguard.mtu));
@@ -187,7 +189,7 @@ pub fn render(c: &Config) -> String {
         int(u.pool_max_idle_per_host),
     );
     if let Some(p) = &u.proxy {
-        ut.insert("proxy".into(), redact_userinfo(p).into());
+        ut.insert("proxy".into(), crate::secret::redact_userinfo(p).into());
     }
     ut.insert("no_proxy".into(), strs(&u.no_proxy));
     ut.insert("use_env_proxy".into(), u.use_env_proxy.into());
@@ -241,12 +243,4 @@ pub fn render(c: &Config) -> String {
     root.insert("rules".into(), Value::Array(rules));
 
     toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-}
-
-/// `http://user:pass@host:port` → `http://<redacted>@host:port`.
-fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
 }

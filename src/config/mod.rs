@@ -4,7 +4,8 @@
 //! ([`overlay`]), then each section is read by [`reader::Section`] into the typed structs below,
 //! collecting every problem (type mismatches, unknown keys, missing keys, invalid values, bad
 //! allowlist patterns) with the file and key path it was found at. A [`Config`] can therefore only
-//! exist when the whole configuration is valid.
+//! exist when the whole configuration is valid. A file that is not TOML at all is reported by
+//! file, line, column and key path ([`syntax`]), never with the source line the toml crate quotes.
 //!
 //! Secrets (`private_key`, `preshared_key`, `token`, header values) are resolved at load time from
 //! their source (see [`secret_source`]) and carried as [`crate::secret::Secret`], which never prints.
@@ -15,6 +16,7 @@ pub mod overlay;
 pub mod reader;
 pub mod secret_source;
 mod sections;
+pub mod syntax;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Position};
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
 
 use crate::allowlist::{Allowlist, RuleSpec, scm::ScmKind};
@@ -82,6 +84,9 @@ pub struct WireGuard {
     /// Secret key of the broker (`wgbroker genkey`).
     pub private_key: PrivateKey,
     pub private_key_source: SecretSource,
+    /// Why the private key could not be read ([`LoadMode::Policy`] only). `private_key` is then a
+    /// stand-in: neither it nor its public key may be used or shown.
+    pub private_key_unavailable: Option<String>,
     /// The broker's address inside the tunnel (v4 or v6); the HTTP endpoint listens here.
     pub address: IpAddr,
     /// Local UDP port; 0 = any (the broker dials out, so no fixed port is needed).
@@ -350,6 +355,7 @@ pub fn load(
             Ok(text) => layers.push((f.clone(), text)),
             Err(e) => errors.push(ConfigError {
                 file: Some(f.clone()),
+                at: None,
                 key: String::new(),
                 message: format!("cannot read: {e}"),
             }),
@@ -370,6 +376,7 @@ pub fn load_str(
     if layers.is_empty() {
         return Err(ConfigErrors(vec![ConfigError {
             file: None,
+            at: None,
             key: String::new(),
             message: "no configuration file given (use -c FILE)".into(),
         }]));
@@ -379,11 +386,8 @@ pub fn load_str(
     for (name, text) in layers {
         match toml::from_str::<toml::Table>(text) {
             Ok(t) => overlay.push(name.clone(), t),
-            Err(e) => errors.push(ConfigError {
-                file: Some(name.clone()),
-                key: String::new(),
-                message: format!("invalid TOML: {}", e.to_string().trim_end()),
-            }),
+            // Never `e.to_string()`: it quotes the source line, secrets and all.
+            Err(e) => errors.push(syntax::parse_error(name, text, &e)),
         }
     }
     if !errors.is_empty() {

@@ -40,6 +40,7 @@ impl<'p> Ctx<'p> {
     fn finding(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.provenance.file_of(key).map(Into::into),
+            at: None,
             key: key.to_owned(),
             message: message.into(),
         }

@@ -33,6 +33,9 @@ pub enum SecretSource {
 pub struct SecretValue {
     pub source: SecretSource,
     pub value: Secret,
+    /// Why the secret could not be read ([`super::LoadMode::Policy`] only): `value` is then
+    /// [`PLACEHOLDER`], to be neither used nor shown. The reason names the source, never a value.
+    pub unavailable: Option<String>,
 }
 
 /// How secrets are looked up: the process environment in production, a fixed map in tests.
@@ -76,6 +79,7 @@ pub fn resolve(
             return Some(SecretValue {
                 source: SecretSource::Inline,
                 value: Secret::new(s.clone()),
+                unavailable: None,
             });
         }
         Value::Table(t) => t,
@@ -156,10 +160,14 @@ pub fn resolve(
         Ok(s) => Some(SecretValue {
             source,
             value: Secret::new(s),
+            unavailable: None,
         }),
-        Err(msg) => ctx.secret_unavailable(&key, msg).then(|| SecretValue {
-            source,
-            value: Secret::new(PLACEHOLDER),
-        }),
+        Err(msg) => ctx
+            .secret_unavailable(&key, msg.clone())
+            .then(|| SecretValue {
+                source,
+                value: Secret::new(PLACEHOLDER),
+                unavailable: Some(msg),
+            }),
     }
 }

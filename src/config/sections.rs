@@ -8,7 +8,7 @@ use toml::Value;
 
 use super::overlay::Overlay;
 use super::reader::{Ctx, FromToml, Section, type_name};
-use super::secret_source::{self, PLACEHOLDER, SecretEnv, SecretValue};
+use super::secret_source::{self, SecretEnv, SecretValue};
 use super::*;
 use crate::allowlist::{Allowlist, LogFlags, RuleOrigin, RuleSpec, ValueConstraint, scm};
 use crate::secret::Secret;
@@ -214,7 +214,9 @@ fn check_heartbeat_reachable(hb: &Heartbeat, wg: &WireGuard, ctx: &mut Ctx<'_>) 
 fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<WireGuard> {
     let key = required_secret(&mut s, ctx, "private_key", env);
     let private = key.as_ref().and_then(|k| {
-        if k.value.expose() == PLACEHOLDER {
+        if k.unavailable.is_some() {
+            // Policy mode: a stand-in so the rest validates; `private_key_unavailable` says why,
+            // and nothing derived from it (a public key) is ever shown.
             return Some(PrivateKey::from_bytes([0; 32]));
         }
         match PrivateKey::from_base64(k.value.expose()) {
@@ -263,15 +265,17 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
             );
         }
     }
-    if let (Some(k), Some(_)) = (&private, &key) {
+    if let (Some(k), Some(None)) = (&private, key.as_ref().map(|k| &k.unavailable)) {
         if peers.iter().any(|p| p.public_key == k.public_key()) {
             ctx.error(&s.key("peers"), "a peer has the broker's own public key");
         }
     }
     s.finish(ctx);
+    let key = key?;
     Some(WireGuard {
         private_key: private?,
-        private_key_source: key?.source,
+        private_key_unavailable: key.unavailable,
+        private_key_source: key.source,
         address: address?,
         listen_port,
         mtu,
@@ -316,8 +320,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
     });
     let preshared_key = secret(&mut s, ctx, "preshared_key", env);
     if let Some(psk) = &preshared_key {
-        if psk.value.expose() != PLACEHOLDER && PrivateKey::from_base64(psk.value.expose()).is_err()
-        {
+        if psk.unavailable.is_none() && PrivateKey::from_base64(psk.value.expose()).is_err() {
             ctx.error(&s.key("preshared_key"), "key is not the correct length or format (expected 44 base64 characters, `wg genpsk`)");
         }
     }
@@ -581,11 +584,10 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     };
     let proxy: Option<String> = s.opt(ctx, "proxy");
     if let Some(p) = &proxy {
-        if !p.starts_with("http://") {
-            ctx.error(
-                &s.key("proxy"),
-                "expected an http://host:port URL of an HTTP CONNECT proxy",
-            );
+        // The same parser the runtime uses; its errors never repeat the URL (it may hold a
+        // password).
+        if let Err(problem) = crate::upstream::proxy::ProxyEndpoint::parse_url(p) {
+            ctx.error(&s.key("proxy"), problem);
         }
     }
     let u = Upstream {

@@ -43,6 +43,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::output::errln;
+
 pub use scenario::Scenario;
 
 /// The longest window `--duration` accepts.
@@ -353,7 +355,7 @@ pub fn validate(a: &Args) -> Result<(), String> {
 /// Runs `wgbroker loadtest`; returns the exit code.
 pub fn run(args: Args) -> u8 {
     if let Err(e) = validate(&args) {
-        eprintln!("wgbroker loadtest: {e}");
+        errln!("wgbroker loadtest: {e}");
         return crate::cli::EXIT_USAGE;
     }
     session::run(&args)

@@ -2,7 +2,7 @@
 //! broker dialing us, or the null responder), start the driver threads, open the window at the
 //! same instant for all of them, print progress, collect and report, stop everything started.
 
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use super::{Args, CloseMode};
 use crate::cli::{EXIT_CONFIG, EXIT_OS};
 use crate::config::{self, LoadMode};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::output::{err, errln, outln};
 use crate::testkit::gateway::{Gateway, GatewayConfig};
 use crate::testkit::toml::{PeerToml, WireguardToml};
 
@@ -104,7 +105,7 @@ pub fn run(a: &Args) -> u8 {
     match measure_target(a, first) {
         Ok(r) => reports.push(r),
         Err((msg, code)) => {
-            eprintln!("wgbroker loadtest: {msg}");
+            errln!("wgbroker loadtest: {msg}");
             return code;
         }
     }
@@ -112,7 +113,7 @@ pub fn run(a: &Args) -> u8 {
         match measure_target(a, Target::Null) {
             Ok(r) => reports.push(r),
             Err((msg, code)) => {
-                eprintln!("wgbroker loadtest: calibration: {msg}");
+                errln!("wgbroker loadtest: calibration: {msg}");
                 return code;
             }
         }
@@ -124,9 +125,9 @@ pub fn run(a: &Args) -> u8 {
             serde_json::to_value(&reports[0]).unwrap_or_default()
         };
         match serde_json::to_string_pretty(&out) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
-                eprintln!("wgbroker loadtest: JSON: {e}");
+                errln!("wgbroker loadtest: JSON: {e}");
                 return EXIT_OS;
             }
         }
@@ -142,9 +143,9 @@ pub fn run(a: &Args) -> u8 {
                 (title, r)
             })
             .collect();
-        println!("\n{}", table(&cols));
+        outln!("\n{}", table(&cols));
         if reports.len() == 2 && reports[1].req_per_s > 0.0 {
-            println!(
+            outln!(
                 "  the broker reached {:.0}% of the driver's ceiling for this scenario{}",
                 100.0 * reports[0].req_per_s / reports[1].req_per_s,
                 if reports[0].req_per_s > 0.8 * reports[1].req_per_s {
@@ -451,7 +452,7 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
         }
     };
     for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     // The local upstream's rules come after the user's.
     let rules_text = format!("{wg}\n{}", upstream_rules_toml(upstream.addr()));
@@ -534,10 +535,9 @@ fn gateway(a: &Args) -> Result<Report, Failure> {
 /// Human information: stdout normally, stderr with `--json` (stdout is the JSON then).
 fn info(a: &Args, s: &str) {
     if a.json {
-        eprintln!("{s}");
+        errln!("{s}");
     } else {
-        println!("{s}");
-        let _ = std::io::stdout().flush();
+        outln!("{s}");
     }
 }
 
@@ -675,7 +675,7 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
         );
     }
     if show && tty {
-        eprintln!();
+        errln!();
     }
     let after = Snapshot::take();
     let before = before.unwrap_or_default();
@@ -761,9 +761,9 @@ fn progress_line(
         p99
     );
     if tty {
-        eprint!("\r{line}\x1b[K");
+        err!("\r{line}\x1b[K");
     } else {
-        eprintln!("{line}");
+        errln!("{line}");
     }
     (now, p.requests, p.bytes)
 }

@@ -11,6 +11,11 @@
 //! * the caller's thread is the control thread: it owns signals (glommio has none) and stops the
 //!   executors through [`BrokerHandle::stop`].
 //!
+//! Before any executor starts, [`prepare`] does everything that can fail because of the
+//! configuration, the environment or the host (and binds the sockets); `wgbroker check` runs the
+//! same function, so what `run` refuses, `check` refuses too. [`StartError::cause`] says whether a
+//! failure is the configuration's, the host's, or temporary.
+//!
 //! Start-up order: the tunnel core binds its socket, waits until every shard has armed its
 //! listeners, and only then initiates handshakes — so the first handshake completes when the
 //! broker can already answer. [`start`] returns only once every executor has reported that it
@@ -62,13 +67,60 @@ pub enum StartError {
     /// The upstream TLS or proxy settings are unusable.
     #[error("upstream: {0}")]
     Upstream(String),
-    /// Binding the UDP socket or spawning an executor failed.
+    /// A socket the configuration names (the UDP port, the admin listener) cannot be bound.
+    #[error("{what}: {source}")]
+    Bind {
+        /// The socket and address, e.g. `admin listener 127.0.0.1:9000`.
+        what: String,
+        source: std::io::Error,
+    },
+    /// Creating a socket or spawning an executor failed.
     #[error("{0}")]
     Io(String),
+    /// A peer's endpoint is an IPv6 address and this host has no IPv6.
+    #[error("{0}")]
+    NoIpv6(String),
     /// An executor could not be created, or failed before it was running (its rings, its CPU,
     /// its stacks...); every other executor has been stopped.
     #[error("executor {name} could not start: {error}")]
     Executor { name: String, error: String },
+}
+
+/// What a [`StartError`] asks of whoever runs the broker; `run` and `check` turn it into their
+/// exit status, and the systemd unit restarts the broker only on [`Cause::Temporary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The configuration, or the environment it reads (`HTTPS_PROXY`), cannot work: a CA file
+    /// without a certificate, an unsupported proxy, CPUs this process may not use, peers the
+    /// tunnel refuses, an address that needs a privilege. Starting again will not help.
+    Config,
+    /// The host cannot run the broker (io_uring, the locked-memory limit). Starting again will
+    /// not help either.
+    Host,
+    /// May pass on its own: an address in use or not assigned (yet), a thread or socket the
+    /// system could not create right now.
+    Temporary,
+}
+
+impl StartError {
+    /// Whether this is worth retrying, and whose to fix.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Self::Preflight(_) => Cause::Host,
+            Self::Placement(_) | Self::Peers(_) | Self::Stack(_) | Self::Upstream(_) => {
+                Cause::Config
+            }
+            // An address that needs a privilege the broker does not have (a port below 1024).
+            Self::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Cause::Config
+            }
+            Self::Bind { .. } | Self::Io(_) => Cause::Temporary,
+            // The configuration asks for IPv6 on a host without it.
+            Self::NoIpv6(_) => Cause::Config,
+            // Its rings, its CPU, its stacks: what the host gives this process.
+            Self::Executor { .. } => Cause::Host,
+        }
+    }
 }
 
 /// A running broker.
@@ -235,16 +287,19 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// The tunnel socket and whether it is IPv6. Dual-stack whenever the host has IPv6 (an
-/// `AF_INET6` socket with `IPV6_V6ONLY` off, bound to `[::]`): a gateway is then reached over
-/// whichever family its address has — a literal, or what its name resolves to at start or
-/// later — IPv4 peers through their v4-mapped addresses (see `udp::on_socket`). Without IPv6 on
-/// the host (the kernel refuses `AF_INET6`), IPv4 only: an IPv6 endpoint literal is then an
-/// error, and names are resolved to their IPv4 addresses.
-fn bind_udp(c: &Config) -> Result<(socket2::Socket, bool), StartError> {
+/// The broker's UDP socket with its buffers requested, not bound yet; whether it is IPv6; and the
+/// buffers the kernel granted below the request.
+///
+/// Dual-stack whenever the host has IPv6 (an `AF_INET6` socket with `IPV6_V6ONLY` off, bound to
+/// `[::]`): a gateway is then reached over whichever family its address has — a literal, or what
+/// its name resolves to at start or later — IPv4 peers through their v4-mapped addresses (see
+/// `udp::on_socket`). Without IPv6 on the host (the kernel refuses `AF_INET6`), IPv4 only: an IPv6
+/// endpoint literal is then an error, and names are resolved to their IPv4 addresses.
+fn udp_socket(
+    c: &Config,
+) -> Result<(socket2::Socket, bool, Vec<preflight::BufferShortfall>), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let io = |what: &str, e: std::io::Error| StartError::Io(format!("UDP socket: {what}: {e}"));
-    let port = c.wireguard.listen_port;
     let (s, v6) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
         Ok(s) => {
             s.set_only_v6(false).map_err(|e| io("dual-stack", e))?;
@@ -257,7 +312,7 @@ fn bind_udp(c: &Config) -> Result<(socket2::Socket, bool), StartError> {
                 .iter()
                 .find(|p| p.endpoint.host.parse::<Ipv6Addr>().is_ok())
             {
-                return Err(StartError::Io(format!(
+                return Err(StartError::NoIpv6(format!(
                     "peer endpoint {} is an IPv6 address, but this host has no IPv6 ({e})",
                     p.endpoint
                 )));
@@ -272,34 +327,29 @@ fn bind_udp(c: &Config) -> Result<(socket2::Socket, bool), StartError> {
         }
         Err(e) => return Err(io("create", e)),
     };
-    let addr = if v6 {
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
-    } else {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
-    };
     // Buffer sizes are a request: the kernel caps them at net.core.{r,w}mem_max without an
     // error, and reports twice what it granted (its bookkeeping overhead).
     let _ = s.set_recv_buffer_size(c.runtime.udp_recv_buffer);
     let _ = s.set_send_buffer_size(c.runtime.udp_send_buffer);
     let granted = |got: std::io::Result<usize>| got.ok().map(|b| b / 2);
-    for f in preflight::udp_buffer_shortfalls(
+    let shortfalls = preflight::udp_buffer_shortfalls(
         c.runtime.udp_recv_buffer,
         c.runtime.udp_send_buffer,
         granted(s.recv_buffer_size()),
         granted(s.send_buffer_size()),
-    ) {
-        tracing::warn!(
-            event = "runtime.udp_buffer",
-            key = f.key,
-            requested = f.requested,
-            granted = f.granted,
-            "{f}"
-        );
-    }
-    s.bind(&addr.into())
-        .map_err(|e| io(&format!("bind {addr}"), e))?;
+    );
     s.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
-    Ok((s, v6))
+    Ok((s, v6, shortfalls))
+}
+
+/// The local address of the UDP socket: any address of its family, `[wireguard] listen_port`.
+fn udp_addr(c: &Config, v6: bool) -> SocketAddr {
+    let any = if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(any, c.wireguard.listen_port)
 }
 
 fn builder(name: &str, cpu: Option<usize>, c: &Config) -> LocalExecutorBuilder {
@@ -345,22 +395,8 @@ fn probe_io_uring(c: &Config) -> Result<(), StartError> {
     }
 }
 
-/// What `wgbroker check` verifies of the host before a start: the io_uring sysctl, the
-/// locked-memory limit and an io_uring executor (errors), and the UDP buffers the kernel will
-/// grant (findings, returned).
-pub fn host_check(c: &Config) -> Result<Vec<preflight::BufferShortfall>, StartError> {
-    host_can_run(c)?;
-    let (rmem_max, wmem_max) = preflight::udp_buffer_caps();
-    Ok(preflight::udp_buffer_shortfalls(
-        c.runtime.udp_recv_buffer,
-        c.runtime.udp_send_buffer,
-        rmem_max,
-        wmem_max,
-    ))
-}
-
-/// The checks `start` and `check` share: the io_uring sysctl, the memlock limit, and an
-/// io_uring executor that can be built.
+/// The checks of the host alone: the io_uring sysctl, the memlock limit, and an io_uring
+/// executor that can be built.
 fn host_can_run(c: &Config) -> Result<(), StartError> {
     preflight::check_limits()?;
     probe_io_uring(c)
@@ -522,6 +558,132 @@ async fn until_stopped<T>(
     .await
 }
 
+/// Why [`prepare`] runs: to start, or for `wgbroker check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Everything must hold.
+    Start,
+    /// An address that cannot be bound for a temporary reason (in use, not assigned yet) is a
+    /// finding, not an error: an operator checks a changed configuration while the broker runs
+    /// and holds its ports, and under systemd `run` fails with the temporary status, which the
+    /// unit restarts on, while a failed `ExecStartPre=` is not restarted.
+    Check,
+}
+
+/// Everything [`start`] does before it spawns an executor that can fail because of the
+/// configuration, the environment or the host, done once, in one place:
+///
+/// 1. the host: the io_uring sysctl, the memlock limit, an io_uring executor ([`Cause::Host`]);
+/// 2. the executor layout from `[runtime]` and the CPUs this process may use;
+/// 3. each shard's stack configuration;
+/// 4. the WireGuard peer table (duplicate keys, allowed IPs given to two peers, ...);
+/// 5. the upstream TLS roots (`[upstream] ca_files` read and parsed) and the proxy settings
+///    (`[upstream] proxy` or `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment);
+/// 6. the UDP socket bound to `[wireguard] listen_port`, and the admin listener bound.
+///
+/// `wgbroker check` runs exactly this and drops the result (closing the sockets), so the unit's
+/// `ExecStartPre=wgbroker check` refuses whatever `run` would refuse, with the same message and
+/// status — except an address that cannot be bound for now, which `check` reports as a warning
+/// ([`Purpose::Check`]).
+pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError> {
+    let c = &loaded.config;
+    host_can_run(c)?;
+    let plan =
+        placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
+    let shards = plan.shards.len();
+    let stacks = stacks_per_shard(c, shards);
+    let stack_configs: Vec<StackConfig> = (0..shards)
+        .map(|i| stack_config(c, i, shards, stacks))
+        .collect();
+    for s in &stack_configs {
+        s.validate()?;
+    }
+    let (udp, ipv6_socket, udp_shortfalls) = udp_socket(c)?;
+    let table = PeerTable::new(
+        &c.wireguard.private_key,
+        peer_specs(c, ipv6_socket),
+        Instant::now(),
+    )?;
+    let tls = crate::upstream::tls::client_config(&c.upstream).map_err(StartError::Upstream)?;
+    let proxy = crate::upstream::proxy::ProxySettings::from_config(&c.upstream, &|k: &str| {
+        std::env::var(k).ok()
+    })
+    .map_err(StartError::Upstream)?;
+
+    let mut bind_warnings = Vec::new();
+    let mut bound = |r: std::io::Result<()>, what: String| {
+        let Err(source) = r else { return Ok(()) };
+        let e = StartError::Bind { what, source };
+        if purpose == Purpose::Check && e.cause() == Cause::Temporary {
+            bind_warnings.push(e.to_string());
+            return Ok(());
+        }
+        Err(e)
+    };
+    let addr = udp_addr(c, ipv6_socket);
+    bound(
+        udp.bind(&addr.into()),
+        format!("UDP socket {addr} ([wireguard] listen_port)"),
+    )?;
+    let admin = if c.admin.enabled {
+        let what = format!("admin listener {}", c.admin.listen);
+        match std::net::TcpListener::bind(c.admin.listen) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                bound(Err(e), what)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Prepared {
+        plan,
+        stacks,
+        stack_configs,
+        table,
+        udp,
+        ipv6_socket,
+        admin,
+        tls,
+        proxy,
+        udp_shortfalls,
+        bind_warnings,
+    })
+}
+
+/// What [`prepare`] built: what [`start`] runs on, or what `check` reports and drops.
+pub struct Prepared {
+    plan: placement::Plan,
+    stacks: usize,
+    stack_configs: Vec<StackConfig>,
+    table: PeerTable,
+    udp: socket2::Socket,
+    /// Whether `udp` is an IPv6 (dual-stack) socket.
+    ipv6_socket: bool,
+    admin: Option<std::net::TcpListener>,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: crate::upstream::proxy::ProxySettings,
+    /// UDP buffers the kernel grants below `[runtime]`'s request (a warning, not an error).
+    pub udp_shortfalls: Vec<preflight::BufferShortfall>,
+    /// Addresses that cannot be bound now, in use or not assigned ([`Purpose::Check`] only).
+    pub bind_warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("plan", &self.plan)
+            .field("stacks", &self.stacks)
+            .field("udp", &self.udp)
+            .field("admin", &self.admin)
+            .field("proxy", &self.proxy)
+            .field("udp_shortfalls", &self.udp_shortfalls)
+            .field("bind_warnings", &self.bind_warnings)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything one shard executor needs, built on the control thread (all `Send`).
 struct ShardSeed {
     index: usize,
@@ -566,23 +728,35 @@ impl ShardSeed {
 /// error ([`StartError::Executor`]), after the others have been stopped.
 pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
-    host_can_run(c)?;
+    let Prepared {
+        plan,
+        stacks,
+        stack_configs,
+        table,
+        udp,
+        ipv6_socket,
+        admin,
+        tls,
+        proxy,
+        udp_shortfalls,
+        bind_warnings: _,
+    } = prepare(loaded, Purpose::Start)?;
+    for f in udp_shortfalls {
+        tracing::warn!(
+            event = "runtime.udp_buffer",
+            key = f.key,
+            requested = f.requested,
+            granted = f.granted,
+            "{f}"
+        );
+    }
     if !preflight::disable_transparent_huge_pages() {
         tracing::debug!(
             event = "runtime.thp_enabled",
             "PR_SET_THP_DISABLE refused; socket buffers may use huge pages"
         );
     }
-    let plan =
-        placement::plan(&c.runtime, &placement::available_cpus()).map_err(StartError::Placement)?;
     let shards = plan.shards.len();
-    let stacks = stacks_per_shard(c, shards);
-    let (udp, ipv6_socket) = bind_udp(c)?;
-    let table = PeerTable::new(
-        &c.wireguard.private_key,
-        peer_specs(c, ipv6_socket),
-        Instant::now(),
-    )?;
     let status = Arc::new(Status::new(shards));
     if let Ok(local) = udp.local_addr() {
         if let Some(a) = local.as_socket() {
@@ -597,30 +771,23 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     let rules = c.rules();
     let secrets = ServerConfig::secrets(c);
     let scrubber = crate::server::scrub::Scrubber::new(secrets.iter().map(String::as_str));
-    let tls = crate::upstream::tls::client_config(&c.upstream).map_err(StartError::Upstream)?;
-    let proxy = crate::upstream::proxy::ProxySettings::from_config(&c.upstream, &|k: &str| {
-        std::env::var(k).ok()
-    })
-    .map_err(StartError::Upstream)?;
-    let seeds: Vec<ShardSeed> = (0..shards)
-        .map(|i| ShardSeed {
+    let seeds: Vec<ShardSeed> = stack_configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, stack)| ShardSeed {
             index: i,
             rules: rules.clone(),
             upstream: c.upstream.clone(),
             scrubber: scrubber.clone(),
             tls: tls.clone(),
             proxy: proxy.clone(),
-            stack: stack_config(c, i, shards, stacks),
+            stack,
             server,
             seed: random_u64(),
             id_prefix,
             buf_capacity: cap,
         })
         .collect();
-    // Validate stack configs here so that errors surface before any thread starts.
-    for s in &seeds {
-        s.stack.validate()?;
-    }
     let capacity = c.runtime.channel_capacity;
     let heartbeat = c
         .heartbeat
@@ -757,8 +924,8 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
     drop(report_tx);
     started.wait_running(&report_rx, &stop, START_TIMEOUT)?;
     let joins = started.into_joins();
-    if c.admin.enabled {
-        match crate::admin::spawn(c.admin.listen, status.clone(), stop.clone()) {
+    if let Some(listener) = admin {
+        match crate::admin::serve(listener, status.clone(), stop.clone()) {
             Ok(addr) => status.admin_port.store(addr.port(), Ordering::Relaxed),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);

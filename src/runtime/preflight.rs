@@ -123,16 +123,6 @@ pub fn udp_buffer_shortfalls(
     .collect()
 }
 
-/// `net.core.rmem_max` / `wmem_max` as this process sees them.
-pub fn udp_buffer_caps() -> (Option<usize>, Option<usize>) {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    };
-    (read("rmem_max"), read("wmem_max"))
-}
-
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), before the stacks
 /// allocate their socket buffers. With THP a connection that touches one byte of a fresh 64 KiB
 /// buffer can fault in a whole 2 MiB page; without it the kernel commits the 4 KiB pages data

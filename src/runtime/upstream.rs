@@ -2,7 +2,8 @@
 //! per-shard pool of idle keep-alive connections behind [`crate::upstream::Upstreams`].
 //!
 //! Responsibility: resolve names off the executor (`spawn_blocking`), connect with a timeout
-//! (directly or through the HTTP CONNECT proxy [`ProxySettings`] picks), run the TLS handshake
+//! (directly or through the HTTP CONNECT proxy [`ProxySettings`] picks, over TLS to an `https://`
+//! proxy), run the TLS handshake
 //! with a timeout, set `TCP_NODELAY`, and keep idle connections per [`Target`] for reuse.
 //!
 //! Invariants:
@@ -15,8 +16,9 @@
 //!   EOF (the peer closed it), unsolicited bytes (a late response, a TLS alert or ticket) or a
 //!   socket error all mean it is closed instead;
 //! * a connection is filed only under the target it was opened for;
-//! * the connect timeout covers name resolution, the TCP connect to every address tried, and the
-//!   proxy's CONNECT exchange; the TLS timeout covers the handshake alone.
+//! * the connect timeout covers name resolution, the TCP connect to every address tried, the TLS
+//!   handshake with an `https://` proxy and the proxy's CONNECT exchange; the TLS timeout covers
+//!   the target's handshake alone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -44,31 +46,122 @@ use crate::upstream::{Pooled, Target, UpstreamError, Upstreams, connect};
 /// Most addresses of one name tried in turn.
 const MAX_ADDRS: usize = 8;
 
-/// A connection to an upstream: plain TCP or TLS over TCP.
+/// The byte stream to the target before any TLS of the target's own: the TCP connection (to the
+/// target, or the CONNECT tunnel of an `http://` proxy), or the CONNECT tunnel inside the TLS
+/// session with an `https://` proxy.
+pub enum Hop {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS to an `https://` proxy, the tunnel inside it (boxed: the rustls state is large).
+    ProxyTls(Box<TlsStream<TcpStream>>),
+}
+
+impl fmt::Debug for Hop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = self.tcp().peer_addr().ok();
+        match self {
+            Hop::Tcp(_) => f.debug_struct("Hop::Tcp").field("peer", &peer).finish(),
+            Hop::ProxyTls(_) => f
+                .debug_struct("Hop::ProxyTls")
+                .field("peer", &peer)
+                .finish(),
+        }
+    }
+}
+
+impl Hop {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Hop::Tcp(s) => s,
+            Hop::ProxyTls(s) => s.get_ref().0,
+        }
+    }
+
+    /// False when the proxy's TLS session holds bytes (or a close_notify) that a peek on the
+    /// socket cannot see.
+    fn nothing_buffered(&self) -> bool {
+        match self {
+            Hop::Tcp(_) => true,
+            Hop::ProxyTls(s) => s.get_ref().1.wants_read(),
+        }
+    }
+}
+
+impl AsyncRead for Hop {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Hop::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Hop {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Hop::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Hop::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Hop::Tcp(s) => Pin::new(s).poll_close(cx),
+            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// A connection to an upstream: plain or TLS, over a [`Hop`].
 pub enum Conn {
     /// `http` targets.
-    Plain(TcpStream),
+    Plain(Hop),
     /// `https` targets (boxed: the rustls state is large).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Hop>>),
 }
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let peer = self.tcp().peer_addr().ok();
-        match self {
-            Conn::Plain(_) => f.debug_struct("Conn::Plain").field("peer", &peer).finish(),
-            Conn::Tls(_) => f.debug_struct("Conn::Tls").field("peer", &peer).finish(),
-        }
+        let via_tls_proxy = matches!(self.hop(), Hop::ProxyTls(_));
+        let name = match self {
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Tls(_) => "Conn::Tls",
+        };
+        f.debug_struct(name)
+            .field("peer", &peer)
+            .field("via_tls_proxy", &via_tls_proxy)
+            .finish()
     }
 }
 
 impl Conn {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    fn hop(&self) -> &Hop {
         match self {
-            Conn::Plain(s) => s,
+            Conn::Plain(h) => h,
             Conn::Tls(s) => s.get_ref().0,
         }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        self.hop().tcp()
     }
 
     /// True for TLS connections.
@@ -85,8 +178,8 @@ impl Conn {
     }
 
     /// True when an idle connection may carry another request: a non-blocking `MSG_PEEK` finds
-    /// nothing to read and no error, and (TLS) rustls holds no unread plaintext and no
-    /// close_notify. EOF, data or an error all mean it must be closed.
+    /// nothing to read and no error, and (TLS, the target's or an `https://` proxy's) rustls holds
+    /// no unread bytes and no close_notify. EOF, data or an error all mean it must be closed.
     pub fn idle_and_open(&self) -> bool {
         // Bytes rustls already pulled off the socket are invisible to the peek: a TLS session with
         // unread plaintext or a received close_notify no longer "wants to read".
@@ -94,6 +187,9 @@ impl Conn {
             if !s.get_ref().1.wants_read() {
                 return false;
             }
+        }
+        if !self.hop().nothing_buffered() {
+            return false;
         }
         let sock = socket2::SockRef::from(self.tcp());
         let mut one = [MaybeUninit::<u8>::uninit(); 1];
@@ -330,12 +426,12 @@ impl ShardUpstreams {
         };
         let after = self.connect_timeout;
         let deadline = Instant::now() + after;
-        let tcp = within(after, self.dial(target, proxy, deadline), || {
+        let hop = within(after, self.dial(target, proxy, deadline), || {
             UpstreamError::ConnectTimeout { peer: shown, after }
         })
         .await?;
         if !target.tls {
-            return Ok(Conn::Plain(tcp));
+            return Ok(Conn::Plain(hop));
         }
         let name = ServerName::try_from(target.bare_host().to_owned()).map_err(|_| {
             UpstreamError::TlsHandshake {
@@ -346,7 +442,7 @@ impl ShardUpstreams {
         let after = self.tls_timeout;
         let handshake = async {
             self.connector
-                .connect(name, tcp)
+                .connect(name, hop)
                 .await
                 .map_err(|e| UpstreamError::tls(peer.clone(), &e))
         };
@@ -358,13 +454,14 @@ impl ShardUpstreams {
         Ok(Conn::Tls(Box::new(tls)))
     }
 
-    /// Resolves, connects (to the proxy when there is one) and opens the CONNECT tunnel.
+    /// Resolves, connects (to the proxy when there is one: over TLS to an `https://` proxy) and
+    /// opens the CONNECT tunnel.
     async fn dial(
         &self,
         target: &Target,
         proxy: Option<&ProxyEndpoint>,
         deadline: Instant,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<Hop, UpstreamError> {
         let hop = proxy.map_or_else(|| target.clone(), ProxyEndpoint::target);
         let shown = match proxy {
             Some(p) => format!("proxy {}", p.peer()),
@@ -392,7 +489,7 @@ impl ShardUpstreams {
                 None => last = Some(io::Error::from(io::ErrorKind::TimedOut)),
             }
         }
-        let mut tcp = match (stream, last) {
+        let tcp = match (stream, last) {
             (Some(s), _) => s,
             (None, Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(UpstreamError::ConnectTimeout {
@@ -410,11 +507,38 @@ impl ShardUpstreams {
         };
         // Requests and small bodies go out as they are written; the proxy code writes whole heads.
         let _ = tcp.set_nodelay(true);
+        let mut hop = match proxy {
+            Some(p) if p.is_tls() => Hop::ProxyTls(Box::new(self.proxy_tls(target, p, tcp).await?)),
+            _ => Hop::Tcp(tcp),
+        };
         if let Some(p) = proxy {
-            connect::handshake(&mut tcp, target, p).await?;
+            connect::handshake(&mut hop, target, p).await?;
         }
         self.count(|s| s.opened += 1);
-        Ok(tcp)
+        Ok(hop)
+    }
+
+    /// The TLS session with an `https://` proxy, its certificate checked against the same roots
+    /// as the upstreams' (webpki, the system store, `[upstream] ca_files`). Counted in the
+    /// connect timeout, like the rest of reaching the proxy.
+    async fn proxy_tls(
+        &self,
+        target: &Target,
+        proxy: &ProxyEndpoint,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let refused = |detail: String| UpstreamError::ProxyRefused {
+            proxy: proxy.peer(),
+            peer: format!("{}:{}", target.host, target.port),
+            status: None,
+            detail,
+        };
+        let name = ServerName::try_from(proxy.target().bare_host().to_owned())
+            .map_err(|_| refused("the proxy host is not a valid TLS server name".into()))?;
+        self.connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| refused(format!("TLS handshake with the proxy failed: {e}")))
     }
 }
 

@@ -13,10 +13,12 @@
 //!   or CIDR (`10.1.2.3`, `10.0.0.0/8`, `::1`, `[::1]`; matched against IP-literal targets only —
 //!   names are never resolved for this), each optionally with `:port` to bypass that port only.
 //!   Matching ignores case and a trailing dot. Entries that parse as none of these are ignored.
-//! * A proxy URL is `http://[user:password@]host[:port][/]` (the scheme may be left out in the
-//!   environment; the port defaults to 80). Userinfo is percent-decoded and becomes
-//!   `Proxy-Authorization: Basic` on CONNECT. TLS to the proxy (`https://` proxies) is not
-//!   supported and is an error.
+//! * A proxy URL is `http://[user:password@]host[:port][/]` or `https://...` (the scheme may be
+//!   left out: `http`; the port defaults to 80 for `http`, 443 for `https`). Userinfo is
+//!   percent-decoded and becomes `Proxy-Authorization: Basic` on CONNECT. An `https://` proxy is
+//!   reached over TLS (its certificate checked against the same roots as the upstreams', so
+//!   `[upstream] ca_files` may hold the proxy's CA) and the CONNECT exchange, the tunnel and any
+//!   TLS to the target run inside that TLS session. Any other scheme is an error.
 //!
 //! Invariants: proxy credentials are only ever held in a [`Secret`]; no error message repeats the
 //! proxy URL (it may carry a password) — errors name the setting and the problem.
@@ -30,50 +32,55 @@ use super::Target;
 use crate::config::Upstream;
 use crate::secret::Secret;
 
-/// An HTTP CONNECT proxy: where it listens and the credentials to present.
+/// An HTTP CONNECT proxy: where it listens, whether it speaks TLS, and the credentials to present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyEndpoint {
     host: String,
     port: u16,
+    tls: bool,
     authorization: Option<Secret>,
 }
 
 impl ProxyEndpoint {
-    /// Parses `http://[user:password@]host[:port][/]`; `origin` names the setting in errors.
+    /// Parses `http[s]://[user:password@]host[:port][/]`; `origin` names the setting in errors.
     pub fn parse(url: &str, origin: &str) -> Result<Self, String> {
+        Self::parse_url(url).map_err(|problem| format!("{origin}: {problem}"))
+    }
+
+    /// [`ProxyEndpoint::parse`] without the setting's name: the problem alone, a fixed phrase
+    /// that never repeats the URL.
+    pub fn parse_url(url: &str) -> Result<Self, &'static str> {
         let url = url.trim();
-        let rest = match url.find("://") {
-            Some(i) if url[..i].eq_ignore_ascii_case("http") => &url[i + 3..],
+        let (rest, tls) = match url.find("://") {
+            Some(i) if url[..i].eq_ignore_ascii_case("http") => (&url[i + 3..], false),
+            Some(i) if url[..i].eq_ignore_ascii_case("https") => (&url[i + 3..], true),
             Some(_) => {
-                return Err(format!(
-                    "{origin}: unsupported proxy scheme (only http:// CONNECT proxies are supported)"
-                ));
+                return Err(
+                    "unsupported proxy scheme (expected an http:// or https:// CONNECT proxy)",
+                );
             }
-            None => url,
+            None => (url, false),
         };
         let authority = match rest.find('/') {
             Some(i) if rest[i..] == *"/" => &rest[..i],
-            Some(_) => return Err(format!("{origin}: a proxy URL has no path")),
+            Some(_) => return Err("a proxy URL has no path"),
             None => rest,
         };
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
-        let (host, port) = split_host_port(hostport)
-            .ok_or_else(|| format!("{origin}: invalid proxy host or port"))?;
-        let port = port.unwrap_or(80);
+        let (host, port) = split_host_port(hostport).ok_or("invalid proxy host or port")?;
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
         if port == 0 || !valid_host(&host) {
-            return Err(format!("{origin}: invalid proxy host or port"));
+            return Err("invalid proxy host or port");
         }
         let authorization = match userinfo {
             None => None,
             Some(ui) => {
                 let (user, pass) = ui.split_once(':').unwrap_or((ui, ""));
-                let user = percent_decode(user)
-                    .ok_or_else(|| format!("{origin}: invalid escape in proxy user"))?;
-                let pass = percent_decode(pass)
-                    .ok_or_else(|| format!("{origin}: invalid escape in proxy password"))?;
+                let user = percent_decode(user).ok_or("invalid escape in proxy user")?;
+                let pass = percent_decode(pass).ok_or("invalid escape in proxy password")?;
                 let mut plain = user;
                 plain.push(b':');
                 plain.extend_from_slice(&pass);
@@ -85,8 +92,14 @@ impl ProxyEndpoint {
         Ok(Self {
             host,
             port,
+            tls,
             authorization,
         })
+    }
+
+    /// True for an `https://` proxy: TLS to the proxy first, CONNECT inside it.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The proxy's host (IPv6 in brackets).
@@ -99,9 +112,9 @@ impl ProxyEndpoint {
         self.port
     }
 
-    /// The proxy as a [`Target`] (plain TCP), for connecting and for error messages.
+    /// The proxy as a [`Target`] to resolve and connect to (its `tls` flag is [`Self::is_tls`]).
     pub fn target(&self) -> Target {
-        Target::new(false, self.host.clone(), self.port)
+        Target::new(self.tls, self.host.clone(), self.port)
     }
 
     /// `host:port` of the proxy — safe to log.
@@ -385,6 +398,12 @@ mod tests {
         let p = ProxyEndpoint::parse("http://[::1]:3128", "t").expect("parse");
         assert_eq!((p.host(), p.port()), ("[::1]", 3128));
         assert_eq!(p.peer(), "[::1]:3128");
+        assert!(!p.is_tls());
+        let p = ProxyEndpoint::parse("HTTPS://proxy.corp", "t").expect("parse");
+        assert_eq!((p.host(), p.port(), p.is_tls()), ("proxy.corp", 443, true));
+        let p = ProxyEndpoint::parse("https://u:p@proxy.corp:8443/", "t").expect("parse");
+        assert_eq!((p.port(), p.is_tls()), (8443, true));
+        assert!(p.authorization().is_some());
     }
 
     #[test]
@@ -407,7 +426,8 @@ mod tests {
     fn bad_proxy_urls_are_refused_without_echoing_them() {
         for bad in [
             "socks5://user:hunter2@proxy:1080",
-            "https://user:hunter2@proxy:443",
+            "ftp://user:hunter2@proxy:443",
+            "https://user:hunter2@proxy:0",
             "http://user:hunter2@proxy:99999",
             "http://user:hunter2@proxy:3128/path",
             "http://user:hunter2@",

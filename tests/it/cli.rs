@@ -552,3 +552,352 @@ fn explain_never_echoes_url_credentials() {
         assert!(all.contains("<redacted>@"), "{all}");
     }
 }
+
+#[test]
+fn a_toml_syntax_error_on_a_secret_line_shows_place_and_key_never_the_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A token with trailing junk, and a private key whose closing quote is missing.
+    let a = dir.path().join("a.toml");
+    std::fs::write(
+        &a,
+        "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://gitlab.example.com/api/v4\"\n\
+         token = \"glpat-SECRETtoken1234\" # the CI token\n[[scm]]\ntype = \"github\"\n\
+         token = \"ghp_SECRETtoken5678\" x\n",
+    )
+    .expect("write");
+    let b = dir.path().join("b.toml");
+    std::fs::write(
+        &b,
+        "[wireguard]\naddress = \"10.77.0.2\"\n\
+         private_key = \"SECRETkey/lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n",
+    )
+    .expect("write");
+    for command in ["check", "run", "dump"] {
+        let o = bin()
+            .arg(command)
+            .arg("-c")
+            .arg(&a)
+            .arg("-c")
+            .arg(&b)
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(78), "{command}: {}", stderr(&o));
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        for secret in ["SECRETtoken1234", "SECRETtoken5678", "SECRETkey"] {
+            assert!(!all.contains(secret), "{command} leaks {secret}:\n{all}");
+        }
+        let err = stderr(&o);
+        for want in [
+            format!("{}:7:31: scm[1].token: invalid TOML: ", a.display()),
+            format!(
+                "{}:3:62: wireguard.private_key: invalid TOML: ",
+                b.display()
+            ),
+        ] {
+            assert!(err.contains(&want), "{command}: {want:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn explain_never_echoes_a_malformed_header_argument() {
+    let o = bin()
+        .arg("explain")
+        .arg("-c")
+        .arg(example())
+        .args(["GET", "https://ghe.example.com/api/v3/repos/acme/app"])
+        .args(["-H", "Authorization Bearer ghp_SECRETcli"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("ghp_SECRETcli"), "{all}");
+    assert!(stderr(&o).contains("-H"), "{}", stderr(&o));
+}
+
+/// `wgbroker <args>` run to its end; `timeout` kills it after 30 s (exit 137) should it start
+/// and keep running.
+fn run_to_end(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=KILL", "30", env!("CARGO_BIN_EXE_wgbroker")])
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("timeout (coreutils)")
+}
+
+#[test]
+fn check_refuses_what_run_refuses_with_the_same_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").expect("write");
+    let second_peer = "[[wireguard.peers]]\npublic_key = \"aTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n\
+                       endpoint = \"127.0.0.1:9\"\nallowed_ips = [\"10.77.0.1/32\"]\n";
+    let admin_any = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    // (configuration added, environment, what both commands say); all are exit 78.
+    let cases = [
+        (
+            admin_any.to_owned(),
+            Some(("HTTPS_PROXY", "socks5://u:SECRETpw@proxy.example:1080")),
+            "HTTPS_PROXY: unsupported proxy scheme",
+        ),
+        (
+            format!(
+                "{admin_any}[upstream]\nca_files = [\"{}\"]\n",
+                not_pem.display()
+            ),
+            None,
+            "contains no PEM certificate",
+        ),
+        (
+            format!("{second_peer}{admin_any}"),
+            None,
+            "allowed IP 10.77.0.1/32 is given to both peer",
+        ),
+        (
+            format!("{admin_any}[runtime]\ncpus = [4095]\n"),
+            None,
+            "runtime placement",
+        ),
+    ];
+    for (extra, env, what) in cases {
+        let f = minimal_config(dir.path(), &extra);
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        for command in ["check", "run"] {
+            let o = run_to_end(&[command], &f, &env);
+            let err = stderr(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(78),
+                "{command} with\n{extra}{env:?}:\n{err}"
+            );
+            assert!(
+                err.contains("wgbroker: configuration: ") && err.contains(what),
+                "{command}: {what:?} in:\n{err}"
+            );
+            assert!(!err.contains("SECRETpw"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn an_address_not_available_now_is_a_warning_for_check_and_a_temporary_failure_for_run() {
+    // TEST-NET-1: an address no interface of this host has (yet).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"192.0.2.1:9000\"\n");
+    let o = run_to_end(&["check"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: admin listener 192.0.2.1:9000: "),
+        "{err}"
+    );
+    let o = run_to_end(&["run"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("wgbroker: cannot start now: admin listener 192.0.2.1:9000: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_in_use_is_a_warning_for_check_and_a_temporary_failure_for_run() {
+    // As when an operator checks a changed configuration while the broker holds its ports.
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let (udp_port, admin_addr) = (
+        udp.local_addr().expect("addr").port(),
+        admin.local_addr().expect("addr"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), &format!("[admin]\nlisten = \"{admin_addr}\"\n"));
+    let text = std::fs::read_to_string(&f).expect("read").replace(
+        "address = \"10.77.0.2\"",
+        &format!("address = \"10.77.0.2\"\nlisten_port = {udp_port}"),
+    );
+    std::fs::write(&f, text).expect("write");
+    let o = run_to_end(&["check"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: UDP socket [::]:{udp_port} ([wireguard] listen_port): "
+        )) && err.contains(&format!("warning: admin listener {admin_addr}: "))
+            && err.contains("in use"),
+        "{err}"
+    );
+    let o = run_to_end(&["run"], &f, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!(
+            "wgbroker: cannot start now: UDP socket [::]:{udp_port}"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_https_proxy_in_the_environment_is_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let o = run_to_end(
+        &["check"],
+        &f,
+        &[("HTTPS_PROXY", "https://u:pw@proxy.example:3128")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn dump_says_why_the_public_key_is_unavailable_instead_of_inventing_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("private.key");
+    let f = dir.path().join("b.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[wireguard]\nprivate_key = {{ file = \"{}\" }}\naddress = \"10.77.0.2\"\n\
+             [[wireguard.peers]]\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n\
+             endpoint = \"127.0.0.1:9\"\nallowed_ips = [\"10.77.0.1/32\"]\n",
+            key_file.display()
+        ),
+    )
+    .expect("write");
+    let public_key_of = |o: &Output| -> String {
+        let doc: toml::Table = toml::from_str(&stdout(o)).expect("dump is TOML");
+        doc["wireguard"]["public_key"]
+            .as_str()
+            .expect("public_key")
+            .to_owned()
+    };
+    // No key file: the reason, never the public key of a made-up private key.
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = public_key_of(&o);
+    let invented = wgbroker::keys::PrivateKey::from_bytes([0; 32])
+        .public_key()
+        .to_string();
+    assert!(!stdout(&o).contains(&invented), "{}", stdout(&o));
+    assert!(
+        shown.starts_with("unavailable: cannot read ")
+            && shown.contains(&key_file.display().to_string()),
+        "{shown}"
+    );
+    // With the key readable, its public key.
+    let key = stdout(&bin().arg("genkey").output().expect("genkey"));
+    std::fs::write(&key_file, &key).expect("write key");
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        public_key_of(&o),
+        stdout(&pubkey_via(bin(), &key)).trim(),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !stdout(&o).contains(key.trim()),
+        "the private key is dumped"
+    );
+}
+
+/// `wgbroker <args> -c <fifo>` whose standard output is a pipe nobody reads: the read end is
+/// closed before the configuration is written into the FIFO, so the command cannot print a byte
+/// before its reader is gone (deterministic, unlike racing `| head -1`).
+fn with_closed_stdout(args: &[&str], config: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("broker.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let mut child = bin()
+        .args(args)
+        .arg("-c")
+        .arg(&fifo)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    // Opening the FIFO blocks until the child opens it to read the configuration.
+    std::fs::write(&fifo, config).expect("write the configuration into the FIFO");
+    child.wait_with_output().expect("wait")
+}
+
+/// `wgbroker <args>` with standard output on /dev/full (every write fails with ENOSPC).
+fn with_full_stdout(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    bin()
+        .args(args)
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn commands_that_print_end_with_their_status_when_stdout_is_gone_or_full() {
+    use std::os::unix::process::ExitStatusExt;
+    let ex = example();
+    let ex = ex.to_str().expect("utf-8 path");
+    let text = std::fs::read_to_string(ex).expect("example");
+    let allowed = "https://ghe.example.com/api/v3/repos/acme/app";
+    let denied = "https://evil.example.com/";
+    // A closed pipe: the reader wanted no more; the command ends quietly with the status it
+    // decided, as if the output had been read.
+    for (args, extra, status) in [
+        (&["explain"][..], &["GET", allowed][..], 0),
+        (&["explain"], &["GET", denied], 1),
+        (&["dump"], &[], 0),
+    ] {
+        let o = with_closed_stdout(args, &text, extra);
+        assert_eq!(o.status.signal(), None, "{args:?}: {:?}", o.status);
+        assert_eq!(o.status.code(), Some(status), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("cannot write"), "{}", stderr(&o));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minimal = std::fs::read_to_string(minimal_config(
+        dir.path(),
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .expect("read");
+    let o = with_closed_stdout(&["check"], &minimal, &[]);
+    assert_eq!(o.status.code(), Some(0), "check: {}", stderr(&o));
+    // A full disk: one line on stderr and 74 (EX_IOERR).
+    let f = minimal_config(dir.path(), "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let f = f.to_str().expect("utf-8 path");
+    for args in [
+        &["explain", "-c", ex, "GET", allowed][..],
+        &["explain", "-c", ex, "GET", denied],
+        &["dump", "-c", ex],
+        &["check", "-c", f],
+        &["genkey"],
+    ] {
+        let o = with_full_stdout(args);
+        assert_eq!(o.status.signal(), None, "{args:?}: {:?}", o.status);
+        assert_eq!(o.status.code(), Some(74), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("wgbroker: cannot write to standard output: No space left on device"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -142,7 +142,78 @@ x = 1
 fn toml_syntax_errors_name_the_file() {
     let errs = errors(&[("a.toml", &base()), ("broken.toml", "[wireguard\nx=1")]);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("broken.toml: invalid TOML"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("broken.toml:1:11: invalid TOML"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_give_place_and_key_never_the_source() {
+    // (text, the secret on the broken line, where and at which key the error is reported)
+    let cases = [
+        (
+            "[[scm]]\ntype = \"gitlab\"\ntoken = \"glpat-SECRET1\" x\n",
+            "glpat-SECRET1",
+            "s.toml:3:25: scm[0].token: invalid TOML: ",
+        ),
+        (
+            "[wireguard]\nprivate_key = \"SECRET2/lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\naddress = \"10.0.0.1\"\n",
+            "SECRET2",
+            "s.toml:2:60: wireguard.private_key: invalid TOML: ",
+        ),
+        (
+            "[wireguard]\nprivate_key = SECRET3+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n",
+            "SECRET3",
+            "s.toml:2:58: wireguard.private_key: invalid TOML: ",
+        ),
+        (
+            "[[allow]]\nurl = \"https://j/\"\nset_request_headers = { Authorization = \"Basic SECRET4\" x }\n",
+            "SECRET4",
+            "s.toml:3:57: allow[0].set_request_headers.Authorization: invalid TOML: ",
+        ),
+        (
+            "[[scm]]\ntype = \"github\"\n[[scm]]\ntype = \"gitlab\"\ntoken = 'glpat-SECRET5\n",
+            "SECRET5",
+            "s.toml:5:23: scm[1].token: invalid TOML: ",
+        ),
+        (
+            "[wireguard]\naddress = \"10.0.0.1\"\n[[wireguard.peers]]\nendpoint = \"g:1\"\n[[wireguard.peers]]\npreshared_key = \"SECRET6\" \"\n",
+            "SECRET6",
+            "s.toml:6:27: wireguard.peers[1].preshared_key: invalid TOML: ",
+        ),
+        (
+            "[[scm]]\ntoken = \"\"\"SECRET7\n[fake]\n",
+            "SECRET7",
+            "s.toml:3:7: scm[0].token: invalid TOML: ",
+        ),
+        // A token pasted on a line of its own: no key to name.
+        (
+            "[wireguard]\nglpat-SECRET8\n",
+            "SECRET8",
+            "s.toml:2:14: invalid TOML: ",
+        ),
+        (
+            "[wireguard]\nprivate_key = \"SECRET9\"\nprivate_key = \"x\"\n",
+            "SECRET9",
+            "s.toml:3:1: wireguard.private_key: invalid TOML: duplicate key",
+        ),
+    ];
+    for (text, secret, want) in cases {
+        let errs = errors(&[("s.toml", text)]);
+        assert_eq!(errs.len(), 1, "{text}: {errs:#?}");
+        assert!(
+            errs[0].starts_with(want),
+            "{text}\nwant {want:?}\ngot  {:?}",
+            errs[0]
+        );
+        assert!(
+            !errs[0].contains(secret),
+            "{text}\nleaks {secret}: {}",
+            errs[0]
+        );
+        assert!(!errs[0].contains('\n'), "one line: {:?}", errs[0]);
+    }
 }
 
 #[test]
@@ -424,4 +495,75 @@ fn tcp_ack_delay_defaults_to_5ms_zero_acks_at_once_and_is_capped() {
             .any(|e| e.contains("runtime.tcp_ack_delay: must be at most 500ms")),
         "{e:?}"
     );
+}
+
+#[test]
+fn value_errors_never_echo_a_secret() {
+    // A secret of the wrong type, or a secret table of the wrong shape: the error names the key
+    // and the type, never the value.
+    for (layer, secret) in [
+        ("[wireguard]\nprivate_key = [\"SECRETa\"]\n", "SECRETa"),
+        (
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://g.example/api/v4\"\ntoken = { value = \"SECRETb\" }\n",
+            "SECRETb",
+        ),
+        (
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://g.example/api/v4\"\ntoken = { file = [\"SECRETc\"] }\n",
+            "SECRETc",
+        ),
+        (
+            "[[allow]]\nurl = \"https://j.example/\"\nmethods = [\"GET\"]\nset_request_headers = { Authorization = 7, X = \"a\\nSECRETd\" }\n",
+            "SECRETd",
+        ),
+        // Credentials in a base URL that does not parse.
+        (
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://user:SECRETe@g.example/api/../v4\"\n",
+            "SECRETe",
+        ),
+        (
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://user:SECRETf@g.example/api/v4\"\n",
+            "SECRETf",
+        ),
+        // A proxy URL with a password and an unsupported scheme.
+        (
+            "[upstream]\nproxy = \"socks5://u:SECRETg@p:1\"\n",
+            "SECRETg",
+        ),
+    ] {
+        let errs = errors(&[("a.toml", &base()), ("s.toml", layer)]);
+        assert!(!errs.is_empty());
+        for e in &errs {
+            assert!(!e.contains(secret), "{layer}\nleaks {secret}: {e}");
+            assert!(e.starts_with("s.toml: "), "{e}");
+        }
+    }
+}
+
+#[test]
+fn upstream_proxy_is_parsed_at_load_http_and_https() {
+    for ok in [
+        "http://proxy.corp:3128",
+        "https://u:p@proxy.corp",
+        "proxy.corp:8080",
+    ] {
+        let layer = format!("[upstream]\nproxy = \"{ok}\"\n");
+        assert!(
+            load(&[("a.toml", &base()), ("p.toml", &layer)]).is_ok(),
+            "{ok}"
+        );
+    }
+    for (bad, why) in [
+        ("socks5://u:SECRETp@proxy:1080", "unsupported proxy scheme"),
+        ("http://u:SECRETp@proxy:99999", "invalid proxy host or port"),
+        ("https://u:SECRETp@proxy/path", "a proxy URL has no path"),
+    ] {
+        let layer = format!("[upstream]\nproxy = \"{bad}\"\n");
+        let errs = errors(&[("a.toml", &base()), ("p.toml", &layer)]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("p.toml: upstream.proxy: ") && errs[0].contains(why),
+            "{bad}: {errs:?}"
+        );
+        assert!(!errs[0].contains("SECRETp"), "{errs:?}");
+    }
 }

@@ -294,6 +294,60 @@ fn every_reload_names_the_sections_still_waiting_for_a_restart() {
 }
 
 #[test]
+fn an_invalid_reload_logs_the_place_of_a_syntax_error_never_the_secret() {
+    let Running {
+        mut gw,
+        file,
+        log_path,
+        base,
+        mut child,
+        dir: _dir,
+        scm: _scm,
+        ..
+    } = start_broker("");
+    let pid = child.id();
+    let broken = format!(
+        "{base}[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://gitlab.example.com/api/v4\"\n\
+         token = \"glpat-RELOADSECRET42\" oops\n"
+    );
+    // Where the error is: the line of the token, the column of the junk after it (1-based).
+    let (line, text) = broken
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("RELOADSECRET42"))
+        .expect("token line");
+    let column = text.find("oops").expect("junk") + 1;
+    std::fs::write(&file, &broken).expect("write");
+    kill(pid, "-HUP");
+    let refused = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("invalid, keeping the running configuration"))
+            .map(str::to_owned)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line_logged = loop {
+        let log = std::fs::read_to_string(&log_path).expect("log");
+        if let Some(l) = refused(&log) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "invalid reload not logged:\n{log}"
+        );
+        gw.pump(Duration::from_millis(20)).expect("pump");
+    };
+    kill(pid, "-TERM");
+    assert!(child.wait().expect("exit").success());
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        !log.contains("RELOADSECRET42"),
+        "the token is logged:\n{log}"
+    );
+    let want = format!("{}:{}:{column}: scm[0].token: ", file.display(), line + 1);
+    assert!(line_logged.contains(&want), "{want:?} in {line_logged}");
+}
+
+#[test]
 fn a_udp_buffer_the_kernel_caps_is_logged_with_the_fix() {
     let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
         .expect("net.core.rmem_max")

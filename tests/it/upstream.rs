@@ -307,57 +307,38 @@ struct TestProxy {
 
 impl TestProxy {
     fn start(expect_auth: Option<String>) -> Self {
+        Self::start_with(expect_auth, None)
+    }
+
+    /// An `https://` proxy: TLS with `tls` first, then the same CONNECT exchange inside it.
+    fn start_tls(expect_auth: Option<String>, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(expect_auth, Some(tls))
+    }
+
+    fn start_with(expect_auth: Option<String>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let tunnels = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (t2, s2) = (tunnels.clone(), seen.clone());
-        accept_loop(listener, stop.clone(), move |mut client| {
-            let Some(head) = read_head(&mut client) else {
-                return;
-            };
-            let head = String::from_utf8_lossy(&head).into_owned();
-            s2.lock().expect("lock").push(head.clone());
-            let auth = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Proxy-Authorization: "))
-                .map(str::to_owned);
-            if expect_auth.is_some() && auth != expect_auth {
-                let _ = client.write_all(
-                    b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
-                );
-                return;
+        accept_loop(listener, stop.clone(), move |client| match &tls {
+            None => {
+                let mut client = client;
+                if let Some(up) = open_tunnel(&mut client, expect_auth.as_deref(), &s2, &t2) {
+                    pipe(client, up);
+                }
             }
-            let Some(authority) = head
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("CONNECT "))
-                .and_then(|l| l.strip_suffix(" HTTP/1.1"))
-            else {
-                let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-                return;
-            };
-            // Loopback only: the test never tunnels anywhere else.
-            let port = authority
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok());
-            let up = port.and_then(|p| {
-                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], p)), IO_TIMEOUT).ok()
-            });
-            let Some(up) = up else {
-                let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
-                return;
-            };
-            t2.fetch_add(1, Ordering::SeqCst);
-            if client
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .is_err()
-            {
-                return;
+            Some(cfg) => {
+                let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                    return;
+                };
+                let mut s = rustls::StreamOwned::new(conn, client);
+                if let Some(up) = open_tunnel(&mut s, expect_auth.as_deref(), &s2, &t2) {
+                    let rustls::StreamOwned { conn, sock } = s;
+                    pipe_tls(conn, sock, up);
+                }
             }
-            let _ = up.set_read_timeout(Some(IO_TIMEOUT));
-            pipe(client, up);
         });
         Self {
             addr,
@@ -376,6 +357,115 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// The proxy's side of a CONNECT exchange over `client`: requires `Proxy-Authorization:
+/// <expect_auth>` (when given), records the head in `seen`, connects to the requested port on
+/// 127.0.0.1 and answers 200. Returns the upstream connection, or `None` after refusing.
+fn open_tunnel(
+    client: &mut (impl Read + Write),
+    expect_auth: Option<&str>,
+    seen: &Mutex<Vec<String>>,
+    tunnels: &AtomicUsize,
+) -> Option<TcpStream> {
+    let head = String::from_utf8_lossy(&read_head(client)?).into_owned();
+    seen.lock().expect("lock").push(head.clone());
+    let auth = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Proxy-Authorization: "));
+    if expect_auth.is_some() && auth != expect_auth {
+        let _ = client
+            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
+        let _ = client.flush();
+        return None;
+    }
+    let Some(authority) = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("CONNECT "))
+        .and_then(|l| l.strip_suffix(" HTTP/1.1"))
+    else {
+        let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let _ = client.flush();
+        return None;
+    };
+    // Loopback only: the test never tunnels anywhere else.
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let up = port.and_then(|p| {
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], p)), IO_TIMEOUT).ok()
+    });
+    let Some(up) = up else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        let _ = client.flush();
+        return None;
+    };
+    tunnels.fetch_add(1, Ordering::SeqCst);
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .and_then(|()| client.flush())
+        .ok()?;
+    let _ = up.set_read_timeout(Some(IO_TIMEOUT));
+    Some(up)
+}
+
+/// Copies both ways between the plaintext of a TLS session with the client (`conn` over
+/// `client`) and `up`, until either side closes. The session is shared under a lock; socket
+/// reads happen outside it.
+fn pipe_tls(conn: rustls::ServerConnection, client: TcpStream, up: TcpStream) {
+    let (Ok(client_w), Ok(client_w2), Ok(up_r)) =
+        (client.try_clone(), client.try_clone(), up.try_clone())
+    else {
+        return;
+    };
+    let conn = Arc::new(Mutex::new(conn));
+    let flush = |c: &mut rustls::ServerConnection, to: &mut TcpStream| -> bool {
+        while c.wants_write() {
+            if c.write_tls(to).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    let c2 = conn.clone();
+    let down = thread::spawn(move || {
+        let (mut up_r, mut client_w) = (up_r, client_w);
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = up_r.read(&mut buf) {
+            let mut c = c2.lock().expect("lock");
+            if c.writer().write_all(&buf[..n]).is_err() || !flush(&mut c, &mut client_w) {
+                return;
+            }
+        }
+        let mut c = c2.lock().expect("lock");
+        c.send_close_notify();
+        flush(&mut c, &mut client_w);
+    });
+    let (mut client_r, mut client_w, mut up_w) = (client, client_w2, up);
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = client_r.read(&mut buf) {
+        let mut plain = Vec::new();
+        {
+            let mut c = conn.lock().expect("lock");
+            let mut records = &buf[..n];
+            while !records.is_empty() {
+                if c.read_tls(&mut records).is_err() || c.process_new_packets().is_err() {
+                    return;
+                }
+            }
+            // Err(WouldBlock) once the plaintext there is has been read; what was read stays.
+            let _ = c.reader().read_to_end(&mut plain);
+            if !flush(&mut c, &mut client_w) {
+                return;
+            }
+        }
+        if up_w.write_all(&plain).is_err() {
+            break;
+        }
+    }
+    let _ = up_w.shutdown(std::net::Shutdown::Write);
+    let _ = down.join();
 }
 
 /// Copies both ways until either side closes.
@@ -707,6 +797,77 @@ fn connect_proxy_with_credentials_tunnels_tls() {
         "{}",
         seen[0]
     );
+}
+
+#[test]
+fn https_proxy_is_reached_over_tls_with_the_configured_roots_and_tunnels_tls() {
+    let pki = TestPki::new();
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let server = Server::tls(pki.server_config(versions));
+    let expect = "Basic dXNlcjpwYSBzcw=="; // base64("user:pa ss")
+    let proxy = TestProxy::start_tls(Some(expect.to_owned()), pki.server_config(versions));
+    let (port, ca) = (server.port(), pki.ca_file.clone());
+    // The proxy's certificate names localhost: the URL must too.
+    let url = format!("https://user:pa%20ss@localhost:{}", proxy.addr.port());
+    on_executor(move || async move {
+        let mut cfg = upstream_cfg();
+        cfg.ca_files = vec![ca];
+        cfg.proxy = Some(url);
+        let settings = ProxySettings::from_config(&cfg, &|_| None).expect("proxy settings");
+        let p = pool_via(&cfg, settings);
+        let t = Target::new(true, "localhost", port);
+        let mut c = connect_ok(&p, &t).await;
+        assert_eq!(get(&mut c.conn, "localhost").await, "conn=1 req=1");
+        // The connection goes back to the pool and is reused, TLS inside TLS.
+        p.release(&t, c);
+        let mut c = connect_ok(&p, &t).await;
+        assert!(c.reused);
+        assert_eq!(get(&mut c.conn, "localhost").await, "conn=1 req=2");
+        // A plain http target through the same proxy: CONNECT inside the proxy's TLS only.
+        let plain = Server::plain(AfterResponse::KeepAlive);
+        let mut c = connect_ok(&p, &Target::new(false, "127.0.0.1", plain.port())).await;
+        assert_eq!(get(&mut c.conn, "h").await, "conn=1 req=1");
+    });
+    assert_eq!(proxy.tunnels.load(Ordering::SeqCst), 2);
+    let seen = proxy.seen.lock().expect("lock");
+    assert!(
+        seen[0].starts_with(&format!("CONNECT localhost:{port} HTTP/1.1\r\n"))
+            && seen[0].contains(&format!("Proxy-Authorization: {expect}\r\n")),
+        "{}",
+        seen[0]
+    );
+}
+
+#[test]
+fn https_proxy_with_an_untrusted_certificate_is_502_proxy() {
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let server = Server::tls(pki.server_config(&[&rustls::version::TLS13]));
+    // The proxy's certificate comes from a CA the broker does not trust.
+    let proxy = TestProxy::start_tls(None, other.server_config(&[&rustls::version::TLS13]));
+    let (port, ca) = (server.port(), pki.ca_file.clone());
+    let url = format!("https://user:hunter2@localhost:{}", proxy.addr.port());
+    on_executor(move || async move {
+        let mut cfg = upstream_cfg();
+        cfg.ca_files = vec![ca];
+        cfg.proxy = Some(url);
+        let settings = ProxySettings::from_config(&cfg, &|_| None).expect("proxy settings");
+        let p = pool_via(&cfg, settings);
+        let e = connect_err(&p, &Target::new(true, "localhost", port)).await;
+        assert_eq!(
+            (e.kind(), e.status(), e.retry_safe()),
+            ("proxy", 502, true),
+            "{e}"
+        );
+        let shown = format!("{e} {e:?}");
+        assert!(
+            shown.contains("TLS") && shown.contains("certificate") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    });
+    assert_eq!(proxy.tunnels.load(Ordering::SeqCst), 0);
+    assert_eq!(server.connections(0), 0);
 }
 
 #[test]
