@@ -764,9 +764,14 @@ fn two_gitlab_instances_with_different_bases() {
         pick("https://gl-b.example:8443/gitlab/api/v4/projects/1"),
         (1, "b".to_owned())
     );
+    // Git smart-HTTP lives under the web root (the base without `/api/v4`), not the host root.
     assert_eq!(
-        pick("https://gl-b.example:8443/g/p/info/refs"),
+        pick("https://gl-b.example:8443/gitlab/g/p/info/refs"),
         (1, "b".to_owned())
+    );
+    assert!(
+        !a.decide("GET", &url("https://gl-b.example:8443/g/p/info/refs"), &[])
+            .is_allowed()
     );
     assert!(
         !a.decide(
