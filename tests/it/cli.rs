@@ -236,6 +236,16 @@ fn explain_exit_codes() {
     assert!(out.starts_with("MALFORMED"));
     let (code, _) = run("GET", "https://ghe.example.com/api/v3/repos//app");
     assert_eq!(code, Some(2));
+    // The method is read as the broker reads it on the wire: case-sensitive (`get` is not
+    // `GET`, so the broker answers 403), and a token (anything else, and CONNECT, is a 400).
+    let (code, out) = run("get", "https://ghe.example.com/api/v3/repos/acme/app");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("DENIED  get "), "{out}");
+    for bad in ["GE T", "", "G(ET", "CONNECT"] {
+        let (code, out) = run(bad, "https://ghe.example.com/api/v3/repos/acme/app");
+        assert_eq!(code, Some(2), "{bad:?}: {out}");
+        assert!(out.starts_with("MALFORMED"), "{out}");
+    }
     // User rule for Jira, from the example.
     let (code, out) = run("GET", "https://jira.example.com/rest/api/2/issue/ABC-1");
     assert_eq!(code, Some(0), "{out}");

@@ -208,6 +208,51 @@ fn denied_and_malformed_requests_never_reach_the_upstream() {
     );
 }
 
+/// `wgbroker explain` on the broker's own configuration: (exit status, standard output).
+fn explain(t: &Tunnel, method: &str, url: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(&cfg, &t.config_text).expect("write config");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .arg("explain")
+        .arg("-c")
+        .arg(&cfg)
+        .args([method, url])
+        .output()
+        .expect("run explain");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn explain_decides_methods_exactly_as_the_wire_does() {
+    let (scm, mut t) = setup("");
+    let url = format!("http://{}/api/v3/repos/acme/app", scm.addr());
+    // (method, explain's exit status, the broker's answer to the same request)
+    for (method, code, status) in [
+        ("GET", 0, 200),
+        ("get", 1, 403),
+        ("Get", 1, 403),
+        ("DELETE", 1, 403),
+        ("PROPFIND", 1, 403),
+        ("CONNECT", 2, 400),
+        ("GE T", 2, 400),
+        ("G\"ET", 2, 400),
+    ] {
+        let (got, out) = explain(&t, method, &url);
+        assert_eq!(got, Some(code), "explain {method:?}:\n{out}");
+        let ex = one(
+            &mut t,
+            Request::new(method, &format!("/proxy/{url}")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ok(&ex).status, status, "{method:?} on the wire");
+    }
+    assert_eq!(scm.seen().len(), 1, "only the GET went upstream");
+}
+
 #[test]
 fn ten_mib_download_and_five_mib_chunked_upload_are_byte_exact() {
     let (scm, mut t) = setup("");
