@@ -254,6 +254,55 @@ fn explain_decides_methods_exactly_as_the_wire_does() {
 }
 
 #[test]
+fn a_rule_naming_an_extension_method_lets_it_through_the_broker() {
+    let scm = MockScm::start(TOKEN).expect("mock scm");
+    let a = scm.addr();
+    let mut t = Tunnel::start(&format!(
+        "[[allow]]\nurl = \"http://{a}/dav/*\"\nmethods = [\"PROPFIND\", \"MKCOL\"]\n"
+    ));
+    let body = br#"<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>"#.to_vec();
+    let ex = one(
+        &mut t,
+        Request::new("PROPFIND", &format!("/proxy/http://{a}/dav/repo/"))
+            .header("Depth", "1")
+            .header("Content-Type", "application/xml")
+            .body(body.clone()),
+        Duration::from_secs(10),
+    );
+    // The mock SCM has no WebDAV: its 404 proves the request reached it.
+    let r = ok(&ex);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("mock-scm"));
+    let seen = scm.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PROPFIND");
+    assert_eq!(seen[0].target, "/dav/repo/");
+    assert_eq!(seen[0].header("depth"), Some("1"));
+    assert_eq!(seen[0].body_len, body.len() as u64);
+    let ex = one(
+        &mut t,
+        Request::new("MKCOL", &format!("/proxy/http://{a}/dav/repo/new/")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok(&ex).status, 404);
+    // Methods the rule does not name stay denied, extension or not.
+    for m in ["GET", "REPORT", "propfind"] {
+        let ex = one(
+            &mut t,
+            Request::new(m, &format!("/proxy/http://{a}/dav/repo/")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ok(&ex).status, 403, "{m}");
+    }
+    assert_eq!(scm.seen().len(), 2, "only PROPFIND and MKCOL went upstream");
+    // explain says the same as the wire.
+    let (code, out) = explain(&t, "PROPFIND", &format!("http://{a}/dav/repo/"));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = explain(&t, "REPORT", &format!("http://{a}/dav/repo/"));
+    assert_eq!(code, Some(1), "{out}");
+}
+
+#[test]
 fn ten_mib_download_and_five_mib_chunked_upload_are_byte_exact() {
     let (scm, mut t) = setup("");
     let a = scm.addr();
