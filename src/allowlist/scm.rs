@@ -92,8 +92,9 @@ pub fn rules(
 /// One `[[scm]]` entry's places: its API base, its web root and (Azure DevOps on
 /// `dev.azure.com`) its entitlements base.
 ///
-/// Every rule [`Instance::rules`] generates is one of [`Instance::roots`] followed by `/` and a
-/// template, and the roots start with literal segments only. Two entries whose roots are
+/// Every rule [`Instance::rules`] generates is one of its roots (the web root, or the
+/// entitlements base) followed by `/` and a template, and the roots are literal segments only
+/// (escaped so that none reads as pattern syntax). Two entries whose roots are
 /// *disjoint* (another scheme, host or port, or neither path a segment-wise prefix of the other)
 /// can therefore never match the same request, whatever their templates: a request that one
 /// entry's rule allows carries that entry's token and no other. [`Instance::conflict`] finds the
