@@ -78,7 +78,7 @@ enum Command {
     Explain {
         #[command(flatten)]
         config: ConfigArgs,
-        /// HTTP method, e.g. GET.
+        /// HTTP method, e.g. GET; case-sensitive, as on the wire (`get` is not `GET`).
         method: String,
         /// Absolute upstream URL, as the vendor would send it after `/proxy/`.
         url: String,
@@ -454,7 +454,14 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             value: v.as_bytes(),
         })
         .collect();
-    let method = method.to_ascii_uppercase();
+    // The wire's own method parser: case-sensitive, a token, never CONNECT. A method the broker
+    // would answer 400 to is malformed here too (shown with `{:?}`: it may hold anything).
+    if let Err(e) = crate::http::parse_method(method) {
+        outln!("MALFORMED  {method:?} {url}");
+        outln!("  rejected before matching: {e}");
+        outln!("  the broker answers 400 and nothing reaches an upstream");
+        return 2;
+    }
     let canon = match CanonUrl::parse(raw_url) {
         Ok(c) => c,
         Err(e) => {
@@ -464,7 +471,7 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             return 2;
         }
     };
-    let explanation = loaded.allowlist.explain(&method, &canon, &headers);
+    let explanation = loaded.allowlist.explain(method, &canon, &headers);
     let allowed = match &explanation.decision {
         Decision::Allowed { rule_id, rule } => {
             outln!("ALLOWED  {method} {url}");

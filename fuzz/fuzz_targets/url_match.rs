@@ -80,6 +80,9 @@ fn allowlist() -> &'static Allowlist {
             user_rule(6, "https://fuzz.example/a*b/*.json", &["GET"]),
             user_rule(7, "http://[::1]:8080/x/:y/", &["DELETE"]),
             user_rule(8, "https://10.0.0.1/", &["TRACE"]),
+            // Extension methods: interned bits after the standard ones.
+            user_rule(9, "https://fuzz.example/dav/*", &["PROPFIND", "MKCOL"]),
+            user_rule(10, "https://fuzz.example/dav/:x/", &["REPORT", "GET"]),
         ];
         specs.extend(four_scm_rules());
         Allowlist::compile(specs).expect("fuzz rules compile")

@@ -16,56 +16,121 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::ValueConstraint;
 use super::canon::pct_at;
+use crate::http::{Method, is_token};
 
-/// The HTTP methods a rule may allow, in bitmask order. `CONNECT` is deliberately absent.
-pub(crate) const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
-];
+/// A rule's methods as a bitmask over method slots (see [`MethodTable`]).
+pub(crate) type MethodMask = u64;
 
-/// Method slot meaning "any method" (used to classify denials).
-pub(crate) const ANY_SLOT: usize = METHODS.len();
+/// Slot meaning "any method" (used to classify denials); no rule mask has this bit.
+pub(crate) const ANY_SLOT: usize = 8;
 
-/// Number of method slots including [`ANY_SLOT`].
-pub(crate) const SLOTS: usize = METHODS.len() + 1;
+/// The first slot of an extension method.
+pub(crate) const FIRST_EXTENSION_SLOT: usize = ANY_SLOT + 1;
+
+/// The most distinct extension methods one allowlist may name (the rest of a [`MethodMask`]).
+pub(crate) const MAX_EXTENSIONS: usize = MethodMask::BITS as usize - FIRST_EXTENSION_SLOT;
 
 /// Remainders up to this many bytes are percent-decoded on the stack.
 pub(crate) const STACK_DECODE: usize = 1024;
 
-/// The slot of a request method (exact, case-sensitive as HTTP says); `None` for anything a rule
-/// can never allow, `CONNECT` included.
-pub(crate) fn method_slot(method: &str) -> Option<usize> {
-    Some(match method {
-        "GET" => 0,
-        "HEAD" => 1,
-        "POST" => 2,
-        "PUT" => 3,
-        "PATCH" => 4,
-        "DELETE" => 5,
-        "OPTIONS" => 6,
-        "TRACE" => 7,
-        _ => return None,
-    })
+/// The methods an allowlist can allow, each with a slot (a bit of a [`MethodMask`] and a column
+/// of the trie's pruning table).
+///
+/// Design: the methods RFC 9110 defines have fixed slots 0..=7 (`GET`, `HEAD`, `POST`, `PUT`,
+/// `PATCH`, `DELETE`, `OPTIONS`, `TRACE`), found by the same exact match the wire uses
+/// ([`Method::of`]), so the common case costs what it did when only those existed. Every
+/// distinct extension method some rule names (`PROPFIND`, `MKCOL`, `REPORT`, ...) is interned at
+/// compile time and gets the next free slot from [`FIRST_EXTENSION_SLOT`]; a request with an
+/// extension method finds its slot by a linear scan of those few names, and from then on is
+/// matched exactly like a standard one (bit test, pruned walk). A method no rule names has no
+/// slot and is denied without a walk of its own. `CONNECT` never has a slot: a rule cannot list it
+/// and the HTTP layer refuses it with a 400 before asking.
+#[derive(Debug, Default)]
+pub(crate) struct MethodTable {
+    /// Extension method names in slot order (slot = [`FIRST_EXTENSION_SLOT`] + index).
+    extensions: Vec<Box<str>>,
 }
 
-/// The bitmask of a rule's method list.
-pub(crate) fn method_mask(methods: &[String]) -> Result<u32, String> {
-    if methods.is_empty() {
-        return Err("the method list is empty".to_owned());
+impl MethodTable {
+    /// The slot of a request method (exact, case-sensitive as HTTP says); `None` for a method no
+    /// rule can allow: `CONNECT`, or an extension method no rule names.
+    #[inline]
+    pub fn slot(&self, method: &str) -> Option<usize> {
+        Some(match Method::of(method) {
+            Method::Get => 0,
+            Method::Head => 1,
+            Method::Post => 2,
+            Method::Put => 3,
+            Method::Patch => 4,
+            Method::Delete => 5,
+            Method::Options => 6,
+            Method::Trace => 7,
+            Method::Connect => return None,
+            Method::Extension => {
+                FIRST_EXTENSION_SLOT + self.extensions.iter().position(|e| **e == *method)?
+            }
+        })
     }
-    let mut mask = 0;
-    for m in methods {
-        match method_slot(m) {
-            Some(slot) => mask |= 1 << slot,
-            None if m == "CONNECT" => return Err("CONNECT can never be allowed".to_owned()),
-            None => {
-                return Err(format!(
-                    "unknown method {m:?} (expected one of {})",
-                    METHODS.join(", ")
-                ));
+
+    /// Number of slots, [`ANY_SLOT`] included.
+    pub fn slots(&self) -> usize {
+        FIRST_EXTENSION_SLOT + self.extensions.len()
+    }
+
+    /// The mask of a rule's method list, interning its extension methods; the error lists every
+    /// bad method of the list.
+    pub fn mask(&mut self, methods: &[String]) -> Result<MethodMask, Vec<String>> {
+        if methods.is_empty() {
+            return Err(vec!["the method list is empty".to_owned()]);
+        }
+        let mut mask: MethodMask = 0;
+        let mut errors = Vec::new();
+        for m in methods {
+            match self.rule_slot(m) {
+                Ok(slot) => mask |= 1 << slot,
+                Err(e) => errors.push(e),
             }
         }
+        if errors.is_empty() {
+            Ok(mask)
+        } else {
+            Err(errors)
+        }
     }
-    Ok(mask)
+
+    /// The slot of one method a rule lists, interning a new extension method.
+    fn rule_slot(&mut self, m: &str) -> Result<usize, String> {
+        match Method::of(m) {
+            Method::Connect => return Err("CONNECT can never be allowed".to_owned()),
+            Method::Extension => {}
+            _ => return self.slot(m).ok_or_else(|| format!("{m:?}: no slot")),
+        }
+        if !is_token(m) {
+            return Err(format!(
+                "{m:?} is not a method (a method is a token: letters, digits and !#$%&'*+-.^_`|~)"
+            ));
+        }
+        // A case variant of a standard method would be an extension method that no client
+        // sends: almost certainly a typo for the real one.
+        if let Some((known, _)) = Method::KNOWN
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(m))
+        {
+            return Err(format!(
+                "{m:?} is not {known:?}: methods are case-sensitive"
+            ));
+        }
+        if let Some(slot) = self.slot(m) {
+            return Ok(slot);
+        }
+        if self.extensions.len() >= MAX_EXTENSIONS {
+            return Err(format!(
+                "{m:?}: more than {MAX_EXTENSIONS} distinct extension methods in the allowlist"
+            ));
+        }
+        self.extensions.push(m.into());
+        Ok(FIRST_EXTENSION_SLOT + self.extensions.len() - 1)
+    }
 }
 
 /// Glob kinds, as bit flags on a literal.
@@ -471,14 +536,42 @@ mod tests {
 
     #[test]
     fn methods() {
+        let mut t = MethodTable::default();
+        assert_eq!(t.mask(&["GET".into(), "OPTIONS".into()]), Ok(0b100_0001));
+        assert_eq!(t.slots(), FIRST_EXTENSION_SLOT);
+        // Extension methods are interned once, in order of appearance, after ANY_SLOT.
         assert_eq!(
-            method_mask(&["GET".into(), "OPTIONS".into()]),
-            Ok(0b100_0001)
+            t.mask(&["PROPFIND".into(), "GET".into()]),
+            Ok((1 << FIRST_EXTENSION_SLOT) | 1)
         );
-        assert!(method_mask(&[]).is_err());
-        assert!(method_mask(&["get".into()]).is_err());
-        assert!(method_mask(&["CONNECT".into()]).is_err());
-        assert_eq!(method_slot("CONNECT"), None);
+        assert_eq!(
+            t.mask(&["MKCOL".into(), "PROPFIND".into()]),
+            Ok(0b11 << FIRST_EXTENSION_SLOT)
+        );
+        assert_eq!(t.slot("MKCOL"), Some(FIRST_EXTENSION_SLOT + 1));
+        assert_eq!(t.slot("REPORT"), None);
+        assert_eq!(t.slot("propfind"), None);
+        assert_eq!(t.slots(), FIRST_EXTENSION_SLOT + 2);
+        // Every bad method is reported, and nothing bad is interned.
+        let errs = t
+            .mask(&[
+                "get".into(),
+                "A B".into(),
+                "CONNECT".into(),
+                "".into(),
+                "X".into(),
+            ])
+            .expect_err("bad methods");
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(t.mask(&[]).is_err());
+        assert_eq!(t.slot("CONNECT"), None);
+        assert_eq!(t.slots(), FIRST_EXTENSION_SLOT + 3, "X only");
+        // The mask has room for MAX_EXTENSIONS extension methods, no more.
+        let many: Vec<String> = (0..MAX_EXTENSIONS).map(|i| format!("M{i}")).collect();
+        let mut full = MethodTable::default();
+        assert!(full.mask(&many).is_ok());
+        assert_eq!(full.slot(&many[MAX_EXTENSIONS - 1]), Some(63));
+        assert!(full.mask(&["ONE-MORE".into()]).is_err());
     }
 
     #[test]

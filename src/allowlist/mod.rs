@@ -3,7 +3,9 @@
 //! Data flow: the config layer builds [`RuleSpec`]s (user rules first, then the SCM rules from
 //! [`scm::rules`]); [`Allowlist::compile`] validates all of them at once and compiles them into one
 //! `trie` (scheme+host+port → path segment trie → method bitmask → rule id) plus per-rule
-//! `constraint`s. Per request the proxy canonicalises the upstream URL once
+//! `constraint`s. A rule may list any RFC 9110 method token: the eight standard methods have
+//! fixed bits, extension methods (`PROPFIND`, `MKCOL`, ...) get bits as the rules name them
+//! (`constraint::MethodTable`). Per request the proxy canonicalises the upstream URL once
 //! ([`CanonUrl::parse`]), asks [`Allowlist::decide`], and forwards exactly the URL it matched.
 //!
 //! Invariants:
@@ -14,10 +16,12 @@
 //! * `decide` never panics, never allocates when it allows or denies for a missing origin, path
 //!   or method (describing a failed constraint is the one allocation), and does a bounded amount
 //!   of work (a walk that exceeds the budget denies);
-//! * `CONNECT` (and any method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE) is
-//!   never allowed: a rule cannot list it, and a request with it is denied as
-//!   [`DenyReason::MethodNotAllowed`] (or [`DenyReason::NoPathMatch`] if no rule even matches the
-//!   path). The HTTP layer is expected to refuse `CONNECT` with a 400 before asking.
+//! * methods match exactly (case-sensitive, as HTTP says): a request is allowed only by a rule
+//!   that lists its method verbatim. `CONNECT` is never allowed: a rule cannot list it (nor a
+//!   non-token, nor a case variant of a standard method such as `get`), and a request with it,
+//!   or with a method no rule lists, is denied as [`DenyReason::MethodNotAllowed`] (or
+//!   [`DenyReason::NoPathMatch`] if no rule even matches the path). The HTTP layer refuses
+//!   `CONNECT` and non-tokens with a 400 before asking ([`crate::http::parse_method`]).
 
 pub mod canon;
 mod constraint;
@@ -32,7 +36,7 @@ use std::fmt;
 pub use canon::{Authority, CanonUrl, Malformed, RequestTarget, Scheme};
 pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint};
 
-use constraint::{ANY_SLOT, Constraints, Failed, FileSet, Value};
+use constraint::{ANY_SLOT, Constraints, Failed, FileSet, MethodMask, MethodTable, Value};
 use trie::{Trie, TrieBuilder};
 
 /// A problem with one rule, found at compile time.
@@ -54,14 +58,16 @@ pub struct Rule {
     pub spec: RuleSpec,
     /// Index in the compiled list (= the `rule_id` of decisions).
     pub id: usize,
-    methods: u32,
+    /// The bitmask of `spec.methods` over the allowlist's method slots.
+    methods: MethodMask,
     constraints: Constraints,
 }
 
 impl Rule {
-    /// Whether the rule lists `method`.
+    /// Whether the rule lists `method` (exactly, case-sensitive): the list its method mask was
+    /// compiled from, which never holds `CONNECT` or a non-token.
     pub fn allows_method(&self, method: &str) -> bool {
-        constraint::method_slot(method).is_some_and(|s| self.methods & (1 << s) != 0)
+        self.spec.methods.iter().any(|m| m == method)
     }
 }
 
@@ -90,7 +96,7 @@ pub enum DenyReason {
     /// complex to match within the walk budget — fail closed).
     NoPathMatch,
     /// Some pattern matches the path, but none of those rules allows the method (`CONNECT` and
-    /// unknown methods always end here or in `NoPathMatch`).
+    /// methods no rule lists always end here or in `NoPathMatch`).
     MethodNotAllowed,
     /// A rule matched path and method but one of its constraints failed; the message names the
     /// lowest such rule and the constraint (never a header or query *value*).
@@ -139,6 +145,7 @@ impl<'a> Decision<'a> {
 pub struct Allowlist {
     rules: Vec<Rule>,
     trie: Trie,
+    methods: MethodTable,
 }
 
 /// The most rules one allowlist may hold.
@@ -158,6 +165,7 @@ impl Allowlist {
             return Err(errors);
         }
         let mut builder = TrieBuilder::default();
+        let mut table = MethodTable::default();
         let mut rules = Vec::with_capacity(specs.len());
         let mut masks = Vec::with_capacity(specs.len());
         for (id, spec) in specs.into_iter().enumerate() {
@@ -169,9 +177,10 @@ impl Allowlist {
                     message,
                 });
             };
-            let methods = constraint::method_mask(&spec.methods)
-                .map_err(|m| err("methods", m))
-                .unwrap_or(0);
+            let methods = table.mask(&spec.methods).unwrap_or_else(|list| {
+                list.into_iter().for_each(|m| err("methods", m));
+                0
+            });
             let compiled = pattern::parse(&spec.url)
                 .and_then(|p| builder.prepare(&p).map(|edges| (p, edges)))
                 .map_err(|m| err("url", m))
@@ -196,8 +205,9 @@ impl Allowlist {
             return Err(errors);
         }
         Ok(Allowlist {
-            trie: builder.finish(&masks),
+            trie: builder.finish(&masks, table.slots()),
             rules,
+            methods: table,
         })
     }
 
@@ -216,7 +226,7 @@ impl Allowlist {
         let Some(root) = self.trie.origin(url.scheme, url.port, &url.host) else {
             return Decision::Denied(DenyReason::NoRuleForOrigin);
         };
-        if let Some(slot) = constraint::method_slot(method) {
+        if let Some(slot) = self.methods.slot(method) {
             let (res, failed) = self.walk_method(root, slot, url, headers);
             if res.exhausted {
                 return Decision::Denied(DenyReason::NoPathMatch);
@@ -276,7 +286,8 @@ impl Allowlist {
         }
     }
 
-    /// The decision's walk for a known method: the best rule whose method and constraints hold,
+    /// The decision's walk for a method some rule names: the best rule whose method and
+    /// constraints hold,
     /// and the lowest rule that matched path and method but failed a constraint.
     fn walk_method(
         &self,
@@ -285,7 +296,8 @@ impl Allowlist {
         url: &CanonUrl,
         headers: &[httparse::Header<'_>],
     ) -> (trie::WalkResult, Option<(u32, Failed)>) {
-        let bit = 1u32 << slot;
+        // A slot from the method table is below 64; a bad one matches nothing (never panics).
+        let bit: MethodMask = MethodMask::from(1u8).checked_shl(slot as u32).unwrap_or(0);
         let mut failed: Option<(u32, Failed)> = None;
         let query = url.query.as_deref();
         let res = self.trie.walk(root, &url.path, slot, |id, capture| {
@@ -315,7 +327,7 @@ impl Allowlist {
     fn visits(&self, method: &str, url: &CanonUrl, headers: &[httparse::Header<'_>]) -> u32 {
         let (Some(root), Some(slot)) = (
             self.trie.origin(url.scheme, url.port, &url.host),
-            constraint::method_slot(method),
+            self.methods.slot(method),
         ) else {
             return 0;
         };

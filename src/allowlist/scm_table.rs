@@ -1,8 +1,8 @@
 //! The built-in SCM rule tables, as data (shared/reference/scm-allowlists.md).
 //!
 //! One row per path template: `(methods, template, base, gate)`. Adding an endpoint is adding one
-//! row. `Base::Api` rows are joined to the SCM's `base_url`, `Base::Root` rows to its
-//! `scheme://host[:port]` (git smart-HTTP), `Base::Vsaex` rows to the Azure DevOps
+//! row. `Base::Api` rows are joined to the SCM's `base_url`, `Base::Web` rows to its web root
+//! (git smart-HTTP: the base without its API suffix), `Base::Vsaex` rows to the Azure DevOps
 //! `vsaex.dev.azure.com` variant of the base. `Gate::Code` rows exist only with
 //! `allow_code_access = true`. GitHub rows containing `/repos/:owner/:repo` or `/repos/:org/:repo`
 //! are additionally generated with `/repositories/:id(\d+)` in their place (see `scm.rs`).
@@ -15,8 +15,11 @@
 pub(crate) enum Base {
     /// The SCM's `base_url` (its path kept).
     Api,
-    /// `scheme://host[:port]` of the `base_url`.
-    Root,
+    /// The web root: the `base_url` without its API suffix (`/api/v3`, `/api/v4`,
+    /// `/rest/api/<version>`), e.g. `https://h/gitlab` for `https://h/gitlab/api/v4`. The
+    /// reference data says "root" (`scheme://host`); the web root keeps the instance's path so
+    /// that two instances on one host keep apart (see `scm.rs`).
+    Web,
     /// Azure DevOps: `base_url` with `dev.azure.com` replaced by `vsaex.dev.azure.com`.
     Vsaex,
 }
@@ -46,7 +49,7 @@ const POST_PATCH: &[&str] = &["POST", "PATCH"];
 const PUT_DELETE: &[&str] = &["PUT", "DELETE"];
 const DELETE_PATCH: &[&str] = &["DELETE", "PATCH"];
 
-use Base::{Api, Root, Vsaex};
+use Base::{Api, Vsaex, Web};
 use Gate::{Always, Code};
 
 /// GitHub (Enterprise Server or github.com); base e.g. `https://ghe.example.com/api/v3`.
@@ -100,9 +103,9 @@ pub(crate) const GITHUB: &[Row] = &[
     (GET, "/repos/:owner/:repo/contents", Api, Code),
     (GET, "/repos/:owner/:repo/contents/*", Api, Code),
     (GET, "/repos/:owner/:repo/commits", Api, Code),
-    (GET, "/:owner/:repo/info/refs", Root, Code),
-    (POST, "/:owner/:repo/git-upload-pack", Root, Code),
-    (POST, "/:owner/:repo/git-receive-pack", Root, Code),
+    (GET, "/:owner/:repo/info/refs", Web, Code),
+    (POST, "/:owner/:repo/git-upload-pack", Web, Code),
+    (POST, "/:owner/:repo/git-receive-pack", Web, Code),
     (GET, "/repos/:owner/:repo/git/ref/*", Api, Code),
     (GET, "/repos/:owner/:repo/git/commits/:sha", Api, Code),
     (POST, "/repos/:owner/:repo/git/blobs", Api, Code),
@@ -143,9 +146,9 @@ pub(crate) const GITLAB: &[Row] = &[
     (GET, "/projects/:project/repository/compare", Api, Code),
     (GET, "/projects/:project/repository/merge_base", Api, Code),
     (POST, "/projects/:project/statuses/:commit", Api, Code),
-    (GET, "/{:namespace/}+:project/info/refs", Root, Code),
-    (POST, "/{:namespace/}+:project/git-upload-pack", Root, Code),
-    (POST, "/{:namespace/}+:project/git-receive-pack", Root, Code),
+    (GET, "/{:namespace/}+:project/info/refs", Web, Code),
+    (POST, "/{:namespace/}+:project/git-upload-pack", Web, Code),
+    (POST, "/{:namespace/}+:project/git-receive-pack", Web, Code),
     (POST, "/projects/:project/merge_requests", Api, Code),
 ];
 
@@ -170,8 +173,8 @@ pub(crate) const BITBUCKET: &[Row] = &[
     // allow_code_access
     (GET_PUT, "/projects/:project/repos/:repo/browse/*", Api, Code),
     (POST, "/projects/:project/repos/:repo/commits/:commit/builds", Api, Code),
-    (GET, "/scm/:project/:repo/info/refs", Root, Code),
-    (POST, "/scm/:project/:repo/git-upload-pack", Root, Code),
+    (GET, "/scm/:project/:repo/info/refs", Web, Code),
+    (POST, "/scm/:project/:repo/git-upload-pack", Web, Code),
     (GET, "/projects/:project/repos/:repo/commits", Api, Code),
     (POST, "/projects/:project/repos/:repo/branches", Api, Code),
     (POST, "/projects/:project/repos/:repo/pull-requests", Api, Code),

@@ -46,7 +46,8 @@ pub struct LogFlags {
 pub struct RuleSpec {
     /// URL pattern (DESIGN.md section 5), e.g. `https://ghe.example.com/api/v3/repos/:owner/:repo`.
     pub url: String,
-    /// Allowed methods, upper-case as written (`GET`, `POST`, ..., `OPTIONS`). Never empty.
+    /// Allowed methods, matched exactly (case-sensitive): the standard ones (`GET`, `POST`, ...,
+    /// `OPTIONS`) or any other RFC 9110 token (`PROPFIND`, `MKCOL`); never `CONNECT`, never empty.
     pub methods: Vec<String>,
     /// Headers set on the upstream request, overriding whatever the vendor sent.
     pub set_request_headers: Vec<(String, Secret)>,

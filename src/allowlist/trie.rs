@@ -19,7 +19,6 @@ mod build;
 mod table;
 
 use super::canon::Scheme;
-use super::constraint::ANY_SLOT;
 use super::pattern::{Glob, SegmentRegex};
 pub(crate) use build::TrieBuilder;
 use table::{LitTable, Origins};
@@ -57,8 +56,9 @@ pub(crate) struct Trie {
     origins: Origins,
     nodes: Vec<Node>,
     /// `min_rule[slot][node]`: the lowest rule id at or below `node` whose methods include
-    /// `slot` (any rule for [`ANY_SLOT`]), [`NONE`] if none. One column per slot keeps the
-    /// pruning check of a walk to one load.
+    /// `slot` (any rule for [`ANY_SLOT`](super::constraint::ANY_SLOT)), [`NONE`] if none. One column per slot keeps the
+    /// pruning check of a walk to one load; extension methods add a column each, only when some
+    /// rule names them (see `constraint::MethodTable`).
     min_rule: Vec<Box<[u32]>>,
     regexes: Vec<SegmentRegex>,
     globs: Vec<Glob>,
@@ -90,12 +90,13 @@ impl Trie {
     /// the byte range matched by the last non-literal element on the way (the rule's
     /// `path_files` target). `accept` returns whether the rule is taken (method and constraints
     /// hold). Subtrees are pruned by the lowest rule id having `slot` in its mask (any rule for
-    /// [`ANY_SLOT`]), so `accept` must still check the method itself.
+    /// [`ANY_SLOT`](super::constraint::ANY_SLOT)), so `accept` must still check the method itself. A slot the trie was not
+    /// built with matches nothing.
     pub fn walk<F>(&self, root: u32, path: &str, slot: usize, accept: F) -> WalkResult
     where
         F: FnMut(u32, Span) -> bool,
     {
-        let Some(min_rule) = self.min_rule.get(slot.min(ANY_SLOT)) else {
+        let Some(min_rule) = self.min_rule.get(slot) else {
             return WalkResult {
                 best: None,
                 exhausted: false,

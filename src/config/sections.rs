@@ -120,11 +120,12 @@ pub(super) fn validate(
         .enumerate()
         .filter_map(|(i, s)| allow_rule(i, s, &mut ctx, env))
         .collect();
+    let mut instances = Vec::new();
     let scm: Vec<Scm> = root
         .tables(&mut ctx, "scm")
         .into_iter()
         .enumerate()
-        .filter_map(|(i, s)| scm_entry(i, s, &mut ctx, env))
+        .filter_map(|(i, s)| scm_entry(i, s, &mut ctx, env, &mut instances))
         .collect();
     let upstream = upstream(root.table(&mut ctx, "upstream"), &mut ctx);
     let admin = admin(root.table(&mut ctx, "admin"), &mut ctx);
@@ -513,11 +514,16 @@ fn valid_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// One `[[scm]]` entry. `earlier` holds the instances of the valid entries before it (index,
+/// instance): an entry whose URLs could overlap one of them is an error at its `base_url`, since
+/// a request for one instance could otherwise be allowed by the other's rule and carry the
+/// other's token (see [`scm::Instance`]).
 fn scm_entry(
     index: usize,
     mut s: Section<'_>,
     ctx: &mut Ctx<'_>,
     env: &dyn SecretEnv,
+    earlier: &mut Vec<(usize, scm::Instance)>,
 ) -> Option<Scm> {
     let kind = match s.req::<String>(ctx, "type") {
         Some(t) => match t.as_str() {
@@ -540,20 +546,29 @@ fn scm_entry(
     let allow_code_access: bool = s.or(ctx, "allow_code_access", false);
     s.finish(ctx);
     let (kind, base_url) = (kind?, base_url?);
-    let tok: Option<&Secret> = token.as_ref().map(|t| &t.value);
-    match scm::rules(kind, index, &base_url, tok, allow_code_access) {
-        Ok(rules) => Some(Scm {
-            kind,
-            base_url,
-            token,
-            allow_code_access,
-            rules,
-        }),
+    let key = format!("scm[{index}].base_url");
+    let instance = match scm::Instance::new(kind, &base_url) {
+        Ok(i) => i,
         Err(msg) => {
-            ctx.error(&format!("scm[{index}].base_url"), msg);
-            None
+            ctx.error(&key, msg);
+            return None;
+        }
+    };
+    for (other_index, other) in earlier.iter() {
+        if let Some(msg) = instance.conflict(other, *other_index) {
+            ctx.error(&key, msg);
         }
     }
+    let tok: Option<&Secret> = token.as_ref().map(|t| &t.value);
+    let rules = instance.rules(index, tok, allow_code_access);
+    earlier.push((index, instance));
+    Some(Scm {
+        kind,
+        base_url,
+        token,
+        allow_code_access,
+        rules,
+    })
 }
 
 fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {

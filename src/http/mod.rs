@@ -15,5 +15,7 @@ mod request;
 mod response;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
-pub use request::{BodyFraming, HeadError, Limits, Method, RequestHead, parse_head};
+pub use request::{
+    BodyFraming, HeadError, Limits, Method, RequestHead, is_token, parse_head, parse_method,
+};
 pub use response::{ResponseHead, reason_phrase};

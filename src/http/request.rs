@@ -44,8 +44,9 @@ impl HeadError {
     }
 }
 
-/// Request methods the broker knows by name; anything else is `Other` (and can still be allowed
-/// by a rule that names it).
+/// A request method, classified. RFC 9110 section 9.1: a method is a token (`1*tchar`) and
+/// case-sensitive, so `get` is an extension method, not `GET`. [`parse_method`] is the only way
+/// from text to a `Method`, for the wire and for `wgbroker explain` alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Get,
@@ -57,12 +58,29 @@ pub enum Method {
     Options,
     Trace,
     Connect,
-    Other,
+    /// Any other token (`PROPFIND`, `MKCOL`, `get`, ...); its name is the text it came from, and
+    /// a rule that names it exactly can allow it.
+    Extension,
 }
 
 impl Method {
-    fn from_bytes(m: &str) -> Self {
-        match m {
+    /// The methods RFC 9110 defines, by name (`CONNECT` included; the broker refuses it).
+    pub const KNOWN: [(&'static str, Method); 9] = [
+        ("GET", Method::Get),
+        ("HEAD", Method::Head),
+        ("POST", Method::Post),
+        ("PUT", Method::Put),
+        ("PATCH", Method::Patch),
+        ("DELETE", Method::Delete),
+        ("OPTIONS", Method::Options),
+        ("TRACE", Method::Trace),
+        ("CONNECT", Method::Connect),
+    ];
+
+    /// Classifies a token that is already known to be valid (exact, case-sensitive match);
+    /// anything not named in [`Method::KNOWN`] is [`Method::Extension`].
+    pub fn of(token: &str) -> Method {
+        match token {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
             "POST" => Method::Post,
@@ -72,8 +90,47 @@ impl Method {
             "OPTIONS" => Method::Options,
             "TRACE" => Method::Trace,
             "CONNECT" => Method::Connect,
-            _ => Method::Other,
+            _ => Method::Extension,
         }
+    }
+}
+
+/// Whether `s` is an RFC 9110 token: one or more of `A-Z a-z 0-9 ! # $ % & ' * + - . ^ _ \` | ~`.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// The request method as the broker accepts it: a token (else 400), and not `CONNECT` (400: the
+/// destination only ever comes from `/proxy/<url>`). [`parse_head`] calls this on every request
+/// and `wgbroker explain` on its METHOD argument, so the two cannot disagree about a method;
+/// what the allowlist then says about an accepted method is the same for both as well.
+pub fn parse_method(token: &str) -> Result<Method, HeadError> {
+    match Method::of(token) {
+        Method::Connect => Err(HeadError::Malformed("CONNECT is not supported")),
+        Method::Extension if !is_token(token) => {
+            Err(HeadError::Malformed("the method is not a token"))
+        }
+        m => Ok(m),
     }
 }
 
@@ -111,7 +168,7 @@ pub struct RequestHead {
 impl Default for RequestHead {
     fn default() -> Self {
         Self {
-            method: Method::Other,
+            method: Method::Extension,
             method_at: 0..0,
             target_at: 0..0,
             minor_version: 1,
@@ -263,7 +320,9 @@ pub fn parse_head(
     let target = req.path.unwrap_or_default();
     let minor_version = req.version.unwrap_or(1);
 
-    head.method = Method::from_bytes(method);
+    // httparse has checked the token already; the shared parser classifies it and refuses
+    // CONNECT, exactly as `explain` does.
+    head.method = parse_method(method)?;
     head.method_at = offset(buf, method.as_bytes());
     head.target_at = offset(buf, target.as_bytes());
     head.minor_version = minor_version;
@@ -332,9 +391,6 @@ pub fn parse_head(
     }
     if hosts > 1 {
         return Err(HeadError::Malformed("duplicate Host"));
-    }
-    if head.method == Method::Connect {
-        return Err(HeadError::Malformed("CONNECT is not supported"));
     }
     if !target.starts_with('/') && target != "*" {
         // Absolute-form and authority-form targets are proxy tricks: the destination is only ever
@@ -544,6 +600,38 @@ mod tests {
                 Ok(h) => panic!("accepted {raw:?}: {h:?}"),
             }
         }
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_tokens_and_connect_is_refused() {
+        for (token, want) in [
+            ("GET", Method::Get),
+            ("TRACE", Method::Trace),
+            ("get", Method::Extension),
+            ("PROPFIND", Method::Extension),
+            ("VERSION-CONTROL", Method::Extension),
+            ("M!#$%&'*+-.^_`|~9", Method::Extension),
+        ] {
+            assert_eq!(parse_method(token), Ok(want), "{token:?}");
+        }
+        for bad in [
+            "", "GE T", "GET ", "G\tET", "G\"ET", "G(ET", "GÉT", "G/ET", "CONNECT",
+        ] {
+            assert_eq!(
+                parse_method(bad).map_err(|e| e.status()),
+                Err(400),
+                "{bad:?}"
+            );
+        }
+        // On the wire: an extension method is parsed (the allowlist decides), CONNECT is not.
+        assert_eq!(
+            ok("PROPFIND /proxy/https://h/x HTTP/1.1\r\nHost: x\r\n\r\n").method,
+            Method::Extension
+        );
+        assert_eq!(
+            ok("get / HTTP/1.1\r\nHost: x\r\n\r\n").method,
+            Method::Extension
+        );
     }
 
     #[test]

@@ -272,6 +272,76 @@ fn methods_are_a_bitmask_and_connect_is_never_allowed() {
     }
 }
 
+#[test]
+fn extension_methods_are_allowed_by_exactly_the_rules_that_name_them() {
+    let a = compile(vec![
+        rule("https://dav.example/repo/*", &["PROPFIND"]),
+        rule("https://dav.example/repo/*", &["GET", "REPORT"]),
+        rule(
+            "https://dav.example/repo/:x",
+            &["MKCOL", "PROPFIND", "VERSION-CONTROL"],
+        ),
+        rule("https://dav.example/*", &["PROPPATCH"]),
+    ]);
+    let d = |m: &str, u: &str| decide(&a, m, u);
+    assert_eq!(d("PROPFIND", "https://dav.example/repo/a/b"), Ok(0));
+    assert_eq!(d("PROPFIND", "https://dav.example/repo/a"), Ok(0));
+    assert_eq!(d("GET", "https://dav.example/repo/a/b"), Ok(1));
+    assert_eq!(d("REPORT", "https://dav.example/repo/a/b"), Ok(1));
+    assert_eq!(d("MKCOL", "https://dav.example/repo/a"), Ok(2));
+    assert_eq!(d("VERSION-CONTROL", "https://dav.example/repo/a"), Ok(2));
+    assert_eq!(d("PROPPATCH", "https://dav.example/repo/a"), Ok(3));
+    // Exactly the named methods: not GET on the PROPFIND-only path, not a case variant, not a
+    // method no rule names.
+    assert_eq!(
+        d("GET", "https://dav.example/x"),
+        Err(DenyReason::MethodNotAllowed)
+    );
+    for m in ["propfind", "Propfind", "MKCOL", "LOCK", "POST", "CONNECT"] {
+        assert_eq!(
+            d(m, "https://dav.example/repo/a/b"),
+            Err(DenyReason::MethodNotAllowed),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        d("PROPFIND", "https://dav.example.org/"),
+        Err(DenyReason::NoRuleForOrigin)
+    );
+    // explain agrees, rule by rule.
+    let e = a.explain("PROPFIND", &url("https://dav.example/repo/a"), &[]);
+    let listed: Vec<(usize, bool)> = e
+        .path_matches
+        .iter()
+        .map(|m| (m.rule.id, m.method_allowed))
+        .collect();
+    assert_eq!(listed, [(0, true), (1, false), (2, true), (3, false)]);
+}
+
+#[test]
+fn rule_methods_must_be_tokens_and_every_bad_one_is_reported() {
+    let errors = Allowlist::compile(numbered(vec![
+        rule(
+            "https://h.example/a",
+            &["GET", "GE T", "", "CONNECT", "PROPFIND", "get"],
+        ),
+        rule("https://h.example/b", &["OPTIONS"]),
+    ]))
+    .expect_err("must fail");
+    let methods: Vec<(usize, &str, &str)> = errors
+        .iter()
+        .map(|e| (e.rule, e.field, e.message.as_str()))
+        .collect();
+    assert_eq!(methods.len(), 4, "{methods:#?}");
+    assert!(methods.iter().all(|(r, f, _)| *r == 0 && *f == "methods"));
+    for part in ["\"GE T\"", "\"\"", "CONNECT", "\"get\""] {
+        assert!(
+            methods.iter().any(|(_, _, m)| m.contains(part)),
+            "{part} in {methods:#?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // canonicalisation
 
@@ -764,9 +834,14 @@ fn two_gitlab_instances_with_different_bases() {
         pick("https://gl-b.example:8443/gitlab/api/v4/projects/1"),
         (1, "b".to_owned())
     );
+    // Git smart-HTTP lives under the web root (the base without `/api/v4`), not the host root.
     assert_eq!(
-        pick("https://gl-b.example:8443/g/p/info/refs"),
+        pick("https://gl-b.example:8443/gitlab/g/p/info/refs"),
         (1, "b".to_owned())
+    );
+    assert!(
+        !a.decide("GET", &url("https://gl-b.example:8443/g/p/info/refs"), &[])
+            .is_allowed()
     );
     assert!(
         !a.decide(
@@ -995,7 +1070,7 @@ fn compile_reports_every_bad_rule_at_once() {
     let specs = vec![
         rule("https://h.example/ok", &["GET"]),
         rule("https://h.example/a//b", &["GET"]),
-        rule("https://h.example/x", &["FETCH"]),
+        rule("https://h.example/x", &["FE TCH"]),
         rule("https://h.example/x", &[]),
         rule(r"https://h.example/r/:id(\d+", &["GET"]),
         rule(r"https://h.example/r/:id([)", &["GET"]),
@@ -1163,8 +1238,12 @@ const ORIGINS: [&str; 5] = [
 const SEGS: [&str; 6] = ["a", "b", "x", "1", "42", "a%2Fb"];
 const REGEXES: [&str; 3] = [r"\d+", "[ab]+", "a|x"];
 const PIECES: [&str; 4] = ["", "a", "b", "x"];
-const RULE_METHODS: [&str; 4] = ["GET", "POST", "PUT", "OPTIONS"];
-const REQ_METHODS: [&str; 6] = ["GET", "POST", "PUT", "OPTIONS", "DELETE", "CONNECT"];
+// Extension methods take the same path as standard ones once compiled (interned bits, pruned
+// walk): both kinds are in the mix, plus requests with methods no rule lists.
+const RULE_METHODS: [&str; 6] = ["GET", "POST", "PUT", "OPTIONS", "PROPFIND", "MKCOL"];
+const REQ_METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "OPTIONS", "DELETE", "CONNECT", "PROPFIND", "MKCOL", "REPORT", "propfind",
+];
 
 #[derive(Debug, Clone)]
 enum El {

@@ -236,6 +236,16 @@ fn explain_exit_codes() {
     assert!(out.starts_with("MALFORMED"));
     let (code, _) = run("GET", "https://ghe.example.com/api/v3/repos//app");
     assert_eq!(code, Some(2));
+    // The method is read as the broker reads it on the wire: case-sensitive (`get` is not
+    // `GET`, so the broker answers 403), and a token (anything else, and CONNECT, is a 400).
+    let (code, out) = run("get", "https://ghe.example.com/api/v3/repos/acme/app");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("DENIED  get "), "{out}");
+    for bad in ["GE T", "", "G(ET", "CONNECT"] {
+        let (code, out) = run(bad, "https://ghe.example.com/api/v3/repos/acme/app");
+        assert_eq!(code, Some(2), "{bad:?}: {out}");
+        assert!(out.starts_with("MALFORMED"), "{out}");
+    }
     // User rule for Jira, from the example.
     let (code, out) = run("GET", "https://jira.example.com/rest/api/2/issue/ABC-1");
     assert_eq!(code, Some(0), "{out}");
@@ -900,4 +910,152 @@ fn commands_that_print_end_with_their_status_when_stdout_is_gone_or_full() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// One `[[scm]]` entry: type, base URL, token.
+type ScmEntry<'a> = (&'a str, &'a str, &'a str);
+
+/// `[[scm]]` entries as TOML, code access on.
+fn scm_entries(entries: &[ScmEntry<'_>]) -> String {
+    entries
+        .iter()
+        .map(|(kind, base, token)| {
+            format!(
+                "[[scm]]\ntype = \"{kind}\"\nbase_url = \"{base}\"\ntoken = \"{token}\"\nallow_code_access = true\n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn explain_gives_each_scm_instance_on_one_host_its_own_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = minimal_config(
+        dir.path(),
+        &scm_entries(&[
+            ("gitlab", "https://scm.corp/gitlab-a/api/v4", "glpat-aaaa"),
+            ("gitlab", "https://scm.corp/gitlab-b/api/v4", "glpat-bbbb"),
+        ]),
+    );
+    let explain = |method: &str, url: &str| {
+        let o = bin()
+            .arg("explain")
+            .arg("-c")
+            .arg(&f)
+            .args([method, url])
+            .output()
+            .expect("run");
+        (o.status.code(), stdout(&o))
+    };
+    for (method, url, entry, root) in [
+        (
+            "GET",
+            "https://scm.corp/gitlab-b/group/proj.git/info/refs?service=git-upload-pack",
+            "scm[1]",
+            "https://scm.corp/gitlab-b/",
+        ),
+        (
+            "POST",
+            "https://scm.corp/gitlab-b/group/proj.git/git-upload-pack",
+            "scm[1]",
+            "https://scm.corp/gitlab-b/",
+        ),
+        (
+            "GET",
+            "https://scm.corp/gitlab-a/group/proj.git/info/refs?service=git-upload-pack",
+            "scm[0]",
+            "https://scm.corp/gitlab-a/",
+        ),
+        (
+            "GET",
+            "https://scm.corp/gitlab-b/api/v4/projects/7",
+            "scm[1]",
+            "https://scm.corp/gitlab-b/",
+        ),
+    ] {
+        let (code, out) = explain(method, url);
+        assert_eq!(code, Some(0), "{method} {url}:\n{out}");
+        let rule = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("rule #"))
+            .unwrap_or_else(|| panic!("no rule line:\n{out}"));
+        assert!(rule.ends_with(&format!("of {entry}")), "{url}: {rule}");
+        assert!(
+            out.contains(&format!("pattern: {root}")),
+            "{url}: the rule lives under {root}:\n{out}"
+        );
+        assert!(
+            out.contains("sets header: PRIVATE-TOKEN: <redacted>"),
+            "{out}"
+        );
+        assert!(!out.contains("glpat-"), "a token is printed:\n{out}");
+    }
+    // Outside both instances' web roots nothing is allowed, so no token is sent.
+    let (code, out) = explain("GET", "https://scm.corp/group/proj.git/info/refs");
+    assert_eq!(code, Some(1), "{out}");
+}
+
+#[test]
+fn scm_entries_that_could_share_urls_are_config_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&[ScmEntry<'_>], &str)] = &[
+        // The same type and base, spelt differently: the second could never match.
+        (
+            &[
+                ("gitlab", "https://scm.corp/gitlab/api/v4", "glpat-aaaa"),
+                (
+                    "gitlab",
+                    "https://SCM.corp:443/gitlab/api/v4/",
+                    "glpat-bbbb",
+                ),
+            ],
+            "same type and base_url as scm[0]",
+        ),
+        // One web root inside another: the outer instance's git rules match the inner's URLs.
+        (
+            &[
+                ("gitlab", "https://scm.corp/api/v4", "glpat-aaaa"),
+                ("gitlab", "https://scm.corp/gitlab-b/api/v4", "glpat-bbbb"),
+            ],
+            "inside the web root https://scm.corp of scm[0]",
+        ),
+        // Across types too.
+        (
+            &[
+                ("bitbucket", "https://scm.corp/bb/rest/api/1.0", "bbtoken"),
+                ("github", "https://scm.corp/api/v3", "ghp_token"),
+            ],
+            "contains the web root https://scm.corp/bb of scm[0]",
+        ),
+    ];
+    for (entries, message) in cases {
+        // Reported with the other errors of the file (here: too few headers).
+        let f = minimal_config(
+            dir.path(),
+            &format!("{}[inbound]\nmax_headers = 1\n", scm_entries(entries)),
+        );
+        let o = bin().arg("check").arg("-c").arg(&f).output().expect("run");
+        assert_eq!(o.status.code(), Some(78), "{entries:?}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("b.toml: scm[1].base_url: ") && err.contains(message),
+            "{entries:?}:\n{err}"
+        );
+        assert!(err.contains("b.toml: inbound.max_headers: "), "{err}");
+        assert!(
+            !err.contains("glpat-") && !err.contains("ghp_token"),
+            "{err}"
+        );
+    }
+    // Disjoint web roots on one host are fine.
+    let f = minimal_config(
+        dir.path(),
+        &scm_entries(&[
+            ("gitlab", "https://scm.corp/gitlab/api/v4", "glpat-aaaa"),
+            ("gitlab", "https://scm.corp/gitlab-b/api/v4", "glpat-bbbb"),
+            ("github", "https://scm.corp/ghe/api/v3", "ghp_token"),
+        ]),
+    );
+    let o = bin().arg("dump").arg("-c").arg(&f).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -567,3 +567,39 @@ fn upstream_proxy_is_parsed_at_load_http_and_https() {
         assert!(!errs[0].contains("SECRETp"), "{errs:?}");
     }
 }
+
+#[test]
+fn every_bad_method_of_a_rule_is_reported() {
+    let rules = r#"
+[[allow]]
+url = "https://dav.example.com/repo/*"
+methods = ["PROPFIND", "GE T", "get", "CONNECT", "MKCOL"]
+[[allow]]
+url = "https://dav.example.com/other"
+methods = []
+"#;
+    let errs = errors(&[("base.toml", &base()), ("rules.toml", rules)]);
+    let expect = [
+        "rules.toml: allow[0].methods: \"GE T\" is not a method",
+        "rules.toml: allow[0].methods: CONNECT can never be allowed",
+        "rules.toml: allow[1].methods: the method list is empty",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    // Extension methods are rule methods like any other; names are upper-cased as before.
+    let ok = r#"
+[[allow]]
+url = "https://dav.example.com/repo/*"
+methods = ["PROPFIND", "report", "MKCOL", "GET"]
+"#;
+    let l = load(&[("base.toml", &base()), ("rules.toml", ok)]).expect("valid");
+    assert_eq!(
+        l.config.allow[0].methods,
+        ["PROPFIND", "REPORT", "MKCOL", "GET"]
+    );
+}

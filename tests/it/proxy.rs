@@ -208,6 +208,100 @@ fn denied_and_malformed_requests_never_reach_the_upstream() {
     );
 }
 
+/// `wgbroker explain` on the broker's own configuration: (exit status, standard output).
+fn explain(t: &Tunnel, method: &str, url: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(&cfg, &t.config_text).expect("write config");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .arg("explain")
+        .arg("-c")
+        .arg(&cfg)
+        .args([method, url])
+        .output()
+        .expect("run explain");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn explain_decides_methods_exactly_as_the_wire_does() {
+    let (scm, mut t) = setup("");
+    let url = format!("http://{}/api/v3/repos/acme/app", scm.addr());
+    // (method, explain's exit status, the broker's answer to the same request)
+    for (method, code, status) in [
+        ("GET", 0, 200),
+        ("get", 1, 403),
+        ("Get", 1, 403),
+        ("DELETE", 1, 403),
+        ("PROPFIND", 1, 403),
+        ("CONNECT", 2, 400),
+        ("GE T", 2, 400),
+        ("G\"ET", 2, 400),
+    ] {
+        let (got, out) = explain(&t, method, &url);
+        assert_eq!(got, Some(code), "explain {method:?}:\n{out}");
+        let ex = one(
+            &mut t,
+            Request::new(method, &format!("/proxy/{url}")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ok(&ex).status, status, "{method:?} on the wire");
+    }
+    assert_eq!(scm.seen().len(), 1, "only the GET went upstream");
+}
+
+#[test]
+fn a_rule_naming_an_extension_method_lets_it_through_the_broker() {
+    let scm = MockScm::start(TOKEN).expect("mock scm");
+    let a = scm.addr();
+    let mut t = Tunnel::start(&format!(
+        "[[allow]]\nurl = \"http://{a}/dav/*\"\nmethods = [\"PROPFIND\", \"MKCOL\"]\n"
+    ));
+    let body = br#"<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>"#.to_vec();
+    let ex = one(
+        &mut t,
+        Request::new("PROPFIND", &format!("/proxy/http://{a}/dav/repo/"))
+            .header("Depth", "1")
+            .header("Content-Type", "application/xml")
+            .body(body.clone()),
+        Duration::from_secs(10),
+    );
+    // The mock SCM has no WebDAV: its 404 proves the request reached it.
+    let r = ok(&ex);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.header("x-upstream"), Some("mock-scm"));
+    let seen = scm.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PROPFIND");
+    assert_eq!(seen[0].target, "/dav/repo/");
+    assert_eq!(seen[0].header("depth"), Some("1"));
+    assert_eq!(seen[0].body_len, body.len() as u64);
+    let ex = one(
+        &mut t,
+        Request::new("MKCOL", &format!("/proxy/http://{a}/dav/repo/new/")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok(&ex).status, 404);
+    // Methods the rule does not name stay denied, extension or not.
+    for m in ["GET", "REPORT", "propfind"] {
+        let ex = one(
+            &mut t,
+            Request::new(m, &format!("/proxy/http://{a}/dav/repo/")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ok(&ex).status, 403, "{m}");
+    }
+    assert_eq!(scm.seen().len(), 2, "only PROPFIND and MKCOL went upstream");
+    // explain says the same as the wire.
+    let (code, out) = explain(&t, "PROPFIND", &format!("http://{a}/dav/repo/"));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = explain(&t, "REPORT", &format!("http://{a}/dav/repo/"));
+    assert_eq!(code, Some(1), "{out}");
+}
+
 #[test]
 fn ten_mib_download_and_five_mib_chunked_upload_are_byte_exact() {
     let (scm, mut t) = setup("");

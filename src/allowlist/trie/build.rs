@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::table::{LitTable, Origins};
 use super::{F_GLOB, F_GROUP, F_LITS, F_PARAM, F_REGEX, F_STAR, NONE, Node, Trie};
 use crate::allowlist::canon::Scheme;
-use crate::allowlist::constraint::{ANY_SLOT, SLOTS};
+use crate::allowlist::constraint::{ANY_SLOT, MethodMask};
 use crate::allowlist::pattern::{Elem, Glob, Pattern, SegmentRegex};
 
 /// A pattern element with its regex or glob interned.
@@ -121,32 +121,36 @@ impl TrieBuilder {
         self.nodes[node as usize].terminals.push(id);
     }
 
-    /// Freezes the trie; `masks[id]` is rule `id`'s method bitmask.
-    pub fn finish(self, masks: &[u32]) -> Trie {
+    /// Freezes the trie; `masks[id]` is rule `id`'s method bitmask over `slots` method slots
+    /// ([`ANY_SLOT`] included).
+    pub fn finish(self, masks: &[MethodMask], slots: usize) -> Trie {
         let nodes: Vec<Node> = self.nodes.into_iter().map(freeze).collect();
-        // Children have higher indices than their parent: fold the minima bottom-up.
-        let mut mins = vec![[NONE; SLOTS]; nodes.len()];
+        // Children have higher indices than their parent: fold the minima bottom-up. Row `i` of
+        // `mins` (`slots` entries) holds node `i`'s minimum per slot.
+        let mut mins = vec![NONE; nodes.len() * slots];
         for i in (0..nodes.len()).rev() {
-            let mut min = [NONE; SLOTS];
+            let mut min = vec![NONE; slots];
             for &id in nodes[i].terminals.iter() {
                 let mask = masks.get(id as usize).copied().unwrap_or(0);
                 for (slot, m) in min.iter_mut().enumerate() {
-                    if (slot == ANY_SLOT || mask & (1 << slot) != 0) && id < *m {
+                    let listed = slot == ANY_SLOT || (slot < 64 && mask & (1 << slot) != 0);
+                    if listed && id < *m {
                         *m = id;
                     }
                 }
             }
             for c in children(&nodes[i]) {
-                if let Some(child) = mins.get(c as usize) {
+                let c = c as usize;
+                if let Some(child) = mins.get(c * slots..(c + 1) * slots) {
                     for (m, cm) in min.iter_mut().zip(child) {
                         *m = (*m).min(*cm);
                     }
                 }
             }
-            mins[i] = min;
+            mins[i * slots..(i + 1) * slots].copy_from_slice(&min);
         }
-        let min_rule = (0..SLOTS)
-            .map(|slot| mins.iter().map(|m| m[slot]).collect())
+        let min_rule = (0..slots)
+            .map(|slot| mins.iter().skip(slot).step_by(slots).copied().collect())
             .collect();
         Trie {
             origins: Origins::from(self.origins),
