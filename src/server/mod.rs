@@ -7,7 +7,10 @@
 //! response carries an `X-Request-Id`.
 //!
 //! Invariants: the read buffer never grows past `max_head_bytes`; a connection that sent a
-//! request we cannot frame is answered and closed, never resynchronised by guessing.
+//! request we cannot frame is answered and closed, never resynchronised by guessing; the idle and
+//! head timeouts are deadlines that arriving bytes do not move ([`read_head`]), so no pacing of
+//! bytes keeps a connection open longer than `idle_timeout + head_timeout` without a request; an
+//! error answer that leaves the request body unread ends the connection.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -167,31 +170,91 @@ impl ServerStats {
     }
 }
 
-enum ReadOutcome {
-    Data(usize),
-    Eof,
-    TimedOut,
-    Failed,
+/// How waiting for a request head ended.
+enum HeadWait {
+    /// A complete head of this many bytes is at the front of the buffer.
+    Complete(usize),
+    /// The vendor closed, the read failed, the connection sat idle past `idle_timeout` or a
+    /// drain began between requests: close without an answer.
+    Closed,
+    /// Answer with this error status and message, then close.
+    Failed(u16, String),
 }
 
-async fn read_with_timeout<C: AsyncRead + Unpin, T: Timer>(
+/// One read of a head against its deadline.
+enum HeadRead {
+    Data(usize),
+    /// End of stream or a failed read.
+    Gone,
+    Expired,
+}
+
+/// Reads until `buf[..filled]` starts with a complete request head.
+///
+/// Two deadlines, each set once and never moved by the bytes that arrive: between requests
+/// (nothing buffered) the connection may stay idle `idle_timeout`; from the first byte of a head
+/// the whole head must arrive within `head_timeout`. A vendor dripping a byte a second therefore
+/// holds its connection for at most `idle_timeout + head_timeout`, however it paces the bytes.
+async fn read_head<C: AsyncRead + Unpin, T: Timer>(
     conn: &mut C,
     buf: &mut [u8],
+    filled: &mut usize,
+    head: &mut RequestHead,
+    ctx: &ServerCtx,
     timer: &T,
-    limit: Duration,
-) -> ReadOutcome {
-    let read = async {
-        match conn.read(buf).await {
-            Ok(0) => ReadOutcome::Eof,
-            Ok(n) => ReadOutcome::Data(n),
-            Err(_) => ReadOutcome::Failed,
+    drain_slot: usize,
+) -> HeadWait {
+    let cfg = &ctx.cfg;
+    if *filled == 0 {
+        // Between requests: one read ends the idle wait; a drain closes the idle connection at
+        // once.
+        let read = async {
+            match conn.read(buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(n),
+            }
+        };
+        let idle = async {
+            timer.sleep(cfg.idle_timeout).await;
+            None
+        };
+        let drained = async {
+            ctx.drain.wait(drain_slot).await;
+            None
+        };
+        match future::or(read, future::or(idle, drained)).await {
+            Some(n) => *filled = n,
+            None => return HeadWait::Closed,
         }
-    };
-    let timeout = async {
-        timer.sleep(limit).await;
-        ReadOutcome::TimedOut
-    };
-    future::or(read, timeout).await
+    }
+    let mut deadline = std::pin::pin!(timer.sleep(cfg.head_timeout));
+    loop {
+        match parse_head(&buf[..*filled], &cfg.limits, head) {
+            Ok(Some(n)) => return HeadWait::Complete(n),
+            Ok(None) => {}
+            Err(e) => return HeadWait::Failed(e.status(), e.to_string()),
+        }
+        if *filled == buf.len() {
+            // parse_head reports TooLarge before this can happen; defensive.
+            let e = HeadError::TooLarge;
+            return HeadWait::Failed(e.status(), e.to_string());
+        }
+        let read = async {
+            match conn.read(&mut buf[*filled..]).await {
+                Ok(0) | Err(_) => HeadRead::Gone,
+                Ok(n) => HeadRead::Data(n),
+            }
+        };
+        let expired = async {
+            deadline.as_mut().await;
+            HeadRead::Expired
+        };
+        match future::or(read, expired).await {
+            HeadRead::Data(n) => *filled += n,
+            HeadRead::Expired => return HeadWait::Failed(408, "request head timeout".into()),
+            HeadRead::Gone => return HeadWait::Closed,
+        }
+    }
 }
 
 fn json_error(status: u16, message: &str, request_id: &str) -> Vec<u8> {
@@ -281,67 +344,29 @@ pub async fn serve<C, T, U>(
     let mut out = ResponseHead::default();
     loop {
         // 1. A complete head, from what is buffered plus reads.
-        let head_len = loop {
-            match parse_head(&buf[..filled], &cfg.limits, &mut head) {
-                Ok(Some(n)) => break n,
-                Ok(None) => {}
-                Err(e) => {
-                    ctx.stats.borrow_mut().rejected += 1;
+        let head_len =
+            match read_head(conn, &mut buf, &mut filled, &mut head, ctx, timer, slot.1).await {
+                HeadWait::Complete(n) => n,
+                HeadWait::Closed => {
+                    let _ = conn.close().await;
+                    return;
+                }
+                HeadWait::Failed(status, message) => {
+                    {
+                        let mut st = ctx.stats.borrow_mut();
+                        if status == 408 {
+                            st.timeouts += 1;
+                        } else {
+                            st.rejected += 1;
+                        }
+                    }
                     ctx.ids.borrow_mut().next_into(&mut id);
-                    let _ = conn
-                        .write_all(&json_error(e.status(), &e.to_string(), &id))
-                        .await;
+                    let _ = conn.write_all(&json_error(status, &message, &id)).await;
                     let _ = conn.flush().await;
                     let _ = conn.close().await;
                     return;
                 }
-            }
-            if filled == buf.len() {
-                // parse_head reports TooLarge before this can happen; defensive.
-                ctx.stats.borrow_mut().rejected += 1;
-                ctx.ids.borrow_mut().next_into(&mut id);
-                let e = HeadError::TooLarge;
-                let _ = conn
-                    .write_all(&json_error(e.status(), &e.to_string(), &id))
-                    .await;
-                let _ = conn.close().await;
-                return;
-            }
-            let limit = if filled == 0 {
-                cfg.idle_timeout
-            } else {
-                cfg.head_timeout
             };
-            let read = read_with_timeout(conn, &mut buf[filled..], timer, limit);
-            let outcome = if filled == 0 {
-                // Between requests: a drain closes the idle connection at once.
-                future::or(read, async {
-                    ctx.drain.wait(slot.1).await;
-                    ReadOutcome::Eof
-                })
-                .await
-            } else {
-                read.await
-            };
-            match outcome {
-                ReadOutcome::Data(n) => filled += n,
-                ReadOutcome::Eof | ReadOutcome::Failed => {
-                    let _ = conn.close().await;
-                    return;
-                }
-                ReadOutcome::TimedOut => {
-                    if filled > 0 {
-                        ctx.stats.borrow_mut().timeouts += 1;
-                        ctx.ids.borrow_mut().next_into(&mut id);
-                        let _ = conn
-                            .write_all(&json_error(408, "request head timeout", &id))
-                            .await;
-                    }
-                    let _ = conn.close().await;
-                    return;
-                }
-            }
-        };
         ctx.stats.borrow_mut().requests += 1;
         ctx.ids.borrow_mut().next_into(&mut id);
 

@@ -84,6 +84,8 @@ pub struct Outcome {
     pub response_sample: Option<Vec<u8>>,
     /// Cap of the samples.
     sample_limit: usize,
+    /// The request body was read to its end (trivially so for a bodiless request).
+    body_read: bool,
     /// From the complete request head to the end of the response, microseconds.
     pub elapsed_us: u64,
 }
@@ -180,6 +182,7 @@ where
         response_sample: None,
         // Collect past the cap by the longest secret, so one that straddles it is scrubbed whole.
         sample_limit: x.body_limit.saturating_add(x.scrubber.lookahead()),
+        body_read: head.body == BodyFraming::None,
         elapsed_us: 0,
     };
     let target = head.target(head_bytes);
@@ -274,9 +277,10 @@ where
         Err(Failure::Respond(status, kind, message)) => {
             outcome.status = status;
             outcome.error = Some(kind);
-            // An unread request body would be parsed as the next request: close instead.
-            let body_pending = head.body != BodyFraming::None && outcome.request_bytes == 0;
-            if body_pending || status >= 500 {
+            // The rest of an unread or half-read request body would be parsed as the next
+            // request, and a vendor whose body stalled would hold the connection: close instead
+            // (the answer says so with `Connection: close`).
+            if !outcome.body_read || status >= 500 {
                 outcome.keep_alive = false;
             }
             let resp = error_response(status, &message, x.request_id, !outcome.keep_alive);
@@ -860,6 +864,7 @@ where
                 left -= take as u64;
                 outcome.request_bytes += take as u64;
             }
+            outcome.body_read = true;
             Ok(())
         }
         BodyFraming::Chunked => {
@@ -879,6 +884,7 @@ where
                 }
                 inbound.consume(step.consumed);
                 if step.done {
+                    outcome.body_read = true;
                     up.write_all(b"0\r\n\r\n").await.map_err(|_| up_err())?;
                     return Ok(());
                 }

@@ -12,5 +12,6 @@ mod loadtest;
 mod logs;
 mod operations;
 mod proxy;
+mod slow;
 mod tunnel;
 mod upstream;

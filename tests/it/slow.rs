@@ -1,0 +1,140 @@
+//! Slow and stalling vendors, one raw tunnel connection at a time: the head timeout is a
+//! deadline for the whole head (a vendor dripping bytes cannot hold a connection), and an error
+//! answer that ends the exchange also ends the connection.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wgbroker::netstack::{ConnError, ConnId, State};
+use wgbroker::testkit::response::{Response, ResponseReader};
+use wgbroker::testkit::scm::MockScm;
+
+use crate::harness::Tunnel;
+
+/// How long a test waits for an event that should come within a configured timeout of 1 s: a
+/// generous upper bound on a functional event (the machine is shared), not a performance figure.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// A raw connection from the vendor gateway to the broker's HTTP endpoint.
+struct Raw {
+    id: ConnId,
+    /// Everything the broker sent so far.
+    received: Vec<u8>,
+    /// When the broker's end of stream (or a reset) was seen.
+    closed: Option<Instant>,
+}
+
+impl Raw {
+    fn open(t: &mut Tunnel) -> Self {
+        let to = SocketAddr::new(t.gateway.broker_address(), 80);
+        let id = t.gateway.stack().connect(to).expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.gateway.stack().state(id) != State::Established {
+            assert!(Instant::now() < deadline, "no connection to the broker");
+            t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        }
+        Self {
+            id,
+            received: Vec::new(),
+            closed: None,
+        }
+    }
+
+    fn send(&mut self, t: &mut Tunnel, data: &[u8]) {
+        let n = t.gateway.stack().send_slice(self.id, data).expect("send");
+        assert_eq!(n, data.len(), "the send buffer has room");
+    }
+
+    /// One pump round; collects the broker's bytes and notices its close.
+    fn pump(&mut self, t: &mut Tunnel) {
+        t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        let mut buf = [0u8; 4096];
+        while self.closed.is_none() {
+            match t.gateway.stack().recv_slice(self.id, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Err(ConnError::Finished | ConnError::InvalidState | ConnError::Gone) => {
+                    self.closed = Some(Instant::now());
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+
+    /// The one response the broker sent.
+    fn response(&self) -> Response {
+        let mut r = ResponseReader::new(false, true);
+        match r.feed(&self.received) {
+            Ok((_, Some(resp))) => resp,
+            other => panic!(
+                "no complete response ({other:?}) in {:?}",
+                String::from_utf8_lossy(&self.received)
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_dripping_head_is_closed_at_the_head_deadline() {
+    let mut t = Tunnel::start("[inbound]\nhead_timeout = \"1s\"\nidle_timeout = \"30s\"\n");
+    let mut c = Raw::open(&mut t);
+    // A head that never ends, one byte every 300 ms: each byte comes well within the head
+    // timeout of the one before it, the whole head never does.
+    let head = b"GET /healthcheck HTTP/1.1\r\nHost: 10.77.0.2\r\nX-Slow: ";
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut next = started;
+    while c.closed.is_none() && started.elapsed() < Duration::from_secs(8) {
+        if Instant::now() >= next {
+            c.send(&mut t, &[head.get(sent).copied().unwrap_or(b'a')]);
+            sent += 1;
+            next += Duration::from_millis(300);
+        }
+        c.pump(&mut t);
+    }
+    let closed = c.closed.unwrap_or_else(|| {
+        panic!(
+            "still open after {:?} of dripping ({sent} bytes sent)",
+            started.elapsed()
+        )
+    });
+    let r = c.response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    let after = closed - started;
+    assert!(
+        after < Duration::from_secs(1) + SLACK,
+        "closed {after:?} after the first byte, head timeout 1 s"
+    );
+}
+
+#[test]
+fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
+    let scm = MockScm::start("t").expect("mock scm");
+    let a = scm.addr();
+    let mut t = Tunnel::start(&format!(
+        "[inbound]\nbody_timeout = \"1s\"\nidle_timeout = \"30s\"\n\n\
+         [[allow]]\nurl = \"http://{a}/upload\"\nmethods = [\"POST\"]\n"
+    ));
+    let mut c = Raw::open(&mut t);
+    let request = format!(
+        "POST /proxy/http://{a}/upload HTTP/1.1\r\nHost: 10.77.0.2\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    c.send(&mut t, request.as_bytes());
+    let started = Instant::now();
+    while c.closed.is_none() && started.elapsed() < Duration::from_secs(1) + SLACK * 2 {
+        c.pump(&mut t);
+    }
+    let r = c.response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "the answer says the connection ends"
+    );
+    assert!(
+        c.closed.is_some(),
+        "the connection is still open {:?} after the body stalled",
+        started.elapsed()
+    );
+}
