@@ -1,27 +1,26 @@
-//! Upstream connections on a shard: glommio sockets, rustls through `futures-rustls`, and a
-//! per-shard pool of idle keep-alive connections behind [`crate::upstream::Upstreams`].
+//! Upstream connections on a shard: glommio sockets, rustls through `futures-rustls`, and the
+//! I/O around the per-shard idle-connection pool behind [`crate::upstream::Upstreams`].
 //!
 //! Responsibility: resolve names off the executor (`spawn_blocking`), connect with a timeout
 //! (directly or through the HTTP CONNECT proxy [`ProxySettings`] picks, over TLS to an `https://`
-//! proxy), run the TLS handshake
-//! with a timeout, set `TCP_NODELAY`, and keep idle connections per [`Target`] for reuse.
+//! proxy), run the TLS handshake with a timeout, set `TCP_NODELAY`, check an idle connection is
+//! still open and silent ([`Conn::idle_and_open`]), read the clock, and sweep the pool on a timer.
+//! Which idle connection is handed out, when one expires and how many are kept is decided by
+//! [`Pool`] (`upstream::pool`), which is given `now` and that liveness check; change the policy
+//! there, with a fake-clock unit test.
 //!
 //! Invariants:
 //! * the pool is single-threaded (`RefCell`, no locks, no atomics); a borrow is never held across
-//!   an `.await` or a spawn, and connections leaving the pool are dropped only after the borrow
-//!   ends;
-//! * at most `pool_max_idle_per_host` idle connections per target (the oldest is closed first);
-//!   none older than `idle_timeout` is handed out;
+//!   an `.await` or a spawn, and the connections the pool hands back to close are dropped only
+//!   after the borrow ends;
 //! * an idle connection is handed out only if a non-blocking peek finds nothing to read: readable
 //!   EOF (the peer closed it), unsolicited bytes (a late response, a TLS alert or ticket) or a
 //!   socket error all mean it is closed instead;
-//! * a connection is filed only under the target it was opened for;
 //! * the connect timeout covers name resolution, the TCP connect to every address tried, the TLS
 //!   handshake with an `https://` proxy and the proxy's CONNECT exchange; the TLS timeout covers
 //!   the target's handshake alone.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -40,6 +39,7 @@ use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
 use crate::config;
+use crate::upstream::pool::{Pool, PoolStats};
 use crate::upstream::proxy::{ProxyEndpoint, ProxySettings};
 use crate::upstream::{Pooled, Target, UpstreamError, Upstreams, connect};
 
@@ -240,51 +240,27 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Pool counters (per shard; read them for metrics or tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// New TCP connections established (through the proxy's tunnel when there is one), before
-    /// any TLS handshake.
-    pub opened: u64,
-    /// Connections handed out from the idle pool.
-    pub reused: u64,
-    /// Idle connections closed because they outlived `idle_timeout`.
-    pub expired: u64,
-    /// Idle connections closed because the peer had closed them (or sent unsolicited bytes).
-    pub dead: u64,
-    /// Idle connections closed because the per-target limit was reached.
-    pub evicted: u64,
-}
-
-/// An idle connection and when it became idle.
-struct Idle {
-    conn: Conn,
-    since: Instant,
-    exchanges: u32,
-}
-
-/// A shard's upstream connector and idle-connection pool.
+/// A shard's upstream connector and idle-connection pool: the I/O around [`Pool`], whose
+/// decisions it follows.
 pub struct ShardUpstreams {
     connector: TlsConnector,
     proxy: ProxySettings,
     connect_timeout: Duration,
     tls_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-    idle: RefCell<HashMap<Target, Vec<Idle>>>,
-    stats: Cell<PoolStats>,
+    pool: RefCell<Pool<Conn>>,
 }
 
 impl fmt::Debug for ShardUpstreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardUpstreams")
-            .field("proxy", &self.proxy)
+        let mut d = f.debug_struct("ShardUpstreams");
+        d.field("proxy", &self.proxy)
             .field("connect_timeout", &self.connect_timeout)
-            .field("tls_timeout", &self.tls_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_idle", &self.max_idle)
-            .field("stats", &self.stats.get())
-            .finish_non_exhaustive()
+            .field("tls_timeout", &self.tls_timeout);
+        match self.pool.try_borrow() {
+            Ok(pool) => d.field("pool", &*pool),
+            Err(_) => d.field("pool", &"<in use>"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -304,67 +280,30 @@ impl ShardUpstreams {
             proxy,
             connect_timeout: nonzero(cfg.connect_timeout),
             tls_timeout: nonzero(cfg.tls_timeout),
-            idle_timeout: cfg.idle_timeout,
-            max_idle: cfg.pool_max_idle_per_host,
-            idle: RefCell::new(HashMap::new()),
-            stats: Cell::new(PoolStats::default()),
+            pool: RefCell::new(Pool::new(cfg.idle_timeout, cfg.pool_max_idle_per_host)),
         }
     }
 
     /// The counters so far.
     pub fn stats(&self) -> PoolStats {
-        self.stats.get()
+        self.pool.borrow().stats()
     }
 
     /// Idle connections currently pooled for `target`.
     pub fn idle_count(&self, target: &Target) -> usize {
-        self.idle.borrow().get(target).map_or(0, Vec::len)
+        self.pool.borrow().idle_count(target)
     }
 
-    fn count(&self, f: impl FnOnce(&mut PoolStats)) {
-        let mut s = self.stats.get();
-        f(&mut s);
-        self.stats.set(s);
-    }
-
-    /// Closes idle connections that outlived `idle_timeout` or were closed by their peer, and
-    /// forgets targets with nothing idle. Returns how many connections were closed.
+    /// Closes idle connections that are stale at `now` or were closed by their peer, and forgets
+    /// targets with nothing idle ([`Pool::expire`]). Returns how many connections were closed.
     pub fn sweep(&self, now: Instant) -> usize {
-        let mut closed: Vec<Idle> = Vec::new();
-        let (mut expired, mut dead) = (0u64, 0u64);
-        {
-            let mut idle = self.idle.borrow_mut();
-            for list in idle.values_mut() {
-                let mut i = 0;
-                while i < list.len() {
-                    let stale = now.saturating_duration_since(list[i].since) >= self.idle_timeout;
-                    if stale || !list[i].conn.idle_and_open() {
-                        if stale {
-                            expired += 1;
-                        } else {
-                            dead += 1;
-                        }
-                        closed.push(list.remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            idle.retain(|_, list| !list.is_empty());
-        }
-        self.count(|s| {
-            s.expired += expired;
-            s.dead += dead;
-        });
-        let n = closed.len();
-        drop(closed);
-        n
+        let closed = self.pool.borrow_mut().expire(now, Conn::idle_and_open);
+        closed.len()
     }
 
-    /// How often [`ShardUpstreams::sweep_every`] should run: half the idle timeout, between one
-    /// second and thirty.
+    /// How often [`ShardUpstreams::sweep_every`] should run ([`Pool::sweep_period`]).
     pub fn sweep_period(&self) -> Duration {
-        (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        self.pool.borrow().sweep_period()
     }
 
     /// Sweeps the pool every `period` for as long as its owner lives; spawn it detached on the
@@ -376,44 +315,6 @@ impl ShardUpstreams {
             let Some(owner) = owner.upgrade() else { return };
             pool(&owner).sweep(Instant::now());
         }
-    }
-
-    /// An idle connection to `target` that is fresh and still open, if any.
-    fn checkout(&self, target: &Target, now: Instant) -> Option<Pooled<Conn>> {
-        let mut closed: Vec<Idle> = Vec::new();
-        let (mut expired, mut dead) = (0u64, 0u64);
-        let found = {
-            let mut idle = self.idle.borrow_mut();
-            let list = idle.get_mut(target)?;
-            let mut found = None;
-            // Newest first: the most recently used connection is the likeliest to be open.
-            while let Some(c) = list.pop() {
-                if now.saturating_duration_since(c.since) >= self.idle_timeout {
-                    // The list is in the order connections became idle: everything older is stale too.
-                    expired += 1 + list.len() as u64;
-                    closed.push(c);
-                    closed.append(list);
-                    break;
-                }
-                if c.conn.idle_and_open() {
-                    found = Some(c);
-                    break;
-                }
-                dead += 1;
-                closed.push(c);
-            }
-            if list.is_empty() {
-                idle.remove(target);
-            }
-            found
-        };
-        self.count(|s| {
-            s.expired += expired;
-            s.dead += dead;
-            s.reused += u64::from(found.is_some());
-        });
-        drop(closed);
-        found.map(|c| Pooled::new(c.conn, target.clone(), c.exchanges))
     }
 
     /// Opens a new connection to `target`.
@@ -514,7 +415,7 @@ impl ShardUpstreams {
         if let Some(p) = proxy {
             connect::handshake(&mut hop, target, p).await?;
         }
-        self.count(|s| s.opened += 1);
+        self.pool.borrow_mut().count_opened();
         Ok(hop)
     }
 
@@ -546,7 +447,13 @@ impl Upstreams for ShardUpstreams {
     type Conn = Conn;
 
     async fn connect(&self, target: &Target) -> Result<Pooled<Conn>, UpstreamError> {
-        if let Some(p) = self.checkout(target, Instant::now()) {
+        let checkout = self
+            .pool
+            .borrow_mut()
+            .checkout(target, Instant::now(), Conn::idle_and_open);
+        // The stale and dead connections close here, after the borrow ended.
+        drop(checkout.closed);
+        if let Some(p) = checkout.found {
             return Ok(p);
         }
         self.connect_new(target).await
@@ -558,24 +465,8 @@ impl Upstreams for ShardUpstreams {
     }
 
     fn release(&self, target: &Target, conn: Pooled<Conn>) {
-        let (conn, own, exchanges) = conn.into_parts();
-        if own != *target || self.max_idle == 0 {
-            return;
-        }
-        let evicted = {
-            let mut idle = self.idle.borrow_mut();
-            let list = idle.entry(own).or_default();
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-                exchanges: exchanges.saturating_add(1),
-            });
-            (list.len() > self.max_idle).then(|| list.remove(0))
-        };
-        if evicted.is_some() {
-            self.count(|s| s.evicted += 1);
-        }
-        drop(evicted);
+        let closed = self.pool.borrow_mut().release(target, conn, Instant::now());
+        drop(closed);
     }
 }
 

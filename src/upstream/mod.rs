@@ -5,14 +5,16 @@
 //! the pool key ([`Target`]), the one error type of the upstream side ([`UpstreamError`]), the
 //! rustls client configuration ([`tls::client_config`]), the CONNECT proxy settings and their
 //! environment semantics ([`proxy::ProxySettings`]), the HTTP CONNECT handshake over any async
-//! stream ([`connect::handshake`]), and the seam the in-tunnel server talks to ([`Upstreams`]).
-//! The glommio implementation of that seam (sockets, DNS off the executor, timers, the per-shard
-//! pool) lives in `runtime::upstream`; this module never imports glommio.
+//! stream ([`connect::handshake`]), the idle-connection pool's decisions — which idle connection a
+//! request gets, when one expires, how many are kept — given `now` ([`pool::Pool`]), and the seam
+//! the in-tunnel server talks to ([`Upstreams`]). The glommio implementation of that seam
+//! (sockets, DNS off the executor, dialling, TLS, timers, the liveness peek, the clock) lives in
+//! `runtime::upstream`; this module never imports glommio and never reads a clock.
 //!
 //! Invariants:
 //! * a connection is only ever reused for the exact [`Target`] (scheme, host and port) it was
-//!   opened for: [`Pooled`] remembers its target and [`Upstreams::release`] implementations drop a
-//!   connection handed back under another key;
+//!   opened for: [`Pooled`] remembers its target and [`pool::Pool::release`] hands back (to be
+//!   dropped) a connection released under another key;
 //! * no `Display` or `Debug` output of this module contains a secret: proxy credentials live in a
 //!   [`crate::secret::Secret`], errors name hosts and ports only, never URLs with userinfo;
 //! * every read from the network here is bounded (the CONNECT response head is capped at
@@ -20,6 +22,7 @@
 
 pub mod connect;
 mod error;
+pub mod pool;
 pub mod proxy;
 pub mod tls;
 

@@ -655,6 +655,32 @@ fn tls_connection_is_reused_after_release() {
     assert_eq!(server.connections(1), 1);
 }
 
+/// Waits until the server's FIN has reached `conn`'s socket (a peek that returns EOF), so the
+/// pool's own liveness peek sees it too: the event itself, not a guess at how long it takes.
+/// Bounded by a 5 s timer.
+async fn peer_closed(conn: &Conn) {
+    let mut one = [0u8; 1];
+    let peeked = future::or(async { Some(conn.tcp().peek(&mut one).await) }, async {
+        glommio::timer::sleep(IO_TIMEOUT).await;
+        None
+    })
+    .await;
+    assert!(
+        matches!(peeked, Some(Ok(0))),
+        "the server did not close the connection: {peeked:?}"
+    );
+}
+
+/// Polls `done` every millisecond until it holds (at most 5 s): for waiting on a background
+/// task's timer, whose effect has no event of its own to wait for.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[test]
 fn connection_closed_by_the_server_while_idle_is_not_reused() {
     let server = Server::plain(AfterResponse::Close);
@@ -664,12 +690,9 @@ fn connection_closed_by_the_server_while_idle_is_not_reused() {
         let t = Target::new(false, "127.0.0.1", port);
         let mut c = connect_ok(&p, &t).await;
         assert_eq!(get(&mut c.conn, "h").await, "conn=1 req=1");
+        peer_closed(&c.conn).await;
         p.release(&t, c);
-        // Let the server's FIN arrive.
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while p.sweep(Instant::now()) == 0 && Instant::now() < deadline {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
+        assert_eq!(p.sweep(Instant::now()), 1);
         assert_eq!(p.stats().dead, 1);
         let mut c = connect_ok(&p, &t).await;
         assert!(!c.reused);
@@ -687,8 +710,8 @@ fn dead_idle_connection_is_skipped_on_checkout() {
         let t = Target::new(false, "127.0.0.1", port);
         let mut c = connect_ok(&p, &t).await;
         assert_eq!(get(&mut c.conn, "h").await, "conn=1 req=1");
+        peer_closed(&c.conn).await;
         p.release(&t, c);
-        glommio::timer::sleep(Duration::from_millis(200)).await;
         // No sweep: the checkout itself must notice the EOF.
         let mut c = connect_ok(&p, &t).await;
         assert!(!c.reused);
@@ -697,13 +720,14 @@ fn dead_idle_connection_is_skipped_on_checkout() {
     });
 }
 
+/// The configured limit and timeout reach the pool (its decisions are unit-tested with a fake
+/// clock in `upstream::pool`): expiry is shown by sweeping at a `now` one timeout ahead.
 #[test]
 fn idle_timeout_and_per_host_limit() {
     let server = Server::plain(AfterResponse::KeepAlive);
     let port = server.port();
     on_executor(move || async move {
         let mut cfg = upstream_cfg();
-        cfg.idle_timeout = Duration::from_millis(100);
         cfg.pool_max_idle_per_host = 2;
         let p = pool(&cfg);
         let t = Target::new(false, "127.0.0.1", port);
@@ -716,36 +740,75 @@ fn idle_timeout_and_per_host_limit() {
         }
         assert_eq!(p.idle_count(&t), 2);
         assert_eq!(p.stats().evicted, 1);
-        glommio::timer::sleep(Duration::from_millis(150)).await;
-        let c = connect_ok(&p, &t).await;
-        assert!(!c.reused, "an expired connection was handed out");
+        assert_eq!(
+            p.sweep(Instant::now()),
+            0,
+            "fresh open connections were closed"
+        );
+        assert_eq!(p.sweep(Instant::now() + cfg.idle_timeout), 2);
         assert_eq!(p.stats().expired, 2);
         assert_eq!(p.idle_count(&t), 0);
+        let c = connect_ok(&p, &t).await;
+        assert!(!c.reused);
     });
     assert_eq!(server.connections(4), 4);
 }
 
+/// With `idle_timeout = 0` every idle connection is stale by the time it is asked for: the
+/// checkout (not only the sweep) applies the configured timeout.
 #[test]
-fn background_sweep_closes_expired_connections() {
+fn idle_timeout_zero_never_reuses() {
     let server = Server::plain(AfterResponse::KeepAlive);
     let port = server.port();
     on_executor(move || async move {
         let mut cfg = upstream_cfg();
-        cfg.idle_timeout = Duration::from_millis(50);
-        let p = std::rc::Rc::new(pool(&cfg));
-        let sweeper = ShardUpstreams::sweep_every(
-            std::rc::Rc::downgrade(&p),
-            |p: &ShardUpstreams| p,
-            Duration::from_millis(20),
-        );
-        glommio::spawn_local(sweeper).detach();
+        cfg.idle_timeout = Duration::ZERO;
+        let p = pool(&cfg);
         let t = Target::new(false, "127.0.0.1", port);
         let c = connect_ok(&p, &t).await;
         p.release(&t, c);
         assert_eq!(p.idle_count(&t), 1);
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        assert_eq!(p.idle_count(&t), 0);
+        let c = connect_ok(&p, &t).await;
+        assert!(!c.reused, "an expired connection was handed out");
+        assert_eq!((p.stats().expired, p.stats().opened), (1, 2));
+    });
+    assert_eq!(server.connections(2), 2);
+}
+
+#[test]
+fn background_sweep_closes_expired_connections_and_ends_with_its_owner() {
+    let server = Server::plain(AfterResponse::KeepAlive);
+    let port = server.port();
+    on_executor(move || async move {
+        let mut cfg = upstream_cfg();
+        // Stale at once: the first tick expires it, whatever the clock says.
+        cfg.idle_timeout = Duration::ZERO;
+        let p = std::rc::Rc::new(pool(&cfg));
+        let sweeper = ShardUpstreams::sweep_every(
+            std::rc::Rc::downgrade(&p),
+            |p: &ShardUpstreams| p,
+            Duration::from_millis(1),
+        );
+        let sweeper = glommio::spawn_local(sweeper);
+        let t = Target::new(false, "127.0.0.1", port);
+        let c = connect_ok(&p, &t).await;
+        p.release(&t, c);
+        assert_eq!(p.idle_count(&t), 1);
+        until("the sweep", || p.idle_count(&t) == 0).await;
         assert_eq!(p.stats().expired, 1);
+        drop(p);
+        let ended = future::or(
+            async {
+                sweeper.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(IO_TIMEOUT).await;
+                false
+            },
+        )
+        .await;
+        assert!(ended, "the sweeper outlived its owner");
     });
 }
 
