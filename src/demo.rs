@@ -117,7 +117,7 @@ fn run_inner() -> Result<bool, String> {
     );
 
     let started = Instant::now();
-    let broker = crate::runtime::start(&loaded).map_err(|e| format!("broker: {e}"))?;
+    let broker = crate::service::start(&loaded).map_err(|e| format!("broker: {e}"))?;
     if !gateway.wait_handshake(Duration::from_secs(30)) {
         let _ = broker.shutdown();
         return Err("the broker did not complete a WireGuard handshake".into());

@@ -59,6 +59,8 @@ pub mod packet;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod service;
+pub mod status;
 pub mod telemetry;
 pub mod testkit;
 pub mod tunnel;

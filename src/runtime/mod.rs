@@ -13,6 +13,9 @@
 //! * the caller's thread is the control thread: it owns signals (glommio has none) and stops the
 //!   executors through [`BrokerHandle::stop`].
 //!
+//! It knows nothing of the application around it: the admin listener, signals, systemd and
+//! reloads are [`crate::service`]'s.
+//!
 //! Before any executor starts, [`prepare`] does everything that can fail because of the
 //! configuration, the environment or the host (and binds the sockets); `wgbroker check` runs the
 //! same function, so what `run` refuses, `check` refuses too. [`StartError::cause`] says whether a
@@ -38,7 +41,6 @@
 //! | `placement.rs` | which executor runs on which CPU, combined or split |
 //! | `preflight.rs` | io_uring and memlock checks, UDP buffer caps |
 //! | `upstream.rs` | a shard's upstream connections: DNS, dialling, TLS, pools |
-//! | `status.rs` | what the executors publish for the control thread and the admin listener |
 
 mod barrier;
 mod error;
@@ -47,7 +49,6 @@ pub mod placement;
 pub mod preflight;
 mod prepare;
 mod shard;
-pub mod status;
 mod tunnel_core;
 pub(crate) mod udp;
 pub mod upstream;
@@ -61,11 +62,11 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 pub use barrier::START_TIMEOUT;
 pub use error::{Cause, ExecutorError, ExecutorFailed, ReloadTimedOut, StartError};
 pub use prepare::{Prepared, Purpose, prepare};
-pub use status::Status;
 
 use crate::config::{Config, Loaded};
 use crate::netstack::StackConfig;
 use crate::server::ServerConfig;
+use crate::status::{self, Status};
 use barrier::{Barrier, until_stopped};
 use shard::{HeartbeatTarget, ShardSeed};
 use tunnel_core::CoreSeed;
@@ -152,10 +153,11 @@ impl BrokerHandle {
     }
 }
 
-/// Starts the broker described by `loaded`; returns once every executor is running (its state
-/// built, its listeners armed). An executor that cannot start fails the whole start with its
-/// error ([`StartError::Executor`]), after the others have been stopped.
-pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
+/// Starts the broker described by `loaded` on what [`prepare`] made of it; returns once every
+/// executor is running (its state built, its listeners armed). An executor that cannot start
+/// fails the whole start with its error ([`StartError::Executor`]), after the others have been
+/// stopped.
+pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartError> {
     let c = &loaded.config;
     let Prepared {
         plan,
@@ -164,12 +166,11 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         table,
         udp,
         ipv6_socket,
-        admin,
         tls,
         proxy,
         udp_shortfalls,
         bind_warnings: _,
-    } = prepare(loaded, Purpose::Start)?;
+    } = prepared;
     log_host_notes(&udp_shortfalls);
     let status = Arc::new(Status::new(plan.shards.len()));
     if let Some(a) = udp.local_addr().ok().and_then(|a| a.as_socket()) {
@@ -206,28 +207,11 @@ pub fn start(loaded: &Loaded) -> Result<BrokerHandle, StartError> {
         layout.split(&mut barrier, &plan, seeds, core)?;
     }
     let joins = barrier.wait_running(START_TIMEOUT)?;
-    let broker = BrokerHandle {
+    Ok(BrokerHandle {
         stop,
         status,
         joins,
-    };
-    if let Some(listener) = admin {
-        let served = crate::admin::serve(listener, broker.status.clone(), broker.stop_flag());
-        match served {
-            Ok(addr) => broker
-                .status
-                .admin_port
-                .store(addr.port(), Ordering::Relaxed),
-            Err(source) => {
-                let _ = broker.shutdown();
-                return Err(StartError::Os {
-                    what: format!("admin listener {}", c.admin.listen),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(broker)
+    })
 }
 
 /// What the host grants below the configuration's request: logged, not fatal.

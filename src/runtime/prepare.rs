@@ -58,7 +58,10 @@ impl Purpose {
 /// 4. the WireGuard peer table (duplicate keys, allowed IPs given to two peers, ...);
 /// 5. the upstream TLS roots (`[upstream] ca_files` read and parsed) and the proxy settings
 ///    (`[upstream] proxy` or `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment);
-/// 6. the UDP socket bound to `[wireguard] listen_port`, and the admin listener bound.
+/// 6. the UDP socket bound to `[wireguard] listen_port`.
+///
+/// (The admin listener is the application's: `service::prepare` binds it after this, with
+/// [`Purpose::bound`].)
 ///
 /// `wgbroker check` runs exactly this and drops the result (closing the sockets), so the unit's
 /// `ExecStartPre=wgbroker check` refuses whatever `run` would refuse, with the same message and
@@ -95,18 +98,6 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         || format!("UDP socket {addr} ([wireguard] listen_port)"),
         &mut bind_warnings,
     )?;
-    let admin = if c.admin.enabled {
-        match std::net::TcpListener::bind(c.admin.listen) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let what = || format!("admin listener {}", c.admin.listen);
-                purpose.bound(Err(e), what, &mut bind_warnings)?;
-                None
-            }
-        }
-    } else {
-        None
-    };
     Ok(Prepared {
         plan,
         stacks,
@@ -114,7 +105,6 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         table,
         udp,
         ipv6_socket,
-        admin,
         tls,
         proxy,
         udp_shortfalls,
@@ -123,6 +113,7 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
 }
 
 /// What [`prepare`] built: what [`super::start`] runs on, or what `check` reports and drops.
+/// Dropping it closes the sockets.
 pub struct Prepared {
     pub(super) plan: placement::Plan,
     pub(super) stacks: usize,
@@ -131,7 +122,6 @@ pub struct Prepared {
     pub(super) udp: socket2::Socket,
     /// Whether `udp` is an IPv6 (dual-stack) socket.
     pub(super) ipv6_socket: bool,
-    pub(super) admin: Option<std::net::TcpListener>,
     pub(super) tls: Arc<rustls::ClientConfig>,
     pub(super) proxy: crate::upstream::proxy::ProxySettings,
     /// UDP buffers the kernel grants below `[runtime]`'s request (a warning, not an error).
@@ -147,7 +137,6 @@ impl std::fmt::Debug for Prepared {
             .field("plan", &self.plan)
             .field("stacks", &self.stacks)
             .field("udp", &self.udp)
-            .field("admin", &self.admin)
             .field("proxy", &self.proxy)
             .field("udp_shortfalls", &self.udp_shortfalls)
             .field("bind_warnings", &self.bind_warnings)

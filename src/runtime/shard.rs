@@ -20,10 +20,10 @@ use futures_lite::{AsyncRead, AsyncWrite, future};
 
 use super::error::ExecutorError;
 use super::link::{Msg, Rx, Tx};
-use super::status::Status;
 use crate::netstack::{ConnError, ConnId, StackConfig, StackSet};
 use crate::packet::{BufPool, PacketBuf};
 use crate::server::{self, RequestIds, ServerConfig, ServerCtx};
+use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// Longest the driver sleeps, so that it notices `stop` promptly. Its timer also bounds a stall

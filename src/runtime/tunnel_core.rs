@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
-use super::status::Status;
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
+use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
