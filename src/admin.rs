@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::runtime::Status;
+use crate::status::Status;
 
 /// A handshake older than this makes the broker not ready (WireGuard rekeys every 2 minutes, so a
 /// live tunnel never gets close).
@@ -284,7 +284,7 @@ pub fn spawn(
     serve(TcpListener::bind(addr)?, status, stop)
 }
 
-/// Serves on `listener` (bound beforehand, e.g. by `runtime::prepare`, so that a start fails on
+/// Serves on `listener` (bound beforehand, by `service::prepare`, so that a start fails on
 /// an unusable address before any executor runs) on a thread until `stop` is set; returns the
 /// bound address.
 pub fn serve(

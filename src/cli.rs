@@ -2,8 +2,12 @@
 //!
 //! Exit codes are part of the interface: `explain` exits 0 (allowed), 1 (denied) or 2 (rejected
 //! as malformed); every command exits [`EXIT_USAGE`] on a usage error and [`EXIT_CONFIG`] when the
-//! configuration is invalid. `run` and `check` share [`crate::runtime::prepare`] and give its
+//! configuration is invalid. `run` and `check` share [`crate::service::prepare`] and give its
 //! errors the same status: [`EXIT_CONFIG`], [`EXIT_OS`] (the host) or [`EXIT_TEMPFAIL`].
+//!
+//! The exit statuses live here and only here: the modules below answer with typed errors
+//! ([`crate::runtime::StartError`] and its cause, [`crate::service::Error`],
+//! [`crate::loadtest::Error`], [`crate::output::finish`]) that this module maps.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -15,15 +19,15 @@ use crate::allowlist::{CanonUrl, Decision};
 use crate::config::{self, LoadMode, ProcessEnv};
 use crate::keys::PrivateKey;
 use crate::output::{err, errln, outln};
-
-/// How long SIGTERM/SIGINT lets in-flight requests finish (systemd's default stop timeout is
-/// 90 s; this stays well inside it).
-pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::runtime::{Cause, Purpose};
+use crate::service;
 
 /// Usage error (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 /// Invalid input data, such as a malformed key on stdin (`EX_DATAERR`).
 pub const EXIT_DATA: u8 = 65;
+/// An input file cannot be read, e.g. `loadtest --private-key-file` (`EX_NOINPUT`).
+pub const EXIT_NOINPUT: u8 = 66;
 /// Invalid configuration (`EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
 /// The host cannot run the broker: io_uring, the locked-memory limit (`EX_OSERR`); also a
@@ -98,7 +102,14 @@ enum Command {
 /// Runs the command line; the binary's `main` is only this. Whatever became of standard output,
 /// the exit status is the command's (or [`EXIT_IOERR`]), never a panic: see [`crate::output`].
 pub fn main() -> ExitCode {
-    ExitCode::from(crate::output::finish(command()))
+    let status = command();
+    ExitCode::from(match crate::output::finish() {
+        Ok(()) => status,
+        Err(e) => {
+            errln!("wgbroker: cannot write to standard output: {e}");
+            EXIT_IOERR
+        }
+    })
 }
 
 /// Runs the command the arguments name; returns its exit status.
@@ -135,10 +146,12 @@ fn command() -> u8 {
             url,
             headers,
         } => explain(&config.files, &method, &url, &headers),
-        Command::Loadtest(args) => crate::loadtest::run(*args),
+        Command::Loadtest(args) => loadtest(*args),
     }
 }
 
+/// `wgbroker run`: loads the configuration and runs the broker as a service
+/// ([`crate::service::run`]) until a signal stops it.
 fn run(files: &[PathBuf]) -> u8 {
     let loaded = match config::load(files, LoadMode::Full, &ProcessEnv) {
         Ok(l) => l,
@@ -149,94 +162,17 @@ fn run(files: &[PathBuf]) -> u8 {
     };
     print_warnings(&loaded.warnings);
     crate::telemetry::init(&loaded.config.log);
-    // Signals first: a signal that arrives during start-up must not kill the process uncleanly.
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            errln!("wgbroker: cannot install signal handlers: {e}");
-            return EXIT_TEMPFAIL;
+    let reload = || config::load(files, LoadMode::Full, &ProcessEnv);
+    match service::run(loaded, reload) {
+        Ok(()) => 0,
+        Err(service::Error::Start(e)) => cannot_start(e.cause(), &e),
+        // A thread for the admin listener: may be had on a later try.
+        Err(e @ service::Error::Admin { .. }) => cannot_start(Cause::Temporary, &e),
+        Err(e @ service::Error::Signals(_)) => {
+            errln!("wgbroker: {e}");
+            EXIT_TEMPFAIL
         }
-    };
-    let broker = match crate::runtime::start(&loaded) {
-        Ok(b) => b,
-        Err(e) => return cannot_start(&e),
-    };
-    let c = &loaded.config;
-    tracing::info!(
-        event = "broker.start",
-        public_key = %c.wireguard.private_key.public_key(),
-        address = %c.wireguard.address,
-        udp_port = broker.status().udp_port.load(std::sync::atomic::Ordering::Relaxed),
-        inbound_port = c.inbound.listen_port,
-        peers = c.wireguard.peers.len(),
-        rules = loaded.allowlist.rules().len(),
-    );
-    // systemd: READY now — `start` returned, so every executor runs and every shard listens (an
-    // executor that could not start failed `start` above: exit 71, no READY); the watchdog is fed
-    // only while every executor makes progress; STATUS carries a one-line summary.
-    let status = broker.status().clone();
-    crate::notify::ready();
-    let _ = std::thread::Builder::new()
-        .name("wgbroker-watchdog".into())
-        .spawn(move || supervise(&status));
-    // Only the rules are swapped at runtime: every other section keeps running as it started, so
-    // each reload is compared with the configuration the process started with.
-    let started = loaded;
-    for sig in signals.forever() {
-        match sig {
-            signal_hook::consts::SIGHUP => {
-                // Validate with the credentials this process holds (systemd does not hand them
-                // to ExecReload=), then swap the allowlist into every shard; an invalid file
-                // keeps the running configuration.
-                crate::notify::reloading();
-                match config::load(files, LoadMode::Full, &ProcessEnv) {
-                    Ok(new) => {
-                        let restart = sections_needing_restart(&started.config, &new.config);
-                        match broker.reload(&new) {
-                            Ok(()) => tracing::info!(
-                                event = "config.reload",
-                                result = "applied",
-                                rules = new.allowlist.rules().len()
-                            ),
-                            Err(e) => {
-                                tracing::error!(event = "config.reload", result = "failed", error = %e)
-                            }
-                        }
-                        if !restart.is_empty() {
-                            tracing::warn!(
-                                event = "config.reload",
-                                needs_restart = %restart.join(", "),
-                                "changes to these sections apply at the next restart"
-                            );
-                        }
-                    }
-                    Err(errors) => tracing::error!(
-                        event = "config.reload",
-                        result = "invalid, keeping the running configuration",
-                        errors = %errors
-                    ),
-                }
-                crate::notify::ready();
-            }
-            _ => break,
-        }
-    }
-    tracing::info!(
-        event = "broker.stop",
-        drain_deadline_s = DRAIN_DEADLINE.as_secs()
-    );
-    crate::notify::stopping();
-    match broker.drain(DRAIN_DEADLINE) {
-        Ok(0) => 0,
-        Ok(left) => {
-            tracing::warn!(event = "broker.drain_deadline", open_connections = left);
-            0
-        }
-        Err(e) => {
+        Err(e @ service::Error::Stopped(_)) => {
             errln!("wgbroker: {e}");
             EXIT_SOFTWARE
         }
@@ -245,9 +181,8 @@ fn run(files: &[PathBuf]) -> u8 {
 
 /// Reports why the broker cannot start (`run`) or would not (`check`), and the status that says
 /// whether trying again can help.
-fn cannot_start(e: &crate::runtime::StartError) -> u8 {
-    use crate::runtime::Cause;
-    let (what, code) = match e.cause() {
+fn cannot_start(cause: Cause, e: &dyn std::fmt::Display) -> u8 {
+    let (what, code) = match cause {
         Cause::Config => ("configuration", EXIT_CONFIG),
         Cause::Host => ("host", EXIT_OS),
         Cause::Temporary => ("cannot start now", EXIT_TEMPFAIL),
@@ -256,68 +191,30 @@ fn cannot_start(e: &crate::runtime::StartError) -> u8 {
     code
 }
 
-/// The sections whose changes a reload cannot apply (everything but the rules).
-fn sections_needing_restart(old: &config::Config, new: &config::Config) -> Vec<String> {
-    let parse = |c: &config::Config| -> toml::Table {
-        toml::from_str(&config::dump::render(c)).unwrap_or_default()
-    };
-    let (a, b) = (parse(old), parse(new));
-    [
-        "wireguard",
-        "inbound",
-        "heartbeat",
-        "upstream",
-        "admin",
-        "log",
-        "runtime",
-    ]
-    .iter()
-    .filter(|k| a.get(**k) != b.get(**k))
-    .map(|k| (*k).to_owned())
-    .collect()
+/// `wgbroker loadtest`: the load test's outcome or error as the exit status.
+fn loadtest(args: crate::loadtest::Args) -> u8 {
+    use crate::loadtest::Finished;
+    match crate::loadtest::run(args) {
+        Ok(Finished::Measured) => 0,
+        Ok(Finished::NothingCompleted) => 1,
+        Err(e) => {
+            errln!("wgbroker loadtest: {e}");
+            loadtest_status(e.kind())
+        }
+    }
 }
 
-/// Feeds the systemd watchdog while every executor advances, and keeps STATUS current.
-fn supervise(status: &crate::runtime::Status) {
-    use std::sync::atomic::Ordering::Relaxed;
-    // Half of WatchdogSec= (see notify::watchdog_interval), or every 5 s for STATUS alone.
-    let period = crate::notify::watchdog_interval()
-        .unwrap_or(std::time::Duration::from_secs(5))
-        .max(std::time::Duration::from_millis(100));
-    let mut last = status.beats();
-    loop {
-        std::thread::sleep(period);
-        if status.stopped.load(Relaxed) {
-            return;
-        }
-        let now = status.beats();
-        let stalled: Vec<usize> = now
-            .iter()
-            .zip(&last)
-            .enumerate()
-            .filter(|(_, (a, b))| a == b)
-            .map(|(i, _)| i)
-            .collect();
-        if stalled.is_empty() {
-            crate::notify::watchdog();
-        } else {
-            tracing::error!(event = "runtime.stall", executors = ?stalled);
-        }
-        last = now;
-        let hs = status.handshake_age().map_or_else(
-            || "no handshake yet".to_owned(),
-            |a| format!("handshake {}s ago", a.as_secs()),
-        );
-        crate::notify::status(&format!(
-            "{hs}; {} connections, {} requests; heartbeat {}",
-            status.connections.load(Relaxed),
-            status.requests(),
-            if status.heartbeat_passing.load(Relaxed) {
-                "ok"
-            } else {
-                "failing"
-            },
-        ));
+/// The exit status of a load test that failed with `kind`.
+fn loadtest_status(kind: crate::loadtest::ErrorKind) -> u8 {
+    use crate::loadtest::ErrorKind;
+    match kind {
+        ErrorKind::Usage => EXIT_USAGE,
+        ErrorKind::Data => EXIT_DATA,
+        ErrorKind::NoInput => EXIT_NOINPUT,
+        ErrorKind::Config => EXIT_CONFIG,
+        ErrorKind::Os => EXIT_OS,
+        // No handshake, drivers that failed: the measurement did not happen.
+        ErrorKind::NotReady => 1,
     }
 }
 
@@ -383,8 +280,10 @@ fn check(files: &[PathBuf]) -> u8 {
                 c.wireguard.private_key.public_key()
             );
             // Everything `run` does before it starts an executor, on the same code.
-            match crate::runtime::prepare(&loaded, crate::runtime::Purpose::Check) {
-                Ok(prepared) => {
+            match service::prepare(&loaded, Purpose::Check) {
+                Ok(service::Prepared {
+                    runtime: prepared, ..
+                }) => {
                     outln!(
                         "host OK: io_uring available, locked-memory limit sufficient; CPUs, \
                          peers, CA files, proxy settings and sockets usable"
@@ -397,7 +296,7 @@ fn check(files: &[PathBuf]) -> u8 {
                     }
                     0
                 }
-                Err(e) => cannot_start(&e),
+                Err(e) => cannot_start(e.cause(), &e),
             }
         }
         Err(errors) => {

@@ -117,7 +117,7 @@ fn run_inner() -> Result<bool, String> {
     );
 
     let started = Instant::now();
-    let broker = crate::runtime::start(&loaded).map_err(|e| format!("broker: {e}"))?;
+    let broker = crate::service::start(&loaded).map_err(|e| format!("broker: {e}"))?;
     if !gateway.wait_handshake(Duration::from_secs(30)) {
         let _ = broker.shutdown();
         return Err("the broker did not complete a WireGuard handshake".into());
@@ -128,7 +128,27 @@ fn run_inner() -> Result<bool, String> {
     );
 
     let base = format!("http://{}", scm.addr());
-    let cases = vec![
+    let cases = cases();
+    let results = send(&mut gateway, &cases, &base);
+    let table = decision_table(&cases, &results, &loaded, &base);
+    outln!("{}", table.text);
+    let upstream_ok = upstream_saw_only_the_allowed(&scm, table.allowed_upstream);
+    let all_ok = table.all_ok && upstream_ok;
+    let _ = broker.shutdown();
+    outln!(
+        "  {}",
+        if all_ok {
+            "all expectations held"
+        } else {
+            "SOME EXPECTATIONS FAILED"
+        }
+    );
+    Ok(all_ok)
+}
+
+/// The requests the demo sends, and what each should get.
+fn cases() -> Vec<Case> {
+    vec![
         Case {
             method: "GET",
             url: "/api/v3/repos/acme/app".into(),
@@ -195,7 +215,12 @@ fn run_inner() -> Result<bool, String> {
             expect: 200,
             what: "broker health check",
         },
-    ];
+    ]
+}
+
+/// Sends each case through the tunnel, one at a time, each on a fresh tunnel connection, so
+/// that latencies read cleanly.
+fn send(gateway: &mut Gateway, cases: &[Case], base: &str) -> Vec<Vec<client::Exchange>> {
     let requests: Vec<Request> = cases
         .iter()
         .map(|c| {
@@ -209,12 +234,11 @@ fn run_inner() -> Result<bool, String> {
             Request::new(c.method, &target)
         })
         .collect();
-    // One request at a time, each on a fresh tunnel connection, so latencies read cleanly.
-    let results: Vec<Vec<client::Exchange>> = requests
+    requests
         .into_iter()
         .map(|r| {
             client::run(
-                &mut gateway,
+                gateway,
                 vec![vec![r]],
                 RunOptions {
                     port: 80,
@@ -224,11 +248,29 @@ fn run_inner() -> Result<bool, String> {
             )
             .remove(0)
         })
-        .collect();
+        .collect()
+}
 
-    let mut table = String::new();
+/// The decision table the demo prints, and what it found.
+struct Table {
+    text: String,
+    /// Every status was the expected one, and the token never reached the vendor.
+    all_ok: bool,
+    /// Requests the upstream answered (allowed, not the broker's own health check).
+    allowed_upstream: usize,
+}
+
+/// One line per case: status, latency, size, and why (the rule that allowed it, or the reason
+/// it was denied or rejected).
+fn decision_table(
+    cases: &[Case],
+    results: &[Vec<client::Exchange>],
+    loaded: &config::Loaded,
+    base: &str,
+) -> Table {
+    let mut text = String::new();
     let _ = writeln!(
-        table,
+        text,
         "  {:<3} {:<6} {:<52} {:>6} {:>9} {:>9}  decision",
         "#", "method", "request", "status", "ms", "bytes"
     );
@@ -251,7 +293,7 @@ fn run_inner() -> Result<bool, String> {
                         allowed_upstream += 1;
                         format!(
                             "ALLOWED  {}",
-                            rule_for(&loaded, case.method, &format!("{base}{}", case.url))
+                            rule_for(loaded, case.method, &format!("{base}{}", case.url))
                         )
                     }
                     _ => format!("upstream answered {}", r.status),
@@ -273,7 +315,7 @@ fn run_inner() -> Result<bool, String> {
             all_ok = false;
         }
         let _ = writeln!(
-            table,
+            text,
             "  {:<3} {:<6} {:<52} {:>6} {:>9.2} {:>9}  {} ({}){mark}",
             i + 1,
             case.method,
@@ -285,8 +327,16 @@ fn run_inner() -> Result<bool, String> {
             case.what
         );
     }
-    outln!("{table}");
+    Table {
+        text,
+        all_ok,
+        allowed_upstream,
+    }
+}
 
+/// Prints what the upstream received; whether that was exactly the allowed requests, each with
+/// the injected token (but the user rule's downloads), and nothing denied or rejected.
+fn upstream_saw_only_the_allowed(scm: &MockScm, allowed_upstream: usize) -> bool {
     let seen = scm.seen();
     let with_token = seen
         .iter()
@@ -301,27 +351,11 @@ fn run_inner() -> Result<bool, String> {
         with_token,
         if leaked { "YES" } else { "none" }
     );
-    if seen.len() != allowed_upstream
-        || with_token
-            != seen.len()
-                - seen
-                    .iter()
-                    .filter(|s| s.target.starts_with("/download"))
-                    .count()
-        || leaked
-    {
-        all_ok = false;
-    }
-    let _ = broker.shutdown();
-    outln!(
-        "  {}",
-        if all_ok {
-            "all expectations held"
-        } else {
-            "SOME EXPECTATIONS FAILED"
-        }
-    );
-    Ok(all_ok)
+    let downloads = seen
+        .iter()
+        .filter(|s| s.target.starts_with("/download"))
+        .count();
+    seen.len() == allowed_upstream && with_token == seen.len() - downloads && !leaked
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -4,13 +4,13 @@
 //! a full disk (`> /dev/full`), and with the release profile's `panic = "abort"` the process then
 //! dies of SIGABRT (exit 134) instead of exiting with the status scripts depend on. The commands
 //! print through [`outln!`] instead, which keep the first error and skip every later
-//! write, and `main` ends with [`finish`], which turns that error into the exit status:
+//! write, and `main` ends with [`finish`], whose answer `cli` turns into the exit status:
 //!
 //! * a closed pipe (`EPIPE`): the reader wanted no more; the command exits quietly with the
 //!   status it decided, as if its output had been read (so `explain ... | head -1` tells allowed
 //!   from denied whether or not `head` was gone before the last line);
-//! * any other error (`ENOSPC`, `EIO`, ...): one line on standard error and
-//!   [`EXIT_IOERR`](crate::cli::EXIT_IOERR) (74).
+//! * any other error (`ENOSPC`, `EIO`, ...): `cli` prints one line on standard error and exits
+//!   `EXIT_IOERR` (74).
 //!
 //! [`errln!`] / [`err!`] write to standard error and ignore errors: with standard error gone there
 //! is nowhere left to report anything, and the exit status still says what happened. (A closed
@@ -54,10 +54,9 @@ pub fn write_err(args: fmt::Arguments<'_>) {
     let _ = io::stderr().lock().write_fmt(args);
 }
 
-/// Flushes standard output and gives the exit status: `status` when everything was written or
-/// the reader closed the pipe, [`EXIT_IOERR`](crate::cli::EXIT_IOERR) (with one line on standard
-/// error) after any other write error.
-pub fn finish(status: u8) -> u8 {
+/// Flushes standard output; the first error writing it, if any — except a closed pipe, which is
+/// no error: the reader wanted no more.
+pub fn finish() -> io::Result<()> {
     let mut failed = failed();
     if failed.is_none() {
         if let Err(e) = io::stdout().lock().flush() {
@@ -65,14 +64,8 @@ pub fn finish(status: u8) -> u8 {
         }
     }
     match failed.take() {
-        None => status,
-        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => status,
-        Some(e) => {
-            write_err(format_args!(
-                "wgbroker: cannot write to standard output: {e}\n"
-            ));
-            crate::cli::EXIT_IOERR
-        }
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -31,6 +31,9 @@
 //! * Nothing grows with the run: per connection one request in flight and fixed buffers; the
 //!   open loop's backlog is a counter; histograms have fixed bounds.
 //! * Latency in the open loop is measured from the *intended* send time.
+//!
+//! [`run`] answers with [`Finished`] or an [`Error`] whose [`ErrorKind`] the command line turns
+//! into the exit status; this module does not know the numbers.
 
 pub mod cpu;
 pub mod driver;
@@ -42,8 +45,6 @@ pub mod upstream;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::output::errln;
 
 pub use scenario::Scenario;
 
@@ -241,6 +242,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Checks what clap cannot; returns the message of a usage error.
+///
+/// (Over 100 lines, on purpose: one short, independent check per option, in the order of
+/// [`Args`]; split up, the checks would no longer read against the flags they guard.)
 pub fn validate(a: &Args) -> Result<(), String> {
     if a.connections == 0 || a.connections > MAX_CONNECTIONS {
         return Err(format!("--connections must be 1..={MAX_CONNECTIONS}"));
@@ -352,12 +356,66 @@ pub fn validate(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `wgbroker loadtest`; returns the exit code.
-pub fn run(args: Args) -> u8 {
-    if let Err(e) = validate(&args) {
-        errln!("wgbroker loadtest: {e}");
-        return crate::cli::EXIT_USAGE;
+/// How a load test that ran ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The report is printed and has completed requests.
+    Measured,
+    /// The report is printed, but no request completed (on every target).
+    NothingCompleted,
+}
+
+/// Why `wgbroker loadtest` could not measure: what went wrong, in a message, and of which kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// What kind of failure a load test [`Error`] is; `wgbroker` exits with a status per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Options that do not work together or are out of range.
+    Usage,
+    /// A file that holds no valid key (`--private-key-file`).
+    Data,
+    /// A file that cannot be read (`--private-key-file`).
+    NoInput,
+    /// The broker configuration (`-c FILE`) cannot be read or is invalid.
+    Config,
+    /// The host: a thread, a socket or a key that cannot be had, a broker that cannot start.
+    Os,
+    /// The target never got ready (no handshake in time), or the drivers failed while measuring.
+    NotReady,
+}
+
+impl Error {
+    /// An error of `kind`, saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
+
+    /// Its kind (the exit status).
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The same error, said to have happened in `step` (e.g. `calibration`).
+    pub fn during(self, step: &str) -> Self {
+        Self {
+            kind: self.kind,
+            message: format!("{step}: {}", self.message),
+        }
+    }
+}
+
+/// Runs `wgbroker loadtest`: checks the options, runs the session, prints the report.
+pub fn run(args: Args) -> Result<Finished, Error> {
+    validate(&args).map_err(|e| Error::new(ErrorKind::Usage, e))?;
     session::run(&args)
 }
 

@@ -16,8 +16,7 @@ use super::driver::{self, Control, DriverSpec, Event, Outcome, Progress};
 use super::report::{BrokerDrops, Cpu, GatewayFigures, Report, Stats, table};
 use super::scenario::{Plan, Scenario, Targets, parse_mix};
 use super::upstream::Upstream;
-use super::{Args, CloseMode};
-use crate::cli::{EXIT_CONFIG, EXIT_OS};
+use super::{Args, CloseMode, Error, ErrorKind, Finished};
 use crate::config::{self, LoadMode};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::output::{err, errln, outln};
@@ -27,8 +26,16 @@ use crate::testkit::toml::{PeerToml, WireguardToml};
 /// The token the in-process upstream insists on (injected by the broker's GitHub rules).
 const TOKEN: &str = "ghp_loadtestTOKENloadtestTOKEN0123456789";
 
-/// A failed session: the message and the exit code.
-type Failure = (String, u8);
+/// A failed session.
+type Failure = Error;
+
+fn os(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Os, message)
+}
+
+fn usage(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Usage, message)
+}
 
 /// Per-connection TCP buffers of the driver for a scenario: `(rx, tx)`.
 pub fn buffers(s: Scenario, size: u64) -> (usize, usize) {
@@ -92,8 +99,8 @@ impl Target {
     }
 }
 
-/// Runs the session `a` asks for; returns the exit code.
-pub fn run(a: &Args) -> u8 {
+/// Runs the session `a` asks for and prints its report.
+pub fn run(a: &Args) -> Result<Finished, Error> {
     let first = if a.null {
         Target::Null
     } else if a.gateway {
@@ -101,22 +108,9 @@ pub fn run(a: &Args) -> u8 {
     } else {
         Target::InProcess
     };
-    let mut reports = Vec::new();
-    match measure_target(a, first) {
-        Ok(r) => reports.push(r),
-        Err((msg, code)) => {
-            errln!("wgbroker loadtest: {msg}");
-            return code;
-        }
-    }
+    let mut reports = vec![measure_target(a, first)?];
     if a.calibrate {
-        match measure_target(a, Target::Null) {
-            Ok(r) => reports.push(r),
-            Err((msg, code)) => {
-                errln!("wgbroker loadtest: calibration: {msg}");
-                return code;
-            }
-        }
+        reports.push(measure_target(a, Target::Null).map_err(|e| e.during("calibration"))?);
     }
     if a.json {
         let out = if reports.len() == 2 {
@@ -124,13 +118,8 @@ pub fn run(a: &Args) -> u8 {
         } else {
             serde_json::to_value(&reports[0]).unwrap_or_default()
         };
-        match serde_json::to_string_pretty(&out) {
-            Ok(s) => outln!("{s}"),
-            Err(e) => {
-                errln!("wgbroker loadtest: JSON: {e}");
-                return EXIT_OS;
-            }
-        }
+        let text = serde_json::to_string_pretty(&out).map_err(|e| os(format!("JSON: {e}")))?;
+        outln!("{text}");
     } else {
         let cols: Vec<(&str, &Report)> = reports
             .iter()
@@ -156,8 +145,11 @@ pub fn run(a: &Args) -> u8 {
             );
         }
     }
-    let failed = reports.iter().all(|r| r.requests == 0);
-    u8::from(failed)
+    if reports.iter().all(|r| r.requests == 0) {
+        Ok(Finished::NothingCompleted)
+    } else {
+        Ok(Finished::Measured)
+    }
 }
 
 /// Gateway settings for a driver thread.
@@ -236,7 +228,7 @@ fn spawn_drivers(
     let seed = u64::from_le_bytes(seed);
     for (i, key) in keys.iter().enumerate() {
         let vendor = vendor_address(a.vendor_address, a.broker_address, i)
-            .ok_or(("address range".to_owned(), 64))?;
+            .ok_or_else(|| usage("address range"))?;
         vendors.push(vendor);
         let per_thread = a.connections / a.threads + usize::from(i < a.connections % a.threads);
         let listen = if target == Target::Gateway {
@@ -246,7 +238,7 @@ fn spawn_drivers(
                 a.listen
                     .port()
                     .checked_add(u16::try_from(i).unwrap_or(u16::MAX))
-                    .ok_or(("--listen port + --threads exceeds 65535".to_owned(), 64))?
+                    .ok_or_else(|| usage("--listen port + --threads exceeds 65535"))?
             };
             SocketAddr::new(a.listen.ip(), port)
         } else {
@@ -275,7 +267,7 @@ fn spawn_drivers(
             }
             Err(e) => {
                 ctl.stop.store(true, Ordering::Relaxed);
-                return Err((format!("cannot start a driver thread: {e}"), EXIT_OS));
+                return Err(os(format!("cannot start a driver thread: {e}")));
             }
         }
     }
@@ -301,12 +293,12 @@ fn spawn_drivers(
             }
             Ok(Event::Failed { error, .. }) => {
                 d.stop();
-                return Err((error, EXIT_OS));
+                return Err(os(error));
             }
             Ok(Event::Ready { .. }) => {}
             Err(_) => {
                 d.stop();
-                return Err(("the driver threads did not start".into(), EXIT_OS));
+                return Err(os("the driver threads did not start"));
             }
         }
     }
@@ -322,9 +314,14 @@ fn wait_ready(d: &Drivers, timeout: Duration) -> Result<(), Failure> {
         let left = until.saturating_duration_since(Instant::now());
         match d.events.recv_timeout(left) {
             Ok(Event::Ready { .. }) => ready += 1,
-            Ok(Event::Failed { error, .. }) => return Err((error, 1)),
+            Ok(Event::Failed { error, .. }) => return Err(Error::new(ErrorKind::NotReady, error)),
             Ok(Event::Bound { .. }) => {}
-            Err(_) => return Err(("the driver threads did not get ready".into(), 1)),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::NotReady,
+                    "the driver threads did not get ready",
+                ));
+            }
         }
     }
     Ok(())
@@ -332,7 +329,7 @@ fn wait_ready(d: &Drivers, timeout: Duration) -> Result<(), Failure> {
 
 fn fresh_keys(n: usize) -> Result<Vec<PrivateKey>, Failure> {
     (0..n)
-        .map(|_| PrivateKey::generate().map_err(|e| (e.to_string(), EXIT_OS)))
+        .map(|_| PrivateKey::generate().map_err(|e| os(e.to_string())))
         .collect()
 }
 
@@ -346,7 +343,7 @@ fn headers(a: &Args) -> Vec<(String, String)> {
 
 fn plan_for(a: &Args, target: Target, upstream: &str) -> Result<Arc<Plan>, Failure> {
     let mix = match &a.mix {
-        Some(m) => parse_mix(m).map_err(|e| (e, 64))?,
+        Some(m) => parse_mix(m).map_err(usage)?,
         None => Vec::new(),
     };
     let targets = Targets {
@@ -363,7 +360,7 @@ fn plan_for(a: &Args, target: Target, upstream: &str) -> Result<Arc<Plan>, Failu
     };
     Plan::new(a.scenario, &targets, &mix)
         .map(Arc::new)
-        .map_err(|e| (e, 64))
+        .map_err(usage)
 }
 
 fn measure_target(a: &Args, target: Target) -> Result<Report, Failure> {
@@ -415,10 +412,10 @@ level = "error"
 "#;
 
 fn in_process(a: &Args) -> Result<Report, Failure> {
-    let upstream = Upstream::start(TOKEN).map_err(|e| (format!("local upstream: {e}"), EXIT_OS))?;
+    let upstream = Upstream::start(TOKEN).map_err(|e| os(format!("local upstream: {e}")))?;
     let base = format!("http://{}", upstream.addr());
     let plan = plan_for(a, Target::InProcess, &base)?;
-    let broker_key = PrivateKey::generate().map_err(|e| (e.to_string(), EXIT_OS))?;
+    let broker_key = PrivateKey::generate().map_err(|e| os(e.to_string()))?;
     let d = spawn_drivers(
         a,
         Target::InProcess,
@@ -434,7 +431,10 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
             Ok(t) => layers.push((f.clone(), t)),
             Err(e) => {
                 d.stop();
-                return Err((format!("{}: cannot read: {e}", f.display()), EXIT_CONFIG));
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{}: cannot read: {e}", f.display()),
+                ));
             }
         }
     }
@@ -448,7 +448,10 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
         Ok(l) => l,
         Err(errors) => {
             d.stop();
-            return Err((format!("invalid configuration:\n{errors}"), EXIT_CONFIG));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("invalid configuration:\n{errors}"),
+            ));
         }
     };
     for w in &loaded.warnings {
@@ -464,25 +467,22 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
         Ok(r) => loaded.config.allow.extend(r.config.rules()),
         Err(errors) => {
             d.stop();
-            return Err((format!("internal rules: {errors}"), EXIT_OS));
+            return Err(os(format!("internal rules: {errors}")));
         }
     }
     crate::telemetry::init(&loaded.config.log);
     if loaded.config.inbound.listen_port != a.port {
         d.stop();
-        return Err((
-            format!(
-                "the configuration's [inbound] listen_port is {}: pass --port {}",
-                loaded.config.inbound.listen_port, loaded.config.inbound.listen_port
-            ),
-            64,
-        ));
+        return Err(usage(format!(
+            "the configuration's [inbound] listen_port is {}: pass --port {}",
+            loaded.config.inbound.listen_port, loaded.config.inbound.listen_port
+        )));
     }
-    let broker = match crate::runtime::start(&loaded) {
+    let broker = match crate::service::start(&loaded) {
         Ok(b) => b,
         Err(e) => {
             d.stop();
-            return Err((format!("broker: {e}"), EXIT_OS));
+            return Err(os(format!("broker: {e}")));
         }
     };
     let result = wait_ready(&d, a.handshake_timeout)
@@ -507,14 +507,14 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
 
 fn gateway(a: &Args) -> Result<Report, Failure> {
     let peer = PublicKey::from_base64(a.broker_public_key.as_deref().unwrap_or(""))
-        .map_err(|e| (format!("--broker-public-key: {e}"), 64))?;
+        .map_err(|e| usage(format!("--broker-public-key: {e}")))?;
     let keys = match &a.private_key_file {
         Some(f) => {
-            let text =
-                std::fs::read_to_string(f).map_err(|e| (format!("{}: {e}", f.display()), 66))?;
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::new(ErrorKind::NoInput, format!("{}: {e}", f.display())))?;
             vec![
                 PrivateKey::from_base64(&text)
-                    .map_err(|e| (format!("{}: {e}", f.display()), 65))?,
+                    .map_err(|e| Error::new(ErrorKind::Data, format!("{}: {e}", f.display())))?,
             ]
         }
         None => fresh_keys(a.threads)?,
@@ -576,7 +576,7 @@ fn print_gateway_info(a: &Args, d: &Drivers) {
 
 fn null(a: &Args) -> Result<Report, Failure> {
     let plan = plan_for(a, Target::Null, "http://null.invalid")?;
-    let responder_key = PrivateKey::generate().map_err(|e| (e.to_string(), EXIT_OS))?;
+    let responder_key = PrivateKey::generate().map_err(|e| os(e.to_string()))?;
     let d = spawn_drivers(
         a,
         Target::Null,
@@ -628,7 +628,7 @@ fn null(a: &Args) -> Result<Report, Failure> {
     if let Some(e) = failed {
         stop.store(true, Ordering::Relaxed);
         d.stop();
-        return Err((format!("cannot start the null responder: {e}"), EXIT_OS));
+        return Err(os(format!("cannot start the null responder: {e}")));
     }
     let result = wait_ready(&d, a.handshake_timeout.min(Duration::from_secs(20)))
         .and_then(|()| measure(a, Target::Null, &plan, d));
@@ -704,7 +704,7 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
         }
     }
     if !errors.is_empty() {
-        return Err((errors.join("; "), 1));
+        return Err(Error::new(ErrorKind::NotReady, errors.join("; ")));
     }
     let threads = after.since(&before);
     let cpu = Cpu {

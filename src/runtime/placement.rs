@@ -15,28 +15,41 @@ pub struct Plan {
     pub combined: bool,
 }
 
+/// Why `[runtime]` cannot be laid out on the CPUs this process may use (a configuration error:
+/// starting again does not help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// `runtime.cpus` names a CPU outside this process's affinity mask.
+    #[error("runtime.cpus: CPU {cpu} is not available to this process (available: {available:?})")]
+    CpuNotAvailable { cpu: usize, available: Vec<usize> },
+    /// The affinity mask (or `runtime.cpus`) is empty.
+    #[error("no CPU available")]
+    NoCpu,
+    /// `runtime.tunnel_cpu` is not one of the CPUs the broker runs on.
+    #[error("runtime.tunnel_cpu: CPU {cpu} is not in the CPU set {cpus:?}")]
+    TunnelCpuOutside { cpu: usize, cpus: Vec<usize> },
+}
+
 /// Computes the plan. `available` is the set of CPUs this process may run on, in order.
-pub fn plan(rt: &Runtime, available: &[usize]) -> Result<Plan, String> {
+pub fn plan(rt: &Runtime, available: &[usize]) -> Result<Plan, PlanError> {
     let cpus: Vec<usize> = if rt.cpus.is_empty() {
         available.to_vec()
     } else {
-        for c in &rt.cpus {
-            if !available.contains(c) {
-                return Err(format!(
-                    "runtime.cpus: CPU {c} is not available to this process (available: {available:?})"
-                ));
-            }
+        if let Some(&cpu) = rt.cpus.iter().find(|c| !available.contains(c)) {
+            return Err(PlanError::CpuNotAvailable {
+                cpu,
+                available: available.to_vec(),
+            });
         }
         rt.cpus.clone()
     };
-    if cpus.is_empty() {
-        return Err("no CPU available".into());
-    }
-    let tunnel = rt.tunnel_cpu.unwrap_or(cpus[0]);
+    let Some(&first) = cpus.first() else {
+        return Err(PlanError::NoCpu);
+    };
+    let tunnel = rt.tunnel_cpu.unwrap_or(first);
     if !cpus.contains(&tunnel) {
-        return Err(format!(
-            "runtime.tunnel_cpu: CPU {tunnel} is not in the CPU set {cpus:?}"
-        ));
+        return Err(PlanError::TunnelCpuOutside { cpu: tunnel, cpus });
     }
     let rest: Vec<usize> = cpus.iter().copied().filter(|&c| c != tunnel).collect();
     let pin = |c: usize| rt.pin.then_some(c);
@@ -160,7 +173,13 @@ mod tests {
         assert_eq!(p.tunnel_cpu, None);
         assert_eq!(p.shards, vec![None, None]);
         r.cpus = vec![9];
-        assert!(plan(&r, &[0, 1]).is_err());
+        assert_eq!(
+            plan(&r, &[0, 1]),
+            Err(PlanError::CpuNotAvailable {
+                cpu: 9,
+                available: vec![0, 1]
+            })
+        );
     }
 
     #[test]

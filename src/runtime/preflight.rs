@@ -1,7 +1,7 @@
 //! Checks that io_uring can run before any executor starts, with the fix in the message.
 
 /// What stops the broker from starting its executors.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PreflightError {
     /// `kernel.io_uring_disabled` forbids io_uring for this process.
@@ -21,7 +21,7 @@ pub enum PreflightError {
         "cannot create an io_uring ({0}); wgbroker needs Linux >= 5.8 with io_uring allowed \
          (containers: a seccomp profile that permits io_uring_setup/io_uring_enter)"
     )]
-    IoUringUnavailable(String),
+    IoUringUnavailable(#[source] std::io::Error),
 }
 
 /// Memlock glommio requires per process (its own check), KiB.

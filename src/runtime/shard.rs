@@ -1,5 +1,6 @@
 //! A shard: its smoltcp stacks, the driver task that polls them, and one task per tunnel
-//! connection running the in-tunnel HTTP server.
+//! connection running the in-tunnel HTTP server. [`start`] builds one on its executor, in either
+//! layout (a shard executor of its own, or the combined executor next to the tunnel core).
 //!
 //! Wake-ups: the ingress task kicks the driver when packets arrive; connection tasks wake it
 //! through the stack set's poll waker when they queue or consume data; otherwise the driver
@@ -17,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite, future};
 
+use super::error::ExecutorError;
 use super::link::{Msg, Rx, Tx};
-use super::status::Status;
-use crate::netstack::{ConnError, ConnId, StackSet};
+use crate::netstack::{ConnError, ConnId, StackConfig, StackSet};
 use crate::packet::{BufPool, PacketBuf};
-use crate::server::{self, ServerCtx};
+use crate::server::{self, RequestIds, ServerConfig, ServerCtx};
+use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 
 /// Longest the driver sleeps, so that it notices `stop` promptly. Its timer also bounds a stall
@@ -105,8 +107,74 @@ impl Shard {
     }
 }
 
+/// Everything one shard needs, built on the control thread (all `Send`) and moved to its
+/// executor, where [`start`] builds the shard from it.
+pub(super) struct ShardSeed {
+    pub index: usize,
+    /// Every rule in decision order; each shard compiles its own allowlist (no sharing).
+    pub rules: Vec<crate::allowlist::RuleSpec>,
+    pub stack: StackConfig,
+    pub server: ServerConfig,
+    /// Seeds the stacks' initial sequence numbers and ports.
+    pub seed: u64,
+    /// The process's request-id prefix (request ids are unique across shards and restarts).
+    pub id_prefix: u32,
+    pub buf_capacity: usize,
+    pub upstream: crate::config::Upstream,
+    pub scrubber: server::scrub::Scrubber,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub proxy: crate::upstream::proxy::ProxySettings,
+    /// The heartbeat this shard runs (shard 0 only, when one is configured).
+    pub heartbeat: Option<HeartbeatTarget>,
+}
+
+impl ShardSeed {
+    /// The shard's state; `to_tunnel` is its link to the tunnel core.
+    fn build(self, to_tunnel: Tx, status: Arc<Status>) -> Result<Shard, ExecutorError> {
+        let set = StackSet::new(&self.stack, Instant::now(), self.seed)?;
+        let pool = BufPool::new(self.buf_capacity, 4096);
+        let ids = RequestIds::new(
+            self.id_prefix,
+            u16::try_from(self.index).unwrap_or(u16::MAX),
+        );
+        let allowlist =
+            crate::allowlist::Allowlist::compile(self.rules).map_err(ExecutorError::Allowlist)?;
+        let upstreams = super::upstream::ShardUpstreams::new(&self.upstream, self.tls, self.proxy);
+        Ok(Shard::new(
+            self.index,
+            set,
+            upstreams,
+            pool,
+            to_tunnel,
+            ServerCtx::new(self.server, allowlist, self.scrubber, ids),
+            status,
+        ))
+    }
+}
+
+/// Starts a shard on the current executor, in either layout: builds its state from `seed`
+/// (its stacks listen from then on, which `status.shards_ready` counts), and spawns its ingress
+/// task (packets from the tunnel core on `from_tunnel`), its heartbeat if it runs one, and its
+/// driver. Returns the driver task, which ends once `stop` is set.
+pub(super) fn start(
+    mut seed: ShardSeed,
+    to_tunnel: Tx,
+    from_tunnel: Rx,
+    status: &Arc<Status>,
+    stop: &Arc<AtomicBool>,
+) -> Result<glommio::Task<()>, ExecutorError> {
+    let heartbeat = seed.heartbeat.take();
+    let shard = Rc::new(seed.build(to_tunnel, status.clone())?);
+    status.shards_ready.fetch_add(1, Ordering::Relaxed);
+    glommio::spawn_local(ingress_loop(shard.clone(), from_tunnel)).detach();
+    if let Some(hb) = heartbeat {
+        glommio::spawn_local(heartbeat_loop(shard.clone(), hb, stop.clone())).detach();
+    }
+    Ok(glommio::spawn_local(driver_loop(shard, stop.clone())))
+}
+
 /// Moves packets from the tunnel core into the stacks.
-pub(super) async fn ingress_loop(shard: Rc<Shard>, from_tunnel: Rx) {
+async fn ingress_loop(shard: Rc<Shard>, from_tunnel: Rx) {
     while let Some(msg) = from_tunnel.recv().await {
         match msg {
             Msg::Packet(p) => {
@@ -120,7 +188,7 @@ pub(super) async fn ingress_loop(shard: Rc<Shard>, from_tunnel: Rx) {
 }
 
 /// Polls the stacks, starts connection tasks, hands packets to the tunnel core.
-pub(super) async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     let period = shard.upstreams.sweep_period();
     glommio::spawn_local(super::upstream::ShardUpstreams::sweep_every(
         Rc::downgrade(&shard),
@@ -396,11 +464,7 @@ impl HeartbeatTarget {
 }
 
 /// GETs the heartbeat URL through the tunnel every interval; publishes the result.
-pub(super) async fn heartbeat_loop(
-    shard: Rc<Shard>,
-    target: HeartbeatTarget,
-    stop: Arc<AtomicBool>,
-) {
+async fn heartbeat_loop(shard: Rc<Shard>, target: HeartbeatTarget, stop: Arc<AtomicBool>) {
     // The first check soon after start (the handshake needs a moment), then every interval.
     let mut wait = Duration::from_secs(1).min(target.interval);
     // A failing heartbeat is logged at once, then at most once a minute (`/readyz` and the

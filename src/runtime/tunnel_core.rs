@@ -4,7 +4,8 @@
 //! the receive loop decrypts each datagram straight into a pooled [`PacketBuf`] and moves it to
 //! the shard that owns its flow; one egress loop per shard encrypts the packets the shard hands
 //! back and sends the spent buffers home; the timer loop drives handshakes, keepalives,
-//! re-resolution and the shared rate limiter.
+//! re-resolution and the shared rate limiter. [`start`] builds the core on its executor, in
+//! either layout (its own executor, or the combined one next to the single shard).
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,16 +18,66 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
-use super::status::Status;
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
+use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
+use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
 /// that one shard that is behind does not hold the others' packets up for long.
 const LINK_WAIT: Duration = Duration::from_millis(5);
-use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+
+/// What the tunnel core needs, built on the control thread (all `Send`) and moved to its
+/// executor, where [`start`] builds the core from it.
+pub(super) struct CoreSeed {
+    pub table: PeerTable,
+    /// The bound, non-blocking UDP socket.
+    pub udp: socket2::Socket,
+    pub shards: usize,
+    pub stacks: usize,
+    pub buf_capacity: usize,
+    pub gso: bool,
+    pub ipv6_socket: bool,
+}
+
+/// Starts the tunnel core on the current executor, in either layout, linked to each shard by
+/// `to_shards[i]` / `from_shards[i]`: waits until every shard listens (so the first handshake
+/// completes when the broker can already answer), builds the core, and spawns one egress task
+/// per shard and the receive task. Returns the timer task (handshakes, keepalives,
+/// re-resolution), which ends once `stop` is set; `None` when `stop` was set while it waited.
+pub(super) async fn start(
+    seed: CoreSeed,
+    to_shards: Vec<Tx>,
+    from_shards: Vec<Rx>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+) -> Option<glommio::Task<()>> {
+    while status.shards_ready.load(Ordering::Relaxed) < seed.shards {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let core = Rc::new(TunnelCore {
+        table: RefCell::new(seed.table),
+        udp: UdpSocket::from(seed.udp),
+        to_shards,
+        pool: RefCell::new(BufPool::new(seed.buf_capacity, 4096)),
+        shards: seed.shards,
+        stacks: seed.stacks,
+        status,
+        gso: seed.gso,
+        ipv6_socket: seed.ipv6_socket,
+        io: IoCounters::default(),
+    });
+    for (i, rx) in from_shards.into_iter().enumerate() {
+        glommio::spawn_local(egress_loop(core.clone(), rx, i)).detach();
+    }
+    glommio::spawn_local(rx_loop(core.clone())).detach();
+    Some(glommio::spawn_local(timer_loop(core, stop)))
+}
 
 /// The tunnel core's state.
 pub(super) struct TunnelCore {
@@ -79,7 +130,7 @@ async fn send_datagram(core: &TunnelCore, datagram: &[u8], to: SocketAddr) {
 /// Receives datagrams until the socket fails for good: drains the socket with `recvmmsg`,
 /// decrypts each datagram straight into a pooled buffer and moves it to its shard, then lets the
 /// shards run before the next batch; waits for readability through glommio when it is empty.
-pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
+async fn rx_loop(core: Rc<TunnelCore>) {
     let capacity = core.pool.borrow().buf_capacity();
     // One byte more than any datagram our buffers take, so that longer ones show as truncated.
     let mut batch = RecvBatch::new(capacity + 1);
@@ -174,7 +225,7 @@ pub(super) async fn rx_loop(core: Rc<TunnelCore>) {
 /// Encrypts what shard `shard` hands back; returns when the shard's link closes. Takes every
 /// packet already queued on the link (up to a batch), encrypts each into a batch slot and sends
 /// the batch with one `sendmmsg` (runs of same-size datagrams as one GSO send).
-pub(super) async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
+async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
     let slot = required_buffer_len(core.pool.borrow().buf_capacity());
     let fd = core.udp.as_raw_fd();
     let mut batch = SendBatch::new(slot, core.gso && udp::gso_supported(fd));
@@ -258,7 +309,7 @@ impl TransmitLen for Sent<'_> {
 }
 
 /// Drives WireGuard timers until `stop` is set.
-pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
+async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
@@ -302,7 +353,7 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
                 let resolved = glommio::executor()
                     .spawn_blocking(move || {
                         name.to_socket_addrs()
-                            .map(|a| super::usable_address(a, ipv6_socket))
+                            .map(|a| super::prepare::usable_address(a, ipv6_socket))
                     })
                     .await;
                 match resolved {

@@ -259,6 +259,37 @@ fn bad_invocations_exit_64_and_bad_configs_78() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not_a_key"));
 }
 
+/// A gateway key file that cannot be read exits 66, one without a key 65: the load test's typed
+/// errors keep the statuses `wgbroker` gave them before they were typed.
+#[test]
+fn an_unreadable_key_file_exits_66_and_a_bad_one_65() {
+    let broker = PrivateKey::generate()
+        .expect("rng")
+        .public_key()
+        .to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "not a key\n").expect("write");
+    let missing = dir.path().join("missing.key");
+    for (file, status) in [(&missing, 66), (&bad, 65)] {
+        let o = loadtest(&[
+            "--gateway",
+            "--broker-public-key",
+            &broker,
+            "-s",
+            "healthcheck",
+            "--private-key-file",
+            file.to_str().expect("utf8"),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(status), "{err}");
+        assert!(
+            err.starts_with("wgbroker loadtest: ") && err.contains(file.to_str().expect("utf8")),
+            "{err}"
+        );
+    }
+}
+
 /// Kills a child process this test started, on every path.
 struct Reaper(Child);
 

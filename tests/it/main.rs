@@ -8,6 +8,7 @@ mod dual_stack;
 mod harness;
 mod interop;
 mod interop_proxy;
+mod layout;
 mod loadtest;
 mod logs;
 mod operations;

@@ -395,7 +395,7 @@ fn readiness_flips_with_the_handshake() {
         gw.local_addr().expect("addr"),
         "",
     );
-    let broker = wgbroker::runtime::start(&crate::harness::load(&toml)).expect("start");
+    let broker = wgbroker::service::start(&crate::harness::load(&toml)).expect("start");
     let port = broker
         .status()
         .admin_port

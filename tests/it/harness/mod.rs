@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use wgbroker::config::{self, LoadMode, Loaded};
 use wgbroker::keys::PrivateKey;
-use wgbroker::runtime::{self, BrokerHandle};
+use wgbroker::runtime::BrokerHandle;
+use wgbroker::service;
 use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
@@ -82,7 +83,7 @@ impl Tunnel {
             gateway.local_addr().expect("addr"),
             extra,
         );
-        let broker = runtime::start(&load(&toml)).unwrap_or_else(|e| panic!("start: {e}"));
+        let broker = service::start(&load(&toml)).unwrap_or_else(|e| panic!("start: {e}"));
         let config_text = toml;
         assert!(
             gateway.wait_handshake(Duration::from_secs(20)),

@@ -1,5 +1,8 @@
 //! What the executors publish for the control thread, the admin listener (`/metrics`, `/readyz`)
 //! and tests: a handful of atomics written at most once per timer tick, never on the per-packet path.
+//!
+//! A leaf of the application: the runtime writes it, the service, the watchdog and the admin
+//! listener read it, and none of them needs the others to do so.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
