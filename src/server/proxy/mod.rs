@@ -1050,7 +1050,10 @@ async fn fill_body<C: AsyncRead + Unpin, T: Timer>(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit {
     use super::*;
     use crate::allowlist::{LogFlags, RuleOrigin, RuleSpec};
     use crate::http::{Limits, parse_head};
