@@ -562,9 +562,11 @@ where
                 }
             }
             Ok(Some(Parsed::Informational(len))) => {
-                // 1xx from upstream (we never forward Expect): skip it.
+                // 1xx from upstream (we never forward Expect): skip it. What followed it in
+                // the same read (often the final head) is parsed before reading again.
                 ubuf.copy_within(len..ufilled, 0);
-                ufilled -= len;
+                first = ufilled - len;
+                ufilled = 0;
             }
             Ok(Some(Parsed::Final(p))) => break p,
             Err(msg) => return Err(Failure::Respond(502, "bad_response", msg.into())),

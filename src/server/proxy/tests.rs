@@ -562,3 +562,21 @@ fn expect_continue_gets_100_once_the_upstream_is_ready() {
     assert!(!sent.contains("Expect"), "{sent}");
     assert!(sent.ends_with("\r\n\r\nabc"));
 }
+
+#[test]
+fn a_final_head_behind_informational_ones_in_the_same_read_is_answered_at_once() {
+    for early in [
+        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n",
+    ] {
+        let up = FakeUpstreams::default();
+        // Everything arrives in one read; the upstream then waits for the next request
+        // (silent), so only the bytes already read can complete the answer.
+        up.fresh([Read::data(early.to_owned() + OK), Read::Silent]);
+        let s = run(vendor(&req("GET", "/a", "")), &up, &Immediately);
+        assert!(s.out.starts_with("HTTP/1.1 200 OK\r\n"), "{}", s.out);
+        assert!(s.out.ends_with("\r\n\r\nok"), "{}", s.out);
+        assert_eq!(s.responses(), 1, "1xx are not forwarded: {}", s.out);
+        assert_eq!(s.stats.proxied, 1, "{:?}", s.stats);
+    }
+}
