@@ -12,6 +12,7 @@ use futures_lite::future;
 
 use crate::allowlist::{Allowlist, LogFlags, RuleOrigin, RuleSpec};
 use crate::http::Limits;
+use crate::secret::Secret;
 use crate::server::{
     ProxyTimeouts, RequestIds, ServerConfig, ServerCtx, ServerStats, Timer, scrub, serve,
 };
@@ -41,20 +42,29 @@ fn target() -> Target {
     Target::new(true, "ghe.example.com", 443)
 }
 
-fn ctx() -> ServerCtx {
+/// One rule allowing GET, HEAD, OPTIONS and POST on the test upstream, with these
+/// `set_request_headers` and `remove_response_headers`.
+pub(super) fn allowlist(set: &[(&str, &str)], remove: &[&str]) -> Allowlist {
     let spec = RuleSpec {
         url: "https://ghe.example.com/*".into(),
         methods: ["GET", "HEAD", "OPTIONS", "POST"]
             .map(String::from)
             .to_vec(),
-        set_request_headers: vec![],
-        remove_response_headers: vec![],
+        set_request_headers: set
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
+            .collect(),
+        remove_response_headers: remove.iter().map(|s| (*s).to_owned()).collect(),
         log: LogFlags::default(),
         path_files: vec![],
         query: vec![],
         headers: vec![],
         origin: RuleOrigin::User { index: 0 },
     };
+    Allowlist::compile(vec![spec]).expect("valid rule")
+}
+
+fn ctx() -> ServerCtx {
     let cfg = ServerConfig {
         limits: Limits {
             max_head_bytes: 4096,
@@ -70,7 +80,7 @@ fn ctx() -> ServerCtx {
     };
     ServerCtx::new(
         cfg,
-        Allowlist::compile(vec![spec]).expect("valid rule"),
+        allowlist(&[], &[]),
         scrub::Scrubber::default(),
         RequestIds::new(1, 0),
     )
