@@ -39,8 +39,8 @@ use crate::allowlist::{Allowlist, CanonUrl, Decision, Rule};
 use crate::http::BodyFraming;
 use crate::upstream::{Pooled, Target, Upstreams};
 
-pub mod outcome;
-pub mod request;
+mod outcome;
+mod request;
 mod response;
 mod stream;
 #[cfg(test)]

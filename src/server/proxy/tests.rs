@@ -590,3 +590,43 @@ fn a_final_head_behind_informational_ones_in_the_same_read_is_answered_at_once()
         assert_eq!(s.stats.proxied, 1, "{:?}", s.stats);
     }
 }
+
+#[test]
+fn a_close_delimited_body_reaches_the_vendor_as_chunks_and_the_connection_is_not_pooled() {
+    let up = FakeUpstreams::default();
+    up.fresh([
+        Read::data("HTTP/1.0 200 OK\r\n\r\nhel"),
+        Read::data("lo"),
+        Read::Eof,
+    ]);
+    let s = run(vendor(&req("GET", "/a", "")), &up, &Never);
+    assert!(
+        s.out.contains("Transfer-Encoding: chunked\r\n"),
+        "{}",
+        s.out
+    );
+    assert!(
+        s.out.ends_with("\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"),
+        "{}",
+        s.out
+    );
+    assert_eq!(s.calls, [Call::Connect(target())], "it ended by closing");
+    assert_eq!((s.stats.proxied, s.stats.bytes_out), (1, 5));
+}
+
+#[test]
+fn a_chunked_body_is_relayed_chunk_by_chunk_and_the_connection_pooled() {
+    let up = FakeUpstreams::default();
+    up.fresh([
+        Read::data("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n"),
+        Read::data("2\r\nde\r\n0\r\nTrailer: x\r\n\r\n"),
+    ]);
+    let s = run(vendor(&req("GET", "/a", "")), &up, &Never);
+    assert!(
+        s.out.ends_with("\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+        "extensions and trailers do not pass: {}",
+        s.out
+    );
+    assert_eq!(s.calls, [Call::Connect(target()), Call::Release(target())]);
+    assert_eq!((s.stats.proxied, s.stats.bytes_out), (1, 5));
+}
