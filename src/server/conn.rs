@@ -8,6 +8,7 @@
 //! request; an error answer that leaves the request body unread ends the connection; pipelined
 //! requests are answered strictly in order.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
@@ -45,6 +46,7 @@ pub async fn serve<C, T, U>(
         head_copy: Vec::new(),
         response_buf: Vec::new(),
         id: String::with_capacity(32),
+        local_head: ResponseHead::default(),
     }
     .run()
     .await;
@@ -78,6 +80,8 @@ struct Connection<'a, C, T, U> {
     response_buf: Vec<u8>,
     /// The current request's id.
     id: String,
+    /// Where health check and 404 heads are built.
+    local_head: ResponseHead,
 }
 
 /// Where a request left the connection.
@@ -288,15 +292,16 @@ where
         let keep_alive = head.keep_alive && !has_body && !self.ctx.drain.is_set();
         let healthcheck =
             path == "/healthcheck" && matches!(head.method, Method::Get | Method::Head);
-        let (status, body): (u16, Vec<u8>) = if healthcheck {
+        let (status, body): (u16, Cow<'_, [u8]>) = if healthcheck {
             self.ctx.stats.borrow_mut().healthchecks += 1;
-            (200, HEALTHCHECK_BODY.to_vec())
+            (200, Cow::Borrowed(HEALTHCHECK_BODY))
         } else {
             self.ctx.stats.borrow_mut().not_found += 1;
             let body = format!("{{\"error\":\"not found\",\"request_id\":\"{}\"}}", self.id);
-            (404, body.into_bytes())
+            (404, Cow::Owned(body.into_bytes()))
         };
-        let mut response = ResponseHead::default()
+        let mut response = self
+            .local_head
             .start(status)
             .header("Content-Type", "application/json")
             .header_u64("Content-Length", body.len() as u64)
