@@ -11,3 +11,5 @@ pub mod scm;
 #[cfg(test)]
 pub(crate) mod script;
 pub mod toml;
+#[cfg(test)]
+pub(crate) mod upstreams;

@@ -1,5 +1,6 @@
-//! The vendor side of a connection as a buffered reader: bytes already read past a request head
-//! are consumed first, then the connection is read into the same bounded buffer.
+//! A connection as a buffered reader: bytes already read (past a request head, or past an
+//! upstream response head) are consumed first, then the connection is read into the same bounded
+//! buffer. The vendor's connection and an upstream connection are both read this way.
 
 use std::io;
 
@@ -7,17 +8,22 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 
 /// A connection and its read buffer. `buf[pos..filled]` holds unread bytes.
 #[derive(Debug)]
-pub struct Inbound<'a, C> {
+pub struct Buffered<'a, C> {
     pub conn: &'a mut C,
     pub buf: &'a mut [u8],
     pub pos: usize,
     pub filled: usize,
 }
 
-impl<C: AsyncRead + Unpin> Inbound<'_, C> {
+impl<C: AsyncRead + Unpin> Buffered<'_, C> {
     /// Buffered bytes not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..self.filled]
+    }
+
+    /// Whether the unread bytes fill the whole buffer (a read could not add any).
+    pub fn is_full(&self) -> bool {
+        self.filled - self.pos == self.buf.len()
     }
 
     /// Marks `n` buffered bytes consumed.

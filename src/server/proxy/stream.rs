@@ -1,0 +1,303 @@
+//! Bodies, both ways: the request head and body to the upstream ([`Exchange::send_request`]) and
+//! the response body back to the vendor ([`Exchange::stream_response`]).
+//!
+//! Invariants: bodies stream through the two fixed buffers with back-pressure (a multi-GB clone
+//! never sits in memory); a vendor body that stalls longer than `body_timeout` or ends early fails
+//! the exchange on the vendor's side, an upstream that stalls longer than `response_timeout`
+//! between reads or closes early fails it on the upstream's; a close-delimited response body is
+//! sent on as chunks. Every byte forwarded is counted (and sampled for body logging) in the
+//! exchange's [`super::Outcome`].
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+
+use super::Exchange;
+use super::outcome::{ErrorKind, ProxyError};
+use super::response::Framing;
+use crate::http::{BodyFraming, ChunkedDecoder};
+use crate::server::Timer;
+use crate::server::buffered::Buffered;
+use crate::upstream::Upstreams;
+
+/// `f`, or `None` when `d` passes first.
+pub(super) async fn timed<T: Timer, F: Future>(timer: &T, d: Duration, f: F) -> Option<F::Output> {
+    future::or(async { Some(f.await) }, async {
+        timer.sleep(d).await;
+        None
+    })
+    .await
+}
+
+/// Writes `data` as one chunk of a chunked body.
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &mut String,
+    data: &[u8],
+) -> io::Result<()> {
+    frame.clear();
+    let _ = write!(frame, "{:x}\r\n", data.len());
+    w.write_all(frame.as_bytes()).await?;
+    w.write_all(data).await?;
+    w.write_all(b"\r\n").await
+}
+
+/// The upstream closed or reset the connection while the request body was going out.
+fn body_refused() -> ProxyError {
+    ProxyError::new(
+        ErrorKind::Reset,
+        "upstream closed the connection while receiving the body",
+    )
+}
+
+/// The upstream closed or reset the connection in the middle of the response body.
+fn cut_short() -> ProxyError {
+    ProxyError::new(
+        ErrorKind::Reset,
+        "upstream closed the connection during the response body",
+    )
+}
+
+impl<C, T, U> Exchange<'_, '_, C, T, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
+    U: Upstreams,
+{
+    /// Writes the request head and body to `up` and reads the first bytes of the answer into
+    /// `buf`; returns how many. A close before any of the answer is
+    /// [`ProxyError::closed_before_answer`], which the caller may retry.
+    pub(super) async fn send_request<W: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        up: &mut W,
+        head: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, ProxyError> {
+        let closed = || ProxyError::closed_before_answer("upstream closed the connection");
+        up.write_all(head).await.map_err(|_| closed())?;
+        match self.request.head.body {
+            BodyFraming::None => {}
+            BodyFraming::Length(n) => self.send_length(up, n).await?,
+            BodyFraming::Chunked => self.send_chunked(up).await?,
+        }
+        up.flush().await.map_err(|_| closed())?;
+        self.read_answer(up.read(buf)).await
+    }
+
+    /// One read of the upstream's answer (its head not complete yet): 504 when it does not come
+    /// within `response_timeout`, 502 when the connection closes first.
+    pub(super) async fn read_answer(
+        &self,
+        read: impl Future<Output = io::Result<usize>>,
+    ) -> Result<usize, ProxyError> {
+        match timed(self.timer, self.ctx.timeouts.response, read).await {
+            None => Err(ProxyError::new(
+                ErrorKind::ResponseTimeout,
+                "upstream did not answer in time",
+            )),
+            Some(Err(_)) | Some(Ok(0)) => Err(ProxyError::closed_before_answer(
+                "upstream closed the connection before answering",
+            )),
+            Some(Ok(n)) => Ok(n),
+        }
+    }
+
+    /// Streams a `Content-Length` request body of `left` bytes to `up`.
+    async fn send_length<W: AsyncWrite + Unpin>(
+        &mut self,
+        up: &mut W,
+        mut left: u64,
+    ) -> Result<(), ProxyError> {
+        while left > 0 {
+            if self.vendor.buffered().is_empty() {
+                self.fill_body().await?;
+            }
+            let data = self.vendor.buffered();
+            let take = left.min(data.len() as u64) as usize;
+            self.out.sample_request(&data[..take]);
+            up.write_all(&data[..take])
+                .await
+                .map_err(|_| body_refused())?;
+            self.vendor.consume(take);
+            left -= take as u64;
+            self.out.request_bytes += take as u64;
+        }
+        self.out.body_read = true;
+        Ok(())
+    }
+
+    /// Streams a chunked request body to `up`, decoded and framed again (extensions and trailers
+    /// do not pass).
+    async fn send_chunked<W: AsyncWrite + Unpin>(&mut self, up: &mut W) -> Result<(), ProxyError> {
+        let mut decoder = ChunkedDecoder::new();
+        let mut frame = String::with_capacity(16);
+        loop {
+            let step = decoder.decode(self.vendor.buffered()).map_err(|e| {
+                ProxyError::new(
+                    ErrorKind::MalformedBody,
+                    format!("malformed chunked body: {e}"),
+                )
+            })?;
+            if !step.data.is_empty() {
+                let data = &self.vendor.buffered()[step.data.clone()];
+                self.out.sample_request(data);
+                write_chunk(up, &mut frame, data)
+                    .await
+                    .map_err(|_| body_refused())?;
+                self.out.request_bytes += data.len() as u64;
+            }
+            self.vendor.consume(step.consumed);
+            if step.done {
+                self.out.body_read = true;
+                up.write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|_| body_refused())?;
+                return Ok(());
+            }
+            if step.consumed == 0 || self.vendor.buffered().is_empty() {
+                self.fill_body().await?;
+            }
+        }
+    }
+
+    /// Reads more of the vendor's request body, or says why it cannot.
+    async fn fill_body(&mut self) -> Result<(), ProxyError> {
+        match timed(self.timer, self.ctx.timeouts.body, self.vendor.fill()).await {
+            None => Err(ProxyError::new(
+                ErrorKind::RequestBodyTimeout,
+                "request body timeout",
+            )),
+            Some(Ok(0)) | Some(Err(_)) => Err(ProxyError::new(
+                ErrorKind::BodyIncomplete,
+                "request body incomplete",
+            )),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Streams the response body from `up` (positioned after the head) to the vendor; returns
+    /// whether the upstream connection ended the exchange cleanly (nothing left over, reusable).
+    pub(super) async fn stream_response<R: AsyncRead + Unpin>(
+        &mut self,
+        up: &mut Buffered<'_, R>,
+        framing: Framing,
+    ) -> Result<bool, ProxyError> {
+        match framing {
+            Framing::None => Ok(up.buffered().is_empty()),
+            Framing::Length(n) => self.relay_length(up, n).await,
+            Framing::Chunked => self.relay_chunked(up).await,
+            Framing::UntilClose => self.relay_until_close(up).await,
+        }
+    }
+
+    async fn relay_length<R: AsyncRead + Unpin>(
+        &mut self,
+        up: &mut Buffered<'_, R>,
+        mut left: u64,
+    ) -> Result<bool, ProxyError> {
+        loop {
+            let data = up.buffered();
+            let take = left.min(data.len() as u64) as usize;
+            self.out.sample_response(&data[..take]);
+            if take > 0 {
+                self.vendor
+                    .conn
+                    .write_all(&data[..take])
+                    .await
+                    .map_err(|_| ProxyError::vendor_closed())?;
+            }
+            up.consume(take);
+            left -= take as u64;
+            self.out.response_bytes += take as u64;
+            if left == 0 {
+                return Ok(up.buffered().is_empty());
+            }
+            if self.read_body(up).await? == 0 {
+                return Err(cut_short());
+            }
+        }
+    }
+
+    async fn relay_chunked<R: AsyncRead + Unpin>(
+        &mut self,
+        up: &mut Buffered<'_, R>,
+    ) -> Result<bool, ProxyError> {
+        let mut decoder = ChunkedDecoder::new();
+        let mut frame = String::with_capacity(16);
+        loop {
+            let step = decoder.decode(up.buffered()).map_err(|e| {
+                ProxyError::new(
+                    ErrorKind::BadResponse,
+                    format!("malformed chunked response body: {e}"),
+                )
+            })?;
+            if !step.data.is_empty() {
+                let data = &up.buffered()[step.data.clone()];
+                self.out.sample_response(data);
+                write_chunk(self.vendor.conn, &mut frame, data)
+                    .await
+                    .map_err(|_| ProxyError::vendor_closed())?;
+                self.out.response_bytes += data.len() as u64;
+            }
+            up.consume(step.consumed);
+            if step.done {
+                self.vendor
+                    .conn
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|_| ProxyError::vendor_closed())?;
+                return Ok(up.buffered().is_empty());
+            }
+            if (step.consumed == 0 || up.buffered().is_empty()) && self.read_body(up).await? == 0 {
+                return Err(cut_short());
+            }
+        }
+    }
+
+    /// A body without length or chunking ends when the upstream closes; the vendor gets it as
+    /// chunks, so its connection can carry on. The upstream connection cannot.
+    async fn relay_until_close<R: AsyncRead + Unpin>(
+        &mut self,
+        up: &mut Buffered<'_, R>,
+    ) -> Result<bool, ProxyError> {
+        let mut frame = String::with_capacity(16);
+        loop {
+            let data = up.buffered();
+            if !data.is_empty() {
+                self.out.sample_response(data);
+                write_chunk(self.vendor.conn, &mut frame, data)
+                    .await
+                    .map_err(|_| ProxyError::vendor_closed())?;
+                self.out.response_bytes += data.len() as u64;
+                let n = data.len();
+                up.consume(n);
+            }
+            if self.read_body(up).await? == 0 {
+                self.vendor
+                    .conn
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|_| ProxyError::vendor_closed())?;
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One read of the response body into `up`; `Ok(0)` at the end of the stream.
+    async fn read_body<R: AsyncRead + Unpin>(
+        &self,
+        up: &mut Buffered<'_, R>,
+    ) -> Result<usize, ProxyError> {
+        match timed(self.timer, self.ctx.timeouts.response, up.fill()).await {
+            None => Err(ProxyError::new(
+                ErrorKind::ResponseBodyTimeout,
+                "upstream response body stalled",
+            )),
+            Some(Err(_)) => Err(cut_short()),
+            Some(Ok(n)) => Ok(n),
+        }
+    }
+}
