@@ -195,7 +195,7 @@ fn run(files: &[PathBuf]) -> u8 {
                 crate::notify::reloading();
                 match config::load(files, LoadMode::Full, &ProcessEnv) {
                     Ok(new) => {
-                        let restart = sections_needing_restart(&started.config, &new.config);
+                        let restart = config::reload::needs_restart(&started.config, &new.config);
                         match broker.reload(&new) {
                             Ok(()) => tracing::info!(
                                 event = "config.reload",
@@ -254,27 +254,6 @@ fn cannot_start(e: &crate::runtime::StartError) -> u8 {
     };
     errln!("wgbroker: {what}: {e}");
     code
-}
-
-/// The sections whose changes a reload cannot apply (everything but the rules).
-fn sections_needing_restart(old: &config::Config, new: &config::Config) -> Vec<String> {
-    let parse = |c: &config::Config| -> toml::Table {
-        toml::from_str(&config::dump::render(c)).unwrap_or_default()
-    };
-    let (a, b) = (parse(old), parse(new));
-    [
-        "wireguard",
-        "inbound",
-        "heartbeat",
-        "upstream",
-        "admin",
-        "log",
-        "runtime",
-    ]
-    .iter()
-    .filter(|k| a.get(**k) != b.get(**k))
-    .map(|k| (*k).to_owned())
-    .collect()
 }
 
 /// Feeds the systemd watchdog while every executor advances, and keeps STATUS current.

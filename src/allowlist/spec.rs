@@ -42,7 +42,7 @@ pub struct LogFlags {
 }
 
 /// One rule as configured or generated, not yet compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     /// URL pattern (DESIGN.md section 5), e.g. `https://ghe.example.com/api/v3/repos/:owner/:repo`.
     pub url: String,

@@ -14,6 +14,7 @@ pub mod dump;
 pub mod error;
 pub mod overlay;
 pub mod reader;
+pub mod reload;
 pub mod secret_source;
 mod sections;
 pub mod syntax;
@@ -53,7 +54,7 @@ pub struct Loaded {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub wireguard: WireGuard,
     pub inbound: Inbound,
@@ -79,7 +80,7 @@ impl Config {
 }
 
 /// `[wireguard]`: this broker's interface and its peers (the vendor's gateways).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireGuard {
     /// Secret key of the broker (`wgbroker genkey`).
     pub private_key: PrivateKey,
@@ -97,7 +98,7 @@ pub struct WireGuard {
 }
 
 /// `[[wireguard.peers]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub public_key: PublicKey,
     pub preshared_key: Option<SecretValue>,
@@ -127,7 +128,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// `[inbound]`: the HTTP/1.1 endpoint inside the tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// TCP port on the tunnel address; default 80.
     pub listen_port: u16,
@@ -144,7 +145,7 @@ pub struct Inbound {
 }
 
 /// `[heartbeat]`: periodic GET to the vendor's side of the tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     /// The URL as configured.
     pub url: String,
@@ -221,7 +222,7 @@ impl HeartbeatUrl {
 }
 
 /// `[[scm]]`: one source-code-management system and its generated rules.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scm {
     pub kind: ScmKind,
     pub base_url: String,
@@ -239,7 +240,7 @@ pub enum TlsVersion {
 }
 
 /// `[upstream]`: how the broker talks to the private systems.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// Extra PEM CA bundles trusted in addition to the webpki roots and the system store.
     pub ca_files: Vec<PathBuf>,
@@ -264,7 +265,7 @@ pub struct Upstream {
 }
 
 /// `[admin]`: metrics and probes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     /// Default `127.0.0.1:9000`.
     pub listen: SocketAddr,
@@ -282,7 +283,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     pub format: LogFormat,
     /// `error`, `warn`, `info`, `debug` or `trace`; default `info`.
@@ -292,7 +293,7 @@ pub struct Log {
 }
 
 /// `[runtime]`: the performance tuning surface.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {
     /// CPUs to use; empty = every CPU the process may run on.
     pub cpus: Vec<usize>,
