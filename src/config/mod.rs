@@ -18,12 +18,15 @@ pub mod reload;
 pub mod secret_source;
 mod sections;
 pub mod syntax;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
@@ -54,12 +57,15 @@ pub struct Loaded {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub wireguard: WireGuard,
     pub inbound: Inbound,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
-    /// User `[[allow]]` rules, in order.
+    /// User `[[allow]]` rules, in order. Not serialized with the sections: `dump` lists them in
+    /// `[[rules]]`, every rule in decision order with its origin (`allow[N]`).
+    #[serde(skip)]
     pub allow: Vec<RuleSpec>,
     pub scm: Vec<Scm>,
     pub upstream: Upstream,
@@ -80,13 +86,17 @@ impl Config {
 }
 
 /// `[wireguard]`: this broker's interface and its peers (the vendor's gateways).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WireGuard {
-    /// Secret key of the broker (`wgbroker genkey`).
+    /// Secret key of the broker (`wgbroker genkey`). Never serialized (`PrivateKey` has no
+    /// `Serialize`): `dump` shows its source and its public key.
+    #[serde(skip)]
     pub private_key: PrivateKey,
+    #[serde(rename = "private_key")]
     pub private_key_source: SecretSource,
     /// Why the private key could not be read ([`LoadMode::Policy`] only). `private_key` is then a
     /// stand-in: neither it nor its public key may be used or shown.
+    #[serde(skip)]
     pub private_key_unavailable: Option<String>,
     /// The broker's address inside the tunnel (v4 or v6); the HTTP endpoint listens here.
     pub address: IpAddr,
@@ -98,13 +108,17 @@ pub struct WireGuard {
 }
 
 /// `[[wireguard.peers]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peer {
+    #[serde(serialize_with = "dump::display")]
     pub public_key: PublicKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub preshared_key: Option<SecretValue>,
     /// Where the gateway listens; the broker initiates handshakes towards it.
+    #[serde(serialize_with = "dump::display")]
     pub endpoint: Endpoint,
     /// Inner source addresses accepted from this peer (and routed to it).
+    #[serde(serialize_with = "dump::displays")]
     pub allowed_ips: Vec<IpNet>,
     /// Seconds between keepalives; 0 = off. Default 20.
     pub persistent_keepalive: u16,
@@ -128,7 +142,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// `[inbound]`: the HTTP/1.1 endpoint inside the tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inbound {
     /// TCP port on the tunnel address; default 80.
     pub listen_port: u16,
@@ -137,23 +151,29 @@ pub struct Inbound {
     /// Most header lines in a request head; default 100.
     pub max_headers: usize,
     /// Time allowed to receive a complete request head; default 10 s.
+    #[serde(serialize_with = "dump::duration")]
     pub head_timeout: Duration,
     /// Idle keep-alive connections are closed after this; default 60 s.
+    #[serde(serialize_with = "dump::duration")]
     pub idle_timeout: Duration,
     /// Time a request or response body may stall without progress; default 60 s.
+    #[serde(serialize_with = "dump::duration")]
     pub body_timeout: Duration,
 }
 
 /// `[heartbeat]`: periodic GET to the vendor's side of the tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Heartbeat {
     /// The URL as configured.
     pub url: String,
     /// The same URL taken apart (validated at load: the runtime never parses it again).
+    #[serde(skip)]
     pub target: HeartbeatUrl,
     /// Default 30 s.
+    #[serde(serialize_with = "dump::duration")]
     pub interval: Duration,
     /// Default 5 s.
+    #[serde(serialize_with = "dump::duration")]
     pub timeout: Duration,
 }
 
@@ -222,41 +242,55 @@ impl HeartbeatUrl {
 }
 
 /// `[[scm]]`: one source-code-management system and its generated rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Scm {
+    #[serde(rename = "type")]
     pub kind: ScmKind,
     pub base_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretValue>,
     pub allow_code_access: bool,
-    /// The rules generated from the built-in table for this entry.
+    /// The rules generated from the built-in table for this entry (`dump` counts them and lists
+    /// them in `[[rules]]`).
+    #[serde(skip)]
     pub rules: Vec<RuleSpec>,
 }
 
 /// Minimum TLS protocol version for upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TlsVersion {
+    #[serde(rename = "1.2")]
     V1_2,
+    #[serde(rename = "1.3")]
     V1_3,
 }
 
 /// `[upstream]`: how the broker talks to the private systems.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Upstream {
     /// Extra PEM CA bundles trusted in addition to the webpki roots and the system store.
     pub ca_files: Vec<PathBuf>,
     /// Default TLS 1.2.
     pub tls_min_version: TlsVersion,
     /// Default 10 s.
+    #[serde(serialize_with = "dump::duration")]
     pub connect_timeout: Duration,
     /// Default 10 s.
+    #[serde(serialize_with = "dump::duration")]
     pub tls_timeout: Duration,
     /// Time to the response head once the request is sent; default 60 s → 504.
+    #[serde(serialize_with = "dump::duration")]
     pub response_timeout: Duration,
     /// Pooled idle connections are closed after this; default 90 s.
+    #[serde(serialize_with = "dump::duration")]
     pub idle_timeout: Duration,
     /// Idle connections kept per scheme+host+port per shard; default 256.
     pub pool_max_idle_per_host: usize,
     /// HTTP CONNECT proxy (`http://host:port`); default: `HTTPS_PROXY` when `use_env_proxy`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::without_userinfo"
+    )]
     pub proxy: Option<String>,
     /// Hosts (suffixes) reached directly, bypassing the proxy.
     pub no_proxy: Vec<String>,
@@ -265,7 +299,7 @@ pub struct Upstream {
 }
 
 /// `[admin]`: metrics and probes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admin {
     /// Default `127.0.0.1:9000`.
     pub listen: SocketAddr,
@@ -273,7 +307,8 @@ pub struct Admin {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// journald under systemd, text on a terminal, JSON otherwise.
     Auto,
@@ -283,7 +318,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Log {
     pub format: LogFormat,
     /// `error`, `warn`, `info`, `debug` or `trace`; default `info`.
@@ -293,11 +328,12 @@ pub struct Log {
 }
 
 /// `[runtime]`: the performance tuning surface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Runtime {
     /// CPUs to use; empty = every CPU the process may run on.
     pub cpus: Vec<usize>,
     /// CPU of the tunnel core; default: the first of `cpus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel_cpu: Option<usize>,
     /// Shard executors; 0 = auto: with one or two CPUs the tunnel core and one shard share an
     /// executor, otherwise one shard per CPU after the tunnel core.
@@ -310,8 +346,10 @@ pub struct Runtime {
     /// I/O, so the DMA area glommio registers stays small and within a default memlock limit).
     pub io_memory: usize,
     /// Busy-poll this long before parking an idle executor; default 0 (park at once).
+    #[serde(serialize_with = "dump::duration")]
     pub spin_before_park: Duration,
     /// Task preemption timer; default 10 ms.
+    #[serde(serialize_with = "dump::duration")]
     pub preempt_timer: Duration,
     /// UDP socket buffers, bytes; default 4 MiB each.
     pub udp_recv_buffer: usize,
@@ -330,6 +368,7 @@ pub struct Runtime {
     /// default 5 ms, 0 = ACK at once. Every second full segment is still ACKed at once. A vendor
     /// client that writes a request in two pieces without `TCP_NODELAY` (Nagle) waits up to this
     /// long for the second piece to go out.
+    #[serde(serialize_with = "dump::duration")]
     pub tcp_ack_delay: Duration,
     /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
     pub stacks_per_shard: usize,

@@ -261,6 +261,8 @@ impl<'a> Section<'a> {
 
     /// The raw value at `key`, marking it consumed.
     pub fn raw(&mut self, key: &str) -> Option<&'a Value> {
+        #[cfg(test)]
+        asked::note(&self.key(key));
         let (k, v) = self.table.get_key_value(key)?;
         self.used.insert(k.as_str());
         Some(v)
@@ -345,5 +347,33 @@ impl<'a> Section<'a> {
                 ctx.error(&self.key(key), "unknown key");
             }
         }
+    }
+}
+
+/// Test support: the schema is what the readers read. Every key a reader looks up goes through
+/// [`Section::raw`], present or not, so recording those lookups while a configuration loads lists
+/// every key of the schema (the round-trip test in `config/tests.rs` is driven by it).
+#[cfg(test)]
+pub(crate) mod asked {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static KEYS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f`, returning its result and the key paths looked up meanwhile on this thread.
+    pub(crate) fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        KEYS.with(|k| *k.borrow_mut() = Some(Vec::new()));
+        let r = f();
+        let keys = KEYS.with(|k| k.borrow_mut().take()).unwrap_or_default();
+        (r, keys)
+    }
+
+    pub(super) fn note(path: &str) {
+        KEYS.with(|k| {
+            if let Some(keys) = k.borrow_mut().as_mut() {
+                keys.push(path.to_owned());
+            }
+        });
     }
 }

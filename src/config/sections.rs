@@ -275,8 +275,8 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
     let key = key?;
     Some(WireGuard {
         private_key: private?,
+        private_key_source: key.source().clone(),
         private_key_unavailable: key.unavailable,
-        private_key_source: key.source,
         address: address?,
         listen_port,
         mtu,
