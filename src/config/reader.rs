@@ -4,6 +4,13 @@
 //! section is finished, any key it did not consume is reported as unknown. Values convert through
 //! [`FromToml`], which pushes an error with the full key path and yields `None` on failure, so one
 //! pass over the document reports every problem at once.
+//!
+//! Why not serde's `Deserialize` (the structs do derive `Serialize`): a derived deserializer
+//! returns the first error and stops, so a file with five mistakes takes five rounds of `check`;
+//! its messages name a key without the file it came from in an overlay; and checks across keys
+//! (`tunnel_cpu` in `cpus`, a heartbeat address some peer routes) would still be written by hand,
+//! after it. A reader here is one line per key, and the key names are tested against `dump`
+//! (`config/tests.rs`, driven by the test-only recorder `asked`).
 
 use std::collections::HashSet;
 use std::net::IpAddr;

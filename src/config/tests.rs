@@ -378,3 +378,156 @@ fn dump_never_shows_a_secret_however_it_is_given() {
         assert!(!shown.contains(secret), "{secret} in\n{shown}");
     }
 }
+
+/// What README's configuration reference says of one key.
+#[derive(Debug)]
+enum Documented {
+    /// `required`.
+    Required,
+    /// A value in backticks, as a user would write it (`16KiB`, `"1.2"`, `[]`).
+    Default(String),
+    /// `none`, or prose (`all`, `first of cpus`): nothing to hold the code to.
+    Other,
+}
+
+/// The rows of README's configuration reference: `(key, what it says of the default)`, keys in
+/// the notation of [`generic`]. A section starts at a line that opens with its header in
+/// backticks (`### \`[inbound]\``, `` `[[wireguard.peers]]` — ``); a row's first cell names one
+/// or more keys, its second cell the default — one for all of them, or one each.
+fn readme_reference() -> Vec<(String, Documented)> {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("## Configuration reference")
+        .expect("README has a configuration reference");
+    let text = &readme[start..];
+    let end = text[3..].find("\n## ").map_or(text.len(), |i| i + 3);
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text[..end].lines() {
+        let opening = line.trim_start_matches('#').trim_start();
+        if let Some(header) = opening.strip_prefix('`').and_then(|h| h.split('`').next()) {
+            if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+                section = format!("{name}[]");
+                continue;
+            }
+            if let Some(name) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                section = name.to_owned();
+                continue;
+            }
+        }
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let row = format!("`{row}");
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (keys, default) = (ticked(cells[0]), cells[1]);
+        let documented: Vec<Documented> = if default == "required" {
+            keys.iter().map(|_| Documented::Required).collect()
+        } else if default.starts_with('`') {
+            let values = ticked(default);
+            match values.len() {
+                1 => keys
+                    .iter()
+                    .map(|_| Documented::Default(values[0].clone()))
+                    .collect(),
+                n if n == keys.len() => values.into_iter().map(Documented::Default).collect(),
+                _ => panic!("README row {line:?}: {keys:?} with defaults {values:?}"),
+            }
+        } else {
+            keys.iter().map(|_| Documented::Other).collect()
+        };
+        for (key, d) in keys.iter().zip(documented) {
+            out.push((format!("{section}.{key}"), d));
+        }
+    }
+    out
+}
+
+/// A default as README writes it, as a TOML value: TOML if it is (`80`, `"1.2"`, `[]`), else a
+/// string (`16KiB`, `60s`).
+fn readme_value(text: &str) -> Value {
+    toml::from_str::<Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+/// Removes `path` (notation of [`generic`]) from `doc`; false when it is not there.
+fn unset(doc: &mut Table, path: &str) -> bool {
+    let (parent, last) = path.rsplit_once('.').expect("a key in a section");
+    let mut t = doc;
+    for seg in parent.split('.') {
+        let v = match seg.strip_suffix("[]") {
+            Some(name) => t
+                .get_mut(name)
+                .and_then(Value::as_array_mut)
+                .and_then(|a| a.first_mut()),
+            None => t.get_mut(seg),
+        };
+        match v.and_then(Value::as_table_mut) {
+            Some(inner) => t = inner,
+            None => return false,
+        }
+    }
+    t.remove(last).is_some()
+}
+
+#[test]
+fn readme_documents_every_key_with_the_default_the_code_has() {
+    let f = Fixture::new();
+    let schema = schema(&f);
+    let reference = readme_reference();
+    let documented: BTreeSet<String> = reference.iter().map(|(k, _)| k.clone()).collect();
+    let undocumented: Vec<&String> = schema.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys missing from README's configuration reference: {undocumented:?}"
+    );
+    let unknown: Vec<&String> = documented.difference(&schema).collect();
+    assert!(
+        unknown.is_empty(),
+        "README documents keys no reader reads: {unknown:?}"
+    );
+
+    let base_doc: Table = toml::from_str(BASE).expect("BASE parses");
+    let defaults = f.load(BASE).expect("BASE loads");
+    let mut wrong = Vec::new();
+    for (key, d) in &reference {
+        let mut doc = base_doc.clone();
+        match d {
+            Documented::Default(v) => {
+                set(&mut doc, key, readme_value(v));
+                match f.load(&toml::to_string(&doc).expect("renders")) {
+                    Ok(c) if c == defaults => {}
+                    Ok(_) => wrong.push(format!("{key}: README says `{v}`, the code differs")),
+                    Err(e) => wrong.push(format!("{key}: README's `{v}` is refused: {e}")),
+                }
+            }
+            Documented::Required => {
+                // BASE sets exactly the required keys.
+                let refused = unset(&mut doc, key)
+                    && f.load(&toml::to_string(&doc).expect("renders"))
+                        .err()
+                        .is_some_and(|e| e.0.iter().any(|e| generic(&e.key) == *key));
+                if !refused {
+                    wrong.push(format!(
+                        "{key}: README says required, the code does without"
+                    ));
+                }
+            }
+            Documented::Other => {}
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "README disagrees with the code:\n{}",
+        wrong.join("\n")
+    );
+}
