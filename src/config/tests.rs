@@ -1,9 +1,12 @@
-//! The schema held against itself: every key the readers read survives `dump` and a second load.
+//! The schema held against itself: every key the readers read survives `dump` and a second load,
+//! and README's configuration reference names every key with the default the code has.
 //!
-//! The list of keys is not written here: it is recorded from the readers ([`reader::asked`])
-//! while a configuration with every section loads. A key added to a reader therefore fails
-//! [`every_key_round_trips_through_dump`] until this file gives it a non-default value, and then
-//! fails again if `dump` does not print it in a form the reader takes back.
+//! The list of keys is not written here: it is recorded from the readers (`reader::asked`, which
+//! notes every key [`reader::Section::raw`] looks up, present or not) while [`BASE`], a
+//! configuration with every section, loads. A key added to a reader therefore fails
+//! [`every_key_round_trips_through_dump`] until this file gives it a non-default value, fails
+//! again if `dump` does not print it in a form the reader takes back, and fails
+//! [`readme_documents_every_key_with_the_default_the_code_has`] until README has a row for it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
