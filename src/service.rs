@@ -215,7 +215,7 @@ pub fn reload(
         Ok(new) => Reloaded::Loaded {
             rules: new.allowlist.rules().len(),
             swapped: broker.reload(&new),
-            needs_restart: sections_needing_restart(started, &new.config),
+            needs_restart: crate::config::reload::needs_restart(started, &new.config),
         },
         Err(errors) => Reloaded::Invalid(errors),
     }
@@ -246,27 +246,6 @@ fn log_reload(r: &Reloaded) {
             errors = %errors
         ),
     }
-}
-
-/// The sections whose changes a reload cannot apply (everything but the rules).
-fn sections_needing_restart(old: &Config, new: &Config) -> Vec<String> {
-    let parse = |c: &Config| -> toml::Table {
-        toml::from_str(&crate::config::dump::render(c)).unwrap_or_default()
-    };
-    let (a, b) = (parse(old), parse(new));
-    [
-        "wireguard",
-        "inbound",
-        "heartbeat",
-        "upstream",
-        "admin",
-        "log",
-        "runtime",
-    ]
-    .iter()
-    .filter(|k| a.get(**k) != b.get(**k))
-    .map(|k| (*k).to_owned())
-    .collect()
 }
 
 /// Feeds the systemd watchdog while every executor advances, and keeps STATUS current.

@@ -56,13 +56,17 @@ impl ScmKind {
     }
 
     /// The header carrying a token, with its value.
+    ///
+    /// The value is a new inline [`Secret`] for every kind, also GitLab's (the token itself): the
+    /// generated rules are shown with `"<redacted>"`, and the token's source once, at
+    /// `scm[N].token`.
     fn token_header(self, token: &Secret) -> (String, Secret) {
         match self {
             ScmKind::Github | ScmKind::Bitbucket => (
                 "Authorization".to_owned(),
                 Secret::new(format!("Bearer {}", token.expose())),
             ),
-            ScmKind::Gitlab => ("PRIVATE-TOKEN".to_owned(), token.clone()),
+            ScmKind::Gitlab => ("PRIVATE-TOKEN".to_owned(), Secret::new(token.expose())),
             ScmKind::Azuredevops => (
                 "Authorization".to_owned(),
                 Secret::new(format!(

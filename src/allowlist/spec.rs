@@ -4,6 +4,13 @@
 //! The config layer builds them (user rules first, then SCM rules, in order) and hands the whole
 //! list to [`super::Allowlist::compile`]; the compiled rule keeps the spec for the proxy (headers to
 //! set, headers to remove, logging flags) and for `explain`/`dump`.
+//!
+//! `Serialize` gives a rule in the keys of `[[allow]]` (what `dump` lists as `[[rules]]`): empty
+//! lists and unset flags are left out, header values show their source, never their value (see
+//! [`Secret`]), and `origin` names where the rule came from.
+
+use serde::Serialize;
+use serde::ser::Serializer;
 
 use crate::secret::Secret;
 
@@ -21,8 +28,10 @@ pub enum RuleOrigin {
     },
 }
 
-/// A constraint on a query parameter or request header value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A constraint on a query parameter or request header value; serialized as configured
+/// (`{ equals = "v" }`, `{ prefix = "v" }`, `{ one_of = ["a", "b"] }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ValueConstraint {
     /// The value equals this string exactly.
     Equals(String),
@@ -33,16 +42,24 @@ pub enum ValueConstraint {
 }
 
 /// Per-rule logging switches (`log_request_headers` and friends).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LogFlags {
+    #[serde(rename = "log_request_headers", skip_serializing_if = "is_off")]
     pub request_headers: bool,
+    #[serde(rename = "log_response_headers", skip_serializing_if = "is_off")]
     pub response_headers: bool,
+    #[serde(rename = "log_request_body", skip_serializing_if = "is_off")]
     pub request_body: bool,
+    #[serde(rename = "log_response_body", skip_serializing_if = "is_off")]
     pub response_body: bool,
 }
 
+fn is_off(b: &bool) -> bool {
+    !b
+}
+
 /// One rule as configured or generated, not yet compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleSpec {
     /// URL pattern (DESIGN.md section 5), e.g. `https://ghe.example.com/api/v3/repos/:owner/:repo`.
     pub url: String,
@@ -50,20 +67,43 @@ pub struct RuleSpec {
     /// `OPTIONS`) or any other RFC 9110 token (`PROPFIND`, `MKCOL`); never `CONNECT`, never empty.
     pub methods: Vec<String>,
     /// Headers set on the upstream request, overriding whatever the vendor sent.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
     pub set_request_headers: Vec<(String, Secret)>,
     /// Headers removed from the upstream response before it goes back through the tunnel.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remove_response_headers: Vec<String>,
     /// Logging switches.
+    #[serde(flatten)]
     pub log: LogFlags,
     /// Globs the captured path remainder must match (Snyk-style "manifest files only"); empty =
     /// no constraint.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub path_files: Vec<String>,
     /// Query parameter constraints (all must hold); empty = query unconstrained.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
     pub query: Vec<(String, ValueConstraint)>,
     /// Request header constraints (all must hold); header names are case-insensitive.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
     pub headers: Vec<(String, ValueConstraint)>,
-    /// Where the rule came from.
+    /// Where the rule came from; serialized as `allow[N]` or `scm[N] Kind /template`.
+    #[serde(serialize_with = "origin_label")]
     pub origin: RuleOrigin,
+}
+
+/// `(name, value)` pairs as the table they were configured as.
+fn as_table<V: Serialize, S: Serializer>(pairs: &[(String, V)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+fn origin_label<S: Serializer>(origin: &RuleOrigin, s: S) -> Result<S::Ok, S::Error> {
+    match origin {
+        RuleOrigin::User { index } => s.collect_str(&format_args!("allow[{index}]")),
+        RuleOrigin::Scm {
+            index,
+            kind,
+            template,
+        } => s.collect_str(&format_args!("scm[{index}] {kind:?} {template}")),
+    }
 }
 
 impl std::fmt::Display for RuleOrigin {

@@ -9,20 +9,39 @@
 //!
 //! Secrets (`private_key`, `preshared_key`, `token`, header values) are resolved at load time from
 //! their source (see [`secret_source`]) and carried as [`crate::secret::Secret`], which never prints.
+//!
+//! # The schema, once
+//!
+//! * **Keys and checks**: the readers in `sections.rs`, one function per section. They are written
+//!   by hand rather than derived with serde's `Deserialize` because serde stops at the first
+//!   error, and an operator fixing a file wants every problem at once, each with its file and key
+//!   path (and no secret in it); see [`reader`].
+//! * **Defaults**: one home each, next to the struct: the `Default` impl that follows a section
+//!   whose keys all have one ([`Inbound`], [`Upstream`], [`Admin`], [`Log`], [`Runtime`]), or an
+//!   associated `DEFAULT_*` const in a section with required keys ([`WireGuard`], [`Peer`],
+//!   [`Heartbeat`]). An absent list, table or flag is empty or off. The readers start from these;
+//!   README's configuration reference is checked against them by a test (`config/tests.rs`).
+//! * **Output**: the structs derive `Serialize` (→ [`dump`]) and `PartialEq` (→ [`reload`]);
+//!   `config/tests.rs` loads, dumps and loads again a non-default value of every key the readers
+//!   read.
 
 pub mod dump;
 pub mod error;
 pub mod overlay;
 pub mod reader;
+pub mod reload;
 pub mod secret_source;
 mod sections;
 pub mod syntax;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
@@ -53,12 +72,15 @@ pub struct Loaded {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub wireguard: WireGuard,
     pub inbound: Inbound,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
-    /// User `[[allow]]` rules, in order.
+    /// User `[[allow]]` rules, in order. Not serialized with the sections: `dump` lists them in
+    /// `[[rules]]`, every rule in decision order with its origin (`allow[N]`).
+    #[serde(skip)]
     pub allow: Vec<RuleSpec>,
     pub scm: Vec<Scm>,
     pub upstream: Upstream,
@@ -79,34 +101,56 @@ impl Config {
 }
 
 /// `[wireguard]`: this broker's interface and its peers (the vendor's gateways).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WireGuard {
-    /// Secret key of the broker (`wgbroker genkey`).
+    /// Secret key of the broker (`wgbroker genkey`). Never serialized (`PrivateKey` has no
+    /// `Serialize`): `dump` shows its source and its public key.
+    #[serde(skip)]
     pub private_key: PrivateKey,
+    #[serde(rename = "private_key")]
     pub private_key_source: SecretSource,
     /// Why the private key could not be read ([`LoadMode::Policy`] only). `private_key` is then a
     /// stand-in: neither it nor its public key may be used or shown.
+    #[serde(skip)]
     pub private_key_unavailable: Option<String>,
     /// The broker's address inside the tunnel (v4 or v6); the HTTP endpoint listens here.
     pub address: IpAddr,
-    /// Local UDP port; 0 = any (the broker dials out, so no fixed port is needed).
+    /// Local UDP port; 0 = any. Default [`WireGuard::DEFAULT_LISTEN_PORT`].
     pub listen_port: u16,
-    /// Tunnel MTU; default 1320 (see [`crate::netstack::DEFAULT_MTU`] for why not 1420).
+    /// Tunnel MTU: the largest inner packet. Default [`WireGuard::DEFAULT_MTU`].
     pub mtu: u16,
     pub peers: Vec<Peer>,
 }
 
+impl WireGuard {
+    /// Any port: the broker dials out, so no fixed port is needed.
+    pub const DEFAULT_LISTEN_PORT: u16 = 0;
+    /// 1320, not WireGuard's usual 1420: see [`crate::netstack::DEFAULT_MTU`] (the home of the
+    /// value and of the reason).
+    pub const DEFAULT_MTU: u16 = crate::netstack::DEFAULT_MTU as u16;
+}
+
 /// `[[wireguard.peers]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peer {
+    #[serde(serialize_with = "dump::display")]
     pub public_key: PublicKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub preshared_key: Option<SecretValue>,
     /// Where the gateway listens; the broker initiates handshakes towards it.
+    #[serde(serialize_with = "dump::display")]
     pub endpoint: Endpoint,
     /// Inner source addresses accepted from this peer (and routed to it).
+    #[serde(serialize_with = "dump::displays")]
     pub allowed_ips: Vec<IpNet>,
-    /// Seconds between keepalives; 0 = off. Default 20.
+    /// Seconds between keepalives; 0 = off. Default [`Peer::DEFAULT_PERSISTENT_KEEPALIVE`].
     pub persistent_keepalive: u16,
+}
+
+impl Peer {
+    /// A keepalive after 20 s of silence keeps the mappings of NATs and stateful firewalls on the
+    /// way out open, so the gateway can reach the broker at any time.
+    pub const DEFAULT_PERSISTENT_KEEPALIVE: u16 = 20;
 }
 
 /// A `host:port` endpoint; the host may be a DNS name, re-resolved when handshakes keep failing.
@@ -127,33 +171,57 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// `[inbound]`: the HTTP/1.1 endpoint inside the tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inbound {
-    /// TCP port on the tunnel address; default 80.
+    /// TCP port on the tunnel address.
     pub listen_port: u16,
-    /// Largest accepted request head (request line + headers), bytes; default 16 KiB.
+    /// Largest accepted request head (request line + headers), bytes.
     pub max_head_bytes: usize,
-    /// Most header lines in a request head; default 100.
+    /// Most header lines in a request head.
     pub max_headers: usize,
-    /// Time allowed to receive a complete request head; default 10 s.
+    /// Time allowed to receive a complete request head.
+    #[serde(serialize_with = "dump::duration")]
     pub head_timeout: Duration,
-    /// Idle keep-alive connections are closed after this; default 60 s.
+    /// Idle keep-alive connections are closed after this.
+    #[serde(serialize_with = "dump::duration")]
     pub idle_timeout: Duration,
-    /// Time a request or response body may stall without progress; default 60 s.
+    /// Time a request or response body may stall without progress.
+    #[serde(serialize_with = "dump::duration")]
     pub body_timeout: Duration,
 }
 
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            listen_port: 80,
+            max_head_bytes: 16 << 10,
+            max_headers: 100,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// `[heartbeat]`: periodic GET to the vendor's side of the tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Heartbeat {
     /// The URL as configured.
     pub url: String,
     /// The same URL taken apart (validated at load: the runtime never parses it again).
+    #[serde(skip)]
     pub target: HeartbeatUrl,
-    /// Default 30 s.
+    /// Time between two heartbeats. Default [`Heartbeat::DEFAULT_INTERVAL`].
+    #[serde(serialize_with = "dump::duration")]
     pub interval: Duration,
-    /// Default 5 s.
+    /// Time a heartbeat may take to pass. Default [`Heartbeat::DEFAULT_TIMEOUT`].
+    #[serde(serialize_with = "dump::duration")]
     pub timeout: Duration,
+}
+
+impl Heartbeat {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// A `[heartbeat] url`: `http://` or `https://`, an IP address inside the tunnel (there is no
@@ -221,58 +289,102 @@ impl HeartbeatUrl {
 }
 
 /// `[[scm]]`: one source-code-management system and its generated rules.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Scm {
+    #[serde(rename = "type")]
     pub kind: ScmKind,
     pub base_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretValue>,
     pub allow_code_access: bool,
-    /// The rules generated from the built-in table for this entry.
+    /// The rules generated from the built-in table for this entry (`dump` counts them and lists
+    /// them in `[[rules]]`).
+    #[serde(skip)]
     pub rules: Vec<RuleSpec>,
 }
 
 /// Minimum TLS protocol version for upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TlsVersion {
+    #[serde(rename = "1.2")]
     V1_2,
+    #[serde(rename = "1.3")]
     V1_3,
 }
 
 /// `[upstream]`: how the broker talks to the private systems.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Upstream {
     /// Extra PEM CA bundles trusted in addition to the webpki roots and the system store.
     pub ca_files: Vec<PathBuf>,
-    /// Default TLS 1.2.
     pub tls_min_version: TlsVersion,
-    /// Default 10 s.
+    /// Time to connect (→ 504).
+    #[serde(serialize_with = "dump::duration")]
     pub connect_timeout: Duration,
-    /// Default 10 s.
+    /// Time to finish the TLS handshake (→ 504).
+    #[serde(serialize_with = "dump::duration")]
     pub tls_timeout: Duration,
-    /// Time to the response head once the request is sent; default 60 s → 504.
+    /// Time to the response head once the request is sent (→ 504).
+    #[serde(serialize_with = "dump::duration")]
     pub response_timeout: Duration,
-    /// Pooled idle connections are closed after this; default 90 s.
+    /// Pooled idle connections are closed after this.
+    #[serde(serialize_with = "dump::duration")]
     pub idle_timeout: Duration,
-    /// Idle connections kept per scheme+host+port per shard; default 256.
+    /// Idle connections kept per scheme+host+port per shard.
     pub pool_max_idle_per_host: usize,
-    /// HTTP CONNECT proxy (`http://host:port`); default: `HTTPS_PROXY` when `use_env_proxy`.
+    /// CONNECT proxy for every upstream (`http://[user:password@]host:port` or `https://...`);
+    /// none: the environment's, when `use_env_proxy` (see [`crate::upstream::proxy`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::without_userinfo"
+    )]
     pub proxy: Option<String>,
     /// Hosts (suffixes) reached directly, bypassing the proxy.
     pub no_proxy: Vec<String>,
-    /// Honour `HTTPS_PROXY`/`NO_PROXY` from the environment; default true.
+    /// Without `proxy`: honour `https_proxy`/`HTTPS_PROXY`, `http_proxy`/`HTTP_PROXY` and
+    /// `no_proxy`/`NO_PROXY` from the environment.
     pub use_env_proxy: bool,
 }
 
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            ca_files: Vec::new(),
+            tls_min_version: TlsVersion::V1_2,
+            connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            // Keep it above the vendor's concurrency or connections churn (32 idle for 64
+            // vendor connections cost +35 % CPU per request).
+            pool_max_idle_per_host: 256,
+            proxy: None,
+            no_proxy: Vec::new(),
+            use_env_proxy: true,
+        }
+    }
+}
+
 /// `[admin]`: metrics and probes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admin {
-    /// Default `127.0.0.1:9000`.
+    /// Where `/metrics` and the probes are served.
     pub listen: SocketAddr,
     pub enabled: bool,
 }
 
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            enabled: true,
+        }
+    }
+}
+
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// journald under systemd, text on a terminal, JSON otherwise.
     Auto,
@@ -282,64 +394,107 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Log {
     pub format: LogFormat,
-    /// `error`, `warn`, `info`, `debug` or `trace`; default `info`.
+    /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` overrides it).
     pub level: String,
-    /// Cap on logged body bytes for rules with body logging; default 4 KiB.
+    /// Cap on logged body bytes for rules with body logging.
     pub body_limit: usize,
 }
 
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+            body_limit: 4 << 10,
+        }
+    }
+}
+
 /// `[runtime]`: the performance tuning surface.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Runtime {
     /// CPUs to use; empty = every CPU the process may run on.
     pub cpus: Vec<usize>,
-    /// CPU of the tunnel core; default: the first of `cpus`.
+    /// CPU of the tunnel core; none: the first of `cpus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel_cpu: Option<usize>,
     /// Shard executors; 0 = auto: with one or two CPUs the tunnel core and one shard share an
     /// executor, otherwise one shard per CPU after the tunnel core.
     pub shards: usize,
-    /// Pin executors to their CPUs; default true.
+    /// Pin executors to their CPUs.
     pub pin: bool,
-    /// io_uring submission queue depth per executor; default 128.
+    /// io_uring submission queue depth per executor.
     pub ring_depth: usize,
-    /// Registered io buffer memory per executor, bytes; default 256 KiB (the broker does no file
-    /// I/O, so the DMA area glommio registers stays small and within a default memlock limit).
+    /// Registered io buffer memory per executor, bytes.
     pub io_memory: usize,
-    /// Busy-poll this long before parking an idle executor; default 0 (park at once).
+    /// Busy-poll this long before parking an idle executor; 0 = park at once.
+    #[serde(serialize_with = "dump::duration")]
     pub spin_before_park: Duration,
-    /// Task preemption timer; default 10 ms.
+    /// Task preemption timer.
+    #[serde(serialize_with = "dump::duration")]
     pub preempt_timer: Duration,
-    /// UDP socket buffers, bytes; default 4 MiB each.
+    /// UDP socket buffers, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
     /// Send runs of same-size datagrams to one peer as one UDP GSO buffer when the kernel takes
-    /// `UDP_SEGMENT`; default true. Off: one datagram per `sendmmsg` entry.
+    /// `UDP_SEGMENT`. Off: one datagram per `sendmmsg` entry.
     pub udp_gso: bool,
-    /// smoltcp per-connection buffers, bytes; default 64 KiB receive, 256 KiB send. The send
-    /// buffer is the download window: against a current gateway 256 KiB moved 1.3x the data of
-    /// 64 KiB (perf/compare.sh, wireguard-go 0.0.20231211), but it is also the burst one
-    /// connection sends into the tunnel, which a gateway with a small UDP receive buffer (e.g.
-    /// wireguard-go before 0.0.20230223: 208 KiB) drops; smoltcp then waits out its 1 s RTO.
+    /// smoltcp per-connection buffers, bytes: the receive buffer is the upload window, the send
+    /// buffer the download window and the largest burst one connection sends into the tunnel.
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
     /// How long a tunnel connection may hold back a pure ACK, hoping to carry it on the reply;
-    /// default 5 ms, 0 = ACK at once. Every second full segment is still ACKed at once. A vendor
-    /// client that writes a request in two pieces without `TCP_NODELAY` (Nagle) waits up to this
-    /// long for the second piece to go out.
+    /// 0 = ACK at once. Every second full segment is still ACKed at once. A vendor client that
+    /// writes a request in two pieces without `TCP_NODELAY` (Nagle) waits up to this long for the
+    /// second piece to go out.
+    #[serde(serialize_with = "dump::duration")]
     pub tcp_ack_delay: Duration,
     /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
     pub stacks_per_shard: usize,
-    /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN);
-    /// default 4. Their buffers are allocated but only touched by data (THP is off), so idle
-    /// memory stays small.
+    /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN).
     pub listen_backlog: usize,
-    /// Open tunnel connections across the broker; beyond it new SYNs are refused; default 16384.
+    /// Open tunnel connections across the broker; beyond it new SYNs are refused.
     pub max_connections: usize,
-    /// Packets in flight on each channel between executors; default 1024.
+    /// Packets in flight on each channel between executors.
     pub channel_capacity: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            cpus: Vec::new(),
+            tunnel_cpu: None,
+            shards: 0,
+            pin: true,
+            ring_depth: 128,
+            // The broker does no file I/O, so the DMA area glommio registers stays small and
+            // within a default memlock limit.
+            io_memory: 256 << 10,
+            spin_before_park: Duration::ZERO,
+            preempt_timer: Duration::from_millis(10),
+            udp_recv_buffer: 4 << 20,
+            udp_send_buffer: 4 << 20,
+            udp_gso: true,
+            tcp_rx_buffer: 64 << 10,
+            // The download window: against a current gateway 256 KiB moved 1.3x the data of
+            // 64 KiB (perf/compare.sh, wireguard-go 0.0.20231211), but it is also the burst one
+            // connection sends into the tunnel, which a gateway with a small UDP receive buffer
+            // (e.g. wireguard-go before 0.0.20230223: 208 KiB) drops; smoltcp then waits out
+            // its 1 s RTO.
+            tcp_tx_buffer: 256 << 10,
+            // At 1 ms, a third of proxied requests under load also cost a pure-ACK datagram.
+            tcp_ack_delay: Duration::from_millis(5),
+            stacks_per_shard: 0,
+            // Their buffers are allocated but only touched by data (THP is off), so idle memory
+            // stays small.
+            listen_backlog: 4,
+            max_connections: 16384,
+            channel_capacity: 1024,
+        }
+    }
 }
 
 /// Loads, overlays and validates `files` in order.

@@ -4,6 +4,13 @@
 //! section is finished, any key it did not consume is reported as unknown. Values convert through
 //! [`FromToml`], which pushes an error with the full key path and yields `None` on failure, so one
 //! pass over the document reports every problem at once.
+//!
+//! Why not serde's `Deserialize` (the structs do derive `Serialize`): a derived deserializer
+//! returns the first error and stops, so a file with five mistakes takes five rounds of `check`;
+//! its messages name a key without the file it came from in an overlay; and checks across keys
+//! (`tunnel_cpu` in `cpus`, a heartbeat address some peer routes) would still be written by hand,
+//! after it. A reader here is one line per key, and the key names are tested against `dump`
+//! (`config/tests.rs`, driven by the test-only recorder `asked`).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -261,6 +268,8 @@ impl<'a> Section<'a> {
 
     /// The raw value at `key`, marking it consumed.
     pub fn raw(&mut self, key: &str) -> Option<&'a Value> {
+        #[cfg(test)]
+        asked::note(&self.key(key));
         let (k, v) = self.table.get_key_value(key)?;
         self.used.insert(k.as_str());
         Some(v)
@@ -345,5 +354,33 @@ impl<'a> Section<'a> {
                 ctx.error(&self.key(key), "unknown key");
             }
         }
+    }
+}
+
+/// Test support: the schema is what the readers read. Every key a reader looks up goes through
+/// [`Section::raw`], present or not, so recording those lookups while a configuration loads lists
+/// every key of the schema (the round-trip test in `config/tests.rs` is driven by it).
+#[cfg(test)]
+pub(crate) mod asked {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static KEYS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f`, returning its result and the key paths looked up meanwhile on this thread.
+    pub(crate) fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        KEYS.with(|k| *k.borrow_mut() = Some(Vec::new()));
+        let r = f();
+        let keys = KEYS.with(|k| k.borrow_mut().take()).unwrap_or_default();
+        (r, keys)
+    }
+
+    pub(super) fn note(path: &str) {
+        KEYS.with(|k| {
+            if let Some(keys) = k.borrow_mut().as_mut() {
+                keys.push(path.to_owned());
+            }
+        });
     }
 }

@@ -19,23 +19,29 @@ use crate::secret::Secret;
 /// The value standing in for a secret that could not be read in lenient (policy) mode.
 pub const PLACEHOLDER: &str = "<unavailable>";
 
-/// Where a secret came from; shown by `dump` instead of the value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    Inline,
-    File(PathBuf),
-    Env(String),
-    Credential(String),
-}
+pub use crate::secret::SecretSource;
 
-/// A resolved secret and its source.
+/// A resolved secret (which knows its source) and whether it could be read at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretValue {
-    pub source: SecretSource,
     pub value: Secret,
     /// Why the secret could not be read ([`super::LoadMode::Policy`] only): `value` is then
     /// [`PLACEHOLDER`], to be neither used nor shown. The reason names the source, never a value.
     pub unavailable: Option<String>,
+}
+
+impl SecretValue {
+    /// Where the secret came from (safe to show).
+    pub fn source(&self) -> &SecretSource {
+        self.value.source()
+    }
+}
+
+impl serde::Serialize for SecretValue {
+    /// Its source, never its value (see [`Secret`]'s `Serialize`).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
 }
 
 /// How secrets are looked up: the process environment in production, a fixed map in tests.
@@ -77,7 +83,6 @@ pub fn resolve(
     let t = match v {
         Value::String(s) => {
             return Some(SecretValue {
-                source: SecretSource::Inline,
                 value: Secret::new(s.clone()),
                 unavailable: None,
             });
@@ -158,15 +163,13 @@ pub fn resolve(
             None
         }
         Ok(s) => Some(SecretValue {
-            source,
-            value: Secret::new(s),
+            value: Secret::from_source(s, source),
             unavailable: None,
         }),
         Err(msg) => ctx
             .secret_unavailable(&key, msg.clone())
             .then(|| SecretValue {
-                source,
-                value: Secret::new(PLACEHOLDER),
+                value: Secret::from_source(PLACEHOLDER, source),
                 unavailable: Some(msg),
             }),
     }

@@ -1,6 +1,6 @@
 //! Readers for each configuration section: merged TOML → validated [`Config`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -232,8 +232,8 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
         }
     });
     let address: Option<IpAddr> = s.req(ctx, "address");
-    let listen_port: u16 = s.or(ctx, "listen_port", 0);
-    let mtu: u16 = s.or(ctx, "mtu", crate::netstack::DEFAULT_MTU as u16);
+    let listen_port: u16 = s.or(ctx, "listen_port", WireGuard::DEFAULT_LISTEN_PORT);
+    let mtu: u16 = s.or(ctx, "mtu", WireGuard::DEFAULT_MTU);
     let min_mtu = if matches!(address, Some(IpAddr::V6(_))) {
         1280
     } else {
@@ -275,8 +275,8 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
     let key = key?;
     Some(WireGuard {
         private_key: private?,
+        private_key_source: key.source().clone(),
         private_key_unavailable: key.unavailable,
-        private_key_source: key.source,
         address: address?,
         listen_port,
         mtu,
@@ -334,7 +334,11 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
     if matches!(&allowed_ips, Some(v) if v.is_empty()) {
         ctx.error(&s.key("allowed_ips"), "must not be empty");
     }
-    let persistent_keepalive: u16 = s.or(ctx, "persistent_keepalive", 20);
+    let persistent_keepalive: u16 = s.or(
+        ctx,
+        "persistent_keepalive",
+        Peer::DEFAULT_PERSISTENT_KEEPALIVE,
+    );
     s.finish(ctx);
     Some(Peer {
         public_key: public_key?,
@@ -354,13 +358,14 @@ fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
 fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("inbound", &empty));
+    let d = Inbound::default();
     let i = Inbound {
-        listen_port: s.or(ctx, "listen_port", 80),
-        max_head_bytes: s.or::<Bytes>(ctx, "max_head_bytes", Bytes(16 << 10)).0,
-        max_headers: s.or(ctx, "max_headers", 100),
-        head_timeout: s.or(ctx, "head_timeout", Duration::from_secs(10)),
-        idle_timeout: s.or(ctx, "idle_timeout", Duration::from_secs(60)),
-        body_timeout: s.or(ctx, "body_timeout", Duration::from_secs(60)),
+        listen_port: s.or(ctx, "listen_port", d.listen_port),
+        max_head_bytes: s.or(ctx, "max_head_bytes", Bytes(d.max_head_bytes)).0,
+        max_headers: s.or(ctx, "max_headers", d.max_headers),
+        head_timeout: s.or(ctx, "head_timeout", d.head_timeout),
+        idle_timeout: s.or(ctx, "idle_timeout", d.idle_timeout),
+        body_timeout: s.or(ctx, "body_timeout", d.body_timeout),
     };
     if i.listen_port == 0 {
         ctx.error(&s.key("listen_port"), "must not be 0");
@@ -380,8 +385,8 @@ fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
 
 fn heartbeat(mut s: Section<'_>, ctx: &mut Ctx<'_>) -> Option<Heartbeat> {
     let url: Option<String> = s.req(ctx, "url");
-    let interval = s.or(ctx, "interval", Duration::from_secs(30));
-    let timeout = s.or(ctx, "timeout", Duration::from_secs(5));
+    let interval = s.or(ctx, "interval", Heartbeat::DEFAULT_INTERVAL);
+    let timeout = s.or(ctx, "timeout", Heartbeat::DEFAULT_TIMEOUT);
     positive(ctx, &s, "interval", interval);
     positive(ctx, &s, "timeout", timeout);
     let target = url
@@ -574,7 +579,8 @@ fn scm_entry(
 fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("upstream", &empty));
-    let ca_files: Vec<std::path::PathBuf> = s.or(ctx, "ca_files", Vec::new());
+    let d = Upstream::default();
+    let ca_files: Vec<std::path::PathBuf> = s.or(ctx, "ca_files", d.ca_files);
     for (i, f) in ca_files.iter().enumerate() {
         if let Err(e) = std::fs::metadata(f) {
             ctx.error(
@@ -583,21 +589,19 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
             );
         }
     }
-    let tls_min_version = match s
-        .or::<String>(ctx, "tls_min_version", "1.2".into())
-        .as_str()
-    {
-        "1.2" => TlsVersion::V1_2,
-        "1.3" => TlsVersion::V1_3,
-        other => {
+    let tls_min_version = match s.opt::<String>(ctx, "tls_min_version").as_deref() {
+        None => d.tls_min_version,
+        Some("1.2") => TlsVersion::V1_2,
+        Some("1.3") => TlsVersion::V1_3,
+        Some(other) => {
             ctx.error(
                 &s.key("tls_min_version"),
                 format!("{other:?} is not supported (expected \"1.2\" or \"1.3\")"),
             );
-            TlsVersion::V1_2
+            d.tls_min_version
         }
     };
-    let proxy: Option<String> = s.opt(ctx, "proxy");
+    let proxy: Option<String> = s.opt(ctx, "proxy").or(d.proxy);
     if let Some(p) = &proxy {
         // The same parser the runtime uses; its errors never repeat the URL (it may hold a
         // password).
@@ -608,14 +612,14 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     let u = Upstream {
         ca_files,
         tls_min_version,
-        connect_timeout: s.or(ctx, "connect_timeout", Duration::from_secs(10)),
-        tls_timeout: s.or(ctx, "tls_timeout", Duration::from_secs(10)),
-        response_timeout: s.or(ctx, "response_timeout", Duration::from_secs(60)),
-        idle_timeout: s.or(ctx, "idle_timeout", Duration::from_secs(90)),
-        pool_max_idle_per_host: s.or(ctx, "pool_max_idle_per_host", 256),
+        connect_timeout: s.or(ctx, "connect_timeout", d.connect_timeout),
+        tls_timeout: s.or(ctx, "tls_timeout", d.tls_timeout),
+        response_timeout: s.or(ctx, "response_timeout", d.response_timeout),
+        idle_timeout: s.or(ctx, "idle_timeout", d.idle_timeout),
+        pool_max_idle_per_host: s.or(ctx, "pool_max_idle_per_host", d.pool_max_idle_per_host),
         proxy,
-        no_proxy: s.or(ctx, "no_proxy", Vec::new()),
-        use_env_proxy: s.or(ctx, "use_env_proxy", true),
+        no_proxy: s.or(ctx, "no_proxy", d.no_proxy),
+        use_env_proxy: s.or(ctx, "use_env_proxy", d.use_env_proxy),
     };
     positive(ctx, &s, "connect_timeout", u.connect_timeout);
     positive(ctx, &s, "tls_timeout", u.tls_timeout);
@@ -627,17 +631,18 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
 fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("admin", &empty));
+    let d = Admin::default();
     let listen = match s.opt::<String>(ctx, "listen") {
-        None => SocketAddr::from(([127, 0, 0, 1], 9000)),
+        None => d.listen,
         Some(l) => l.parse().unwrap_or_else(|_| {
             ctx.error(
                 &s.key("listen"),
                 format!("invalid address {l:?} (expected ip:port)"),
             );
-            SocketAddr::from(([127, 0, 0, 1], 9000))
+            d.listen
         }),
     };
-    let enabled = s.or(ctx, "enabled", true);
+    let enabled = s.or(ctx, "enabled", d.enabled);
     s.finish(ctx);
     Admin { listen, enabled }
 }
@@ -645,24 +650,26 @@ fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
 fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("log", &empty));
-    let format = match s.or::<String>(ctx, "format", "auto".into()).as_str() {
-        "auto" => LogFormat::Auto,
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        "journald" => LogFormat::Journald,
-        other => {
+    let d = Log::default();
+    let format = match s.opt::<String>(ctx, "format").as_deref() {
+        None => d.format,
+        Some("auto") => LogFormat::Auto,
+        Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some("journald") => LogFormat::Journald,
+        Some(other) => {
             ctx.error(
                 &s.key("format"),
                 format!("unknown format {other:?} (expected auto, text, json or journald)"),
             );
-            LogFormat::Auto
+            d.format
         }
     };
-    let level: String = s.or(ctx, "level", "info".into());
+    let level: String = s.or(ctx, "level", d.level);
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
         ctx.error(&s.key("level"), format!("unknown level {level:?}"));
     }
-    let body_limit = s.or::<Bytes>(ctx, "body_limit", Bytes(4096)).0;
+    let body_limit = s.or(ctx, "body_limit", Bytes(d.body_limit)).0;
     s.finish(ctx);
     Log {
         format,
@@ -674,25 +681,26 @@ fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
 fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("runtime", &empty));
+    let d = Runtime::default();
     let r = Runtime {
-        cpus: s.or(ctx, "cpus", Vec::new()),
-        tunnel_cpu: s.opt(ctx, "tunnel_cpu"),
-        shards: s.or(ctx, "shards", 0),
-        pin: s.or(ctx, "pin", true),
-        ring_depth: s.or(ctx, "ring_depth", 128),
-        io_memory: s.or::<Bytes>(ctx, "io_memory", Bytes(256 << 10)).0,
-        spin_before_park: s.or(ctx, "spin_before_park", Duration::ZERO),
-        preempt_timer: s.or(ctx, "preempt_timer", Duration::from_millis(10)),
-        udp_recv_buffer: s.or::<Bytes>(ctx, "udp_recv_buffer", Bytes(4 << 20)).0,
-        udp_send_buffer: s.or::<Bytes>(ctx, "udp_send_buffer", Bytes(4 << 20)).0,
-        udp_gso: s.or(ctx, "udp_gso", true),
-        tcp_rx_buffer: s.or::<Bytes>(ctx, "tcp_rx_buffer", Bytes(64 << 10)).0,
-        tcp_tx_buffer: s.or::<Bytes>(ctx, "tcp_tx_buffer", Bytes(256 << 10)).0,
-        tcp_ack_delay: s.or(ctx, "tcp_ack_delay", Duration::from_millis(5)),
-        stacks_per_shard: s.or(ctx, "stacks_per_shard", 0),
-        listen_backlog: s.or(ctx, "listen_backlog", 4),
-        max_connections: s.or(ctx, "max_connections", 16384),
-        channel_capacity: s.or(ctx, "channel_capacity", 1024),
+        cpus: s.or(ctx, "cpus", d.cpus),
+        tunnel_cpu: s.opt(ctx, "tunnel_cpu").or(d.tunnel_cpu),
+        shards: s.or(ctx, "shards", d.shards),
+        pin: s.or(ctx, "pin", d.pin),
+        ring_depth: s.or(ctx, "ring_depth", d.ring_depth),
+        io_memory: s.or(ctx, "io_memory", Bytes(d.io_memory)).0,
+        spin_before_park: s.or(ctx, "spin_before_park", d.spin_before_park),
+        preempt_timer: s.or(ctx, "preempt_timer", d.preempt_timer),
+        udp_recv_buffer: s.or(ctx, "udp_recv_buffer", Bytes(d.udp_recv_buffer)).0,
+        udp_send_buffer: s.or(ctx, "udp_send_buffer", Bytes(d.udp_send_buffer)).0,
+        udp_gso: s.or(ctx, "udp_gso", d.udp_gso),
+        tcp_rx_buffer: s.or(ctx, "tcp_rx_buffer", Bytes(d.tcp_rx_buffer)).0,
+        tcp_tx_buffer: s.or(ctx, "tcp_tx_buffer", Bytes(d.tcp_tx_buffer)).0,
+        tcp_ack_delay: s.or(ctx, "tcp_ack_delay", d.tcp_ack_delay),
+        stacks_per_shard: s.or(ctx, "stacks_per_shard", d.stacks_per_shard),
+        listen_backlog: s.or(ctx, "listen_backlog", d.listen_backlog),
+        max_connections: s.or(ctx, "max_connections", d.max_connections),
+        channel_capacity: s.or(ctx, "channel_capacity", d.channel_capacity),
     };
     if !r.pin && !r.spin_before_park.is_zero() {
         // glommio drops spin_before_park for executors without a CPU binding.

@@ -1,0 +1,121 @@
+//! What a reload (`SIGHUP`) can apply, and what waits for a restart.
+//!
+//! A reload swaps the rules — `[[allow]]` and `[[scm]]`, tokens included — into every shard.
+//! Every other section is read once at start: [`needs_restart`] names the ones a new
+//! configuration changes, so the operator is told the change is still pending.
+
+use super::Config;
+
+/// The sections of `new` that differ from `old` and that a reload cannot apply (everything but
+/// the rules), in configuration order.
+///
+/// Compares the validated values, secrets included: a private or pre-shared key rotated in its
+/// file or variable is a change although `dump` (which shows where a secret comes from, never
+/// its value) prints the same text. The destructuring is exhaustive, so a section added to
+/// [`Config`] does not compile until it is placed on one side or the other.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let Config {
+        wireguard,
+        inbound,
+        heartbeat,
+        // Applied by the reload: every rule is swapped into the shards.
+        allow: _,
+        scm: _,
+        upstream,
+        admin,
+        log,
+        runtime,
+    } = old;
+    [
+        ("wireguard", *wireguard != new.wireguard),
+        ("inbound", *inbound != new.inbound),
+        ("heartbeat", *heartbeat != new.heartbeat),
+        ("upstream", *upstream != new.upstream),
+        ("admin", *admin != new.admin),
+        ("log", *log != new.log),
+        ("runtime", *runtime != new.runtime),
+    ]
+    .into_iter()
+    .filter(|&(_, changed)| changed)
+    .map(|(section, _)| section.to_owned())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{LoadMode, load_str};
+
+    const KEY_A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const KEY_B: &str = "oK56DE9Ue9zK76rAc8pBl6opph+1v36lm7cXXsQKrQM=";
+
+    /// A configuration whose private key and pre-shared key come from the environment
+    /// (`KEY`, `PSK`), so a test can change their values without changing the file.
+    fn config(extra: &str, key: &str, psk: &str) -> Config {
+        let text = format!(
+            "[wireguard]\nprivate_key = {{ env = \"KEY\" }}\naddress = \"10.77.0.2\"\n\
+             [[wireguard.peers]]\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n\
+             preshared_key = {{ env = \"PSK\" }}\nendpoint = \"127.0.0.1:9\"\n\
+             allowed_ips = [\"10.77.0.1/32\"]\n{extra}"
+        );
+        let (key, psk) = (key.to_owned(), psk.to_owned());
+        let env = move |name: &str| match name {
+            "KEY" => Some(key.clone()),
+            "PSK" => Some(psk.clone()),
+            _ => Some("value".to_owned()),
+        };
+        load_str(&[(PathBuf::from("b.toml"), text)], LoadMode::Full, &env)
+            .expect("valid configuration")
+            .config
+    }
+
+    const RULE: &str = "[[allow]]\nurl = \"https://jira.example.com/*\"\nmethods = [\"GET\"]\n";
+
+    #[test]
+    fn the_same_configuration_needs_nothing() {
+        let a = config(RULE, KEY_A, KEY_B);
+        assert_eq!(needs_restart(&a, &a.clone()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn rules_apply_without_a_restart() {
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(
+            "[[scm]]\ntype = \"gitlab\"\nbase_url = \"https://gl.example.com/api/v4\"\n\
+             token = { env = \"TOKEN\" }\n",
+            KEY_A,
+            KEY_B,
+        );
+        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_every_changed_section_in_configuration_order() {
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(
+            &format!("{RULE}[runtime]\nchannel_capacity = 512\n[inbound]\nmax_headers = 50\n"),
+            KEY_A,
+            KEY_B,
+        );
+        assert_eq!(needs_restart(&old, &new), ["inbound", "runtime"]);
+    }
+
+    #[test]
+    fn a_new_private_key_from_the_same_source_needs_a_restart() {
+        // `dump` shows where a secret comes from, never its value: only the public key it
+        // prints changes here; for a pre-shared key nothing printed does (below).
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(RULE, KEY_B, KEY_B);
+        assert_eq!(needs_restart(&old, &new), ["wireguard"]);
+    }
+
+    #[test]
+    fn a_new_preshared_key_from_the_same_source_needs_a_restart() {
+        // A diff of two dumps missed this: both show `preshared_key = { env = "PSK" }`.
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(RULE, KEY_A, KEY_A);
+        assert_eq!(needs_restart(&old, &new), ["wireguard"]);
+    }
+}
