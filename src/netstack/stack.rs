@@ -11,11 +11,19 @@
 //! * `slots` has exactly one entry per socket in `sockets`; `listeners` and `handshakes` list the
 //!   handles of those roles; `tuples` maps the 4-tuple of every non-listener socket that has one.
 //! * A socket leaves the set only through [`Stack::reap`] (`Closed` with nothing left to send, or
-//!   `TIME-WAIT` recycled by a new SYN on its tuple). A reaped socket is reused as a listener when
-//!   the backlog needs one, else kept as a spare (at most `backlog` of them) for the next listener
-//!   or client, so connection churn does not allocate and zero socket buffers: with 256 KiB
-//!   windows that zeroing was a fifth of the broker's CPU in a connection-per-request load.
-//!   A spare's buffers keep the old bytes, unreachable: smoltcp's reset empties the rings.
+//!   `TIME-WAIT` recycled by a new SYN on its tuple), and a reaped socket is dropped with its
+//!   buffers. Nothing is kept for reuse: a used buffer has resident pages (its old bytes), while
+//!   a new one, allocated zeroed, has none until traffic writes to it (the broker binary maps
+//!   socket-sized blocks straight from the kernel, see `runtime::alloc`). Keeping reaped sockets
+//!   as listeners and spares made an idle broker hold up to `2 × backlog` used socket buffers
+//!   per stack (hundreds of MiB after a burst) and made the next slow vendors' connections pay
+//!   for pages they never used.
+//! * **The tables shrink back.** smoltcp's socket storage only grows (a removed socket leaves an
+//!   empty slot that every poll walks past), and so do the hash maps. When a stack that grew
+//!   beyond its listeners is left with its listeners only, [`Stack::compact`] moves them into
+//!   fresh tables of the idle size: a burst leaves neither memory nor longer scans behind. (A
+//!   compaction moves `backlog` sockets and makes three small tables: little next to the
+//!   buffers of the connection that just ended.)
 //! * Every time a socket gets a new role it gets a new generation, so a stale [`ConnId`] can
 //!   never reach the socket's next connection.
 //!
@@ -70,10 +78,12 @@ pub struct StackStats {
     pub connections: usize,
     /// Connections in `TIME-WAIT` as of the stack's last poll.
     pub time_wait: usize,
-    /// Closed sockets kept out of the set for reuse.
-    pub spares: usize,
-    /// Sockets built with new buffers since the stack was made (every other role change reused
-    /// a reaped socket).
+    /// Slots of smoltcp's socket storage, empty ones included: the most sockets the stack held
+    /// at once since it was made or last compacted.
+    pub storage: usize,
+    /// Entries the per-socket maps (roles, 4-tuples) have room for without growing.
+    pub table_capacity: usize,
+    /// Sockets built with new buffers since the stack was made.
     pub built: u64,
 }
 
@@ -173,8 +183,8 @@ pub(crate) struct Stack {
     next_generation: u32,
     time_wait_now: usize,
     reap_scratch: Vec<SocketHandle>,
-    /// Closed sockets out of the set, kept for their buffers (see the module docs).
-    spares: Vec<tcp::Socket<'static>>,
+    /// Slots in smoltcp's socket storage (it never shrinks; see [`Stack::compact`]).
+    storage: usize,
     built: u64,
     opts: SocketOptions,
 }
@@ -240,7 +250,7 @@ impl Stack {
             next_generation: 0,
             time_wait_now: 0,
             reap_scratch: Vec::new(),
-            spares: Vec::new(),
+            storage: 0,
             built: 0,
             opts: SocketOptions {
                 address,
@@ -307,7 +317,8 @@ impl Stack {
             handshakes: self.handshakes.len(),
             connections: self.slots.len() - self.listeners.len() - self.handshakes.len(),
             time_wait: self.time_wait_now,
-            spares: self.spares.len(),
+            storage: self.storage,
+            table_capacity: self.slots.capacity() + self.tuples.capacity(),
             built: self.built,
         }
     }
@@ -316,7 +327,6 @@ impl Stack {
     /// meets no listener and smoltcp answers RST). Established connections are untouched.
     pub fn stop_accepting(&mut self) {
         self.opts.backlog = 0;
-        self.spares = Vec::new();
         for h in std::mem::take(&mut self.listeners) {
             self.sockets.remove(h);
             self.slots.remove(&h);
@@ -324,18 +334,19 @@ impl Stack {
         self.touch();
     }
 
-    /// A socket for a new role: a spare if there is one (options applied afresh), else a new one.
+    /// A new socket, its buffers untouched.
     fn take_socket(&mut self) -> tcp::Socket<'static> {
-        match self.spares.pop() {
-            Some(mut s) => {
-                self.opts.apply(&mut s);
-                s
-            }
-            None => {
-                self.built += 1;
-                self.opts.new_socket()
-            }
+        self.built += 1;
+        self.opts.new_socket()
+    }
+
+    /// Adds `s` to the socket set, keeping count of the storage slots (smoltcp fills the first
+    /// empty slot and grows the storage only when there is none).
+    fn add_socket(&mut self, s: tcp::Socket<'static>) -> SocketHandle {
+        if self.slots.len() == self.storage {
+            self.storage += 1;
         }
+        self.sockets.add(s)
     }
 
     /// Adds listeners until the backlog is armed or the stack is full.
@@ -346,7 +357,7 @@ impl Stack {
                 // Only a zero port fails, which the config rejects.
                 return;
             }
-            let h = self.sockets.add(s);
+            let h = self.add_socket(s);
             let generation = self.bump_generation();
             self.slots.insert(
                 h,
@@ -411,41 +422,51 @@ impl Stack {
         true
     }
 
-    /// Removes a finished socket from service: forgets its tuple and reuses it as a listener if
-    /// the backlog is short, else takes it out of the set as a spare or drops it.
+    /// Removes a finished socket from service: forgets its tuple and drops it with its buffers
+    /// (the listeners are topped up with new sockets after the poll).
     fn reap(&mut self, h: SocketHandle, counters: &mut Counters) {
         counters.reaped += 1;
         if let Some(t) = self.slots.get(&h).and_then(|s| s.tuple) {
             self.tuples.remove(&t);
         }
-        if self.listeners.len() < self.opts.backlog {
-            let opts = self.opts;
-            let s = self.socket_mut(h);
-            opts.apply(s);
-            if s.listen(opts.listen_endpoint()).is_ok() {
-                let generation = self.bump_generation();
-                self.slots.insert(
-                    h,
-                    Slot {
-                        generation,
-                        role: Role::Listener,
-                        tuple: None,
-                        time_wait_seen: false,
-                    },
-                );
-                self.listeners.push(h);
-                return;
-            }
-        }
-        let removed = self.sockets.remove(h);
+        self.sockets.remove(h);
         self.slots.remove(&h);
-        if self.spares.len() < self.opts.backlog {
-            // Only TCP sockets are ever added; other variants exist only if another crate
-            // enables more smoltcp features.
-            #[allow(irrefutable_let_patterns)]
-            if let smoltcp::socket::Socket::Tcp(s) = removed {
-                self.spares.push(s);
-            }
+    }
+
+    /// When only listeners are left in a stack whose tables grew beyond them: moves the
+    /// listeners into fresh tables of the idle size (see the module docs). Listeners have no
+    /// [`ConnId`] anywhere, so their new handles break nothing.
+    fn compact(&mut self) {
+        let idle = self.slots.len() == self.listeners.len();
+        if !idle || self.storage <= self.listeners.len() {
+            return;
+        }
+        let mut sockets = SocketSet::new(Vec::with_capacity(self.listeners.len()));
+        let mut slots = HashMap::with_capacity(self.listeners.len());
+        let mut listeners = Vec::with_capacity(self.opts.backlog);
+        for h in std::mem::take(&mut self.listeners) {
+            let generation = self.bump_generation();
+            let new = sockets.add(self.sockets.remove(h));
+            slots.insert(
+                new,
+                Slot {
+                    generation,
+                    role: Role::Listener,
+                    tuple: None,
+                    time_wait_seen: false,
+                },
+            );
+            listeners.push(new);
+        }
+        self.storage = listeners.len();
+        self.sockets = sockets;
+        self.slots = slots;
+        self.listeners = listeners;
+        self.tuples = HashMap::new();
+        self.handshakes = Vec::new();
+        self.reap_scratch = Vec::new();
+        if self.rx.is_empty() {
+            self.rx = VecDeque::new();
         }
     }
 
@@ -513,6 +534,7 @@ impl Stack {
         self.reap_scratch = reap;
         self.time_wait_now = time_wait;
         self.top_up_listeners();
+        self.compact();
         changed
     }
 
@@ -589,7 +611,7 @@ impl Stack {
         };
         s.connect(self.iface.context(), IpEndpoint::from(tuple.remote), local)
             .map_err(|_| ConnectError::Unaddressable)?;
-        let h = self.sockets.add(s);
+        let h = self.add_socket(s);
         let generation = self.bump_generation();
         self.slots.insert(
             h,
