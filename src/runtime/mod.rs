@@ -14,6 +14,7 @@
 //! listeners, and only then initiates handshakes — so the first handshake completes when the
 //! broker can already answer.
 
+pub mod alloc;
 pub(crate) mod link;
 pub mod placement;
 pub mod preflight;

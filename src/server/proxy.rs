@@ -501,7 +501,12 @@ where
     }
 
     // The connection's response buffer: allocated on its first proxied request, reused after.
-    ubuf.resize(MAX_RESPONSE_HEAD, 0);
+    // Allocated zeroed rather than resized: a resize writes every byte, making the whole 64 KiB
+    // resident, while a zeroed block this large comes untouched from the kernel (see
+    // `runtime::alloc`) and only the pages a response head fills cost memory.
+    if ubuf.len() < MAX_RESPONSE_HEAD {
+        *ubuf = vec![0u8; MAX_RESPONSE_HEAD];
+    }
     let mut retried = false;
     let mut first = loop {
         let answered = send_request(
