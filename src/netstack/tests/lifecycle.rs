@@ -11,7 +11,7 @@ use smoltcp::socket::tcp::State;
 use smoltcp::wire::TcpControl;
 
 use super::harness::{BROKER_V4, Net, PEER_V4, broker_config, tcp_repr};
-use super::{MS, broker_read, ipv4_tcp, open, peer_read, synack_of};
+use super::{MS, broker_read, ipv4_tcp, open, open_from, peer_read, synack_of};
 use crate::netstack::{ConnError, ConnectError, DropReason, StackConfig, StackStats};
 use crate::packet::{Flow, shard_of};
 
@@ -190,13 +190,15 @@ fn closed_connections_are_reaped_after_time_wait() {
 }
 
 #[test]
-fn connection_churn_gives_every_connection_empty_buffers() {
+fn connection_churn_reuses_reaped_sockets_whose_buffers_start_empty() {
     let config = StackConfig {
         stacks: 1,
         backlog: 2,
         ..broker_config()
     };
     let mut net = Net::new(config);
+    let built = |net: &Net| net.broker.stack_stats().map(|s| s.built).sum::<u64>();
+    let mut built_in_first_round = 0;
     for round in 0..6u8 {
         let pairs = open(&mut net, 2, 16 << 10);
         let (up, down) = ([b'A' + round; 100], [b'a' + round; 100]);
@@ -213,7 +215,7 @@ fn connection_churn_gives_every_connection_empty_buffers() {
             got_up.iter().chain(&got_down).all(|g| g.len() >= 100)
         });
         for i in 0..2 {
-            // Only this round's bytes: nothing left over from an earlier connection.
+            // Only this round's bytes: nothing left over from the socket's last connection.
             assert_eq!((&got_up[i][..], &got_down[i][..]), (&up[..], &down[..]));
         }
         // Die with bytes still in both of the broker's rings: unread and unsent.
@@ -225,9 +227,22 @@ fn connection_churn_gives_every_connection_empty_buffers() {
             net.peer.socket(h).abort();
         }
         net.run_until(200, |net| net.broker.counters().reaped == reaped + 2);
+        if round == 0 {
+            built_in_first_round = built(&net);
+        } else {
+            assert_eq!(
+                built(&net),
+                built_in_first_round,
+                "round {round} built sockets"
+            );
+        }
         let stats = net.broker.stack_stats().next().expect("one stack");
-        assert_eq!((stats.listeners, stats.connections), (2, 0));
+        assert_eq!(
+            (stats.listeners, stats.connections, stats.spares),
+            (2, 0, 2)
+        );
     }
+    assert!(built_in_first_round >= 2, "{built_in_first_round}");
 }
 
 #[test]
@@ -288,6 +303,12 @@ fn connections_opened_and_closed_leave_the_stacks_at_their_idle_size() {
         net.elapsed += Duration::from_secs(11);
         net.exchange();
         assert_eq!(net.broker.counters().reaped, 40 * (round + 1));
+        // Right after traffic a trim keeps the spares (a busy stack reuses them); once a whole
+        // period passed without a poll, the next one gives everything back.
+        net.broker.trim();
+        let spares = net.broker.stack_stats().map(|s| s.spares).sum::<usize>();
+        assert_eq!(spares, 8, "round {round}: a busy stack keeps its spares");
+        net.broker.trim();
         assert_eq!(idle(&net), fresh, "round {round}: back to the idle size");
         assert_eq!(
             net.broker.poll_delay(net.now()),
@@ -295,6 +316,52 @@ fn connections_opened_and_closed_leave_the_stacks_at_their_idle_size() {
             "round {round}: no timer left"
         );
     }
+}
+
+#[test]
+fn trimming_a_quiet_stack_replaces_reused_sockets_and_leaves_open_connections_alone() {
+    let config = StackConfig {
+        stacks: 1,
+        backlog: 2,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    let pairs = open(&mut net, 4, 16 << 10);
+    let reaped = net.broker.counters().reaped;
+    for &(h, _) in &pairs[1..] {
+        net.peer.socket(h).abort();
+    }
+    net.run_until(200, |net| net.broker.counters().reaped == reaped + 3);
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!((s.spares, s.connections), (2, 1), "two kept, one dropped");
+    // Two more connections take the listeners; the spares re-arm them.
+    open_from(&mut net, 41000, 2, 16 << 10);
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!((s.spares, s.connections), (0, 3));
+    assert!(s.reused_listeners >= 1, "{s:?}");
+
+    net.broker.trim();
+    net.broker.trim();
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!(
+        (s.listeners, s.reused_listeners, s.spares, s.connections),
+        (2, 0, 0, 3),
+        "new listeners, no spares, the open connections kept"
+    );
+    // The connection that stayed open still works both ways.
+    let (h, id) = pairs[0];
+    net.peer.socket(h).send_slice(b"ping").expect("open");
+    net.broker.send_slice(id, b"pong").expect("open");
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    net.run_until(200, |net| {
+        broker_read(net, id, &mut up);
+        peer_read(net, h, &mut down);
+        up.len() == 4 && down.len() == 4
+    });
+    assert_eq!((&up[..], &down[..]), (&b"ping"[..], &b"pong"[..]));
+    // And a new connection is accepted by one of the new listeners.
+    let more = open_from(&mut net, 42000, 1, 16 << 10);
+    assert_eq!(net.broker.state(more[0].1), State::Established);
 }
 
 #[test]
