@@ -259,6 +259,8 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
+    let mut last_trim = Instant::now();
+    let mut reclaim = super::alloc::Reclaim::default();
     {
         let now = Instant::now();
         core.table
@@ -306,6 +308,19 @@ pub(super) async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         }
         publish(&core, &mut handshakes_seen);
         core.status.beat(0);
+        if now.duration_since(last_trim) >= TICK_INTERVAL {
+            // Packet buffers a burst left on the free list go back bit by bit, and to the kernel
+            // as the pool drains.
+            let idle = {
+                let mut pool = core.pool.borrow_mut();
+                pool.trim();
+                pool.idle()
+            };
+            if reclaim.due(idle) {
+                super::alloc::collect();
+            }
+            last_trim = now;
+        }
         if pending.is_empty() {
             let wait = next
                 .saturating_duration_since(Instant::now())
