@@ -15,8 +15,8 @@ pub struct ReloadPayload {
 use std::time::{Duration, Instant};
 
 /// What a shard's tunnel TCP termination holds: sockets by role, the size of its tables, idle
-/// packet buffers. A fraction of a second after connections are gone every figure is back to
-/// its value on a fresh broker (nothing a burst made is kept), which `/metrics` shows.
+/// packet buffers. Within a second or two of the last connection going every figure is back
+/// to its value on a fresh broker (nothing a burst made is kept), which `/metrics` shows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelTables {
     /// Pre-armed listening sockets.
