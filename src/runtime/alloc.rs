@@ -6,17 +6,20 @@
 //! hands back memory that an earlier connection freed and must clear it byte by byte, which
 //! makes every page of it resident although a slow vendor (a silent or dripping head, a stalled
 //! body) never puts a byte into most of it: measured through wireguard-go, 2,000 such
-//! connections held on a broker that had served a wave before cost 305 KiB each, against 42 KiB
-//! on a fresh one. And what is freed stays with the allocator (mimalloc purges lazily, per
-//! thread): an idle broker sat at 750 MiB after one 10,000-connection burst, against 20 MiB
-//! fresh.
+//! connections held on a broker that had served a wave before cost 302–305 KiB each, against
+//! 42 KiB on a fresh one. And what is freed stays with the allocator (mimalloc purges lazily,
+//! per thread): once the connections of those waves and of one 10,000-connection burst were
+//! gone, the idle broker sat at 713 MiB, against 19 MiB fresh.
 //!
 //! A fresh private anonymous mapping reads as zeros without being touched: a page becomes
 //! resident when it is first written, so a connection costs the pages its traffic actually
 //! used. `munmap` gives every page back to the kernel at once. So blocks of at least
 //! [`LARGE`] bytes (with an alignment a page satisfies) are mapped and unmapped one by one,
-//! everything else goes to mimalloc. The cost is a system call pair per large block; socket
-//! buffers are large blocks and are made once per connection, no more often.
+//! everything else goes to mimalloc. The cost is a system call pair per large block, and the
+//! `munmap` interrupts the other CPUs running the process (TLB shootdown); socket buffers are
+//! made only when a stack needs more sockets than it has, since busy stacks reuse reaped ones
+//! (`netstack::stack`). Through wireguard-go, a new connection per request cost the broker the
+//! same CPU as before this allocator.
 //!
 //! The library itself does not choose an allocator (tests and embedders keep theirs); the
 //! binary installs this one with `#[global_allocator]`.
