@@ -193,6 +193,46 @@ pub fn metrics(status: &Status) -> String {
         sum(&|s| s.latency_sum_us) as f64 / 1e6
     );
     let _ = writeln!(out, "wgbroker_proxy_latency_seconds_count {cumulative}");
+    let t = status.tunnel_tables();
+    let _ = writeln!(
+        out,
+        "# HELP wgbroker_tunnel_sockets Tunnel TCP sockets by role (connections include TIME-WAIT; spares are closed sockets kept for reuse while a stack is busy).\n# TYPE wgbroker_tunnel_sockets gauge"
+    );
+    for (role, n) in [
+        ("listener", t.listeners),
+        ("handshake", t.handshakes),
+        ("connection", t.connections),
+        ("time_wait", t.time_wait),
+        ("spare", t.spares),
+    ] {
+        let _ = writeln!(out, "wgbroker_tunnel_sockets{{role=\"{role}\"}} {n}");
+    }
+    let mut gauge = |name: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "wgbroker_tunnel_connections_open",
+        "Tunnel connections being served.",
+        status.active_connections().to_string(),
+    );
+    gauge(
+        "wgbroker_tunnel_socket_slots",
+        "Socket table slots of the tunnel TCP stacks, empty ones included (back to the fresh value once connections are gone).",
+        t.socket_slots.to_string(),
+    );
+    gauge(
+        "wgbroker_tunnel_table_capacity",
+        "Entries the tunnel stacks' per-socket maps have room for (back to the fresh value once connections are gone).",
+        t.table_capacity.to_string(),
+    );
+    gauge(
+        "wgbroker_packet_buffers_idle",
+        "Packet buffers on the shards' free lists (a burst's surplus is freed within a second or two).",
+        t.idle_buffers.to_string(),
+    );
     let _ = writeln!(
         out,
         "# HELP wgbroker_executor_beats_total Progress ticks per executor (0 = tunnel core).\n# TYPE wgbroker_executor_beats_total counter"

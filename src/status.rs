@@ -17,6 +17,71 @@ pub struct ReloadPayload {
 }
 use std::time::{Duration, Instant};
 
+/// What a shard's tunnel TCP termination holds: sockets by role, the size of its tables, idle
+/// packet buffers. Within a second or two of the last connection going every figure is back
+/// to its value on a fresh broker (nothing a burst made is kept), which `/metrics` shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelTables {
+    /// Pre-armed listening sockets.
+    pub listeners: usize,
+    /// Handshakes in progress.
+    pub handshakes: usize,
+    /// Accepted and client connections, `TIME-WAIT` included.
+    pub connections: usize,
+    /// Of those, in `TIME-WAIT`.
+    pub time_wait: usize,
+    /// Closed sockets kept for reuse.
+    pub spares: usize,
+    /// Listeners that served an earlier connection.
+    pub reused_listeners: usize,
+    /// smoltcp socket storage slots, empty ones included.
+    pub socket_slots: usize,
+    /// Entries the per-socket maps have room for.
+    pub table_capacity: usize,
+    /// Packet buffers on the shard's free list.
+    pub idle_buffers: usize,
+}
+
+impl TunnelTables {
+    /// A shard's figures from its stacks and packet pool.
+    pub fn of(
+        stacks: impl Iterator<Item = crate::netstack::StackStats>,
+        idle_buffers: usize,
+    ) -> Self {
+        stacks.fold(
+            Self {
+                idle_buffers,
+                ..Self::default()
+            },
+            |t, s| Self {
+                listeners: t.listeners + s.listeners,
+                handshakes: t.handshakes + s.handshakes,
+                connections: t.connections + s.connections,
+                time_wait: t.time_wait + s.time_wait,
+                spares: t.spares + s.spares,
+                reused_listeners: t.reused_listeners + s.reused_listeners,
+                socket_slots: t.socket_slots + s.storage,
+                table_capacity: t.table_capacity + s.table_capacity,
+                ..t
+            },
+        )
+    }
+
+    fn plus(&self, o: &Self) -> Self {
+        Self {
+            listeners: self.listeners + o.listeners,
+            handshakes: self.handshakes + o.handshakes,
+            connections: self.connections + o.connections,
+            time_wait: self.time_wait + o.time_wait,
+            spares: self.spares + o.spares,
+            reused_listeners: self.reused_listeners + o.reused_listeners,
+            socket_slots: self.socket_slots + o.socket_slots,
+            table_capacity: self.table_capacity + o.table_capacity,
+            idle_buffers: self.idle_buffers + o.idle_buffers,
+        }
+    }
+}
+
 /// Broker status shared across threads.
 #[derive(Debug)]
 pub struct Status {
@@ -67,6 +132,8 @@ pub struct Status {
     reload_applied: Vec<AtomicU64>,
     /// Each shard's server counters, copied in with its beat (~100 ms) and merged at scrape.
     shard_stats: Vec<Mutex<crate::server::ServerStats>>,
+    /// What each shard's tunnel TCP termination holds, copied in with its beat.
+    shard_tables: Vec<Mutex<TunnelTables>>,
     /// One progress counter per executor role (index 0: tunnel core, 1..: shards), bumped about
     /// every 100 ms by each executor's loop; the watchdog feeds systemd only while all advance.
     beats: Vec<AtomicU64>,
@@ -110,6 +177,9 @@ impl Status {
             shard_stats: (0..shards)
                 .map(|_| Mutex::new(Default::default()))
                 .collect(),
+            shard_tables: (0..shards)
+                .map(|_| Mutex::new(Default::default()))
+                .collect(),
         }
     }
 
@@ -142,6 +212,23 @@ impl Status {
             .iter()
             .map(|s| s.lock().map(|g| g.clone()).unwrap_or_default())
             .collect()
+    }
+
+    /// Shard `shard` publishes what its stacks and packet pool hold (once per beat).
+    pub fn set_shard_tables(&self, shard: usize, tables: TunnelTables) {
+        if let Some(slot) = self.shard_tables.get(shard) {
+            if let Ok(mut t) = slot.lock() {
+                *t = tables;
+            }
+        }
+    }
+
+    /// What every shard's stacks and packet pool hold, summed, as of their last beat.
+    pub fn tunnel_tables(&self) -> TunnelTables {
+        self.shard_tables
+            .iter()
+            .filter_map(|t| t.lock().ok().map(|g| *g))
+            .fold(TunnelTables::default(), |a, b| a.plus(&b))
     }
 
     /// Offers a new configuration to every shard; returns its generation.

@@ -33,8 +33,8 @@
 //!   `max_sockets_per_stack` sockets does a SYN meet no listener; smoltcp then answers RST and
 //!   [`Counters::syn_reset_full`] counts it.
 //! * **The socket set never grows without bound.** Sockets that reach `Closed` (after their RST,
-//!   if any, went out) are reaped: reused as a fresh listener if the backlog needs one, removed
-//!   otherwise. `TIME-WAIT` holds a socket for smoltcp's fixed 10 s
+//!   if any, went out) are reaped: reused as a listener if the backlog needs one, kept as a
+//!   spare (at most the backlog) or removed otherwise. `TIME-WAIT` holds a socket for smoltcp's fixed 10 s
 //!   ([`Counters::time_wait`], [`StackStats::time_wait`]); a new SYN on a tuple in `TIME-WAIT`
 //!   recycles that socket at once.
 //! * **Handles do not alias.** A [`ConnId`] carries a generation; once its socket is reaped or
@@ -42,6 +42,9 @@
 //! * **Memory is bounded.** Per-stack ingress queues ([`StackConfig::rx_queue`]) and the shard's
 //!   egress queue ([`StackConfig::tx_queue`]) have limits; beyond them packets are dropped and
 //!   counted (ingress) or smoltcp keeps the data for the next poll (egress).
+//! * **What a burst made is given back.** Spare sockets, reused listeners and grown socket tables
+//!   of a stack that went quiet are dropped by [`StackSet::trim`], which the runtime calls about
+//!   every 100 ms: once connections are gone every stack is back to its size when it was made.
 //!
 //! [`BufPool`]: crate::packet::BufPool
 

@@ -293,6 +293,16 @@ impl StackSet {
         }
     }
 
+    /// Gives back what traffic left in every stack that was not polled since the previous call:
+    /// spare sockets, listeners that served an earlier connection (replaced by new ones), table
+    /// slots beyond the listeners. Call it at a steady pace (the runtime: about every 100 ms);
+    /// busy stacks keep their spares, so connection churn does not make new sockets.
+    pub fn trim(&mut self) {
+        for s in &mut self.stacks {
+            s.trim();
+        }
+    }
+
     /// The next connection that completed its handshake, if any.
     pub fn accept(&mut self) -> Option<ConnId> {
         while let Some(id) = self.accepted.pop_front() {

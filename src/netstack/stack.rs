@@ -13,9 +13,21 @@
 //! * A socket leaves the set only through [`Stack::reap`] (`Closed` with nothing left to send, or
 //!   `TIME-WAIT` recycled by a new SYN on its tuple). A reaped socket is reused as a listener when
 //!   the backlog needs one, else kept as a spare (at most `backlog` of them) for the next listener
-//!   or client, so connection churn does not allocate and zero socket buffers: with 256 KiB
-//!   windows that zeroing was a fifth of the broker's CPU in a connection-per-request load.
-//!   A spare's buffers keep the old bytes, unreachable: smoltcp's reset empties the rings.
+//!   or client, else dropped. Reuse spares a busy stack new buffers per connection: a new socket
+//!   costs two page mappings made and unmapped (the broker binary maps socket-sized blocks
+//!   straight from the kernel, see `runtime::alloc`), which made a connection-per-request load
+//!   cost 40 % more CPU, mostly in the TLB shootdowns of `munmap`. A spare's buffers keep the old
+//!   bytes, unreachable: smoltcp's reset empties the rings.
+//! * **What traffic left is given back when it stops.** A reused socket's buffers have resident
+//!   pages (what its earlier connections wrote), a new one's have none until traffic writes to
+//!   them; and smoltcp's socket storage only grows (a removed socket leaves an empty slot that
+//!   every poll walks past), as do the hash maps. So the owner calls [`Stack::trim`] at a
+//!   steady pace (the runtime: about every 100 ms), and a stack that was not polled for a whole
+//!   period drops its spares, replaces its reused listeners with new ones, and, when only
+//!   listeners are left, moves them into fresh tables ([`Stack::compact`]): once a burst is
+//!   over, the stack is back to the size it had when it was made, and busy stacks keep their
+//!   spares. Before this, an idle broker kept up to `2 × backlog` used socket buffers per stack
+//!   (hundreds of MiB after a burst), which the next slow vendors' connections inherited.
 //! * Every time a socket gets a new role it gets a new generation, so a stale [`ConnId`] can
 //!   never reach the socket's next connection.
 //!
@@ -72,8 +84,14 @@ pub struct StackStats {
     pub time_wait: usize,
     /// Closed sockets kept out of the set for reuse.
     pub spares: usize,
-    /// Sockets built with new buffers since the stack was made (every other role change reused
-    /// a reaped socket).
+    /// Listeners that served an earlier connection (their buffers have resident pages).
+    pub reused_listeners: usize,
+    /// Slots of smoltcp's socket storage, empty ones included: the most sockets the stack held
+    /// at once since it was made or last compacted.
+    pub storage: usize,
+    /// Entries the per-socket maps (roles, 4-tuples) have room for without growing.
+    pub table_capacity: usize,
+    /// Sockets built with new buffers since the stack was made.
     pub built: u64,
 }
 
@@ -107,6 +125,8 @@ struct Slot {
     role: Role,
     tuple: Option<Tuple>,
     time_wait_seen: bool,
+    /// The socket served an earlier connection (a spare, or reaped and re-armed).
+    reused: bool,
 }
 
 /// Per-socket settings applied to every socket this stack creates or reuses.
@@ -173,8 +193,12 @@ pub(crate) struct Stack {
     next_generation: u32,
     time_wait_now: usize,
     reap_scratch: Vec<SocketHandle>,
+    /// Slots in smoltcp's socket storage (it never shrinks; see [`Stack::compact`]).
+    storage: usize,
     /// Closed sockets out of the set, kept for their buffers (see the module docs).
     spares: Vec<tcp::Socket<'static>>,
+    /// Polled since the last [`Stack::trim`].
+    busy: bool,
     built: u64,
     opts: SocketOptions,
 }
@@ -240,7 +264,9 @@ impl Stack {
             next_generation: 0,
             time_wait_now: 0,
             reap_scratch: Vec::new(),
+            storage: 0,
             spares: Vec::new(),
+            busy: false,
             built: 0,
             opts: SocketOptions {
                 address,
@@ -308,6 +334,13 @@ impl Stack {
             connections: self.slots.len() - self.listeners.len() - self.handshakes.len(),
             time_wait: self.time_wait_now,
             spares: self.spares.len(),
+            reused_listeners: self
+                .listeners
+                .iter()
+                .filter(|h| self.slots.get(h).is_some_and(|s| s.reused))
+                .count(),
+            storage: self.storage,
+            table_capacity: self.slots.capacity() + self.tuples.capacity(),
             built: self.built,
         }
     }
@@ -324,29 +357,39 @@ impl Stack {
         self.touch();
     }
 
-    /// A socket for a new role: a spare if there is one (options applied afresh), else a new one.
-    fn take_socket(&mut self) -> tcp::Socket<'static> {
+    /// A socket for a new role: a spare if there is one (options applied afresh; `true`), else a
+    /// new one with untouched buffers.
+    fn take_socket(&mut self) -> (tcp::Socket<'static>, bool) {
         match self.spares.pop() {
             Some(mut s) => {
                 self.opts.apply(&mut s);
-                s
+                (s, true)
             }
             None => {
                 self.built += 1;
-                self.opts.new_socket()
+                (self.opts.new_socket(), false)
             }
         }
+    }
+
+    /// Adds `s` to the socket set, keeping count of the storage slots (smoltcp fills the first
+    /// empty slot and grows the storage only when there is none).
+    fn add_socket(&mut self, s: tcp::Socket<'static>) -> SocketHandle {
+        if self.slots.len() == self.storage {
+            self.storage += 1;
+        }
+        self.sockets.add(s)
     }
 
     /// Adds listeners until the backlog is armed or the stack is full.
     fn top_up_listeners(&mut self) {
         while self.listeners.len() < self.opts.backlog && self.has_room() {
-            let mut s = self.take_socket();
+            let (mut s, reused) = self.take_socket();
             if s.listen(self.opts.listen_endpoint()).is_err() {
                 // Only a zero port fails, which the config rejects.
                 return;
             }
-            let h = self.sockets.add(s);
+            let h = self.add_socket(s);
             let generation = self.bump_generation();
             self.slots.insert(
                 h,
@@ -355,6 +398,7 @@ impl Stack {
                     role: Role::Listener,
                     tuple: None,
                     time_wait_seen: false,
+                    reused,
                 },
             );
             self.listeners.push(h);
@@ -431,6 +475,7 @@ impl Stack {
                         role: Role::Listener,
                         tuple: None,
                         time_wait_seen: false,
+                        reused: true,
                     },
                 );
                 self.listeners.push(h);
@@ -446,6 +491,70 @@ impl Stack {
             if let smoltcp::socket::Socket::Tcp(s) = removed {
                 self.spares.push(s);
             }
+        }
+    }
+
+    /// Gives back what traffic left, once the stack was not polled for a whole period between
+    /// two calls (see the module docs): drops the spares, replaces reused listeners with new
+    /// sockets, and compacts the tables when only listeners are left. Call it at a steady pace.
+    pub fn trim(&mut self) {
+        if std::mem::take(&mut self.busy) {
+            return;
+        }
+        self.spares = Vec::new();
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let h = self.listeners[i];
+            if self.slots.get(&h).is_some_and(|s| s.reused) {
+                self.listeners.swap_remove(i);
+                self.sockets.remove(h);
+                self.slots.remove(&h);
+            } else {
+                i += 1;
+            }
+        }
+        // No spares left: the listeners re-armed here are new sockets.
+        self.top_up_listeners();
+        self.compact();
+    }
+
+    /// When only listeners are left in a stack whose tables grew beyond them: moves the
+    /// listeners into fresh tables of the idle size (see the module docs). Listeners have no
+    /// [`ConnId`] anywhere, so their new handles break nothing. (A compaction moves `backlog`
+    /// sockets and makes three small tables; [`Stack::trim`] does it only to an idle stack.)
+    fn compact(&mut self) {
+        let idle = self.slots.len() == self.listeners.len();
+        if !idle || self.storage <= self.listeners.len() {
+            return;
+        }
+        let mut sockets = SocketSet::new(Vec::with_capacity(self.listeners.len()));
+        let mut slots = HashMap::with_capacity(self.listeners.len());
+        let mut listeners = Vec::with_capacity(self.opts.backlog);
+        for h in std::mem::take(&mut self.listeners) {
+            let generation = self.bump_generation();
+            let reused = self.slots.get(&h).is_some_and(|s| s.reused);
+            let new = sockets.add(self.sockets.remove(h));
+            slots.insert(
+                new,
+                Slot {
+                    generation,
+                    role: Role::Listener,
+                    tuple: None,
+                    time_wait_seen: false,
+                    reused,
+                },
+            );
+            listeners.push(new);
+        }
+        self.storage = listeners.len();
+        self.sockets = sockets;
+        self.slots = slots;
+        self.listeners = listeners;
+        self.tuples = HashMap::new();
+        self.handshakes = Vec::new();
+        self.reap_scratch = Vec::new();
+        if self.rx.is_empty() {
+            self.rx = VecDeque::new();
         }
     }
 
@@ -527,6 +636,7 @@ impl Stack {
     ) -> bool {
         port.counters.stack_polls += 1;
         self.dirty = false;
+        self.busy = true;
         let mut changed = false;
         while let Some(packet) = self.rx.pop_front() {
             if packet.syn
@@ -582,14 +692,14 @@ impl Stack {
 
     /// Starts an active open on `tuple` (the caller picked a port that hashes back here).
     pub fn open_client(&mut self, tuple: Tuple) -> Result<ConnId, ConnectError> {
-        let mut s = self.take_socket();
+        let (mut s, reused) = self.take_socket();
         let local = IpListenEndpoint {
             addr: Some(self.opts.address),
             port: tuple.local_port,
         };
         s.connect(self.iface.context(), IpEndpoint::from(tuple.remote), local)
             .map_err(|_| ConnectError::Unaddressable)?;
-        let h = self.sockets.add(s);
+        let h = self.add_socket(s);
         let generation = self.bump_generation();
         self.slots.insert(
             h,
@@ -598,6 +708,7 @@ impl Stack {
                 role: Role::Client,
                 tuple: Some(tuple),
                 time_wait_seen: false,
+                reused,
             },
         );
         self.tuples.insert(tuple, h);

@@ -58,14 +58,21 @@ impl PacketBuf {
 /// A per-core free list of [`PacketBuf`]s of one capacity.
 ///
 /// `take` reuses a returned buffer or allocates; `give` returns one, dropping it when the pool
-/// already holds `max_free` (so a burst cannot pin memory forever). Buffers are given back on the
-/// core that took them: shards send spent buffers home over the return path.
+/// already holds `max_free`. Buffers are given back on the core that took them: shards send
+/// spent buffers home over the return path.
+///
+/// A burst fills the free list up to `max_free` (4096 buffers, 6 MiB at the default MTU);
+/// [`BufPool::trim`], called by the owner every 100 ms or so, gives back half of what was not
+/// needed since the last call, so an idle pool empties within a second or two while a pool in
+/// steady use keeps its working set.
 #[derive(Debug)]
 pub struct BufPool {
     capacity: usize,
     max_free: usize,
     free: Vec<PacketBuf>,
     allocated: u64,
+    /// The fewest buffers the free list held since the last [`BufPool::trim`].
+    low_water: usize,
 }
 
 impl BufPool {
@@ -76,6 +83,7 @@ impl BufPool {
             max_free,
             free: Vec::with_capacity(max_free.min(4096)),
             allocated: 0,
+            low_water: 0,
         }
     }
 
@@ -83,6 +91,7 @@ impl BufPool {
     pub fn take(&mut self) -> PacketBuf {
         match self.free.pop() {
             Some(mut b) => {
+                self.low_water = self.low_water.min(self.free.len());
                 b.len = 0;
                 b
             }
@@ -114,6 +123,16 @@ impl BufPool {
     pub fn idle(&self) -> usize {
         self.free.len()
     }
+
+    /// Frees half (rounded up) of the buffers that stayed on the free list since the last call;
+    /// returns how many. Call it at a steady pace (the runtime: about every 100 ms).
+    pub fn trim(&mut self) -> usize {
+        let unused = self.low_water.min(self.free.len());
+        let drop = unused.div_ceil(2);
+        self.free.truncate(self.free.len() - drop);
+        self.low_water = self.free.len();
+        drop
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +158,27 @@ mod tests {
         assert_eq!(p.allocated(), 3, "no new allocation");
         p.give(PacketBuf::with_capacity(10)); // foreign capacity: dropped
         assert_eq!(p.idle(), 1);
+    }
+
+    #[test]
+    fn trim_gives_back_what_a_burst_left_and_keeps_what_is_used() {
+        let mut p = BufPool::new(64, 4096);
+        let burst: Vec<PacketBuf> = (0..1000).map(|_| p.take()).collect();
+        burst.into_iter().for_each(|b| p.give(b));
+        assert_eq!(p.idle(), 1000);
+        // Steady use of 10 buffers at a time: they stay, the rest of the burst goes.
+        for _ in 0..20 {
+            let used: Vec<PacketBuf> = (0..10).map(|_| p.take()).collect();
+            used.into_iter().for_each(|b| p.give(b));
+            p.trim();
+        }
+        assert_eq!(p.idle(), 10, "the working set is kept");
+        // Idle: everything goes.
+        for _ in 0..5 {
+            p.trim();
+        }
+        assert_eq!(p.idle(), 0);
+        assert_eq!(p.allocated(), 1000, "nothing was allocated while trimming");
     }
 
     #[test]

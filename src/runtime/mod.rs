@@ -42,6 +42,7 @@
 //! | `preflight.rs` | io_uring and memlock checks, UDP buffer caps |
 //! | `upstream.rs` | a shard's upstream connections: DNS, dialling, TLS, pools |
 
+pub mod alloc;
 mod barrier;
 mod error;
 pub(crate) mod link;

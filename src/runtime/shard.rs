@@ -200,6 +200,7 @@ async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     let mut accepted: Vec<ConnId> = Vec::with_capacity(64);
     let beat_index = 1 + shard.index;
     let mut last_beat = Instant::now();
+    let mut reclaim = super::alloc::Reclaim::default();
     loop {
         let now = Instant::now();
         let generation = shard.status.reload_generation();
@@ -223,6 +224,23 @@ async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
             shard
                 .status
                 .set_shard_stats(shard.index, &shard.server.stats.borrow());
+            // What traffic left goes back once it stops: spare sockets and grown tables of quiet
+            // stacks, packet buffers on the free list (bit by bit), and what the burst's
+            // connections freed (to the kernel, as they drain).
+            shard.set.borrow_mut().trim();
+            let idle_buffers = {
+                let mut pool = shard.pool.borrow_mut();
+                pool.trim();
+                pool.idle()
+            };
+            shard.status.set_shard_tables(
+                shard.index,
+                super::status::TunnelTables::of(shard.set.borrow().stack_stats(), idle_buffers),
+            );
+            let open = usize::try_from(shard.active.get()).unwrap_or(usize::MAX);
+            if reclaim.due(open.saturating_add(idle_buffers)) {
+                super::alloc::collect();
+            }
             last_beat = now;
         }
         {

@@ -320,6 +320,8 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         .peers()
         .map(|_| LogThrottle::new(REPEAT_INTERVAL))
         .collect();
+    let mut last_trim = Instant::now();
+    let mut reclaim = super::alloc::Reclaim::default();
     {
         let now = Instant::now();
         core.table
@@ -372,6 +374,19 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         log_events(&core, &mut throttles, now);
         publish(&core, &mut handshakes_seen);
         core.status.beat(0);
+        if now.duration_since(last_trim) >= TICK_INTERVAL {
+            // Packet buffers a burst left on the free list go back bit by bit, and to the kernel
+            // as the pool drains.
+            let idle = {
+                let mut pool = core.pool.borrow_mut();
+                pool.trim();
+                pool.idle()
+            };
+            if reclaim.due(idle) {
+                super::alloc::collect();
+            }
+            last_trim = now;
+        }
         if pending.is_empty() {
             let wait = next
                 .saturating_duration_since(Instant::now())

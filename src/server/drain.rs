@@ -2,7 +2,9 @@
 //! their next request wake up and close, busy ones finish their exchange first.
 //!
 //! Single-threaded. Each connection owns one slot (claimed at start, released at the end), so
-//! registering a waker is O(1) and the slot table never outgrows the open connections.
+//! registering a waker is O(1) and the slot table never outgrows the open connections; when the
+//! last connection releases its slot the table is freed, so a burst does not leave it at its
+//! peak size.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -48,10 +50,22 @@ impl Drain {
 
     /// Gives a slot back.
     pub fn release(&self, slot: usize) {
-        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+        let mut slots = self.slots.borrow_mut();
+        let mut free = self.free.borrow_mut();
+        if let Some(s) = slots.get_mut(slot) {
             *s = None;
         }
-        self.free.borrow_mut().push(slot);
+        free.push(slot);
+        if free.len() == slots.len() {
+            // No connection left: start again from nothing rather than keep the peak's table.
+            *slots = Vec::new();
+            *free = Vec::new();
+        }
+    }
+
+    /// Slots the table has room for (open connections at most, 0 with none).
+    pub fn capacity(&self) -> usize {
+        self.slots.borrow().capacity()
     }
 
     /// Resolves once draining has begun.
@@ -91,5 +105,19 @@ mod tests {
         d.set();
         assert!(fut.as_mut().poll(&mut cx).is_ready());
         assert!(d.is_set());
+    }
+
+    #[test]
+    fn the_table_is_freed_when_the_last_connection_leaves() {
+        let d = Drain::default();
+        let slots: Vec<usize> = (0..1000).map(|_| d.claim()).collect();
+        assert!(d.capacity() >= 1000);
+        for &s in &slots[1..] {
+            d.release(s);
+        }
+        assert!(d.capacity() >= 1000, "one connection still open");
+        d.release(slots[0]);
+        assert_eq!(d.capacity(), 0);
+        assert_eq!(d.claim(), 0, "a fresh table");
     }
 }

@@ -1,15 +1,17 @@
-//! Slow and stalling vendors, one raw tunnel connection at a time: the head timeout is a
-//! deadline for the whole head (a vendor dripping bytes cannot hold a connection), and an error
-//! answer that ends the exchange also ends the connection.
+//! Slow, stalling and bursty vendors: the head timeout is a deadline for the whole head (a vendor
+//! dripping bytes cannot hold a connection), an error answer that ends the exchange also ends the
+//! connection, and what a burst of connections made is gone once they are.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use wgbroker::netstack::{ConnError, ConnId, State};
+use wgbroker::status::TunnelTables;
+use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::response::{Response, ResponseReader};
 use wgbroker::testkit::scm::MockScm;
 
-use crate::harness::Tunnel;
+use crate::harness::{Tunnel, metric};
 
 /// How long a test waits for an event that should come within a configured timeout of 1 s: a
 /// generous upper bound on a functional event (the machine is shared), not a performance figure.
@@ -136,5 +138,66 @@ fn a_stalled_request_body_is_answered_408_and_the_connection_closed() {
         c.closed.is_some(),
         "the connection is still open {:?} after the body stalled",
         started.elapsed()
+    );
+}
+
+#[test]
+fn connections_opened_and_closed_leave_the_tunnel_tables_at_their_fresh_size() {
+    let mut t = Tunnel::start("");
+    let status = t.broker.as_ref().expect("running").status().clone();
+    // Shards publish with their beat (about every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let tables = status.tunnel_tables();
+        if tables.listeners > 0 {
+            break tables;
+        }
+        assert!(Instant::now() < deadline, "no tables published");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((fresh.connections, fresh.handshakes), (0, 0));
+
+    for round in 0..2 {
+        let plan = (0..300)
+            .map(|_| vec![Request::get("/healthcheck"); 2])
+            .collect();
+        let results = client::run(
+            &mut t.gateway,
+            plan,
+            RunOptions {
+                port: 80,
+                timeout: Duration::from_secs(30),
+                keep_bodies: false,
+            },
+        );
+        let answered = results
+            .iter()
+            .flatten()
+            .filter(|ex| ex.response.as_ref().is_ok_and(|r| r.status == 200))
+            .count();
+        assert_eq!(answered, 600, "round {round}");
+
+        // The vendor closed every connection; the broker answers the FINs and reaps them. The
+        // packet buffers the burst left on the free lists go within a second or two.
+        let expected = TunnelTables {
+            idle_buffers: 0,
+            ..fresh
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut now = status.tunnel_tables();
+        while now != expected && Instant::now() < deadline {
+            t.gateway.pump(Duration::from_millis(20)).expect("pump");
+            now = status.tunnel_tables();
+        }
+        assert_eq!(now, expected, "round {round}: fresh was {fresh:?}");
+    }
+    let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        metric(port, "wgbroker_tunnel_socket_slots"),
+        fresh.socket_slots as f64
+    );
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_sockets{role="listener"}"#),
+        fresh.listeners as f64
     );
 }

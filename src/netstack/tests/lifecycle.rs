@@ -11,8 +11,8 @@ use smoltcp::socket::tcp::State;
 use smoltcp::wire::TcpControl;
 
 use super::harness::{BROKER_V4, Net, PEER_V4, broker_config, tcp_repr};
-use super::{MS, broker_read, ipv4_tcp, open, peer_read, synack_of};
-use crate::netstack::{ConnError, ConnectError, DropReason, StackConfig};
+use super::{MS, broker_read, ipv4_tcp, open, open_from, peer_read, synack_of};
+use crate::netstack::{ConnError, ConnectError, DropReason, StackConfig, StackStats};
 use crate::packet::{Flow, shard_of};
 
 #[test]
@@ -243,6 +243,125 @@ fn connection_churn_reuses_reaped_sockets_whose_buffers_start_empty() {
         );
     }
     assert!(built_in_first_round >= 2, "{built_in_first_round}");
+}
+
+#[test]
+fn connections_opened_and_closed_leave_the_stacks_at_their_idle_size() {
+    let config = StackConfig {
+        stacks: 2,
+        backlog: 4,
+        max_sockets_per_stack: 64,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    // `built` counts sockets ever made; everything else must come back to what it was.
+    let idle = |net: &Net| -> Vec<StackStats> {
+        net.broker
+            .stack_stats()
+            .map(|s| StackStats { built: 0, ..s })
+            .collect()
+    };
+    let fresh = idle(&net);
+    for round in 0..2 {
+        let pairs = open(&mut net, 40, 16 << 10);
+        for &(h, id) in &pairs {
+            net.peer
+                .socket(h)
+                .send_slice(b"GET / HTTP/1.1\r\n\r\n")
+                .expect("open");
+            net.broker.send_slice(id, &[b'x'; 3000]).expect("open");
+        }
+        net.run_until(200, |net| {
+            pairs
+                .iter()
+                .all(|&(h, id)| net.broker.can_recv(id) && net.peer.socket(h).can_recv())
+        });
+        let busy = net.broker.stack_stats().map(|s| s.storage).sum::<usize>();
+        assert!(busy >= 40, "round {round}: the tables grew to {busy}");
+        // A third closed by the broker (TIME-WAIT), a third by the vendor, a third reset.
+        for (i, &(h, id)) in pairs.iter().enumerate() {
+            match i % 3 {
+                0 => net.broker.close(id).expect("open"),
+                1 => net.peer.socket(h).close(),
+                _ => net.peer.socket(h).abort(),
+            }
+        }
+        net.run_until(400, |net| {
+            for &(h, id) in &pairs {
+                if net.broker.state(id) == State::CloseWait {
+                    net.broker.close(id).expect("open");
+                }
+                if net.peer.socket(h).state() == State::CloseWait {
+                    net.peer.socket(h).close();
+                }
+            }
+            net.broker.counters().reaped
+                + net.broker.stack_stats().map(|s| s.time_wait).sum::<usize>() as u64
+                == 40 * (round + 1)
+        });
+        // TIME-WAIT's 10 s, then everything is reaped.
+        net.elapsed += Duration::from_secs(11);
+        net.exchange();
+        assert_eq!(net.broker.counters().reaped, 40 * (round + 1));
+        // Right after traffic a trim keeps the spares (a busy stack reuses them); once a whole
+        // period passed without a poll, the next one gives everything back.
+        net.broker.trim();
+        let spares = net.broker.stack_stats().map(|s| s.spares).sum::<usize>();
+        assert_eq!(spares, 8, "round {round}: a busy stack keeps its spares");
+        net.broker.trim();
+        assert_eq!(idle(&net), fresh, "round {round}: back to the idle size");
+        assert_eq!(
+            net.broker.poll_delay(net.now()),
+            None,
+            "round {round}: no timer left"
+        );
+    }
+}
+
+#[test]
+fn trimming_a_quiet_stack_replaces_reused_sockets_and_leaves_open_connections_alone() {
+    let config = StackConfig {
+        stacks: 1,
+        backlog: 2,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    let pairs = open(&mut net, 4, 16 << 10);
+    let reaped = net.broker.counters().reaped;
+    for &(h, _) in &pairs[1..] {
+        net.peer.socket(h).abort();
+    }
+    net.run_until(200, |net| net.broker.counters().reaped == reaped + 3);
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!((s.spares, s.connections), (2, 1), "two kept, one dropped");
+    // Two more connections take the listeners; the spares re-arm them.
+    open_from(&mut net, 41000, 2, 16 << 10);
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!((s.spares, s.connections), (0, 3));
+    assert!(s.reused_listeners >= 1, "{s:?}");
+
+    net.broker.trim();
+    net.broker.trim();
+    let s = net.broker.stack_stats().next().expect("one stack");
+    assert_eq!(
+        (s.listeners, s.reused_listeners, s.spares, s.connections),
+        (2, 0, 0, 3),
+        "new listeners, no spares, the open connections kept"
+    );
+    // The connection that stayed open still works both ways.
+    let (h, id) = pairs[0];
+    net.peer.socket(h).send_slice(b"ping").expect("open");
+    net.broker.send_slice(id, b"pong").expect("open");
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    net.run_until(200, |net| {
+        broker_read(net, id, &mut up);
+        peer_read(net, h, &mut down);
+        up.len() == 4 && down.len() == 4
+    });
+    assert_eq!((&up[..], &down[..]), (&b"ping"[..], &b"pong"[..]));
+    // And a new connection is accepted by one of the new listeners.
+    let more = open_from(&mut net, 42000, 1, 16 << 10);
+    assert_eq!(net.broker.state(more[0].1), State::Established);
 }
 
 #[test]

@@ -18,9 +18,19 @@ pub(super) const MS: Duration = Duration::from_millis(1);
 
 /// Connects `n` peer sockets (local ports from 40000) and runs until the broker accepted all.
 pub(super) fn open(net: &mut Net, n: u16, buffer: usize) -> Vec<(SocketHandle, ConnId)> {
+    open_from(net, 40000, n, buffer)
+}
+
+/// [`open`] with local ports from `first`.
+pub(super) fn open_from(
+    net: &mut Net,
+    first: u16,
+    n: u16,
+    buffer: usize,
+) -> Vec<(SocketHandle, ConnId)> {
     let remote = net.broker_addr(80);
     let handles: Vec<SocketHandle> = (0..n)
-        .map(|i| net.peer.connect(remote, 40000 + i, buffer))
+        .map(|i| net.peer.connect(remote, first + i, buffer))
         .collect();
     let mut ids = Vec::new();
     net.run_until(200, |net| {
@@ -34,7 +44,7 @@ pub(super) fn open(net: &mut Net, n: u16, buffer: usize) -> Vec<(SocketHandle, C
         .into_iter()
         .map(|id| {
             let port = net.broker.remote_addr(id).expect("connected").port();
-            (handles[usize::from(port - 40000)], id)
+            (handles[usize::from(port - first)], id)
         })
         .collect();
     pairs.sort_by_key(|(_, id)| net.broker.remote_addr(*id).map(|a| a.port()));

@@ -221,7 +221,12 @@ where
         // The buffer leaves `self` for the exchange, so the upstream end can borrow it while
         // the exchange's other parts are in use; it goes back whatever the result.
         let mut buf = std::mem::take(&mut *self.response_buf);
-        buf.resize(response::MAX_RESPONSE_HEAD, 0);
+        // Allocated zeroed rather than resized: a resize writes every byte, making the whole
+        // 64 KiB resident, while a zeroed block this large comes untouched from the kernel (see
+        // `runtime::alloc`) and only the pages a response head fills cost memory.
+        if buf.len() < response::MAX_RESPONSE_HEAD {
+            buf = vec![0u8; response::MAX_RESPONSE_HEAD];
+        }
         let relayed = self
             .relay(&mut pooled, &target, &head, rule, &mut buf)
             .await;
