@@ -49,6 +49,7 @@ mod config;
 mod device;
 mod set;
 mod stack;
+pub mod tcp;
 
 #[cfg(test)]
 mod tests;
