@@ -75,8 +75,11 @@
 //!
 //! ## Testing
 //!
-//! `tests/conn.rs` scripts single connections segment by segment; a two-endpoint WAN simulator
-//! follows.
+//! `tests/sim.rs` is a deterministic two-endpoint network in virtual time: per-direction
+//! delay, bottleneck rate with a drop-tail queue, seeded loss, duplication, reordering and
+//! scripted drops, and a trace of every packet. `tests/wan.rs` holds the acceptance
+//! scenarios; each also runs with smoltcp 0.14's socket as the sender (`tests/smol.rs`) to show
+//! today's behaviour failing. `tests/conn.rs` scripts single connections segment by segment.
 //!
 //! ## Why not a library
 //!

@@ -1,6 +1,11 @@
-//! Tests of the TCP core: scripted single-connection cases (`conn`).
+//! Tests of the TCP core: scripted single-connection cases (`conn`) and two endpoints over a
+//! simulated WAN in virtual time (`wan`, on the simulator in `sim`; `smol` puts smoltcp's socket
+//! on the same links for comparison).
 
 mod conn;
+mod sim;
+mod smol;
+mod wan;
 
 /// splitmix64, for seeded link decisions and test payloads.
 #[derive(Debug, Clone)]
