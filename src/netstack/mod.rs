@@ -44,6 +44,13 @@
 //!   counted (ingress) or smoltcp keeps the data for the next poll (egress).
 //!
 //! [`BufPool`]: crate::packet::BufPool
+//!
+//! ## Our own TCP (in progress)
+//!
+//! [`tcp`] is the connection core that will replace smoltcp's TCP socket inside these stacks
+//! (issue 19: SACK-based recovery, RACK-TLP, PRR, CUBIC, buffers that grow with the path). It
+//! is built and tested on its own and not yet used by [`StackSet`]; smoltcp's socket still
+//! carries every connection.
 
 mod config;
 mod device;

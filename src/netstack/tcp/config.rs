@@ -149,6 +149,20 @@ impl Config {
         if self.hop_limit == 0 {
             return err("hop_limit", "must not be zero");
         }
+        // Timers are `now + duration`: keep every duration far from `Instant`'s range.
+        let day = Duration::from_secs(86_400);
+        let durations = [
+            ("max_rto", Some(self.max_rto)),
+            ("ack_delay", self.ack_delay),
+            ("keep_alive", self.keep_alive),
+            ("idle_timeout", self.idle_timeout),
+            ("time_wait", Some(self.time_wait)),
+        ];
+        for (field, d) in durations {
+            if d.is_some_and(|d| d > day) {
+                return err(field, "must be at most one day");
+            }
+        }
         Ok(())
     }
 
@@ -179,6 +193,37 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(bad.validate().map_err(|e| e.field), Err("initial_rto"));
+    }
+
+    #[test]
+    fn durations_that_would_overflow_the_clock_are_refused() {
+        // Timers are `now + duration`: an absurd duration must be a config error, not a
+        // panic on the first timer.
+        let cases = [
+            Config {
+                time_wait: Duration::MAX,
+                ..Config::default()
+            },
+            Config {
+                keep_alive: Some(Duration::MAX),
+                ..Config::default()
+            },
+            Config {
+                idle_timeout: Some(Duration::from_secs(u64::MAX / 2)),
+                ..Config::default()
+            },
+            Config {
+                ack_delay: Some(Duration::MAX),
+                ..Config::default()
+            },
+            Config {
+                max_rto: Duration::MAX,
+                ..Config::default()
+            },
+        ];
+        for c in cases {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 
     #[test]
