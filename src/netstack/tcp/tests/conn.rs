@@ -795,3 +795,37 @@ fn hostile_segments_never_panic() {
         }
     }
 }
+
+#[test]
+fn ipv6_connections_announce_the_ipv6_mss_and_emit_ipv6_packets() {
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "[fd00::2]:80".parse().expect("v6"),
+        "[fd00::1]:40000".parse().expect("v6"),
+    );
+    let now = Instant::now();
+    let mut conn = Conn::connect(&no_delay(), now, a, b, OUR_ISN);
+    let mut buf = [0u8; 1320];
+    let n = conn.poll_transmit(now, &mut buf).expect("SYN");
+    assert_eq!(buf[0] >> 4, 6);
+    let syn = wire::parse(&buf[..n]).expect("valid IPv6");
+    assert_eq!((syn.src, syn.dst), (a, b));
+    assert_eq!(syn.repr.max_seg_size, Some(1260), "MTU 1320 - 40 - 20");
+    let synack = TcpRepr {
+        src_port: b.port(),
+        dst_port: a.port(),
+        max_seg_size: Some(1440),
+        ..seg(TcpControl::Syn, PEER_ISN, Some(OUR_ISN + 1), &[])
+    };
+    conn.handle_segment(now, &synack);
+    assert_eq!(conn.state(), State::Established);
+    assert_eq!(conn.send(&[9u8; 5000]), Ok(5000));
+    let mut sizes = Vec::new();
+    while let Some(n) = conn.poll_transmit(now, &mut buf) {
+        sizes.push(n);
+    }
+    assert!(sizes.iter().all(|&n| n <= 1320), "{sizes:?}");
+    assert!(
+        sizes.contains(&1320),
+        "full segments fill the MTU: {sizes:?}"
+    );
+}
