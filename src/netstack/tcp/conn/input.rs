@@ -410,8 +410,6 @@ impl Conn {
         if round_start {
             self.cwnd_limited_prev = self.cwnd_limited;
             self.cwnd_limited = false;
-            self.max_pipe_prev = self.max_pipe;
-            self.max_pipe = self.sb.pipe();
             self.round_end = self.sb.nxt();
         }
 

@@ -273,9 +273,12 @@ pub struct Conn {
     round_end: u64,
     cwnd_limited: bool,
     cwnd_limited_prev: bool,
-    /// Largest flight in this and the previous round trip.
+    /// Largest flight in this and the previous window of sends (a window ends when `SND.UNA`
+    /// passes `max_pipe_end`, checked when sending, as Linux's `max_packets_out`: the flight
+    /// that an ACK acknowledges is still on record when the ACK arrives).
     max_pipe: u64,
     max_pipe_prev: u64,
+    max_pipe_end: u64,
     rto_count: u32,
 
     // Receive side.
@@ -393,6 +396,7 @@ impl Conn {
             cwnd_limited_prev: false,
             max_pipe: 0,
             max_pipe_prev: 0,
+            max_pipe_end: 0,
             rto_count: 0,
             rx: Ring::new(cfg.rx_buffer),
             reasm: Reassembly::default(),

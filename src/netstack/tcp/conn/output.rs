@@ -157,6 +157,11 @@ impl Conn {
         if pipe >= cwnd {
             self.cwnd_limited = true;
         }
+        if self.sb.una() >= self.max_pipe_end {
+            self.max_pipe_prev = self.max_pipe;
+            self.max_pipe = 0;
+            self.max_pipe_end = self.sb.nxt();
+        }
         self.max_pipe = self.max_pipe.max(pipe);
         self.stats.max_in_flight = self.stats.max_in_flight.max(pipe);
         if !matches!(self.rtx_at, Some((_, RtxTimer::Rto))) {

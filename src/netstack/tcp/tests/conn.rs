@@ -729,14 +729,23 @@ fn hostile_segments_never_panic() {
             rx_buffer: 4096,
             ..Config::default()
         };
-        let (mut s, ours, theirs) = if round % 3 == 0 {
-            let now = Instant::now();
-            let c = Conn::connect(&cfg, now, local(), remote(), OUR_ISN);
-            (Script::new(c, now), OUR_ISN + 1, PEER_ISN + 1)
-        } else {
-            server(&cfg)
+        let now = Instant::now();
+        let (mut s, ours, theirs) = match round % 3 {
+            // SYN-SENT.
+            0 => {
+                let c = Conn::connect(&cfg, now, local(), remote(), OUR_ISN);
+                (Script::new(c, now), OUR_ISN + 1, PEER_ISN + 1)
+            }
+            // SYN-RECEIVED.
+            1 => {
+                let syn = seg(TcpControl::Syn, PEER_ISN, None, &[]);
+                let c = Conn::accept(&cfg, now, local(), remote(), &syn, OUR_ISN).expect("SYN");
+                (Script::new(c, now), OUR_ISN + 1, PEER_ISN + 1)
+            }
+            // ESTABLISHED and onwards.
+            _ => server(&cfg),
         };
-        if round % 5 == 1 {
+        if round % 5 < 2 {
             let _ = s.conn.send(&payload[..1500]);
         }
         if round % 7 == 2 {
@@ -828,4 +837,25 @@ fn ipv6_connections_announce_the_ipv6_mss_and_emit_ipv6_packets() {
         sizes.contains(&1320),
         "full segments fill the MTU: {sizes:?}"
     );
+}
+
+#[test]
+fn one_stretch_ack_grows_the_window_as_much_as_one_ack_per_segment() {
+    // A receiver behind GRO acknowledges a whole flight at once; slow start must still double.
+    for stretch in [true, false] {
+        let (mut s, ours, theirs) = server(&no_delay());
+        assert_eq!(s.conn.send(&[3u8; 60_000]), Ok(60_000));
+        let first = s.out();
+        assert_eq!(first.len(), 10, "initial window: ten segments");
+        let mss = first[0].payload.len() as u32;
+        s.now += 30 * MS;
+        if stretch {
+            s.feed(&seg(TcpControl::None, theirs, Some(ours + 10 * mss), &[]));
+        } else {
+            for i in 1..=10 {
+                s.feed(&seg(TcpControl::None, theirs, Some(ours + i * mss), &[]));
+            }
+        }
+        assert_eq!(s.out().len(), 20, "stretch ACK: {stretch}");
+    }
 }
