@@ -100,7 +100,10 @@
 //! Pacing and a model-based controller (BBR: [`Controller::pacing_rate`] and [`RateSample`] are
 //! in place, samples are not yet marked application-limited); undoing spurious RTOs or fast
 //! recoveries (F-RTO, D-SACK undo); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
-//! rule; urgent data (ignored, as by smoltcp).
+//! rule; urgent data (ignored, as by smoltcp). Whether a SYN may reopen a tuple in
+//! `TIME-WAIT` (RFC 6191) is the stack set's call. RACK's loss scan walks the segments below
+//! the most recently delivered one on every ACK during recovery (Linux keeps a list in send
+//! order to avoid that); each connection keeps its own copy of the [`Config`] (184 bytes).
 
 mod cc;
 mod config;
