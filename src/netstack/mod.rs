@@ -47,11 +47,19 @@
 //!   every 100 ms: once connections are gone every stack is back to its size when it was made.
 //!
 //! [`BufPool`]: crate::packet::BufPool
+//!
+//! ## Our own TCP (in progress)
+//!
+//! [`tcp`] is the connection core that will replace smoltcp's TCP socket inside these stacks
+//! (issue 19: SACK-based recovery, RACK-TLP, PRR, CUBIC, buffers that grow with the path). It
+//! is built and tested on its own and not yet used by [`StackSet`]; smoltcp's socket still
+//! carries every connection.
 
 mod config;
 mod device;
 mod set;
 mod stack;
+pub mod tcp;
 
 #[cfg(test)]
 mod tests;
