@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod impair;
 pub mod listener;
 pub mod response;
 pub mod scm;
