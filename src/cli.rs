@@ -82,6 +82,10 @@ enum Command {
     /// upstream); --gateway waits for an external broker to dial; --calibrate adds the driver's
     /// own ceiling against a null responder.
     Loadtest(Box<crate::loadtest::Args>),
+    /// A UDP relay that delays, drops, duplicates and reorders each datagram (for perf/wan.sh;
+    /// not part of the product).
+    #[command(hide = true)]
+    Relay(Box<crate::testkit::relay::Args>),
 }
 
 /// Runs the command line; the binary's `main` is only this.
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
             headers,
         } => explain(&config.files, &method, &url, &headers),
         Command::Loadtest(args) => ExitCode::from(crate::loadtest::run(*args)),
+        Command::Relay(args) => ExitCode::from(crate::testkit::relay::run(&args)),
     }
 }
 

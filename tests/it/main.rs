@@ -11,5 +11,6 @@ mod loadtest;
 mod logs;
 mod operations;
 mod proxy;
+mod relay;
 mod tunnel;
 mod upstream;
