@@ -62,10 +62,10 @@
 # target is >= 0.8, i.e. wgbroker within 1.25x of the kernel). OUT=file gets the JSON.
 #
 # Time: every transfer is bounded by TIMEOUT, every small-GET run by DUR; the script prints its
-# upper bound at start. With today's wgbroker (smoltcp 0.14: 1 s minimum RTO, go-back-N) most of a
-# full run is wgbroker's "not done after 60 s" downloads and uploads: the default set
-# (3 delays x 4 losses x 3 cases x 3 sides, ROUNDS=1) is bounded by about 75 min and takes
-# roughly 25-35 min on the 2-vCPU development VM. QUICK=1 takes about a minute.
+# upper bound at start. With today's wgbroker (smoltcp 0.14: 1 s minimum RTO, go-back-N) much of a
+# run is its "not done after 60 s" downloads: on the 2-vCPU development VM (loaded by other builds)
+# LOSSES="0 0.1 0.5 1 3" took 30 min (bound 99 min), so the default set (3 delays x 4 losses x
+# 3 cases x 3 sides, ROUNDS=1) takes about 25 min (bound about 80 min). QUICK=1 took 43 s.
 #
 # What it does not control: the machine may be shared (load average printed; the busy cores of
 # the whole host during each run are recorded); there is no bandwidth limit on the path (the
@@ -575,7 +575,9 @@ fmt_p() { awk -v p50="$1" -v p99="$2" 'BEGIN { if (p99 == "-") print "-"; else i
 ratio() { awk -v r="$1" -v w="$2" -v tmo="$TIMEOUT" 'BEGIN {
   if (r == "-" || w == "-") { print "-"; exit }
   ri = (r + 0 >= 1e17); wi = (w + 0 >= 1e17)
-  if (ri && wi) print "-"; else if (wi) printf "< %.2f", r / tmo; else if (ri) printf "> %.2f", tmo / w; else printf "%.2f", r / w }'; }
+  # a bound rounds outwards: "< x" up, "> x" down
+  if (ri && wi) print "-"; else if (wi) printf "< %.2f", int(r / tmo * 100 + 0.999999) / 100
+  else if (ri) printf "> %.2f", int(tmo / w * 100) / 100; else printf "%.2f", r / w }'; }
 ratio_p() { awk -v r="$1" -v w="$2" 'BEGIN { if (r == "-" || w == "-" || r + 0 >= 1e17 || w + 0 >= 1e17 || w + 0 == 0) print "-"; else printf "%.2f", r / w }'; }
 side_title() { case $1 in wgbroker) echo wgbroker ;; cubic) echo "kernel CUBIC" ;; bbr) echo "kernel BBR" ;; esac; }
 
