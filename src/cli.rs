@@ -97,6 +97,10 @@ enum Command {
     /// upstream); --gateway waits for an external broker to dial; --calibrate adds the driver's
     /// own ceiling against a null responder.
     Loadtest(Box<crate::loadtest::Args>),
+    /// A UDP relay that delays, drops, duplicates and reorders each datagram (for perf/wan.sh;
+    /// not part of the product).
+    #[command(hide = true)]
+    Relay(Box<crate::testkit::relay::Args>),
 }
 
 /// Runs the command line; the binary's `main` is only this. Whatever became of standard output,
@@ -147,6 +151,11 @@ fn command() -> u8 {
             headers,
         } => explain(&config.files, &method, &url, &headers),
         Command::Loadtest(args) => loadtest(*args),
+        Command::Relay(args) => match crate::testkit::relay::run(&args) {
+            Ok(()) => 0,
+            Err(crate::testkit::relay::Failure::Usage) => EXIT_USAGE,
+            Err(crate::testkit::relay::Failure::Os) => EXIT_OS,
+        },
     }
 }
 

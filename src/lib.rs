@@ -26,6 +26,7 @@
 //! | core | [`server`] | one tunnel connection's exchanges: parse, decide, rewrite, proxy (`server::proxy`), drain |
 //! | core | [`upstream`] | where an allowed request goes: targets, TLS settings, CONNECT proxies, upstream errors |
 //! | core | [`telemetry`] | log output (text, JSON, journald) and the throttle for repeating lines |
+//! | core | [`units`] | sizes and durations as people write them, one meaning for config and tools |
 //! | seam | [`runtime`] | threads and I/O: executors and their start, the UDP socket, links, shards, tunnel core, upstream pools |
 //! | application | [`status`] | the counters and flags the executors publish and the control thread reads |
 //! | application | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
@@ -98,6 +99,7 @@ pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod tunnel;
+pub mod units;
 pub mod upstream;
 
 // The runtime seam: the only glommio code.

@@ -13,7 +13,7 @@ use super::*;
 use crate::allowlist::{Allowlist, LogFlags, RuleOrigin, RuleSpec, ValueConstraint, scm};
 use crate::secret::Secret;
 
-/// Byte sizes: an integer, or a string such as `"64KiB"`, `"4MiB"`, `"1GiB"`, `"512k"`.
+/// Byte sizes: an integer, or a string such as `"64KiB"`, `"4MiB"`, `"1GiB"` ([`crate::units`]).
 #[derive(Debug, Clone, Copy)]
 struct Bytes(usize);
 
@@ -50,18 +50,9 @@ impl FromToml for Bytes {
 }
 
 fn parse_bytes(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().ok()?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    crate::units::parse_size(s)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// Reads a secret field.

@@ -24,6 +24,7 @@ use super::report::{Stats, histogram};
 use super::scenario::Plan;
 use crate::netstack::{ConnError, ConnId, ConnectError, State};
 use crate::testkit::gateway::{Gateway, GatewayConfig, GatewayStats};
+use crate::testkit::impair::ImpairStats;
 use crate::testkit::response::{Metered, ResponseMeter};
 
 /// Pause before a failed connection is opened again.
@@ -100,6 +101,8 @@ pub struct Outcome {
     /// CPU of this thread inside the window, nanoseconds.
     pub cpu_ns: u64,
     pub gateway: GatewayStats,
+    /// What the impaired path did, `(to the broker, from the broker)`, over the whole session.
+    pub wan: Option<(ImpairStats, ImpairStats)>,
     /// The measurement window this thread saw.
     pub window: Duration,
     /// The run did not happen (bind, handshake, stop before start).
@@ -127,6 +130,7 @@ fn failed(spec: &DriverSpec, events: &Sender<Event>, error: String) -> Outcome {
         stats: Stats::new(spec.plan.templates.len()),
         cpu_ns: 0,
         gateway: GatewayStats::default(),
+        wan: None,
         window: Duration::ZERO,
         error: Some(error),
     }
@@ -787,6 +791,7 @@ impl Driver {
             stats: self.stats,
             cpu_ns: cpu_start.map_or(0, |s| cpu_end.saturating_sub(s)),
             gateway: self.gw.stats.clone(),
+            wan: self.gw.wan_stats(),
             window: window_end.saturating_duration_since(self.measure_from),
             error: None,
         }

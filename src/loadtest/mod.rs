@@ -34,6 +34,15 @@
 //!
 //! [`run`] answers with [`Finished`] or an [`Error`] whose [`ErrorKind`] the command line turns
 //! into the exit status; this module does not know the numbers.
+//!
+//! ## A WAN between driver and broker
+//!
+//! `--delay`, `--jitter`, `--loss`, `--duplicate`, `--reorder` (`--reorder-by`) and `--seed` put
+//! a [`crate::testkit::impair::Impair`] queue in each direction of every driver gateway's path
+//! (on the driver's own thread, between its UDP socket and its tunnel): every datagram to and
+//! from the broker is delayed, dropped, duplicated or held back, drawn from a seeded generator so
+//! that a run's loss pattern can be repeated. Thread N draws from `seed + N`. The report says so
+//! (`wan`), with what each direction lost.
 
 pub mod cpu;
 pub mod driver;
@@ -47,6 +56,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use scenario::Scenario;
+
+use crate::testkit::impair::{self, ImpairSpec};
+
+/// `--help` heading of the WAN options.
+const WAN: &str =
+    "WAN impairment (each direction, per datagram, between the driver and the broker)";
 
 /// The longest window `--duration` accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -200,46 +215,56 @@ pub struct Args {
     /// wake-up latency for a core; useful when the driver has cores to itself.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub spin: Duration,
+
+    /// One-way delay added to every datagram, e.g. 15ms (the round trip grows by twice this).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = WAN)]
+    pub delay: Duration,
+
+    /// Each datagram's delay is drawn uniformly from --delay ± this; the order is kept.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = WAN)]
+    pub jitter: Duration,
+
+    /// Share of datagrams dropped, e.g. 0.1%.
+    #[arg(long, default_value = "0%", value_parser = impair::parse_percent, help_heading = WAN)]
+    pub loss: f64,
+
+    /// Share of datagrams sent twice, e.g. 1%.
+    #[arg(long, default_value = "0%", value_parser = impair::parse_percent, help_heading = WAN)]
+    pub duplicate: f64,
+
+    /// Share of datagrams held back --reorder-by, so that the ones behind them overtake them.
+    #[arg(long, default_value = "0%", value_parser = impair::parse_percent, help_heading = WAN)]
+    pub reorder: f64,
+
+    /// How long a reordered datagram is held back.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration, help_heading = WAN)]
+    pub reorder_by: Duration,
+
+    /// Seed of the random draws, to repeat a run's pattern (default: a fresh one, printed in the
+    /// report).
+    #[arg(long, help_heading = WAN)]
+    pub seed: Option<u64>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
+impl Args {
+    /// The WAN impairment of driver thread `thread` (its seed is `--seed + thread`); `None` for
+    /// a clean path.
+    pub fn impairment(&self, thread: usize) -> Option<ImpairSpec> {
+        let spec = ImpairSpec {
+            delay: self.delay,
+            jitter: self.jitter,
+            loss: self.loss,
+            duplicate: self.duplicate,
+            reorder: self.reorder,
+            reorder_by: self.reorder_by,
+            seed: self.seed.unwrap_or(0).wrapping_add(thread as u64),
+            ..ImpairSpec::default()
+        };
+        spec.is_active().then_some(spec)
     }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 10s, 2m)"))
 }
 
-/// `4096`, `100KB`, `64KiB`, `1MiB`, `2GB`, ...
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 64KiB, 1MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (B, KB, KiB, MB, MiB, GB, GiB)"
-            ));
-        }
-    };
-    let v = n * mult as f64;
-    if !v.is_finite() || v < 0.0 || v > (1u64 << 40) as f64 {
-        return Err(format!("{s:?} is out of range (at most 1TiB)"));
-    }
-    Ok(v as u64)
-}
+pub use crate::units::{parse_duration, parse_size};
 
 /// Checks what clap cannot; returns the message of a usage error.
 ///
@@ -279,6 +304,17 @@ pub fn validate(a: &Args) -> Result<(), String> {
     }
     if a.spin > Duration::from_millis(10) {
         return Err("--spin must be at most 10ms".into());
+    }
+    if let Some(spec) = a.impairment(0) {
+        spec.validate().map_err(|e| format!("--{e}"))?;
+    } else if a.seed.is_some() {
+        return Err(
+            "--seed applies to the WAN options (--delay, --jitter, --loss, --duplicate, --reorder)"
+                .into(),
+        );
+    }
+    if a.reorder_by > impair::MAX_DELAY {
+        return Err("--reorder-by must be at most 10s".into());
     }
     if a.requests == Some(0) {
         return Err("--requests must be at least 1".into());
@@ -414,8 +450,14 @@ impl Error {
 }
 
 /// Runs `wgbroker loadtest`: checks the options, runs the session, prints the report.
-pub fn run(args: Args) -> Result<Finished, Error> {
+pub fn run(mut args: Args) -> Result<Finished, Error> {
     validate(&args).map_err(|e| Error::new(ErrorKind::Usage, e))?;
+    if args.impairment(0).is_some() && args.seed.is_none() {
+        // A fresh seed, reported, so that the run can be repeated with --seed.
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        args.seed = Some(u64::from_le_bytes(b) >> 1);
+    }
     session::run(&args)
 }
 
@@ -434,5 +476,57 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        let argv = std::iter::once("loadtest").chain(extra.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("parses")
+            .a
+    }
+
+    #[test]
+    fn wan_options_make_a_seeded_impairment_per_thread() {
+        let a = args(&[]);
+        assert!(a.impairment(0).is_none(), "a clean path by default");
+        assert!(validate(&a).is_ok());
+        let a = args(&[
+            "--delay",
+            "15ms",
+            "--jitter",
+            "1ms",
+            "--loss",
+            "0.1%",
+            "--reorder",
+            "2%",
+            "--reorder-by",
+            "3ms",
+            "--duplicate",
+            "1%",
+            "--seed",
+            "40",
+            "--threads",
+            "2",
+            "--connections",
+            "4",
+        ]);
+        assert!(validate(&a).is_ok());
+        let s0 = a.impairment(0).expect("on");
+        assert_eq!(s0.delay, Duration::from_millis(15));
+        assert_eq!(s0.jitter, Duration::from_millis(1));
+        assert_eq!((s0.loss, s0.reorder, s0.duplicate), (0.001, 0.02, 0.01));
+        assert_eq!(s0.reorder_by, Duration::from_millis(3));
+        assert_eq!(s0.seed, 40);
+        assert_eq!(a.impairment(1).expect("on").seed, 41, "thread N: seed + N");
+        // Loss alone is an impairment too; a seed alone is a mistake.
+        assert!(args(&["--loss", "1%"]).impairment(0).is_some());
+        assert!(validate(&args(&["--seed", "1"])).is_err());
+        assert!(validate(&args(&["--delay", "20s"])).is_err());
+        assert!(validate(&args(&["--reorder-by", "20s"])).is_err());
     }
 }

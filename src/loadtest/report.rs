@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::cpu::ThreadCpu;
+use crate::testkit::impair::{ImpairSpec, ImpairStats, percent};
 
 /// Latency histograms are in microseconds, from 1 µs to one hour, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
@@ -254,6 +255,64 @@ pub struct BrokerDrops {
     pub send_errors: u64,
 }
 
+/// The WAN impairment of a run (`--delay`, `--loss`, ...) and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WanFigures {
+    /// One line: `delay 15ms, loss 0.1%, duplicate 0%, reorder 0%, seed 7`.
+    pub summary: String,
+    pub delay_ms: f64,
+    pub jitter_ms: f64,
+    /// Probabilities, 0..=1.
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub reorder_by_ms: f64,
+    /// Driver thread N drew from `seed + N`.
+    pub seed: u64,
+    /// Datagrams from the driver to the broker, over the whole session (handshake and warm-up
+    /// included), all threads.
+    pub to_broker: ImpairStats,
+    /// Datagrams from the broker to the driver, likewise.
+    pub from_broker: ImpairStats,
+}
+
+impl WanFigures {
+    pub fn new(spec: &ImpairSpec, to_broker: ImpairStats, from_broker: ImpairStats) -> Self {
+        Self {
+            summary: spec.summary(),
+            delay_ms: spec.delay.as_secs_f64() * 1e3,
+            jitter_ms: spec.jitter.as_secs_f64() * 1e3,
+            loss: spec.loss,
+            duplicate: spec.duplicate,
+            reorder: spec.reorder,
+            reorder_by_ms: spec.reorder_by.as_secs_f64() * 1e3,
+            seed: spec.seed,
+            to_broker,
+            from_broker,
+        }
+    }
+}
+
+/// `lost 12 of 9000 (0.13%)`, plus the other counters that are not zero.
+fn wan_direction(s: &ImpairStats) -> String {
+    let share = if s.offered == 0 {
+        0.0
+    } else {
+        s.lost as f64 / s.offered as f64
+    };
+    let mut out = format!("lost {} of {} ({})", s.lost, s.offered, percent(share));
+    for (name, n) in [
+        ("over queue limit", s.overflow),
+        ("duplicated", s.duplicated),
+        ("reordered", s.reordered),
+    ] {
+        if n > 0 {
+            out.push_str(&format!(", {name} {n}"));
+        }
+    }
+    out
+}
+
 /// Everything a run measured; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -289,6 +348,8 @@ pub struct Report {
     pub cpu_s: Cpu,
     pub gateway: GatewayFigures,
     pub broker_drops: Option<BrokerDrops>,
+    /// The WAN impairment, when one was on (`None`: a clean path).
+    pub wan: Option<WanFigures>,
     pub warmup_requests: u64,
     pub cancelled_at_end: u64,
     pub connections_opened: u64,
@@ -373,6 +434,7 @@ impl Report {
             cpu_s: cpu,
             gateway,
             broker_drops: None,
+            wan: None,
             warmup_requests: s.warmup_requests,
             cancelled_at_end: s.cancelled,
             connections_opened: s.connections_opened,
@@ -413,6 +475,21 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
                 .map_or(String::new(), |x| format!(", {x:.0} req/s asked"))
         )
     });
+    if columns.iter().any(|(_, r)| r.wan.is_some()) {
+        row("WAN (impaired path)", &|r| {
+            r.wan.as_ref().map_or("off".into(), |w| w.summary.clone())
+        });
+        row("WAN to broker", &|r| {
+            r.wan
+                .as_ref()
+                .map_or("-".into(), |w| wan_direction(&w.to_broker))
+        });
+        row("WAN from broker", &|r| {
+            r.wan
+                .as_ref()
+                .map_or("-".into(), |w| wan_direction(&w.from_broker))
+        });
+    }
     row("threads x connections", &|r| {
         format!("{} x {}", r.threads, r.connections)
     });
@@ -632,6 +709,49 @@ mod tests {
             }),
         )]);
         assert!(t.contains("1 (connect 1)") && !t.contains("note:"), "{t}");
+    }
+
+    #[test]
+    fn an_impaired_path_is_named_with_what_it_dropped() {
+        let mut r = report(Errors::default());
+        let t = table(&[("broker", &r)]);
+        assert!(!t.contains("WAN"), "{t}");
+        assert!(serde_json::to_value(&r).expect("json")["wan"].is_null());
+        let spec = ImpairSpec {
+            delay: std::time::Duration::from_millis(15),
+            loss: 0.001,
+            seed: 77,
+            ..ImpairSpec::default()
+        };
+        let to = ImpairStats {
+            offered: 4_000,
+            delivered: 3_996,
+            lost: 4,
+            ..ImpairStats::default()
+        };
+        let from = ImpairStats {
+            offered: 8_000,
+            delivered: 7_990,
+            lost: 8,
+            overflow: 2,
+            ..ImpairStats::default()
+        };
+        r.wan = Some(WanFigures::new(&spec, to, from));
+        let t = table(&[("broker", &r)]);
+        assert!(
+            t.contains("delay 15ms, loss 0.1%, duplicate 0%, reorder 0%, seed 77"),
+            "{t}"
+        );
+        assert!(t.contains("lost 4 of 4000 (0.1%)"), "{t}");
+        assert!(
+            t.contains("lost 8 of 8000 (0.1%), over queue limit 2"),
+            "{t}"
+        );
+        let j = serde_json::to_value(&r).expect("json");
+        assert_eq!(j["wan"]["seed"], 77);
+        assert_eq!(j["wan"]["loss"], 0.001);
+        assert_eq!(j["wan"]["from_broker"]["overflow"], 2);
+        assert_eq!(j["wan"]["delay_ms"], 15.0);
     }
 
     #[test]

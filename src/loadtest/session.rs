@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::cpu::{self, Snapshot};
 use super::driver::{self, Control, DriverSpec, Event, Outcome, Progress};
-use super::report::{BrokerDrops, Cpu, GatewayFigures, Report, Stats, table};
+use super::report::{BrokerDrops, Cpu, GatewayFigures, Report, Stats, WanFigures, table};
 use super::scenario::{Plan, Scenario, Targets, parse_mix};
 use super::upstream::Upstream;
 use super::{Args, CloseMode, Error, ErrorKind, Finished};
@@ -21,6 +21,7 @@ use crate::config::{self, LoadMode};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::output::{err, errln, outln};
 use crate::testkit::gateway::{Gateway, GatewayConfig};
+use crate::testkit::impair::ImpairStats;
 use crate::testkit::toml::{PeerToml, WireguardToml};
 
 /// The token the in-process upstream insists on (injected by the broker's GitHub rules).
@@ -108,6 +109,20 @@ pub fn run(a: &Args) -> Result<Finished, Error> {
     } else {
         Target::InProcess
     };
+    if let Some(spec) = a.impairment(0) {
+        info(
+            a,
+            &format!(
+                "WAN impairment on the driver's path, each direction: {}{}",
+                spec.summary(),
+                if a.threads > 1 {
+                    " (thread N: seed + N)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     let mut reports = vec![measure_target(a, first)?];
     if a.calibrate {
         reports.push(measure_target(a, Target::Null).map_err(|e| e.during("calibration"))?);
@@ -152,9 +167,10 @@ pub fn run(a: &Args) -> Result<Finished, Error> {
     }
 }
 
-/// Gateway settings for a driver thread.
+/// Gateway settings for driver thread `index`.
 fn gateway_config(
     a: &Args,
+    index: usize,
     key: PrivateKey,
     peer: PublicKey,
     vendor: IpAddr,
@@ -169,6 +185,7 @@ fn gateway_config(
     g.serve_backlog = 1;
     g.batch = a.udp_batch;
     g.spin = a.spin;
+    g.impair = a.impairment(index);
     if a.scenario == Scenario::Connect {
         // TIME-WAIT holds a socket for 10 s: room for the 16k ephemeral ports.
         g.stacks = 64;
@@ -246,7 +263,7 @@ fn spawn_drivers(
         };
         let spec = DriverSpec {
             index: i,
-            gateway: gateway_config(a, key.clone(), peer, vendor, listen, per_thread),
+            gateway: gateway_config(a, i, key.clone(), peer, vendor, listen, per_thread),
             port: a.port,
             plan: plan.clone(),
             connections: per_thread,
@@ -683,6 +700,7 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
     let mut window = Duration::ZERO;
     let mut driver_ns = 0u64;
     let mut gw = GatewayFigures::default();
+    let mut wan: Option<(ImpairStats, ImpairStats)> = None;
     let mut errors = Vec::new();
     for h in d.handles {
         match h.join() {
@@ -699,6 +717,11 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
                 gw.recv_calls += o.gateway.recv_calls;
                 gw.send_calls += o.gateway.send_calls;
                 gw.dropped += o.gateway.dropped;
+                if let Some((to, from)) = o.wan {
+                    let w = wan.get_or_insert_default();
+                    w.0.add(&to);
+                    w.1.add(&from);
+                }
             }
             Err(_) => errors.push("a driver thread panicked".into()),
         }
@@ -714,7 +737,7 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
         responder: cpu::sum(&threads, &["lt-null"]),
         threads: threads.into_iter().filter(|t| t.cpu_s > 0.0).collect(),
     };
-    Ok(Report::new(
+    let mut report = Report::new(
         target.name(),
         plan,
         a.threads,
@@ -725,7 +748,11 @@ fn measure(a: &Args, target: Target, plan: &Arc<Plan>, d: Drivers) -> Result<Rep
         &stats,
         cpu,
         gw,
-    ))
+    );
+    if let (Some(spec), Some((to_broker, from_broker))) = (a.impairment(0), wan) {
+        report.wan = Some(WanFigures::new(&spec, to_broker, from_broker));
+    }
+    Ok(report)
 }
 
 /// Prints one progress line; returns the totals it printed, for the next interval.

@@ -10,6 +10,12 @@
 //! UDP GSO send where the kernel has it), and the socket stays non-blocking (waiting is one
 //! `ppoll`). Decrypted packets live in a [`BufPool`]; nothing is allocated per packet once the
 //! pool is warm.
+//!
+//! With [`GatewayConfig::impair`] (the load tester's `--delay`, `--loss`, ...) every datagram in
+//! each direction passes an [`Impair`] queue between the socket and the tunnel: received ones
+//! wait before they are decrypted, sent ones after they are encrypted — a WAN between this
+//! gateway and the broker, on the gateway's own thread. Those datagrams are copied into owned
+//! buffers (recycled), and [`Gateway::pump`] wakes up when the next one is due.
 
 use std::io;
 use std::io::{Read as _, Write as _};
@@ -24,6 +30,7 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::netstack::{ConnId, StackConfig, StackSet};
 use crate::packet::BufPool;
 use crate::runtime::udp::{self, Ready, RecvBatch, Unsent};
+use crate::testkit::impair::{Impair, ImpairSpec, ImpairStats};
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
 };
@@ -74,6 +81,9 @@ pub struct GatewayConfig {
     /// Before sleeping for a datagram, poll the socket this long (busy-wait). Trades a core
     /// for wake-up latency; zero (the default) sleeps at once.
     pub spin: Duration,
+    /// Impair the path to the broker: delay, jitter, loss, duplication, reordering per datagram,
+    /// in each direction ([`ImpairSpec`]). `None` (the default): datagrams go straight through.
+    pub impair: Option<ImpairSpec>,
 }
 
 impl GatewayConfig {
@@ -103,6 +113,7 @@ impl GatewayConfig {
             udp_buffer: 4 << 20,
             batch: BATCH,
             spin: Duration::ZERO,
+            impair: None,
         }
     }
 }
@@ -184,6 +195,68 @@ impl Outbox {
     }
 }
 
+/// Most idle buffers an impaired path keeps for reuse.
+const WAN_SPARE: usize = 4096;
+
+/// A datagram on the impaired path: where it came from or goes, and its bytes.
+type WanDatagram = (SocketAddr, Vec<u8>);
+
+/// The impaired path between the socket and the tunnel (see the module docs).
+#[derive(Debug)]
+struct Wan {
+    /// Broker → gateway: received, waiting to be decrypted.
+    inbound: Impair<WanDatagram>,
+    /// Gateway → broker: encrypted, waiting to be sent.
+    outbound: Impair<WanDatagram>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Wan {
+    fn new(spec: ImpairSpec) -> Self {
+        Self {
+            inbound: Impair::new(spec, spec.stream_seed(1)),
+            outbound: Impair::new(spec, spec.stream_seed(2)),
+            spare: Vec::new(),
+        }
+    }
+
+    fn copy(&mut self, d: &[u8]) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(d);
+        b
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < WAN_SPARE {
+            self.spare.push(b);
+        }
+    }
+
+    /// Queues a datagram received at `now` from `from`.
+    fn receive(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
+        let b = self.copy(d);
+        if let Some((_, b)) = self.inbound.offer(now, d.len(), (from, b)) {
+            self.recycle(b);
+        }
+    }
+
+    /// Queues a datagram to send at `now` to `to`.
+    fn send(&mut self, now: Instant, to: SocketAddr, d: &[u8]) {
+        let b = self.copy(d);
+        if let Some((_, b)) = self.outbound.offer(now, d.len(), (to, b)) {
+            self.recycle(b);
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        match (self.inbound.next_due(), self.outbound.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// The vendor side of the tunnel.
 #[derive(Debug)]
 pub struct Gateway {
@@ -203,6 +276,8 @@ pub struct Gateway {
     broker_address: IpAddr,
     serving: Vec<Served>,
     serve_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The impaired path, when [`GatewayConfig::impair`] asks for one.
+    wan: Option<Box<Wan>>,
     pub stats: GatewayStats,
 }
 
@@ -266,6 +341,7 @@ impl Gateway {
             broker_address: cfg.broker_address,
             serving: Vec::new(),
             serve_tls: cfg.serve_tls.clone(),
+            wan: cfg.impair.map(|s| Box::new(Wan::new(s))),
             stats: GatewayStats::default(),
         };
         if cfg.dial.is_some() {
@@ -298,6 +374,13 @@ impl Gateway {
         &self.table
     }
 
+    /// What the impaired path did, `(to the broker, from the broker)`; `None` without one.
+    pub fn wan_stats(&self) -> Option<(ImpairStats, ImpairStats)> {
+        self.wan
+            .as_ref()
+            .map(|w| (w.outbound.stats(), w.inbound.stats()))
+    }
+
     /// Whether a session with the broker is up.
     pub fn handshaken(&self) -> bool {
         self.table
@@ -324,14 +407,21 @@ impl Gateway {
     pub fn pump(&mut self, max_wait: Duration) -> io::Result<()> {
         let now = Instant::now();
         let delay = self.set.poll_delay(now);
+        let wan_due = self
+            .wan
+            .as_ref()
+            .and_then(|w| w.next_due())
+            .map(|d| d.saturating_duration_since(now));
         let wait = if delay == Some(Duration::ZERO) {
             Duration::ZERO
         } else {
             max_wait
                 .min(self.next_tick.saturating_duration_since(now))
                 .min(delay.unwrap_or(max_wait))
+                .min(wan_due.unwrap_or(max_wait))
         };
         self.receive(wait)?;
+        self.deliver_due()?;
         self.poll_stack()?;
         if self.serve() {
             self.poll_stack()?;
@@ -407,16 +497,33 @@ impl Gateway {
             waited = true;
             round += 1;
             self.stats.recv_calls += 1;
+            let now = Instant::now();
             for i in 0..n {
                 self.stats.datagrams_in += 1;
                 match rx.get(i) {
-                    Some((datagram, Some(from), false)) => self.handle_datagram(datagram, from)?,
+                    Some((datagram, Some(from), false)) => match self.wan.as_deref_mut() {
+                        Some(w) => w.receive(now, from, datagram),
+                        None => self.handle_datagram(datagram, from)?,
+                    },
                     _ => self.stats.dropped += 1,
                 }
             }
             if n < self.rx_batch {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Decrypts the impaired path's received datagrams whose time has come.
+    fn deliver_due(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        while let Some((_, (from, b))) = self.wan.as_mut().and_then(|w| w.inbound.pop_due(now)) {
+            let r = self.handle_datagram(&b, from);
+            if let Some(w) = self.wan.as_mut() {
+                w.recycle(b);
+            }
+            r?;
         }
         Ok(())
     }
@@ -472,37 +579,60 @@ impl Gateway {
     }
 
     /// Sends every queued datagram. A socket whose send buffer stays full for 10 ms loses the
-    /// rest (counted): UDP may drop, TCP inside retransmits.
+    /// rest (counted): UDP may drop, TCP inside retransmits. On an impaired path the queued
+    /// datagrams join its outbound queue instead, and those whose time has come are sent.
     fn flush_tx(&mut self) -> io::Result<()> {
-        let queued = self.tx.batch.len();
+        let Some(w) = self.wan.as_deref_mut() else {
+            return Self::send_batch(&self.udp, &mut self.tx, &mut self.stats);
+        };
+        let now = Instant::now();
+        for i in 0..self.tx.batch.len() {
+            if let Some((d, to)) = self.tx.batch.datagram(i) {
+                w.send(now, to, d);
+            }
+        }
+        self.tx.batch.clear();
+        while let Some((_, (to, b))) = w.outbound.pop_due(now) {
+            if self.tx.is_full() {
+                Self::send_batch(&self.udp, &mut self.tx, &mut self.stats)?;
+            }
+            self.tx.push_copy(to, &b);
+            w.recycle(b);
+        }
+        Self::send_batch(&self.udp, &mut self.tx, &mut self.stats)
+    }
+
+    /// The socket half of [`Gateway::flush_tx`]: one `sendmmsg` (or a few) for the batch.
+    fn send_batch(udp: &UdpSocket, tx: &mut Outbox, stats: &mut GatewayStats) -> io::Result<()> {
+        let queued = tx.batch.len();
         if queued == 0 {
             return Ok(());
         }
-        let fd = self.udp.as_raw_fd();
-        let calls = self.tx.batch.calls();
+        let fd = udp.as_raw_fd();
+        let calls = tx.batch.calls();
         let mut from = 0;
         let mut stalled = false;
         loop {
-            match self.tx.batch.send_from(fd, from) {
+            match tx.batch.send_from(fd, from) {
                 Ok(failed) => {
-                    self.stats.dropped += failed as u64;
-                    self.stats.datagrams_out += (queued - from - failed) as u64;
+                    stats.dropped += failed as u64;
+                    stats.datagrams_out += (queued - from - failed) as u64;
                     break;
                 }
                 Err(Unsent { from: next, failed }) => {
-                    self.stats.dropped += failed as u64;
-                    self.stats.datagrams_out += (next - from - failed) as u64;
+                    stats.dropped += failed as u64;
+                    stats.datagrams_out += (next - from - failed) as u64;
                     from = next;
                     if stalled || !udp::wait(fd, Ready::Writable, Duration::from_millis(10))? {
-                        self.stats.dropped += (queued - from) as u64;
+                        stats.dropped += (queued - from) as u64;
                         break;
                     }
                     stalled = true;
                 }
             }
         }
-        self.stats.send_calls += self.tx.batch.calls() - calls;
-        self.tx.batch.clear();
+        stats.send_calls += tx.batch.calls() - calls;
+        tx.batch.clear();
         Ok(())
     }
 

@@ -2,10 +2,16 @@
 //! [`crate::tunnel::PeerTable`], as responder) with its own smoltcp TCP stack
 //! ([`crate::netstack::StackSet`] in client mode) and an HTTP/1.1 client, over a plain UDP
 //! socket. No root, no TUN.
+//!
+//! Also the WAN in a box: [`impair`] (sans-IO per-datagram delay, jitter, loss, duplication and
+//! reordering, seeded), used by the gateway for `loadtest --delay/--loss/...` and by [`relay`],
+//! the hidden `wgbroker relay` that `perf/wan.sh` puts between a real wireguard-go and the brokers.
 
 pub mod client;
 pub mod gateway;
+pub mod impair;
 pub mod listener;
+pub mod relay;
 pub mod response;
 pub mod scm;
 #[cfg(test)]

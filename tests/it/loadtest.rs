@@ -118,6 +118,81 @@ fn in_process_small_denied_and_download() {
     assert!(u(&download, "bytes.received") > n * size);
 }
 
+/// The WAN options: every request pays the added round trip, the report names the impairment
+/// and counts what each direction dropped, and one seed drops the same share again.
+#[test]
+fn an_impaired_path_delays_and_drops_and_says_so() {
+    let delayed = json(&loadtest(&[
+        "--json",
+        "--requests",
+        "40",
+        "--duration",
+        "60s",
+        "--connections",
+        "2",
+        "--delay",
+        "20ms",
+    ]));
+    let n = assert_clean(&delayed);
+    assert_eq!(n, 40);
+    // Request one way, response the other: no response can come sooner than 2 x 20 ms.
+    assert!(
+        u(&delayed, "latency_us.min") >= 40_000,
+        "min latency {} us with 20 ms each way",
+        u(&delayed, "latency_us.min")
+    );
+    let w = &delayed["wan"];
+    assert_eq!(f(w, "delay_ms"), 20.0);
+    assert!(
+        w["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("delay 20ms, loss 0%"))
+    );
+    for dir in ["to_broker", "from_broker"] {
+        assert!(u(w, &format!("{dir}.offered")) > 0, "{w}");
+        assert_eq!(u(w, &format!("{dir}.lost")), 0, "{w}");
+    }
+
+    // 5 % loss each way: TCP retransmits (slowly, today), every request still completes, and
+    // the drops are counted per direction.
+    let lossy = |seed: &str| {
+        json(&loadtest(&[
+            "--json",
+            "--requests",
+            "30",
+            "--duration",
+            "120s",
+            "--timeout",
+            "60s",
+            "--connections",
+            "4",
+            "-s",
+            "download",
+            "--size",
+            "64KiB",
+            "--loss",
+            "5%",
+            "--seed",
+            seed,
+        ]))
+    };
+    let r = lossy("12345");
+    assert_clean(&r);
+    let w = &r["wan"];
+    assert_eq!(u(w, "seed"), 12345);
+    assert_eq!(f(w, "loss"), 0.05);
+    let lost = u(w, "from_broker.lost") + u(w, "to_broker.lost");
+    let offered = u(w, "from_broker.offered") + u(w, "to_broker.offered");
+    assert!(lost > 0, "{w}");
+    // Binomial around 5 %: far from 0 and from 10 % for the few thousand datagrams here.
+    let share = lost as f64 / offered as f64;
+    assert!(
+        (0.02..0.09).contains(&share),
+        "lost {lost} of {offered}: {w}"
+    );
+    assert_eq!(u(w, "from_broker.overflow") + u(w, "to_broker.overflow"), 0);
+}
+
 #[test]
 fn upload_mix_and_connect_run_clean() {
     // Bounded by count, so a slow machine only makes the test slower, never empty.
@@ -237,6 +312,10 @@ fn bad_invocations_exit_64_and_bad_configs_78() {
         &["--size", "12 parsecs"],
         &["-s", "small", "--mix", "api.repo=1"],
         &["-H", "no colon"],
+        &["--loss", "0.01"],
+        &["--loss", "150%"],
+        &["--delay", "11s"],
+        &["--seed", "5"],
     ] {
         let o = loadtest(args);
         assert_eq!(

@@ -13,6 +13,7 @@ mod loadtest;
 mod logs;
 mod operations;
 mod proxy;
+mod relay;
 mod slow;
 mod tunnel;
 mod upstream;
