@@ -121,16 +121,16 @@ pub fn admin_get(port: u16, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// One sample of the broker's `/metrics`, by its exact name with labels (0 when absent).
-pub fn metric(port: u16, sample: &str) -> f64 {
+/// One sample of the broker's `/metrics`, by its exact name with labels; `None` when the broker
+/// does not export it. Callers compare with `Some(..)`, so a mistyped name fails the assertion
+/// instead of reading as a zero counter.
+pub fn metric(port: u16, sample: &str) -> Option<f64> {
     let (_, text) = admin_get(port, "/metrics");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
