@@ -93,6 +93,36 @@ impl MockScm {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// A handle on the requests received, for another thread to wait on (a signal or drain sent
+    /// once a request is known to be in flight) while the test keeps the server.
+    pub fn seen_handle(&self) -> SeenLog {
+        SeenLog(self.seen.clone())
+    }
+}
+
+/// The requests a [`MockScm`] has received, shared with a waiting thread.
+#[derive(Debug, Clone)]
+pub struct SeenLog(Arc<Mutex<Vec<Seen>>>);
+
+impl SeenLog {
+    /// How many requests arrived so far (counted when the head is read, before any answer).
+    pub fn len(&self) -> usize {
+        self.count(|_| true)
+    }
+
+    /// Whether none arrived yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many requests received so far match `pred`.
+    pub fn count(&self, pred: impl Fn(&Seen) -> bool) -> usize {
+        self.0
+            .lock()
+            .map(|v| v.iter().filter(|s| pred(s)).count())
+            .unwrap_or_default()
+    }
 }
 
 fn read_body(r: &mut BufReader<TcpStream>, headers: &[(String, String)]) -> io::Result<(u64, u64)> {

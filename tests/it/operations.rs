@@ -12,6 +12,8 @@ use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
 use wgbroker::testkit::scm::MockScm;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
+use crate::harness::poll_until;
+
 fn config(
     broker: &PrivateKey,
     vendor: &PrivateKey,
@@ -118,11 +120,14 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
         mut gw,
         dir,
         file,
-        log_path: _,
+        log_path,
         base: _,
         mut child,
     } = start_broker("");
     let pid = child.id();
+    // Signals are sent while slow requests are known to be at the SCM (each takes 1 s there).
+    let seen = scm.seen_handle();
+    let slow_seen = move || seen.count(|s| s.target.starts_with("/slow/"));
     let gw_addr = gw.local_addr().expect("addr");
 
     // 8 connections x 3 requests of 1 s each, while the files change under the broker.
@@ -138,11 +143,21 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
         scm.addr(),
         &allowed_extra,
     );
+    let in_flight = slow_seen.clone();
     let signaller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(700));
+        poll_until(Duration::from_secs(10), "the first 8 slow requests", || {
+            in_flight() >= 8
+        });
         std::fs::write(&file2, valid).expect("write valid");
         kill(pid, "-HUP");
-        std::thread::sleep(Duration::from_millis(700));
+        // The invalid file replaces the valid one only after the broker applied that one, and
+        // while the second round of requests is in flight.
+        poll_until(Duration::from_secs(10), "the valid reload applied", || {
+            std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("\"result\":\"applied\""))
+        });
+        poll_until(Duration::from_secs(10), "16 slow requests", || {
+            in_flight() >= 16
+        });
         std::fs::write(&file2, "[wireguard\nbroken = ").expect("write invalid");
         kill(pid, "-HUP");
     });
@@ -187,8 +202,11 @@ fn sighup_reloads_and_sigterm_drains_without_failing_requests() {
     );
 
     // SIGTERM with requests in flight: they finish, the broker exits 0.
+    let before = slow_seen();
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(400));
+        poll_until(Duration::from_secs(10), "4 more slow requests", || {
+            slow_seen() >= before + 4
+        });
         kill(pid, "-TERM");
     });
     let plan = (0..4).map(|_| vec![Request::get(&slow)]).collect();

@@ -7,7 +7,7 @@ use wgbroker::testkit::client::{self, Exchange, Request, RunOptions};
 use wgbroker::testkit::response::Response;
 use wgbroker::testkit::scm::{FNV_INIT, MockScm, fnv1a, pattern_byte};
 
-use crate::harness::{Tunnel, metric};
+use crate::harness::{Tunnel, admin_get, metric, poll_until};
 
 const TOKEN: &str = "ghp_testTOKEN0123456789abcdefABCDEF012345";
 
@@ -385,10 +385,11 @@ fn a_vendor_that_abandons_a_download_is_counted_apart_from_upstream_errors() {
     let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
     // The broker sees it on its next write; shards publish their counters about every 100 ms.
     let aborted = r#"wgbroker_outcomes_total{outcome="vendor_aborted"}"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(port, aborted) < Some(1.0) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        Duration::from_secs(10),
+        "the abandoned download counted",
+        || metric(port, aborted) >= Some(1.0),
+    );
     assert_eq!(metric(port, aborted), Some(1.0));
     assert_eq!(
         metric(port, r#"wgbroker_outcomes_total{outcome="upstream_error"}"#),
@@ -456,20 +457,11 @@ fn keep_alive_connection_carries_many_proxied_requests() {
     // The admin listener counts them (shards publish about every 100 ms).
     let status = t.broker.as_ref().expect("running").status().clone();
     let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let metrics = loop {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
-        if text.contains("wgbroker_proxy_latency_seconds_count 20")
-            || std::time::Instant::now() > deadline
-        {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let latency_count = "wgbroker_proxy_latency_seconds_count";
+    poll_until(Duration::from_secs(3), "20 latencies counted", || {
+        metric(port, latency_count) >= Some(20.0)
+    });
+    let (_, metrics) = admin_get(port, "/metrics");
     assert!(
         metrics.contains("wgbroker_outcomes_total{outcome=\"proxied\"} 20"),
         "{metrics}"
@@ -490,9 +482,14 @@ fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let a = scm.addr();
     let broker = t.broker.take().expect("running");
     let status = broker.status().clone();
-    // Drain starts while a 2 s upstream request is in flight.
+    // Drain starts while a 2 s upstream request is in flight: once the SCM has its head.
+    let seen = scm.seen_handle();
     let drainer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
+        poll_until(
+            Duration::from_secs(10),
+            "the slow request at the SCM",
+            || !seen.is_empty(),
+        );
         let started = std::time::Instant::now();
         let left = broker.drain(Duration::from_secs(10)).expect("clean stop");
         (left, started.elapsed())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wgbroker::testkit::client::{self, Request, RunOptions};
 
-use crate::harness::{Tunnel, admin_get};
+use crate::harness::{Tunnel, admin_get, metric, poll_until};
 
 fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
     let plan = (0..conns)
@@ -51,29 +51,14 @@ fn many_connections_get_healthcheck_answers() {
     healthchecks(&mut t, 200, 3);
     // The broker saw them all.
     let status = t.broker.as_ref().expect("running").status().clone();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status
-        .connections
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < 200
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        status
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 200
-    );
+    poll_until(Duration::from_secs(5), "200 connections counted", || {
+        status.connections.load(Ordering::Relaxed) >= 200
+    });
     // The tunnel core publishes its handshake count with its timer tick (every 100 ms); with
     // batched I/O the 600 requests above can finish before the first tick after the handshake.
-    while status.handshakes.load(std::sync::atomic::Ordering::Relaxed) < 1
-        && Instant::now() < deadline + Duration::from_secs(1)
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(status.handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    poll_until(Duration::from_secs(5), "the handshake counted", || {
+        status.handshakes.load(Ordering::Relaxed) >= 1
+    });
 }
 
 #[test]
@@ -275,20 +260,17 @@ fn admin_listener_serves_metrics_and_probes() {
     assert_ne!(port, 0);
     assert_eq!(admin_get(port, "/healthz"), (200, "ok\n".to_owned()));
     // The tunnel core publishes the handshake with its next timer tick (100 ms).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut ready = admin_get(port, "/readyz");
-    while ready.0 != 200 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        ready = admin_get(port, "/readyz");
-    }
-    assert_eq!(
-        ready.0, 200,
-        "handshake is fresh, no heartbeat configured: {ready:?}"
+    poll_until(
+        Duration::from_secs(3),
+        "/readyz 200: handshake fresh, no heartbeat configured",
+        || admin_get(port, "/readyz").0 == 200,
     );
     assert_eq!(admin_get(port, "/probes/readiness").0, 200);
     assert_eq!(admin_get(port, "/nope").0, 404);
-    // Let the shards publish their counters (about every 100 ms).
-    std::thread::sleep(Duration::from_millis(300));
+    // The shards publish their counters about every 100 ms: wait for the six healthchecks.
+    poll_until(Duration::from_secs(3), "six healthchecks counted", || {
+        metric(port, r#"wgbroker_outcomes_total{outcome="healthcheck"}"#) >= Some(6.0)
+    });
     let (code, text) = admin_get(port, "/metrics");
     assert_eq!(code, 200);
     // A Prometheus text parser reads it, typed: counters, gauges and the latency histogram.
@@ -363,17 +345,17 @@ fn readiness_follows_the_heartbeat() {
     );
     let status = t.broker.as_ref().expect("running").status().clone();
     let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = (0, String::new());
-    while Instant::now() < deadline {
-        last = admin_get(port, "/readyz");
-        if last.0 == 503 && last.1.contains("heartbeat") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(last.0, 503, "{last:?}");
-    assert!(last.1.contains("heartbeat failing"), "{last:?}");
+    poll_until(
+        Duration::from_secs(10),
+        "/readyz 503 naming the heartbeat",
+        || {
+            let (code, body) = admin_get(port, "/readyz");
+            code == 503 && body.contains("heartbeat")
+        },
+    );
+    let (code, body) = admin_get(port, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("heartbeat failing"), "{body}");
 }
 
 #[test]
@@ -400,8 +382,8 @@ fn readiness_flips_with_the_handshake() {
         .status()
         .admin_port
         .load(std::sync::atomic::Ordering::Relaxed);
-    // The gateway does not answer yet: no handshake, not ready.
-    std::thread::sleep(Duration::from_millis(300));
+    // The gateway is not pumped yet, so the broker's initiation goes unanswered however long
+    // we look: no handshake, not ready (no sleep needed to make that true).
     let (code, body) = admin_get(port, "/readyz");
     assert_eq!(code, 503);
     assert!(body.contains("no WireGuard handshake yet"), "{body}");
@@ -451,20 +433,19 @@ fn garbage_datagrams_are_dropped_and_the_tunnel_keeps_serving() {
     }
     // Every datagram is either dropped by the peer table or counted as oversize; wait for the
     // tunnel core to read them all (it publishes drops with its 100 ms timer tick).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let dropped = status.datagrams_dropped.load(Relaxed) - dropped_before;
-        let big = status.oversize.load(Relaxed);
-        if (dropped >= sent_garbage && big >= oversize.len() as u64) || Instant::now() > deadline {
-            assert_eq!(big, oversize.len() as u64, "oversize datagrams counted");
-            assert!(
-                dropped >= sent_garbage,
-                "{dropped} of {sent_garbage} garbage datagrams counted as dropped"
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(
+        Duration::from_secs(5),
+        "every garbage and oversize datagram counted",
+        || {
+            status.datagrams_dropped.load(Relaxed) - dropped_before >= sent_garbage
+                && status.oversize.load(Relaxed) >= oversize.len() as u64
+        },
+    );
+    assert_eq!(
+        status.oversize.load(Relaxed),
+        oversize.len() as u64,
+        "oversize datagrams counted exactly once"
+    );
     assert!(status.rx_batches.load(Relaxed) > 0);
     healthchecks(&mut t, 20, 3);
 }

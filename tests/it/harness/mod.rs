@@ -5,7 +5,7 @@ pub mod netns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wgbroker::config::{self, LoadMode, Loaded};
 use wgbroker::keys::PrivateKey;
@@ -133,4 +133,19 @@ pub fn metric(port: u16, sample: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Waits until `done` holds, checking every 10 ms, for at most `timeout`; panics naming `what`
+/// when it never does. For waiting on an effect that has no event of its own to wait for (a
+/// counter the broker publishes with its timer tick, a request reaching the mock SCM), in place
+/// of a sleep that guesses how long the effect takes.
+pub fn poll_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
