@@ -563,7 +563,7 @@ fn reload_swaps_the_allowlist_without_dropping_the_tunnel() {
     let new_text = t
         .config_text
         .replace(&old_rule, &format!("url = \"http://{a}/brand-new\""));
-    let new = crate::harness::load(&new_text);
+    let new = t.reload_config(&new_text);
     t.broker
         .as_ref()
         .expect("running")

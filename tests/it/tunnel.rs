@@ -377,7 +377,7 @@ fn readiness_flips_with_the_handshake() {
         gw.local_addr().expect("addr"),
         "",
     );
-    let broker = wgbroker::service::start(&crate::harness::load(&toml)).expect("start");
+    let broker = crate::harness::start_broker(&toml);
     let port = broker
         .status()
         .admin_port
@@ -448,4 +448,47 @@ fn garbage_datagrams_are_dropped_and_the_tunnel_keeps_serving() {
     );
     assert!(status.rx_batches.load(Relaxed) > 0);
     healthchecks(&mut t, 20, 3);
+}
+
+/// The CPUs each `wgbroker-core-<n>` executor thread of this process may run on, as the kernel
+/// lists them (`Cpus_allowed_list` of the thread).
+fn core_executor_cpus() -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("wgbroker-core") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            out.push(list.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// In-process test brokers are pinned (as brokers run by default), but not all to the same CPU:
+/// with every test's executor on CPU 0 the suite's brokers queued behind each other there while
+/// the other CPUs ran only test threads.
+#[test]
+fn test_brokers_are_pinned_but_spread_over_the_cpus() {
+    let cpus = wgbroker::runtime::placement::available_cpus();
+    let (a, b) = (Tunnel::start(""), Tunnel::start(""));
+    let pinned = core_executor_cpus();
+    assert!(pinned.len() >= 2, "two core executors running: {pinned:?}");
+    assert!(
+        pinned.iter().all(|l| !l.contains([',', '-'])),
+        "each pinned to one CPU: {pinned:?}"
+    );
+    if cpus.len() > 1 {
+        let distinct: std::collections::BTreeSet<_> = pinned.iter().collect();
+        assert!(distinct.len() > 1, "all on one CPU: {pinned:?}");
+    }
+    drop((a, b));
 }

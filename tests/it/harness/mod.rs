@@ -5,6 +5,7 @@ pub mod netns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wgbroker::config::{self, LoadMode, Loaded};
@@ -42,6 +43,32 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// Starts an in-process broker from `toml`, placed by [`spread`].
+pub fn start_broker(toml: &str) -> BrokerHandle {
+    let mut loaded = load(toml);
+    spread(&mut loaded);
+    service::start(&loaded).unwrap_or_else(|e| panic!("start: {e}"))
+}
+
+/// Gives a broker that names no CPUs the next CPU in turn for its tunnel core.
+///
+/// Executors stay pinned, as they are by default in production, so the tests exercise the
+/// placement brokers really run with; only the starting CPU rotates. Without this every
+/// in-process broker took the first available CPU (all on CPU 0 of a 2-core machine), the
+/// suite's brokers queued behind each other there and the other CPUs ran only test threads.
+/// `tunnel_cpu` rather than a narrowed `cpus` list keeps the layout (combined on one or two CPUs,
+/// tunnel core plus shards on more) what it would be. A broker whose config names `cpus` or
+/// `tunnel_cpu` is left as written.
+pub fn spread(loaded: &mut Loaded) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let rt = &mut loaded.config.runtime;
+    if rt.cpus.is_empty() && rt.tunnel_cpu.is_none() {
+        let cpus = wgbroker::runtime::placement::available_cpus();
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        rt.tunnel_cpu = cpus.get(i % cpus.len().max(1)).copied();
+    }
+}
+
 pub fn load(toml: &str) -> Loaded {
     config::load_str(
         &[(PathBuf::from("test.toml"), toml.to_owned())],
@@ -57,6 +84,8 @@ pub struct Tunnel {
     pub broker: Option<BrokerHandle>,
     /// The broker's configuration text (to derive a reloaded one from).
     pub config_text: String,
+    /// The `[runtime]` the broker started with, after [`spread`].
+    runtime: wgbroker::config::Runtime,
 }
 
 impl Tunnel {
@@ -83,7 +112,10 @@ impl Tunnel {
             gateway.local_addr().expect("addr"),
             extra,
         );
-        let broker = service::start(&load(&toml)).unwrap_or_else(|e| panic!("start: {e}"));
+        let mut loaded = load(&toml);
+        spread(&mut loaded);
+        let runtime = loaded.config.runtime.clone();
+        let broker = service::start(&loaded).unwrap_or_else(|e| panic!("start: {e}"));
         let config_text = toml;
         assert!(
             gateway.wait_handshake(Duration::from_secs(20)),
@@ -93,7 +125,16 @@ impl Tunnel {
             gateway,
             broker: Some(broker),
             config_text,
+            runtime,
         }
+    }
+
+    /// `toml` loaded as a configuration to reload this broker with: the `[runtime]` it was
+    /// started with (placed by [`spread`]) is kept, so the reload changes only what the text does.
+    pub fn reload_config(&self, toml: &str) -> Loaded {
+        let mut loaded = load(toml);
+        loaded.config.runtime = self.runtime.clone();
+        loaded
     }
 }
 
