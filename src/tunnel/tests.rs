@@ -1204,18 +1204,38 @@ fn ten_thousand_random_datagrams_never_panic_nor_authenticate() {
 }
 
 /// The real thing behind `re_resolution_after_repeated_failed_handshakes`: boringtun's own
-/// REKEY_TIMEOUT retransmission, surfaced by `tick`. It sleeps 5 s of wall clock (boringtun reads
-/// its own clock) and runs with every `cargo test`.
+/// REKEY_TIMEOUT retransmission (5 s plus up to 333 ms of jitter), surfaced by `tick`.
+///
+/// Deliberately slow (about 5 s of wall clock, with every `cargo test`): boringtun 0.7 reads its
+/// own clock in `update_timers` and offers no way to pass `now` in. Its only hook is the
+/// `mock-instant` cargo feature, which swaps that clock crate-wide; enabled as a dev-dependency
+/// feature it would also apply to the library the integration tests link, freezing boringtun's
+/// timers (handshake retries, keepalives) under every in-process broker. So the test waits for
+/// the real timer, ticking as the runtime does and stopping at the first retransmission rather
+/// than sleeping a fixed guess; the wait is the scenario, not an ordering.
 #[test]
 fn tick_surfaces_boringtun_retransmission() {
     let mut p = pair();
     p.net.nodes.truncate(1); // the gateway is unreachable
     assert_eq!(p.net.initiate_all(p.broker).len(), 1);
     p.net.now += TICK_INTERVAL;
-    assert!(p.net.tick(p.broker).is_empty());
-    std::thread::sleep(Duration::from_millis(5_300));
-    p.net.now += Duration::from_millis(5_300);
-    let sent = p.net.tick(p.broker);
+    assert!(
+        p.net.tick(p.broker).is_empty(),
+        "nothing sent one tick later"
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let sent = loop {
+        p.net.now += TICK_INTERVAL;
+        let sent = p.net.tick(p.broker);
+        if !sent.is_empty() {
+            break sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "boringtun never retransmitted the initiation"
+        );
+        std::thread::sleep(TICK_INTERVAL);
+    };
     assert_eq!(sent.len(), 1, "boringtun retransmitted the initiation");
     assert_eq!((sent[0].to, sent[0].bytes[0]), (sa(VENDOR), 1));
     let s = p
