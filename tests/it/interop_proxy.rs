@@ -4,6 +4,9 @@
 //! and HTTPS with a certificate from a test CA. Only the broker can reach the upstream; every
 //! check goes through the tunnel as `curl http://10.77.0.2/proxy/<url>`.
 //!
+//! Each test starts the same fixture ([`Env`]) and checks one thing, so a failure names what
+//! broke; the SIGTERM test replays the traffic whose traces it looks for in the broker's output.
+//!
 //! Needs root, `ip netns`, `wireguard-go`, `wireguard-tools`, `curl`, `python3` and `sha256sum`.
 
 use std::fs::File;
@@ -86,8 +89,9 @@ impl Reply {
     }
 }
 
-/// The two namespaces, the upstream, the broker and their files. Fields drop in order: the
-/// broker and the upstream are killed before the namespaces go.
+/// The fixture every test here starts: the two namespaces, the upstream, the broker and their
+/// files. Fields drop in order: the broker and the upstream are killed before the namespaces go,
+/// and the next test's fixture starts only after that.
 struct Env {
     broker: Guard,
     _upstream: Guard,
@@ -97,7 +101,14 @@ struct Env {
     upstream_err: PathBuf,
     broker_out: PathBuf,
     seq: AtomicU32,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Held by each [`Env`]: the tests here run one after the other. Each brings up wireguard-go, a
+/// Python upstream and a broker process; several at once on a small shared machine would make
+/// the timing checks (the 504 after `response_timeout`, the handshake within 15 s) measure the
+/// machine rather than the broker. A test that panicked poisons it harmlessly.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A test CA and a server certificate for `localhost` and `127.0.0.1` signed by it, as PEM
 /// files in `dir`: (CA, server certificate, server key).
@@ -200,6 +211,9 @@ format = "text"
 
 impl Env {
     fn start() -> Self {
+        let one_at_a_time = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut pair = Pair::new("iop");
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca_file, cert_file, key_file) = write_pki(dir.path());
@@ -242,8 +256,14 @@ impl Env {
         let vendor_key = PrivateKey::generate().expect("rng");
         let broker_key = PrivateKey::generate().expect("rng");
         // An interface name of our own: wireguard-go's control socket path is global, and the
-        // other interop test (or another test process) may be running `wg0` right now.
-        let wg_if = format!("wgp{}", std::process::id());
+        // other interop test (or another test process) may be running `wg0` right now; the
+        // sequence number keeps a fixture clear of the previous one's socket.
+        static IF_SEQ: AtomicU32 = AtomicU32::new(0);
+        let wg_if = format!(
+            "wgp{}x{}",
+            std::process::id(),
+            IF_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         pair.start_wireguard_go_on(
             &wg_if,
             &vendor_key.to_base64(),
@@ -352,6 +372,7 @@ impl Env {
             upstream_err,
             broker_out,
             seq: AtomicU32::new(0),
+            _one_at_a_time: one_at_a_time,
         }
     }
 
@@ -508,12 +529,12 @@ fn base64_cores(secret: &str) -> Vec<String> {
     cores
 }
 
-#[test]
-fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
-    let env = Env::start();
+/// The private upstream, then an allowed GET: 200, the private-link header, the token injected
+/// by the broker (curl sends none) and the vendor's tunnel address in X-Forwarded-For.
+fn allowed_get_carries_the_injected_token(env: &Env) {
     let base = format!("http://127.0.0.1:{HTTP_PORT}");
-
-    // 0. The upstream is private: the vendor's namespace cannot reach it directly.
+    let repo = format!("{base}/api/v3/repos/acme/app");
+    // The upstream is private: the vendor's namespace cannot reach it directly.
     for url in [
         format!("http://{}:{HTTP_PORT}/ready", env.pair.broker_ip),
         format!("{base}/ready"),
@@ -527,9 +548,8 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
     }
     let before = env.upstream_seen().len();
 
-    // 1. Allowed GET: 200, the private-link header, the token injected by the broker (curl sends
-    //    none) and the vendor's tunnel address in X-Forwarded-For.
-    let repo = format!("{base}/api/v3/repos/acme/app");
+    // Allowed GET: 200, the private-link header, the token injected by the broker (curl sends
+    // none) and the vendor's tunnel address in X-Forwarded-For.
     let r = env.proxy("GET", &repo, &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-semgrep-private-link"), Some("1"), "{}", r.head);
@@ -560,8 +580,13 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
         "{}",
         seen[seen.len() - 1]
     );
+}
 
-    // 2. Denied: 403 with the error header and JSON, and nothing reaches the upstream.
+/// Denied requests get 403, traversal and ambiguous paths 400; none reaches the upstream.
+fn denied_and_malformed_requests_stop_at_the_broker(env: &Env) {
+    let base = format!("http://127.0.0.1:{HTTP_PORT}");
+    let repo = format!("{base}/api/v3/repos/acme/app");
+    // Denied: 403 with the error header and JSON, and nothing reaches the upstream.
     let before = env.upstream_seen().len();
     for (method, target) in [
         ("DELETE", repo.clone()),
@@ -595,7 +620,7 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
         "denied requests reached the upstream: {leaked:#?}"
     );
 
-    // 3. Traversal and ambiguous paths: 400, never forwarded (curl --path-as-is sends them raw).
+    // Traversal and ambiguous paths: 400, never forwarded (curl --path-as-is sends them raw).
     for target in [
         format!("{base}/api/v3/repos/acme/../admin"),
         format!("{base}/api/v3/repos/acme/app/../../admin"),
@@ -628,8 +653,11 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
         leaked.is_empty(),
         "malformed requests reached the upstream: {leaked:#?}"
     );
+}
 
-    // 4. 10 MiB download, byte-exact (curl writes it to a file, which the helper reads).
+fn download_is_byte_exact(env: &Env) {
+    let base = format!("http://127.0.0.1:{HTTP_PORT}");
+    // 10 MiB download, byte-exact (curl writes it to a file, which the helper reads).
     let n: u64 = 10 << 20;
     let r = env.proxy("GET", &format!("{base}/download/{n}"), &[]);
     assert_eq!(r.status, 200, "{r:?}");
@@ -658,8 +686,11 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
         r.time_total,
         n as f64 / 1e6 / r.time_total.max(1e-9),
     );
+}
 
-    // 5. 5 MiB upload, chunked and with Content-Length: the upstream hashes what it received.
+fn uploads_arrive_intact(env: &Env) {
+    let base = format!("http://127.0.0.1:{HTTP_PORT}");
+    // 5 MiB upload, chunked and with Content-Length: the upstream hashes what it received.
     let upload = env.dir.path().join("upload.bin");
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let data: Vec<u8> = (0..(5usize << 20))
@@ -702,9 +733,11 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
             seen[before]
         );
     }
+}
 
-    // 6. TLS upstream, verified against the test CA from [upstream] ca_files; the rule's
-    //    header is injected.
+fn tls_upstream_is_verified_against_the_configured_ca(env: &Env) {
+    // TLS upstream, verified against the test CA from [upstream] ca_files; the rule's
+    // header is injected.
     let before = env.upstream_seen().len();
     let r = env.proxy(
         "GET",
@@ -728,9 +761,13 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
             seen[before]
         );
     }
+}
 
-    // 7. Dead upstream: 502. Slow upstream (response_timeout 2s): 504, in about 2 s (well
-    //    before the upstream's own answer at 5 s).
+fn dead_upstream_is_502_slow_upstream_is_504(env: &Env) {
+    let base = format!("http://127.0.0.1:{HTTP_PORT}");
+    let repo = format!("{base}/api/v3/repos/acme/app");
+    // Dead upstream: 502. Slow upstream (response_timeout 2s): 504, in about 2 s (well
+    // before the upstream's own answer at 5 s).
     let r = env.proxy("GET", &format!("http://127.0.0.1:{DEAD_PORT}/x"), &[]);
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("x-semgrep-private-link-error"), Some("1"));
@@ -746,9 +783,11 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
     // The broker keeps serving.
     let r = env.proxy("GET", &repo, &[]);
     assert_eq!(r.status, 200, "{r:?}");
+}
 
-    // 8. SIGTERM: exit status 0; the captured output never shows the token, plain or base64.
-    let mut env = env;
+/// SIGTERM after `env` served traffic (token injected, a 502 and a 504): exit status 0; the
+/// captured output never shows the token, plain or base64.
+fn sigterm_exits_0_and_the_output_never_shows_the_token(mut env: Env) {
     let started = Instant::now();
     sh(&["kill", "-TERM", &env.broker.id().to_string()]);
     let status = loop {
@@ -797,4 +836,43 @@ fn curl_through_wireguard_go_reaches_a_private_upstream_only_as_allowed() {
         output.lines().count(),
         env.upstream_seen().len()
     );
+}
+
+#[test]
+fn the_upstream_is_private_and_an_allowed_get_carries_the_injected_token() {
+    allowed_get_carries_the_injected_token(&Env::start());
+}
+
+#[test]
+fn denied_and_malformed_requests_never_reach_the_upstream() {
+    denied_and_malformed_requests_stop_at_the_broker(&Env::start());
+}
+
+#[test]
+fn a_10_mib_download_through_wireguard_go_is_byte_exact() {
+    download_is_byte_exact(&Env::start());
+}
+
+#[test]
+fn chunked_and_sized_uploads_arrive_intact() {
+    uploads_arrive_intact(&Env::start());
+}
+
+#[test]
+fn a_tls_upstream_is_verified_against_the_configured_ca() {
+    tls_upstream_is_verified_against_the_configured_ca(&Env::start());
+}
+
+#[test]
+fn dead_upstream_is_502_slow_upstream_is_504_and_the_broker_keeps_serving() {
+    dead_upstream_is_502_slow_upstream_is_504(&Env::start());
+}
+
+#[test]
+fn sigterm_after_traffic_exits_0_and_never_logs_the_token() {
+    let env = Env::start();
+    allowed_get_carries_the_injected_token(&env);
+    tls_upstream_is_verified_against_the_configured_ca(&env);
+    dead_upstream_is_502_slow_upstream_is_504(&env);
+    sigterm_exits_0_and_the_output_never_shows_the_token(env);
 }
