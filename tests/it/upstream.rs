@@ -20,6 +20,8 @@ use wgbroker::runtime::upstream::{Conn, ShardUpstreams};
 use wgbroker::upstream::proxy::{NoProxy, ProxyEndpoint, ProxySettings};
 use wgbroker::upstream::{Pooled, Target, UpstreamError, Upstreams, tls};
 
+use crate::harness::poll_until;
+
 /// Longest any single socket operation of a test server may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -176,10 +178,11 @@ impl Server {
     /// Connections accepted so far, after waiting (up to 2 s) for at least `n`: the accept
     /// thread polls, so a connection the client completed may not be counted yet.
     fn connections(&self, n: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.connections.load(Ordering::SeqCst) < n && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(
+            Duration::from_secs(2),
+            &format!("{n} connections accepted"),
+            || self.connections.load(Ordering::SeqCst) >= n,
+        );
         self.connections.load(Ordering::SeqCst)
     }
 }
