@@ -15,7 +15,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::ValueConstraint;
-use crate::http::{Method, is_token};
+use crate::http::{Method, is_token, trim_ows};
 use crate::percent::{self, byte_at};
 
 /// A rule's methods as a bitmask over method slots (see [`MethodTable`]).
@@ -390,25 +390,13 @@ fn header_holds(headers: &[httparse::Header<'_>], name: &str, value: &Value) -> 
     let mut seen = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case(name) {
-            if !value.holds(trim(h.value).iter().copied()) {
+            if !value.holds(trim_ows(h.value).iter().copied()) {
                 return false;
             }
             seen = true;
         }
     }
     seen
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    v.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -531,7 +519,7 @@ mod tests {
 
     #[test]
     fn header_trim() {
-        assert_eq!(trim(b"  a b \t"), b"a b");
-        assert_eq!(trim(b"   "), b"");
+        assert_eq!(trim_ows(b"  a b \t"), b"a b");
+        assert_eq!(trim_ows(b"   "), b"");
     }
 }
