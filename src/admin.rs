@@ -6,6 +6,19 @@
 //! executors publish at their own pace (per-shard values are merged here, at scrape time), so a
 //! scrape costs the data plane nothing. Requests are tiny and bounded; one connection at a time
 //! is enough for probes and a scraper.
+//!
+//! `/metrics` is written by a small hand-written renderer (`Exposition`: `# HELP`, `# TYPE`,
+//! samples), not by the `prometheus-client` crate, for three reasons:
+//! * that crate writes OpenMetrics, not Prometheus text 0.0.4: a counter family is named without
+//!   its `_total` (`# TYPE wgbroker_handshakes counter`, sample `wgbroker_handshakes_total`) and the
+//!   text ends with `# EOF`. Our `# TYPE` lines, which dashboards and `tests/it` read, would change;
+//! * its registry owns live metric objects, while ours are per-shard atomics in [`Status`] merged
+//!   at scrape time (the latency histogram from bucket counts); it would take a custom collector
+//!   per family, more code than the renderer;
+//! * the renderer is ~80 lines with fixed names and label values (nothing to escape).
+//!
+//! Counters go through `counter`/`Kind::Counter` (names end in `_total`), everything else is a
+//! gauge except the one histogram; a unit test parses the output and checks exactly that.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -14,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::server::{LATENCY_BUCKETS_MS, ServerStats};
 use crate::status::Status;
 
 /// A handshake older than this makes the broker not ready (WireGuard rekeys every 2 minutes, so a
@@ -35,212 +49,270 @@ pub fn readiness(status: &Status) -> Result<(), String> {
     Ok(())
 }
 
-/// The Prometheus text exposition of `status`.
+/// The Prometheus text exposition (format 0.0.4) of `status`.
 pub fn metrics(status: &Status) -> String {
-    let mut out = String::with_capacity(2048);
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-    gauge(
+    let mut m = Exposition::default();
+    tunnel_metrics(&mut m, status);
+    request_metrics(&mut m, status);
+    latency_histogram(&mut m, status);
+    socket_metrics(&mut m, status);
+    m.labelled(
+        "wgbroker_executor_beats_total",
+        "Progress ticks per executor (0 = tunnel core).",
+        Kind::Counter,
+        "executor",
+        status.beats().iter().enumerate(),
+    );
+    m.out
+}
+
+/// The WireGuard side: handshakes, datagrams, batches, heartbeats, readiness.
+fn tunnel_metrics(m: &mut Exposition, status: &Status) {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let age = status.handshake_age();
+    m.gauge(
         "wgbroker_handshake_age_seconds",
         "Seconds since the newest completed WireGuard handshake (-1: none yet).",
-        "gauge",
-        status
-            .handshake_age()
-            .map_or_else(|| "-1".to_owned(), |a| format!("{:.3}", a.as_secs_f64())),
+        age.map_or_else(|| "-1".to_owned(), |a| format!("{:.3}", a.as_secs_f64())),
     );
-    gauge(
-        "wgbroker_handshakes_total",
-        "Completed WireGuard handshakes.",
-        "counter",
-        r(&status.handshakes),
-    );
-    gauge(
-        "wgbroker_datagrams_dropped_total",
-        "UDP datagrams dropped by the peer table (garbage, replays, bad inner source, ...).",
-        "counter",
-        r(&status.datagrams_dropped),
-    );
-    gauge(
-        "wgbroker_datagrams_oversize_total",
-        "UDP datagrams larger than the tunnel MTU allows.",
-        "counter",
-        r(&status.oversize),
-    );
-    gauge(
-        "wgbroker_link_drops_total",
-        "Decrypted packets dropped because a shard's link was full.",
-        "counter",
-        r(&status.link_drops),
-    );
-    gauge(
-        "wgbroker_udp_rx_batches_total",
-        "recvmmsg calls that returned datagrams (datagrams per batch = received / batches).",
-        "counter",
-        r(&status.rx_batches),
-    );
-    gauge(
-        "wgbroker_udp_tx_batches_total",
-        "sendmmsg batches sent.",
-        "counter",
-        r(&status.tx_batches),
-    );
-    gauge(
-        "wgbroker_udp_send_errors_total",
-        "Datagrams the kernel refused to send (no route, refused, ...).",
-        "counter",
-        r(&status.send_errors),
-    );
-    gauge(
-        "wgbroker_connections_total",
-        "Tunnel TCP connections accepted.",
-        "counter",
-        r(&status.connections),
-    );
-    gauge(
-        "wgbroker_heartbeats_ok_total",
-        "Heartbeats that succeeded.",
-        "counter",
-        r(&status.heartbeats_ok),
-    );
-    gauge(
-        "wgbroker_heartbeats_failed_total",
-        "Heartbeats that failed.",
-        "counter",
-        r(&status.heartbeats_failed),
-    );
-    gauge(
+    for (name, help, value) in [
+        (
+            "wgbroker_handshakes_total",
+            "Completed WireGuard handshakes.",
+            &status.handshakes,
+        ),
+        (
+            "wgbroker_datagrams_dropped_total",
+            "UDP datagrams dropped by the peer table (garbage, replays, bad inner source, ...).",
+            &status.datagrams_dropped,
+        ),
+        (
+            "wgbroker_datagrams_oversize_total",
+            "UDP datagrams larger than the tunnel MTU allows.",
+            &status.oversize,
+        ),
+        (
+            "wgbroker_link_drops_total",
+            "Decrypted packets dropped because a shard's link was full.",
+            &status.link_drops,
+        ),
+        (
+            "wgbroker_udp_rx_batches_total",
+            "recvmmsg calls that returned datagrams (datagrams per batch = received / batches).",
+            &status.rx_batches,
+        ),
+        (
+            "wgbroker_udp_tx_batches_total",
+            "sendmmsg batches sent.",
+            &status.tx_batches,
+        ),
+        (
+            "wgbroker_udp_send_errors_total",
+            "Datagrams the kernel refused to send (no route, refused, ...).",
+            &status.send_errors,
+        ),
+        (
+            "wgbroker_connections_total",
+            "Tunnel TCP connections accepted.",
+            &status.connections,
+        ),
+        (
+            "wgbroker_heartbeats_ok_total",
+            "Heartbeats that succeeded.",
+            &status.heartbeats_ok,
+        ),
+        (
+            "wgbroker_heartbeats_failed_total",
+            "Heartbeats that failed.",
+            &status.heartbeats_failed,
+        ),
+    ] {
+        m.counter(name, help, r(value));
+    }
+    m.gauge(
         "wgbroker_ready",
         "1 when the tunnel handshake is fresh and the heartbeat passes.",
-        "gauge",
-        u8::from(readiness(status).is_ok()).to_string(),
+        u8::from(readiness(status).is_ok()),
     );
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_requests_total Requests answered inside the tunnel, per shard.\n# TYPE wgbroker_requests_total counter"
+}
+
+/// Requests inside the tunnel: per shard, by outcome, by status class, bytes.
+fn request_metrics(m: &mut Exposition, status: &Status) {
+    m.labelled(
+        "wgbroker_requests_total",
+        "Requests answered inside the tunnel, per shard.",
+        Kind::Counter,
+        "shard",
+        status.requests_per_shard().iter().enumerate(),
     );
-    for (shard, n) in status.requests_per_shard().iter().enumerate() {
-        let _ = writeln!(out, "wgbroker_requests_total{{shard=\"{shard}\"}} {n}");
-    }
     let stats = status.shard_stats();
-    let sum = |f: &dyn Fn(&crate::server::ServerStats) -> u64| stats.iter().map(f).sum::<u64>();
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_outcomes_total Requests inside the tunnel by outcome.\n# TYPE wgbroker_outcomes_total counter"
+    let sum = |f: &dyn Fn(&ServerStats) -> u64| stats.iter().map(f).sum::<u64>();
+    m.labelled(
+        "wgbroker_outcomes_total",
+        "Requests inside the tunnel by outcome.",
+        Kind::Counter,
+        "outcome",
+        [
+            ("proxied", sum(&|s| s.proxied)),
+            ("denied", sum(&|s| s.denied)),
+            ("malformed", sum(&|s| s.rejected)),
+            ("upstream_error", sum(&|s| s.upstream_errors)),
+            ("vendor_aborted", sum(&|s| s.vendor_aborted)),
+            ("healthcheck", sum(&|s| s.healthchecks)),
+            ("not_found", sum(&|s| s.not_found)),
+            ("timeout", sum(&|s| s.timeouts)),
+        ],
     );
-    for (label, v) in [
-        ("proxied", sum(&|s| s.proxied)),
-        ("denied", sum(&|s| s.denied)),
-        ("malformed", sum(&|s| s.rejected)),
-        ("upstream_error", sum(&|s| s.upstream_errors)),
-        ("vendor_aborted", sum(&|s| s.vendor_aborted)),
-        ("healthcheck", sum(&|s| s.healthchecks)),
-        ("not_found", sum(&|s| s.not_found)),
-        ("timeout", sum(&|s| s.timeouts)),
-    ] {
-        let _ = writeln!(out, "wgbroker_outcomes_total{{outcome=\"{label}\"}} {v}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_proxied_responses_total Proxied responses by status class.\n# TYPE wgbroker_proxied_responses_total counter"
+    m.labelled(
+        "wgbroker_proxied_responses_total",
+        "Proxied responses by status class.",
+        Kind::Counter,
+        "class",
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .enumerate()
+            .map(|(i, class)| (class, sum(&|s| s.proxied_by_class[i]))),
     );
-    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "wgbroker_proxied_responses_total{{class=\"{class}\"}} {}",
-            sum(&|s| s.proxied_by_class[i])
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_proxied_bytes_total Body bytes of proxied exchanges.\n# TYPE wgbroker_proxied_bytes_total counter"
+    m.labelled(
+        "wgbroker_proxied_bytes_total",
+        "Body bytes of proxied exchanges.",
+        Kind::Counter,
+        "direction",
+        [("in", sum(&|s| s.bytes_in)), ("out", sum(&|s| s.bytes_out))],
     );
-    let _ = writeln!(
-        out,
-        "wgbroker_proxied_bytes_total{{direction=\"in\"}} {}",
-        sum(&|s| s.bytes_in)
-    );
-    let _ = writeln!(
-        out,
-        "wgbroker_proxied_bytes_total{{direction=\"out\"}} {}",
-        sum(&|s| s.bytes_out)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_proxy_latency_seconds Time from a complete request head to the end of the proxied response.\n# TYPE wgbroker_proxy_latency_seconds histogram"
+}
+
+/// Proxy latency, merged from the shards' bucket counts at scrape time.
+fn latency_histogram(m: &mut Exposition, status: &Status) {
+    const NAME: &str = "wgbroker_proxy_latency_seconds";
+    let stats = status.shard_stats();
+    let sum = |f: &dyn Fn(&ServerStats) -> u64| stats.iter().map(f).sum::<u64>();
+    m.family(
+        NAME,
+        "Time from a complete request head to the end of the proxied response.",
+        Kind::Histogram,
     );
     let mut cumulative = 0u64;
-    for (i, bound) in crate::server::LATENCY_BUCKETS_MS.iter().enumerate() {
+    for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
         cumulative += sum(&|s| s.latency_buckets[i]);
-        let _ = writeln!(
-            out,
-            "wgbroker_proxy_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            bound / 1000.0
+        m.sample(
+            &format!("{NAME}_bucket"),
+            Some(("le", bound / 1000.0)),
+            cumulative,
         );
     }
-    cumulative += sum(&|s| s.latency_buckets[crate::server::LATENCY_BUCKETS_MS.len()]);
-    let _ = writeln!(
-        out,
-        "wgbroker_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let _ = writeln!(
-        out,
-        "wgbroker_proxy_latency_seconds_sum {}",
-        sum(&|s| s.latency_sum_us) as f64 / 1e6
-    );
-    let _ = writeln!(out, "wgbroker_proxy_latency_seconds_count {cumulative}");
+    cumulative += sum(&|s| s.latency_buckets[LATENCY_BUCKETS_MS.len()]);
+    m.sample(&format!("{NAME}_bucket"), Some(("le", "+Inf")), cumulative);
+    let seconds = sum(&|s| s.latency_sum_us) as f64 / 1e6;
+    m.sample(&format!("{NAME}_sum"), None::<(&str, u8)>, seconds);
+    m.sample(&format!("{NAME}_count"), None::<(&str, u8)>, cumulative);
+}
+
+/// What the tunnel TCP stacks and packet pools hold now (all gauges).
+fn socket_metrics(m: &mut Exposition, status: &Status) {
     let t = status.tunnel_tables();
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_tunnel_sockets Tunnel TCP sockets by role (connections include TIME-WAIT; spares are closed sockets kept for reuse while a stack is busy).\n# TYPE wgbroker_tunnel_sockets gauge"
+    m.labelled(
+        "wgbroker_tunnel_sockets",
+        "Tunnel TCP sockets by role (connections include TIME-WAIT; spares are closed sockets kept for reuse while a stack is busy).",
+        Kind::Gauge,
+        "role",
+        [
+            ("listener", t.listeners),
+            ("handshake", t.handshakes),
+            ("connection", t.connections),
+            ("time_wait", t.time_wait),
+            ("spare", t.spares),
+        ],
     );
-    for (role, n) in [
-        ("listener", t.listeners),
-        ("handshake", t.handshakes),
-        ("connection", t.connections),
-        ("time_wait", t.time_wait),
-        ("spare", t.spares),
-    ] {
-        let _ = writeln!(out, "wgbroker_tunnel_sockets{{role=\"{role}\"}} {n}");
-    }
-    let mut gauge = |name: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    };
-    gauge(
+    m.gauge(
         "wgbroker_tunnel_connections_open",
         "Tunnel connections being served.",
-        status.active_connections().to_string(),
+        status.active_connections(),
     );
-    gauge(
+    m.gauge(
         "wgbroker_tunnel_socket_slots",
         "Socket table slots of the tunnel TCP stacks, empty ones included (back to the fresh value once connections are gone).",
-        t.socket_slots.to_string(),
+        t.socket_slots,
     );
-    gauge(
+    m.gauge(
         "wgbroker_tunnel_table_capacity",
         "Entries the tunnel stacks' per-socket maps have room for (back to the fresh value once connections are gone).",
-        t.table_capacity.to_string(),
+        t.table_capacity,
     );
-    gauge(
+    m.gauge(
         "wgbroker_packet_buffers_idle",
         "Packet buffers on the shards' free lists (a burst's surplus is freed within a second or two).",
-        t.idle_buffers.to_string(),
+        t.idle_buffers,
     );
-    let _ = writeln!(
-        out,
-        "# HELP wgbroker_executor_beats_total Progress ticks per executor (0 = tunnel core).\n# TYPE wgbroker_executor_beats_total counter"
-    );
-    for (i, n) in status.beats().iter().enumerate() {
-        let _ = writeln!(out, "wgbroker_executor_beats_total{{executor=\"{i}\"}} {n}");
+}
+
+/// A metric family's type, as written on its `# TYPE` line.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
     }
-    out
+}
+
+/// A Prometheus text (0.0.4) writer: a family's `# HELP` and `# TYPE` lines, then its samples.
+/// Label values here are fixed words and numbers, so they need no escaping.
+#[derive(Debug, Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, help: &str, kind: Kind) {
+        let kind = kind.as_str();
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(
+        &mut self,
+        name: &str,
+        label: Option<(&str, impl std::fmt::Display)>,
+        value: impl std::fmt::Display,
+    ) {
+        let _ = match label {
+            Some((key, v)) => writeln!(self.out, "{name}{{{key}=\"{v}\"}} {value}"),
+            None => writeln!(self.out, "{name} {value}"),
+        };
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, help, Kind::Counter);
+        self.sample(name, None::<(&str, u8)>, value);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, help, Kind::Gauge);
+        self.sample(name, None::<(&str, u8)>, value);
+    }
+
+    /// One family with one label: a sample per `(label value, value)`.
+    fn labelled<L: std::fmt::Display, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        label: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, help, kind);
+        for (l, v) in samples {
+            self.sample(name, Some((label, l)), v);
+        }
+    }
 }
 
 fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &str) {
@@ -351,4 +423,135 @@ pub fn serve(
             }
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::TunnelTables;
+    use std::time::Instant;
+
+    /// A status with a distinct value in every counter the exposition reads.
+    fn busy_status() -> Status {
+        let status = Status::new(2);
+        status.handshakes.store(3, Ordering::Relaxed);
+        status.datagrams_dropped.store(5, Ordering::Relaxed);
+        status.oversize.store(7, Ordering::Relaxed);
+        status.link_drops.store(11, Ordering::Relaxed);
+        status.rx_batches.store(13, Ordering::Relaxed);
+        status.tx_batches.store(17, Ordering::Relaxed);
+        status.send_errors.store(19, Ordering::Relaxed);
+        status.connections.store(23, Ordering::Relaxed);
+        status.heartbeats_ok.store(29, Ordering::Relaxed);
+        status.heartbeats_failed.store(31, Ordering::Relaxed);
+        status.heartbeat_passing.store(true, Ordering::Relaxed);
+        status.set_last_handshake(Instant::now());
+        status.set_requests(0, 37);
+        status.set_requests(1, 41);
+        for shard in 0..2u64 {
+            let mut s = ServerStats {
+                proxied: 43 + shard,
+                denied: 47,
+                rejected: 53,
+                upstream_errors: 59,
+                vendor_aborted: 61,
+                healthchecks: 67,
+                not_found: 71,
+                timeouts: 73,
+                bytes_in: 79,
+                bytes_out: 83,
+                latency_sum_us: 1_500_000,
+                ..ServerStats::default()
+            };
+            s.proxied_by_class = [1, 2, 3, 4, 5];
+            for (i, b) in s.latency_buckets.iter_mut().enumerate() {
+                *b = i as u64 + shard;
+            }
+            status.set_shard_stats(shard as usize, &s);
+            status.set_active(shard as usize, 2);
+            let t = TunnelTables {
+                listeners: 1,
+                handshakes: 2,
+                connections: 3,
+                time_wait: 4,
+                spares: 5,
+                socket_slots: 6,
+                table_capacity: 7,
+                idle_buffers: 8,
+                ..TunnelTables::default()
+            };
+            status.set_shard_tables(shard as usize, t);
+        }
+        status.beat(0);
+        status.beat(2);
+        status
+    }
+
+    #[test]
+    fn counters_are_typed_counter_and_the_rest_gauge() {
+        use prometheus_parse::{Scrape, Value};
+        let text = metrics(&busy_status());
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+        assert!(scrape.samples.len() > 40, "{text}");
+        for s in &scrape.samples {
+            let family = ["_sum", "_count"]
+                .iter()
+                .find_map(|x| s.metric.strip_suffix(x))
+                .filter(|f| f.ends_with("_seconds"))
+                .unwrap_or(&s.metric);
+            assert!(scrape.docs.contains_key(family), "{} has no HELP", s.metric);
+            let ok = match &s.value {
+                Value::Counter(_) => s.metric.ends_with("_total"),
+                Value::Gauge(_) => !s.metric.ends_with("_total"),
+                Value::Histogram(_) => s.metric == "wgbroker_proxy_latency_seconds",
+                // prometheus-parse leaves a histogram's _sum and _count untyped.
+                Value::Untyped(_) => s.metric.starts_with("wgbroker_proxy_latency_seconds_"),
+                _ => false,
+            };
+            assert!(ok, "{} typed {:?}", s.metric, s.value);
+        }
+        let value = |metric: &str, label: Option<(&str, &str)>| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
+                })
+                .map(|s| match &s.value {
+                    Value::Counter(v) | Value::Gauge(v) => *v,
+                    other => panic!("{metric}: {other:?}"),
+                })
+        };
+        assert_eq!(value("wgbroker_handshakes_total", None), Some(3.0));
+        assert_eq!(value("wgbroker_ready", None), Some(1.0));
+        assert_eq!(
+            value("wgbroker_requests_total", Some(("shard", "1"))),
+            Some(41.0)
+        );
+        assert_eq!(
+            value("wgbroker_outcomes_total", Some(("outcome", "proxied"))),
+            Some(87.0)
+        );
+        assert_eq!(
+            value("wgbroker_proxied_responses_total", Some(("class", "5xx"))),
+            Some(10.0)
+        );
+        assert_eq!(
+            value("wgbroker_tunnel_sockets", Some(("role", "spare"))),
+            Some(10.0)
+        );
+        assert_eq!(value("wgbroker_tunnel_connections_open", None), Some(4.0));
+        assert_eq!(
+            value("wgbroker_executor_beats_total", Some(("executor", "2"))),
+            Some(1.0)
+        );
+        assert!(
+            text.contains("wgbroker_proxy_latency_seconds_bucket{le=\"+Inf\"} 169\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wgbroker_proxy_latency_seconds_sum 3\n"),
+            "{text}"
+        );
+    }
 }

@@ -368,12 +368,12 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// The `error` field of a broker error body (`server::ErrorBody`), else the body as it is.
 fn json_error(body: &str) -> String {
-    body.split("\"error\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or(body)
-        .to_owned()
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
 }
 
 fn rule_for(loaded: &config::Loaded, method: &str, url: &str) -> String {
@@ -383,5 +383,21 @@ fn rule_for(loaded: &config::Loaded, method: &str, url: &str) -> String {
             Decision::Denied(r) => format!("(explain says denied: {r})"),
         },
         Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_error_reads_the_error_field_of_a_broker_body() {
+        let body = r#"{"error":"upstream said \"no\"","request_id":"r-1"}"#;
+        assert_eq!(json_error(body), r#"upstream said "no""#);
+        assert_eq!(json_error("plain text"), "plain text");
+        assert_eq!(
+            json_error(r#"{"request_id":"r-1"}"#),
+            r#"{"request_id":"r-1"}"#
+        );
     }
 }

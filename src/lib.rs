@@ -26,6 +26,7 @@
 //! | core | [`server`] | one tunnel connection's exchanges: parse, decide, rewrite, proxy (`server::proxy`), drain |
 //! | core | [`upstream`] | where an allowed request goes: targets, TLS settings, CONNECT proxies, upstream errors |
 //! | core | [`telemetry`] | log output (text, JSON, journald) and the throttle for repeating lines |
+//! | core | [`percent`] | percent-decoding (`%XX`), strict or lenient, for the allowlist, the proxy and config |
 //! | core | [`units`] | sizes and durations as people write them, one meaning for config and tools |
 //! | seam | [`runtime`] | threads and I/O: executors and their start, the UDP socket, links, shards, tunnel core, upstream pools |
 //! | application | [`status`] | the counters and flags the executors publish and the control thread reads |
@@ -95,6 +96,7 @@ pub mod http;
 pub mod keys;
 pub mod netstack;
 pub mod packet;
+pub mod percent;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

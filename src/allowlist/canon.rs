@@ -21,6 +21,8 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
+use crate::percent::{self, byte_at, hex_val};
+
 /// The longest URL accepted, in bytes. Longer ones are refused rather than matched slowly.
 pub const MAX_URL_LEN: usize = 16 * 1024;
 
@@ -450,9 +452,10 @@ fn check_segment_meaning(seg: &[u8], has_pct: bool) -> Result<(), Malformed> {
     let mut buf = [0u8; 256];
     let heap: Vec<u8>;
     let decoded = if seg.len() <= buf.len() {
-        decode_into(seg, &mut buf)
+        let n = percent::decode_into(seg, &mut buf);
+        &buf[..n]
     } else {
-        heap = decode_to_vec(seg);
+        heap = percent::decode(seg);
         &heap
     };
     if std::str::from_utf8(decoded).is_err() {
@@ -473,7 +476,7 @@ fn check_segment_meaning(seg: &[u8], has_pct: bool) -> Result<(), Malformed> {
 
 /// A valid `%XX` escape at `i` that encodes neither a control byte nor a backslash.
 fn check_escape(bytes: &[u8], i: usize) -> Result<u8, Malformed> {
-    let v = pct_at(bytes, i).ok_or(Malformed("invalid percent-encoding"))?;
+    let v = byte_at(bytes, i).ok_or(Malformed("invalid percent-encoding"))?;
     if v < 0x20 || v == 0x7f {
         return Err(Malformed("encoded control character"));
     }
@@ -522,46 +525,9 @@ fn check_decoded_part(part: &[u8]) -> Result<(), Malformed> {
 fn has_delimiter_escape(decoded: &[u8]) -> bool {
     (0..decoded.len()).any(|i| {
         decoded[i] == b'%'
-            && pct_at(decoded, i)
+            && byte_at(decoded, i)
                 .is_some_and(|v| matches!(v, b'.' | b'/' | b'\\' | b'%' | b';' | 0..=0x1f | 0x7f))
     })
-}
-
-fn decode_into<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b [u8] {
-    let mut n = 0;
-    let mut i = 0;
-    while i < bytes.len() && n < buf.len() {
-        match pct_at(bytes, i) {
-            Some(v) => {
-                buf[n] = v;
-                i += 3;
-            }
-            None => {
-                buf[n] = bytes[i];
-                i += 1;
-            }
-        }
-        n += 1;
-    }
-    &buf[..n]
-}
-
-fn decode_to_vec(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match pct_at(bytes, i) {
-            Some(v) => {
-                out.push(v);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Query: printable ASCII, valid escapes, no encoded control byte.
@@ -569,32 +535,13 @@ fn check_query(q: &str) -> Result<(), Malformed> {
     let bytes = q.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'%' {
-            let v = pct_at(bytes, i).ok_or(Malformed("invalid percent-encoding in query"))?;
+            let v = byte_at(bytes, i).ok_or(Malformed("invalid percent-encoding in query"))?;
             if v < 0x20 || v == 0x7f {
                 return Err(Malformed("encoded control character in query"));
             }
         }
     }
     Ok(())
-}
-
-/// The byte encoded by a valid `%XX` escape starting at `i`.
-pub(crate) fn pct_at(bytes: &[u8], i: usize) -> Option<u8> {
-    if bytes.get(i) != Some(&b'%') {
-        return None;
-    }
-    let hi = hex_val(*bytes.get(i + 1)?)?;
-    let lo = hex_val(*bytes.get(i + 2)?)?;
-    Some(hi << 4 | lo)
-}
-
-pub(crate) fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// RFC 3986 `pchar` minus `%` (escapes are handled separately), as a lookup table.

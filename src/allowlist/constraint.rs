@@ -15,8 +15,8 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::ValueConstraint;
-use super::canon::pct_at;
-use crate::http::{Method, is_token};
+use crate::http::{Method, is_token, trim_ows};
+use crate::percent::{self, byte_at};
 
 /// A rule's methods as a bitmask over method slots (see [`MethodTable`]).
 pub(crate) type MethodMask = u64;
@@ -182,11 +182,11 @@ impl FileSet {
         }
         let mut buf = [0u8; STACK_DECODE];
         if raw.len() <= STACK_DECODE {
-            let n = decode(raw, &mut buf);
+            let n = percent::decode_into(raw, &mut buf);
             self.matches_decoded(&buf[..n])
         } else {
             let mut heap = vec![0u8; raw.len()];
-            let n = decode(raw, &mut heap);
+            let n = percent::decode_into(raw, &mut heap);
             self.matches_decoded(&heap[..n])
         }
     }
@@ -205,26 +205,6 @@ impl FileSet {
                 || kind & ANY_SUFFIX != 0
         })
     }
-}
-
-/// Percent-decodes `raw` into `out` (at least as long); invalid escapes are kept as they are.
-fn decode(raw: &[u8], out: &mut [u8]) -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while i < raw.len() && n < out.len() {
-        match pct_at(raw, i) {
-            Some(v) => {
-                out[n] = v;
-                i += 3;
-            }
-            None => {
-                out[n] = raw[i];
-                i += 1;
-            }
-        }
-        n += 1;
-    }
-    n
 }
 
 /// One glob of the supported subset → (literal, kind).
@@ -376,7 +356,7 @@ impl Iterator for FormDecode<'_> {
 
     fn next(&mut self) -> Option<u8> {
         let b = *self.bytes.get(self.i)?;
-        if let Some(v) = pct_at(self.bytes, self.i) {
+        if let Some(v) = byte_at(self.bytes, self.i) {
             self.i += 3;
             return Some(v);
         }
@@ -410,50 +390,13 @@ fn header_holds(headers: &[httparse::Header<'_>], name: &str, value: &Value) -> 
     let mut seen = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case(name) {
-            if !value.holds(trim(h.value).iter().copied()) {
+            if !value.holds(trim_ows(h.value).iter().copied()) {
                 return false;
             }
             seen = true;
         }
     }
     seen
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    v.get(start..end).unwrap_or_default()
-}
-
-/// Whether `name` is an HTTP header field name (RFC 9110 token).
-pub(crate) fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 #[cfg(test)]
@@ -576,7 +519,7 @@ mod tests {
 
     #[test]
     fn header_trim() {
-        assert_eq!(trim(b"  a b \t"), b"a b");
-        assert_eq!(trim(b"   "), b"");
+        assert_eq!(trim_ows(b"  a b \t"), b"a b");
+        assert_eq!(trim_ows(b"   "), b"");
     }
 }

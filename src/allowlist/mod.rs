@@ -36,6 +36,7 @@ use std::fmt;
 pub use canon::{Authority, CanonUrl, Malformed, RequestTarget, Scheme};
 pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint};
 
+use crate::http::is_token;
 use constraint::{ANY_SLOT, Constraints, Failed, FileSet, MethodMask, MethodTable, Value};
 use trie::{Trie, TrieBuilder};
 
@@ -394,7 +395,7 @@ fn compile_constraints(
     }
     let mut headers = Vec::new();
     for (name, v) in &spec.headers {
-        if !constraint::is_header_name(name) {
+        if !is_token(name) {
             err("headers", format!("{name:?} is not a header name"));
         }
         match Value::compile(v) {
@@ -410,7 +411,7 @@ fn compile_constraints(
 /// Header names must be tokens and set values must not smuggle a line break.
 fn check_headers(spec: &RuleSpec, err: &mut impl FnMut(&'static str, String)) {
     for (name, value) in &spec.set_request_headers {
-        if !constraint::is_header_name(name) {
+        if !is_token(name) {
             err(
                 "set_request_headers",
                 format!("{name:?} is not a header name"),
@@ -429,7 +430,7 @@ fn check_headers(spec: &RuleSpec, err: &mut impl FnMut(&'static str, String)) {
         }
     }
     for name in &spec.remove_response_headers {
-        if !constraint::is_header_name(name) {
+        if !is_token(name) {
             err(
                 "remove_response_headers",
                 format!("{name:?} is not a header name"),
@@ -480,5 +481,41 @@ impl fmt::Display for Explanation<'_> {
             writeln!(f, "  {}: {verdict}", m.rule)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn header_names_in_rules_must_be_tokens() {
+        let spec = |name: &str| RuleSpec {
+            url: "https://h.example/a".to_owned(),
+            methods: vec!["GET".to_owned()],
+            set_request_headers: vec![(name.to_owned(), Secret::new("v"))],
+            remove_response_headers: vec![name.to_owned()],
+            log: LogFlags::default(),
+            path_files: Vec::new(),
+            query: Vec::new(),
+            headers: vec![(name.to_owned(), ValueConstraint::Equals("v".to_owned()))],
+            origin: RuleOrigin::User { index: 0 },
+        };
+        assert!(Allowlist::compile(vec![spec("X-Token_1!#$%&'*+.^`|~")]).is_ok());
+        for bad in ["", "X Token", "X:Token", "X\"T", "Ä"] {
+            let errors = Allowlist::compile(vec![spec(bad)]).expect_err("rejected");
+            let fields: Vec<_> = errors.iter().map(|e| e.field).collect();
+            assert_eq!(
+                fields,
+                ["headers", "set_request_headers", "remove_response_headers"],
+                "{bad:?}"
+            );
+            assert!(
+                errors
+                    .iter()
+                    .all(|e| e.message.ends_with("is not a header name"))
+            );
+        }
     }
 }

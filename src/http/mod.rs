@@ -17,5 +17,6 @@ mod response;
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use request::{
     BodyFraming, HeadError, Limits, Method, RequestHead, is_token, parse_head, parse_method,
+    trim_ows,
 };
 pub use response::{ResponseHead, reason_phrase};

@@ -224,7 +224,8 @@ fn offset(base: &[u8], part: &[u8]) -> Range<u32> {
     (start as u32)..((start + part.len()) as u32)
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// `v` without leading and trailing optional whitespace (RFC 9110 OWS: SP and HTAB).
+pub fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))
@@ -248,7 +249,7 @@ fn line_endings_strict(head: &[u8], partial: bool) -> bool {
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = trim(v);
+    let v = trim_ows(v);
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -351,7 +352,7 @@ pub fn parse_head(
                 return Err(HeadError::Malformed("duplicate Transfer-Encoding"));
             }
             te_seen = true;
-            if trim(h.value).eq_ignore_ascii_case(b"chunked") {
+            if trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
                 chunked = true;
             } else {
                 return Err(HeadError::UnsupportedTransferCoding);
@@ -360,12 +361,12 @@ pub fn parse_head(
             hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
-                let t = trim(token);
+                let t = trim_ows(token);
                 conn_close |= t.eq_ignore_ascii_case(b"close");
                 conn_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+            if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
                 head.expect_continue = minor_version == 1;
             } else {
                 return Err(HeadError::ExpectationFailed);

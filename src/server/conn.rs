@@ -15,7 +15,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use super::buffered::Buffered;
 use super::proxy::{self, Request};
-use super::{HEALTHCHECK_BODY, REQUEST_ID_HEADER, ServerCtx, Timer, drain};
+use super::{ErrorBody, HEALTHCHECK_BODY, REQUEST_ID_HEADER, ServerCtx, Timer, drain};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead, parse_head};
 use crate::upstream::Upstreams;
 
@@ -297,8 +297,11 @@ where
             (200, Cow::Borrowed(HEALTHCHECK_BODY))
         } else {
             self.ctx.stats.borrow_mut().not_found += 1;
-            let body = format!("{{\"error\":\"not found\",\"request_id\":\"{}\"}}", self.id);
-            (404, Cow::Owned(body.into_bytes()))
+            let body = ErrorBody {
+                error: "not found",
+                request_id: &self.id,
+            };
+            (404, Cow::Owned(body.to_vec()))
         };
         let mut response = self
             .local_head

@@ -126,20 +126,22 @@ impl RequestIds {
     }
 }
 
-/// A JSON string literal for `s`.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// The JSON body of every error the broker answers itself (403, 404, 408, 502, ...):
+/// `{"error":"...","request_id":"..."}`. serde writes fields in declaration order, and clients
+/// (and the tests) read `error` first, so keep that order.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub request_id: &'a str,
+}
+
+impl ErrorBody<'_> {
+    /// The body as bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serialising two strings cannot fail (no maps with non-string keys, no I/O); the
+        // fallback keeps a well-formed body rather than a panic should serde ever say otherwise.
+        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
     }
-    out.push('"');
-    out
 }
 
 /// What the connection tasks of one shard share: settings, the id generator and counters.

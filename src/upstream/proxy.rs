@@ -79,8 +79,10 @@ impl ProxyEndpoint {
             None => None,
             Some(ui) => {
                 let (user, pass) = ui.split_once(':').unwrap_or((ui, ""));
-                let user = percent_decode(user).ok_or("invalid escape in proxy user")?;
-                let pass = percent_decode(pass).ok_or("invalid escape in proxy password")?;
+                let user = crate::percent::decode_strict(user.as_bytes())
+                    .ok_or("invalid escape in proxy user")?;
+                let pass = crate::percent::decode_strict(pass.as_bytes())
+                    .ok_or("invalid escape in proxy password")?;
                 let mut plain = user;
                 plain.push(b':');
                 plain.extend_from_slice(&pass);
@@ -253,25 +255,6 @@ fn valid_host(h: &str) -> bool {
         && h.len() <= 253
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
-}
-
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hi = (hex[0] as char).to_digit(16)?;
-            let lo = (hex[1] as char).to_digit(16)?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 /// The proxy decision for every target.

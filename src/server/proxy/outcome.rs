@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use super::ERROR_HEADER;
 use crate::http::ResponseHead;
-use crate::server::{REQUEST_ID_HEADER, json_string};
+use crate::server::{ErrorBody, REQUEST_ID_HEADER};
 use crate::upstream::UpstreamError;
 
 /// Which side of the exchange failed.
@@ -328,10 +328,11 @@ impl Outcome {
 
 /// An error response, JSON body, always with the error header; `close` adds `Connection: close`.
 pub fn error_response(status: u16, message: &str, request_id: &str, close: bool) -> Vec<u8> {
-    let body = format!(
-        "{{\"error\":{},\"request_id\":\"{request_id}\"}}",
-        json_string(message)
-    );
+    let body = ErrorBody {
+        error: message,
+        request_id,
+    }
+    .to_vec();
     let mut h = ResponseHead::default();
     h.start(status)
         .header("Content-Type", "application/json")
@@ -342,7 +343,7 @@ pub fn error_response(status: u16, message: &str, request_id: &str, close: bool)
         h.header("Connection", "close");
     }
     let mut out = h.finish().to_vec();
-    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(&body);
     out
 }
 
@@ -443,5 +444,24 @@ mod tests {
         assert!(r.contains("X-Request-Id: r-1\r\n"));
         assert!(!r.contains("Connection: close"));
         assert!(r.ends_with(r#"{"error":"url is not in allowlist","request_id":"r-1"}"#));
+    }
+
+    #[test]
+    fn error_bodies_escape_what_json_needs() {
+        let message = "upstream said \"no\" \\ twice\n";
+        let r = error_response(502, message, "r-2", true);
+        let at = r
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head end")
+            + 4;
+        let body: serde_json::Value = serde_json::from_slice(&r[at..]).expect("valid JSON");
+        assert_eq!(body["error"], message);
+        assert_eq!(body["request_id"], "r-2");
+        let text = std::str::from_utf8(&r[at..]).expect("utf-8");
+        assert!(
+            text.starts_with(r#"{"error":"upstream said \"no\" \\ twice\n","#),
+            "{text}"
+        );
     }
 }

@@ -147,7 +147,8 @@ pub fn upstream_head(
     }
     if let Some(userinfo) = &url.userinfo {
         if !overridden("authorization") {
-            let decoded = percent_decode(userinfo);
+            // Canonicalisation rejected invalid escapes in userinfo.
+            let decoded = crate::percent::decode(userinfo.as_bytes());
             let b64 = base64::engine::general_purpose::STANDARD.encode(decoded);
             let _ = write!(tail, "Authorization: Basic {b64}\r\n");
         }
@@ -175,27 +176,6 @@ pub fn upstream_head(
     tail.push_str("Connection: keep-alive\r\n\r\n");
     out_bytes.extend_from_slice(tail.as_bytes());
     out_bytes
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
