@@ -46,6 +46,52 @@ use crate::upstream::{Pooled, Target, UpstreamError, Upstreams, connect};
 /// Most addresses of one name tried in turn.
 const MAX_ADDRS: usize = 8;
 
+/// `AsyncRead` and `AsyncWrite` for an enum of two streams, each call forwarded to the variant
+/// held (the second variant boxed). [`Hop`] and [`Conn`] are both such a pair.
+macro_rules! either_io {
+    ($ty:ident, $a:ident, $b:ident) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::$a(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::$b(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::$a(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::$b(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::$a(s) => Pin::new(s).poll_flush(cx),
+                    $ty::$b(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                }
+            }
+
+            fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::$a(s) => Pin::new(s).poll_close(cx),
+                    $ty::$b(s) => Pin::new(s.as_mut()).poll_close(cx),
+                }
+            }
+        }
+    };
+}
+
 /// The byte stream to the target before any TLS of the target's own: the TCP connection (to the
 /// target, or the CONNECT tunnel of an `http://` proxy), or the CONNECT tunnel inside the TLS
 /// session with an `https://` proxy.
@@ -88,45 +134,7 @@ impl Hop {
     }
 }
 
-impl AsyncRead for Hop {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Hop::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Hop {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Hop::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Hop::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Hop::Tcp(s) => Pin::new(s).poll_close(cx),
-            Hop::ProxyTls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
+either_io!(Hop, Tcp, ProxyTls);
 
 /// A connection to an upstream: plain or TLS, over a [`Hop`].
 pub enum Conn {
@@ -200,45 +208,7 @@ impl Conn {
     }
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_close(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
+either_io!(Conn, Plain, Tls);
 
 /// A shard's upstream connector and idle-connection pool: the I/O around [`Pool`], whose
 /// decisions it follows.
