@@ -213,16 +213,44 @@ fn socket_metrics(m: &mut Exposition, status: &Status) {
     let t = status.tunnel_tables();
     m.labelled(
         "wgbroker_tunnel_sockets",
-        "Tunnel TCP sockets by role (connections include TIME-WAIT; spares are closed sockets kept for reuse while a stack is busy).",
+        "Tunnel TCP connections by role (connections include TIME-WAIT).",
         Kind::Gauge,
         "role",
         [
-            ("listener", t.listeners),
             ("handshake", t.handshakes),
             ("connection", t.connections),
             ("time_wait", t.time_wait),
-            ("spare", t.spares),
         ],
+    );
+    m.gauge(
+        "wgbroker_tunnel_tcp_buffer_bytes",
+        "Bytes the tunnel connections' send and receive buffers hold (they grow with the path and shrink when drained).",
+        t.buffer_bytes,
+    );
+    m.counter(
+        "wgbroker_tunnel_tcp_retransmits_total",
+        "Data segments the tunnel TCP sent again (finished connections).",
+        t.retransmits,
+    );
+    m.counter(
+        "wgbroker_tunnel_tcp_fast_retransmits_total",
+        "Retransmissions of segments found lost by SACK/RACK or duplicate ACKs, without a timeout (finished connections).",
+        t.fast_retransmits,
+    );
+    m.counter(
+        "wgbroker_tunnel_tcp_tail_loss_probes_total",
+        "Tail loss probes sent (finished connections).",
+        t.tail_loss_probes,
+    );
+    m.counter(
+        "wgbroker_tunnel_tcp_timeouts_total",
+        "Retransmission timeouts (finished connections).",
+        t.rtos,
+    );
+    m.counter(
+        "wgbroker_tunnel_syns_refused_total",
+        "Inbound SYNs refused: stack full, too many half-open handshakes, or draining.",
+        t.syns_refused,
     );
     m.gauge(
         "wgbroker_tunnel_connections_open",
@@ -231,12 +259,12 @@ fn socket_metrics(m: &mut Exposition, status: &Status) {
     );
     m.gauge(
         "wgbroker_tunnel_socket_slots",
-        "Socket table slots of the tunnel TCP stacks, empty ones included (back to the fresh value once connections are gone).",
+        "Connection slots of the tunnel TCP stacks, empty ones included (back to the fresh value once connections are gone).",
         t.socket_slots,
     );
     m.gauge(
         "wgbroker_tunnel_table_capacity",
-        "Entries the tunnel stacks' per-socket maps have room for (back to the fresh value once connections are gone).",
+        "Entries the tunnel stacks' connection maps and timer heaps have room for (back to the fresh value once connections are gone).",
         t.table_capacity,
     );
     m.gauge(
@@ -470,11 +498,11 @@ mod tests {
             status.set_shard_stats(shard as usize, &s);
             status.set_active(shard as usize, 2);
             let t = TunnelTables {
-                listeners: 1,
                 handshakes: 2,
                 connections: 3,
                 time_wait: 4,
-                spares: 5,
+                buffer_bytes: 5,
+                retransmits: 9,
                 socket_slots: 6,
                 table_capacity: 7,
                 idle_buffers: 8,
@@ -537,8 +565,12 @@ mod tests {
             Some(10.0)
         );
         assert_eq!(
-            value("wgbroker_tunnel_sockets", Some(("role", "spare"))),
-            Some(10.0)
+            value("wgbroker_tunnel_sockets", Some(("role", "time_wait"))),
+            Some(8.0)
+        );
+        assert_eq!(
+            value("wgbroker_tunnel_tcp_retransmits_total", None),
+            Some(18.0)
         );
         assert_eq!(value("wgbroker_tunnel_connections_open", None), Some(4.0));
         assert_eq!(

@@ -17,67 +17,79 @@ pub struct ReloadPayload {
 }
 use std::time::{Duration, Instant};
 
-/// What a shard's tunnel TCP termination holds: sockets by role, the size of its tables, idle
-/// packet buffers. Within a second or two of the last connection going every figure is back
-/// to its value on a fresh broker (nothing a burst made is kept), which `/metrics` shows.
+/// What a shard's tunnel TCP termination holds (connections by role, the size of its tables,
+/// buffer memory, idle packet buffers) and what its connections counted so far. Within a second
+/// or two of the last connection going every gauge is back to its value on a fresh broker
+/// (nothing a burst made is kept), which `/metrics` shows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelTables {
-    /// Pre-armed listening sockets.
-    pub listeners: usize,
     /// Handshakes in progress.
     pub handshakes: usize,
     /// Accepted and client connections, `TIME-WAIT` included.
     pub connections: usize,
     /// Of those, in `TIME-WAIT`.
     pub time_wait: usize,
-    /// Closed sockets kept for reuse.
-    pub spares: usize,
-    /// Listeners that served an earlier connection.
-    pub reused_listeners: usize,
-    /// smoltcp socket storage slots, empty ones included.
+    /// Connection slab slots, empty ones included.
     pub socket_slots: usize,
-    /// Entries the per-socket maps have room for.
+    /// Entries the connection maps and timer heaps have room for.
     pub table_capacity: usize,
+    /// Bytes the connections' send and receive buffers hold.
+    pub buffer_bytes: usize,
     /// Packet buffers on the shard's free list.
     pub idle_buffers: usize,
+    /// Counters of finished connections: retransmitted segments, of which found lost without a
+    /// timeout, tail loss probes, retransmission timeouts.
+    pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub tail_loss_probes: u64,
+    pub rtos: u64,
+    /// SYNs refused (stack full, backlog full, draining).
+    pub syns_refused: u64,
 }
 
 impl TunnelTables {
-    /// A shard's figures from its stacks and packet pool.
+    /// A shard's figures from its stacks, their counters and its packet pool.
     pub fn of(
         stacks: impl Iterator<Item = crate::netstack::StackStats>,
+        counters: &crate::netstack::Counters,
         idle_buffers: usize,
     ) -> Self {
-        stacks.fold(
-            Self {
-                idle_buffers,
+        let start = Self {
+            idle_buffers,
+            retransmits: counters.retransmits,
+            fast_retransmits: counters.fast_retransmits,
+            tail_loss_probes: counters.tail_loss_probes,
+            rtos: counters.rtos,
+            syns_refused: counters.syn_reset_full + counters.syn_backlog_full,
+            ..Self::default()
+        };
+        stacks.fold(start, |t, s| {
+            t.plus(&Self {
+                handshakes: s.handshakes,
+                connections: s.connections,
+                time_wait: s.time_wait,
+                socket_slots: s.slots,
+                table_capacity: s.table_capacity,
+                buffer_bytes: s.buffer_bytes,
                 ..Self::default()
-            },
-            |t, s| Self {
-                listeners: t.listeners + s.listeners,
-                handshakes: t.handshakes + s.handshakes,
-                connections: t.connections + s.connections,
-                time_wait: t.time_wait + s.time_wait,
-                spares: t.spares + s.spares,
-                reused_listeners: t.reused_listeners + s.reused_listeners,
-                socket_slots: t.socket_slots + s.storage,
-                table_capacity: t.table_capacity + s.table_capacity,
-                ..t
-            },
-        )
+            })
+        })
     }
 
     fn plus(&self, o: &Self) -> Self {
         Self {
-            listeners: self.listeners + o.listeners,
             handshakes: self.handshakes + o.handshakes,
             connections: self.connections + o.connections,
             time_wait: self.time_wait + o.time_wait,
-            spares: self.spares + o.spares,
-            reused_listeners: self.reused_listeners + o.reused_listeners,
             socket_slots: self.socket_slots + o.socket_slots,
             table_capacity: self.table_capacity + o.table_capacity,
+            buffer_bytes: self.buffer_bytes + o.buffer_bytes,
             idle_buffers: self.idle_buffers + o.idle_buffers,
+            retransmits: self.retransmits + o.retransmits,
+            fast_retransmits: self.fast_retransmits + o.fast_retransmits,
+            tail_loss_probes: self.tail_loss_probes + o.tail_loss_probes,
+            rtos: self.rtos + o.rtos,
+            syns_refused: self.syns_refused + o.syns_refused,
         }
     }
 }

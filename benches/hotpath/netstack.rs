@@ -80,7 +80,7 @@ impl Bed {
         let config = StackConfig {
             address: IpAddr::V4(BROKER_IP),
             mtu: MTU,
-            backlog: 4,
+            backlog: n + 8,
             max_sockets_per_stack: n + 8,
             stacks,
             // Small buffers: the scan cost does not depend on them, memory does.

@@ -87,6 +87,7 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub runtime: Runtime,
+    pub netstack: Netstack,
 }
 
 impl Config {
@@ -413,6 +414,38 @@ impl Default for Log {
     }
 }
 
+/// `[netstack]`: how the tunnel's TCP behaves on the path to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Netstack {
+    /// Congestion controller of every tunnel connection.
+    pub congestion: Congestion,
+    /// Most a connection's receive buffer (the upload window) may grow to, bytes.
+    pub rx_buffer_max: usize,
+    /// Most a connection's send buffer (the download window, bytes in flight) may grow to.
+    pub tx_buffer_max: usize,
+}
+
+impl Default for Netstack {
+    fn default() -> Self {
+        Self {
+            congestion: Congestion::Cubic,
+            // 1 Gbit/s over 32 ms; buffers grow to it only where the path needs it.
+            rx_buffer_max: 4 << 20,
+            tx_buffer_max: 4 << 20,
+        }
+    }
+}
+
+/// `[netstack] congestion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438) with HyStart++, Linux's default.
+    Cubic,
+    /// NewReno (RFC 5681, RFC 6582).
+    NewReno,
+}
+
 /// `[runtime]`: the performance tuning surface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Runtime {
@@ -442,8 +475,9 @@ pub struct Runtime {
     /// Send runs of same-size datagrams to one peer as one UDP GSO buffer when the kernel takes
     /// `UDP_SEGMENT`. Off: one datagram per `sendmmsg` entry.
     pub udp_gso: bool,
-    /// smoltcp per-connection buffers, bytes: the receive buffer is the upload window, the send
-    /// buffer the download window and the largest burst one connection sends into the tunnel.
+    /// Per-connection buffers a tunnel connection starts with, bytes: the receive buffer is the
+    /// first upload window, the send buffer the first download window. Both grow with the
+    /// measured bandwidth-delay product up to `[netstack]`'s caps.
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
     /// How long a tunnel connection may hold back a pure ACK, hoping to carry it on the reply;
@@ -452,9 +486,11 @@ pub struct Runtime {
     /// second piece to go out.
     #[serde(serialize_with = "dump::duration")]
     pub tcp_ack_delay: Duration,
-    /// smoltcp stacks per shard (flows are hashed across them); 0 = auto.
+    /// Connection tables per shard (flows are hashed across them; each bounds one poll's
+    /// work); 0 = auto.
     pub stacks_per_shard: usize,
-    /// Pre-armed listening sockets per stack (the emulated backlog; re-armed before every SYN).
+    /// Half-open handshakes (`SYN-RECEIVED`) per table; further SYNs are dropped and the
+    /// vendor retransmits them (a bound against SYN floods, like Linux's SYN queue).
     pub listen_backlog: usize,
     /// Open tunnel connections across the broker; beyond it new SYNs are refused.
     pub max_connections: usize,
@@ -479,18 +515,16 @@ impl Default for Runtime {
             udp_send_buffer: 4 << 20,
             udp_gso: true,
             tcp_rx_buffer: 64 << 10,
-            // The download window: against a current gateway 256 KiB moved 1.3x the data of
-            // 64 KiB (perf/compare.sh, wireguard-go 0.0.20231211), but it is also the burst one
-            // connection sends into the tunnel, which a gateway with a small UDP receive buffer
-            // (e.g. wireguard-go before 0.0.20230223: 208 KiB) drops; smoltcp then waits out
-            // its 1 s RTO.
+            // The first download window; it grows with the congestion window (twice cwnd,
+            // Linux's rule) up to `[netstack] tx_buffer_max`, and what it sends is paced by
+            // congestion control, not by this size.
             tcp_tx_buffer: 256 << 10,
             // At 1 ms, a third of proxied requests under load also cost a pure-ACK datagram.
             tcp_ack_delay: Duration::from_millis(5),
             stacks_per_shard: 0,
-            // Their buffers are allocated but only touched by data (THP is off), so idle memory
-            // stays small.
-            listen_backlog: 4,
+            // A burst of 10,000 connections spreads over the tables (about 160 per table at
+            // the default layout); half-open ones cost a few hundred bytes each.
+            listen_backlog: 256,
             max_connections: 16384,
             channel_capacity: 1024,
         }

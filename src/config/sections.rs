@@ -122,6 +122,7 @@ pub(super) fn validate(
     let admin = admin(root.table(&mut ctx, "admin"), &mut ctx);
     let log = log(root.table(&mut ctx, "log"), &mut ctx);
     let runtime = runtime(root.table(&mut ctx, "runtime"), &mut ctx);
+    let netstack = netstack(root.table(&mut ctx, "netstack"), &mut ctx);
     root.finish(&mut ctx);
 
     // Compile the allowlist even when other sections failed, so its errors are reported too.
@@ -170,6 +171,7 @@ pub(super) fn validate(
                 admin,
                 log,
                 runtime,
+                netstack,
             },
             allowlist,
             warnings: ctx.warnings,
@@ -667,6 +669,39 @@ fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
         level,
         body_limit,
     }
+}
+
+fn netstack(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Netstack {
+    let empty = toml::Table::new();
+    let mut s = s.unwrap_or_else(|| Section::new("netstack", &empty));
+    let d = Netstack::default();
+    let congestion = match s.opt::<String>(ctx, "congestion").as_deref() {
+        None => d.congestion,
+        Some("cubic") => Congestion::Cubic,
+        Some("newreno") => Congestion::NewReno,
+        Some(other) => {
+            ctx.error(
+                &s.key("congestion"),
+                format!("unknown congestion controller {other:?} (expected cubic or newreno)"),
+            );
+            d.congestion
+        }
+    };
+    let n = Netstack {
+        congestion,
+        rx_buffer_max: s.or(ctx, "rx_buffer_max", Bytes(d.rx_buffer_max)).0,
+        tx_buffer_max: s.or(ctx, "tx_buffer_max", Bytes(d.tx_buffer_max)).0,
+    };
+    for (key, v) in [
+        ("rx_buffer_max", n.rx_buffer_max),
+        ("tx_buffer_max", n.tx_buffer_max),
+    ] {
+        if !(2048..=(1 << 30)).contains(&v) {
+            ctx.error(&s.key(key), "must be between 2KiB and 1GiB");
+        }
+    }
+    s.finish(ctx);
+    n
 }
 
 fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {

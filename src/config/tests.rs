@@ -175,6 +175,9 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("runtime.listen_backlog", s("8")),
         ("runtime.max_connections", s("100")),
         ("runtime.channel_capacity", s("512")),
+        ("netstack.congestion", s(r#""newreno""#)),
+        ("netstack.rx_buffer_max", s(r#""8MiB""#)),
+        ("netstack.tx_buffer_max", s(r#""2MiB""#)),
     ]
 }
 

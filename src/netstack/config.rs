@@ -11,6 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use super::tcp::{self, Algorithm};
+
 /// Configuration of one shard's [`StackSet`](super::StackSet).
 ///
 /// Build it with struct-update syntax over [`StackConfig::default`]; every field documents its
@@ -42,12 +44,20 @@ pub struct StackConfig {
     /// value trades idle memory (an armed listener holds its buffers) against socket allocation
     /// on the SYN path. Default 16.
     pub backlog: usize,
-    /// Receive buffer per connection, bytes. Above 64 KiB smoltcp advertises window scaling
-    /// (shift = bits above 16), which large uploads need. Default 64 KiB. At most 1 GiB.
+    /// Receive buffer a connection starts with, bytes (its first advertised window); it grows
+    /// with what the application reads per round trip up to `rx_buffer_max`. Default 64 KiB.
     pub rx_buffer: usize,
-    /// Send buffer per connection, bytes; bounds the bytes in flight per connection. Default
-    /// 128 KiB.
+    /// Most a connection's receive buffer may grow to, bytes: the largest upload window. Also
+    /// fixes the window-scale shift. Default 4 MiB (1 Gbit/s over 32 ms). At most 1 GiB.
+    pub rx_buffer_max: usize,
+    /// Send buffer a connection starts with, bytes; it grows to twice the congestion window up
+    /// to `tx_buffer_max`. Default 128 KiB.
     pub tx_buffer: usize,
+    /// Most a connection's send buffer may grow to, bytes: bounds the bytes in flight per
+    /// connection (the download window). Default 4 MiB.
+    pub tx_buffer_max: usize,
+    /// Congestion controller of every connection. Default CUBIC.
+    pub congestion: Algorithm,
     /// Sockets (listeners, handshakes, connections, `TIME-WAIT`) one stack may hold. smoltcp
     /// scans all of them per packet, so keep it in the hundreds. Default 256.
     pub max_sockets_per_stack: usize,
@@ -89,7 +99,10 @@ impl Default for StackConfig {
             listen_port: 80,
             backlog: 16,
             rx_buffer: 64 << 10,
+            rx_buffer_max: 4 << 20,
             tx_buffer: 128 << 10,
+            tx_buffer_max: 4 << 20,
+            congestion: Algorithm::Cubic,
             max_sockets_per_stack: 256,
             stacks: 4,
             shard_index: 0,
@@ -152,7 +165,12 @@ impl StackConfig {
                 "must be at least the backlog",
             ));
         }
-        for (field, v) in [("rx_buffer", self.rx_buffer), ("tx_buffer", self.tx_buffer)] {
+        for (field, v) in [
+            ("rx_buffer", self.rx_buffer),
+            ("tx_buffer", self.tx_buffer),
+            ("rx_buffer_max", self.rx_buffer_max),
+            ("tx_buffer_max", self.tx_buffer_max),
+        ] {
             if !(2048..=(1 << 30)).contains(&v) {
                 return Err(invalid(field, "must be between 2 KiB and 1 GiB"));
             }
@@ -192,7 +210,26 @@ impl StackConfig {
         if self.tx_queue == 0 {
             return Err(invalid("tx_queue", "must be at least 1"));
         }
-        Ok(())
+        self.tcp_config()
+            .validate()
+            .map_err(|e| invalid(e.field, e.reason))
+    }
+
+    /// The settings every connection of the set is made with. A `*_max` below its starting
+    /// size is raised to it (a buffer never starts above its cap).
+    pub fn tcp_config(&self) -> tcp::Config {
+        tcp::Config {
+            mtu: self.mtu,
+            rx_buffer: self.rx_buffer,
+            rx_buffer_max: self.rx_buffer_max.max(self.rx_buffer),
+            tx_buffer: self.tx_buffer,
+            tx_buffer_max: self.tx_buffer_max.max(self.tx_buffer),
+            congestion: self.congestion,
+            ack_delay: self.ack_delay,
+            keep_alive: self.keep_alive,
+            idle_timeout: self.timeout,
+            ..tcp::Config::default()
+        }
     }
 
     /// The MSS smoltcp will announce: the MTU minus the IP and TCP headers.

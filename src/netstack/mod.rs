@@ -56,7 +56,6 @@
 //! carries every connection.
 
 mod config;
-mod device;
 mod set;
 mod stack;
 pub mod tcp;
@@ -66,8 +65,8 @@ mod tests;
 
 pub use config::{ConfigError, DEFAULT_MTU, StackConfig};
 pub use set::{DropReason, StackSet};
-pub use smoltcp::socket::tcp::State;
 pub use stack::{ConnId, StackStats};
+pub use tcp::State;
 
 use std::fmt;
 
@@ -120,31 +119,62 @@ pub struct Counters {
     pub drop_wrong_address: u64,
     /// Dropped: neither the listen port nor the tuple of one of our client connections.
     pub drop_no_socket: u64,
+    /// Dropped: a TCP header, option or checksum that does not parse.
+    pub drop_bad_segment: u64,
     /// Dropped: the flow hashes to another shard (the tunnel core misrouted it).
     pub drop_wrong_shard: u64,
     /// Dropped: the stack's ingress queue was full.
     pub drop_rx_queue_full: u64,
-    /// Dropped: a repeated SYN for a connection that is already being set up or open.
+    /// A repeated SYN for a connection that is already being set up or open: handed to that
+    /// connection (which answers it), never a second connection.
     pub drop_duplicate_syn: u64,
-    /// Egress packets lost because the pool's buffers are smaller than the MTU (misconfiguration).
+    /// Egress attempts into a pool buffer smaller than the MTU (misconfiguration: segments that
+    /// do not fit are held back).
     pub drop_tx_buffer_small: u64,
-    /// Times smoltcp found the egress queue full and kept its data for the next poll.
+    /// Times a connection found the egress queue full and kept its data for the next poll.
     pub tx_queue_full: u64,
     /// Connections that completed the handshake and were queued for [`StackSet::accept`].
     pub accepted: u64,
-    /// SYNs that found no listener because the stack was full; smoltcp answers each with RST
-    /// (counted when handed over, so a SYN smoltcp then discards for a bad checksum counts too).
+    /// SYNs answered with RST because the stack held `max_sockets_per_stack` connections or
+    /// the shard stopped accepting (drain).
     pub syn_reset_full: u64,
+    /// SYNs dropped because the stack already held `backlog` half-open handshakes (the peer
+    /// retransmits its SYN).
+    pub syn_backlog_full: u64,
+    /// Segments for no connection (answered with RST unless they were resets themselves).
+    pub stray_segments: u64,
     /// Client connections opened with [`StackSet::connect`].
     pub connects: u64,
-    /// Sockets reaped after reaching `Closed` (reused as listeners or removed).
+    /// Connections reaped after they finished.
     pub reaped: u64,
-    /// Sockets that entered `TIME-WAIT` (each holds its socket for 10 s).
+    /// Connections that entered `TIME-WAIT` (each holds its slot for 10 s).
     pub time_wait: u64,
-    /// `TIME-WAIT` sockets recycled early because a new SYN arrived on their tuple.
+    /// `TIME-WAIT` connections recycled early because a new SYN arrived on their tuple.
     pub time_wait_recycled: u64,
     /// Stack polls run (a stack with nothing to do is skipped).
     pub stack_polls: u64,
+    /// Of reaped connections: data segments sent again (any cause).
+    pub retransmits: u64,
+    /// Of reaped connections: retransmissions of segments found lost by SACK/RACK or
+    /// duplicate ACKs (no timeout waited for).
+    pub fast_retransmits: u64,
+    /// Of reaped connections: tail loss probes sent.
+    pub tail_loss_probes: u64,
+    /// Of reaped connections: retransmission timeouts.
+    pub rtos: u64,
+    /// Of reaped connections: fast recovery episodes.
+    pub recoveries: u64,
+}
+
+impl Counters {
+    /// Adds what a finished connection counted.
+    pub(crate) fn add_connection(&mut self, s: &tcp::Stats) {
+        self.retransmits += s.retransmits;
+        self.fast_retransmits += s.fast_retransmits;
+        self.tail_loss_probes += s.tail_loss_probes;
+        self.rtos += s.rtos;
+        self.recoveries += s.recoveries;
+    }
 }
 
 impl fmt::Display for Counters {
@@ -152,8 +182,9 @@ impl fmt::Display for Counters {
         write!(
             f,
             "in={} out={} accepted={} connects={} reaped={} time_wait={} syn_reset_full={} \
-             drops(malformed={} fragment={} not_tcp={} address={} no_socket={} shard={} \
-             rx_full={} dup_syn={} tx_small={}) tx_queue_full={} polls={}",
+             syn_backlog_full={} stray={} drops(malformed={} fragment={} not_tcp={} address={} \
+             no_socket={} bad_segment={} shard={} rx_full={} dup_syn={} tx_small={}) \
+             tx_queue_full={} polls={} retransmits={} fast={} tlp={} rto={} recoveries={}",
             self.packets_in,
             self.packets_out,
             self.accepted,
@@ -161,17 +192,25 @@ impl fmt::Display for Counters {
             self.reaped,
             self.time_wait,
             self.syn_reset_full,
+            self.syn_backlog_full,
+            self.stray_segments,
             self.drop_malformed,
             self.drop_fragment,
             self.drop_not_tcp,
             self.drop_wrong_address,
             self.drop_no_socket,
+            self.drop_bad_segment,
             self.drop_wrong_shard,
             self.drop_rx_queue_full,
             self.drop_duplicate_syn,
             self.drop_tx_buffer_small,
             self.tx_queue_full,
             self.stack_polls,
+            self.retransmits,
+            self.fast_retransmits,
+            self.tail_loss_probes,
+            self.rtos,
+            self.recoveries,
         )
     }
 }

@@ -17,13 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use smoltcp::phy::DeviceCapabilities;
-use smoltcp::socket::tcp::{self, RecvError, State};
-use smoltcp::time::Instant as SmolInstant;
-
 use super::config::{ConfigError, StackConfig};
-use super::device::{self, Port};
-use super::stack::{ConnId, Ingress, Stack, StackStats, Tuple};
+use super::stack::{ConnId, Ingress, Io, Stack, StackOptions, StackStats, Tuple, mix};
+use super::tcp::{self, Conn, State};
 use super::{ConnError, ConnectError, Counters};
 use crate::packet::{BufPool, Flow, FlowError, PacketBuf, shard_of};
 
@@ -63,8 +59,9 @@ pub struct StackSet {
     shards: usize,
     rx_queue: usize,
     tx_limit: usize,
-    caps: DeviceCapabilities,
-    epoch: Instant,
+    /// The latest `now` a poll was given: the time of application calls (receive autotuning,
+    /// a client connection's start).
+    now: Instant,
     stacks: Vec<Stack>,
     tx: VecDeque<PacketBuf>,
     spent: Vec<PacketBuf>,
@@ -89,34 +86,37 @@ impl fmt::Debug for StackSet {
     }
 }
 
-/// splitmix64: spreads one seed over the stacks' interfaces (ISNs) and the port cursor.
-fn mix(seed: u64, i: u64) -> u64 {
-    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn recv_error(e: RecvError) -> ConnError {
+/// What a connection's error means to the caller.
+fn conn_error(e: tcp::Error) -> ConnError {
     match e {
-        RecvError::Finished => ConnError::Finished,
-        _ => ConnError::InvalidState,
+        tcp::Error::Finished => ConnError::Finished,
+        tcp::Error::InvalidState => ConnError::InvalidState,
+        // Reset, refused, timed out or aborted: the connection is gone (it is reaped on the
+        // next poll).
+        _ => ConnError::Gone,
     }
 }
 
 impl StackSet {
-    /// Builds the shard's stacks with their listeners armed.
+    /// Builds the shard's (empty) stacks.
     ///
-    /// `epoch` is the instant every later `now` is measured from (any instant at or before the
-    /// first `poll`). `seed` seeds smoltcp's initial sequence numbers and the ephemeral port
+    /// `epoch` is any instant at or before the first `poll` (the clock origin of initial
+    /// sequence numbers). `seed` keys the initial sequence numbers and the ephemeral port
     /// cursor: pass fresh randomness (e.g. from `getrandom`), different per shard.
     pub fn new(config: &StackConfig, epoch: Instant, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
-        let caps = device::capabilities(config.mtu);
+        let opts = StackOptions {
+            address: config.address,
+            listen_port: config.listen_port,
+            backlog: config.backlog,
+            max_sockets: config.max_sockets_per_stack,
+            tcp: config.tcp_config(),
+            epoch,
+        };
         let stacks = (0..config.stacks)
             .map(|i| {
                 let index = u16::try_from(i).unwrap_or(u16::MAX);
-                Stack::new(index, config, &caps, mix(seed, i as u64))
+                Stack::new(index, opts.clone(), mix(seed, i as u64))
             })
             .collect();
         let cursor = mix(seed, u64::MAX) % u64::from(EPHEMERAL_COUNT);
@@ -127,8 +127,7 @@ impl StackSet {
             shards: config.shards,
             rx_queue: config.rx_queue,
             tx_limit: config.tx_queue,
-            caps,
-            epoch,
+            now: epoch,
             stacks,
             tx: VecDeque::new(),
             spent: Vec::new(),
@@ -139,17 +138,12 @@ impl StackSet {
         })
     }
 
-    fn stamp(&self, now: Instant) -> SmolInstant {
-        let micros = now.saturating_duration_since(self.epoch).as_micros();
-        SmolInstant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
-    }
-
     /// Hands an inbound IP packet (decrypted, flow-hashed to this shard) to its stack. On `Err`
     /// the packet was dropped and counted, and its buffer is already on the spent list.
     pub fn ingest(&mut self, buf: PacketBuf) -> Result<(), DropReason> {
         match self.classify(&buf) {
             Ok((stack, tuple)) => {
-                let syn = device::is_opening_syn(buf.as_slice());
+                let syn = is_opening_syn(buf.as_slice());
                 self.stacks[stack].rx.push_back(Ingress { buf, tuple, syn });
                 self.counters.packets_in += 1;
                 Ok(())
@@ -201,46 +195,42 @@ impl StackSet {
         Ok((stack, tuple))
     }
 
-    /// Runs every stack that has work at `now`: feeds its queued packets, lets its sockets
-    /// transmit into buffers taken from `pool` (the shard's pool; its buffers must hold `mtu`
-    /// bytes), re-arms listeners, queues completed handshakes for [`StackSet::accept`] and reaps
-    /// closed sockets. Returns whether any socket may have changed state (wake connection
-    /// tasks; smoltcp also wakes registered wakers itself).
+    /// Runs every stack that has work at `now`: feeds its queued packets to their connections
+    /// (opening new ones for SYNs), runs due timers, lets touched connections transmit into
+    /// buffers taken from `pool` (the shard's pool; its buffers must hold `mtu` bytes), queues
+    /// completed handshakes for [`StackSet::accept`] and reaps finished connections. Returns
+    /// whether any connection was processed (connection tasks are woken by the set itself).
     ///
-    /// Drain [`StackSet::drain_tx`] before the next poll: a full egress queue makes smoltcp hold
-    /// its data, and `poll_delay` then stays at zero.
+    /// Drain [`StackSet::drain_tx`] before the next poll: a full egress queue makes connections
+    /// hold their data, and `poll_delay` then stays at zero.
     pub fn poll(&mut self, now: Instant, pool: &mut BufPool) -> bool {
-        let now = self.stamp(now);
+        self.now = self.now.max(now);
+        let now = self.now;
         let mut changed = false;
         for stack in &mut self.stacks {
             if !stack.wants_poll(now) {
                 continue;
             }
-            let mut port = Port {
-                next: None,
+            let mut io = Io {
                 spent: &mut self.spent,
                 tx: &mut self.tx,
                 pool: &mut *pool,
                 counters: &mut self.counters,
-                caps: &self.caps,
                 tx_limit: self.tx_limit,
+                accepted: &mut self.accepted,
             };
-            changed |= stack.poll(now, &mut port, &mut self.accepted);
+            changed |= stack.poll(now, &mut io);
         }
         changed
     }
 
     /// How long the runtime may sleep before the next [`StackSet::poll`] if no packet arrives:
-    /// zero when packets are queued or a connection was touched, otherwise the earliest smoltcp
-    /// timer (retransmission, delayed ACK, keep-alive, timeout, `TIME-WAIT` expiry); `None` when
-    /// only an inbound packet or an application call can create work.
+    /// zero when packets are queued or a connection was touched, otherwise the earliest
+    /// connection timer (retransmission, probe, delayed ACK, keep-alive, idle timeout,
+    /// `TIME-WAIT` expiry); `None` when only an inbound packet or an application call can
+    /// create work.
     pub fn poll_delay(&self, now: Instant) -> Option<Duration> {
-        let now = self.stamp(now);
-        self.stacks
-            .iter()
-            .filter_map(|s| s.delay(now))
-            .min()
-            .map(|d| Duration::from_micros(d.total_micros()))
+        self.stacks.iter().filter_map(|s| s.delay(now)).min()
     }
 
     /// Registers the waker of the task that drives [`StackSet::poll`]. It is woken (once) when
@@ -254,7 +244,7 @@ impl StackSet {
 
     fn touch(&mut self, id: ConnId) {
         if let Some(s) = self.stacks.get_mut(id.stack()) {
-            s.touch();
+            s.mark_ready(id.slot());
         }
         if let Some(w) = self.poll_waker.take() {
             w.wake();
@@ -306,7 +296,7 @@ impl StackSet {
     /// The next connection that completed its handshake, if any.
     pub fn accept(&mut self) -> Option<ConnId> {
         while let Some(id) = self.accepted.pop_front() {
-            if self.stacks[id.stack()].conn_ref(id).is_some() {
+            if self.conn_ref(id).is_some() {
                 return Some(id);
             }
         }
@@ -350,11 +340,12 @@ impl StackSet {
                 remote,
                 local_port: port,
             };
+            let now = self.now;
             let st = &mut self.stacks[stack];
             if !st.has_room() || st.knows(&tuple) {
                 continue;
             }
-            let id = st.open_client(tuple)?;
+            let id = st.open_client(now, tuple)?;
             self.counters.connects += 1;
             self.touch(id);
             return Ok(id);
@@ -362,20 +353,21 @@ impl StackSet {
         Err(ConnectError::NoPort)
     }
 
-    fn socket(&mut self, id: ConnId) -> Result<&mut tcp::Socket<'static>, ConnError> {
+    fn conn(&mut self, id: ConnId) -> Result<&mut Conn, ConnError> {
         self.stacks
             .get_mut(id.stack())
             .ok_or(ConnError::Gone)?
             .conn(id)
     }
 
-    fn socket_ref(&self, id: ConnId) -> Option<&tcp::Socket<'static>> {
+    fn conn_ref(&self, id: ConnId) -> Option<&Conn> {
         self.stacks.get(id.stack())?.conn_ref(id)
     }
 
     /// Copies received bytes into `buf`; `Ok(0)` means nothing buffered yet.
     pub fn recv_slice(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
-        let n = self.socket(id)?.recv_slice(buf).map_err(recv_error)?;
+        let now = self.now;
+        let n = self.conn(id)?.recv(now, buf).map_err(conn_error)?;
         if n > 0 {
             self.touch(id);
         }
@@ -389,35 +381,34 @@ impl StackSet {
         id: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, ConnError> {
-        let (n, r) = self
-            .socket(id)?
-            .recv(|buf| {
-                let len = buf.len();
-                let (n, r) = f(buf);
-                // smoltcp asserts on an overlong count; clamp instead of panicking.
-                let n = n.min(len);
-                (n, (n, r))
-            })
-            .map_err(recv_error)?;
-        if n > 0 {
+        let now = self.now;
+        let conn = self.conn(id)?;
+        let before = conn.recv_queue();
+        let r = conn.recv_with(now, f).map_err(conn_error)?;
+        if conn.recv_queue() != before {
             self.touch(id);
         }
         Ok(r)
     }
 
     /// Up to `size` buffered bytes, left in the buffer (parse a request head in place). Only the
-    /// contiguous run at the front of the receive ring is returned, so it can be shorter than
+    /// contiguous run at the front of the receive buffer is returned, so it can be shorter than
     /// what is buffered: consume, then peek again.
     pub fn peek(&mut self, id: ConnId, size: usize) -> Result<&[u8], ConnError> {
-        self.socket(id)?.peek(size).map_err(recv_error)
+        let now = self.now;
+        let conn = self.conn(id)?;
+        if conn.recv_queue() == 0 {
+            // End of stream or a closed connection is an error, as for `recv`.
+            let mut probe = [0u8; 0];
+            conn.recv(now, &mut probe).map_err(conn_error)?;
+        }
+        let run = conn.peek();
+        Ok(&run[..run.len().min(size)])
     }
 
     /// Queues bytes for sending; returns how many fit in the send buffer.
     pub fn send_slice(&mut self, id: ConnId, data: &[u8]) -> Result<usize, ConnError> {
-        let n = self
-            .socket(id)?
-            .send_slice(data)
-            .map_err(|_| ConnError::InvalidState)?;
+        let n = self.conn(id)?.send(data).map_err(conn_error)?;
         if n > 0 {
             self.touch(id);
         }
@@ -431,17 +422,10 @@ impl StackSet {
         id: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, ConnError> {
-        let (n, r) = self
-            .socket(id)?
-            .send(|buf| {
-                let len = buf.len();
-                let (n, r) = f(buf);
-                // smoltcp asserts on an overlong count; clamp instead of panicking.
-                let n = n.min(len);
-                (n, (n, r))
-            })
-            .map_err(|_| ConnError::InvalidState)?;
-        if n > 0 {
+        let conn = self.conn(id)?;
+        let before = conn.send_queue();
+        let r = conn.send_with(f).map_err(conn_error)?;
+        if conn.send_queue() != before {
             self.touch(id);
         }
         Ok(r)
@@ -449,70 +433,76 @@ impl StackSet {
 
     /// Whether received bytes are buffered.
     pub fn can_recv(&self, id: ConnId) -> bool {
-        self.socket_ref(id).is_some_and(|s| s.can_recv())
+        self.conn_ref(id).is_some_and(|c| c.recv_queue() > 0)
     }
 
     /// Whether the send buffer has room and the connection may send.
     pub fn can_send(&self, id: ConnId) -> bool {
-        self.socket_ref(id).is_some_and(|s| s.can_send())
+        self.conn_ref(id).is_some_and(|c| c.send_capacity() > 0)
     }
 
     /// Whether more bytes may still arrive (or are buffered).
     pub fn may_recv(&self, id: ConnId) -> bool {
-        self.socket_ref(id).is_some_and(|s| s.may_recv())
+        self.conn_ref(id).is_some_and(Conn::may_recv)
     }
 
     /// Whether the sending half is open.
     pub fn may_send(&self, id: ConnId) -> bool {
-        self.socket_ref(id).is_some_and(|s| s.may_send())
+        self.conn_ref(id).is_some_and(Conn::may_send)
     }
 
     /// Bytes queued for sending and not yet acknowledged.
     pub fn send_queue(&self, id: ConnId) -> usize {
-        self.socket_ref(id).map_or(0, |s| s.send_queue())
+        self.conn_ref(id).map_or(0, Conn::send_queue)
     }
 
     /// TCP state; a reaped connection reads as `Closed`.
     pub fn state(&self, id: ConnId) -> State {
-        self.socket_ref(id).map_or(State::Closed, |s| s.state())
+        self.conn_ref(id).map_or(State::Closed, Conn::state)
     }
 
     /// The peer's address and port (the vendor's tunnel address, for `X-Forwarded-For`).
     pub fn remote_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.socket_ref(id)?.remote_endpoint().map(SocketAddr::from)
+        self.conn_ref(id).map(Conn::remote)
     }
 
     /// Our address and port on this connection.
     pub fn local_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.socket_ref(id)?.local_endpoint().map(SocketAddr::from)
+        self.conn_ref(id).map(Conn::local)
+    }
+
+    /// The connection's own counters and path figures (retransmissions, RTT, windows).
+    pub fn tcp_stats(&self, id: ConnId) -> Option<tcp::Stats> {
+        self.conn_ref(id).map(Conn::stats)
     }
 
     /// Wakes `waker` (once) when receiving may make progress: data, FIN, reset, close.
     pub fn register_recv_waker(&mut self, id: ConnId, waker: &Waker) -> Result<(), ConnError> {
-        self.socket(id)?.register_recv_waker(waker);
-        Ok(())
+        self.stacks
+            .get_mut(id.stack())
+            .ok_or(ConnError::Gone)?
+            .set_recv_waker(id, waker)
     }
 
     /// Wakes `waker` (once) when sending may make progress: buffer space freed, state change.
     pub fn register_send_waker(&mut self, id: ConnId, waker: &Waker) -> Result<(), ConnError> {
-        self.socket(id)?.register_send_waker(waker);
-        Ok(())
-    }
-
-    /// Closes the sending half gracefully (FIN after queued data). The socket is reaped once
-    /// the close completes: at once after `LAST-ACK`, 10 s later after `TIME-WAIT`.
-    pub fn close(&mut self, id: ConnId) -> Result<(), ConnError> {
         self.stacks
             .get_mut(id.stack())
             .ok_or(ConnError::Gone)?
-            .close(id)?;
+            .set_send_waker(id, waker)
+    }
+
+    /// Closes the sending half gracefully (FIN after queued data). The connection is reaped
+    /// once the close completes: at once after `LAST-ACK`, after `TIME-WAIT` otherwise.
+    pub fn close(&mut self, id: ConnId) -> Result<(), ConnError> {
+        self.conn(id)?.close();
         self.touch(id);
         Ok(())
     }
 
-    /// Resets the connection (RST on the next poll); the socket is reaped right after.
+    /// Resets the connection (RST on the next poll); it is reaped right after.
     pub fn abort(&mut self, id: ConnId) -> Result<(), ConnError> {
-        self.socket(id)?.abort();
+        self.conn(id)?.abort();
         self.touch(id);
         Ok(())
     }
@@ -530,5 +520,50 @@ impl StackSet {
     /// Number of stacks in this shard.
     pub fn stacks(&self) -> usize {
         self.stacks.len()
+    }
+}
+
+/// TCP flag bits in byte 13 of the TCP header.
+const FLAG_SYN: u8 = 0x02;
+const FLAG_RST: u8 = 0x04;
+const FLAG_ACK: u8 = 0x10;
+
+/// Whether an IP packet (already validated by [`crate::packet::Flow::parse`] as TCP without
+/// IPv6 extension headers) is a connection-opening SYN: SYN set, ACK and RST clear.
+pub(crate) fn is_opening_syn(packet: &[u8]) -> bool {
+    let offset = match packet.first().map(|b| b >> 4) {
+        Some(4) => usize::from(packet[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return false,
+    };
+    packet
+        .get(offset + 13)
+        .is_some_and(|f| f & (FLAG_SYN | FLAG_ACK | FLAG_RST) == FLAG_SYN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_v4(flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[9] = 6;
+        p[33] = flags;
+        p
+    }
+
+    #[test]
+    fn recognises_only_opening_syns() {
+        assert!(is_opening_syn(&tcp_v4(FLAG_SYN)));
+        assert!(!is_opening_syn(&tcp_v4(FLAG_SYN | FLAG_ACK)));
+        assert!(!is_opening_syn(&tcp_v4(FLAG_SYN | FLAG_RST)));
+        assert!(!is_opening_syn(&tcp_v4(FLAG_ACK)));
+        assert!(!is_opening_syn(&tcp_v4(FLAG_SYN)[..30]));
+        let mut v6 = vec![0u8; 60];
+        v6[0] = 0x60;
+        v6[53] = FLAG_SYN;
+        assert!(is_opening_syn(&v6));
+        assert!(!is_opening_syn(&[]));
     }
 }

@@ -1,64 +1,56 @@
-//! One small smoltcp stack: an interface, its socket set, the pre-armed listeners and the
-//! bookkeeping that turns smoltcp's socket-per-connection model into accept/reap semantics.
+//! One partition of a shard's connections: a slab of [`Conn`]s, the 4-tuple map that finds them,
+//! a timer heap, and the bookkeeping that turns sans-IO connections into accept/reap semantics.
 //!
-//! Every socket in the set has a [`Slot`] saying what it is for:
-//! * **listener** — in `LISTEN` on the inbound port, waiting for a SYN;
-//! * **handshake** — a former listener that took a SYN and is in `SYN-RECEIVED`;
+//! Every live connection has an [`Entry`] saying what it is for:
+//! * **handshake** — opened by an inbound SYN, in `SYN-RECEIVED`;
 //! * **accepted** — a handshake that completed; its [`ConnId`] went to the accept queue;
 //! * **client** — opened by [`Stack::open_client`].
 //!
-//! Invariants:
-//! * `slots` has exactly one entry per socket in `sockets`; `listeners` and `handshakes` list the
-//!   handles of those roles; `tuples` maps the 4-tuple of every non-listener socket that has one.
-//! * A socket leaves the set only through [`Stack::reap`] (`Closed` with nothing left to send, or
-//!   `TIME-WAIT` recycled by a new SYN on its tuple). A reaped socket is reused as a listener when
-//!   the backlog needs one, else kept as a spare (at most `backlog` of them) for the next listener
-//!   or client, else dropped. Reuse spares a busy stack new buffers per connection: a new socket
-//!   costs two page mappings made and unmapped (the broker binary maps socket-sized blocks
-//!   straight from the kernel, see `runtime::alloc`), which made a connection-per-request load
-//!   cost 40 % more CPU, mostly in the TLB shootdowns of `munmap`. A spare's buffers keep the old
-//!   bytes, unreachable: smoltcp's reset empties the rings.
-//! * **What traffic left is given back when it stops.** A reused socket's buffers have resident
-//!   pages (what its earlier connections wrote), a new one's have none until traffic writes to
-//!   them; and smoltcp's socket storage only grows (a removed socket leaves an empty slot that
-//!   every poll walks past), as do the hash maps. So the owner calls [`Stack::trim`] at a
-//!   steady pace (the runtime: about every 100 ms), and a stack that was not polled for a whole
-//!   period drops its spares, replaces its reused listeners with new ones, and, when only
-//!   listeners are left, moves them into fresh tables ([`Stack::compact`]): once a burst is
-//!   over, the stack is back to the size it had when it was made, and busy stacks keep their
-//!   spares. Before this, an idle broker kept up to `2 × backlog` used socket buffers per stack
-//!   (hundreds of MiB after a burst), which the next slow vendors' connections inherited.
-//! * Every time a socket gets a new role it gets a new generation, so a stale [`ConnId`] can
-//!   never reach the socket's next connection.
+//! There are no listening sockets: a SYN to the listen port makes a connection in
+//! `SYN-RECEIVED` (while the stack is below `max_sockets` and holds fewer than `backlog`
+//! half-open handshakes), a segment for no connection is answered with the reset RFC 9293
+//! prescribes.
 //!
-//! Cost: after each poll the stack walks its slots once (promote, reap, count `TIME-WAIT`) — the
-//! same order of work as smoltcp's own per-poll socket scan, and the reason stacks stay small.
+//! Invariants:
+//! * `tuples` maps the 4-tuple of every live entry to its slot, and only those.
+//! * A slot is emptied only through [`Stack::remove`]: its connection finished (closed in order
+//!   and out of `TIME-WAIT`, reset, timed out, aborted after its RST went), or a new SYN recycled
+//!   it from `TIME-WAIT`. Its generation changes with every new occupant, so a stale [`ConnId`]
+//!   never reaches the next connection.
+//! * **Nothing waits without a wake-up, nothing wakes for nothing.** A slot whose connection may
+//!   have something to send or a state change to settle is in `ready` (once); a connection with
+//!   a deadline has exactly one entry in `timers`, at that deadline (`Entry::timer` names it, so
+//!   moving it is a remove and an insert). [`Stack::delay`] is therefore exact: the runtime
+//!   sleeps until the earliest real deadline.
+//! * **What a burst made is given back.** Connections allocate their buffers as data arrives
+//!   and free them as they drain (see [`tcp`](super::tcp)); [`Stack::trim`] shrinks the slab
+//!   and the maps of a stack that went quiet.
+//!
+//! Cost: a segment costs one hash lookup and the connection's own work; only connections that
+//! were touched are visited after a poll. (The smoltcp stacks this replaces walked every socket
+//! per packet, which is why a shard had many small stacks; the partition is kept because the
+//! tunnel core's flow hash names it, and it bounds the work of one poll.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::task::Waker;
+use std::time::Instant;
 
-use smoltcp::iface::{
-    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
-};
-use smoltcp::phy::DeviceCapabilities;
-use smoltcp::socket::tcp::{self, CongestionControl, State};
-use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
+use smoltcp::wire::TcpRepr;
 
-use super::config::StackConfig;
-use super::device::Port;
+use super::tcp::{self, Conn, State, wire};
 use super::{ConnError, ConnectError, Counters};
 use crate::packet::{BufPool, PacketBuf};
 
-/// A connection across a shard's stack set: which stack, which socket, which incarnation.
+/// A connection across a shard's stack set: which stack, which slot, which incarnation.
 ///
 /// Ids are cheap to copy and never alias: after the connection is reaped every call with its id
-/// returns [`ConnError::Gone`], even when the socket slot already serves a new connection.
+/// returns [`ConnError::Gone`], even when the slot already serves a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
     stack: u16,
-    handle: SocketHandle,
+    slot: u32,
     generation: u32,
 }
 
@@ -67,31 +59,32 @@ impl ConnId {
     pub fn stack(&self) -> usize {
         usize::from(self.stack)
     }
+
+    /// Slot of the connection within its stack.
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
 }
 
-/// Socket counts of one stack, by role (a snapshot).
+/// Connection counts and table sizes of one stack (a snapshot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StackStats {
-    /// Every socket in the stack's set.
+    /// Every live connection: handshakes, accepted and client connections, `TIME-WAIT`.
     pub sockets: usize,
-    /// Armed listeners.
-    pub listeners: usize,
     /// Handshakes in progress (`SYN-RECEIVED`).
     pub handshakes: usize,
     /// Accepted and client connections, `TIME-WAIT` included.
     pub connections: usize,
-    /// Connections in `TIME-WAIT` as of the stack's last poll.
+    /// Connections in `TIME-WAIT`.
     pub time_wait: usize,
-    /// Closed sockets kept out of the set for reuse.
-    pub spares: usize,
-    /// Listeners that served an earlier connection (their buffers have resident pages).
-    pub reused_listeners: usize,
-    /// Slots of smoltcp's socket storage, empty ones included: the most sockets the stack held
-    /// at once since it was made or last compacted.
-    pub storage: usize,
-    /// Entries the per-socket maps (roles, 4-tuples) have room for without growing.
+    /// Slots of the connection slab, empty ones included: the most connections the stack held
+    /// at once since it was made or last trimmed.
+    pub slots: usize,
+    /// Entries the 4-tuple map has room for without growing.
     pub table_capacity: usize,
-    /// Sockets built with new buffers since the stack was made.
+    /// Bytes the connections' send and receive buffers hold.
+    pub buffer_bytes: usize,
+    /// Connections made since the stack was made.
     pub built: u64,
 }
 
@@ -107,100 +100,149 @@ pub(crate) struct Tuple {
 pub(crate) struct Ingress {
     pub buf: PacketBuf,
     pub tuple: Tuple,
-    /// SYN without ACK/RST: may need a listener.
+    /// SYN without ACK/RST: may open a connection.
     pub syn: bool,
+}
+
+/// The shard's queues one stack poll works with.
+pub(crate) struct Io<'a> {
+    /// Ingress buffers done with, to be sent home.
+    pub spent: &'a mut Vec<PacketBuf>,
+    /// Egress packets for the tunnel core.
+    pub tx: &'a mut VecDeque<PacketBuf>,
+    /// Buffers for egress packets (hold the MTU).
+    pub pool: &'a mut BufPool,
+    pub counters: &'a mut Counters,
+    /// Egress packets queued before connections are told to wait.
+    pub tx_limit: usize,
+    /// Completed handshakes for [`StackSet::accept`](super::StackSet::accept).
+    pub accepted: &'a mut VecDeque<ConnId>,
+}
+
+impl Io<'_> {
+    /// Writes one control segment (a reset) from `local` to `remote`; `false` if the egress
+    /// queue is full (the segment is then not sent, as a router would drop it).
+    fn emit(&mut self, local: SocketAddr, remote: SocketAddr, repr: &TcpRepr<'_>) -> bool {
+        if self.tx.len() >= self.tx_limit {
+            self.counters.tx_queue_full += 1;
+            return false;
+        }
+        let mut buf = self.pool.take();
+        match wire::emit(buf.space(), local.ip(), remote.ip(), 64, repr, (&[], &[])) {
+            Some(n) => {
+                buf.set_len(n);
+                self.tx.push_back(buf);
+                self.counters.packets_out += 1;
+                true
+            }
+            None => {
+                self.pool.give(buf);
+                self.counters.drop_tx_buffer_small += 1;
+                false
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    Listener,
     Handshake,
     Accepted,
     Client,
 }
 
-#[derive(Debug)]
+/// A live connection and what the stack knows about it.
+struct Entry {
+    conn: Conn,
+    role: Role,
+    tuple: Tuple,
+    /// In the stack's `ready` list.
+    ready: bool,
+    /// The deadline this entry has in the stack's `timers` (its connection's next timeout).
+    timer: Option<Instant>,
+    /// Counted in `TIME-WAIT`.
+    time_wait_seen: bool,
+    recv_waker: Option<Waker>,
+    send_waker: Option<Waker>,
+}
+
+#[derive(Default)]
 struct Slot {
     generation: u32,
-    role: Role,
-    tuple: Option<Tuple>,
-    time_wait_seen: bool,
-    /// The socket served an earlier connection (a spare, or reaped and re-armed).
-    reused: bool,
+    entry: Option<Box<Entry>>,
 }
 
-/// Per-socket settings applied to every socket this stack creates or reuses.
-#[derive(Debug, Clone, Copy)]
-struct SocketOptions {
-    address: IpAddress,
-    listen_port: u16,
-    rx_buffer: usize,
-    tx_buffer: usize,
-    keep_alive: Option<SmolDuration>,
-    timeout: Option<SmolDuration>,
-    ack_delay: Option<SmolDuration>,
-    backlog: usize,
-    max_sockets: usize,
+/// What a connection looked like before an input, to decide whom to wake.
+#[derive(Clone, Copy)]
+struct Before {
+    state: State,
+    recv_queue: usize,
+    send_queue: usize,
 }
 
-fn smol_duration(d: std::time::Duration) -> SmolDuration {
-    SmolDuration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-impl SocketOptions {
-    /// Request/response tuning (DESIGN.md §9): no Nagle (a response head must not wait for the
-    /// ACK of the previous segment), a short ACK delay, CUBIC with a fresh state, keep-alive and
-    /// dead-peer timeout.
-    fn apply(&self, s: &mut tcp::Socket<'_>) {
-        s.set_nagle_enabled(false);
-        s.set_ack_delay(self.ack_delay);
-        s.set_congestion_control(CongestionControl::Cubic);
-        s.set_keep_alive(self.keep_alive);
-        s.set_timeout(self.timeout);
-    }
-
-    fn new_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.rx_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.tx_buffer]);
-        let mut s = tcp::Socket::new(rx, tx);
-        self.apply(&mut s);
-        s
-    }
-
-    fn listen_endpoint(&self) -> IpListenEndpoint {
-        IpListenEndpoint {
-            addr: Some(self.address),
-            port: self.listen_port,
+impl Before {
+    fn of(c: &Conn) -> Self {
+        Self {
+            state: c.state(),
+            recv_queue: c.recv_queue(),
+            send_queue: c.send_queue(),
         }
     }
 }
 
-/// One smoltcp interface with its sockets. See the module docs.
+/// Wakes the tasks an input may let make progress: the reader on new data or a state change,
+/// the writer on freed send buffer or a state change.
+fn wake_after(e: &mut Entry, before: Before) {
+    let state_changed = e.conn.state() != before.state;
+    if state_changed || e.conn.recv_queue() > before.recv_queue {
+        if let Some(w) = e.recv_waker.take() {
+            w.wake();
+        }
+    }
+    if state_changed || e.conn.send_queue() < before.send_queue {
+        if let Some(w) = e.send_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Settings every connection of the stack shares.
+#[derive(Debug, Clone)]
+pub(crate) struct StackOptions {
+    pub address: std::net::IpAddr,
+    pub listen_port: u16,
+    /// Most half-open (`SYN-RECEIVED`) handshakes; SYNs beyond are dropped.
+    pub backlog: usize,
+    /// Most live connections of any kind; SYNs beyond are answered with RST.
+    pub max_sockets: usize,
+    /// Per-connection TCP settings.
+    pub tcp: tcp::Config,
+    /// Origin of the initial sequence numbers' clock component.
+    pub epoch: Instant,
+}
+
+/// One partition of a shard's connections. See the module docs.
 pub(crate) struct Stack {
     index: u16,
-    iface: Interface,
-    sockets: SocketSet<'static>,
-    slots: HashMap<SocketHandle, Slot>,
-    listeners: Vec<SocketHandle>,
-    handshakes: Vec<SocketHandle>,
-    tuples: HashMap<Tuple, SocketHandle>,
-    /// Ingress packets demultiplexed to this stack, not yet fed to smoltcp.
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    tuples: HashMap<Tuple, u32>,
+    /// Ingress packets demultiplexed to this stack, not yet processed.
     pub rx: VecDeque<Ingress>,
-    /// An application call touched a socket since the last poll.
-    dirty: bool,
-    /// smoltcp's own deadline as of the last poll.
-    next_poll: Option<SmolInstant>,
+    /// Slots to transmit from and settle on the next poll.
+    ready: Vec<u32>,
+    /// (deadline, slot) of every connection that has a deadline, earliest first.
+    timers: BTreeSet<(Instant, u32)>,
+    live: usize,
+    handshakes: usize,
+    time_wait: usize,
     next_generation: u32,
-    time_wait_now: usize,
-    reap_scratch: Vec<SocketHandle>,
-    /// Slots in smoltcp's socket storage (it never shrinks; see [`Stack::compact`]).
-    storage: usize,
-    /// Closed sockets out of the set, kept for their buffers (see the module docs).
-    spares: Vec<tcp::Socket<'static>>,
+    built: u64,
     /// Polled since the last [`Stack::trim`].
     busy: bool,
-    built: u64,
-    opts: SocketOptions,
+    /// Key of the initial sequence numbers' hash (RFC 6528).
+    isn_key: u64,
+    opts: StackOptions,
 }
 
 impl fmt::Debug for Stack {
@@ -209,524 +251,468 @@ impl fmt::Debug for Stack {
             .field("index", &self.index)
             .field("stats", &self.stats())
             .field("rx_queued", &self.rx.len())
-            .field("dirty", &self.dirty)
-            .field("next_poll", &self.next_poll)
+            .field("ready", &self.ready.len())
+            .field("next_timer", &self.timers.first().map(|t| t.0))
             .finish_non_exhaustive()
     }
 }
 
+/// splitmix64 finaliser: the keyed hash behind initial sequence numbers and port choice.
+pub(crate) fn mix(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl Stack {
-    /// A stack on `config.address` with its listeners armed.
-    pub fn new(index: u16, config: &StackConfig, caps: &DeviceCapabilities, seed: u64) -> Self {
-        let address = IpAddress::from(config.address);
-        let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
-        iface_config.random_seed = seed;
-        // smoltcp only asks the device for its capabilities here.
-        let (mut spent, mut tx, mut pool, mut counters) = (
-            Vec::new(),
-            VecDeque::new(),
-            BufPool::new(0, 0),
-            Counters::default(),
-        );
-        let mut probe = Port {
-            next: None,
-            spent: &mut spent,
-            tx: &mut tx,
-            pool: &mut pool,
-            counters: &mut counters,
-            caps,
-            tx_limit: 0,
-        };
-        let mut iface = Interface::new(iface_config, &mut probe, SmolInstant::ZERO);
-        // The tunnel is point to point: one host address, and a default route so replies to any
-        // peer address go out (the nominal gateway is never looked up on an IP medium).
-        iface.update_ip_addrs(|addrs| {
-            let prefix = if config.address.is_ipv4() { 32 } else { 128 };
-            // A fresh interface has room for its first address.
-            let _ = addrs.push(IpCidr::new(address, prefix));
-        });
-        let _ = match config.address {
-            IpAddr::V4(a) => iface.routes_mut().add_default_ipv4_route(a),
-            IpAddr::V6(a) => iface.routes_mut().add_default_ipv6_route(a),
-        };
-        iface.set_any_ip(false);
-        let mut stack = Self {
+    /// An empty stack.
+    pub fn new(index: u16, opts: StackOptions, seed: u64) -> Self {
+        Self {
             index,
-            iface,
-            sockets: SocketSet::new(Vec::new()),
-            slots: HashMap::new(),
-            listeners: Vec::with_capacity(config.backlog),
-            handshakes: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             tuples: HashMap::new(),
             rx: VecDeque::new(),
-            dirty: false,
-            next_poll: None,
+            ready: Vec::new(),
+            timers: BTreeSet::new(),
+            live: 0,
+            handshakes: 0,
+            time_wait: 0,
             next_generation: 0,
-            time_wait_now: 0,
-            reap_scratch: Vec::new(),
-            storage: 0,
-            spares: Vec::new(),
-            busy: false,
             built: 0,
-            opts: SocketOptions {
-                address,
-                listen_port: config.listen_port,
-                rx_buffer: config.rx_buffer,
-                tx_buffer: config.tx_buffer,
-                keep_alive: config.keep_alive.map(smol_duration),
-                timeout: config.timeout.map(smol_duration),
-                ack_delay: config.ack_delay.map(smol_duration),
-                backlog: config.backlog,
-                max_sockets: config.max_sockets_per_stack,
-            },
-        };
-        stack.top_up_listeners();
-        stack
+            busy: false,
+            isn_key: seed,
+            opts,
+        }
     }
 
-    fn bump_generation(&mut self) -> u32 {
-        self.next_generation = self.next_generation.wrapping_add(1);
-        self.next_generation
-    }
-
-    fn socket(&self, h: SocketHandle) -> &tcp::Socket<'static> {
-        self.sockets.get::<tcp::Socket<'static>>(h)
-    }
-
-    fn socket_mut(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
-        self.sockets.get_mut::<tcp::Socket<'static>>(h)
-    }
-
-    /// Whether another socket fits under `max_sockets_per_stack`.
+    /// Whether another connection fits under `max_sockets`.
     pub fn has_room(&self) -> bool {
-        self.slots.len() < self.opts.max_sockets
+        self.live < self.opts.max_sockets
     }
 
-    /// Whether a connection with this tuple exists here (client sockets, handshakes, accepted).
+    /// Whether a connection with this tuple exists here.
     pub fn knows(&self, tuple: &Tuple) -> bool {
         self.tuples.contains_key(tuple)
     }
 
-    /// Marks the stack for polling (an application call changed what smoltcp may send).
-    pub fn touch(&mut self) {
-        self.dirty = true;
-    }
-
     /// Whether [`Stack::poll`] has anything to do at `now`.
-    pub fn wants_poll(&self, now: SmolInstant) -> bool {
-        self.dirty || !self.rx.is_empty() || self.next_poll.is_some_and(|t| t <= now)
+    pub fn wants_poll(&self, now: Instant) -> bool {
+        !self.ready.is_empty()
+            || !self.rx.is_empty()
+            || self.timers.first().is_some_and(|t| t.0 <= now)
     }
 
-    /// Time until this stack needs a poll; `None` when only a packet can give it work.
-    pub fn delay(&self, now: SmolInstant) -> Option<SmolDuration> {
-        if self.dirty || !self.rx.is_empty() {
-            return Some(SmolDuration::ZERO);
+    /// Time until this stack needs a poll; `None` when only a packet or a call can give it work.
+    pub fn delay(&self, now: Instant) -> Option<std::time::Duration> {
+        if !self.ready.is_empty() || !self.rx.is_empty() {
+            return Some(std::time::Duration::ZERO);
         }
-        self.next_poll
-            .map(|t| if t > now { t - now } else { SmolDuration::ZERO })
+        self.timers
+            .first()
+            .map(|t| t.0.saturating_duration_since(now))
     }
 
     pub fn stats(&self) -> StackStats {
+        let buffer_bytes = self
+            .slots
+            .iter()
+            .filter_map(|s| s.entry.as_ref())
+            .map(|e| e.conn.buffer_memory())
+            .sum();
         StackStats {
-            sockets: self.slots.len(),
-            listeners: self.listeners.len(),
-            handshakes: self.handshakes.len(),
-            connections: self.slots.len() - self.listeners.len() - self.handshakes.len(),
-            time_wait: self.time_wait_now,
-            spares: self.spares.len(),
-            reused_listeners: self
-                .listeners
-                .iter()
-                .filter(|h| self.slots.get(h).is_some_and(|s| s.reused))
-                .count(),
-            storage: self.storage,
-            table_capacity: self.slots.capacity() + self.tuples.capacity(),
+            sockets: self.live,
+            handshakes: self.handshakes,
+            connections: self.live - self.handshakes,
+            time_wait: self.time_wait,
+            slots: self.slots.len(),
+            table_capacity: self.tuples.capacity(),
+            buffer_bytes,
             built: self.built,
         }
     }
 
-    /// Stops accepting: no listener is armed again and the armed ones are dropped (a SYN then
-    /// meets no listener and smoltcp answers RST). Established connections are untouched.
+    /// Stops accepting: later SYNs are answered with RST. Established connections are untouched.
     pub fn stop_accepting(&mut self) {
         self.opts.backlog = 0;
-        self.spares = Vec::new();
-        for h in std::mem::take(&mut self.listeners) {
-            self.sockets.remove(h);
-            self.slots.remove(&h);
-        }
-        self.touch();
     }
 
-    /// A socket for a new role: a spare if there is one (options applied afresh; `true`), else a
-    /// new one with untouched buffers.
-    fn take_socket(&mut self) -> (tcp::Socket<'static>, bool) {
-        match self.spares.pop() {
-            Some(mut s) => {
-                self.opts.apply(&mut s);
-                (s, true)
+    /// RFC 6528: a clock (4 µs ticks) plus a keyed hash of the tuple, so sequence numbers of
+    /// successive connections on one tuple increase and are not guessable without the key.
+    fn isn(&self, now: Instant, tuple: &Tuple) -> u32 {
+        let ticks = now.saturating_duration_since(self.opts.epoch).as_micros() / 4;
+        let mut h = mix(self.isn_key, u64::from(tuple.local_port));
+        h = mix(h, u64::from(tuple.remote.port()));
+        match tuple.remote.ip() {
+            std::net::IpAddr::V4(a) => h = mix(h, u64::from(u32::from(a))),
+            std::net::IpAddr::V6(a) => {
+                let v = u128::from(a);
+                h = mix(mix(h, v as u64), (v >> 64) as u64);
             }
+        }
+        (ticks as u32).wrapping_add(h as u32)
+    }
+
+    fn local(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.opts.address, port)
+    }
+
+    /// Puts `conn` in a free slot; returns its id.
+    fn insert(&mut self, conn: Conn, role: Role, tuple: Tuple) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let slot = match self.free.pop() {
+            Some(i) => i,
             None => {
-                self.built += 1;
-                (self.opts.new_socket(), false)
+                self.slots.push(Slot::default());
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.generation = generation;
+        s.entry = Some(Box::new(Entry {
+            conn,
+            role,
+            tuple,
+            ready: false,
+            timer: None,
+            time_wait_seen: false,
+            recv_waker: None,
+            send_waker: None,
+        }));
+        self.tuples.insert(tuple, slot);
+        self.live += 1;
+        self.built += 1;
+        if role == Role::Handshake {
+            self.handshakes += 1;
+        }
+        self.mark_ready(slot);
+        ConnId {
+            stack: self.index,
+            slot,
+            generation,
+        }
+    }
+
+    fn entry(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.entry.as_deref_mut()
+    }
+
+    /// Queues `slot` for the next poll's transmit and settle pass.
+    pub fn mark_ready(&mut self, slot: u32) {
+        if let Some(e) = self.entry(slot) {
+            if !e.ready {
+                e.ready = true;
+                self.ready.push(slot);
             }
         }
     }
 
-    /// Adds `s` to the socket set, keeping count of the storage slots (smoltcp fills the first
-    /// empty slot and grows the storage only when there is none).
-    fn add_socket(&mut self, s: tcp::Socket<'static>) -> SocketHandle {
-        if self.slots.len() == self.storage {
-            self.storage += 1;
+    /// Empties a slot: forgets the tuple, wakes the tasks (their next call sees `Gone`), adds the
+    /// connection's counters to the shard's.
+    fn remove(&mut self, slot: u32, counters: &mut Counters) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(mut e) = s.entry.take() else {
+            return;
+        };
+        self.next_generation = self.next_generation.wrapping_add(1);
+        s.generation = self.next_generation;
+        self.free.push(slot);
+        self.tuples.remove(&e.tuple);
+        if let Some(at) = e.timer {
+            self.timers.remove(&(at, slot));
         }
-        self.sockets.add(s)
+        self.live -= 1;
+        if e.role == Role::Handshake {
+            self.handshakes -= 1;
+        }
+        if e.time_wait_seen {
+            self.time_wait -= 1;
+        }
+        counters.reaped += 1;
+        counters.add_connection(&e.conn.stats());
+        for w in [e.recv_waker.take(), e.send_waker.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
     }
 
-    /// Adds listeners until the backlog is armed or the stack is full.
-    fn top_up_listeners(&mut self) {
-        while self.listeners.len() < self.opts.backlog && self.has_room() {
-            let (mut s, reused) = self.take_socket();
-            if s.listen(self.opts.listen_endpoint()).is_err() {
-                // Only a zero port fails, which the config rejects.
+    /// One ingress packet: to its connection, to a new connection (SYN), or answered with RST.
+    fn input(&mut self, now: Instant, packet: Ingress, io: &mut Io<'_>) {
+        let Ingress { buf, tuple, syn } = packet;
+        match wire::parse(buf.as_slice()) {
+            Err(_) => io.counters.drop_bad_segment += 1,
+            Ok(seg) => self.dispatch(now, tuple, syn, &seg.repr, io),
+        }
+        io.spent.push(buf);
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        tuple: Tuple,
+        syn: bool,
+        repr: &TcpRepr<'_>,
+        io: &mut Io<'_>,
+    ) {
+        if let Some(&slot) = self.tuples.get(&tuple) {
+            let recycle = syn
+                && self
+                    .entry(slot)
+                    .is_some_and(|e| e.conn.state() == State::TimeWait);
+            if !recycle {
+                if syn {
+                    io.counters.drop_duplicate_syn += 1;
+                }
+                if let Some(e) = self.entry(slot) {
+                    let before = Before::of(&e.conn);
+                    e.conn.handle_segment(now, repr);
+                    wake_after(e, before);
+                }
+                self.mark_ready(slot);
                 return;
             }
-            let h = self.add_socket(s);
-            let generation = self.bump_generation();
-            self.slots.insert(
-                h,
-                Slot {
-                    generation,
-                    role: Role::Listener,
-                    tuple: None,
-                    time_wait_seen: false,
-                    reused,
-                },
-            );
-            self.listeners.push(h);
+            // RFC 6191's case without its timestamp check: the old incarnation is done (its
+            // FIN was acknowledged), and the new SYN gets a fresh connection.
+            io.counters.time_wait_recycled += 1;
+            self.remove(slot, io.counters);
+        }
+        let (local, remote) = (self.local(tuple.local_port), tuple.remote);
+        if syn && tuple.local_port == self.opts.listen_port {
+            if !self.has_room() || self.opts.backlog == 0 {
+                io.counters.syn_reset_full += 1;
+            } else if self.handshakes >= self.opts.backlog {
+                // Like a full SYN queue: drop, the peer retransmits its SYN.
+                io.counters.syn_backlog_full += 1;
+                return;
+            } else {
+                let isn = self.isn(now, &tuple);
+                if let Some(conn) = Conn::accept(&self.opts.tcp, now, local, remote, repr, isn) {
+                    self.insert(conn, Role::Handshake, tuple);
+                    return;
+                }
+            }
+        } else {
+            io.counters.stray_segments += 1;
+        }
+        if let Some(rst) = wire::reset_for(repr) {
+            io.emit(local, remote, &rst);
         }
     }
 
-    /// Moves listeners that took a SYN to the handshake list and records their tuples.
-    fn sync_listeners(&mut self) {
-        let mut i = 0;
-        while i < self.listeners.len() {
-            let h = self.listeners[i];
-            let s = self.sockets.get::<tcp::Socket<'static>>(h);
-            if s.state() == State::Listen {
-                i += 1;
+    /// Runs the timers that are due.
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(&(at, slot)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(e) = self.entry(slot) else {
                 continue;
-            }
-            self.listeners.swap_remove(i);
-            let tuple = s.remote_endpoint().map(|remote| Tuple {
-                remote: SocketAddr::from(remote),
-                local_port: self.opts.listen_port,
-            });
-            if let Some(t) = tuple {
-                self.tuples.insert(t, h);
-            }
-            if let Some(slot) = self.slots.get_mut(&h) {
-                slot.role = Role::Handshake;
-                slot.tuple = tuple;
-            }
-            self.handshakes.push(h);
+            };
+            e.timer = None;
+            let before = Before::of(&e.conn);
+            e.conn.on_timeout(now);
+            wake_after(e, before);
+            self.mark_ready(slot);
         }
     }
 
-    /// Prepares for an inbound SYN on the listen port; `false` means drop it.
-    ///
-    /// A SYN on a tuple that already has a connection is a retransmission: it is dropped, since
-    /// a listener placed before that connection in the set would otherwise take it and open a
-    /// second connection on the same tuple (our SYN-ACK is retransmitted on its own timer). A
-    /// SYN on a tuple in `TIME-WAIT` is a new connection: the old socket is recycled at once.
-    fn admit_syn(&mut self, tuple: &Tuple, counters: &mut Counters) -> bool {
-        self.sync_listeners();
-        if let Some(&h) = self.tuples.get(tuple) {
-            if self.socket(h).state() != State::TimeWait {
-                counters.drop_duplicate_syn += 1;
+    /// Lets the connection in `slot` write what it has; `false` if the egress queue filled first.
+    fn transmit(&mut self, now: Instant, slot: u32, io: &mut Io<'_>) -> bool {
+        let Some(e) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.entry.as_deref_mut())
+        else {
+            return true;
+        };
+        loop {
+            if io.tx.len() >= io.tx_limit {
+                io.counters.tx_queue_full += 1;
                 return false;
             }
-            counters.time_wait_recycled += 1;
-            self.reap(h, counters);
-        }
-        self.top_up_listeners();
-        if self.listeners.is_empty() {
-            // smoltcp will answer with RST.
-            counters.syn_reset_full += 1;
-        }
-        true
-    }
-
-    /// Removes a finished socket from service: forgets its tuple and reuses it as a listener if
-    /// the backlog is short, else takes it out of the set as a spare or drops it.
-    fn reap(&mut self, h: SocketHandle, counters: &mut Counters) {
-        counters.reaped += 1;
-        if let Some(t) = self.slots.get(&h).and_then(|s| s.tuple) {
-            self.tuples.remove(&t);
-        }
-        if self.listeners.len() < self.opts.backlog {
-            let opts = self.opts;
-            let s = self.socket_mut(h);
-            opts.apply(s);
-            if s.listen(opts.listen_endpoint()).is_ok() {
-                let generation = self.bump_generation();
-                self.slots.insert(
-                    h,
-                    Slot {
-                        generation,
-                        role: Role::Listener,
-                        tuple: None,
-                        time_wait_seen: false,
-                        reused: true,
-                    },
-                );
-                self.listeners.push(h);
-                return;
+            let mut buf = io.pool.take();
+            if buf.capacity() < self.opts.tcp.mtu {
+                // A pool built for a smaller MTU: the connection holds back what does not fit
+                // and the misconfiguration shows as a climbing counter.
+                io.counters.drop_tx_buffer_small += 1;
             }
-        }
-        let removed = self.sockets.remove(h);
-        self.slots.remove(&h);
-        if self.spares.len() < self.opts.backlog {
-            // Only TCP sockets are ever added; other variants exist only if another crate
-            // enables more smoltcp features.
-            #[allow(irrefutable_let_patterns)]
-            if let smoltcp::socket::Socket::Tcp(s) = removed {
-                self.spares.push(s);
+            match e.conn.poll_transmit(now, buf.space()) {
+                Some(n) => {
+                    buf.set_len(n);
+                    io.tx.push_back(buf);
+                    io.counters.packets_out += 1;
+                }
+                None => {
+                    io.pool.give(buf);
+                    return true;
+                }
             }
         }
     }
 
-    /// Gives back what traffic left, once the stack was not polled for a whole period between
-    /// two calls (see the module docs): drops the spares, replaces reused listeners with new
-    /// sockets, and compacts the tables when only listeners are left. Call it at a steady pace.
-    pub fn trim(&mut self) {
-        if std::mem::take(&mut self.busy) {
+    /// After a connection transmitted: promote a completed handshake, count `TIME-WAIT`, reap a
+    /// finished connection, re-arm its timer.
+    fn settle(&mut self, slot: u32, io: &mut Io<'_>) {
+        let index = self.index;
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let generation = s.generation;
+        let Some(e) = s.entry.as_deref_mut() else {
+            return;
+        };
+        e.ready = false;
+        if e.conn.is_closed() {
+            self.remove(slot, io.counters);
             return;
         }
-        self.spares = Vec::new();
-        let mut i = 0;
-        while i < self.listeners.len() {
-            let h = self.listeners[i];
-            if self.slots.get(&h).is_some_and(|s| s.reused) {
-                self.listeners.swap_remove(i);
-                self.sockets.remove(h);
-                self.slots.remove(&h);
-            } else {
-                i += 1;
+        let state = e.conn.state();
+        if e.role == Role::Handshake && !matches!(state, State::SynReceived | State::Closed) {
+            e.role = Role::Accepted;
+            self.handshakes -= 1;
+            io.accepted.push_back(ConnId {
+                stack: index,
+                slot,
+                generation,
+            });
+            io.counters.accepted += 1;
+        }
+        if state == State::TimeWait && !e.time_wait_seen {
+            e.time_wait_seen = true;
+            self.time_wait += 1;
+            io.counters.time_wait += 1;
+        }
+        let at = e.conn.poll_timeout();
+        if at != e.timer {
+            if let Some(old) = e.timer {
+                self.timers.remove(&(old, slot));
             }
-        }
-        // No spares left: the listeners re-armed here are new sockets.
-        self.top_up_listeners();
-        self.compact();
-    }
-
-    /// When only listeners are left in a stack whose tables grew beyond them: moves the
-    /// listeners into fresh tables of the idle size (see the module docs). Listeners have no
-    /// [`ConnId`] anywhere, so their new handles break nothing. (A compaction moves `backlog`
-    /// sockets and makes three small tables; [`Stack::trim`] does it only to an idle stack.)
-    fn compact(&mut self) {
-        let idle = self.slots.len() == self.listeners.len();
-        if !idle || self.storage <= self.listeners.len() {
-            return;
-        }
-        let mut sockets = SocketSet::new(Vec::with_capacity(self.listeners.len()));
-        let mut slots = HashMap::with_capacity(self.listeners.len());
-        let mut listeners = Vec::with_capacity(self.opts.backlog);
-        for h in std::mem::take(&mut self.listeners) {
-            let generation = self.bump_generation();
-            let reused = self.slots.get(&h).is_some_and(|s| s.reused);
-            let new = sockets.add(self.sockets.remove(h));
-            slots.insert(
-                new,
-                Slot {
-                    generation,
-                    role: Role::Listener,
-                    tuple: None,
-                    time_wait_seen: false,
-                    reused,
-                },
-            );
-            listeners.push(new);
-        }
-        self.storage = listeners.len();
-        self.sockets = sockets;
-        self.slots = slots;
-        self.listeners = listeners;
-        self.tuples = HashMap::new();
-        self.handshakes = Vec::new();
-        self.reap_scratch = Vec::new();
-        if self.rx.is_empty() {
-            self.rx = VecDeque::new();
+            if let Some(new) = at {
+                self.timers.insert((new, slot));
+            }
+            e.timer = at;
         }
     }
 
-    /// After smoltcp ran: promote completed handshakes, reap closed sockets, re-arm listeners.
-    fn settle(&mut self, accepted: &mut VecDeque<ConnId>, counters: &mut Counters) -> bool {
-        let mut changed = false;
-        self.sync_listeners();
-
-        let mut i = 0;
-        while i < self.handshakes.len() {
-            let h = self.handshakes[i];
-            let s = self.socket(h);
-            let (state, pending_rst) = (s.state(), s.remote_endpoint().is_some());
-            match state {
-                State::SynReceived => i += 1,
-                State::Closed if pending_rst => i += 1,
-                State::Listen | State::Closed => {
-                    // RST during the handshake (smoltcp went back to LISTEN) or handshake
-                    // timeout (its RST already sent).
-                    self.handshakes.swap_remove(i);
-                    self.reap(h, counters);
-                    changed = true;
-                }
-                _ => {
-                    self.handshakes.swap_remove(i);
-                    if let Some(slot) = self.slots.get_mut(&h) {
-                        slot.role = Role::Accepted;
-                        accepted.push_back(ConnId {
-                            stack: self.index,
-                            handle: h,
-                            generation: slot.generation,
-                        });
-                        counters.accepted += 1;
-                        changed = true;
-                    }
-                }
-            }
-        }
-
-        let mut reap = std::mem::take(&mut self.reap_scratch);
-        reap.clear();
-        let mut time_wait = 0;
-        for (&h, slot) in self.slots.iter_mut() {
-            if !matches!(slot.role, Role::Accepted | Role::Client) {
-                continue;
-            }
-            let s = self.sockets.get::<tcp::Socket<'static>>(h);
-            match s.state() {
-                State::TimeWait => {
-                    time_wait += 1;
-                    if !slot.time_wait_seen {
-                        slot.time_wait_seen = true;
-                        counters.time_wait += 1;
-                    }
-                }
-                // Closed, and the RST (if it was aborted) has gone out.
-                State::Closed if s.remote_endpoint().is_none() => reap.push(h),
-                _ => {}
-            }
-        }
-        for &h in &reap {
-            self.reap(h, counters);
-            changed = true;
-        }
-        self.reap_scratch = reap;
-        self.time_wait_now = time_wait;
-        self.top_up_listeners();
-        changed
-    }
-
-    /// Feeds the queued ingress packets to smoltcp one by one, lets every socket transmit, then
-    /// settles the socket roles and records smoltcp's next deadline. Returns whether any socket
-    /// may have changed state.
-    pub fn poll(
-        &mut self,
-        now: SmolInstant,
-        port: &mut Port<'_>,
-        accepted: &mut VecDeque<ConnId>,
-    ) -> bool {
-        port.counters.stack_polls += 1;
-        self.dirty = false;
+    /// Processes the queued ingress packets, runs due timers, then lets every touched
+    /// connection transmit and settles it. Returns whether any connection was processed.
+    pub fn poll(&mut self, now: Instant, io: &mut Io<'_>) -> bool {
+        io.counters.stack_polls += 1;
         self.busy = true;
-        let mut changed = false;
         while let Some(packet) = self.rx.pop_front() {
-            if packet.syn
-                && packet.tuple.local_port == self.opts.listen_port
-                && !self.admit_syn(&packet.tuple, port.counters)
-            {
-                port.spend(packet.buf);
-                continue;
-            }
-            port.next = Some(packet.buf);
-            if self.iface.poll_ingress_single(now, port, &mut self.sockets)
-                == PollIngressSingleResult::SocketStateChanged
-            {
-                changed = true;
-            }
-            if let Some(buf) = port.next.take() {
-                port.spend(buf);
-            }
+            self.input(now, packet, io);
         }
-        while self.iface.poll_egress(now, port, &mut self.sockets) == PollResult::SocketStateChanged
-        {
-            changed = true;
-        }
-        self.iface.poll_maintenance(now);
-        changed |= self.settle(accepted, port.counters);
-        self.next_poll = self.iface.poll_at(now, &self.sockets);
-        changed
-    }
-
-    /// The socket of a live accepted or client connection.
-    pub fn conn(&mut self, id: ConnId) -> Result<&mut tcp::Socket<'static>, ConnError> {
-        self.check(id)?;
-        Ok(self.socket_mut(id.handle))
-    }
-
-    /// Shared access to the socket of a live connection.
-    pub fn conn_ref(&self, id: ConnId) -> Option<&tcp::Socket<'static>> {
-        self.check(id).ok()?;
-        Some(self.socket(id.handle))
-    }
-
-    fn check(&self, id: ConnId) -> Result<(), ConnError> {
-        match self.slots.get(&id.handle) {
-            Some(slot)
-                if slot.generation == id.generation
-                    && matches!(slot.role, Role::Accepted | Role::Client) =>
-            {
-                Ok(())
+        self.run_timers(now);
+        let ready = std::mem::take(&mut self.ready);
+        let mut done = 0;
+        for &slot in &ready {
+            if !self.transmit(now, slot, io) {
+                break;
             }
+            self.settle(slot, io);
+            done += 1;
+        }
+        // Slots left when the egress queue filled stay ready (their flag is still set); slots
+        // touched while settling were pushed to the new list.
+        let mut ready = ready;
+        ready.drain(..done);
+        ready.append(&mut self.ready);
+        self.ready = ready;
+        done > 0
+    }
+
+    /// The connection of a live accepted or client id.
+    pub fn conn(&mut self, id: ConnId) -> Result<&mut Conn, ConnError> {
+        self.live_entry(id).map(|e| &mut e.conn)
+    }
+
+    /// Shared access to the connection of a live id.
+    pub fn conn_ref(&self, id: ConnId) -> Option<&Conn> {
+        let s = self.slots.get(id.slot as usize)?;
+        let e = s.entry.as_deref()?;
+        (s.generation == id.generation && e.role != Role::Handshake).then_some(&e.conn)
+    }
+
+    fn live_entry(&mut self, id: ConnId) -> Result<&mut Entry, ConnError> {
+        let s = self
+            .slots
+            .get_mut(id.slot as usize)
+            .ok_or(ConnError::Gone)?;
+        match s.entry.as_deref_mut() {
+            Some(e) if s.generation == id.generation && e.role != Role::Handshake => Ok(e),
             _ => Err(ConnError::Gone),
         }
     }
 
-    /// Starts an active open on `tuple` (the caller picked a port that hashes back here).
-    pub fn open_client(&mut self, tuple: Tuple) -> Result<ConnId, ConnectError> {
-        let (mut s, reused) = self.take_socket();
-        let local = IpListenEndpoint {
-            addr: Some(self.opts.address),
-            port: tuple.local_port,
-        };
-        s.connect(self.iface.context(), IpEndpoint::from(tuple.remote), local)
-            .map_err(|_| ConnectError::Unaddressable)?;
-        let h = self.add_socket(s);
-        let generation = self.bump_generation();
-        self.slots.insert(
-            h,
-            Slot {
-                generation,
-                role: Role::Client,
-                tuple: Some(tuple),
-                time_wait_seen: false,
-                reused,
-            },
-        );
-        self.tuples.insert(tuple, h);
-        self.dirty = true;
-        Ok(ConnId {
-            stack: self.index,
-            handle: h,
-            generation,
-        })
+    /// Stores the waker to wake when receiving may progress.
+    pub fn set_recv_waker(&mut self, id: ConnId, waker: &Waker) -> Result<(), ConnError> {
+        let e = self.live_entry(id)?;
+        match &e.recv_waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => e.recv_waker = Some(waker.clone()),
+        }
+        Ok(())
     }
 
-    /// Graceful close: FIN after the queued data. Keep-alive stops, so a peer that never closes
-    /// its side lets the socket go after the configured timeout.
-    pub fn close(&mut self, id: ConnId) -> Result<(), ConnError> {
-        let s = self.conn(id)?;
-        s.close();
-        s.set_keep_alive(None);
-        self.dirty = true;
+    /// Stores the waker to wake when sending may progress.
+    pub fn set_send_waker(&mut self, id: ConnId, waker: &Waker) -> Result<(), ConnError> {
+        let e = self.live_entry(id)?;
+        match &e.send_waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => e.send_waker = Some(waker.clone()),
+        }
         Ok(())
+    }
+
+    /// Starts an active open on `tuple` (the caller picked a port that hashes back here).
+    pub fn open_client(&mut self, now: Instant, tuple: Tuple) -> Result<ConnId, ConnectError> {
+        if tuple.remote.is_ipv4() != self.opts.address.is_ipv4() {
+            return Err(ConnectError::Unaddressable);
+        }
+        let isn = self.isn(now, &tuple);
+        let conn = Conn::connect(
+            &self.opts.tcp,
+            now,
+            self.local(tuple.local_port),
+            tuple.remote,
+            isn,
+        );
+        Ok(self.insert(conn, Role::Client, tuple))
+    }
+
+    /// Gives back what traffic left once the stack was not polled for a whole period between
+    /// two calls: trailing empty slots, and table room far beyond what is in use. Call it at a
+    /// steady pace.
+    pub fn trim(&mut self) {
+        if std::mem::take(&mut self.busy) {
+            return;
+        }
+        while self.slots.last().is_some_and(|s| s.entry.is_none()) {
+            self.slots.pop();
+        }
+        let len = self.slots.len();
+        self.free.retain(|&i| (i as usize) < len);
+        if self.slots.capacity() > 2 * len + 8 {
+            self.slots.shrink_to_fit();
+            self.free.shrink_to_fit();
+        }
+        if self.tuples.is_empty() {
+            self.tuples = HashMap::new();
+        } else if self.tuples.capacity() > 2 * self.tuples.len() + 8 {
+            self.tuples.shrink_to_fit();
+        }
+        if self.rx.is_empty() && self.rx.capacity() > 64 {
+            self.rx = VecDeque::new();
+        }
+        if self.ready.is_empty() && self.ready.capacity() > 64 {
+            self.ready = Vec::new();
+        }
     }
 }

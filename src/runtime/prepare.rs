@@ -210,6 +210,12 @@ fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> Stack
         backlog: c.runtime.listen_backlog,
         rx_buffer: c.runtime.tcp_rx_buffer,
         tx_buffer: c.runtime.tcp_tx_buffer,
+        rx_buffer_max: c.netstack.rx_buffer_max,
+        tx_buffer_max: c.netstack.tx_buffer_max,
+        congestion: match c.netstack.congestion {
+            crate::config::Congestion::Cubic => crate::netstack::tcp::Algorithm::Cubic,
+            crate::config::Congestion::NewReno => crate::netstack::tcp::Algorithm::NewReno,
+        },
         ack_delay: (!c.runtime.tcp_ack_delay.is_zero()).then_some(c.runtime.tcp_ack_delay),
         max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),
         stacks,

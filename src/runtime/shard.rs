@@ -233,10 +233,10 @@ async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
                 pool.trim();
                 pool.idle()
             };
-            shard.status.set_shard_tables(
-                shard.index,
-                super::status::TunnelTables::of(shard.set.borrow().stack_stats(), idle_buffers),
-            );
+            shard.status.set_shard_tables(shard.index, {
+                let set = shard.set.borrow();
+                super::status::TunnelTables::of(set.stack_stats(), set.counters(), idle_buffers)
+            });
             let open = usize::try_from(shard.active.get()).unwrap_or(usize::MAX);
             if reclaim.due(open.saturating_add(idle_buffers)) {
                 super::alloc::collect();
