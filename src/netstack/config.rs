@@ -1,5 +1,5 @@
-//! What a shard's stack set is built from, with the defaults and the checks that keep smoltcp from
-//! panicking on a bad value.
+//! What a shard's stack set is built from, with the defaults and the checks that reject values
+//! no connection could work with.
 //!
 //! The runtime maps the validated broker configuration onto [`StackConfig`]:
 //! `address`/`mtu` from `[wireguard]`, `listen_port` from `[inbound]`, `backlog` from
@@ -20,7 +20,7 @@ use super::tcp::{self, Algorithm};
 /// The default tunnel MTU, 1320 rather than WireGuard's customary 1420.
 ///
 /// 1420 is what fits a 1500-byte Ethernet path (1500 - 80 bytes of WireGuard over IPv6). Brokers
-/// sit behind PPPoE (1492), cloud VPN links and IPsec tunnels (1400 and less), and smoltcp has no
+/// sit behind PPPoE (1492), cloud VPN links and IPsec tunnels (1400 and less), and our TCP has no
 /// path-MTU discovery: an encrypted datagram too large for such a link is fragmented or dropped,
 /// and big responses stall while small ones pass. The Semgrep broker lowered its default to 1320
 /// for exactly this; 1320 + 80 = 1400 fits every such path we know of, and matches what a Semgrep
@@ -33,16 +33,15 @@ pub struct StackConfig {
     /// The broker's tunnel address (v4 or v6); TCP is terminated on it only. No usable default:
     /// the default `0.0.0.0` is rejected by [`StackConfig::validate`].
     pub address: IpAddr,
-    /// Tunnel MTU: the largest inner IP packet. smoltcp derives the MSS from it (1320 → 1280 over
+    /// Tunnel MTU: the largest inner IP packet. The MSS we announce follows (1320 → 1280 over
     /// IPv4, 1260 over IPv6) and never sends a larger packet. Default [`DEFAULT_MTU`].
     pub mtu: usize,
     /// TCP port of the HTTP endpoint. Default 80.
     pub listen_port: u16,
-    /// Listening sockets kept armed in every stack (smoltcp has no accept backlog: one listening
-    /// socket takes one connection). They are topped up before every inbound SYN and after every
-    /// poll, so a burst of SYNs never meets an empty listener set while the stack has room; the
-    /// value trades idle memory (an armed listener holds its buffers) against socket allocation
-    /// on the SYN path. Default 16.
+    /// Half-open handshakes (`SYN-RECEIVED`) one stack may hold; further SYNs are dropped and
+    /// the peer retransmits them (Linux's SYN queue). A half-open connection holds no buffer
+    /// yet, so this bounds a SYN flood's cost, not a burst's: keep it above the SYNs one stack
+    /// sees within a round trip. Default 16.
     pub backlog: usize,
     /// Receive buffer a connection starts with, bytes (its first advertised window); it grows
     /// with what the application reads per round trip up to `rx_buffer_max`. Default 64 KiB.
@@ -58,10 +57,10 @@ pub struct StackConfig {
     pub tx_buffer_max: usize,
     /// Congestion controller of every connection. Default CUBIC.
     pub congestion: Algorithm,
-    /// Sockets (listeners, handshakes, connections, `TIME-WAIT`) one stack may hold. smoltcp
-    /// scans all of them per packet, so keep it in the hundreds. Default 256.
+    /// Connections (handshakes, established, `TIME-WAIT`) one stack may hold; SYNs beyond are
+    /// answered with RST. Default 256.
     pub max_sockets_per_stack: usize,
-    /// smoltcp stacks in this shard; flows are spread over them by hash. Default 4. At most
+    /// Connection tables in this shard; flows are spread over them by hash. Default 4. At most
     /// 65535.
     pub stacks: usize,
     /// Index of this shard among `shards`. Default 0.
@@ -69,7 +68,7 @@ pub struct StackConfig {
     /// Number of shards the tunnel core hashes flows over. Default 1.
     pub shards: usize,
     /// Keep-alive probe interval on idle connections. Default 30 s. Needed whenever `timeout` is
-    /// set: smoltcp aborts a connection that received nothing for `timeout`, so an idle but live
+    /// set: a connection that received nothing for `timeout` is aborted, so an idle but live
     /// peer must be prodded to answer.
     pub keep_alive: Option<Duration>,
     /// A connection that receives nothing for this long is aborted (dead peer, or a half-open
@@ -77,11 +76,11 @@ pub struct StackConfig {
     /// After [`close`](super::StackSet::close) keep-alive stops, so a peer that never finishes
     /// its side releases the socket after this long.
     pub timeout: Option<Duration>,
-    /// How long smoltcp may hold back a pure ACK hoping to piggyback it on data. `None` ACKs at
-    /// once. Default 5 ms (`[runtime] tcp_ack_delay`; smoltcp's own default is 10 ms): long
+    /// How long a connection may hold back a pure ACK hoping to piggyback it on data. `None`
+    /// ACKs at once. Default 5 ms (`[runtime] tcp_ack_delay`): long
     /// enough that a proxied reply under load carries the ACK (at 1 ms, a third of requests also
     /// cost a pure-ACK datagram), short enough that a peer running Nagle is not stalled for long.
-    /// smoltcp still ACKs at once when a second full segment is unacknowledged.
+    /// A second full segment, out-of-order data and a FIN are still ACKed at once.
     pub ack_delay: Option<Duration>,
     /// Packets waiting in one stack's ingress queue before further packets for it are dropped.
     /// Default 1024.

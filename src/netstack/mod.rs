@@ -1,59 +1,54 @@
-//! TCP termination inside the tunnel: a shard's smoltcp stacks, fed with decrypted IP packets and
+//! TCP termination inside the tunnel: a shard's connections, fed with decrypted IP packets and
 //! draining IP packets to encrypt.
 //!
 //! The tunnel core hashes every inner packet by its 5-tuple and moves the buffer to the shard that
-//! owns the flow ([`crate::packet::shard_of`]). Inside the shard a [`StackSet`] holds several small
-//! smoltcp stacks ([`StackConfig::stacks`]) and hands each packet to
+//! owns the flow ([`crate::packet::shard_of`]). Inside the shard a [`StackSet`] splits its
+//! connections over several tables ("stacks", [`StackConfig::stacks`]) and hands each packet to
 //! `stacks[shard_of(hash, shards, stacks).1]`, so the tunnel core and the shard agree on the owner
-//! of every flow without talking to each other. The set is **sans-IO**: time is passed in
-//! ([`StackSet::poll`], [`StackSet::poll_delay`]), packets come in as owned
-//! [`PacketBuf`](crate::packet::PacketBuf)s and go out as `PacketBuf`s the caller drains; nothing
-//! here reads a clock, owns a socket or spawns.
+//! of every flow without talking to each other. Each connection is one [`tcp::Conn`], our own
+//! sans-IO TCP (SACK, RACK-TLP, PRR, CUBIC, buffers that grow with the path: see [`tcp`]).
+//! The set is **sans-IO**: time is passed in ([`StackSet::poll`], [`StackSet::poll_delay`]),
+//! packets come in as owned [`PacketBuf`](crate::packet::PacketBuf)s and go out as `PacketBuf`s
+//! the caller drains; nothing here reads a clock, owns a socket or spawns.
 //!
-//! ## Why several small stacks (DESIGN.md §9)
+//! ## Why several tables
 //!
-//! smoltcp walks **every socket of a `SocketSet` for every packet** (ingress demux, egress,
-//! `poll_at`). One set with thousands of sockets would cost microseconds per packet, so each
-//! stack is capped at [`StackConfig::max_sockets_per_stack`] and flows are spread over stacks by
-//! the same hash the tunnel core uses. A stack is only polled when it has queued packets, an
-//! application call touched one of its sockets, or its own timer expired.
+//! A table (`stack.rs`) finds a connection by hash lookup and visits only the connections a poll
+//! touched, so its size does not cost per packet. Tables remain because the tunnel core's flow
+//! hash already names one, and because one table is polled only when it has queued packets, a
+//! touched connection, or a due timer: a burst on one table does not make the others work.
+//! (Before issue 19 each table was a smoltcp interface, which walks every socket for every
+//! packet; that is why a shard has up to 256 of them by default.)
 //!
 //! ## Invariants
 //!
-//! * **No packet copies.** An ingress `PacketBuf` is read in place by smoltcp (the device's
-//!   `RxToken` lends `&[u8]` of the buffer) and then parked in the *spent* list, which the runtime
-//!   drains ([`StackSet::drain_spent`]) and sends back to the core that allocated it. Egress
-//!   packets are written by smoltcp straight into a buffer from the shard's [`BufPool`]
-//!   (passed to [`StackSet::poll`]) and queued for [`StackSet::drain_tx`]. Spent buffers are not
-//!   reused for egress: a `PacketBuf` carries no record of its home pool, so mixing provenance
-//!   would send tunnel-core memory to the shard pool and vice versa.
-//! * **A SYN always finds a listener while there is room.** smoltcp has no backlog; ingress is
-//!   fed one packet at a time and before each SYN to the listen port the stack re-arms its
-//!   pre-armed listeners ([`StackConfig::backlog`]). Only when the stack holds
-//!   `max_sockets_per_stack` sockets does a SYN meet no listener; smoltcp then answers RST and
-//!   [`Counters::syn_reset_full`] counts it.
-//! * **The socket set never grows without bound.** Sockets that reach `Closed` (after their RST,
-//!   if any, went out) are reaped: reused as a listener if the backlog needs one, kept as a
-//!   spare (at most the backlog) or removed otherwise. `TIME-WAIT` holds a socket for smoltcp's fixed 10 s
-//!   ([`Counters::time_wait`], [`StackStats::time_wait`]); a new SYN on a tuple in `TIME-WAIT`
-//!   recycles that socket at once.
-//! * **Handles do not alias.** A [`ConnId`] carries a generation; once its socket is reaped or
-//!   reused, every call with the old id returns [`ConnError::Gone`].
-//! * **Memory is bounded.** Per-stack ingress queues ([`StackConfig::rx_queue`]) and the shard's
+//! * **No packet copies.** An ingress `PacketBuf` is parsed in place ([`tcp::wire::parse`]: the
+//!   segment's payload borrows the buffer while the connection copies it into its receive
+//!   buffer) and then parked in the *spent* list, which the runtime drains
+//!   ([`StackSet::drain_spent`]) and sends back to the core that allocated it. Egress packets are
+//!   written by the connection straight into a buffer from the shard's [`BufPool`] (passed to
+//!   [`StackSet::poll`]) and queued for [`StackSet::drain_tx`]. Spent buffers are not reused for
+//!   egress: a `PacketBuf` carries no record of its home pool, so mixing provenance would send
+//!   tunnel-core memory to the shard pool and vice versa.
+//! * **A SYN opens a connection while there is room.** A SYN to the listen port makes a
+//!   connection in `SYN-RECEIVED` unless the table holds `max_sockets_per_stack` connections
+//!   (answered with RST, [`Counters::syn_reset_full`]) or `backlog` half-open ones (dropped, the
+//!   peer retransmits, [`Counters::syn_backlog_full`]). A segment for no connection is answered
+//!   with the reset RFC 9293 prescribes ([`Counters::stray_segments`]).
+//! * **The tables never grow without bound.** A connection is reaped once it finished (in order
+//!   and out of `TIME-WAIT`, 10 s; reset; timed out; aborted after its RST went out); a new SYN on
+//!   a tuple in `TIME-WAIT` recycles it at once ([`Counters::time_wait_recycled`]).
+//! * **Handles do not alias.** A [`ConnId`] carries a generation; once its connection is reaped,
+//!   every call with the old id returns [`ConnError::Gone`].
+//! * **Memory is bounded.** Per-table ingress queues ([`StackConfig::rx_queue`]) and the shard's
 //!   egress queue ([`StackConfig::tx_queue`]) have limits; beyond them packets are dropped and
-//!   counted (ingress) or smoltcp keeps the data for the next poll (egress).
-//! * **What a burst made is given back.** Spare sockets, reused listeners and grown socket tables
-//!   of a stack that went quiet are dropped by [`StackSet::trim`], which the runtime calls about
-//!   every 100 ms: once connections are gone every stack is back to its size when it was made.
+//!   counted (ingress) or the connection keeps its data for the next poll (egress). Each
+//!   connection's buffers are capped (`rx_buffer_max`, `tx_buffer_max`).
+//! * **What a burst made is given back.** Connections free their buffers as they drain; the
+//!   slab and maps of a table that went quiet are shrunk by [`StackSet::trim`], which the
+//!   runtime calls about every 100 ms.
 //!
 //! [`BufPool`]: crate::packet::BufPool
-//!
-//! ## Our own TCP (in progress)
-//!
-//! [`tcp`] is the connection core that will replace smoltcp's TCP socket inside these stacks
-//! (issue 19: SACK-based recovery, RACK-TLP, PRR, CUBIC, buffers that grow with the path). It
-//! is built and tested on its own and not yet used by [`StackSet`]; smoltcp's socket still
-//! carries every connection.
 
 mod config;
 mod set;

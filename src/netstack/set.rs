@@ -4,12 +4,12 @@
 //! Invariants:
 //! * A packet goes to `stacks[shard_of(hash, shards, stacks).1]` — the stack the tunnel core's
 //!   hash designates — or is dropped, counted, and its buffer put on the spent list. Nothing
-//!   else reaches smoltcp: only TCP to our address, on the listen port or on the exact tuple of
-//!   one of our client connections.
+//!   else reaches a connection: only TCP to our address, on the listen port or on the exact
+//!   tuple of one of our client connections.
 //! * Every ingress buffer comes back through [`StackSet::drain_spent`], exactly once.
-//! * [`StackSet::poll`] only polls stacks with queued packets, a touched socket, or an expired
-//!   smoltcp deadline; [`StackSet::poll_delay`] is exact for the same three reasons, so a runtime
-//!   that sleeps for it neither spins nor misses a timer.
+//! * [`StackSet::poll`] only polls stacks with queued packets, a touched connection, or a due
+//!   timer; [`StackSet::poll_delay`] is exact for the same three reasons, so a runtime that
+//!   sleeps for it neither spins nor misses a timer.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -50,7 +50,7 @@ pub enum DropReason {
     QueueFull,
 }
 
-/// A shard's TCP termination: `stacks` smoltcp stacks behind one demultiplexer. See the module
+/// A shard's TCP termination: `stacks` connection tables behind one demultiplexer. See the module
 /// docs of [`crate::netstack`].
 pub struct StackSet {
     address: IpAddr,
@@ -251,7 +251,7 @@ impl StackSet {
         }
     }
 
-    /// Packets smoltcp wrote, in order, for the tunnel core to encrypt.
+    /// Packets the connections wrote, in order, for the tunnel core to encrypt.
     pub fn drain_tx(&mut self) -> std::collections::vec_deque::Drain<'_, PacketBuf> {
         self.tx.drain(..)
     }
@@ -266,14 +266,14 @@ impl StackSet {
         self.tx.len()
     }
 
-    /// Ingress buffers smoltcp is done with (and dropped packets): send them home to the core
+    /// Ingress buffers the connections are done with (and dropped packets): send them home to the core
     /// that allocated them.
     pub fn drain_spent(&mut self) -> std::vec::Drain<'_, PacketBuf> {
         self.spent.drain(..)
     }
 
-    /// Stops accepting new connections in every stack (drain): armed listeners are dropped and
-    /// never re-armed; established connections carry on.
+    /// Stops accepting new connections in every stack (drain): later SYNs are answered with
+    /// RST; established connections carry on.
     pub fn stop_accepting(&mut self) {
         for s in &mut self.stacks {
             s.stop_accepting();
@@ -284,9 +284,8 @@ impl StackSet {
     }
 
     /// Gives back what traffic left in every stack that was not polled since the previous call:
-    /// spare sockets, listeners that served an earlier connection (replaced by new ones), table
-    /// slots beyond the listeners. Call it at a steady pace (the runtime: about every 100 ms);
-    /// busy stacks keep their spares, so connection churn does not make new sockets.
+    /// empty slots at the end of the slab and map room far beyond what is in use. Call it at a
+    /// steady pace (the runtime: about every 100 ms); busy stacks keep their tables.
     pub fn trim(&mut self) {
         for s in &mut self.stacks {
             s.trim();

@@ -1,15 +1,15 @@
 //! Our own TCP: a sans-IO connection core built for WAN paths, on smoltcp's wire types.
 //!
-//! smoltcp's TCP socket (what the stack set runs today) recovers from loss the way TCP did in the
-//! 1990s: a 1 s minimum RTO with exponential back-off, fast retransmit of one segment, SACK blocks
+//! smoltcp's TCP socket (what the stack set ran until issue 19) recovers from loss the way TCP
+//! did in the 1990s: a 1 s minimum RTO with exponential back-off, fast retransmit of one segment, SACK blocks
 //! received but never used, no RACK, no tail loss probe, a fixed send buffer. Over a 30 ms path
 //! with 0.1 % loss a 10 MiB download took 19.7 s against the kernel's 0.5 s (issue 19). This
 //! module is the replacement: one [`Conn`] per connection, driven exactly like the rest of
 //! `netstack` — segments and time in, segments out — with smoltcp kept as the packet layer
 //! ([`wire`]: `Ipv4Packet`/`Ipv6Packet`/`TcpPacket`/`TcpRepr` parse and emit).
 //!
-//! It is **not wired into [`StackSet`](super::StackSet) yet**; that is the next step. The shape
-//! it is built for:
+//! Every tunnel connection is one: the [`StackSet`](super::StackSet) (in `stack.rs`) drives
+//! them like this:
 //!
 //! ```text
 //!  StackSet (demux by 4-tuple, listeners/backlog, accept queue, ConnId generations, reaping)
@@ -79,7 +79,7 @@
 //! delay, bottleneck rate with a drop-tail queue, seeded loss, duplication, reordering and
 //! scripted drops, and a trace of every packet. `tests/wan.rs` holds the issue's acceptance
 //! scenarios; each also runs with smoltcp 0.14's socket as the sender (`tests/smol.rs`) to show
-//! today's behaviour failing. `tests/conn.rs` scripts single connections segment by segment.
+//! the old behaviour failing. `tests/conn.rs` scripts single connections segment by segment.
 //!
 //! ## Why not a library
 //!
