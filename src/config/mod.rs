@@ -28,6 +28,7 @@
 pub mod dump;
 pub mod error;
 pub mod overlay;
+pub mod proxy_url;
 pub mod reader;
 pub mod reload;
 pub mod secret_source;
@@ -44,6 +45,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
+pub use proxy_url::ProxyEndpoint;
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
 
 use crate::allowlist::{Allowlist, RuleSpec, scm::ScmKind};
