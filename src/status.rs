@@ -48,23 +48,26 @@ impl TunnelTables {
         stacks: impl Iterator<Item = crate::netstack::StackStats>,
         idle_buffers: usize,
     ) -> Self {
-        stacks.fold(
-            Self {
-                idle_buffers,
-                ..Self::default()
-            },
-            |t, s| Self {
-                listeners: t.listeners + s.listeners,
-                handshakes: t.handshakes + s.handshakes,
-                connections: t.connections + s.connections,
-                time_wait: t.time_wait + s.time_wait,
-                spares: t.spares + s.spares,
-                reused_listeners: t.reused_listeners + s.reused_listeners,
-                socket_slots: t.socket_slots + s.storage,
-                table_capacity: t.table_capacity + s.table_capacity,
-                ..t
-            },
-        )
+        let own = Self {
+            idle_buffers,
+            ..Self::default()
+        };
+        stacks.map(Self::of_stack).fold(own, |t, s| t.plus(&s))
+    }
+
+    /// One stack's figures under this struct's names (`storage` is `socket_slots`).
+    fn of_stack(s: crate::netstack::StackStats) -> Self {
+        Self {
+            listeners: s.listeners,
+            handshakes: s.handshakes,
+            connections: s.connections,
+            time_wait: s.time_wait,
+            spares: s.spares,
+            reused_listeners: s.reused_listeners,
+            socket_slots: s.storage,
+            table_capacity: s.table_capacity,
+            idle_buffers: 0,
+        }
     }
 
     fn plus(&self, o: &Self) -> Self {
@@ -192,9 +195,7 @@ impl Status {
 
     /// Shard `shard` has answered `n` requests in all.
     pub fn set_requests(&self, shard: usize, n: u64) {
-        if let Some(c) = self.shard_requests.get(shard) {
-            c.store(n, Ordering::Relaxed);
-        }
+        store(&self.shard_requests, shard, n);
     }
 
     /// Shard `shard` publishes its server counters (once per beat, not per request).
@@ -265,41 +266,27 @@ impl Status {
 
     /// Shard `shard` has `n` open connections.
     pub fn set_active(&self, shard: usize, n: u64) {
-        if let Some(c) = self.shard_active.get(shard) {
-            c.store(n, Ordering::Relaxed);
-        }
+        store(&self.shard_active, shard, n);
     }
 
     /// Open tunnel connections across shards.
     pub fn active_connections(&self) -> u64 {
-        self.shard_active
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        loads(&self.shard_active).sum()
     }
 
     /// Requests answered per shard (as of their last beat).
     pub fn requests_per_shard(&self) -> Vec<u64> {
-        self.shard_requests
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+        loads(&self.shard_requests).collect()
     }
 
     /// Requests answered by all shards (as of their last beat).
     pub fn requests(&self) -> u64 {
-        self.shard_requests
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        loads(&self.shard_requests).sum()
     }
 
     /// The progress counters, in executor order.
     pub fn beats(&self) -> Vec<u64> {
-        self.beats
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
+        loads(&self.beats).collect()
     }
 
     /// The heartbeat failed (or has not passed yet) for `reason`.
@@ -338,5 +325,18 @@ impl Status {
                     .saturating_sub(Duration::from_millis(ms)),
             ),
         }
+    }
+}
+
+/// Every per-executor counter of `cells`, in order (written once per beat; `Relaxed` is enough
+/// for figures that are read as a snapshot).
+fn loads(cells: &[AtomicU64]) -> impl Iterator<Item = u64> + '_ {
+    cells.iter().map(|c| c.load(Ordering::Relaxed))
+}
+
+/// Sets executor `i`'s counter in `cells`; an index out of range is ignored.
+fn store(cells: &[AtomicU64], i: usize, n: u64) {
+    if let Some(c) = cells.get(i) {
+        c.store(n, Ordering::Relaxed);
     }
 }
