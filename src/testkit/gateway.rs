@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::netstack::{ConnId, StackConfig, StackSet};
 use crate::packet::BufPool;
-use crate::runtime::udp::{self, Ready, RecvBatch, Unsent};
+use crate::runtime::udp::{self, Ready, RecvBatch};
 use crate::testkit::impair::{Impair, ImpairSpec, ImpairStats};
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
@@ -604,33 +604,13 @@ impl Gateway {
 
     /// The socket half of [`Gateway::flush_tx`]: one `sendmmsg` (or a few) for the batch.
     fn send_batch(udp: &UdpSocket, tx: &mut Outbox, stats: &mut GatewayStats) -> io::Result<()> {
-        let queued = tx.batch.len();
-        if queued == 0 {
+        if tx.batch.is_empty() {
             return Ok(());
         }
-        let fd = udp.as_raw_fd();
         let calls = tx.batch.calls();
-        let mut from = 0;
-        let mut stalled = false;
-        loop {
-            match tx.batch.send_from(fd, from) {
-                Ok(failed) => {
-                    stats.dropped += failed as u64;
-                    stats.datagrams_out += (queued - from - failed) as u64;
-                    break;
-                }
-                Err(Unsent { from: next, failed }) => {
-                    stats.dropped += failed as u64;
-                    stats.datagrams_out += (next - from - failed) as u64;
-                    from = next;
-                    if stalled || !udp::wait(fd, Ready::Writable, Duration::from_millis(10))? {
-                        stats.dropped += (queued - from) as u64;
-                        break;
-                    }
-                    stalled = true;
-                }
-            }
-        }
+        let sent = super::relay::send_all(&mut tx.batch, udp.as_raw_fd())?;
+        stats.dropped += sent.lost;
+        stats.datagrams_out += sent.sent;
         stats.send_calls += tx.batch.calls() - calls;
         tx.batch.clear();
         Ok(())

@@ -152,36 +152,39 @@ fn read_body(r: &mut BufReader<TcpStream>, headers: &[(String, String)]) -> io::
                 }
                 break;
             }
-            let mut left = size;
-            while left > 0 {
-                let cap = left.min(buf.len() as u64) as usize;
-                let n = r.read(&mut buf[..cap])?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                hash = fnv1a(&buf[..n], hash);
-                len += n as u64;
-                left -= n as u64;
-            }
+            hash = hash_exactly(r, size, &mut buf, hash)?;
+            len += size;
             line.clear();
             r.read_line(&mut line)?;
         }
     } else if let Some(cl) = get("content-length") {
-        let mut left: u64 = cl
+        let cl: u64 = cl
             .parse()
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "length"))?;
-        while left > 0 {
-            let cap = left.min(buf.len() as u64) as usize;
-            let n = r.read(&mut buf[..cap])?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            hash = fnv1a(&buf[..n], hash);
-            len += n as u64;
-            left -= n as u64;
-        }
+        hash = hash_exactly(r, cl, &mut buf, hash)?;
+        len += cl;
     }
     Ok((len, hash))
+}
+
+/// Reads exactly `n` bytes of body through `buf`, folding them into the FNV-1a `hash`.
+fn hash_exactly(
+    r: &mut BufReader<TcpStream>,
+    n: u64,
+    buf: &mut [u8],
+    mut hash: u64,
+) -> io::Result<u64> {
+    let mut left = n;
+    while left > 0 {
+        let cap = left.min(buf.len() as u64) as usize;
+        let got = r.read(&mut buf[..cap])?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hash = fnv1a(&buf[..got], hash);
+        left -= got as u64;
+    }
+    Ok(hash)
 }
 
 fn respond(w: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {

@@ -39,6 +39,23 @@ use crate::allowlist::{Allowlist, CanonUrl, Decision, Rule};
 use crate::http::BodyFraming;
 use crate::upstream::{Pooled, Target, Upstreams};
 
+/// One `info` line about the exchange's destination: `event`, the request id, the method and
+/// the URL's parts, then the event's own fields (the allowlist's reason, the rule).
+macro_rules! log_exchange {
+    ($event:literal, $x:expr, $method:expr, $url:expr, $($extra:tt)*) => {
+        tracing::info!(
+            event = $event,
+            request_id = $x.request_id,
+            method = $method,
+            scheme = $url.scheme.as_str(),
+            host = %$url.host,
+            port = $url.port,
+            path = %$url.path,
+            $($extra)*
+        )
+    };
+}
+
 mod outcome;
 mod request;
 mod response;
@@ -160,16 +177,7 @@ where
         let (x, method) = (self.ctx, self.request.method());
         let (rule_id, rule) = match decide(x.allowlist, self.request, &url) {
             Decision::Denied(reason) => {
-                tracing::info!(
-                    event = "allowlist.reject",
-                    request_id = x.request_id,
-                    method,
-                    scheme = url.scheme.as_str(),
-                    host = %url.host,
-                    port = url.port,
-                    path = %url.path,
-                    reason = %reason,
-                );
+                log_exchange!("allowlist.reject", x, method, url, reason = %reason);
                 return Err(ProxyError::new(
                     ErrorKind::Denied,
                     "url is not in allowlist",
@@ -178,16 +186,7 @@ where
             Decision::Allowed { rule_id, rule } => (rule_id, rule),
         };
         self.out.rule = Some(rule_id);
-        tracing::info!(
-            event = "proxy.request",
-            request_id = x.request_id,
-            method,
-            scheme = url.scheme.as_str(),
-            host = %url.host,
-            port = url.port,
-            path = %url.path,
-            rule = rule_id,
-        );
+        log_exchange!("proxy.request", x, method, url, rule = rule_id);
         if rule.spec.log.request_headers {
             let mut text = String::new();
             for (n, v) in self.request.headers() {
