@@ -25,6 +25,15 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().expect("valid socket address")
 }
 
+/// What sending an IP packet over an established session gives: a transport data message
+/// (type 4) to the peer's endpoint `to`.
+fn data_to(to: &str) -> Out {
+    Out::Transmit {
+        message_type: 4,
+        to: sa(to),
+    }
+}
+
 fn spec(public_key: PublicKey, endpoint: Option<&str>, allowed: &[&str]) -> PeerSpec {
     PeerSpec {
         public_key,
@@ -413,24 +422,12 @@ fn handshake_completes_initiator_to_responder() {
 fn ip_packets_cross_both_ways_byte_exact() {
     let mut p = connected_pair();
     let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"GET /healthcheck HTTP/1.1\r\n\r\n");
-    assert_eq!(
-        p.net.send(p.broker, &up),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR)
-        }
-    );
+    assert_eq!(p.net.send(p.broker, &up), data_to(VENDOR));
     p.net.run();
     assert_eq!(p.net.inbox(p.vendor), vec![(p.to_broker, up.clone())]);
 
     let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"HTTP/1.1 200 OK\r\n\r\nOK");
-    assert_eq!(
-        p.net.send(p.vendor, &down),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(BROKER)
-        }
-    );
+    assert_eq!(p.net.send(p.vendor, &down), data_to(BROKER));
     p.net.run();
     assert_eq!(p.net.inbox(p.broker), vec![(p.to_vendor, down.clone())]);
 
@@ -661,13 +658,7 @@ fn roaming_follows_the_authenticated_source() {
 
     // The responder replies to the new address.
     let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"reply");
-    assert_eq!(
-        p.net.send(p.vendor, &down),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(BROKER_ROAMED)
-        }
-    );
+    assert_eq!(p.net.send(p.vendor, &down), data_to(BROKER_ROAMED));
     p.net.run();
     assert_eq!(p.net.inbox(p.broker), vec![(p.to_vendor, down)]);
 
@@ -678,13 +669,7 @@ fn roaming_follows_the_authenticated_source() {
     p.net.run();
     assert_eq!(p.net.inbox(p.broker).len(), 1);
     let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"follow");
-    assert_eq!(
-        p.net.send(p.broker, &up),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR_MOVED)
-        }
-    );
+    assert_eq!(p.net.send(p.broker, &up), data_to(VENDOR_MOVED));
     assert_eq!(p.net.table(p.broker).counters().roams, 1);
 }
 
@@ -773,21 +758,9 @@ fn routing_picks_the_longest_prefix() {
     net.run();
 
     let to_g2 = ipv4_tcp(BROKER_IP, [10, 1, 2, 3], b"to the /16");
-    assert_eq!(
-        net.send(b, &to_g2),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(GATEWAY2)
-        }
-    );
+    assert_eq!(net.send(b, &to_g2), data_to(GATEWAY2));
     let to_g1 = ipv4_tcp(BROKER_IP, [10, 2, 0, 1], b"to the /8");
-    assert_eq!(
-        net.send(b, &to_g1),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR)
-        }
-    );
+    assert_eq!(net.send(b, &to_g1), data_to(VENDOR));
     let nowhere = ipv4_tcp(BROKER_IP, [192, 168, 1, 1], b"nowhere");
     assert_eq!(net.send(b, &nowhere), Out::Dropped(DropReason::NoRoute));
     assert_eq!(net.send(b, &[0x45; 8]), Out::Dropped(DropReason::Malformed));

@@ -459,42 +459,38 @@ fn a_request_body_that_stalls_is_408_and_closes() {
     assert_eq!(s.calls, [Call::Connect(target())], "not handed back");
 }
 
-#[test]
-fn a_request_body_cut_short_is_400_and_closes() {
+/// `request`, whose body the broker cannot forward, through the proxy to an upstream that would
+/// answer 200: the vendor gets a 400 naming `problem`, and its connection is closed.
+fn bad_request_body(request: String, problem: &str) -> Seen {
     let up = FakeUpstreams::default();
     up.fresh([Read::data(OK)]);
-    let s = run(
-        vendor(&(req("POST", "/a", "Content-Length: 10\r\n") + "abc")),
-        &up,
-        &Never,
-    );
+    let s = run(vendor(&request), &up, &Never);
     assert!(
         s.out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{}",
         s.out
     );
-    assert!(s.out.contains("request body incomplete"));
+    assert!(s.out.contains(problem), "{}", s.out);
     assert!(s.closed);
+    s
+}
+
+#[test]
+fn a_request_body_cut_short_is_400_and_closes() {
+    let s = bad_request_body(
+        req("POST", "/a", "Content-Length: 10\r\n") + "abc",
+        "request body incomplete",
+    );
     assert_eq!((s.stats.vendor_aborted, s.stats.rejected), (1, 0));
 }
 
 #[test]
 fn a_malformed_chunked_request_body_is_400_and_counted_malformed() {
-    let up = FakeUpstreams::default();
-    up.fresh([Read::data(OK)]);
-    let s = run(
-        vendor(&(req("POST", "/a", "Transfer-Encoding: chunked\r\n") + "zz\r\n")),
-        &up,
-        &Never,
+    let s = bad_request_body(
+        req("POST", "/a", "Transfer-Encoding: chunked\r\n") + "zz\r\n",
+        "malformed chunked body",
     );
-    assert!(
-        s.out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{}",
-        s.out
-    );
-    assert!(s.out.contains("malformed chunked body"));
     assert!(s.out.contains("Connection: close\r\n"));
-    assert!(s.closed);
     assert_eq!((s.stats.rejected, s.stats.vendor_aborted), (1, 0));
 }
 
