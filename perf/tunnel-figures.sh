@@ -28,15 +28,7 @@ chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
 # perf_cleanup kills what we started, removes the namespaces, the veth and the temp dir.
 trap perf_cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
 
-perf_ns "$V"; perf_ns "$B"
-perf_veth "$V" "va$TAG" 10.214.0.1/30 "$B" "vb$TAG" 10.214.0.2/30
-
-VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
-BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
-perf_wg_up "$V" "$WG"
-echo "$VKEY" > "$TMP/v.key"
-ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
-ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
+perf_vendor_tunnel "$V" "$B" "$WG" 10.214.0
 
 # Upstream: nginx on the broker namespace's loopback.
 mkdir -p "$TMP/www"
