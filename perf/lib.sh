@@ -209,19 +209,61 @@ perf_load_warning() {
   return 0
 }
 
-# perf_vendor_tunnel V B WG NET: namespaces V (the vendor) and B (the broker) joined by a veth
-# (NET.1/30 in V, NET.2/30 in B), and wireguard-go interface WG in V at 10.77.0.1/24, listening
-# on 51820 for the broker's key. Sets VKEY VPUB (the vendor's keys) and BKEY BPUB (the broker's),
-# made with $BIN.
+# perf_vendor_tunnel LETTER NET: a private TMP (perf_traps set first, so that every exit path
+# cleans up), then namespaces V=wg<LETTER>v<pid> (the vendor) and B=wg<LETTER>b<pid> (the broker)
+# joined by a veth (NET.1/30 in V, NET.2/30 in B), and wireguard-go interface WG (named as V: not
+# wg0, its UAPI socket is machine-wide) in V at 10.77.0.1/24, listening on 51820 for the broker's
+# key; the broker's [wireguard] section for it starts $TMP/broker.toml (append the rest). Sets
+# V B WG TMP, VKEY VPUB (the vendor's keys) and BKEY BPUB (the broker's), made with $BIN.
 # shellcheck disable=SC2034  # set for the callers
 perf_vendor_tunnel() {
-  local v=$1 b=$2 wg=$3 net=$4
-  perf_ns "$v"; perf_ns "$b"
-  perf_veth "$v" "v$wg" "$net.1/30" "$b" "b$wg" "$net.2/30"
+  local net=$2
+  V=wg$1v$$; B=wg$1b$$; WG=$V
+  perf_traps
+  TMP=$(mktemp -d)
+  chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
+  perf_ns "$V"; perf_ns "$B"
+  perf_veth "$V" "v$WG" "$net.1/30" "$B" "b$WG" "$net.2/30"
   VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
   BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
-  perf_wg_up "$v" "$wg"
+  perf_wg_up "$V" "$WG"
   echo "$VKEY" > "$TMP/v.key"
-  ip netns exec "$v" wg set "$wg" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
-  ip -n "$v" addr add 10.77.0.1/24 dev "$wg"; ip -n "$v" link set "$wg" up
+  ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
+  ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
+  cat > "$TMP/broker.toml" <<CFG
+[wireguard]
+private_key = "$BKEY"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "$VPUB"
+endpoint = "$net.1:51820"
+allowed_ips = ["10.77.0.1/32"]
+CFG
+}
+
+# perf_wait_handshake: waits (at most 5 s) for the vendor's wireguard-go ($WG in $V) to complete
+# a handshake with the broker; exits when none comes.
+perf_wait_handshake() {
+  local hs _
+  for _ in $(seq 1000); do
+    hs=$(ip netns exec "$V" wg show "$WG" latest-handshakes | awk '{print $2}')
+    [ "${hs:-0}" != 0 ] && return 0
+    sleep 0.005
+  done
+  echo "no handshake" >&2
+  exit 1
+}
+
+# perf_upstream NS [DIRECTIVES]: nginx (one worker) on NS's loopback at 127.0.0.1:8080 serving
+# the files of $TMP/www (made here; fill it before the first request), DIRECTIVES (e.g.
+# `location = /upload { return 204; }`) added to its server block.
+perf_upstream() {
+  mkdir -p "$TMP/www"
+  cat > "$TMP/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:8080; root $TMP/www; ${2:-} } }
+NGX
+  perf_bg "$1" nginx -c "$TMP/nginx.conf"
 }
