@@ -187,6 +187,9 @@ fn hash_exactly(
     Ok(hash)
 }
 
+/// The body of a 404 from an SCM API (GitHub's shape); the load-test upstream answers the same.
+pub const NOT_FOUND: &[u8] = br#"{"message":"Not Found"}"#;
+
 fn respond(w: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {
     let reason = crate::http::reason_phrase(status);
     write!(
@@ -319,12 +322,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
                     "HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example/\r\nContent-Length: 0\r\n\r\n"
                 )?;
             }
-            _ => respond(
-                &mut w,
-                404,
-                "application/json",
-                br#"{"message":"Not Found"}"#,
-            )?,
+            _ => respond(&mut w, 404, "application/json", NOT_FOUND)?,
         }
         w.flush()?;
         if s.header("connection")
