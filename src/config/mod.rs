@@ -326,7 +326,8 @@ pub struct Upstream {
     /// Time to finish the TLS handshake (→ 504).
     #[serde(serialize_with = "dump::duration")]
     pub tls_timeout: Duration,
-    /// Time to the response head once the request is sent (→ 504).
+    /// Time from the request sent to the end of the response head, one deadline however many
+    /// reads it takes (→ 504); also the longest pause within the response body.
     #[serde(serialize_with = "dump::duration")]
     pub response_timeout: Duration,
     /// Pooled idle connections are closed after this.

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Timer;
 use super::buffered::Buffered;
@@ -38,6 +38,7 @@ use super::scrub::Scrubber;
 use crate::allowlist::{Allowlist, CanonUrl, Decision, Rule};
 use crate::http::BodyFraming;
 use crate::upstream::{Pooled, Target, Upstreams};
+use response::Final;
 
 /// One `info` line about the exchange's destination: `event`, the request id, the method and
 /// the URL's parts, then the event's own fields (the allowlist's reason, the rule).
@@ -76,8 +77,8 @@ pub const ERROR_HEADER: &str = "X-Semgrep-Private-Link-Error";
 pub struct ProxyTimeouts {
     /// Vendor body stalls (`[inbound] body_timeout`).
     pub body: Duration,
-    /// Upstream response head after the request was sent (`[upstream] response_timeout`); also
-    /// the longest pause between upstream body reads.
+    /// The whole upstream response head after the request was sent, one deadline for all its
+    /// reads (`[upstream] response_timeout`); also the longest pause between upstream body reads.
     pub response: Duration,
 }
 
@@ -247,14 +248,13 @@ where
         rule: &Rule,
         buf: &mut [u8],
     ) -> Result<bool, ProxyError> {
-        let first = self.send(pooled, target, head, buf).await?;
+        let (answer, pos, filled) = self.send(pooled, target, head, rule, buf).await?;
         let mut up = Buffered {
             conn: &mut pooled.conn,
             buf,
-            pos: 0,
-            filled: first,
+            pos,
+            filled,
         };
-        let answer = self.read_response_head(&mut up, rule).await?;
         self.out.status = answer.status;
         if rule.spec.log.response_headers {
             self.log_response_headers(&answer.head);
@@ -279,22 +279,23 @@ where
         Ok(clean && answer.keep_alive)
     }
 
-    /// Sends the request and reads the first bytes of the answer into `buf` (returns how many).
-    ///
-    /// A pooled connection the upstream closed while it sat idle (after the pool's check) fails
-    /// before a byte of the answer arrives; a replayable request cannot have done anything
-    /// there, so it goes once more, on a new connection, which replaces `pooled`.
+    /// [`Self::attempt`]s the exchange's request and response head on `pooled`, and once more
+    /// on a new connection when that is safe: a pooled connection the upstream closed while it
+    /// sat idle (after the pool's check) fails before a byte of the answer arrives; a replayable
+    /// request cannot have done anything there, so it goes again, on a new connection, which
+    /// replaces `pooled`. Returns the head and where the rest of the answer lies in `buf`.
     async fn send(
         &mut self,
         pooled: &mut Pooled<U::Conn>,
         target: &Target,
         head: &[u8],
+        rule: &Rule,
         buf: &mut [u8],
-    ) -> Result<usize, ProxyError> {
+    ) -> Result<(Final, usize, usize), ProxyError> {
         let mut retried = false;
         loop {
-            match self.send_request(&mut pooled.conn, head, buf).await {
-                Ok(n) => return Ok(n),
+            match self.attempt(&mut pooled.conn, head, rule, buf).await {
+                Ok(answered) => return Ok(answered),
                 Err(e)
                     if e.retry == Retry::IfReused
                         && pooled.reused
@@ -313,6 +314,30 @@ where
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sends the request on `conn` and reads the response head into `buf`: the whole head within
+    /// one `response_timeout` from the moment the request is out, however many reads it takes.
+    /// Returns the head, and the start and end of what followed it in `buf`.
+    async fn attempt(
+        &mut self,
+        conn: &mut U::Conn,
+        head: &[u8],
+        rule: &Rule,
+        buf: &mut [u8],
+    ) -> Result<(Final, usize, usize), ProxyError> {
+        self.send_request(conn, head).await?;
+        let timer = self.timer;
+        let mut deadline = std::pin::pin!(timer.sleep(self.ctx.timeouts.response));
+        let first = self.read_answer(deadline.as_mut(), conn.read(buf)).await?;
+        let mut up = Buffered {
+            conn,
+            buf,
+            pos: 0,
+            filled: first,
+        };
+        let answer = self.read_response_head(&mut up, rule, deadline).await?;
+        Ok((answer, up.pos, up.filled))
     }
 
     /// Records `e`, then answers it while no response head went out, else aborts.

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 use crate::server::{
     ProxyTimeouts, RequestIds, ServerConfig, ServerCtx, ServerStats, Timer, scrub, serve,
 };
+use crate::testkit::clock::FakeClock;
 use crate::testkit::script::{Read, Steps};
 use crate::testkit::upstreams::{Call, FakeUpstreams};
 use crate::upstream::{Target, UpstreamError};
@@ -252,6 +253,48 @@ fn no_response_head_in_time_is_504() {
         [Call::Connect(target())],
         "a timeout is never retried"
     );
+}
+
+/// An upstream whose response head comes in three pieces, `gap` of `clock` apart (the first
+/// `gap` after the request went out).
+fn head_in_pieces(up: &FakeUpstreams, clock: &FakeClock, gap: Duration) {
+    up.fresh_steps(
+        Steps::new([
+            Read::Pause(gap),
+            Read::data("HTTP/1.1 200 OK\r\n"),
+            Read::Pause(gap),
+            Read::data("Content-Length: 2\r\n"),
+            Read::Pause(gap),
+            Read::data("\r\nok"),
+        ])
+        .clocked(clock),
+    );
+}
+
+#[test]
+fn the_response_head_has_one_deadline_however_many_reads_it_takes() {
+    // Each piece comes 12 s after the last, within `response_timeout` (20 s); the whole head
+    // does not.
+    let (clock, up) = (FakeClock::default(), FakeUpstreams::default());
+    head_in_pieces(&up, &clock, Duration::from_secs(12));
+    let s = run(vendor(&req("GET", "/a", "")), &up, &clock);
+    assert_error_answer(&s, "504 Gateway Timeout", "upstream did not answer in time");
+    assert_eq!(
+        clock.now(),
+        Duration::from_secs(20),
+        "answered at the deadline, response_timeout after the request went out"
+    );
+    assert_counted_as_upstream_error(&s.stats);
+}
+
+#[test]
+fn a_response_head_in_pieces_within_the_deadline_is_relayed() {
+    let (clock, up) = (FakeClock::default(), FakeUpstreams::default());
+    head_in_pieces(&up, &clock, Duration::from_secs(6));
+    let s = run(vendor(&req("GET", "/a", "")), &up, &clock);
+    assert!(s.out.starts_with("HTTP/1.1 200 OK\r\n"), "{}", s.out);
+    assert!(s.out.ends_with("\r\n\r\nok"), "{}", s.out);
+    assert_eq!(clock.now(), Duration::from_secs(18));
 }
 
 #[test]
