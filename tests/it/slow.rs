@@ -11,7 +11,7 @@ use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::response::{Response, ResponseReader};
 use wgbroker::testkit::scm::MockScm;
 
-use crate::harness::{Tunnel, metric};
+use crate::harness::{Tunnel, metric, poll_for};
 
 /// How long a test waits for an event that should come within a configured timeout of 1 s: a
 /// generous upper bound on a functional event (the machine is shared), not a performance figure.
@@ -146,15 +146,14 @@ fn connections_opened_and_closed_leave_the_tunnel_tables_at_their_fresh_size() {
     let mut t = Tunnel::start("");
     let status = t.broker.as_ref().expect("running").status().clone();
     // Shards publish with their beat (about every 100 ms).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let fresh = loop {
+    let fresh = poll_for(Duration::from_secs(10), "tunnel tables published", || {
         let tables = status.tunnel_tables();
         if tables.listeners > 0 {
-            break tables;
+            Ok(tables)
+        } else {
+            Err(format!("{tables:?}"))
         }
-        assert!(Instant::now() < deadline, "no tables published");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_eq!((fresh.connections, fresh.handshakes), (0, 0));
 
     for round in 0..2 {
