@@ -18,6 +18,7 @@ pub mod response;
 pub mod scm;
 #[cfg(test)]
 pub(crate) mod script;
+mod serve_port;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;

@@ -274,14 +274,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "tool: one arm per scenario, each its request templates",
     ),
     (
-        "testkit/gateway.rs::serve_one",
-        "test kit: the gateway's HTTP serve port, one connection's read-answer step",
-    ),
-    (
-        "testkit/gateway.rs",
-        "test kit: the vendor gateway (tunnel, stacks, batching, serve port); 8 lines over",
-    ),
-    (
         "testkit/response.rs::feed",
         "test kit: the incremental response reader's state machine, one arm per state",
     ),
