@@ -277,10 +277,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "testkit/response.rs::feed",
         "test kit: the incremental response reader's state machine, one arm per state",
     ),
-    (
-        "testkit/scm.rs::serve",
-        "test kit: the mock SCM's route table, one arm per route",
-    ),
 ];
 
 /// `text` with every comment, string literal and char literal blanked (newlines kept), so that
