@@ -266,10 +266,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "tool: one short, independent check per option, in the order of the flags",
     ),
     (
-        "loadtest/report.rs::table",
-        "tool: one line per row of the side-by-side report, in the order printed",
-    ),
-    (
         "loadtest/scenario.rs::new",
         "tool: one arm per scenario, each its request templates",
     ),
