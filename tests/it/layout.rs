@@ -238,10 +238,6 @@ const MAX_FILE_CODE_LINES: usize = 800;
 const ALLOWED_SIZES: &[(&str, &str)] = &[
     ("netstack/", "being rewritten for issue 19"),
     (
-        "config/syntax.rs::key_at",
-        "one pass over toml_parser's events, one match arm per event; its state is the locals",
-    ),
-    (
         "http/chunked.rs::decode",
         "the chunked-body state machine, one arm per state; hot path, fuzzed as one unit",
     ),
