@@ -265,10 +265,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "loadtest/scenario.rs::new",
         "tool: one arm per scenario, each its request templates",
     ),
-    (
-        "testkit/response.rs::feed",
-        "test kit: the incremental response reader's state machine, one arm per state",
-    ),
 ];
 
 /// `text` with every comment, string literal and char literal blanked (newlines kept), so that
