@@ -261,10 +261,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "loadtest/mod.rs::validate",
         "tool: one short, independent check per option, in the order of the flags",
     ),
-    (
-        "loadtest/scenario.rs::new",
-        "tool: one arm per scenario, each its request templates",
-    ),
 ];
 
 /// `text` with every comment, string literal and char literal blanked (newlines kept), so that
