@@ -254,10 +254,6 @@ const ALLOWED_SIZES: &[(&str, &str)] = &[
         "tool: one load-test connection's state machine, one arm per state",
     ),
     (
-        "loadtest/driver.rs::run",
-        "tool: a driver thread's event loop (poll, timers, WAN impairment, report)",
-    ),
-    (
         "loadtest/mod.rs::validate",
         "tool: one short, independent check per option, in the order of the flags",
     ),
