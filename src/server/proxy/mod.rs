@@ -131,6 +131,14 @@ where
     .await
 }
 
+/// What goes to the upstream: where, the request head as rewritten for it, and the rule that
+/// allowed it (its header and logging settings apply to the answer too).
+struct Outgoing<'a> {
+    target: &'a Target,
+    head: &'a [u8],
+    rule: &'a Rule,
+}
+
 /// One proxied exchange in progress: what it works with, and the record of what happened so far.
 /// Its steps are methods, by concern: the sequence here, the response head in `response.rs`, the
 /// bodies in `stream.rs`.
@@ -227,9 +235,12 @@ where
         if buf.len() < response::MAX_RESPONSE_HEAD {
             buf = vec![0u8; response::MAX_RESPONSE_HEAD];
         }
-        let relayed = self
-            .relay(&mut pooled, &target, &head, rule, &mut buf)
-            .await;
+        let outgoing = Outgoing {
+            target: &target,
+            head: &head,
+            rule,
+        };
+        let relayed = self.relay(&mut pooled, &outgoing, &mut buf).await;
         *self.response_buf = buf;
         if relayed? {
             self.upstreams.release(&target, pooled);
@@ -243,12 +254,11 @@ where
     async fn relay(
         &mut self,
         pooled: &mut Pooled<U::Conn>,
-        target: &Target,
-        head: &[u8],
-        rule: &Rule,
+        out: &Outgoing<'_>,
         buf: &mut [u8],
     ) -> Result<bool, ProxyError> {
-        let (answer, pos, filled) = self.send(pooled, target, head, rule, buf).await?;
+        let (answer, pos, filled) = self.send(pooled, out, buf).await?;
+        let rule = out.rule;
         let mut up = Buffered {
             conn: &mut pooled.conn,
             buf,
@@ -287,14 +297,12 @@ where
     async fn send(
         &mut self,
         pooled: &mut Pooled<U::Conn>,
-        target: &Target,
-        head: &[u8],
-        rule: &Rule,
+        out: &Outgoing<'_>,
         buf: &mut [u8],
     ) -> Result<(Final, usize, usize), ProxyError> {
         let mut retried = false;
         loop {
-            match self.attempt(&mut pooled.conn, head, rule, buf).await {
+            match self.attempt(&mut pooled.conn, out, buf).await {
                 Ok(answered) => return Ok(answered),
                 Err(e)
                     if e.retry == Retry::IfReused
@@ -306,10 +314,10 @@ where
                     tracing::info!(
                         event = "proxy.retry",
                         request_id = self.ctx.request_id,
-                        upstream = %target,
+                        upstream = %out.target,
                         "a pooled upstream connection was closed: sending again on a new one"
                     );
-                    *pooled = self.upstreams.connect_new(target).await?;
+                    *pooled = self.upstreams.connect_new(out.target).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -322,11 +330,10 @@ where
     async fn attempt(
         &mut self,
         conn: &mut U::Conn,
-        head: &[u8],
-        rule: &Rule,
+        out: &Outgoing<'_>,
         buf: &mut [u8],
     ) -> Result<(Final, usize, usize), ProxyError> {
-        self.send_request(conn, head).await?;
+        self.send_request(conn, out.head).await?;
         let timer = self.timer;
         let mut deadline = std::pin::pin!(timer.sleep(self.ctx.timeouts.response));
         let first = self.read_answer(deadline.as_mut(), conn.read(buf)).await?;
@@ -336,7 +343,7 @@ where
             pos: 0,
             filled: first,
         };
-        let answer = self.read_response_head(&mut up, rule, deadline).await?;
+        let answer = self.read_response_head(&mut up, out.rule, deadline).await?;
         Ok((answer, up.pos, up.filled))
     }
 
