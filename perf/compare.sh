@@ -126,41 +126,21 @@ done
 if [ -n "$WG_RMEM" ] && { ! [[ $WG_RMEM =~ ^[0-9]+$ ]] || [ "$WG_RMEM" -lt 4096 ] || [ "$WG_RMEM" -gt 268435456 ]; }; then
   echo "WG_RMEM must be a byte count from 4096 to 268435456" >&2; exit 64
 fi
-[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
-for t in wireguard-go wg wrk nginx openssl curl ip awk; do
-  command -v "$t" >/dev/null || { echo "missing $t (.ci/setup installs the tools)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "no broker binary at $BIN: cargo build --release (or BIN=...)" >&2; exit 1; }
+perf_require wireguard-go wg wrk nginx openssl curl ip awk
 
 TAG=$$
 V=wgcv$TAG; B=wgcb$TAG                 # namespaces
 VWG=wgcv$TAG; BWG=wgcb$TAG             # wireguard-go interfaces (names unique machine-wide)
 TMP=$(mktemp -d /tmp/wgcompare.XXXXXX)
 chmod 755 "$TMP"                       # nginx workers run unprivileged and must read the files
-trap perf_cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+perf_traps
 keep_logs() { [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$TMP"/. "$KEEP_LOGS"/ 2>/dev/null; true; }
 die() { echo "ABORT: $*" >&2; keep_logs; exit 1; }
 
 cp "$BIN" "$TMP/wgbroker"              # the binary may be rebuilt under us
 WGB=$TMP/wgbroker
 "$WGB" genkey >/dev/null 2>&1 || die "$BIN does not run as wgbroker ('wgbroker genkey' failed)"
-BIN_VERSION=$("$WGB" --version 2>/dev/null || echo unknown)
-BIN_SHA=$(sha256sum "$WGB" | cut -c1-12)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
-NCPU=$(nproc)
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-WG_VERSION=$(wireguard-go --version 2>/dev/null | awk 'NR == 1 {sub(/^v/, "", $2); print $2}')
-WG_VERSION=${WG_VERSION:-unknown}
-# Debian's 0.0.20231211 calls itself v0.0.20230223: name the package too.
-if [ "$(command -v wireguard-go)" = /usr/bin/wireguard-go ] &&
-  WG_PKG=$(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null); then
-  WG_VERSION="$WG_VERSION (Debian package $WG_PKG)"
-fi
+perf_facts
 
 NRUNS=$((ROUNDS * $(echo "$CASES" | wc -w) * 2))
 EST=$((12 + 2 * SSL_SECS + 2 * WARMUP + NRUNS * (DUR + 1) + 3 + (CALIBRATE == 1 ? 5 * (DUR < 5 ? DUR : 5) : 0)))
@@ -178,8 +158,7 @@ if command -v dpkg >/dev/null && ! dpkg --compare-versions "${WG_VERSION%% *}" g
   echo "WARNING: wireguard-go $WG_VERSION is older than 0.0.20230223 (no batching, no offloads, 208 KiB" \
     "buffers): neither the baseline nor the vendor side is what users run today (.ci/setup installs one)"
 fi
-awk -v l="${LOAD0%% *}" -v n="$NCPU" 'BEGIN { exit !(l > 0.3 * n) }' &&
-  echo "WARNING: load average ${LOAD0%% *} on $NCPU CPUs before start: the machine is busy; figures will be noisy"
+perf_load_warning
 T_START=$(date +%s)
 
 # ---------------------------------------------------------------- physical ceiling (one core)

@@ -129,25 +129,23 @@ perf_host_ticks() {
   echo "$((u + n + s + irq + sirq)) $st"
 }
 
-# perf_hwm_kib PID...: VmHWM (peak RSS) summed over PIDs, KiB.
-perf_hwm_kib() {
-  local p t=0 v
+# perf_status_kib FIELD PID...: a /proc/PID/status figure in KiB (VmHWM, VmRSS, ...) summed over
+# PIDs; missing PIDs count 0.
+perf_status_kib() {
+  local field=$1 p t=0 v
+  shift
   for p in "$@"; do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null)
     t=$((t + ${v:-0}))
   done
   echo "$t"
 }
 
+# perf_hwm_kib PID...: VmHWM (peak RSS) summed over PIDs, KiB.
+perf_hwm_kib() { perf_status_kib VmHWM "$@"; }
+
 # perf_rss_kib PID...: VmRSS summed over PIDs, KiB.
-perf_rss_kib() {
-  local p t=0 v
-  for p in "$@"; do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
+perf_rss_kib() { perf_status_kib VmRSS "$@"; }
 
 # perf_children PID: direct children of PID (e.g. nginx workers of a master).
 perf_children() {
@@ -162,4 +160,110 @@ perf_reaped_ticks() {
   s=${s##*) }
   read -r -a f <<<"$s"
   echo "$((f[13] + f[14]))"
+}
+
+# perf_require TOOL...: root, every TOOL on the PATH and an executable $BIN, or an exit saying
+# which is missing.
+perf_require() {
+  local t
+  [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "missing $t (.ci/setup installs the tools)" >&2; exit 1; }
+  done
+  [ -x "$BIN" ] || { echo "no broker binary at $BIN: cargo build --release (or BIN=...)" >&2; exit 1; }
+}
+
+# perf_traps: perf_cleanup on every exit path; INT, TERM and HUP exit with their usual codes.
+perf_traps() {
+  trap perf_cleanup EXIT
+  trap 'echo "interrupted" >&2; exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
+
+# perf_facts: what a report names so that two runs can be compared: BIN_VERSION and BIN_SHA of
+# $WGB, GIT_REV and GIT_DIRTY of the tree, NCPU, CPU_MODEL, LOAD0 and WG_VERSION.
+# shellcheck disable=SC2034  # set for the callers
+perf_facts() {
+  BIN_VERSION=$("$WGB" --version 2>/dev/null || echo unknown)
+  BIN_SHA=$(sha256sum "$WGB" | cut -c1-12)
+  GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  GIT_DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+  NCPU=$(nproc)
+  CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+  LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+  WG_VERSION=$(wireguard-go --version 2>/dev/null | awk 'NR == 1 {sub(/^v/, "", $2); print $2}')
+  WG_VERSION=${WG_VERSION:-unknown}
+  # Debian's 0.0.20231211 calls itself v0.0.20230223: name the package too.
+  local pkg
+  if [ "$(command -v wireguard-go)" = /usr/bin/wireguard-go ] &&
+    pkg=$(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null); then
+    WG_VERSION="$WG_VERSION (Debian package $pkg)"
+  fi
+}
+
+# perf_load_warning: a line when the load average before the start says the figures will be noisy.
+perf_load_warning() {
+  awk -v l="${LOAD0%% *}" -v n="$NCPU" 'BEGIN { exit !(l > 0.3 * n) }' &&
+    echo "WARNING: load average ${LOAD0%% *} on $NCPU CPUs before start: the machine is busy; figures will be noisy"
+  return 0
+}
+
+# perf_vendor_tunnel LETTER NET: a private TMP (perf_traps set first, so that every exit path
+# cleans up), then namespaces V=wg<LETTER>v<pid> (the vendor) and B=wg<LETTER>b<pid> (the broker)
+# joined by a veth (NET.1/30 in V, NET.2/30 in B), and wireguard-go interface WG (named as V: not
+# wg0, its UAPI socket is machine-wide) in V at 10.77.0.1/24, listening on 51820 for the broker's
+# key; the broker's [wireguard] section for it starts $TMP/broker.toml (append the rest). Sets
+# V B WG TMP, VKEY VPUB (the vendor's keys) and BKEY BPUB (the broker's), made with $BIN.
+# shellcheck disable=SC2034  # set for the callers
+perf_vendor_tunnel() {
+  local net=$2
+  V=wg$1v$$; B=wg$1b$$; WG=$V
+  perf_traps
+  TMP=$(mktemp -d)
+  chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
+  perf_ns "$V"; perf_ns "$B"
+  perf_veth "$V" "v$WG" "$net.1/30" "$B" "b$WG" "$net.2/30"
+  VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
+  BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
+  perf_wg_up "$V" "$WG"
+  echo "$VKEY" > "$TMP/v.key"
+  ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
+  ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
+  cat > "$TMP/broker.toml" <<CFG
+[wireguard]
+private_key = "$BKEY"
+address = "10.77.0.2"
+[[wireguard.peers]]
+public_key = "$VPUB"
+endpoint = "$net.1:51820"
+allowed_ips = ["10.77.0.1/32"]
+CFG
+}
+
+# perf_wait_handshake: waits (at most 5 s) for the vendor's wireguard-go ($WG in $V) to complete
+# a handshake with the broker; exits when none comes.
+perf_wait_handshake() {
+  local hs _
+  for _ in $(seq 1000); do
+    hs=$(ip netns exec "$V" wg show "$WG" latest-handshakes | awk '{print $2}')
+    [ "${hs:-0}" != 0 ] && return 0
+    sleep 0.005
+  done
+  echo "no handshake" >&2
+  exit 1
+}
+
+# perf_upstream NS [DIRECTIVES]: nginx (one worker) on NS's loopback at 127.0.0.1:8080 serving
+# the files of $TMP/www (made here; fill it before the first request), DIRECTIVES (e.g.
+# `location = /upload { return 204; }`) added to its server block.
+perf_upstream() {
+  mkdir -p "$TMP/www"
+  cat > "$TMP/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:8080; root $TMP/www; ${2:-} } }
+NGX
+  perf_bg "$1" nginx -c "$TMP/nginx.conf"
 }

@@ -33,43 +33,15 @@ num() {
 num HELD "$HELD" 3 20000; num WAVES "$WAVES" 0 10; num HOLD "$HOLD" 1 120; num SETTLE "$SETTLE" 1 120
 num MANY "$MANY" 2 60000; num BURSTS "$BURSTS" 0 10; num BURST "$BURST" 1 60; num DL_MIB "$DL_MIB" 1 2048
 ulimit -n $(( (MANY > HELD ? MANY : HELD) + 1024 ))
-TAG=$$
-V=wgsv$TAG; B=wgsb$TAG
-WG=wgsv$TAG        # not wg0: wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is machine-wide
-TMP=$(mktemp -d)
-chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
-trap perf_cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
-
-perf_ns "$V"; perf_ns "$B"
-perf_veth "$V" "vs$TAG" 10.215.0.1/30 "$B" "bs$TAG" 10.215.0.2/30
-
-VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
-BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
-perf_wg_up "$V" "$WG"
-echo "$VKEY" > "$TMP/v.key"
-ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
-ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
+# perf_cleanup kills what we started, removes the namespaces, the veth and the temp dir.
+perf_vendor_tunnel s 10.215.0
 
 # Upstream: nginx on the broker namespace's loopback; /upload answers at once (the stalled bodies
 # never get that far).
-mkdir -p "$TMP/www"
+perf_upstream "$B" 'location = /upload { return 204; }'
 head -c $((DL_MIB << 20)) /dev/zero > "$TMP/www/big.bin"
-cat > "$TMP/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:8080; root $TMP/www; location = /upload { return 204; } } }
-NGX
-perf_bg "$B" nginx -c "$TMP/nginx.conf"
 
-cat > "$TMP/broker.toml" <<CFG
-[wireguard]
-private_key = "$BKEY"
-address = "10.77.0.2"
-[[wireguard.peers]]
-public_key = "$VPUB"
-endpoint = "10.215.0.1:51820"
-allowed_ips = ["10.77.0.1/32"]
+cat >> "$TMP/broker.toml" <<CFG
 [inbound]
 head_timeout = "3s"
 body_timeout = "3s"
@@ -81,11 +53,7 @@ level = "error"
 ${EXTRA_TOML:-}
 CFG
 perf_bg "$B" "$BIN" run -c "$TMP/broker.toml"; BPID=$PERF_LAST_PID
-for _ in $(seq 1000); do
-  hs=$(ip netns exec "$V" wg show "$WG" latest-handshakes | awk '{print $2}')
-  [ "${hs:-0}" != 0 ] && break; sleep 0.005
-done
-[ "${hs:-0}" != 0 ] || { echo "no handshake" >&2; exit 1; }
+perf_wait_handshake
 
 kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$BPID/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }

@@ -20,44 +20,15 @@ DUR=${DUR:-10}
 MANY=${MANY:-1000}
 if ! [[ $MANY =~ ^[0-9]+$ ]] || [ "$MANY" -lt 2 ] || [ "$MANY" -gt 60000 ]; then echo "MANY: 2..60000" >&2; exit 64; fi
 ulimit -n $((MANY + 1024))   # wrk holds one descriptor per connection
-TAG=$$
-V=wgpv$TAG; B=wgpb$TAG
-WG=wgpv$TAG        # not wg0: wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock) is machine-wide
-TMP=$(mktemp -d)
-chmod 755 "$TMP"   # nginx workers run unprivileged and must read the files
 # perf_cleanup kills what we started, removes the namespaces, the veth and the temp dir.
-trap perf_cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
-
-perf_ns "$V"; perf_ns "$B"
-perf_veth "$V" "va$TAG" 10.214.0.1/30 "$B" "vb$TAG" 10.214.0.2/30
-
-VKEY=$("$BIN" genkey); VPUB=$(echo "$VKEY" | "$BIN" pubkey)
-BKEY=$("$BIN" genkey); BPUB=$(echo "$BKEY" | "$BIN" pubkey)
-perf_wg_up "$V" "$WG"
-echo "$VKEY" > "$TMP/v.key"
-ip netns exec "$V" wg set "$WG" private-key "$TMP/v.key" listen-port 51820 peer "$BPUB" allowed-ips 10.77.0.2/32
-ip -n "$V" addr add 10.77.0.1/24 dev "$WG"; ip -n "$V" link set "$WG" up
+perf_vendor_tunnel p 10.214.0
 
 # Upstream: nginx on the broker namespace's loopback.
-mkdir -p "$TMP/www"
+perf_upstream "$B"
 echo '{"full_name":"acme/app"}' > "$TMP/www/small.json"
 head -c $((10 << 20)) /dev/urandom > "$TMP/www/big.bin"
-cat > "$TMP/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:8080; root $TMP/www; } }
-NGX
-perf_bg "$B" nginx -c "$TMP/nginx.conf"
 
-cat > "$TMP/broker.toml" <<CFG
-[wireguard]
-private_key = "$BKEY"
-address = "10.77.0.2"
-[[wireguard.peers]]
-public_key = "$VPUB"
-endpoint = "10.214.0.1:51820"
-allowed_ips = ["10.77.0.1/32"]
+cat >> "$TMP/broker.toml" <<CFG
 [[allow]]
 url = "http://127.0.0.1:8080/:file"
 methods = ["GET"]

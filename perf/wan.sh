@@ -129,11 +129,7 @@ case $VENDOR_CC in cubic|bbr|reno) ;; *) echo "VENDOR_CC must be cubic, bbr or r
 if [ -z "$DELAYS" ] || [ -z "$LOSSES" ] || [ -z "$CASES" ] || [ -z "$SIDES" ]; then
   echo "DELAYS, LOSSES, CASES and SIDES must not be empty" >&2; exit 64
 fi
-[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
-for t in wireguard-go wg wrk nginx curl ip ss awk sysctl; do
-  command -v "$t" >/dev/null || { echo "missing $t (.ci/setup installs the tools)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "no broker binary at $BIN: cargo build --release (or BIN=...)" >&2; exit 1; }
+perf_require wireguard-go wg wrk nginx curl ip ss awk sysctl
 
 # BBR: built in, or the tcp_bbr module (loading a module is not undone at exit; say so).
 if [[ " $SIDES $VENDOR_CC " == *" bbr "* ]] && ! grep -qw bbr /proc/sys/net/ipv4/tcp_available_congestion_control; then
@@ -149,10 +145,7 @@ V=wgwv$TAG; R=wgwr$TAG; B=wgwb$TAG      # namespaces
 VWG=wgwv$TAG; BWG=wgwb$TAG              # wireguard-go interfaces (names unique machine-wide)
 TMP=$(mktemp -d /tmp/wgwan.XXXXXX)
 chmod 755 "$TMP"                        # nginx workers run unprivileged and must read the files
-trap perf_cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+perf_traps
 keep_logs() { # configs, logs, results and every run's relay counters; not the binaries and files
   [ -n "${KEEP_LOGS:-}" ] || return 0
   mkdir -p "$KEEP_LOGS" &&
@@ -171,19 +164,7 @@ fi
 [ -x "$RELAY_BIN" ] || die "no relay binary at $RELAY_BIN"
 cp "$RELAY_BIN" "$TMP/relay"
 "$TMP/relay" relay --help >/dev/null 2>&1 || die "$RELAY_BIN has no 'relay' command: set RELAY_BIN to a wgbroker built from this tree"
-BIN_VERSION=$("$WGB" --version 2>/dev/null || echo unknown)
-BIN_SHA=$(sha256sum "$WGB" | cut -c1-12)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
-NCPU=$(nproc)
-CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-WG_VERSION=$(wireguard-go --version 2>/dev/null | awk 'NR == 1 {sub(/^v/, "", $2); print $2}')
-WG_VERSION=${WG_VERSION:-unknown}
-if [ "$(command -v wireguard-go)" = /usr/bin/wireguard-go ] &&
-  WG_PKG=$(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null); then
-  WG_VERSION="$WG_VERSION (Debian package $WG_PKG)"
-fi
+perf_facts
 BIG_SIZE=$((SIZE_MIB << 20))
 
 n_words() { echo "$1" | wc -w; }
@@ -199,8 +180,7 @@ echo "tools: wireguard-go $WG_VERSION, $(nginx -v 2>&1 | sed 's/^nginx version: 
 echo "runs: delays {$DELAYS} ms x losses {$LOSSES} % x cases {$CASES} x sides {$SIDES} x $ROUNDS round(s);" \
   "$SIZE_MIB MiB transfers (timeout ${TIMEOUT}s), small GET wrk -t1 -c$SMALL_CONNS -d${DUR}s; jitter ${JITTER} ms; MTU $MTU; seed $SEED"
 echo "upper bound on the time: ~${EST_MAX}s (every transfer and run bounded); usually far less"
-awk -v l="${LOAD0%% *}" -v n="$NCPU" 'BEGIN { exit !(l > 0.3 * n) }' &&
-  echo "WARNING: load average ${LOAD0%% *} on $NCPU CPUs before start: the machine is busy; figures will be noisy"
+perf_load_warning
 T_START=$(date +%s)
 
 # A namespace other than the host's may only make an algorithm its default when the host lists it

@@ -41,8 +41,8 @@
 //!
 //! Dependencies point down the table — tools use the application, the application the seam,
 //! the seam the cores — and no two modules import each other, directly or through others
-//! (`tests/it/layout.rs` checks both on the source, with one known exception: `config` and
-//! `upstream`). The core's unit tests may use [`testkit`]'s scripted connections.
+//! (`tests/it/layout.rs` checks both on the source; `config` is read by `upstream`, and owns
+//! the proxy URL's syntax for that reason). The core's unit tests may use [`testkit`]'s scripted connections.
 //!
 //! ## Data path
 //!

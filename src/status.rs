@@ -54,7 +54,7 @@ impl TunnelTables {
         counters: &crate::netstack::Counters,
         idle_buffers: usize,
     ) -> Self {
-        let start = Self {
+        let own = Self {
             idle_buffers,
             retransmits: counters.retransmits,
             fast_retransmits: counters.fast_retransmits,
@@ -63,17 +63,20 @@ impl TunnelTables {
             syns_refused: counters.syn_reset_full + counters.syn_backlog_full,
             ..Self::default()
         };
-        stacks.fold(start, |t, s| {
-            t.plus(&Self {
-                handshakes: s.handshakes,
-                connections: s.connections,
-                time_wait: s.time_wait,
-                socket_slots: s.slots,
-                table_capacity: s.table_capacity,
-                buffer_bytes: s.buffer_bytes,
-                ..Self::default()
-            })
-        })
+        stacks.map(Self::of_stack).fold(own, |t, s| t.plus(&s))
+    }
+
+    /// One stack's figures under this struct's names (`slots` is `socket_slots`).
+    fn of_stack(s: crate::netstack::StackStats) -> Self {
+        Self {
+            handshakes: s.handshakes,
+            connections: s.connections,
+            time_wait: s.time_wait,
+            socket_slots: s.slots,
+            table_capacity: s.table_capacity,
+            buffer_bytes: s.buffer_bytes,
+            ..Self::default()
+        }
     }
 
     fn plus(&self, o: &Self) -> Self {
@@ -204,9 +207,7 @@ impl Status {
 
     /// Shard `shard` has answered `n` requests in all.
     pub fn set_requests(&self, shard: usize, n: u64) {
-        if let Some(c) = self.shard_requests.get(shard) {
-            c.store(n, Ordering::Relaxed);
-        }
+        store(&self.shard_requests, shard, n);
     }
 
     /// Shard `shard` publishes its server counters (once per beat, not per request).
@@ -277,41 +278,27 @@ impl Status {
 
     /// Shard `shard` has `n` open connections.
     pub fn set_active(&self, shard: usize, n: u64) {
-        if let Some(c) = self.shard_active.get(shard) {
-            c.store(n, Ordering::Relaxed);
-        }
+        store(&self.shard_active, shard, n);
     }
 
     /// Open tunnel connections across shards.
     pub fn active_connections(&self) -> u64 {
-        self.shard_active
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        loads(&self.shard_active).sum()
     }
 
     /// Requests answered per shard (as of their last beat).
     pub fn requests_per_shard(&self) -> Vec<u64> {
-        self.shard_requests
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+        loads(&self.shard_requests).collect()
     }
 
     /// Requests answered by all shards (as of their last beat).
     pub fn requests(&self) -> u64 {
-        self.shard_requests
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        loads(&self.shard_requests).sum()
     }
 
     /// The progress counters, in executor order.
     pub fn beats(&self) -> Vec<u64> {
-        self.beats
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
+        loads(&self.beats).collect()
     }
 
     /// The heartbeat failed (or has not passed yet) for `reason`.
@@ -350,5 +337,18 @@ impl Status {
                     .saturating_sub(Duration::from_millis(ms)),
             ),
         }
+    }
+}
+
+/// Every per-executor counter of `cells`, in order (written once per beat; `Relaxed` is enough
+/// for figures that are read as a snapshot).
+fn loads(cells: &[AtomicU64]) -> impl Iterator<Item = u64> + '_ {
+    cells.iter().map(|c| c.load(Ordering::Relaxed))
+}
+
+/// Sets executor `i`'s counter in `cells`; an index out of range is ignored.
+fn store(cells: &[AtomicU64], i: usize, n: u64) {
+    if let Some(c) = cells.get(i) {
+        c.store(n, Ordering::Relaxed);
     }
 }

@@ -28,6 +28,7 @@
 pub mod dump;
 pub mod error;
 pub mod overlay;
+pub mod proxy_url;
 pub mod reader;
 pub mod reload;
 pub mod secret_source;
@@ -44,6 +45,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
+pub use proxy_url::ProxyEndpoint;
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
 
 use crate::allowlist::{Allowlist, RuleSpec, scm::ScmKind};
@@ -325,7 +327,8 @@ pub struct Upstream {
     /// Time to finish the TLS handshake (→ 504).
     #[serde(serialize_with = "dump::duration")]
     pub tls_timeout: Duration,
-    /// Time to the response head once the request is sent (→ 504).
+    /// Time from the request sent to the end of the response head, one deadline however many
+    /// reads it takes (→ 504); also the longest pause within the response body.
     #[serde(serialize_with = "dump::duration")]
     pub response_timeout: Duration,
     /// Pooled idle connections are closed after this.

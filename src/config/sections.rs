@@ -598,7 +598,7 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     if let Some(p) = &proxy {
         // The same parser the runtime uses; its errors never repeat the URL (it may hold a
         // password).
-        if let Err(problem) = crate::upstream::proxy::ProxyEndpoint::parse_url(p) {
+        if let Err(problem) = super::ProxyEndpoint::parse_url(p) {
             ctx.error(&s.key("proxy"), problem);
         }
     }

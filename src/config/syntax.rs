@@ -104,14 +104,19 @@ fn join(prefix: Option<&str>, keys: &[Option<String>]) -> Option<String> {
     Some(path)
 }
 
+/// toml_parser's events for `text` (it recovers from errors: there are events past them).
+fn parse_events(text: &str) -> Vec<Event> {
+    let tokens = toml_parser::Source::new(text).lex().into_vec();
+    let mut events: Vec<Event> = Vec::with_capacity(tokens.len());
+    toml_parser::parser::parse_document(&tokens, &mut events, &mut ());
+    events
+}
+
 /// The key path of the key-value pair (or of the key) at byte `offset` of `text`, in the
 /// configuration's notation (`wireguard.peers[1].preshared_key`), or `None` when the offset is
 /// in a table header, between entries, or on a key that cannot be shown.
 pub fn key_at(text: &str, offset: usize) -> Option<String> {
-    let tokens = toml_parser::Source::new(text).lex().into_vec();
-    let mut events: Vec<Event> = Vec::with_capacity(tokens.len());
-    toml_parser::parser::parse_document(&tokens, &mut events, &mut ());
-
+    let events = parse_events(text);
     // The current table's path (`wireguard.peers[1]`); `None` when a header key is not showable.
     let mut table: Option<String> = Some(String::new());
     // The index of every array of tables seen so far, by its dotted name.
@@ -205,12 +210,14 @@ pub fn key_at(text: &str, offset: usize) -> Option<String> {
     if header.is_some() {
         return None;
     }
-    // Between the entries of an inline table: the key whose value the table is.
-    value.flatten().or_else(|| {
-        nesting.iter().rev().find_map(|n| match n {
-            Nest::Inline(p) => p.clone(),
-            Nest::Array => None,
-        })
+    value.flatten().or_else(|| inline_table_key(&nesting))
+}
+
+/// Between the entries of an inline table: the key whose value the innermost table is.
+fn inline_table_key(nesting: &[Nest]) -> Option<String> {
+    nesting.iter().rev().find_map(|n| match n {
+        Nest::Inline(p) => p.clone(),
+        Nest::Array => None,
     })
 }
 

@@ -692,6 +692,36 @@ impl Driver {
         self.pending.latency.reset();
     }
 
+    /// Gives requests to idle connections: closed loop, every idle one now; open loop, one per
+    /// `interval` that has come due since `next_due` (moved on). `false` once the request budget
+    /// is spent (no more will be given).
+    fn dispatch(
+        &mut self,
+        interval: Option<Duration>,
+        next_due: &mut Instant,
+        now: Instant,
+    ) -> bool {
+        loop {
+            if interval.is_some() && *next_due > now {
+                return true;
+            }
+            let Some(c) = self.take_idle(now) else {
+                return true;
+            };
+            if !self.claim() {
+                self.list(c);
+                return false;
+            }
+            match interval {
+                Some(iv) => {
+                    self.assign(c, *next_due, now);
+                    *next_due += iv;
+                }
+                None => self.assign(c, now, now),
+            }
+        }
+    }
+
     fn run(mut self, start: Instant, ctl: &Control) -> Outcome {
         // Every thread opens the window at the same instant.
         loop {
@@ -735,32 +765,8 @@ impl Driver {
                 window_end = now;
                 break;
             }
-            // Dispatch.
             if !exhausted {
-                match interval {
-                    Some(iv) => {
-                        while next_due <= now {
-                            let Some(c) = self.take_idle(now) else { break };
-                            if !self.claim() {
-                                exhausted = true;
-                                self.list(c);
-                                break;
-                            }
-                            self.assign(c, next_due, now);
-                            next_due += iv;
-                        }
-                    }
-                    None => {
-                        while let Some(c) = self.take_idle(now) {
-                            if !self.claim() {
-                                exhausted = true;
-                                self.list(c);
-                                break;
-                            }
-                            self.assign(c, now, now);
-                        }
-                    }
-                }
+                exhausted = !self.dispatch(interval, &mut next_due, now);
             }
             self.step_all(now);
             if now.duration_since(last_publish) >= PUBLISH_EVERY {

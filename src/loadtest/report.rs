@@ -462,7 +462,18 @@ fn breakdown(parts: &[(&str, u64)]) -> String {
 }
 
 pub fn table(columns: &[(&str, &Report)]) -> String {
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rows = Vec::new();
+    traffic_rows(columns, &mut rows);
+    cost_rows(columns, &mut rows);
+    render(columns, &rows)
+}
+
+/// A row of [`table`]: its name and one cell per column.
+type Row = (String, Vec<String>);
+
+/// The rows of what was sent and how it went: scenario, WAN, counts, rates, statuses, errors,
+/// latencies, drops.
+fn traffic_rows(columns: &[(&str, &Report)], rows: &mut Vec<Row>) {
     let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
         rows.push((name.to_owned(), columns.iter().map(|(_, r)| f(r)).collect()));
     };
@@ -503,17 +514,18 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
     });
     row("statuses", &|r| {
         let c = &r.status_classes;
-        let parts: Vec<String> = [
+        let classes = [
             ("1xx", c.c1),
             ("2xx", c.c2),
             ("3xx", c.c3),
             ("4xx", c.c4),
             ("5xx", c.c5),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+        ];
+        let parts: Vec<String> = classes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         if parts.is_empty() {
             "-".into()
         } else {
@@ -531,6 +543,29 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
             ("bad response", e.bad_response),
         ])
     });
+    latency_rows(columns, rows);
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        rows.push((name.to_owned(), columns.iter().map(|(_, r)| f(r)).collect()));
+    };
+    if columns.iter().any(|(_, r)| r.broker_drops.is_some()) {
+        row("broker drops", &|r| match r.broker_drops {
+            None => "-".into(),
+            Some(d) => breakdown(&[
+                ("link", d.link),
+                ("tunnel", d.tunnel),
+                ("oversize", d.oversize),
+                ("send", d.send_errors),
+            ]),
+        });
+    }
+}
+
+/// The rows of latency: percentiles of the whole round trip, and of the service time when the
+/// loop was open (a rate asked).
+fn latency_rows(columns: &[(&str, &Report)], rows: &mut Vec<Row>) {
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        rows.push((name.to_owned(), columns.iter().map(|(_, r)| f(r)).collect()));
+    };
     for (name, q) in [
         ("latency p50 ms", 0),
         ("latency p90 ms", 1),
@@ -552,17 +587,13 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
             )
         });
     }
-    if columns.iter().any(|(_, r)| r.broker_drops.is_some()) {
-        row("broker drops", &|r| match r.broker_drops {
-            None => "-".into(),
-            Some(d) => breakdown(&[
-                ("link", d.link),
-                ("tunnel", d.tunnel),
-                ("oversize", d.oversize),
-                ("send", d.send_errors),
-            ]),
-        });
-    }
+}
+
+/// The rows of what it cost: CPU time per side, in all and per request.
+fn cost_rows(columns: &[(&str, &Report)], rows: &mut Vec<Row>) {
+    let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
+        rows.push((name.to_owned(), columns.iter().map(|(_, r)| f(r)).collect()));
+    };
     row("CPU s driver", &|r| format!("{:.2}", r.cpu_s.driver));
     if columns.iter().any(|(_, r)| r.cpu_s.broker > 0.0) {
         row("CPU s broker", &|r| format!("{:.2}", r.cpu_s.broker));
@@ -591,6 +622,10 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
             }
         });
     }
+}
+
+/// Lays `rows` out under the columns' titles, then the notes and each column's kinds.
+fn render(columns: &[(&str, &Report)], rows: &[Row]) -> String {
     let name_w = rows
         .iter()
         .map(|(n, _)| n.chars().count())
@@ -611,7 +646,7 @@ pub fn table(columns: &[(&str, &Report)]) -> String {
         let _ = write!(out, "  {:>w$}", title, w = col_w[i]);
     }
     out.push('\n');
-    for (name, vals) in &rows {
+    for (name, vals) in rows {
         let _ = write!(out, "  {name:name_w$}");
         for (i, v) in vals.iter().enumerate() {
             let _ = write!(out, "  {:>w$}", v, w = col_w[i]);

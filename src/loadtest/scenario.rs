@@ -175,25 +175,7 @@ impl Plan {
                     };
                     add(name, method, proxied(&target), body, expect);
                 }
-                for (tpl, (_, w)) in templates.iter_mut().zip(MIX) {
-                    tpl.weight = *w;
-                }
-                for (name, w) in mix {
-                    match templates.iter_mut().find(|x| x.name == name) {
-                        Some(x) => x.weight = *w,
-                        None => {
-                            let names: Vec<&str> = MIX.iter().map(|(n, _)| *n).collect();
-                            return Err(format!(
-                                "--mix: unknown kind {name:?} (kinds: {})",
-                                names.join(", ")
-                            ));
-                        }
-                    }
-                }
-                templates.retain(|x| x.weight > 0);
-                if templates.is_empty() {
-                    return Err("--mix: every weight is 0".into());
-                }
+                weigh(&mut templates, mix)?;
             }
         }
         let mut sum = 0u32;
@@ -231,6 +213,31 @@ fn proxied(url: &str) -> String {
     } else {
         format!("/proxy/{url}")
     }
+}
+
+/// Gives the mix's templates (made in [`MIX`]'s order) their weights: [`MIX`]'s, then those of
+/// `--mix`; drops those weighted 0.
+fn weigh(templates: &mut Vec<Template>, mix: &[(String, u32)]) -> Result<(), String> {
+    for (tpl, (_, w)) in templates.iter_mut().zip(MIX) {
+        tpl.weight = *w;
+    }
+    for (name, w) in mix {
+        match templates.iter_mut().find(|x| x.name == name) {
+            Some(x) => x.weight = *w,
+            None => {
+                let names: Vec<&str> = MIX.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "--mix: unknown kind {name:?} (kinds: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    templates.retain(|x| x.weight > 0);
+    if templates.is_empty() {
+        return Err("--mix: every weight is 0".into());
+    }
+    Ok(())
 }
 
 fn template(

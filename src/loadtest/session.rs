@@ -505,9 +505,14 @@ fn in_process(a: &Args) -> Result<Report, Failure> {
     let result = wait_ready(&d, a.handshake_timeout)
         .and_then(|()| measure(a, Target::InProcess, &plan, d))
         .map(|mut r| {
-            // Some counters are published with the tunnel core's 100 ms tick.
-            std::thread::sleep(Duration::from_millis(150));
+            // Some counters are published with the tunnel core's 100 ms tick: wait for two of
+            // its beats (the first may have been under way), a second at the most.
             let st = broker.status();
+            let beats = |st: &crate::status::Status| st.beats().first().copied().unwrap_or(0);
+            let (seen, until) = (beats(st), Instant::now() + Duration::from_secs(1));
+            while beats(st) < seen + 2 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             r.broker_drops = Some(BrokerDrops {
                 link: n(&st.link_drops),

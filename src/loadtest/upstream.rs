@@ -206,7 +206,7 @@ fn serve(conn: TcpStream, auth: &[u8]) -> io::Result<()> {
                 &mut w,
                 404,
                 "application/json",
-                br#"{"message":"Not Found"}"#,
+                crate::testkit::scm::NOT_FOUND,
             )?,
         }
         w.flush()?;

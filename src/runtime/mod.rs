@@ -320,12 +320,9 @@ impl Layout<'_> {
                 to_shards.push(to_shard);
                 from_shards.push(from_shard);
             }
-            let core = tunnel_core::start(core, to_shards, from_shards, status, stop);
-            let Some(timers) = core.await else {
-                return; // stopped before it ran; `rep` reports on drop
-            };
-            rep.ready();
-            timers.await;
+            if !run_core(rep, core, to_shards, from_shards, status, stop).await {
+                return;
+            }
             for driver in drivers {
                 driver.await;
             }
@@ -379,15 +376,29 @@ impl Layout<'_> {
                     to_shards.push(tx);
                     from_shards.push(rx);
                 }
-                let core = tunnel_core::start(core, to_shards, from_shards, status, stop);
-                let Some(timers) = core.await else {
-                    return; // the start failed elsewhere; `rep` reports on drop
-                };
-                rep.ready();
-                timers.await;
+                run_core(rep, core, to_shards, from_shards, status, stop).await;
             },
         )
     }
+}
+
+/// Runs the tunnel core on the current executor, linked to the shards: reports `rep` ready once
+/// the core runs, then drives its timers until the broker stops. `false` when it was stopped
+/// before it ran (the start failed elsewhere; `rep` reports that on drop).
+async fn run_core(
+    rep: barrier::StartReport,
+    core: CoreSeed,
+    to_shards: Vec<link::Tx>,
+    from_shards: Vec<link::Rx>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+) -> bool {
+    let Some(timers) = tunnel_core::start(core, to_shards, from_shards, status, stop).await else {
+        return false;
+    };
+    rep.ready();
+    timers.await;
+    true
 }
 
 /// Packet buffer capacity: the MTU rounded up, plus WireGuard's overhead so a buffer can hold a

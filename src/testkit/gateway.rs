@@ -18,7 +18,6 @@
 //! buffers (recycled), and [`Gateway::pump`] wakes up when the next one is due.
 
 use std::io;
-use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -27,10 +26,11 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::keys::{PrivateKey, PublicKey};
-use crate::netstack::{ConnId, StackConfig, StackSet};
+use crate::netstack::{StackConfig, StackSet};
 use crate::packet::BufPool;
-use crate::runtime::udp::{self, Ready, RecvBatch, Unsent};
+use crate::runtime::udp::{self, Ready, RecvBatch};
 use crate::testkit::impair::{Impair, ImpairSpec, ImpairStats};
+use crate::testkit::serve_port::{Served, serve_one};
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
 };
@@ -135,28 +135,6 @@ pub struct GatewayStats {
     /// Times the gateway slept in `ppoll` waiting for a datagram.
     pub waits: u64,
 }
-
-/// One connection accepted on `serve_port`.
-#[derive(Debug)]
-struct Served {
-    id: ConnId,
-    /// The TLS session over the connection when `serve_tls` is set.
-    tls: Option<Box<rustls::ServerConnection>>,
-    /// Request head bytes read so far (bounded).
-    head: Vec<u8>,
-    /// Request body bytes still to read and discard.
-    discard: u64,
-    /// Response head bytes not yet queued, from `out_off`.
-    out: Vec<u8>,
-    out_off: usize,
-    /// Response body bytes still to queue.
-    body_left: u64,
-    /// Close once the response is queued.
-    close: bool,
-}
-
-/// Largest request head the serve port accepts.
-const MAX_SERVE_HEAD: usize = 16 * 1024;
 
 /// Outgoing datagrams waiting for one `sendmmsg`: the runtime's batch, flushed at `limit`.
 #[derive(Debug)]
@@ -604,33 +582,13 @@ impl Gateway {
 
     /// The socket half of [`Gateway::flush_tx`]: one `sendmmsg` (or a few) for the batch.
     fn send_batch(udp: &UdpSocket, tx: &mut Outbox, stats: &mut GatewayStats) -> io::Result<()> {
-        let queued = tx.batch.len();
-        if queued == 0 {
+        if tx.batch.is_empty() {
             return Ok(());
         }
-        let fd = udp.as_raw_fd();
         let calls = tx.batch.calls();
-        let mut from = 0;
-        let mut stalled = false;
-        loop {
-            match tx.batch.send_from(fd, from) {
-                Ok(failed) => {
-                    stats.dropped += failed as u64;
-                    stats.datagrams_out += (queued - from - failed) as u64;
-                    break;
-                }
-                Err(Unsent { from: next, failed }) => {
-                    stats.dropped += failed as u64;
-                    stats.datagrams_out += (next - from - failed) as u64;
-                    from = next;
-                    if stalled || !udp::wait(fd, Ready::Writable, Duration::from_millis(10))? {
-                        stats.dropped += (queued - from) as u64;
-                        break;
-                    }
-                    stalled = true;
-                }
-            }
-        }
+        let sent = super::relay::send_all(&mut tx.batch, udp.as_raw_fd())?;
+        stats.dropped += sent.lost;
+        stats.datagrams_out += sent.sent;
         stats.send_calls += tx.batch.calls() - calls;
         tx.batch.clear();
         Ok(())
@@ -649,16 +607,7 @@ impl Gateway {
                 },
                 None => None,
             };
-            self.serving.push(Served {
-                id,
-                tls,
-                head: Vec::new(),
-                discard: 0,
-                out: Vec::new(),
-                out_off: 0,
-                body_left: 0,
-                close: false,
-            });
+            self.serving.push(Served::new(id, tls));
         }
         if self.serving.is_empty() {
             return false;
@@ -708,285 +657,4 @@ impl Gateway {
         }
         Ok(())
     }
-}
-
-/// Body bytes the serve port sends for a target ending in `/download/N` (at most 4 GiB).
-fn download_size(target: &str) -> Option<u64> {
-    let path = target.split('?').next().unwrap_or(target);
-    let (rest, n) = path.rsplit_once('/')?;
-    if !rest.ends_with("/download") {
-        return None;
-    }
-    n.parse::<u64>().ok().map(|n| n.min(1 << 32))
-}
-
-/// Response body bytes (`/download/N`).
-static BODY_FILL: [u8; 16 * 1024] = [b'x'; 16 * 1024];
-
-/// Queues `data` on a served connection: straight into the TCP socket, or through its TLS
-/// session (then flushed as far as the socket takes it). Returns how many bytes were taken;
-/// `Err` when the connection is unusable.
-fn serve_send(
-    set: &mut StackSet,
-    s: &mut Served,
-    data: &[u8],
-    wrote: &mut bool,
-) -> Result<usize, ()> {
-    let Some(tls) = s.tls.as_deref_mut() else {
-        let n = set.send_slice(s.id, data).map_err(drop)?;
-        *wrote |= n > 0;
-        return Ok(n);
-    };
-    // rustls bounds what it buffers (64 KiB): a socket that does not drain makes it take 0.
-    let n = tls.writer().write(data).map_err(drop)?;
-    tls_flush(set, s.id, tls, wrote)?;
-    Ok(n)
-}
-
-/// Reads from a served connection into `buf`: `Ok(0)` when nothing is there yet, `Err` when the
-/// peer closed or the TLS session failed.
-fn serve_recv(
-    set: &mut StackSet,
-    s: &mut Served,
-    buf: &mut [u8],
-    wrote: &mut bool,
-) -> Result<usize, ()> {
-    let Some(tls) = s.tls.as_deref_mut() else {
-        return set.recv_slice(s.id, buf).map_err(drop);
-    };
-    let filled = tls_fill(set, s.id, tls);
-    // Handshake messages and alerts go out whatever happened.
-    tls_flush(set, s.id, tls, wrote)?;
-    filled?;
-    match tls.reader().read(buf) {
-        Ok(0) => Err(()),
-        Ok(n) => Ok(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        Err(_) => Err(()),
-    }
-}
-
-/// Feeds the TLS session every byte the socket holds. `Err`: the records did not verify (an
-/// alert is queued for [`tls_flush`]).
-fn tls_fill(set: &mut StackSet, id: ConnId, tls: &mut rustls::ServerConnection) -> Result<(), ()> {
-    while tls.wants_read() {
-        let took = set.recv(id, |buf| {
-            if buf.is_empty() {
-                return (0, 0);
-            }
-            let mut rd: &[u8] = buf;
-            let n = tls.read_tls(&mut rd).unwrap_or(0);
-            (n, n)
-        });
-        match took {
-            Ok(0) => break,
-            Ok(_) => {
-                tls.process_new_packets().map_err(drop)?;
-            }
-            Err(_) => {
-                // The peer finished sending: tell rustls (an empty read is its end of stream).
-                let _ = tls.read_tls(&mut io::empty());
-                tls.process_new_packets().map_err(drop)?;
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Moves the TLS session's pending records into the socket; `Ok(true)` when none are left.
-fn tls_flush(
-    set: &mut StackSet,
-    id: ConnId,
-    tls: &mut rustls::ServerConnection,
-    wrote: &mut bool,
-) -> Result<bool, ()> {
-    while tls.wants_write() {
-        let n = set
-            .send(id, |buf| {
-                let mut w: &mut [u8] = buf;
-                let n = tls.write_tls(&mut w).unwrap_or(0);
-                (n, n)
-            })
-            .map_err(drop)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        *wrote = true;
-    }
-    Ok(true)
-}
-
-/// One serve-port connection's step; returns whether to keep it.
-fn serve_one(set: &mut StackSet, s: &mut Served, served: &mut u64, wrote: &mut bool) -> bool {
-    if let Some(tls) = s.tls.as_deref_mut() {
-        // Records the socket could not take last time.
-        if tls_flush(set, s.id, tls, wrote).is_err() {
-            let _ = set.abort(s.id);
-            return false;
-        }
-    }
-    for _ in 0..64 {
-        // 1. Finish the response in progress.
-        if s.out_off < s.out.len() {
-            let out = std::mem::take(&mut s.out);
-            let sent = serve_send(set, s, &out[s.out_off..], wrote);
-            s.out = out;
-            match sent {
-                Ok(0) => return true,
-                Ok(n) => {
-                    s.out_off += n;
-                    continue;
-                }
-                Err(()) => return false,
-            }
-        }
-        if s.body_left > 0 {
-            let left = s.body_left;
-            let sent = if s.tls.is_some() {
-                let n = BODY_FILL
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                serve_send(set, s, &BODY_FILL[..n], wrote)
-            } else {
-                set.send(s.id, |buf| {
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let mut off = 0;
-                    while off < n {
-                        let k = (n - off).min(BODY_FILL.len());
-                        buf[off..off + k].copy_from_slice(&BODY_FILL[..k]);
-                        off += k;
-                    }
-                    (n, n)
-                })
-                .map_err(drop)
-            };
-            match sent {
-                Ok(0) => return true,
-                Ok(n) => {
-                    s.body_left -= n as u64;
-                    *wrote = true;
-                    continue;
-                }
-                Err(()) => return false,
-            }
-        }
-        if s.close {
-            if let Some(tls) = s.tls.as_deref_mut() {
-                tls.send_close_notify();
-                match tls_flush(set, s.id, tls, wrote) {
-                    // The close_notify waits for room in the socket.
-                    Ok(false) => return true,
-                    Ok(true) => {}
-                    Err(()) => {
-                        let _ = set.abort(s.id);
-                        return false;
-                    }
-                }
-            }
-            let _ = set.close(s.id);
-            return false;
-        }
-        // 2. Discard the request body.
-        if s.discard > 0 {
-            let left = s.discard;
-            let taken = if s.tls.is_some() {
-                let mut scratch = [0u8; 2048];
-                let n = scratch
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                serve_recv(set, s, &mut scratch[..n], wrote)
-            } else {
-                set.recv(s.id, |buf| {
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    (n, n)
-                })
-                .map_err(drop)
-            };
-            match taken {
-                Ok(0) => return true,
-                Ok(n) => {
-                    s.discard -= n as u64;
-                    if s.discard > 0 {
-                        continue;
-                    }
-                }
-                Err(()) => return false,
-            }
-        }
-        // 3. Parse the next request head (it may already be buffered after the last body).
-        if s.discard == 0 {
-            if let Some(end) = find_head_end(&s.head) {
-                let mut headers = [httparse::EMPTY_HEADER; 32];
-                let mut req = httparse::Request::new(&mut headers);
-                let Ok(httparse::Status::Complete(_)) = req.parse(&s.head[..end]) else {
-                    let _ = set.abort(s.id);
-                    return false;
-                };
-                let mut len = 0u64;
-                let mut close = false;
-                for h in req.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                    } else if h.name.eq_ignore_ascii_case("connection") {
-                        close = h.value.eq_ignore_ascii_case(b"close");
-                    }
-                }
-                let body = download_size(req.path.unwrap_or(""));
-                // Body bytes that arrived with the head.
-                let extra = (s.head.len() - end) as u64;
-                let from_head = extra.min(len);
-                s.discard = len - from_head;
-                s.head
-                    .drain(..end + usize::try_from(from_head).unwrap_or(0));
-                s.out.clear();
-                s.out_off = 0;
-                let (n, ctype) = match body {
-                    Some(n) => (n, "application/octet-stream"),
-                    None => (4, "text/plain"),
-                };
-                s.out
-                    .extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: ");
-                s.out.extend_from_slice(ctype.as_bytes());
-                s.out.extend_from_slice(b"\r\nContent-Length: ");
-                s.out.extend_from_slice(n.to_string().as_bytes());
-                if close {
-                    s.out.extend_from_slice(b"\r\nConnection: close");
-                }
-                s.out.extend_from_slice(b"\r\n\r\n");
-                if body.is_none() {
-                    s.out.extend_from_slice(b"pong");
-                    s.body_left = 0;
-                } else {
-                    s.body_left = n;
-                }
-                s.close = close;
-                *served += 1;
-                continue;
-            }
-            let mut buf = [0u8; 2048];
-            match serve_recv(set, s, &mut buf, wrote) {
-                Ok(0) => return true,
-                Ok(n) => {
-                    s.head.extend_from_slice(&buf[..n]);
-                    if s.head.len() > MAX_SERVE_HEAD {
-                        let _ = set.abort(s.id);
-                        return false;
-                    }
-                }
-                Err(()) => {
-                    let _ = set.close(s.id);
-                    return false;
-                }
-            }
-        }
-    }
-    true
-}
-
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }

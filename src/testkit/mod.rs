@@ -8,6 +8,8 @@
 //! the hidden `wgbroker relay` that `perf/wan.sh` puts between a real wireguard-go and the brokers.
 
 pub mod client;
+#[cfg(test)]
+pub(crate) mod clock;
 pub mod gateway;
 pub mod impair;
 pub mod listener;
@@ -16,6 +18,7 @@ pub mod response;
 pub mod scm;
 #[cfg(test)]
 pub(crate) mod script;
+mod serve_port;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;

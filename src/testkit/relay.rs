@@ -317,33 +317,53 @@ impl Direction {
 
 /// Sends the batch; a send buffer that stays full for 10 ms loses the rest (counted).
 fn flush(batch: &mut SendBatch, fd: RawFd, st: &mut DirectionStats) -> io::Result<()> {
+    let sent = send_all(batch, fd)?;
+    st.send_failed += sent.lost;
+    st.forwarded += sent.sent;
+    batch.clear();
+    Ok(())
+}
+
+/// What [`send_all`] did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Sent {
+    /// Datagrams the kernel took.
+    pub sent: u64,
+    /// Datagrams it refused, and those left when the send buffer stayed full for 10 ms.
+    pub lost: u64,
+}
+
+/// Sends every datagram of `batch` on `fd` (the batch is left for the caller to clear): when
+/// the send buffer is full, waits for it once, up to 10 ms, then gives up on the rest. The relay
+/// and the test gateway share it, so both count a stalled socket's losses the same way.
+pub(super) fn send_all(batch: &mut SendBatch, fd: RawFd) -> io::Result<Sent> {
     let queued = batch.len();
+    let mut out = Sent::default();
     if queued == 0 {
-        return Ok(());
+        return Ok(out);
     }
     let mut from = 0;
     let mut stalled = false;
     loop {
         match batch.send_from(fd, from) {
             Ok(failed) => {
-                st.send_failed += failed as u64;
-                st.forwarded += (queued - from - failed) as u64;
+                out.lost += failed as u64;
+                out.sent += (queued - from - failed) as u64;
                 break;
             }
             Err(Unsent { from: next, failed }) => {
-                st.send_failed += failed as u64;
-                st.forwarded += (next - from - failed) as u64;
+                out.lost += failed as u64;
+                out.sent += (next - from - failed) as u64;
                 from = next;
                 if stalled || !udp::wait(fd, Ready::Writable, Duration::from_millis(10))? {
-                    st.send_failed += (queued - from) as u64;
+                    out.lost += (queued - from) as u64;
                     break;
                 }
                 stalled = true;
             }
         }
     }
-    batch.clear();
-    Ok(())
+    Ok(out)
 }
 
 fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Arc<UdpSocket>> {

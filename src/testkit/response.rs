@@ -106,26 +106,7 @@ impl ResponseReader {
                             )
                         })
                         .collect();
-                    let find = |name: &str| {
-                        hs.iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                            .map(|(_, v)| v.trim().to_owned())
-                    };
-                    self.body = if self.head_request
-                        || status == 204
-                        || status == 304
-                        || (100..200).contains(&status)
-                    {
-                        Body::None
-                    } else if find("transfer-encoding")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-                    {
-                        Body::Chunked(ChunkedDecoder::new())
-                    } else if let Some(len) = find("content-length") {
-                        Body::Length(len.parse().map_err(|_| ReadError::Head)?)
-                    } else {
-                        Body::UntilClose
-                    };
+                    self.body = framing(self.head_request, status, &hs)?;
                     self.response = Some(Response {
                         status,
                         headers: hs,
@@ -401,6 +382,32 @@ fn trim(v: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &v[start..end.max(start)]
+}
+
+/// How the body of a response with `status` and `headers` is framed (`head_request`: it answers
+/// a HEAD, so it has none).
+fn framing(
+    head_request: bool,
+    status: u16,
+    headers: &[(String, String)],
+) -> Result<Body, ReadError> {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    Ok(
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            Body::None
+        } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            Body::Chunked(ChunkedDecoder::new())
+        } else if let Some(len) = find("content-length") {
+            Body::Length(len.parse().map_err(|_| ReadError::Head)?)
+        } else {
+            Body::UntilClose
+        },
+    )
 }
 
 #[cfg(test)]

@@ -152,37 +152,43 @@ fn read_body(r: &mut BufReader<TcpStream>, headers: &[(String, String)]) -> io::
                 }
                 break;
             }
-            let mut left = size;
-            while left > 0 {
-                let cap = left.min(buf.len() as u64) as usize;
-                let n = r.read(&mut buf[..cap])?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                hash = fnv1a(&buf[..n], hash);
-                len += n as u64;
-                left -= n as u64;
-            }
+            hash = hash_exactly(r, size, &mut buf, hash)?;
+            len += size;
             line.clear();
             r.read_line(&mut line)?;
         }
     } else if let Some(cl) = get("content-length") {
-        let mut left: u64 = cl
+        let cl: u64 = cl
             .parse()
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "length"))?;
-        while left > 0 {
-            let cap = left.min(buf.len() as u64) as usize;
-            let n = r.read(&mut buf[..cap])?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            hash = fnv1a(&buf[..n], hash);
-            len += n as u64;
-            left -= n as u64;
-        }
+        hash = hash_exactly(r, cl, &mut buf, hash)?;
+        len += cl;
     }
     Ok((len, hash))
 }
+
+/// Reads exactly `n` bytes of body through `buf`, folding them into the FNV-1a `hash`.
+fn hash_exactly(
+    r: &mut BufReader<TcpStream>,
+    n: u64,
+    buf: &mut [u8],
+    mut hash: u64,
+) -> io::Result<u64> {
+    let mut left = n;
+    while left > 0 {
+        let cap = left.min(buf.len() as u64) as usize;
+        let got = r.read(&mut buf[..cap])?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hash = fnv1a(&buf[..got], hash);
+        left -= got as u64;
+    }
+    Ok(hash)
+}
+
+/// The body of a 404 from an SCM API (GitHub's shape); the load-test upstream answers the same.
+pub const NOT_FOUND: &[u8] = br#"{"message":"Not Found"}"#;
 
 fn respond(w: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {
     let reason = crate::http::reason_phrase(status);
@@ -194,36 +200,66 @@ fn respond(w: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> io::Resu
     w.write_all(body)
 }
 
+/// A request head as read: method, target, headers.
+type Head = (String, String, Vec<(String, String)>);
+
+/// Reads a request head; `None` at the end of the stream or past 200 headers (the connection is
+/// then dropped).
+fn read_head(r: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            return Ok(Some((method, target, headers)));
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+        if headers.len() > 200 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Answers `/download/N`: `n` bytes of [`pattern_byte`], in 64 KiB writes.
+fn download(w: &mut TcpStream, n: u64) -> io::Result<()> {
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
+    )?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    while off < n {
+        let take = (n - off).min(chunk.len() as u64) as usize;
+        for (i, b) in chunk[..take].iter_mut().enumerate() {
+            *b = pattern_byte(off + i as u64);
+        }
+        w.write_all(&chunk[..take])?;
+        off += take as u64;
+    }
+    Ok(())
+}
+
 fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
     let mut drop_next = false;
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+        let Some((method, target, headers)) = read_head(&mut r)? else {
             return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (method, target) = (
-            parts.next().unwrap_or("").to_owned(),
-            parts.next().unwrap_or("").to_owned(),
-        );
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h)?;
-            let h = h.trim_end_matches(['\r', '\n']);
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                headers.push((n.trim().to_owned(), v.trim().to_owned()));
-            }
-            if headers.len() > 200 {
-                return Ok(());
-            }
-        }
+        };
         let (body_len, body_hash) = read_body(&mut r, &headers)?;
         let s = Seen {
             method: method.clone(),
@@ -271,21 +307,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
                 respond(&mut w, 200, "application/json", body.as_bytes())?;
             }
             ("GET", ["download", n]) => {
-                let n: u64 = n.parse().unwrap_or(0).min(1 << 32);
-                write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
-                )?;
-                let mut chunk = vec![0u8; 64 * 1024];
-                let mut off = 0u64;
-                while off < n {
-                    let take = (n - off).min(chunk.len() as u64) as usize;
-                    for (i, b) in chunk[..take].iter_mut().enumerate() {
-                        *b = pattern_byte(off + i as u64);
-                    }
-                    w.write_all(&chunk[..take])?;
-                    off += take as u64;
-                }
+                download(&mut w, n.parse().unwrap_or(0).min(1 << 32))?;
             }
             ("GET", ["chunked", n]) => {
                 let n: usize = n.parse().unwrap_or(0).min(1 << 24);
@@ -316,12 +338,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
                     "HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example/\r\nContent-Length: 0\r\n\r\n"
                 )?;
             }
-            _ => respond(
-                &mut w,
-                404,
-                "application/json",
-                br#"{"message":"Not Found"}"#,
-            )?,
+            _ => respond(&mut w, 404, "application/json", NOT_FOUND)?,
         }
         w.flush()?;
         if s.header("connection")

@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+use super::clock::{FakeClock, Wait};
+
 #[derive(Debug)]
 pub(crate) struct Script {
     pub input: Vec<u8>,
@@ -86,6 +88,9 @@ pub(crate) enum Read {
     /// Never ready: a silent peer. Only a timer can end the wait, so a test that reaches it must
     /// run with a timer that fires.
     Silent,
+    /// Nothing for this long of the stream's [`FakeClock`] (see [`Steps::clocked`]), then the
+    /// next step: a peer that answers late.
+    Pause(std::time::Duration),
 }
 
 impl Read {
@@ -113,6 +118,9 @@ pub(crate) struct Steps {
     reads: std::collections::VecDeque<Read>,
     write_limit: usize,
     record: std::rc::Rc<std::cell::RefCell<Record>>,
+    /// The time [`Read::Pause`] steps wait on, and the pause under way.
+    clock: Option<FakeClock>,
+    pause: Option<Wait>,
 }
 
 impl Steps {
@@ -122,7 +130,15 @@ impl Steps {
             reads: reads.into_iter().collect(),
             write_limit: usize::MAX,
             record: Default::default(),
+            clock: None,
+            pause: None,
         }
+    }
+
+    /// [`Read::Pause`] steps wait on `clock`.
+    pub fn clocked(mut self, clock: &FakeClock) -> Self {
+        self.clock = Some(clock.clone());
+        self
     }
 
     /// Writes fail once `n` bytes were accepted (the write that crosses it accepts what fits).
@@ -143,8 +159,23 @@ impl AsyncRead for Steps {
         _: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
+        while let Some(&Read::Pause(d)) = self.reads.front() {
+            let this = &mut *self;
+            let clock = this
+                .clock
+                .as_ref()
+                .expect("Read::Pause needs Steps::clocked");
+            let pause = this.pause.get_or_insert_with(|| clock.wait(d, false));
+            if !pause.due() {
+                // The racing sleep of the same clock moves time and wakes the task.
+                return Poll::Pending;
+            }
+            this.pause = None;
+            this.reads.pop_front();
+        }
         match self.reads.front_mut() {
             None | Some(Read::Eof) => Poll::Ready(Ok(0)),
+            Some(Read::Pause(_)) => unreachable!("pauses are waited out above"),
             Some(Read::Reset) => Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into())),
             Some(Read::Silent) => Poll::Pending,
             Some(Read::Data(d)) => {

@@ -47,6 +47,11 @@ impl FakeUpstreams {
         self.next.borrow_mut().push_back(Err(e));
     }
 
+    /// The next connection is a new one scripted as `s` (e.g. [`Steps::clocked`]).
+    pub fn fresh_steps(&self, s: Steps) -> Rc<RefCell<Record>> {
+        self.push(s, 0)
+    }
+
     fn push(&self, s: Steps, exchanges: u32) -> Rc<RefCell<Record>> {
         let record = s.record();
         self.next.borrow_mut().push_back(Ok((s, exchanges)));

@@ -25,6 +25,27 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().expect("valid socket address")
 }
 
+/// What sending an IP packet over an established session gives: a transport data message
+/// (type 4) to the peer's endpoint `to`.
+fn data_to(to: &str) -> Out {
+    Out::Transmit {
+        message_type: 4,
+        to: sa(to),
+    }
+}
+
+/// The vendor's table: broker `bk` its one peer, at 10.77.0.2, its endpoint learnt from it.
+fn vendor_table(vk: &PrivateKey, bk: &PrivateKey, now: Instant) -> PeerTable {
+    let peers = vec![spec(bk.public_key(), None, &["10.77.0.2/32"])];
+    PeerTable::new(vk, peers, now).expect("valid table")
+}
+
+/// The broker's table: vendor `vk` its one peer, at 10.77.0.1, reached at `VENDOR`.
+fn broker_table(bk: &PrivateKey, vk: &PrivateKey, now: Instant) -> PeerTable {
+    let peers = vec![spec(vk.public_key(), Some(VENDOR), &["10.77.0.1/32"])];
+    PeerTable::new(bk, peers, now).expect("valid table")
+}
+
 fn spec(public_key: PublicKey, endpoint: Option<&str>, allowed: &[&str]) -> PeerSpec {
     PeerSpec {
         public_key,
@@ -316,21 +337,25 @@ struct Pair {
     vendor_key: PrivateKey,
 }
 
+impl Pair {
+    /// What the vendor's table holds about the broker.
+    fn vendor_sees_broker(&mut self) -> PeerStatus {
+        let table = self.net.table(self.vendor);
+        table.peer_status(self.to_broker).expect("peer")
+    }
+
+    /// What the broker's table holds about the vendor.
+    fn broker_sees_vendor(&mut self) -> PeerStatus {
+        let table = self.net.table(self.broker);
+        table.peer_status(self.to_vendor).expect("peer")
+    }
+}
+
 fn pair() -> Pair {
     let now = Instant::now();
     let (bk, vk) = (key(), key());
-    let broker = PeerTable::new(
-        &bk,
-        vec![spec(vk.public_key(), Some(VENDOR), &["10.77.0.1/32"])],
-        now,
-    )
-    .expect("valid table");
-    let vendor = PeerTable::new(
-        &vk,
-        vec![spec(bk.public_key(), None, &["10.77.0.2/32"])],
-        now,
-    )
-    .expect("valid table");
+    let broker = broker_table(&bk, &vk, now);
+    let vendor = vendor_table(&vk, &bk, now);
     let to_vendor = broker.peer_id(&vk.public_key()).expect("configured");
     let to_broker = vendor.peer_id(&bk.public_key()).expect("configured");
     let mut net = Net::new(now);
@@ -388,18 +413,10 @@ fn handshake_completes_initiator_to_responder() {
     assert_eq!(v.dropped(), 0);
 
     let now = p.net.now;
-    let vs = p
-        .net
-        .table(p.vendor)
-        .peer_status(p.to_broker)
-        .expect("peer");
+    let vs = p.vendor_sees_broker();
     assert_eq!(vs.endpoint, Some(sa(BROKER)));
     assert_eq!(vs.public_key, p.broker_key.public_key());
-    let bs = p
-        .net
-        .table(p.broker)
-        .peer_status(p.to_vendor)
-        .expect("peer");
+    let bs = p.broker_sees_vendor();
     assert_eq!(bs.handshakes, 1);
     assert_eq!(bs.handshake_attempts, 0);
     assert_eq!(bs.handshake_age(now), Some(Duration::ZERO));
@@ -413,32 +430,16 @@ fn handshake_completes_initiator_to_responder() {
 fn ip_packets_cross_both_ways_byte_exact() {
     let mut p = connected_pair();
     let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"GET /healthcheck HTTP/1.1\r\n\r\n");
-    assert_eq!(
-        p.net.send(p.broker, &up),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR)
-        }
-    );
+    assert_eq!(p.net.send(p.broker, &up), data_to(VENDOR));
     p.net.run();
     assert_eq!(p.net.inbox(p.vendor), vec![(p.to_broker, up.clone())]);
 
     let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"HTTP/1.1 200 OK\r\n\r\nOK");
-    assert_eq!(
-        p.net.send(p.vendor, &down),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(BROKER)
-        }
-    );
+    assert_eq!(p.net.send(p.vendor, &down), data_to(BROKER));
     p.net.run();
     assert_eq!(p.net.inbox(p.broker), vec![(p.to_vendor, down.clone())]);
 
-    let vs = p
-        .net
-        .table(p.vendor)
-        .peer_status(p.to_broker)
-        .expect("peer");
+    let vs = p.vendor_sees_broker();
     assert_eq!((vs.rx_packets, vs.rx_bytes), (1, up.len() as u64));
     assert_eq!((vs.tx_packets, vs.tx_bytes), (1, down.len() as u64));
     assert_eq!(p.net.table(p.broker).counters().packets_received, 1);
@@ -638,11 +639,7 @@ fn roaming_follows_the_authenticated_source() {
         bytes: data_message(salt << 8 | 1, 99, 64),
     });
     assert!(matches!(forged, Got::Dropped(_)));
-    let vs = p
-        .net
-        .table(p.vendor)
-        .peer_status(p.to_broker)
-        .expect("peer");
+    let vs = p.vendor_sees_broker();
     assert_eq!(vs.endpoint, Some(sa(BROKER)));
 
     // The broker's NAT mapping changes: its next packet comes from elsewhere.
@@ -651,23 +648,13 @@ fn roaming_follows_the_authenticated_source() {
     p.net.send(p.broker, &up);
     p.net.run();
     assert_eq!(p.net.inbox(p.vendor), vec![(p.to_broker, up)]);
-    let vs = p
-        .net
-        .table(p.vendor)
-        .peer_status(p.to_broker)
-        .expect("peer");
+    let vs = p.vendor_sees_broker();
     assert_eq!(vs.endpoint, Some(sa(BROKER_ROAMED)));
     assert_eq!(p.net.table(p.vendor).counters().roams, 1);
 
     // The responder replies to the new address.
     let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"reply");
-    assert_eq!(
-        p.net.send(p.vendor, &down),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(BROKER_ROAMED)
-        }
-    );
+    assert_eq!(p.net.send(p.vendor, &down), data_to(BROKER_ROAMED));
     p.net.run();
     assert_eq!(p.net.inbox(p.broker), vec![(p.to_vendor, down)]);
 
@@ -678,13 +665,7 @@ fn roaming_follows_the_authenticated_source() {
     p.net.run();
     assert_eq!(p.net.inbox(p.broker).len(), 1);
     let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"follow");
-    assert_eq!(
-        p.net.send(p.broker, &up),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR_MOVED)
-        }
-    );
+    assert_eq!(p.net.send(p.broker, &up), data_to(VENDOR_MOVED));
     assert_eq!(p.net.table(p.broker).counters().roams, 1);
 }
 
@@ -773,21 +754,9 @@ fn routing_picks_the_longest_prefix() {
     net.run();
 
     let to_g2 = ipv4_tcp(BROKER_IP, [10, 1, 2, 3], b"to the /16");
-    assert_eq!(
-        net.send(b, &to_g2),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(GATEWAY2)
-        }
-    );
+    assert_eq!(net.send(b, &to_g2), data_to(GATEWAY2));
     let to_g1 = ipv4_tcp(BROKER_IP, [10, 2, 0, 1], b"to the /8");
-    assert_eq!(
-        net.send(b, &to_g1),
-        Out::Transmit {
-            message_type: 4,
-            to: sa(VENDOR)
-        }
-    );
+    assert_eq!(net.send(b, &to_g1), data_to(VENDOR));
     let nowhere = ipv4_tcp(BROKER_IP, [192, 168, 1, 1], b"nowhere");
     assert_eq!(net.send(b, &nowhere), Out::Dropped(DropReason::NoRoute));
     assert_eq!(net.send(b, &[0x45; 8]), Out::Dropped(DropReason::Malformed));
@@ -816,12 +785,7 @@ fn re_resolution_after_repeated_failed_handshakes() {
     );
     gateway.endpoint_name = Some(gateway_name());
     let broker = PeerTable::new(&bk, vec![gateway], now).expect("valid");
-    let vendor = PeerTable::new(
-        &vk,
-        vec![spec(bk.public_key(), None, &["10.77.0.2/32"])],
-        now,
-    )
-    .expect("valid");
+    let vendor = vendor_table(&vk, &bk, now);
     let mut net = Net::new(now);
     let b = net.add(broker, BROKER);
     net.add(vendor, VENDOR); // the gateway moved here; DNS knows, the broker does not yet
@@ -882,12 +846,7 @@ fn peer_known_only_by_name_is_resolved_then_dialed_by_tick() {
     gateway.endpoint_name = Some(gateway_name());
     gateway.persistent_keepalive = 25;
     let broker = PeerTable::new(&bk, vec![gateway], now).expect("valid");
-    let vendor = PeerTable::new(
-        &vk,
-        vec![spec(bk.public_key(), None, &["10.77.0.2/32"])],
-        now,
-    )
-    .expect("valid");
+    let vendor = vendor_table(&vk, &bk, now);
     let mut net = Net::new(now);
     let b = net.add(broker, BROKER);
     let v = net.add(vendor, VENDOR);
@@ -928,12 +887,7 @@ fn cookie_replies_under_load() {
     for (peers, limit) in [(1usize, 1u64), (2, 2)] {
         let now = Instant::now();
         let (bk, vk) = (key(), key());
-        let broker = PeerTable::new(
-            &bk,
-            vec![spec(vk.public_key(), Some(VENDOR), &["10.77.0.1/32"])],
-            now,
-        )
-        .expect("valid");
+        let broker = broker_table(&bk, &vk, now);
         let mut vendor_peers = vec![spec(bk.public_key(), None, &["10.77.0.2/32"])];
         if peers == 2 {
             vendor_peers.push(spec(key().public_key(), None, &["10.77.0.3/32"]));
@@ -1017,30 +971,22 @@ fn table_can_move_to_the_tunnel_core() {
 fn invalid_tables_are_refused() {
     let now = Instant::now();
     let (me, a, b) = (key(), key(), key());
-    let dup = PeerTable::new(
-        &me,
-        vec![
-            spec(a.public_key(), None, &["10.0.0.1/32"]),
-            spec(a.public_key(), None, &["10.0.0.2/32"]),
-        ],
-        now,
-    );
+    // Two peers, each with one allowed prefix.
+    let two = |(k1, ip1): (&PrivateKey, &str), (k2, ip2): (&PrivateKey, &str)| {
+        let peers = vec![
+            spec(k1.public_key(), None, &[ip1]),
+            spec(k2.public_key(), None, &[ip2]),
+        ];
+        PeerTable::new(&me, peers, now).err()
+    };
     assert_eq!(
-        dup.err(),
+        two((&a, "10.0.0.1/32"), (&a, "10.0.0.2/32")),
         Some(PeerTableError::DuplicatePeer(a.public_key()))
     );
     let own = PeerTable::new(&me, vec![spec(me.public_key(), None, &[])], now);
     assert_eq!(own.err(), Some(PeerTableError::OwnKey(me.public_key())));
-    let overlap = PeerTable::new(
-        &me,
-        vec![
-            spec(a.public_key(), None, &["10.0.0.0/24"]),
-            spec(b.public_key(), None, &["10.0.0.7/24"]),
-        ],
-        now,
-    );
     assert_eq!(
-        overlap.err(),
+        two((&a, "10.0.0.0/24"), (&b, "10.0.0.7/24")),
         Some(PeerTableError::DuplicateAllowedIp {
             net: "10.0.0.0/24".parse().expect("valid"),
             first: a.public_key(),
@@ -1238,11 +1184,7 @@ fn tick_surfaces_boringtun_retransmission() {
     };
     assert_eq!(sent.len(), 1, "boringtun retransmitted the initiation");
     assert_eq!((sent[0].to, sent[0].bytes[0]), (sa(VENDOR), 1));
-    let s = p
-        .net
-        .table(p.broker)
-        .peer_status(p.to_vendor)
-        .expect("peer");
+    let s = p.broker_sees_vendor();
     assert_eq!(s.handshake_attempts, 2);
 }
 

@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::harness::spread_args;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wgbroker"))
 }
@@ -387,6 +389,7 @@ level = "error"
     let mut child = bin()
         .args(["run", "-c"])
         .arg(&f)
+        .args(spread_args(&f))
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())

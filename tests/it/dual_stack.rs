@@ -13,7 +13,7 @@ use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
-use crate::harness::{BROKER_IP, VENDOR_IP};
+use crate::harness::{BROKER_IP, VENDOR_IP, spread_args};
 
 /// The vendor's gateway, before the broker that dials it is started.
 struct Setup {
@@ -69,10 +69,12 @@ impl Setup {
         std::fs::write(&hosts_file, hosts).expect("hosts");
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount --bind "$0" /etc/hosts && exec "$1" run -c "$2""#)
+            .arg(r#"mount --bind "$0" /etc/hosts && bin=$1 && shift && exec "$bin" run "$@""#)
             .arg(&hosts_file)
             .arg(env!("CARGO_BIN_EXE_wgbroker"))
+            .arg("-c")
             .arg(&file)
+            .args(spread_args(&file))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

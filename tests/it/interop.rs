@@ -9,6 +9,7 @@ use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 use crate::harness::netns::Pair;
+use crate::harness::{poll_for, spread_args};
 
 struct Interop {
     pair: Pair,
@@ -55,29 +56,26 @@ level = "warn"
     .expect("write config");
     let broker_ns = pair.broker.clone();
     let started = Instant::now();
-    let child = pair.spawn(
-        &broker_ns,
-        &[
-            env!("CARGO_BIN_EXE_wgbroker"),
-            "run",
-            "-c",
-            cfg.to_str().expect("utf-8"),
-        ],
+    let spread = spread_args(&cfg);
+    let mut args = vec![env!("CARGO_BIN_EXE_wgbroker"), "run", "-c"];
+    args.extend(
+        [cfg.as_os_str()]
+            .into_iter()
+            .chain(spread.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_str().expect("utf-8")),
     );
+    let child = pair.spawn(&broker_ns, &args);
     let broker_pid = child.id();
     // The handshake is visible on the vendor side.
     let vendor_ns = pair.vendor.clone();
-    let handshake = loop {
+    poll_for(Duration::from_secs(15), "the vendor's handshake", || {
         let out = pair.exec(&vendor_ns, &["wg", "show", &ifname, "latest-handshakes"]);
-        if out.split_whitespace().nth(1).is_some_and(|t| t != "0") {
-            break started.elapsed();
+        match out.split_whitespace().nth(1) {
+            Some(t) if t != "0" => Ok(()),
+            _ => Err(out),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no handshake: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
+    let handshake = started.elapsed();
     eprintln!("interop: handshake completed {handshake:?} after the broker started");
     Interop {
         pair,

@@ -20,6 +20,7 @@ use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
 use crate::harness::netns::{Pair, sh};
+use crate::harness::{poll_for, spread_args};
 
 /// The customer's GitHub token: recognisable, so its absence from the broker's output means
 /// something.
@@ -274,49 +275,50 @@ impl Env {
 
         // The upstream accepts plain and TLS connections (curl inside the broker namespace,
         // verifying the certificate against the test CA).
-        let deadline = Instant::now() + Duration::from_secs(15);
         for url in [
             format!("http://127.0.0.1:{HTTP_PORT}/ready"),
             format!("https://localhost:{TLS_PORT}/ready"),
         ] {
-            loop {
-                let out = pair
-                    .command(
-                        &broker_ns,
-                        &[
-                            "curl",
-                            "-sS",
-                            "--max-time",
-                            "2",
-                            "--cacert",
-                            path_str(&ca_file),
-                            "-o",
-                            "/dev/null",
-                            "-w",
-                            "%{http_code}",
-                            &url,
-                        ],
-                    )
-                    .output()
-                    .expect("curl");
-                if out.stdout == b"404" {
-                    break;
-                }
-                if let Some(Ok(Some(st))) = upstream.0.as_mut().map(Child::try_wait) {
-                    panic!(
-                        "upstream exited {st}: {}",
+            poll_for(
+                Duration::from_secs(15),
+                &format!("the upstream at {url}"),
+                || {
+                    let out = pair
+                        .command(
+                            &broker_ns,
+                            &[
+                                "curl",
+                                "-sS",
+                                "--max-time",
+                                "2",
+                                "--cacert",
+                                path_str(&ca_file),
+                                "-o",
+                                "/dev/null",
+                                "-w",
+                                "%{http_code}",
+                                &url,
+                            ],
+                        )
+                        .output()
+                        .expect("curl");
+                    if out.stdout == b"404" {
+                        return Ok(());
+                    }
+                    if let Some(Ok(Some(st))) = upstream.0.as_mut().map(Child::try_wait) {
+                        panic!(
+                            "upstream exited {st}: {}",
+                            std::fs::read_to_string(&upstream_err).unwrap_or_default()
+                        );
+                    }
+                    Err(format!(
+                        "{}{} / {}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr),
                         std::fs::read_to_string(&upstream_err).unwrap_or_default()
-                    );
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "upstream never answered {url}: {}{} / {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr),
-                    std::fs::read_to_string(&upstream_err).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                    ))
+                },
+            );
         }
 
         // The broker, output captured to a file.
@@ -338,6 +340,7 @@ impl Env {
                 &broker_ns,
                 &[env!("CARGO_BIN_EXE_wgbroker"), "run", "-c", path_str(&cfg)],
             )
+            .args(spread_args(&cfg))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
@@ -347,18 +350,16 @@ impl Env {
         let broker = Guard(Some(broker));
 
         let vendor_ns = pair.vendor.clone();
-        loop {
+        poll_for(Duration::from_secs(15), "the vendor's handshake", || {
             let out = pair.exec(&vendor_ns, &["wg", "show", &wg_if, "latest-handshakes"]);
-            if out.split_whitespace().nth(1).is_some_and(|t| t != "0") {
-                break;
+            match out.split_whitespace().nth(1) {
+                Some(t) if t != "0" => Ok(()),
+                _ => Err(format!(
+                    "{out}\n{}",
+                    std::fs::read_to_string(&broker_out).unwrap_or_default()
+                )),
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "no handshake: {out}\n{}",
-                std::fs::read_to_string(&broker_out).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
         eprintln!(
             "interop_proxy: handshake {:?} after the broker started",
             started.elapsed()
@@ -790,17 +791,12 @@ fn dead_upstream_is_502_slow_upstream_is_504(env: &Env) {
 fn sigterm_exits_0_and_the_output_never_shows_the_token(mut env: Env) {
     let started = Instant::now();
     sh(&["kill", "-TERM", &env.broker.id().to_string()]);
-    let status = loop {
-        let child = env.broker.0.as_mut().expect("broker");
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "broker still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let child = env.broker.0.as_mut().expect("broker");
+    let status = poll_for(
+        Duration::from_secs(10),
+        "the broker to exit after SIGTERM",
+        || child.try_wait().expect("wait").ok_or_else(String::new),
+    );
     env.broker.0 = None;
     eprintln!(
         "interop_proxy: broker stopped {:?} after SIGTERM",

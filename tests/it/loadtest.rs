@@ -4,12 +4,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::scm::MockScm;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
+
+use crate::harness::{poll_for, spread_args};
 
 fn loadtest(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgbroker"))
@@ -456,6 +458,7 @@ level = "error"
     let _broker = Reaper(
         Command::new(env!("CARGO_BIN_EXE_wgbroker"))
             .args(["run", "-c", cfg.to_str().expect("utf8")])
+            .args(spread_args(&cfg))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -464,11 +467,9 @@ level = "error"
     );
     // Drain the rest of stderr so the child never blocks on a full pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lt.0.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "loadtest did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_for(Duration::from_secs(60), "loadtest to finish", || {
+        lt.0.try_wait().expect("wait").ok_or_else(String::new)
+    });
     let status = lt.0.wait().expect("status");
     let mut out = String::new();
     lt.0.stdout

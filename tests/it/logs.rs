@@ -8,7 +8,7 @@ use std::time::Duration;
 use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::scm::MockScm;
 
-use crate::harness::Tunnel;
+use crate::harness::{Tunnel, spread_args};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -259,6 +259,7 @@ fn an_unreachable_gateway_logs_a_handshake_timeout_event_and_no_foreign_lines() 
     let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
         .args(["run", "-c"])
         .arg(&file)
+        .args(spread_args(&file))
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

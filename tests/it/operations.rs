@@ -12,7 +12,7 @@ use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
 use wgbroker::testkit::scm::MockScm;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 
-use crate::harness::poll_until;
+use crate::harness::{poll_until, spread_args};
 
 fn config(
     broker: &PrivateKey,
@@ -93,6 +93,7 @@ fn start_broker(extra: &str) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
         .args(["run", "-c"])
         .arg(&file)
+        .args(spread_args(&file))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -11,7 +11,7 @@ use wgbroker::testkit::client::{self, Request, RunOptions};
 use wgbroker::testkit::response::{Response, ResponseReader};
 use wgbroker::testkit::scm::MockScm;
 
-use crate::harness::{Tunnel, metric};
+use crate::harness::{Tunnel, metric, poll_for};
 
 /// How long a test waits for an event that should come within a configured timeout of 1 s: a
 /// generous upper bound on a functional event (the machine is shared), not a performance figure.
@@ -183,16 +183,17 @@ fn connections_opened_and_closed_leave_the_tunnel_tables_at_their_fresh_size() {
         // The vendor closed every connection; the broker answers the FINs and reaps them. The
         // tables and the packet buffers the burst left on the free lists go within a second or
         // two.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut now = status.tunnel_tables();
-        while (gauges(&now), now.idle_buffers) != (fresh, 0) && Instant::now() < deadline {
-            t.gateway.pump(Duration::from_millis(20)).expect("pump");
-            now = status.tunnel_tables();
-        }
-        assert_eq!(
-            (gauges(&now), now.idle_buffers),
-            (fresh, 0),
-            "round {round}: {now:?}"
+        poll_for(
+            Duration::from_secs(10),
+            "tunnel tables back to fresh",
+            || {
+                let now = status.tunnel_tables();
+                if (gauges(&now), now.idle_buffers) == (fresh, 0) {
+                    return Ok(());
+                }
+                t.gateway.pump(Duration::from_millis(20)).expect("pump");
+                Err(format!("round {round}: {now:?}"))
+            },
         );
     }
     let port = status.admin_port.load(std::sync::atomic::Ordering::Relaxed);

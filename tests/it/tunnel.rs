@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wgbroker::testkit::client::{self, Request, RunOptions};
 
-use crate::harness::{Tunnel, admin_get, metric, poll_until};
+use crate::harness::{Tunnel, admin_get, metric, poll_until, spread_args};
 
 fn healthchecks(t: &mut Tunnel, conns: usize, per_conn: usize) {
     let plan = (0..conns)
@@ -491,4 +491,34 @@ fn test_brokers_are_pinned_but_spread_over_the_cpus() {
         assert!(distinct.len() > 1, "all on one CPU: {pinned:?}");
     }
     drop((a, b));
+}
+
+/// Subprocess test brokers are spread like in-process ones: each `wgbroker run` gets an overlay
+/// naming the next CPU as its tunnel core's; a config that places itself is left as written.
+#[test]
+fn subprocess_brokers_are_given_the_cpus_in_turn() {
+    let cpus = wgbroker::runtime::placement::available_cpus();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own = dir.path().join("broker.toml");
+    std::fs::write(&own, "[log]\nlevel = \"error\"\n").expect("write");
+    let cpu_of = |args: &[std::ffi::OsString]| -> usize {
+        assert_eq!(args.len(), 2, "-c FILE: {args:?}");
+        let text = std::fs::read_to_string(&args[1]).expect("overlay");
+        let n = text.trim().rsplit(' ').next().expect("a number");
+        n.parse().unwrap_or_else(|_| panic!("{text}"))
+    };
+    let firsts: Vec<usize> = (0..cpus.len().max(2))
+        .map(|_| cpu_of(&spread_args(&own)))
+        .collect();
+    assert!(
+        firsts.iter().all(|c| cpus.contains(c)),
+        "{firsts:?} not in {cpus:?}"
+    );
+    if cpus.len() > 1 {
+        let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+        assert!(distinct.len() > 1, "all on one CPU: {firsts:?}");
+    }
+    let placed = dir.path().join("placed.toml");
+    std::fs::write(&placed, "[runtime]\ncpus = [0]\n").expect("write");
+    assert!(spread_args(&placed).is_empty());
 }

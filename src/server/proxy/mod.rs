@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Timer;
 use super::buffered::Buffered;
@@ -38,6 +38,24 @@ use super::scrub::Scrubber;
 use crate::allowlist::{Allowlist, CanonUrl, Decision, Rule};
 use crate::http::BodyFraming;
 use crate::upstream::{Pooled, Target, Upstreams};
+use response::Final;
+
+/// One `info` line about the exchange's destination: `event`, the request id, the method and
+/// the URL's parts, then the event's own fields (the allowlist's reason, the rule).
+macro_rules! log_exchange {
+    ($event:literal, $x:expr, $method:expr, $url:expr, $($extra:tt)*) => {
+        tracing::info!(
+            event = $event,
+            request_id = $x.request_id,
+            method = $method,
+            scheme = $url.scheme.as_str(),
+            host = %$url.host,
+            port = $url.port,
+            path = %$url.path,
+            $($extra)*
+        )
+    };
+}
 
 mod outcome;
 mod request;
@@ -59,8 +77,8 @@ pub const ERROR_HEADER: &str = "X-Semgrep-Private-Link-Error";
 pub struct ProxyTimeouts {
     /// Vendor body stalls (`[inbound] body_timeout`).
     pub body: Duration,
-    /// Upstream response head after the request was sent (`[upstream] response_timeout`); also
-    /// the longest pause between upstream body reads.
+    /// The whole upstream response head after the request was sent, one deadline for all its
+    /// reads (`[upstream] response_timeout`); also the longest pause between upstream body reads.
     pub response: Duration,
 }
 
@@ -113,6 +131,14 @@ where
     .await
 }
 
+/// What goes to the upstream: where, the request head as rewritten for it, and the rule that
+/// allowed it (its header and logging settings apply to the answer too).
+struct Outgoing<'a> {
+    target: &'a Target,
+    head: &'a [u8],
+    rule: &'a Rule,
+}
+
 /// One proxied exchange in progress: what it works with, and the record of what happened so far.
 /// Its steps are methods, by concern: the sequence here, the response head in `response.rs`, the
 /// bodies in `stream.rs`.
@@ -160,16 +186,7 @@ where
         let (x, method) = (self.ctx, self.request.method());
         let (rule_id, rule) = match decide(x.allowlist, self.request, &url) {
             Decision::Denied(reason) => {
-                tracing::info!(
-                    event = "allowlist.reject",
-                    request_id = x.request_id,
-                    method,
-                    scheme = url.scheme.as_str(),
-                    host = %url.host,
-                    port = url.port,
-                    path = %url.path,
-                    reason = %reason,
-                );
+                log_exchange!("allowlist.reject", x, method, url, reason = %reason);
                 return Err(ProxyError::new(
                     ErrorKind::Denied,
                     "url is not in allowlist",
@@ -178,16 +195,7 @@ where
             Decision::Allowed { rule_id, rule } => (rule_id, rule),
         };
         self.out.rule = Some(rule_id);
-        tracing::info!(
-            event = "proxy.request",
-            request_id = x.request_id,
-            method,
-            scheme = url.scheme.as_str(),
-            host = %url.host,
-            port = url.port,
-            path = %url.path,
-            rule = rule_id,
-        );
+        log_exchange!("proxy.request", x, method, url, rule = rule_id);
         if rule.spec.log.request_headers {
             let mut text = String::new();
             for (n, v) in self.request.headers() {
@@ -227,9 +235,12 @@ where
         if buf.len() < response::MAX_RESPONSE_HEAD {
             buf = vec![0u8; response::MAX_RESPONSE_HEAD];
         }
-        let relayed = self
-            .relay(&mut pooled, &target, &head, rule, &mut buf)
-            .await;
+        let outgoing = Outgoing {
+            target: &target,
+            head: &head,
+            rule,
+        };
+        let relayed = self.relay(&mut pooled, &outgoing, &mut buf).await;
         *self.response_buf = buf;
         if relayed? {
             self.upstreams.release(&target, pooled);
@@ -243,19 +254,17 @@ where
     async fn relay(
         &mut self,
         pooled: &mut Pooled<U::Conn>,
-        target: &Target,
-        head: &[u8],
-        rule: &Rule,
+        out: &Outgoing<'_>,
         buf: &mut [u8],
     ) -> Result<bool, ProxyError> {
-        let first = self.send(pooled, target, head, buf).await?;
+        let (answer, pos, filled) = self.send(pooled, out, buf).await?;
+        let rule = out.rule;
         let mut up = Buffered {
             conn: &mut pooled.conn,
             buf,
-            pos: 0,
-            filled: first,
+            pos,
+            filled,
         };
-        let answer = self.read_response_head(&mut up, rule).await?;
         self.out.status = answer.status;
         if rule.spec.log.response_headers {
             self.log_response_headers(&answer.head);
@@ -280,22 +289,21 @@ where
         Ok(clean && answer.keep_alive)
     }
 
-    /// Sends the request and reads the first bytes of the answer into `buf` (returns how many).
-    ///
-    /// A pooled connection the upstream closed while it sat idle (after the pool's check) fails
-    /// before a byte of the answer arrives; a replayable request cannot have done anything
-    /// there, so it goes once more, on a new connection, which replaces `pooled`.
+    /// [`Self::attempt`]s the exchange's request and response head on `pooled`, and once more
+    /// on a new connection when that is safe: a pooled connection the upstream closed while it
+    /// sat idle (after the pool's check) fails before a byte of the answer arrives; a replayable
+    /// request cannot have done anything there, so it goes again, on a new connection, which
+    /// replaces `pooled`. Returns the head and where the rest of the answer lies in `buf`.
     async fn send(
         &mut self,
         pooled: &mut Pooled<U::Conn>,
-        target: &Target,
-        head: &[u8],
+        out: &Outgoing<'_>,
         buf: &mut [u8],
-    ) -> Result<usize, ProxyError> {
+    ) -> Result<(Final, usize, usize), ProxyError> {
         let mut retried = false;
         loop {
-            match self.send_request(&mut pooled.conn, head, buf).await {
-                Ok(n) => return Ok(n),
+            match self.attempt(&mut pooled.conn, out, buf).await {
+                Ok(answered) => return Ok(answered),
                 Err(e)
                     if e.retry == Retry::IfReused
                         && pooled.reused
@@ -306,14 +314,37 @@ where
                     tracing::info!(
                         event = "proxy.retry",
                         request_id = self.ctx.request_id,
-                        upstream = %target,
+                        upstream = %out.target,
                         "a pooled upstream connection was closed: sending again on a new one"
                     );
-                    *pooled = self.upstreams.connect_new(target).await?;
+                    *pooled = self.upstreams.connect_new(out.target).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sends the request on `conn` and reads the response head into `buf`: the whole head within
+    /// one `response_timeout` from the moment the request is out, however many reads it takes.
+    /// Returns the head, and the start and end of what followed it in `buf`.
+    async fn attempt(
+        &mut self,
+        conn: &mut U::Conn,
+        out: &Outgoing<'_>,
+        buf: &mut [u8],
+    ) -> Result<(Final, usize, usize), ProxyError> {
+        self.send_request(conn, out.head).await?;
+        let timer = self.timer;
+        let mut deadline = std::pin::pin!(timer.sleep(self.ctx.timeouts.response));
+        let first = self.read_answer(deadline.as_mut(), conn.read(buf)).await?;
+        let mut up = Buffered {
+            conn,
+            buf,
+            pos: 0,
+            filled: first,
+        };
+        let answer = self.read_response_head(&mut up, out.rule, deadline).await?;
+        Ok((answer, up.pos, up.filled))
     }
 
     /// Records `e`, then answers it while no response head went out, else aborts.

@@ -170,25 +170,15 @@ impl ErrorKind {
         }
     }
 
-    /// The metric outcome the exchange is counted under.
+    /// The metric outcome the exchange is counted under: every failure of the upstream's side
+    /// is `upstream_error` (so [`Self::side`] decides it, once); the vendor's side is split by
+    /// what went wrong.
     pub fn counted(self) -> Counted {
-        match self {
-            Self::Denied => Counted::Denied,
-            Self::MalformedDestination | Self::MalformedBody => Counted::Malformed,
-            Self::BodyIncomplete | Self::RequestBodyTimeout | Self::VendorClosed => {
-                Counted::VendorAborted
-            }
-            Self::Dns
-            | Self::Connect
-            | Self::ConnectTimeout
-            | Self::TlsCertificate
-            | Self::Tls
-            | Self::TlsTimeout
-            | Self::Proxy
-            | Self::Reset
-            | Self::BadResponse
-            | Self::ResponseTimeout
-            | Self::ResponseBodyTimeout => Counted::UpstreamError,
+        match (self.side(), self) {
+            (Side::Upstream, _) => Counted::UpstreamError,
+            (Side::Vendor, Self::Denied) => Counted::Denied,
+            (Side::Vendor, Self::MalformedDestination | Self::MalformedBody) => Counted::Malformed,
+            (Side::Vendor, _) => Counted::VendorAborted,
         }
     }
 }

@@ -183,7 +183,8 @@ mod tests {
     use super::*;
     use crate::http::{Limits, parse_head};
 
-    fn rewrite(raw: &str, set: &[(&str, &str)]) -> String {
+    /// `raw`'s parsed head (a complete, valid request head).
+    fn head_of(raw: &str) -> RequestHead {
         let mut head = RequestHead::default();
         let limits = Limits {
             max_head_bytes: 8192,
@@ -192,6 +193,11 @@ mod tests {
         parse_head(raw.as_bytes(), &limits, &mut head)
             .expect("valid")
             .expect("complete");
+        head
+    }
+
+    fn rewrite(raw: &str, set: &[(&str, &str)]) -> String {
+        let head = head_of(raw);
         let request = Request {
             head: &head,
             bytes: raw.as_bytes(),
@@ -258,10 +264,6 @@ mod tests {
 
     #[test]
     fn only_bodiless_requests_with_a_safe_method_are_replayable() {
-        let limits = Limits {
-            max_head_bytes: 8192,
-            max_headers: 64,
-        };
         for (method, extra, want) in [
             ("GET", "", true),
             ("HEAD", "", true),
@@ -275,10 +277,7 @@ mod tests {
             let raw = format!(
                 "{method} /proxy/https://ghe.example.com/a HTTP/1.1\r\nHost: b\r\n{extra}\r\n"
             );
-            let mut head = RequestHead::default();
-            parse_head(raw.as_bytes(), &limits, &mut head)
-                .expect("valid")
-                .expect("complete");
+            let head = head_of(&raw);
             let request = Request {
                 head: &head,
                 bytes: raw.as_bytes(),

@@ -10,6 +10,8 @@
 //! survives it).
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
@@ -103,10 +105,12 @@ where
 {
     /// Reads until `up` starts with a complete final response head, skipping informational ones;
     /// returns it checked, with `up` positioned after it.
+    /// Every read is raced against the same `deadline` (one `response_timeout` for the head).
     pub(super) async fn read_response_head<R: AsyncRead + Unpin>(
         &self,
         up: &mut Buffered<'_, R>,
         rule: &Rule,
+        mut deadline: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Final, ProxyError> {
         let head_request = self.request.head.method == Method::Head;
         loop {
@@ -131,10 +135,13 @@ where
                 ));
             }
             // Part of the answer came: the request is not sent again whatever happens now.
-            self.read_answer(up.fill()).await.map_err(|e| ProxyError {
-                retry: Retry::Never,
-                ..e
-            })?;
+            let read = up.fill();
+            self.read_answer(deadline.as_mut(), read)
+                .await
+                .map_err(|e| ProxyError {
+                    retry: Retry::Never,
+                    ..e
+                })?;
         }
     }
 }

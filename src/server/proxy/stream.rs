@@ -11,9 +11,10 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, future};
 
 use super::Exchange;
 use super::outcome::{ErrorKind, ProxyError};
@@ -67,15 +68,13 @@ where
     T: Timer,
     U: Upstreams,
 {
-    /// Writes the request head and body to `up` and reads the first bytes of the answer into
-    /// `buf`; returns how many. A close before any of the answer is
+    /// Writes the request head and body to `up`. A write that fails is
     /// [`ProxyError::closed_before_answer`], which the caller may retry.
-    pub(super) async fn send_request<W: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) async fn send_request<W: AsyncWrite + Unpin>(
         &mut self,
         up: &mut W,
         head: &[u8],
-        buf: &mut [u8],
-    ) -> Result<usize, ProxyError> {
+    ) -> Result<(), ProxyError> {
         let closed = || ProxyError::closed_before_answer("upstream closed the connection");
         up.write_all(head).await.map_err(|_| closed())?;
         match self.request.head.body {
@@ -83,17 +82,23 @@ where
             BodyFraming::Length(n) => self.send_length(up, n).await?,
             BodyFraming::Chunked => self.send_chunked(up).await?,
         }
-        up.flush().await.map_err(|_| closed())?;
-        self.read_answer(up.read(buf)).await
+        up.flush().await.map_err(|_| closed())
     }
 
-    /// One read of the upstream's answer (its head not complete yet): 504 when it does not come
-    /// within `response_timeout`, 502 when the connection closes first.
+    /// One read of the upstream's answer (its head not complete yet), raced against `deadline`:
+    /// the response head's one deadline, `response_timeout` after the request went out, shared
+    /// by every read of the head (see [`super::Exchange::attempt`]). 504 when the deadline comes
+    /// first, 502 when the connection closes first.
     pub(super) async fn read_answer(
         &self,
+        deadline: Pin<&mut impl Future<Output = ()>>,
         read: impl Future<Output = io::Result<usize>>,
     ) -> Result<usize, ProxyError> {
-        match timed(self.timer, self.ctx.timeouts.response, read).await {
+        let expired = async {
+            deadline.await;
+            None
+        };
+        match future::or(async { Some(read.await) }, expired).await {
             None => Err(ProxyError::new(
                 ErrorKind::ResponseTimeout,
                 "upstream did not answer in time",

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 use crate::server::{
     ProxyTimeouts, RequestIds, ServerConfig, ServerCtx, ServerStats, Timer, scrub, serve,
 };
+use crate::testkit::clock::FakeClock;
 use crate::testkit::script::{Read, Steps};
 use crate::testkit::upstreams::{Call, FakeUpstreams};
 use crate::upstream::{Target, UpstreamError};
@@ -254,6 +255,48 @@ fn no_response_head_in_time_is_504() {
     );
 }
 
+/// An upstream whose response head comes in three pieces, `gap` of `clock` apart (the first
+/// `gap` after the request went out).
+fn head_in_pieces(up: &FakeUpstreams, clock: &FakeClock, gap: Duration) {
+    up.fresh_steps(
+        Steps::new([
+            Read::Pause(gap),
+            Read::data("HTTP/1.1 200 OK\r\n"),
+            Read::Pause(gap),
+            Read::data("Content-Length: 2\r\n"),
+            Read::Pause(gap),
+            Read::data("\r\nok"),
+        ])
+        .clocked(clock),
+    );
+}
+
+#[test]
+fn the_response_head_has_one_deadline_however_many_reads_it_takes() {
+    // Each piece comes 12 s after the last, within `response_timeout` (20 s); the whole head
+    // does not.
+    let (clock, up) = (FakeClock::default(), FakeUpstreams::default());
+    head_in_pieces(&up, &clock, Duration::from_secs(12));
+    let s = run(vendor(&req("GET", "/a", "")), &up, &clock);
+    assert_error_answer(&s, "504 Gateway Timeout", "upstream did not answer in time");
+    assert_eq!(
+        clock.now(),
+        Duration::from_secs(20),
+        "answered at the deadline, response_timeout after the request went out"
+    );
+    assert_counted_as_upstream_error(&s.stats);
+}
+
+#[test]
+fn a_response_head_in_pieces_within_the_deadline_is_relayed() {
+    let (clock, up) = (FakeClock::default(), FakeUpstreams::default());
+    head_in_pieces(&up, &clock, Duration::from_secs(6));
+    let s = run(vendor(&req("GET", "/a", "")), &up, &clock);
+    assert!(s.out.starts_with("HTTP/1.1 200 OK\r\n"), "{}", s.out);
+    assert!(s.out.ends_with("\r\n\r\nok"), "{}", s.out);
+    assert_eq!(clock.now(), Duration::from_secs(18));
+}
+
 #[test]
 fn a_timeout_on_a_pooled_connection_is_not_retried() {
     let up = FakeUpstreams::default();
@@ -459,42 +502,38 @@ fn a_request_body_that_stalls_is_408_and_closes() {
     assert_eq!(s.calls, [Call::Connect(target())], "not handed back");
 }
 
-#[test]
-fn a_request_body_cut_short_is_400_and_closes() {
+/// `request`, whose body the broker cannot forward, through the proxy to an upstream that would
+/// answer 200: the vendor gets a 400 naming `problem`, and its connection is closed.
+fn bad_request_body(request: String, problem: &str) -> Seen {
     let up = FakeUpstreams::default();
     up.fresh([Read::data(OK)]);
-    let s = run(
-        vendor(&(req("POST", "/a", "Content-Length: 10\r\n") + "abc")),
-        &up,
-        &Never,
-    );
+    let s = run(vendor(&request), &up, &Never);
     assert!(
         s.out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{}",
         s.out
     );
-    assert!(s.out.contains("request body incomplete"));
+    assert!(s.out.contains(problem), "{}", s.out);
     assert!(s.closed);
+    s
+}
+
+#[test]
+fn a_request_body_cut_short_is_400_and_closes() {
+    let s = bad_request_body(
+        req("POST", "/a", "Content-Length: 10\r\n") + "abc",
+        "request body incomplete",
+    );
     assert_eq!((s.stats.vendor_aborted, s.stats.rejected), (1, 0));
 }
 
 #[test]
 fn a_malformed_chunked_request_body_is_400_and_counted_malformed() {
-    let up = FakeUpstreams::default();
-    up.fresh([Read::data(OK)]);
-    let s = run(
-        vendor(&(req("POST", "/a", "Transfer-Encoding: chunked\r\n") + "zz\r\n")),
-        &up,
-        &Never,
+    let s = bad_request_body(
+        req("POST", "/a", "Transfer-Encoding: chunked\r\n") + "zz\r\n",
+        "malformed chunked body",
     );
-    assert!(
-        s.out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{}",
-        s.out
-    );
-    assert!(s.out.contains("malformed chunked body"));
     assert!(s.out.contains("Connection: close\r\n"));
-    assert!(s.closed);
     assert_eq!((s.stats.rejected, s.stats.vendor_aborted), (1, 0));
 }
 

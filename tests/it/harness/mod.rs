@@ -3,8 +3,9 @@
 
 pub mod netns;
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -60,13 +61,34 @@ pub fn start_broker(toml: &str) -> BrokerHandle {
 /// tunnel core plus shards on more) what it would be. A broker whose config names `cpus` or
 /// `tunnel_cpu` is left as written.
 pub fn spread(loaded: &mut Loaded) {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let rt = &mut loaded.config.runtime;
     if rt.cpus.is_empty() && rt.tunnel_cpu.is_none() {
-        let cpus = wgbroker::runtime::placement::available_cpus();
-        let i = NEXT.fetch_add(1, Ordering::Relaxed);
-        rt.tunnel_cpu = cpus.get(i % cpus.len().max(1)).copied();
+        rt.tunnel_cpu = next_cpu();
     }
+}
+
+/// The next available CPU in turn, shared by in-process and subprocess brokers.
+fn next_cpu() -> Option<usize> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cpus = wgbroker::runtime::placement::available_cpus();
+    let i = NEXT.fetch_add(1, Ordering::Relaxed);
+    cpus.get(i % cpus.len().max(1)).copied()
+}
+
+/// [`spread`] for a broker run as a subprocess (`wgbroker run -c CONFIG ...`): the arguments
+/// (`-c FILE`) that overlay a file written next to `config` naming the next CPU in turn as its
+/// `[runtime] tunnel_cpu`, or none when `config` names `cpus` or `tunnel_cpu` itself. Without it
+/// every subprocess broker took CPU 0. A reload re-reads the overlay with the broker's own file,
+/// so it never reads as a change.
+pub fn spread_args(config: &Path) -> Vec<OsString> {
+    let own = std::fs::read_to_string(config).expect("read the broker's config");
+    let Some(cpu) = next_cpu().filter(|_| !own.contains("cpus") && !own.contains("tunnel_cpu"))
+    else {
+        return Vec::new();
+    };
+    let file = config.with_file_name(format!("spread-cpu{cpu}.toml"));
+    std::fs::write(&file, format!("[runtime]\ntunnel_cpu = {cpu}\n")).expect("write overlay");
+    vec!["-c".into(), file.into_os_string()]
 }
 
 pub fn load(toml: &str) -> Loaded {
@@ -181,11 +203,29 @@ pub fn metric(port: u16, sample: &str) -> Option<f64> {
 /// counter the broker publishes with its timer tick, a request reaching the mock SCM), in place
 /// of a sleep that guesses how long the effect takes.
 pub fn poll_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    poll_for(timeout, what, || {
+        if done() { Ok(()) } else { Err(String::new()) }
+    })
+}
+
+/// [`poll_until`] for a value: calls `probe` every 10 ms until it gives `Ok`, for at most
+/// `timeout`, and returns that; panics naming `what` and the last `Err` (what was seen instead:
+/// a command's output, a log) when it never does.
+pub fn poll_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
-    while !done() {
+    loop {
+        let last = match probe() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}{}{last}",
+            if last.is_empty() { "" } else { ": " }
         );
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -141,19 +141,15 @@ impl Pair {
         self.children
             .push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
         // Wait for the UAPI socket.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self
-            .command(&ns, &["wg", "show", ifname])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "wireguard-go did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        super::poll_until(
+            std::time::Duration::from_secs(10),
+            "wireguard-go to come up",
+            || {
+                self.command(&ns, &["wg", "show", ifname])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+        );
         let key_file = std::env::temp_dir().join(format!("{ns}.key"));
         std::fs::write(&key_file, private_key).expect("write key");
         self.exec(
