@@ -76,6 +76,9 @@ enum Command {
     Check(ConfigArgs),
     /// Print the merged configuration and generated rules, secrets redacted.
     Dump(ConfigArgs),
+    /// Print a Semgrep Network Broker configuration (YAML, with any overlays) as wgbroker TOML,
+    /// with a comment wherever a value was translated. The output holds the input's secrets.
+    Import(ConfigArgs),
     /// Say whether a request would be allowed, and by which rule.
     ///
     /// Exit status: 0 allowed, 1 denied, 2 rejected as malformed.
@@ -144,6 +147,7 @@ fn command() -> u8 {
         Command::Run(args) => run(&args.files),
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
+        Command::Import(args) => import(&args.files),
         Command::Explain {
             config,
             method,
@@ -321,6 +325,21 @@ fn dump(files: &[PathBuf]) -> u8 {
             print_warnings(&loaded.warnings);
             let out = config::dump::render(&loaded.config);
             crate::output::write_out_bytes(out.as_bytes());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `wgbroker import`: the equivalent TOML on standard output.
+fn import(files: &[PathBuf]) -> u8 {
+    match config::semgrep::import(files, &ProcessEnv) {
+        Ok((toml, warnings)) => {
+            print_warnings(&warnings);
+            crate::output::write_out_bytes(toml.as_bytes());
             0
         }
         Err(errors) => {
