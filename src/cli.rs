@@ -79,6 +79,23 @@ enum Command {
     /// Print a Semgrep Network Broker configuration (YAML, with any overlays) as wgbroker TOML,
     /// with a comment wherever a value was translated. The output holds the input's secrets.
     Import(ConfigArgs),
+    /// Write a first configuration and private key from what the vendor gave (asked for, or
+    /// taken from flags), print the public key to give the vendor, then run `test`.
+    ///
+    /// Exit status: 0 written and every test passed, 1 written but a test failed, 64 a value is
+    /// missing or malformed, 73 a file exists (use --force), 74, 78 the result would not validate.
+    Init(Box<crate::onboard::init::Args>),
+    /// Check from this host what the broker needs: the gateway name, a WireGuard handshake
+    /// within 5 s, the heartbeat, each SCM with its token; one line per check with its fix.
+    ///
+    /// Exit status: 0 every check passed, 1 otherwise.
+    Test {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say whether a request would be allowed, and by which rule.
     ///
     /// Exit status: 0 allowed, 1 denied, 2 rejected as malformed.
@@ -148,6 +165,12 @@ fn command() -> u8 {
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
         Command::Import(args) => import(&args.files),
+        Command::Init(args) => init(&args),
+        Command::Test { config, json } => u8::from(!crate::onboard::run_test(
+            &config.files,
+            json,
+            &mut crate::onboard::Stdout,
+        )),
         Command::Explain {
             config,
             method,
@@ -330,6 +353,37 @@ fn dump(files: &[PathBuf]) -> u8 {
         Err(errors) => {
             err!("{errors}");
             EXIT_CONFIG
+        }
+    }
+}
+
+/// A file `init` would overwrite exists (`EX_CANTCREAT`).
+pub const EXIT_CANTCREAT: u8 = 73;
+
+/// `wgbroker init`: the outcome as the exit status.
+fn init(args: &crate::onboard::init::Args) -> u8 {
+    use crate::onboard::init::Outcome;
+    let mut stdin = std::io::stdin().lock();
+    match crate::onboard::init::run(args, &mut stdin, &mut crate::onboard::Stdout) {
+        Outcome::Written { test_passed } => u8::from(test_passed == Some(false)),
+        Outcome::Usage(m) => {
+            errln!("wgbroker init: {m}");
+            EXIT_USAGE
+        }
+        Outcome::Exists(p) => {
+            errln!(
+                "wgbroker init: {} exists; not overwritten (use --force)",
+                p.display()
+            );
+            EXIT_CANTCREAT
+        }
+        Outcome::Config(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+        Outcome::Io(m) => {
+            errln!("wgbroker init: {m}");
+            EXIT_IOERR
         }
     }
 }

@@ -11,6 +11,7 @@ mod interop_proxy;
 mod layout;
 mod loadtest;
 mod logs;
+mod onboard;
 mod operations;
 mod proxy;
 mod relay;
