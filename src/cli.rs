@@ -467,6 +467,13 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             for (name, _) in &rule.spec.set_request_headers {
                 outln!("  sets header: {name}: <redacted>");
             }
+            if let Some(p) = &rule.spec.token_pool {
+                outln!(
+                    "  sets header: {}: <redacted> (one of a pool of {} tokens, round-robin)",
+                    p.header(),
+                    p.values().len()
+                );
+            }
             for name in &rule.spec.remove_response_headers {
                 outln!("  removes response header: {name}");
             }

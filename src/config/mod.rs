@@ -297,6 +297,9 @@ pub struct Scm {
     pub base_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretValue>,
+    /// A token pool, used round-robin per request (allowlist/pool.rs); empty: `token` alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<SecretValue>,
     pub allow_code_access: bool,
     /// The rules generated from the built-in table for this entry (`dump` counts them and lists
     /// them in `[[rules]]`).

@@ -194,11 +194,17 @@ pub fn scm_rows(config: &crate::config::Config, env: &dyn Fn(&str) -> Option<Str
             kind_name(scm.kind),
             scm.base_url
         );
-        let header = scm
-            .rules
-            .first()
-            .and_then(|r| r.set_request_headers.first())
-            .map(|(n, v)| (n.as_str(), v));
+        // The token, or a pool's first one.
+        let header = scm.rules.first().and_then(|r| {
+            r.set_request_headers
+                .first()
+                .map(|(n, v)| (n.as_str(), v))
+                .or_else(|| {
+                    r.token_pool
+                        .as_deref()
+                        .and_then(|p| p.values().first().map(|v| (p.header(), v)))
+                })
+        });
         rows.push(match probe::get(&scm.base_url, header, &settings) {
             Ok(p) => {
                 let via = p
