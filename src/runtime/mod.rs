@@ -77,6 +77,9 @@ use tunnel_core::CoreSeed;
 pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     status: Arc<Status>,
+    /// The `[upstream]` the shards run with and its CA files' contents, to tell whether a
+    /// reload changes it (a CA file may change under the same path).
+    upstream: std::sync::Mutex<(crate::config::Upstream, Vec<Vec<u8>>)>,
     /// Each executor by its thread name.
     joins: Vec<(String, ExecutorJoinHandle<()>)>,
 }
@@ -112,15 +115,18 @@ impl BrokerHandle {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Swaps the allowlist and the log scrubber of `loaded` into every shard at a safe point,
-    /// without touching the tunnel or open connections; waits (up to 2 s) until every shard
-    /// runs it. Other sections (WireGuard, inbound, runtime, upstream, admin) need a restart.
+    /// Swaps the allowlist, the log scrubber and (when it changed, CA file contents included)
+    /// `[upstream]` of `loaded` into every shard at a safe point, without touching the tunnel
+    /// or open connections; waits (up to 2 s) until every shard runs it. Upstream settings that
+    /// cannot be built (an unreadable CA file) stay as they were, logged as an error; see
+    /// [`crate::config::reload`] for what needs a restart.
     pub fn reload(&self, loaded: &Loaded) -> Result<(), ReloadTimedOut> {
         const WITHIN: Duration = Duration::from_secs(2);
         let c = &loaded.config;
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
+            upstream: self.upstream_change(&c.upstream),
         });
         let until = Instant::now() + WITHIN;
         while !self.status.reload_applied(generation) {
@@ -130,6 +136,35 @@ impl BrokerHandle {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// `new` as the shards apply it, when it differs from what they run (recorded as theirs).
+    fn upstream_change(&self, new: &crate::config::Upstream) -> Option<status::UpstreamReload> {
+        let cas = ca_contents(new);
+        let mut current = self.upstream.lock().ok()?;
+        if current.0 == *new && current.1 == cas {
+            return None;
+        }
+        let built = crate::upstream::tls::client_config(new).and_then(|tls| {
+            crate::upstream::proxy::ProxySettings::from_config(new, &|k: &str| {
+                std::env::var(k).ok()
+            })
+            .map(|proxy| (tls, proxy))
+        });
+        match built {
+            Ok((tls, proxy)) => {
+                *current = (new.clone(), cas);
+                Some(status::UpstreamReload {
+                    config: new.clone(),
+                    tls,
+                    proxy,
+                })
+            }
+            Err(e) => {
+                tracing::error!(event = "config.reload", section = "upstream", error = %e, "kept the running [upstream] settings");
+                None
+            }
+        }
     }
 
     /// Drains: stops accepting tunnel connections, closes idle ones, lets in-flight exchanges
@@ -152,6 +187,15 @@ impl BrokerHandle {
         self.stop();
         self.join()
     }
+}
+
+/// The contents of `[upstream] ca_files` (empty for one that cannot be read: building the TLS
+/// settings reports it).
+fn ca_contents(u: &crate::config::Upstream) -> Vec<Vec<u8>> {
+    u.ca_files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_default())
+        .collect()
 }
 
 /// Starts the broker described by `loaded` on what [`prepare`] made of it; returns once every
@@ -211,6 +255,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
     Ok(BrokerHandle {
         stop,
         status,
+        upstream: std::sync::Mutex::new((c.upstream.clone(), ca_contents(&c.upstream))),
         joins,
     })
 }

@@ -297,6 +297,11 @@ fn apply_reload(shard: &Shard, generation: u64) {
                 *shard.server.scrubber.borrow_mut() = Rc::new(crate::server::scrub::Scrubber::new(
                     p.secrets.iter().map(String::as_str),
                 ));
+                if let Some(u) = &p.upstream {
+                    shard
+                        .upstreams
+                        .reconfigure(&u.config, u.tls.clone(), u.proxy.clone());
+                }
                 tracing::info!(
                     event = "config.applied",
                     shard = shard.index,

@@ -15,6 +15,7 @@ mod onboard;
 mod operations;
 mod proxy;
 mod relay;
+mod reload_all;
 mod slow;
 mod tunnel;
 mod upstream;
