@@ -203,7 +203,8 @@ pub enum Reloaded {
 }
 
 /// One reload: validate `loaded` (read with the credentials this process holds: systemd does
-/// not hand them to `ExecReload=`), swap what a reload applies into `broker`, and name what needs a restart.
+/// not hand them to `ExecReload=`), swap what a reload applies into `broker`, and name what
+/// needs a restart.
 /// What a reload applies is listed in [`crate::config::reload`]; the rest keeps running as the
 /// process `started`, so each reload is compared with that configuration.
 pub fn reload(

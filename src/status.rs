@@ -17,6 +17,15 @@ pub struct ReloadPayload {
     /// New `[upstream]` settings (TLS built from its CA files, the proxy decided), when they
     /// changed: shards open new connections with them.
     pub upstream: Option<UpstreamReload>,
+    /// The heartbeat to run from now on (`config: None`: none), when it changed.
+    pub heartbeat: Option<HeartbeatReload>,
+}
+
+/// `[heartbeat]` as shard 0 applies it, with the TLS settings an `https://` one is verified with.
+#[derive(Debug, Clone)]
+pub struct HeartbeatReload {
+    pub config: Option<crate::config::Heartbeat>,
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// `[upstream]` as a shard applies it.

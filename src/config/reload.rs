@@ -2,7 +2,8 @@
 //!
 //! A reload swaps into every shard the rules — `[[allow]]` and `[[scm]]`, tokens included —,
 //! `[upstream]` (TLS: CA files re-read, minimum version; proxy; connect and TLS timeouts; pool
-//! limits) except `response_timeout`, and applies `[log] level`. Everything else is read once
+//! limits) except `response_timeout`, `[heartbeat]` (replaced, added or removed), and applies
+//! `[log] level`. Everything else is read once
 //! at start: [`needs_restart`] names what a new configuration changes there, so the operator is
 //! told the change is still pending.
 
@@ -19,7 +20,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let Config {
         wireguard,
         inbound,
-        heartbeat,
+        // Applied by the reload: the heartbeat is replaced, added or removed.
+        heartbeat: _,
         // Applied by the reload: every rule is swapped into the shards.
         allow: _,
         scm: _,
@@ -31,7 +33,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     [
         ("wireguard", *wireguard != new.wireguard),
         ("inbound", *inbound != new.inbound),
-        ("heartbeat", *heartbeat != new.heartbeat),
         (
             "upstream.response_timeout",
             upstream.response_timeout != new.upstream.response_timeout,

@@ -80,6 +80,8 @@ pub struct BrokerHandle {
     /// The `[upstream]` the shards run with and its CA files' contents, to tell whether a
     /// reload changes it (a CA file may change under the same path).
     upstream: std::sync::Mutex<(crate::config::Upstream, Vec<Vec<u8>>)>,
+    /// The `[heartbeat]` shard 0 runs, and the TLS settings an `https://` one is verified with.
+    heartbeat: std::sync::Mutex<(Option<crate::config::Heartbeat>, Arc<rustls::ClientConfig>)>,
     /// Each executor by its thread name.
     joins: Vec<(String, ExecutorJoinHandle<()>)>,
 }
@@ -123,10 +125,13 @@ impl BrokerHandle {
     pub fn reload(&self, loaded: &Loaded) -> Result<(), ReloadTimedOut> {
         const WITHIN: Duration = Duration::from_secs(2);
         let c = &loaded.config;
+        let upstream = self.upstream_change(&c.upstream);
+        let heartbeat = self.heartbeat_change(c.heartbeat.as_ref(), upstream.as_ref());
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
-            upstream: self.upstream_change(&c.upstream),
+            upstream,
+            heartbeat,
         });
         let until = Instant::now() + WITHIN;
         while !self.status.reload_applied(generation) {
@@ -136,6 +141,36 @@ impl BrokerHandle {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// The heartbeat to run from now on, when it (or the TLS settings it is verified with)
+    /// changed; the readiness it reports follows: a new heartbeat is failing until it passes, a
+    /// removed one no longer holds readiness back.
+    fn heartbeat_change(
+        &self,
+        new: Option<&crate::config::Heartbeat>,
+        upstream: Option<&status::UpstreamReload>,
+    ) -> Option<status::HeartbeatReload> {
+        let mut current = self.heartbeat.lock().ok()?;
+        let tls_changed = upstream.is_some();
+        if let Some(u) = upstream {
+            current.1 = u.tls.clone();
+        }
+        if current.0.as_ref() == new && !tls_changed {
+            return None;
+        }
+        match (current.0.is_some(), new.is_some()) {
+            (_, true) if current.0.as_ref() != new => self
+                .status
+                .set_heartbeat_failing("no heartbeat has completed yet"),
+            (true, false) => self.status.heartbeat_passing.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        current.0 = new.cloned();
+        Some(status::HeartbeatReload {
+            config: new.cloned(),
+            tls: current.1.clone(),
+        })
     }
 
     /// `new` as the shards apply it, when it differs from what they run (recorded as theirs).
@@ -256,6 +291,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         stop,
         status,
         upstream: std::sync::Mutex::new((c.upstream.clone(), ca_contents(&c.upstream))),
+        heartbeat: std::sync::Mutex::new((c.heartbeat.clone(), tls.clone())),
         joins,
     })
 }
@@ -309,6 +345,7 @@ fn shard_seeds(
             id_prefix,
             buf_capacity: buf_capacity(c.wireguard.mtu),
             heartbeat: heartbeat.take(),
+            runs_heartbeat: index == 0,
         })
         .collect()
 }

@@ -178,3 +178,45 @@ fn a_reload_under_load_rereads_the_ca_file_and_fails_no_request() {
     let after = get_all(&mut t, &url, 2, 5);
     assert!(after.iter().all(|r| r == "200"), "{after:?}");
 }
+
+#[test]
+fn a_heartbeat_added_by_a_reload_runs_without_a_restart() {
+    let mut t = Tunnel::start("");
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let started = t.reload_config(&t.config_text).config;
+    let text = format!(
+        "{}\n[heartbeat]\nurl = \"http://10.77.0.1/ping\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+        t.config_text
+    );
+    let new = t.reload_config(&text);
+    let broker = t.broker.take().expect("running");
+    let outcome = std::thread::scope(|s| {
+        let r = s.spawn(|| service::reload(&broker, &started, Ok(new)));
+        while !r.is_finished() {
+            t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        }
+        r.join().expect("reload")
+    });
+    t.broker = Some(broker);
+    match outcome {
+        Reloaded::Loaded {
+            swapped,
+            needs_restart,
+            ..
+        } => {
+            assert!(swapped.is_ok(), "{swapped:?}");
+            assert_eq!(needs_restart, Vec::<String>::new(), "applied, not pending");
+        }
+        Reloaded::Invalid(e) => panic!("{e}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status.heartbeats_ok.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+        t.gateway.pump(Duration::from_millis(20)).expect("pump");
+    }
+    assert!(
+        status.heartbeats_ok.load(Ordering::Relaxed) >= 2,
+        "heartbeats: {} served by the gateway",
+        t.gateway.stats.served
+    );
+    assert!(status.heartbeat_passing.load(Ordering::Relaxed));
+}
