@@ -21,6 +21,7 @@ fn spec(url: String, methods: &[&str], index: usize) -> RuleSpec {
         url,
         methods: methods.iter().map(|m| (*m).to_owned()).collect(),
         set_request_headers: Vec::new(),
+        token_pool: None,
         remove_response_headers: Vec::new(),
         log: LogFlags::default(),
         path_files: Vec::new(),

@@ -180,6 +180,11 @@ fn request_metrics(m: &mut Exposition, status: &Status) {
         "direction",
         [("in", sum(&|s| s.bytes_in)), ("out", sum(&|s| s.bytes_out))],
     );
+    m.counter(
+        "wgbroker_tokens_set_aside_total",
+        "Pooled tokens set aside after the upstream answered 401 to them.",
+        sum(&|s| s.tokens_set_aside),
+    );
 }
 
 /// Proxy latency, merged from the shards' bucket counts at scrape time.

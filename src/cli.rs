@@ -76,6 +76,26 @@ enum Command {
     Check(ConfigArgs),
     /// Print the merged configuration and generated rules, secrets redacted.
     Dump(ConfigArgs),
+    /// Print a Semgrep Network Broker configuration (YAML, with any overlays) as wgbroker TOML,
+    /// with a comment wherever a value was translated. The output holds the input's secrets.
+    Import(ConfigArgs),
+    /// Write a first configuration and private key from what the vendor gave (asked for, or
+    /// taken from flags), print the public key to give the vendor, then run `test`.
+    ///
+    /// Exit status: 0 written and every test passed, 1 written but a test failed, 64 a value is
+    /// missing or malformed, 73 a file exists (use --force), 74, 78 the result would not validate.
+    Init(Box<crate::onboard::init::Args>),
+    /// Check from this host what the broker needs: the gateway name, a WireGuard handshake
+    /// within 5 s, the heartbeat, each SCM with its token; one line per check with its fix.
+    ///
+    /// Exit status: 0 every check passed, 1 otherwise.
+    Test {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say whether a request would be allowed, and by which rule.
     ///
     /// Exit status: 0 allowed, 1 denied, 2 rejected as malformed.
@@ -144,6 +164,13 @@ fn command() -> u8 {
         Command::Run(args) => run(&args.files),
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
+        Command::Import(args) => import(&args.files),
+        Command::Init(args) => init(&args),
+        Command::Test { config, json } => u8::from(!crate::onboard::run_test(
+            &config.files,
+            json,
+            &mut crate::onboard::Stdout,
+        )),
         Command::Explain {
             config,
             method,
@@ -330,6 +357,52 @@ fn dump(files: &[PathBuf]) -> u8 {
     }
 }
 
+/// A file `init` would overwrite exists (`EX_CANTCREAT`).
+pub const EXIT_CANTCREAT: u8 = 73;
+
+/// `wgbroker init`: the outcome as the exit status.
+fn init(args: &crate::onboard::init::Args) -> u8 {
+    use crate::onboard::init::Outcome;
+    let mut stdin = std::io::stdin().lock();
+    match crate::onboard::init::run(args, &mut stdin, &mut crate::onboard::Stdout) {
+        Outcome::Written { test_passed } => u8::from(test_passed == Some(false)),
+        Outcome::Usage(m) => {
+            errln!("wgbroker init: {m}");
+            EXIT_USAGE
+        }
+        Outcome::Exists(p) => {
+            errln!(
+                "wgbroker init: {} exists; not overwritten (use --force)",
+                p.display()
+            );
+            EXIT_CANTCREAT
+        }
+        Outcome::Config(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+        Outcome::Io(m) => {
+            errln!("wgbroker init: {m}");
+            EXIT_IOERR
+        }
+    }
+}
+
+/// `wgbroker import`: the equivalent TOML on standard output.
+fn import(files: &[PathBuf]) -> u8 {
+    match config::semgrep::import(files, &ProcessEnv) {
+        Ok((toml, warnings)) => {
+            print_warnings(&warnings);
+            crate::output::write_out_bytes(toml.as_bytes());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
+}
+
 fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> u8 {
     let shown = crate::secret::redact_userinfo(raw_url);
     let url = shown.as_str();
@@ -393,6 +466,13 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             );
             for (name, _) in &rule.spec.set_request_headers {
                 outln!("  sets header: {name}: <redacted>");
+            }
+            if let Some(p) = &rule.spec.token_pool {
+                outln!(
+                    "  sets header: {}: <redacted> (one of a pool of {} tokens, round-robin)",
+                    p.header(),
+                    p.values().len()
+                );
             }
             for name in &rule.spec.remove_response_headers {
                 outln!("  removes response header: {name}");

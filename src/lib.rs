@@ -34,6 +34,7 @@
 //! | application | [`notify`] | systemd notifications: `READY`, `RELOADING`, `STOPPING`, `STATUS`, the watchdog |
 //! | application | [`service`] | the broker as a service: prepare, start, `READY`, reload on `SIGHUP`, drain on `SIGTERM` |
 //! | application | [`output`] | printing that ends with a documented status whatever becomes of stdout |
+//! | application | [`onboard`] | `wgbroker init` (first configuration and key) and `wgbroker test` (what works from this host, with fixes) |
 //! | application | [`cli`] | the commands and their exit statuses (the only place that knows the numbers) |
 //! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections |
 //! | tools | [`demo`] | `wgbroker demo`: broker, mock SCM and vendor on loopback, a decision table |
@@ -111,6 +112,7 @@ pub mod runtime;
 pub mod admin;
 pub mod cli;
 pub mod notify;
+pub mod onboard;
 pub mod output;
 pub mod service;
 pub mod status;

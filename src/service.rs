@@ -203,20 +203,24 @@ pub enum Reloaded {
 }
 
 /// One reload: validate `loaded` (read with the credentials this process holds: systemd does
-/// not hand them to `ExecReload=`), swap its rules into `broker`, and name what needs a restart.
-/// Only the rules change at runtime: every other section keeps running as the process `started`,
-/// so each reload is compared with that configuration.
+/// not hand them to `ExecReload=`), swap what a reload applies into `broker`, and name what
+/// needs a restart.
+/// What a reload applies is listed in [`crate::config::reload`]; the rest keeps running as the
+/// process `started`, so each reload is compared with that configuration.
 pub fn reload(
     broker: &impl Reload,
     started: &Config,
     loaded: Result<Loaded, ConfigErrors>,
 ) -> Reloaded {
     match loaded {
-        Ok(new) => Reloaded::Loaded {
-            rules: new.allowlist.rules().len(),
-            swapped: broker.reload(&new),
-            needs_restart: crate::config::reload::needs_restart(started, &new.config),
-        },
+        Ok(new) => {
+            crate::telemetry::set_level(&new.config.log);
+            Reloaded::Loaded {
+                rules: new.allowlist.rules().len(),
+                swapped: broker.reload(&new),
+                needs_restart: crate::config::reload::needs_restart(started, &new.config),
+            }
+        }
         Err(errors) => Reloaded::Invalid(errors),
     }
 }

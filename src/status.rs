@@ -14,6 +14,26 @@ pub struct ReloadPayload {
     pub rules: Vec<crate::allowlist::RuleSpec>,
     /// Secret values for the log scrubber.
     pub secrets: Vec<String>,
+    /// New `[upstream]` settings (TLS built from its CA files, the proxy decided), when they
+    /// changed: shards open new connections with them.
+    pub upstream: Option<UpstreamReload>,
+    /// The heartbeat to run from now on (`config: None`: none), when it changed.
+    pub heartbeat: Option<HeartbeatReload>,
+}
+
+/// `[heartbeat]` as shard 0 applies it, with the TLS settings an `https://` one is verified with.
+#[derive(Debug, Clone)]
+pub struct HeartbeatReload {
+    pub config: Option<crate::config::Heartbeat>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// `[upstream]` as a shard applies it.
+#[derive(Debug, Clone)]
+pub struct UpstreamReload {
+    pub config: crate::config::Upstream,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub proxy: crate::upstream::proxy::ProxySettings,
 }
 use std::time::{Duration, Instant};
 

@@ -52,6 +52,26 @@ fn filter(log: &Log) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(format!("wgbroker={}", log.level)))
 }
 
+type LevelHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The handle that changes the level of the installed subscriber ([`set_level`]).
+static LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
+
+/// The level filter for `[log]`, changeable later by [`set_level`].
+fn reloadable(
+    log: &Log,
+) -> tracing_subscriber::reload::Layer<EnvFilter, tracing_subscriber::Registry> {
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(filter(log));
+    let _ = LEVEL.set(handle);
+    layer
+}
+
+/// Applies `[log] level` to the running subscriber (a reload); `RUST_LOG`, when set, still
+/// wins. Returns whether a subscriber installed by [`init`] took it.
+pub fn set_level(log: &Log) -> bool {
+    LEVEL.get().is_some_and(|h| h.reload(filter(log)).is_ok())
+}
+
 /// Whether a record is one of the broker's own events: emitted by this crate and, for an event,
 /// carrying an `event` field. Decided from static metadata, so `tracing` caches it per call site.
 pub fn own_event(meta: &tracing::Metadata<'_>) -> bool {
@@ -130,14 +150,14 @@ pub fn init(log: &Log) {
         Output::Journald => match tracing_journald::layer() {
             Ok(journald) => {
                 let _ = tracing_subscriber::registry()
-                    .with(filter(log))
+                    .with(reloadable(log))
                     .with(own_events_only())
                     .with(journald.with_syslog_identifier("wgbroker".into()))
                     .try_init();
             }
             Err(e) => {
                 let _ = tracing_subscriber::registry()
-                    .with(filter(log))
+                    .with(reloadable(log))
                     .with(own_events_only())
                     .with(text())
                     .try_init();
@@ -146,7 +166,7 @@ pub fn init(log: &Log) {
         },
         Output::Json => {
             let _ = tracing_subscriber::registry()
-                .with(filter(log))
+                .with(reloadable(log))
                 .with(own_events_only())
                 .with(
                     tracing_subscriber::fmt::layer()
@@ -159,7 +179,7 @@ pub fn init(log: &Log) {
         }
         Output::Text => {
             let _ = tracing_subscriber::registry()
-                .with(filter(log))
+                .with(reloadable(log))
                 .with(own_events_only())
                 .with(text())
                 .try_init();

@@ -26,6 +26,7 @@
 pub mod canon;
 mod constraint;
 mod pattern;
+pub mod pool;
 pub mod scm;
 mod scm_table;
 mod spec;
@@ -495,6 +496,7 @@ mod tests {
             url: "https://h.example/a".to_owned(),
             methods: vec!["GET".to_owned()],
             set_request_headers: vec![(name.to_owned(), Secret::new("v"))],
+            token_pool: None,
             remove_response_headers: vec![name.to_owned()],
             log: LogFlags::default(),
             path_files: Vec::new(),

@@ -292,6 +292,31 @@ impl Instance {
         None
     }
 
+    /// [`Instance::rules`] with a pool of `tokens` (two or more): every generated rule shares one
+    /// [`TokenPool`](super::pool::TokenPool) of the token header, round-robin per request.
+    pub fn rules_with_pool(
+        &self,
+        index: usize,
+        tokens: &[Secret],
+        allow_code_access: bool,
+    ) -> Vec<RuleSpec> {
+        let headers: Vec<(String, Secret)> =
+            tokens.iter().map(|t| self.kind.token_header(t)).collect();
+        let Some(name) = headers.first().map(|(n, _)| n.clone()) else {
+            return self.rules(index, None, allow_code_access);
+        };
+        let pool = std::sync::Arc::new(super::pool::TokenPool::new(
+            name,
+            headers.into_iter().map(|(_, v)| v).collect(),
+            super::pool::SET_ASIDE,
+        ));
+        let mut rules = self.rules(index, None, allow_code_access);
+        for r in &mut rules {
+            r.token_pool = Some(pool.clone());
+        }
+        rules
+    }
+
     /// The rules of this entry as the `index`-th `[[scm]]`, in table order.
     pub fn rules(
         &self,
@@ -319,6 +344,7 @@ impl Instance {
                 url: format!("{prefix}{path}"),
                 methods: methods.iter().map(|m| (*m).to_owned()).collect(),
                 set_request_headers: headers.clone(),
+                token_pool: None,
                 remove_response_headers: Vec::new(),
                 log: LogFlags::default(),
                 path_files: Vec::new(),

@@ -69,6 +69,13 @@ pub struct RuleSpec {
     /// Headers set on the upstream request, overriding whatever the vendor sent.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
     pub set_request_headers: Vec<(String, Secret)>,
+    /// A header whose value is one of several tokens, round-robin per request (see
+    /// [`super::pool`]); `None`: no pool.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "pool_sources"
+    )]
+    pub token_pool: Option<std::sync::Arc<super::pool::TokenPool>>,
     /// Headers removed from the upstream response before it goes back through the tunnel.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remove_response_headers: Vec<String>,
@@ -88,6 +95,17 @@ pub struct RuleSpec {
     /// Where the rule came from; serialized as `allow[N]` or `scm[N] Kind /template`.
     #[serde(serialize_with = "origin_label")]
     pub origin: RuleOrigin,
+}
+
+/// A token pool as `{ Header = [source, ...] }`.
+fn pool_sources<S: Serializer>(
+    p: &Option<std::sync::Arc<super::pool::TokenPool>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => p.as_ref().serialize(s),
+        None => s.serialize_none(),
+    }
 }
 
 /// `(name, value)` pairs as the table they were configured as.

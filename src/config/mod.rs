@@ -33,6 +33,7 @@ pub mod reader;
 pub mod reload;
 pub mod secret_source;
 mod sections;
+pub mod semgrep;
 pub mod syntax;
 #[cfg(test)]
 mod tests;
@@ -299,6 +300,9 @@ pub struct Scm {
     pub base_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretValue>,
+    /// A token pool, used round-robin per request (allowlist/pool.rs); empty: `token` alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<SecretValue>,
     pub allow_code_access: bool,
     /// The rules generated from the built-in table for this entry (`dump` counts them and lists
     /// them in `[[rules]]`).
@@ -573,17 +577,17 @@ pub fn load_str(
             message: "no configuration file given (use -c FILE)".into(),
         }]));
     }
-    let mut overlay = overlay::Overlay::default();
-    let mut errors = Vec::new();
-    for (name, text) in layers {
-        match toml::from_str::<toml::Table>(text) {
-            Ok(t) => overlay.push(name.clone(), t),
-            // Never `e.to_string()`: it quotes the source line, secrets and all.
-            Err(e) => errors.push(syntax::parse_error(name, text, &e)),
+    // TOML and Semgrep YAML layers alike (config/semgrep.rs); errors in a YAML file name the
+    // YAML key they came from.
+    let (overlay, translations) = semgrep::overlay(layers, env).map_err(ConfigErrors)?;
+    match sections::validate(&overlay, mode, env) {
+        Ok(mut loaded) => {
+            translations.rewrite(&mut loaded.warnings);
+            Ok(loaded)
+        }
+        Err(mut e) => {
+            translations.rewrite(&mut e.0);
+            Err(e)
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    sections::validate(&overlay, mode, env)
 }

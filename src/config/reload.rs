@@ -1,13 +1,16 @@
 //! What a reload (`SIGHUP`) can apply, and what waits for a restart.
 //!
-//! A reload swaps the rules — `[[allow]]` and `[[scm]]`, tokens included — into every shard.
-//! Every other section is read once at start: [`needs_restart`] names the ones a new
-//! configuration changes, so the operator is told the change is still pending.
+//! A reload swaps into every shard the rules — `[[allow]]` and `[[scm]]`, tokens included —,
+//! `[upstream]` (TLS: CA files re-read, minimum version; proxy; connect and TLS timeouts; pool
+//! limits) except `response_timeout`, `[heartbeat]` (replaced, added or removed), and applies
+//! `[log] level`. Everything else is read once
+//! at start: [`needs_restart`] names what a new configuration changes there, so the operator is
+//! told the change is still pending.
 
 use super::Config;
 
-/// The sections of `new` that differ from `old` and that a reload cannot apply (everything but
-/// the rules), in configuration order.
+/// The sections (or keys) of `new` that differ from `old` and that a reload cannot apply, in
+/// configuration order.
 ///
 /// Compares the validated values, secrets included: a private or pre-shared key rotated in its
 /// file or variable is a change although `dump` (which shows where a secret comes from, never
@@ -17,7 +20,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let Config {
         wireguard,
         inbound,
-        heartbeat,
+        // Applied by the reload: the heartbeat is replaced, added or removed.
+        heartbeat: _,
         // Applied by the reload: every rule is swapped into the shards.
         allow: _,
         scm: _,
@@ -30,10 +34,13 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     [
         ("wireguard", *wireguard != new.wireguard),
         ("inbound", *inbound != new.inbound),
-        ("heartbeat", *heartbeat != new.heartbeat),
-        ("upstream", *upstream != new.upstream),
+        (
+            "upstream.response_timeout",
+            upstream.response_timeout != new.upstream.response_timeout,
+        ),
         ("admin", *admin != new.admin),
-        ("log", *log != new.log),
+        ("log.format", log.format != new.log.format),
+        ("log.body_limit", log.body_limit != new.log.body_limit),
         ("runtime", *runtime != new.runtime),
         ("netstack", *netstack != new.netstack),
     ]
@@ -102,6 +109,29 @@ mod tests {
             KEY_B,
         );
         assert_eq!(needs_restart(&old, &new), ["inbound", "runtime"]);
+    }
+
+    #[test]
+    fn upstream_tls_proxy_and_log_level_apply_without_a_restart() {
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(
+            &format!(
+                "{RULE}[upstream]\ntls_min_version = \"1.3\"\nproxy = \"http://proxy.example:3128\"\n\
+                 connect_timeout = \"3s\"\npool_max_idle_per_host = 8\n[log]\nlevel = \"debug\"\n"
+            ),
+            KEY_A,
+            KEY_B,
+        );
+        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
+        let new = config(
+            &format!("{RULE}[upstream]\nresponse_timeout = \"5s\"\n[log]\nformat = \"json\"\n"),
+            KEY_A,
+            KEY_B,
+        );
+        assert_eq!(
+            needs_restart(&old, &new),
+            ["upstream.response_timeout", "log.format"]
+        );
     }
 
     #[test]

@@ -67,6 +67,73 @@ fn secret(
     secret_source::resolve(v, ctx, &path, env)
 }
 
+/// An optional list of secrets (`tokens = [ { file = ... }, { env = ... } ]`): two or more.
+fn secrets(
+    s: &mut Section<'_>,
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    env: &dyn SecretEnv,
+) -> Vec<SecretValue> {
+    let path = s.key(key);
+    match s.raw(key) {
+        None => Vec::new(),
+        Some(Value::Array(items)) if items.len() >= 2 => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| secret_source::resolve(v, ctx, &format!("{path}[{i}]"), env))
+            .collect(),
+        Some(_) => {
+            ctx.error(
+                &path,
+                "expected an array of two or more secrets (one token: `token`)",
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// A `set_request_headers` value given as an array: a token pool for header `name`.
+fn pool_of(
+    name: &str,
+    items: &[Value],
+    have_one: bool,
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    env: &dyn SecretEnv,
+) -> Option<std::sync::Arc<crate::allowlist::pool::TokenPool>> {
+    if have_one {
+        ctx.error(path, "only one header of a rule may have several values");
+        return None;
+    }
+    if items.len() < 2 {
+        ctx.error(
+            path,
+            "a pool needs two or more values (one value: write it alone)",
+        );
+        return None;
+    }
+    let values: Vec<Secret> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| secret_source::resolve(v, ctx, &format!("{path}[{i}]"), env))
+        .map(|sv| sv.value)
+        .collect();
+    if values.iter().any(|v| {
+        v.expose()
+            .bytes()
+            .any(|b| b == b'\r' || b == b'\n' || b == 0)
+    }) {
+        ctx.error(path, "header value contains CR, LF or NUL");
+    }
+    (values.len() == items.len()).then(|| {
+        std::sync::Arc::new(crate::allowlist::pool::TokenPool::new(
+            name,
+            values,
+            crate::allowlist::pool::SET_ASIDE,
+        ))
+    })
+}
+
 fn required_secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
@@ -451,12 +518,18 @@ fn allow_rule(
             .collect::<Vec<_>>()
     });
     let mut set_request_headers = Vec::new();
+    let mut token_pool = None;
     if let Some(mut h) = s.table(ctx, "set_request_headers") {
         for name in t_keys(&h) {
             if !valid_header_name(&name) {
                 ctx.error(&h.key(&name), "invalid header name");
             }
             let path = h.key(&name);
+            if let Some(Value::Array(items)) = h.raw(&name) {
+                // Several values: a token pool (allowlist/pool.rs).
+                token_pool = pool_of(&name, items, token_pool.is_some(), ctx, &path, env);
+                continue;
+            }
             if let Some(v) = h.raw(&name) {
                 if let Some(sv) = secret_source::resolve(v, ctx, &path, env) {
                     if sv
@@ -496,6 +569,7 @@ fn allow_rule(
         url: url?,
         methods: methods?,
         set_request_headers,
+        token_pool,
         remove_response_headers,
         log,
         path_files,
@@ -541,6 +615,10 @@ fn scm_entry(
     };
     let base_url: Option<String> = s.req(ctx, "base_url");
     let token = secret(&mut s, ctx, "token", env);
+    let tokens = secrets(&mut s, ctx, "tokens", env);
+    if token.is_some() && !tokens.is_empty() {
+        ctx.error(&s.key("tokens"), "give `token` or `tokens`, not both");
+    }
     let allow_code_access: bool = s.or(ctx, "allow_code_access", false);
     s.finish(ctx);
     let (kind, base_url) = (kind?, base_url?);
@@ -558,12 +636,18 @@ fn scm_entry(
         }
     }
     let tok: Option<&Secret> = token.as_ref().map(|t| &t.value);
-    let rules = instance.rules(index, tok, allow_code_access);
+    let rules = if tokens.is_empty() {
+        instance.rules(index, tok, allow_code_access)
+    } else {
+        let values: Vec<Secret> = tokens.iter().map(|t| t.value.clone()).collect();
+        instance.rules_with_pool(index, &values, allow_code_access)
+    };
     earlier.push((index, instance));
     Some(Scm {
         kind,
         base_url,
         token,
+        tokens,
         allow_code_access,
         rules,
     })

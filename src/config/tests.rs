@@ -141,6 +141,10 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("scm[].type", s(r#""gitlab""#)),
         ("scm[].base_url", s(r#""https://ghe2.example.com/api/v3""#)),
         ("scm[].token", s(r#"{ env = "TOKEN" }"#)),
+        (
+            "scm[].tokens",
+            s(r#"[{ env = "TOKEN" }, { credential = "psk" }]"#),
+        ),
         ("scm[].allow_code_access", s("true")),
         ("upstream.ca_files", format!("[{:?}]", f.path("ca.pem"))),
         ("upstream.tls_min_version", s(r#""1.3""#)),

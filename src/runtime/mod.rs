@@ -77,6 +77,11 @@ use tunnel_core::CoreSeed;
 pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     status: Arc<Status>,
+    /// The `[upstream]` the shards run with and its CA files' contents, to tell whether a
+    /// reload changes it (a CA file may change under the same path).
+    upstream: std::sync::Mutex<(crate::config::Upstream, Vec<Vec<u8>>)>,
+    /// The `[heartbeat]` shard 0 runs, and the TLS settings an `https://` one is verified with.
+    heartbeat: std::sync::Mutex<(Option<crate::config::Heartbeat>, Arc<rustls::ClientConfig>)>,
     /// Each executor by its thread name.
     joins: Vec<(String, ExecutorJoinHandle<()>)>,
 }
@@ -112,15 +117,21 @@ impl BrokerHandle {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Swaps the allowlist and the log scrubber of `loaded` into every shard at a safe point,
-    /// without touching the tunnel or open connections; waits (up to 2 s) until every shard
-    /// runs it. Other sections (WireGuard, inbound, runtime, upstream, admin) need a restart.
+    /// Swaps the allowlist, the log scrubber and (when it changed, CA file contents included)
+    /// `[upstream]` of `loaded` into every shard at a safe point, without touching the tunnel
+    /// or open connections; waits (up to 2 s) until every shard runs it. Upstream settings that
+    /// cannot be built (an unreadable CA file) stay as they were, logged as an error; see
+    /// [`crate::config::reload`] for what needs a restart.
     pub fn reload(&self, loaded: &Loaded) -> Result<(), ReloadTimedOut> {
         const WITHIN: Duration = Duration::from_secs(2);
         let c = &loaded.config;
+        let upstream = self.upstream_change(&c.upstream);
+        let heartbeat = self.heartbeat_change(c.heartbeat.as_ref(), upstream.as_ref());
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
+            upstream,
+            heartbeat,
         });
         let until = Instant::now() + WITHIN;
         while !self.status.reload_applied(generation) {
@@ -130,6 +141,65 @@ impl BrokerHandle {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// The heartbeat to run from now on, when it (or the TLS settings it is verified with)
+    /// changed; the readiness it reports follows: a new heartbeat is failing until it passes, a
+    /// removed one no longer holds readiness back.
+    fn heartbeat_change(
+        &self,
+        new: Option<&crate::config::Heartbeat>,
+        upstream: Option<&status::UpstreamReload>,
+    ) -> Option<status::HeartbeatReload> {
+        let mut current = self.heartbeat.lock().ok()?;
+        let tls_changed = upstream.is_some();
+        if let Some(u) = upstream {
+            current.1 = u.tls.clone();
+        }
+        if current.0.as_ref() == new && !tls_changed {
+            return None;
+        }
+        match (current.0.is_some(), new.is_some()) {
+            (_, true) if current.0.as_ref() != new => self
+                .status
+                .set_heartbeat_failing("no heartbeat has completed yet"),
+            (true, false) => self.status.heartbeat_passing.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        current.0 = new.cloned();
+        Some(status::HeartbeatReload {
+            config: new.cloned(),
+            tls: current.1.clone(),
+        })
+    }
+
+    /// `new` as the shards apply it, when it differs from what they run (recorded as theirs).
+    fn upstream_change(&self, new: &crate::config::Upstream) -> Option<status::UpstreamReload> {
+        let cas = ca_contents(new);
+        let mut current = self.upstream.lock().ok()?;
+        if current.0 == *new && current.1 == cas {
+            return None;
+        }
+        let built = crate::upstream::tls::client_config(new).and_then(|tls| {
+            crate::upstream::proxy::ProxySettings::from_config(new, &|k: &str| {
+                std::env::var(k).ok()
+            })
+            .map(|proxy| (tls, proxy))
+        });
+        match built {
+            Ok((tls, proxy)) => {
+                *current = (new.clone(), cas);
+                Some(status::UpstreamReload {
+                    config: new.clone(),
+                    tls,
+                    proxy,
+                })
+            }
+            Err(e) => {
+                tracing::error!(event = "config.reload", section = "upstream", error = %e, "kept the running [upstream] settings");
+                None
+            }
+        }
     }
 
     /// Drains: stops accepting tunnel connections, closes idle ones, lets in-flight exchanges
@@ -152,6 +222,15 @@ impl BrokerHandle {
         self.stop();
         self.join()
     }
+}
+
+/// The contents of `[upstream] ca_files` (empty for one that cannot be read: building the TLS
+/// settings reports it).
+fn ca_contents(u: &crate::config::Upstream) -> Vec<Vec<u8>> {
+    u.ca_files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_default())
+        .collect()
 }
 
 /// Starts the broker described by `loaded` on what [`prepare`] made of it; returns once every
@@ -211,6 +290,8 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
     Ok(BrokerHandle {
         stop,
         status,
+        upstream: std::sync::Mutex::new((c.upstream.clone(), ca_contents(&c.upstream))),
+        heartbeat: std::sync::Mutex::new((c.heartbeat.clone(), tls.clone())),
         joins,
     })
 }
@@ -264,6 +345,7 @@ fn shard_seeds(
             id_prefix,
             buf_capacity: buf_capacity(c.wireguard.mtu),
             heartbeat: heartbeat.take(),
+            runs_heartbeat: index == 0,
         })
         .collect()
 }

@@ -47,6 +47,10 @@ pub(super) struct Shard {
     active: Cell<u64>,
     /// The reload generation this shard runs.
     applied: Cell<u64>,
+    /// The heartbeat target (shard 0 runs the loop; a reload replaces it, or sets or clears it).
+    heartbeat: RefCell<Option<Rc<HeartbeatTarget>>>,
+    /// Bumped when a reload replaced `heartbeat`: the loop stops waiting and starts over.
+    heartbeat_generation: Cell<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -77,6 +81,8 @@ impl Shard {
             driver: RefCell::new(None),
             active: Cell::new(0),
             applied: Cell::new(0),
+            heartbeat: RefCell::new(None),
+            heartbeat_generation: Cell::new(0),
         }
     }
 
@@ -126,6 +132,9 @@ pub(super) struct ShardSeed {
     pub proxy: crate::upstream::proxy::ProxySettings,
     /// The heartbeat this shard runs (shard 0 only, when one is configured).
     pub heartbeat: Option<HeartbeatTarget>,
+    /// Whether this shard runs the heartbeat loop (shard 0), configured or not: a reload may
+    /// add one.
+    pub runs_heartbeat: bool,
 }
 
 impl ShardSeed {
@@ -164,11 +173,14 @@ pub(super) fn start(
     stop: &Arc<AtomicBool>,
 ) -> Result<glommio::Task<()>, ExecutorError> {
     let heartbeat = seed.heartbeat.take();
-    let shard = Rc::new(seed.build(to_tunnel, status.clone())?);
+    let runs_heartbeat = seed.runs_heartbeat;
+    let shard = seed.build(to_tunnel, status.clone())?;
+    *shard.heartbeat.borrow_mut() = heartbeat.map(Rc::new);
+    let shard = Rc::new(shard);
     status.shards_ready.fetch_add(1, Ordering::Relaxed);
     glommio::spawn_local(ingress_loop(shard.clone(), from_tunnel)).detach();
-    if let Some(hb) = heartbeat {
-        glommio::spawn_local(heartbeat_loop(shard.clone(), hb, stop.clone())).detach();
+    if runs_heartbeat {
+        glommio::spawn_local(heartbeat_loop(shard.clone(), stop.clone())).detach();
     }
     Ok(glommio::spawn_local(driver_loop(shard, stop.clone())))
 }
@@ -297,6 +309,20 @@ fn apply_reload(shard: &Shard, generation: u64) {
                 *shard.server.scrubber.borrow_mut() = Rc::new(crate::server::scrub::Scrubber::new(
                     p.secrets.iter().map(String::as_str),
                 ));
+                if let Some(u) = &p.upstream {
+                    shard
+                        .upstreams
+                        .reconfigure(&u.config, u.tls.clone(), u.proxy.clone());
+                }
+                if let Some(h) = &p.heartbeat {
+                    *shard.heartbeat.borrow_mut() = h
+                        .config
+                        .as_ref()
+                        .map(|hb| Rc::new(HeartbeatTarget::from_config(hb, &h.tls)));
+                    shard
+                        .heartbeat_generation
+                        .set(shard.heartbeat_generation.get() + 1);
+                }
                 tracing::info!(
                     event = "config.applied",
                     shard = shard.index,
@@ -481,23 +507,40 @@ impl HeartbeatTarget {
     }
 }
 
-/// GETs the heartbeat URL through the tunnel every interval; publishes the result.
-async fn heartbeat_loop(shard: Rc<Shard>, target: HeartbeatTarget, stop: Arc<AtomicBool>) {
+/// GETs the heartbeat URL through the tunnel every interval; publishes the result. The target
+/// is read afresh each time (a reload may replace, add or remove it; a replacement ends the
+/// current wait: the new heartbeat goes out a second later).
+async fn heartbeat_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     // The first check soon after start (the handshake needs a moment), then every interval.
-    let mut wait = Duration::from_secs(1).min(target.interval);
+    const SOON: Duration = Duration::from_secs(1);
+    let mut wait = SOON;
     // A failing heartbeat is logged at once, then at most once a minute (`/readyz` and the
     // metrics have every failure).
     let mut throttle = LogThrottle::new(REPEAT_INTERVAL);
     loop {
+        let generation = shard.heartbeat_generation.get();
         let mut slept = Duration::ZERO;
         while slept < wait {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            if shard.heartbeat_generation.get() != generation {
+                wait = SOON;
+                slept = Duration::ZERO;
+                break;
+            }
             let step = MAX_PARK.min(wait - slept);
             glommio::timer::sleep(step).await;
             slept += step;
         }
+        if slept < wait {
+            continue;
+        }
+        let target = shard.heartbeat.borrow().clone();
+        let Some(target) = target else {
+            wait = SOON;
+            continue;
+        };
         wait = target.interval;
         let result = future::or(heartbeat_once(&shard, &target), async {
             glommio::timer::sleep(target.timeout).await;

@@ -27,7 +27,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -213,24 +213,46 @@ either_io!(Conn, Plain, Tls);
 /// A shard's upstream connector and idle-connection pool: the I/O around [`Pool`], whose
 /// decisions it follows.
 pub struct ShardUpstreams {
+    /// Replaced whole by a reload ([`ShardUpstreams::reconfigure`]); a connection being opened
+    /// keeps the settings it started with.
+    settings: RefCell<Rc<Settings>>,
+    pool: RefCell<Pool<Conn>>,
+}
+
+/// How connections are opened: `[upstream]` TLS, proxy and timeouts.
+struct Settings {
     connector: TlsConnector,
     proxy: ProxySettings,
     connect_timeout: Duration,
     tls_timeout: Duration,
-    pool: RefCell<Pool<Conn>>,
 }
 
 impl fmt::Debug for ShardUpstreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ShardUpstreams");
-        d.field("proxy", &self.proxy)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tls_timeout", &self.tls_timeout);
+        if let Ok(st) = self.settings.try_borrow() {
+            d.field("proxy", &st.proxy)
+                .field("connect_timeout", &st.connect_timeout)
+                .field("tls_timeout", &st.tls_timeout);
+        }
         match self.pool.try_borrow() {
             Ok(pool) => d.field("pool", &*pool),
             Err(_) => d.field("pool", &"<in use>"),
         };
         d.finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Zero timeouts are treated as one millisecond.
+    fn new(cfg: &config::Upstream, tls: Arc<rustls::ClientConfig>, proxy: ProxySettings) -> Self {
+        let nonzero = |d: Duration| d.max(Duration::from_millis(1));
+        Self {
+            connector: TlsConnector::from(tls),
+            proxy,
+            connect_timeout: nonzero(cfg.connect_timeout),
+            tls_timeout: nonzero(cfg.tls_timeout),
+        }
     }
 }
 
@@ -244,14 +266,27 @@ impl ShardUpstreams {
         tls: Arc<rustls::ClientConfig>,
         proxy: ProxySettings,
     ) -> Self {
-        let nonzero = |d: Duration| d.max(Duration::from_millis(1));
         Self {
-            connector: TlsConnector::from(tls),
-            proxy,
-            connect_timeout: nonzero(cfg.connect_timeout),
-            tls_timeout: nonzero(cfg.tls_timeout),
+            settings: RefCell::new(Rc::new(Settings::new(cfg, tls, proxy))),
             pool: RefCell::new(Pool::new(cfg.idle_timeout, cfg.pool_max_idle_per_host)),
         }
+    }
+
+    /// A reload: new TLS settings (CA files, minimum version), proxy, timeouts and pool limits
+    /// for the connections opened from now on. Idle pooled connections are closed (they were
+    /// opened under the old settings); exchanges in flight finish on theirs.
+    pub fn reconfigure(
+        &self,
+        cfg: &config::Upstream,
+        tls: Arc<rustls::ClientConfig>,
+        proxy: ProxySettings,
+    ) {
+        *self.settings.borrow_mut() = Rc::new(Settings::new(cfg, tls, proxy));
+        let idle = self
+            .pool
+            .borrow_mut()
+            .reconfigure(cfg.idle_timeout, cfg.pool_max_idle_per_host);
+        drop(idle);
     }
 
     /// The counters so far.
@@ -290,14 +325,15 @@ impl ShardUpstreams {
     /// Opens a new connection to `target`.
     async fn open(&self, target: &Target) -> Result<Conn, UpstreamError> {
         let peer = format!("{}:{}", target.host, target.port);
-        let proxy = self.proxy.proxy_for(target);
+        let st = self.settings.borrow().clone();
+        let proxy = st.proxy.proxy_for(target);
         let shown = match proxy {
             Some(p) => format!("{peer} via proxy {}", p.peer()),
             None => peer.clone(),
         };
-        let after = self.connect_timeout;
+        let after = st.connect_timeout;
         let deadline = Instant::now() + after;
-        let hop = within(after, self.dial(target, proxy, deadline), || {
+        let hop = within(after, self.dial(&st, target, proxy, deadline), || {
             UpstreamError::ConnectTimeout { peer: shown, after }
         })
         .await?;
@@ -310,9 +346,9 @@ impl ShardUpstreams {
                 detail: "the host is not a valid TLS server name".into(),
             }
         })?;
-        let after = self.tls_timeout;
+        let after = st.tls_timeout;
         let handshake = async {
-            self.connector
+            st.connector
                 .connect(name, hop)
                 .await
                 .map_err(|e| UpstreamError::tls(peer.clone(), &e))
@@ -329,6 +365,7 @@ impl ShardUpstreams {
     /// opens the CONNECT tunnel.
     async fn dial(
         &self,
+        st: &Settings,
         target: &Target,
         proxy: Option<&ProxyEndpoint>,
         deadline: Instant,
@@ -365,7 +402,7 @@ impl ShardUpstreams {
             (None, Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(UpstreamError::ConnectTimeout {
                     peer: shown,
-                    after: self.connect_timeout,
+                    after: st.connect_timeout,
                 });
             }
             (None, last) => {
@@ -379,7 +416,9 @@ impl ShardUpstreams {
         // Requests and small bodies go out as they are written; the proxy code writes whole heads.
         let _ = tcp.set_nodelay(true);
         let mut hop = match proxy {
-            Some(p) if p.is_tls() => Hop::ProxyTls(Box::new(self.proxy_tls(target, p, tcp).await?)),
+            Some(p) if p.is_tls() => {
+                Hop::ProxyTls(Box::new(Self::proxy_tls(st, target, p, tcp).await?))
+            }
             _ => Hop::Tcp(tcp),
         };
         if let Some(p) = proxy {
@@ -393,7 +432,7 @@ impl ShardUpstreams {
     /// as the upstreams' (webpki, the system store, `[upstream] ca_files`). Counted in the
     /// connect timeout, like the rest of reaching the proxy.
     async fn proxy_tls(
-        &self,
+        st: &Settings,
         target: &Target,
         proxy: &ProxyEndpoint,
         tcp: TcpStream,
@@ -406,7 +445,7 @@ impl ShardUpstreams {
         };
         let name = ServerName::try_from(proxy.target().bare_host().to_owned())
             .map_err(|_| refused("the proxy host is not a valid TLS server name".into()))?;
-        self.connector
+        st.connector
             .connect(name, tcp)
             .await
             .map_err(|e| refused(format!("TLS handshake with the proxy failed: {e}")))

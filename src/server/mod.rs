@@ -85,15 +85,24 @@ impl ServerConfig {
             .rules()
             .iter()
             .flat_map(|r| {
+                let pool = r.token_pool.iter().flat_map(|p| p.values());
                 r.set_request_headers
                     .iter()
-                    .map(|(_, v)| v.expose().to_owned())
+                    .map(|(_, v)| v)
+                    .chain(pool)
+                    .map(|v| v.expose().to_owned())
+                    .collect::<Vec<_>>()
             })
             .collect();
         out.extend(
             c.scm
                 .iter()
                 .filter_map(|s| s.token.as_ref().map(|t| t.value.expose().to_owned())),
+        );
+        out.extend(
+            c.scm
+                .iter()
+                .flat_map(|s| s.tokens.iter().map(|t| t.value.expose().to_owned())),
         );
         out
     }

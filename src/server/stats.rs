@@ -27,6 +27,8 @@ pub struct ServerStats {
     pub latency_buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
     /// Sum of those latencies, microseconds.
     pub latency_sum_us: u64,
+    /// Pooled tokens set aside after a 401.
+    pub tokens_set_aside: u64,
 }
 
 /// Upper bounds of the proxied-latency histogram buckets, milliseconds.
@@ -39,6 +41,7 @@ impl ServerStats {
     /// [`ErrorKind::counted`](super::proxy::ErrorKind::counted) says for a failure), and — when
     /// a rule allowed it and a status went out — in the status classes, bytes and latency.
     pub fn record_exchange(&mut self, o: &Outcome) {
+        self.tokens_set_aside += u64::from(o.token_set_aside);
         if o.rule.is_some() && o.status != 0 {
             self.record_proxied(o);
         }

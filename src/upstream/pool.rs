@@ -112,6 +112,17 @@ impl<C> Pool<C> {
         self.stats
     }
 
+    /// New limits (a reload): every idle connection is let go — it was opened under the old
+    /// TLS and proxy settings — and returned for closing; the counters go on.
+    pub fn reconfigure(&mut self, idle_timeout: Duration, max_idle: usize) -> Vec<C> {
+        self.idle_timeout = idle_timeout;
+        self.max_idle = max_idle;
+        self.idle
+            .drain()
+            .flat_map(|(_, list)| list.into_iter().map(|i| i.conn))
+            .collect()
+    }
+
     /// Counts a connection the runtime opened (the pool never opens one itself).
     pub fn count_opened(&mut self) {
         self.stats.opened += 1;

@@ -18,6 +18,7 @@ fn rule(url: &str, methods: &[&str]) -> RuleSpec {
         url: url.to_owned(),
         methods: methods.iter().map(|m| (*m).to_owned()).collect(),
         set_request_headers: Vec::new(),
+        token_pool: None,
         remove_response_headers: Vec::new(),
         log: LogFlags::default(),
         path_files: Vec::new(),

@@ -210,7 +210,19 @@ where
     /// when the exchange left it clean.
     async fn forward(&mut self, url: &CanonUrl, rule: &Rule) -> Result<(), ProxyError> {
         let target = Target::from_url(url);
-        let head = request::upstream_head(self.request, url, rule, self.ctx.peer);
+        // A pooled token: picked per request, never retried with another (allowlist/pool.rs).
+        let pick = rule
+            .spec
+            .token_pool
+            .as_deref()
+            .map(|p| (p, p.pick(Instant::now())));
+        let head = request::upstream_head(
+            self.request,
+            url,
+            rule,
+            self.ctx.peer,
+            pick.map(|(_, (_, v))| v),
+        );
         if rule.spec.log.request_body {
             self.out.request_sample = Some(Vec::new());
         }
@@ -242,6 +254,20 @@ where
         };
         let relayed = self.relay(&mut pooled, &outgoing, &mut buf).await;
         *self.response_buf = buf;
+        if let Some((pool, (i, _))) = pick {
+            if self.out.status == 401 && pool.reject(i, Instant::now()) {
+                self.out.token_set_aside = true;
+                tracing::warn!(
+                    event = "token.set_aside",
+                    request_id = self.ctx.request_id,
+                    rule = %rule.spec.origin,
+                    header = pool.header(),
+                    token_index = i,
+                    set_aside_for = ?crate::allowlist::pool::SET_ASIDE,
+                    "the upstream answered 401 to this token of the pool"
+                );
+            }
+        }
         if relayed? {
             self.upstreams.release(&target, pooled);
         }

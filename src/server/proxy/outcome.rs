@@ -276,6 +276,8 @@ pub struct Outcome {
     pub(super) head_sent: bool,
     /// From the complete request head to the end of the response, microseconds.
     pub elapsed_us: u64,
+    /// The upstream answered 401 to a pooled token, which was set aside for it.
+    pub token_set_aside: bool,
 }
 
 impl Outcome {
@@ -293,6 +295,7 @@ impl Outcome {
             response_sample: None,
             sample_limit,
             body_read,
+            token_set_aside: false,
             head_sent: false,
             elapsed_us: 0,
         }

@@ -16,6 +16,7 @@ use base64::Engine as _;
 
 use crate::allowlist::{CanonUrl, Rule};
 use crate::http::{BodyFraming, Method, RequestHead};
+use crate::secret::Secret;
 
 /// Request headers that describe one hop and never pass through the broker.
 const HOP_BY_HOP: &[&str] = &[
@@ -89,12 +90,14 @@ pub(super) fn connection_tokens<'b>(
 }
 
 /// The upstream request head for `request`, allowed by `rule` for `url`; `peer` is the vendor's
-/// tunnel address (for `X-Forwarded-For`).
+/// tunnel address (for `X-Forwarded-For`); `pooled` the token picked from the rule's pool, which
+/// is set like a `set_request_headers` entry.
 pub fn upstream_head(
     request: Request<'_>,
     url: &CanonUrl,
     rule: &Rule,
     peer: Option<IpAddr>,
+    pooled: Option<&Secret>,
 ) -> Vec<u8> {
     let mut out = String::with_capacity(512);
     let _ = write!(
@@ -106,7 +109,16 @@ pub fn upstream_head(
     );
     let tokens = connection_tokens(request.headers());
     let set = &rule.spec.set_request_headers;
-    let overridden = |name: &str| set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let pool = rule
+        .spec
+        .token_pool
+        .as_deref()
+        .zip(pooled)
+        .map(|(p, v)| (p.header(), v));
+    let overridden = |name: &str| {
+        set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || pool.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     let mut xff: Option<String> = None;
     let mut out_bytes = out.into_bytes();
     for (name, value) in request.headers() {
@@ -153,7 +165,7 @@ pub fn upstream_head(
             let _ = write!(tail, "Authorization: Basic {b64}\r\n");
         }
     }
-    for (name, value) in set {
+    for (name, value) in set.iter().map(|(n, v)| (n.as_str(), v)).chain(pool) {
         let v = value.expose();
         if !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             let _ = write!(tail, "{name}: {v}\r\n");
@@ -206,7 +218,8 @@ mod tests {
             .expect("canonical");
         let list = super::super::tests::allowlist(set, &[]);
         let peer = Some("10.77.0.1".parse().expect("ip"));
-        String::from_utf8(upstream_head(request, &url, &list.rules()[0], peer)).expect("utf-8")
+        String::from_utf8(upstream_head(request, &url, &list.rules()[0], peer, None))
+            .expect("utf-8")
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(super) fn allowlist(set: &[(&str, &str)], remove: &[&str]) -> Allowlist {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
             .collect(),
+        token_pool: None,
         remove_response_headers: remove.iter().map(|s| (*s).to_owned()).collect(),
         log: LogFlags::default(),
         path_files: vec![],
@@ -112,9 +113,13 @@ impl Seen {
 }
 
 fn run(vendor: Steps, up: &FakeUpstreams, timer: &impl Timer) -> Seen {
+    run_on(ctx(), vendor, up, timer)
+}
+
+/// [`run`] with a context of one's own (another allowlist).
+fn run_on(ctx: ServerCtx, vendor: Steps, up: &FakeUpstreams, timer: &impl Timer) -> Seen {
     let record = vendor.record();
     let mut vendor = vendor;
-    let ctx = ctx();
     future::block_on(serve(&mut vendor, &ctx, timer, up, None));
     let stats = ctx.stats.borrow().clone();
     let r = record.borrow();
@@ -668,4 +673,64 @@ fn a_chunked_body_is_relayed_chunk_by_chunk_and_the_connection_pooled() {
     );
     assert_eq!(s.calls, [Call::Connect(target()), Call::Release(target())]);
     assert_eq!((s.stats.proxied, s.stats.bytes_out), (1, 5));
+}
+
+#[test]
+fn a_token_pool_rotates_per_request_and_sets_a_401_token_aside_without_retrying() {
+    use crate::allowlist::pool::{SET_ASIDE, TokenPool};
+    let tokens = ["Bearer tok-A", "Bearer tok-B", "Bearer tok-C"];
+    let pool = std::sync::Arc::new(TokenPool::new(
+        "Authorization",
+        tokens.iter().map(|t| Secret::new(*t)).collect(),
+        SET_ASIDE,
+    ));
+    let mut spec = allowlist(&[], &[]).rules()[0].spec.clone();
+    spec.token_pool = Some(pool.clone());
+    let ctx = ctx();
+    *ctx.allowlist.borrow_mut() = std::rc::Rc::new(Allowlist::compile(vec![spec]).expect("valid"));
+    let unauthorized = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+    let up = FakeUpstreams::default();
+    let answers = [OK, unauthorized, OK, OK, OK];
+    let seen: Vec<_> = answers.iter().map(|a| up.fresh([Read::data(a)])).collect();
+    let requests: String = (0..5).map(|i| req("GET", &format!("/r{i}"), "")).collect();
+    let s = run_on(ctx, vendor(&requests), &up, &Never);
+    let sent: Vec<String> = seen
+        .iter()
+        .map(|r| {
+            let w = String::from_utf8_lossy(&r.borrow().written).into_owned();
+            tokens
+                .iter()
+                .find(|t| w.contains(&format!("Authorization: {t}\r\n")))
+                .map_or_else(|| format!("none in {w}"), |t| (*t).to_owned())
+        })
+        .collect();
+    // A, B (401: set aside), then C, A, C: B stays out of the rotation.
+    assert_eq!(
+        sent,
+        [
+            "Bearer tok-A",
+            "Bearer tok-B",
+            "Bearer tok-C",
+            "Bearer tok-A",
+            "Bearer tok-C"
+        ]
+    );
+    assert_eq!(
+        s.out.matches("HTTP/1.1 401 ").count(),
+        1,
+        "the 401 went back as it came: {}",
+        s.out
+    );
+    let connects = s
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Connect(_)))
+        .count();
+    assert_eq!(
+        connects, 5,
+        "one upstream exchange per request: never retried with another token"
+    );
+    assert_eq!(s.stats.tokens_set_aside, 1);
+    assert_eq!(pool.set_aside_count(std::time::Instant::now()), 1);
+    assert!(!s.out.contains("tok-"), "no token reaches the vendor");
 }
