@@ -97,6 +97,7 @@ pub mod keys;
 pub mod netstack;
 pub mod packet;
 pub mod percent;
+pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

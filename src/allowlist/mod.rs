@@ -37,7 +37,8 @@ pub use canon::{Authority, CanonUrl, Malformed, RequestTarget, Scheme};
 pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint};
 
 use crate::http::is_token;
-use constraint::{ANY_SLOT, Constraints, Failed, FileSet, MethodMask, MethodTable, Value};
+pub(crate) use constraint::FileSet;
+use constraint::{ANY_SLOT, Constraints, Failed, MethodMask, MethodTable, Value};
 use trie::{Trie, TrieBuilder};
 
 /// A problem with one rule, found at compile time.

@@ -27,6 +27,7 @@
 
 pub mod dump;
 pub mod error;
+mod outbound;
 pub mod overlay;
 pub mod reader;
 pub mod reload;
@@ -44,6 +45,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
+pub use outbound::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
 
 use crate::allowlist::{Allowlist, RuleSpec, scm::ScmKind};
@@ -87,6 +89,9 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub runtime: Runtime,
+    /// `[outbound]`: the webhook relay ([`outbound`], [`crate::relay`]); none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Outbound>,
 }
 
 impl Config {

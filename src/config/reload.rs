@@ -25,6 +25,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         admin,
         log,
         runtime,
+        outbound,
     } = old;
     [
         ("wireguard", *wireguard != new.wireguard),
@@ -34,6 +35,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         ("admin", *admin != new.admin),
         ("log", *log != new.log),
         ("runtime", *runtime != new.runtime),
+        ("outbound", *outbound != new.outbound),
     ]
     .into_iter()
     .filter(|&(_, changed)| changed)

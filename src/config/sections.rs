@@ -15,7 +15,7 @@ use crate::secret::Secret;
 
 /// Byte sizes: an integer, or a string such as `"64KiB"`, `"4MiB"`, `"1GiB"` ([`crate::units`]).
 #[derive(Debug, Clone, Copy)]
-struct Bytes(usize);
+pub(super) struct Bytes(pub(super) usize);
 
 impl FromToml for Bytes {
     const EXPECTED: &'static str = "a byte size (integer, or \"64KiB\", \"4MiB\")";
@@ -56,7 +56,7 @@ fn parse_bytes(s: &str) -> Option<usize> {
 }
 
 /// Reads a secret field.
-fn secret(
+pub(super) fn secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -122,6 +122,9 @@ pub(super) fn validate(
     let admin = admin(root.table(&mut ctx, "admin"), &mut ctx);
     let log = log(root.table(&mut ctx, "log"), &mut ctx);
     let runtime = runtime(root.table(&mut ctx, "runtime"), &mut ctx);
+    let outbound = root
+        .table(&mut ctx, "outbound")
+        .and_then(|s| super::outbound::outbound(s, &mut ctx, env));
     root.finish(&mut ctx);
 
     // Compile the allowlist even when other sections failed, so its errors are reported too.
@@ -170,6 +173,7 @@ pub(super) fn validate(
                 admin,
                 log,
                 runtime,
+                outbound,
             },
             allowlist,
             warnings: ctx.warnings,
@@ -340,7 +344,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
     })
 }
 
-fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
+pub(super) fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
     if v.is_zero() {
         ctx.error(&s.key(key), "must be greater than zero");
     }
@@ -503,7 +507,7 @@ fn allow_rule(
     })
 }
 
-fn valid_header_name(name: &str) -> bool {
+pub(super) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
