@@ -30,6 +30,8 @@
 
 pub mod filter;
 pub mod pointer;
+pub mod schedule;
+pub mod spool;
 pub mod verify;
 
 use std::collections::HashMap;
