@@ -28,7 +28,9 @@
 //! files) is not filtered by it. GitHub also posts `application/x-www-form-urlencoded` bodies
 //! (`payload=<json>`): filters read the JSON inside; the vendor receives the body as sent.
 
+pub mod deliver;
 pub mod filter;
+pub mod intake;
 pub mod pointer;
 pub mod schedule;
 pub mod spool;
