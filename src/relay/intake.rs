@@ -38,6 +38,11 @@ pub struct Stats {
     pub relays: Vec<RelayCounters>,
     /// Requests for no relay (404).
     pub unknown: AtomicU64,
+    /// The spool, as of the last append or removal: bytes, events, and when the oldest waiting
+    /// event was accepted (Unix ms, 0 = none).
+    pub spool_bytes: AtomicU64,
+    pub spool_events: AtomicU64,
+    pub oldest_received_ms: AtomicU64,
 }
 
 impl Stats {
@@ -50,7 +55,19 @@ impl Stats {
                 .map(|_| RelayCounters::default())
                 .collect(),
             unknown: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(0),
+            spool_events: AtomicU64::new(0),
+            oldest_received_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Publishes the spool's gauges.
+    pub fn observe(&self, spool: &Spool) {
+        let (bytes, events, oldest) = spool.gauges();
+        self.spool_bytes.store(bytes, Ordering::Relaxed);
+        self.spool_events.store(events, Ordering::Relaxed);
+        self.oldest_received_ms
+            .store(oldest.unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -89,7 +106,9 @@ pub fn intake(
                 headers: a.headers.clone(),
                 body: w.body.to_vec(),
             };
-            match spool.append(name(a.relay), &ev) {
+            let appended = spool.append(name(a.relay), &ev);
+            stats.observe(spool);
+            match appended {
                 Ok(entry) => {
                     if let Some(c) = counters(a.relay) {
                         bump(&c.accepted);

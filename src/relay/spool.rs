@@ -387,6 +387,18 @@ impl Spool {
             .min()
     }
 
+    /// Bytes held, events waiting, and when the oldest was accepted (Unix ms), at once.
+    pub fn gauges(&self) -> (u64, u64, Option<u64>) {
+        let ix = self.lock();
+        let events = ix.queues.values().map(|q| q.len() as u64).sum();
+        let oldest = ix
+            .queues
+            .values()
+            .filter_map(|q| q.front().map(|e| e.received_ms))
+            .min();
+        (ix.used, events, oldest)
+    }
+
     /// The relay directories holding events, by name.
     pub fn relays(&self) -> Vec<String> {
         self.lock()

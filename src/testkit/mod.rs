@@ -19,3 +19,4 @@ pub(crate) mod script;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;
+pub mod webhooks;

@@ -17,3 +17,4 @@ mod relay;
 mod slow;
 mod tunnel;
 mod upstream;
+mod webhooks;
