@@ -90,6 +90,22 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "HEADER")]
         headers: Vec<String>,
     },
+    /// Say which `[[outbound.relay]]` and which filter decide a webhook payload (a body file,
+    /// or an event from the spool), and whether its signature holds.
+    ///
+    /// Exit status: 0 relayed, 1 filtered out, 2 refused.
+    ExplainWebhook {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The relay (default: the directory of a spooled event).
+        #[arg(long)]
+        relay: Option<String>,
+        /// A request header `Name: value` the webhook carries (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The payload: a body as sent, or a spooled `.evt` file.
+        file: PathBuf,
+    },
     /// Drive a broker with the vendor's side (WireGuard + TCP in userspace) and report req/s,
     /// MB/s, errors, latency percentiles and CPU per side.
     ///
@@ -150,6 +166,12 @@ fn command() -> u8 {
             url,
             headers,
         } => explain(&config.files, &method, &url, &headers),
+        Command::ExplainWebhook {
+            config,
+            relay,
+            headers,
+            file,
+        } => explain_webhook(&config.files, relay.as_deref(), &headers, &file),
         Command::Loadtest(args) => loadtest(*args),
         Command::Relay(args) => match crate::testkit::relay::run(&args) {
             Ok(()) => 0,
@@ -418,4 +440,54 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
         }
     }
     if allowed { 0 } else { 1 }
+}
+
+/// `wgbroker explain-webhook`: see [`crate::relay::explain`].
+fn explain_webhook(files: &[PathBuf], relay: Option<&str>, raw: &[String], file: &PathBuf) -> u8 {
+    let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            err!("{errors}");
+            return EXIT_CONFIG;
+        }
+    };
+    print_warnings(&loaded.warnings);
+    let Some(outbound) = &loaded.config.outbound else {
+        errln!("wgbroker: the configuration has no [outbound] section");
+        return EXIT_CONFIG;
+    };
+    let relays = match crate::relay::Relays::compile(outbound) {
+        Ok(r) => r,
+        Err(e) => {
+            errln!("wgbroker: {}", e.join("\n"));
+            return EXIT_CONFIG;
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in raw.iter().enumerate() {
+        let Some((n, v)) = h.split_once(':') else {
+            errln!(
+                "wgbroker: -H argument {} is not `Name: value` (no colon)",
+                i + 1
+            );
+            return EXIT_USAGE;
+        };
+        headers.push((n.trim().to_owned(), v.trim().as_bytes().to_vec()));
+    }
+    let payload = match std::fs::read(file) {
+        Ok(p) => p,
+        Err(e) => {
+            errln!("wgbroker: cannot read {}: {e}", file.display());
+            return EXIT_NOINPUT;
+        }
+    };
+    let spool_relay = file
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str());
+    let x = crate::relay::explain::explain(&relays, relay, spool_relay, &payload, &headers);
+    for line in &x.lines {
+        outln!("{line}");
+    }
+    x.status
 }

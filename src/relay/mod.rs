@@ -29,6 +29,7 @@
 //! (`payload=<json>`): filters read the JSON inside; the vendor receives the body as sent.
 
 pub mod deliver;
+pub mod explain;
 pub mod filter;
 pub mod intake;
 pub mod pointer;
@@ -327,6 +328,19 @@ impl Relays {
         })
     }
 
+    /// Checks only the signature of a webhook for relay `index`.
+    pub fn verify(
+        &self,
+        index: usize,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<(), Unverified> {
+        match self.relays.get(index) {
+            Some(r) => r.verifier.verify(headers, body),
+            None => Ok(()),
+        }
+    }
+
     /// The relay a request path names (`/relay/<name>`).
     pub fn route(&self, path: &str) -> Option<usize> {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -336,6 +350,12 @@ impl Relays {
 
     /// Decides what to do with a webhook (see the module doc for the order of the checks).
     pub fn decide(&self, w: &Webhook<'_>) -> Verdict {
+        self.decide_with(w, true)
+    }
+
+    /// Decides with or without checking the signature (`explain-webhook` reports the
+    /// signature apart, and decides the filters even when none was given).
+    pub fn decide_with(&self, w: &Webhook<'_>, verify: bool) -> Verdict {
         let refuse = |status: u16, reason: String| Verdict::Refused { status, reason };
         let Some(index) = self.route(w.path) else {
             return refuse(404, "no relay at this path (expected /relay/<name>)".into());
@@ -347,8 +367,10 @@ impl Relays {
         if w.body.len() > self.max_body {
             return refuse(413, format!("body over max_body ({} bytes)", self.max_body));
         }
-        if let Err(e) = relay.verifier.verify(w.headers, w.body) {
-            return refuse(401, e.to_string());
+        if verify {
+            if let Err(e) = relay.verifier.verify(w.headers, w.body) {
+                return refuse(401, e.to_string());
+            }
         }
         let json = if relay.needs_json() {
             match parse_json(w.headers, w.body) {

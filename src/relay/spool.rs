@@ -40,7 +40,7 @@ use std::sync::{Mutex, MutexGuard};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8] = b"wgbroker-event 1\n";
+pub const MAGIC: &[u8] = b"wgbroker-event 1\n";
 /// Longest metadata line read back (headers of an event are a few hundred bytes).
 const MAX_META: usize = 64 << 10;
 
@@ -90,7 +90,7 @@ impl Event {
     }
 
     /// Parses file contents; `None` when they are not a complete event.
-    fn decode(bytes: &[u8]) -> Option<Event> {
+    pub fn decode(bytes: &[u8]) -> Option<Event> {
         let rest = bytes.strip_prefix(MAGIC)?;
         let nl = rest.iter().take(MAX_META).position(|&b| b == b'\n')?;
         let meta: Meta = serde_json::from_slice(&rest[..nl]).ok()?;

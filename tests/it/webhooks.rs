@@ -294,3 +294,108 @@ fn a_broker_killed_with_events_in_its_spool_delivers_them_after_a_restart() {
     let _ = child.wait();
     assert_eq!(deliveries(&vendor), expected(4));
 }
+
+#[test]
+fn explain_webhook_names_the_relay_and_the_filter_that_decide() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = PrivateKey::generate().expect("rng");
+    let wg = WireguardToml::new(&key, "10.77.0.2")
+        .peer(PeerToml::new(
+            PrivateKey::generate().expect("rng").public_key(),
+            "127.0.0.1:9",
+            "10.77.0.1/32",
+        ))
+        .render();
+    let config = dir.path().join("b.toml");
+    let text = format!(
+        "{wg}\n{}[[outbound.relay.when]]\npointer = \"/ref\"\nprefix = \"refs/heads/\"\n",
+        outbound(
+            "https://hooks.vendor.example/gh",
+            &dir.path().join("spool"),
+            ""
+        )
+    );
+    std::fs::write(&config, text).expect("write");
+    let run = |args: &[&str], body: &[u8]| {
+        let file = dir.path().join("payload.json");
+        std::fs::write(&file, body).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+            .arg("explain-webhook")
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .arg(&file)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let body = push_body(1);
+    let sig = format!(
+        "X-Hub-Signature-256: {}",
+        wgbroker::relay::verify::sign_sha256(SECRET, &body)
+    );
+    let (code, out) = run(
+        &[
+            "--relay",
+            "github",
+            "-H",
+            "X-GitHub-Event: push",
+            "-H",
+            &sig,
+        ],
+        &body,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("signature: valid") && out.contains("RELAYED"),
+        "{out}"
+    );
+    let tag = br#"{"ref":"refs/tags/v1","commits":[]}"#;
+    let (code, out) = run(&["--relay", "github", "-H", "X-GitHub-Event: push"], tag);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("signature: not checked"), "{out}");
+    assert!(
+        out.contains(r#"FILTERED OUT by when[0] pointer "/ref" prefix"#),
+        "{out}"
+    );
+    assert!(
+        !out.contains("refs/tags/v1"),
+        "no body text is printed: {out}"
+    );
+    let (code, out) = run(&["--relay", "github", "-H", "X-GitHub-Event: ping"], &body);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FILTERED OUT by events"), "{out}");
+    let (code, out) = run(&["--relay", "nope"], &body);
+    assert_eq!(code, Some(2), "{out}");
+
+    // A spooled event: its relay is its directory, its headers are in the file.
+    let (spool, _) =
+        wgbroker::relay::spool::Spool::open(&dir.path().join("spool"), 1 << 20).expect("spool");
+    let ev = wgbroker::relay::spool::Event {
+        received_ms: 1,
+        event: Some("push".into()),
+        delivery: Some("d-1".into()),
+        headers: vec![("X-GitHub-Event".into(), b"push".to_vec())],
+        body: body.clone(),
+    };
+    let entry = spool.append("github", &ev).expect("append");
+    let evt = dir
+        .path()
+        .join("spool/github")
+        .join(format!("{:016x}.evt", entry.seq));
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["explain-webhook", "-c"])
+        .arg(&config)
+        .arg(&evt)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("spooled event") && text.contains("relay \"github\""),
+        "{text}"
+    );
+}
