@@ -1,100 +1,18 @@
 //! `[outbound]` and `[[outbound.relay]]`: the webhook relay from the SCM to the vendor.
 //!
-//! The types are plain validated values (they derive `Serialize` for `dump` and `PartialEq` for
-//! the reload diff, like every section). What a relay *does* with them — verification, event
+//! The types are plain validated values defined next to the relay ([`crate::relay::spec`]: the
+//! relay must not depend on the configuration reader). What a relay *does* with them — verification, event
 //! names, filters — lives in [`crate::relay`]; the reader here compiles every relay once with
 //! [`crate::relay::Relay::compile`] so a bad pointer, glob or URL is reported at load with its key,
 //! and the runtime compiles the same specs again (cheap) when it starts the listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use serde::Serialize;
-
-use super::dump;
 use super::reader::{Ctx, Section};
-use super::secret_source::{SecretEnv, SecretValue};
+use super::secret_source::SecretEnv;
 use super::sections::{Bytes, positive, secret, valid_header_name};
-
-/// `[outbound]`: where the SCM posts its webhooks, and where accepted events wait.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Outbound {
-    /// TCP address of the webhook listener (kernel TCP, in the customer network).
-    pub listen: SocketAddr,
-    /// Accepted events wait here, one file each, until the vendor answers 2xx.
-    pub spool_dir: PathBuf,
-    /// Most bytes the spool may hold; a webhook that would not fit is answered 503.
-    pub spool_max: usize,
-    /// Largest webhook body accepted (413 above).
-    pub max_body: usize,
-    /// First retry delay after a failed delivery; doubled per failure up to `retry_max`.
-    #[serde(serialize_with = "dump::duration")]
-    pub retry_min: Duration,
-    #[serde(serialize_with = "dump::duration")]
-    pub retry_max: Duration,
-    /// Time one delivery attempt may take (connect, send, response head).
-    #[serde(serialize_with = "dump::duration")]
-    pub delivery_timeout: Duration,
-    pub relay: Vec<RelaySpec>,
-}
-
-impl Outbound {
-    pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/wgbroker/outbound";
-    pub const DEFAULT_SPOOL_MAX: usize = 256 << 20;
-    /// GitHub's payload cap.
-    pub const DEFAULT_MAX_BODY: usize = 25 << 20;
-    pub const DEFAULT_RETRY_MIN: Duration = Duration::from_secs(1);
-    pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
-    pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-}
-
-/// How a relay verifies and reads an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookScm {
-    Github,
-    Gitlab,
-    Bitbucket,
-    AzureDevops,
-    None,
-}
-
-/// `[[outbound.relay]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RelaySpec {
-    /// The SCM posts to `/relay/<name>`.
-    pub name: String,
-    pub destination_url: String,
-    pub scm: WebhookScm,
-    /// The webhook secret (GitHub/Bitbucket HMAC key, GitLab token, Azure `user:password`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretValue>,
-    /// Event names relayed; empty = every event.
-    pub events: Vec<String>,
-    /// Globs (the `path_files` dialect) one listed file must match; empty = no file filter.
-    pub touches: Vec<String>,
-    pub when: Vec<WhenSpec>,
-}
-
-/// `[[outbound.relay.when]]` (and `[[allow.body]]`): a selector and exactly one condition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WhenSpec {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pointer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub equals: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub one_of: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub contains: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub glob: Option<Vec<String>>,
-}
+pub use crate::relay::spec::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 
 /// Reads `[outbound]`.
 pub(super) fn outbound(
@@ -198,11 +116,16 @@ fn relay_spec(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opt
         ),
         _ => {}
     }
+    let (secret, secret_unavailable) = match secret {
+        Some(s) => (Some(s.value), s.unavailable),
+        None => (None, None),
+    };
     let spec = RelaySpec {
         name: name?,
         destination_url: destination_url?,
         scm: scm?,
         secret,
+        secret_unavailable,
         events,
         touches,
         when,

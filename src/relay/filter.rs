@@ -19,8 +19,8 @@
 use serde_json::Value;
 
 use super::pointer::{Pointer, scalar_text};
+use super::spec::WhenSpec;
 use crate::allowlist::FileSet;
-use crate::config::WhenSpec;
 
 /// How the values a selector selects combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

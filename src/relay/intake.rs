@@ -193,7 +193,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::{Outbound, RelaySpec, WebhookScm};
+    use crate::relay::{Outbound, RelaySpec, WebhookScm};
 
     fn relays(dir: PathBuf) -> Relays {
         Relays::compile(&Outbound {
@@ -209,6 +209,7 @@ mod tests {
                 destination_url: "http://127.0.0.1:9/in".into(),
                 scm: WebhookScm::None,
                 secret: None,
+                secret_unavailable: None,
                 events: vec!["push".into()],
                 touches: Vec::new(),
                 when: Vec::new(),

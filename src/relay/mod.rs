@@ -34,6 +34,7 @@ pub mod filter;
 pub mod intake;
 pub mod pointer;
 pub mod schedule;
+pub mod spec;
 pub mod spool;
 pub mod verify;
 
@@ -41,8 +42,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::config::{Outbound, RelaySpec, WebhookScm};
 pub use filter::{Filter, Quantifier, Subject};
+pub use spec::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 pub use verify::{Unverified, Verifier};
 
 /// Request headers copied to the vendor, when present (matched case-insensitively, sent with
@@ -181,7 +182,7 @@ impl Relay {
         let destination = Destination::parse(&spec.destination_url)
             .map_err(|e| errors.push(("destination_url".into(), e)))
             .ok();
-        let secret = spec.secret.as_ref().map(|s| s.value.expose());
+        let secret = spec.secret.as_ref().map(|s| s.expose());
         let verifier = Verifier::new(spec.scm, secret)
             .map_err(|e| errors.push(("secret".into(), e)))
             .ok();

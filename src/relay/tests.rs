@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::{SecretValue, WhenSpec};
 use crate::secret::Secret;
 
 const GITHUB_PUSH: &str = include_str!("fixtures/github-push.json");
@@ -25,10 +24,8 @@ fn spec(name: &str, scm: WebhookScm) -> RelaySpec {
         name: name.to_owned(),
         destination_url: "https://hooks.vendor.example/in".to_owned(),
         scm,
-        secret: (scm != WebhookScm::None).then(|| SecretValue {
-            value: Secret::new(SECRET),
-            unavailable: None,
-        }),
+        secret: (scm != WebhookScm::None).then(|| Secret::new(SECRET)),
+        secret_unavailable: None,
         events: Vec::new(),
         touches: Vec::new(),
         when: Vec::new(),
@@ -369,10 +366,7 @@ fn bitbucket_data_center_refs_changed_and_pr_opened() {
 #[test]
 fn azure_devops_event_type_comes_from_the_body() {
     let mut s = spec("ado", WebhookScm::AzureDevops);
-    s.secret = Some(SecretValue {
-        value: Secret::new("hook:pa55"),
-        unavailable: None,
-    });
+    s.secret = Some(Secret::new("hook:pa55"));
     s.events = vec!["git.push".into()];
     let r = relays(vec![s]);
     let body =

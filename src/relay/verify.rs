@@ -14,7 +14,7 @@
 use base64::Engine as _;
 use ring::hmac;
 
-use crate::config::WebhookScm;
+use super::spec::WebhookScm;
 
 /// Why a webhook failed verification (answered 401; the reason is logged, never a value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
