@@ -39,6 +39,63 @@ use crate::upstream::{Target, Upstreams};
 /// How often an idle delivery task looks at its spool queue.
 pub const IDLE_POLL: Duration = Duration::from_millis(5);
 
+/// Most webhook connections open at once; one more is answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// What the listener holds in memory: open connections, and body bytes being read (at most
+/// `spool_max`: a body the spool could not take anyway is not worth reading). Over either, the
+/// SCM is answered 503 with `Retry-After` — it retries — instead of the broker growing.
+#[derive(Debug)]
+struct Budget {
+    connections: std::cell::Cell<usize>,
+    bytes: std::cell::Cell<usize>,
+    max_bytes: usize,
+}
+
+impl Budget {
+    /// Reserves `n` body bytes; `None` when they do not fit.
+    fn take(self: &Rc<Self>, n: usize) -> Option<Reserved> {
+        let used = self.bytes.get();
+        if used.saturating_add(n) > self.max_bytes {
+            return None;
+        }
+        self.bytes.set(used + n);
+        Some(Reserved {
+            budget: self.clone(),
+            n,
+        })
+    }
+}
+
+/// Body bytes reserved in a [`Budget`], given back on drop.
+struct Reserved {
+    budget: Rc<Budget>,
+    n: usize,
+}
+
+impl Reserved {
+    /// Grows the reservation to `total` bytes (a chunked body); false when it does not fit.
+    fn grow(&mut self, total: usize) -> bool {
+        if total <= self.n {
+            return true;
+        }
+        let used = self.budget.bytes.get();
+        let more = total - self.n;
+        if used.saturating_add(more) > self.budget.max_bytes {
+            return false;
+        }
+        self.budget.bytes.set(used + more);
+        self.n = total;
+        true
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.bytes.set(self.budget.bytes.get() - self.n);
+    }
+}
+
 /// What the listener and the delivery tasks share (across executors).
 #[derive(Debug)]
 pub struct Shared {
@@ -137,13 +194,28 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) {
+    let budget = Rc::new(Budget {
+        connections: std::cell::Cell::new(0),
+        bytes: std::cell::Cell::new(0),
+        max_bytes: shared.cfg.spool_max,
+    });
     loop {
         let Some(accepted) = super::barrier::until_stopped(listener.accept(), &stop).await else {
             return;
         };
         match accepted {
-            Ok(stream) => {
-                glommio::spawn_local(connection(stream, shared.clone())).detach();
+            Ok(mut stream) => {
+                if budget.connections.get() >= MAX_CONNECTIONS {
+                    let _ = write_answer(&mut stream, &busy(), false).await;
+                    continue;
+                }
+                budget.connections.set(budget.connections.get() + 1);
+                let (shared, budget) = (shared.clone(), budget.clone());
+                glommio::spawn_local(async move {
+                    connection(stream, &shared, &budget).await;
+                    budget.connections.set(budget.connections.get() - 1);
+                })
+                .detach();
             }
             Err(e) => {
                 tracing::warn!(event = "relay.accept_failed", error = %e);
@@ -153,8 +225,19 @@ pub(super) async fn serve(
     }
 }
 
+/// `503` with `Retry-After`: the listener is at its connection or memory budget.
+fn busy() -> Answer {
+    Answer {
+        status: 503,
+        retry_after: Some(crate::relay::intake::RETRY_AFTER.as_secs()),
+        body: r#"{"error":"busy: too many webhooks in flight"}"#.to_owned(),
+    }
+}
+
 /// Why a connection ends without a normal answer.
 enum Abort {
+    /// Answer 503 + `Retry-After` and close.
+    Busy,
     /// Answer this status and close.
     Answer(u16, &'static str),
     /// Close silently (peer gone, timed out mid-request).
@@ -162,11 +245,11 @@ enum Abort {
 }
 
 /// Serves requests on one connection (keep-alive) until it closes or fails.
-async fn connection(mut stream: glommio::net::TcpStream, shared: Arc<Shared>) {
+async fn connection(mut stream: glommio::net::TcpStream, shared: &Shared, budget: &Rc<Budget>) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     loop {
-        match one_request(&mut stream, &mut buf, &shared).await {
+        match one_request(&mut stream, &mut buf, shared, budget).await {
             Ok((answer, keep_alive)) => {
                 if write_answer(&mut stream, &answer, keep_alive)
                     .await
@@ -183,6 +266,10 @@ async fn connection(mut stream: glommio::net::TcpStream, shared: Arc<Shared>) {
                     body: serde_json::json!({ "error": reason }).to_string(),
                 };
                 let _ = write_answer(&mut stream, &answer, false).await;
+                return;
+            }
+            Err(Abort::Busy) => {
+                let _ = write_answer(&mut stream, &busy(), false).await;
                 return;
             }
             Err(Abort::Close) => return,
@@ -216,6 +303,7 @@ async fn one_request(
     stream: &mut glommio::net::TcpStream,
     buf: &mut Vec<u8>,
     shared: &Shared,
+    budget: &Rc<Budget>,
 ) -> Result<(Answer, bool), Abort> {
     let mut head = RequestHead::default();
     let head_deadline = Instant::now() + shared.head_timeout;
@@ -234,6 +322,8 @@ async fn one_request(
     }
     let max = shared.cfg.max_body;
     let start = head.head_len;
+    // Held until the event is spooled (or refused): the body is in memory until then.
+    let mut reservation: Option<Reserved> = None;
     // The body, and where the next request starts in `buf`.
     let (body, consumed): (Vec<u8>, usize) = match head.body {
         BodyFraming::None => (Vec::new(), start),
@@ -242,6 +332,7 @@ async fn one_request(
             if n > max {
                 return Err(Abort::Answer(413, "body over max_body"));
             }
+            reservation = Some(budget.take(n).ok_or(Abort::Busy)?);
             continue_if_asked(stream, &head).await?;
             let end = start + n;
             while buf.len() < end {
@@ -250,6 +341,7 @@ async fn one_request(
             (buf[start..end].to_vec(), end)
         }
         BodyFraming::Chunked => {
+            let mut reserved = budget.take(0).ok_or(Abort::Busy)?;
             continue_if_asked(stream, &head).await?;
             let mut decoder = ChunkedDecoder::new();
             let mut body = Vec::new();
@@ -266,6 +358,9 @@ async fn one_request(
                 if body.len() > max {
                     return Err(Abort::Answer(413, "body over max_body"));
                 }
+                if !reserved.grow(body.len()) {
+                    return Err(Abort::Busy);
+                }
                 if step.done {
                     break;
                 }
@@ -273,6 +368,7 @@ async fn one_request(
                     fill(stream, buf, shared.body_timeout).await?;
                 }
             }
+            reservation = Some(reserved);
             (body, at)
         }
     };
@@ -287,6 +383,7 @@ async fn one_request(
         intake(&shared.relays, &shared.spool, &shared.stats, &w, now_ms())
     };
     buf.drain(..consumed);
+    drop(reservation);
     Ok((answer, head.keep_alive))
 }
 
@@ -371,6 +468,13 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop:
         };
         let ev = match shared.spool.load(&relay.name, entry) {
             Ok(ev) => ev,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed from under the broker (an operator): nothing left to deliver.
+                tracing::warn!(event = "relay.spool_file_gone", relay = %relay.name, seq = entry.seq);
+                let _ = shared.spool.remove(&relay.name, entry);
+                shared.stats.observe(&shared.spool);
+                continue;
+            }
             Err(e) => {
                 tracing::error!(event = "relay.spool_read_failed", relay = %relay.name, error = %e);
                 shared.stats.observe(&shared.spool);

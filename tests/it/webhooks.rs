@@ -399,3 +399,57 @@ fn explain_webhook_names_the_relay_and_the_filter_that_decide() {
         "{text}"
     );
 }
+
+/// Sends raw bytes to the webhook listener; returns the status of the first answer.
+fn raw(broker: SocketAddr, bytes: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(broker).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn chunked_bodies_are_read_and_oversized_ones_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = MockVendor::start(Mode::Up).expect("vendor");
+    let t = Tunnel::start(&outbound(
+        &vendor.url("/hooks"),
+        dir.path(),
+        "max_body = 1000\n",
+    ));
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let broker = SocketAddr::from(([127, 0, 0, 1], status.outbound_port.load(Ordering::Relaxed)));
+    let body = push_body(7);
+    let sig = wgbroker::relay::verify::sign_sha256(SECRET, &body);
+    let (a, b) = body.split_at(10);
+    let mut req = format!(
+        "POST /relay/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: delivery-0\r\nX-Hub-Signature-256: {sig}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for part in [a, b] {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw(broker, &req), 202);
+    poll_until(
+        Duration::from_secs(10),
+        "the chunked event delivered",
+        || !vendor.received().is_empty(),
+    );
+    assert_eq!(vendor.received()[0].body, body, "reassembled unchanged");
+    // A Content-Length over max_body is refused from the head alone (no body sent at all).
+    let head = b"POST /relay/github HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+    assert_eq!(raw(broker, head), 413);
+}
