@@ -89,6 +89,9 @@ enum Command {
         /// A request header `Name: value` the request carries (repeatable).
         #[arg(short = 'H', long = "header", value_name = "HEADER")]
         headers: Vec<String>,
+        /// The request body, `@FILE`, for rules with `[[allow.body]]` constraints.
+        #[arg(long = "body", value_name = "@FILE")]
+        body: Option<String>,
     },
     /// Say which `[[outbound.relay]]` and which filter decide a webhook payload (a body file,
     /// or an event from the spool), and whether its signature holds.
@@ -165,7 +168,8 @@ fn command() -> u8 {
             method,
             url,
             headers,
-        } => explain(&config.files, &method, &url, &headers),
+            body,
+        } => explain(&config.files, &method, &url, &headers, body.as_deref()),
         Command::ExplainWebhook {
             config,
             relay,
@@ -352,7 +356,13 @@ fn dump(files: &[PathBuf]) -> u8 {
     }
 }
 
-fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> u8 {
+fn explain(
+    files: &[PathBuf],
+    method: &str,
+    raw_url: &str,
+    raw_headers: &[String],
+    body: Option<&str>,
+) -> u8 {
     let shown = crate::secret::redact_userinfo(raw_url);
     let url = shown.as_str();
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
@@ -419,7 +429,10 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             for name in &rule.spec.remove_response_headers {
                 outln!("  removes response header: {name}");
             }
-            true
+            match explain_body(rule, body) {
+                Ok(allowed) => allowed,
+                Err(code) => return code,
+            }
         }
         Decision::Denied(reason) => {
             outln!("DENIED  {method} {url}");
@@ -490,4 +503,35 @@ fn explain_webhook(files: &[PathBuf], relay: Option<&str>, raw: &[String], file:
         outln!("{line}");
     }
     x.status
+}
+
+/// The `[[allow.body]]` part of `explain`: whether `body` (`@FILE`) satisfies the rule's body
+/// constraints. `Err` is an exit status (the file cannot be read, or is not given as `@FILE`).
+fn explain_body(rule: &crate::allowlist::Rule, body: Option<&str>) -> Result<bool, u8> {
+    if !rule.checks_body() {
+        return Ok(true);
+    }
+    let Some(arg) = body else {
+        outln!("  body: the rule checks the request body ([[allow.body]]); pass --body @FILE");
+        return Ok(true);
+    };
+    let Some(path) = arg.strip_prefix('@') else {
+        errln!("wgbroker: --body takes @FILE");
+        return Err(EXIT_USAGE);
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        errln!("wgbroker: cannot read {path}: {e}");
+        EXIT_NOINPUT
+    })?;
+    match rule.check_body(&bytes) {
+        Ok(()) => {
+            outln!("  body: every [[allow.body]] constraint holds");
+            Ok(true)
+        }
+        Err(reason) => {
+            outln!("  body: DENIED {reason}");
+            outln!("  the broker answers 403 {{\"error\":\"request body is not allowed\"}}");
+            Ok(false)
+        }
+    }
 }

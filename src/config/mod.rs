@@ -193,6 +193,8 @@ pub struct Inbound {
     /// Time a request or response body may stall without progress.
     #[serde(serialize_with = "dump::duration")]
     pub body_timeout: Duration,
+    /// Most request body bytes read to check a rule's `[[allow.body]]` constraints (413 above).
+    pub max_checked_body: usize,
 }
 
 impl Default for Inbound {
@@ -204,6 +206,7 @@ impl Default for Inbound {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            max_checked_body: 1 << 20,
         }
     }
 }

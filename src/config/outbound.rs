@@ -103,7 +103,7 @@ fn relay_spec(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opt
     let when: Vec<WhenSpec> = s
         .tables(ctx, "when")
         .into_iter()
-        .map(|w| when_spec(w, ctx))
+        .map(|w| when_spec(w, ctx, true))
         .collect();
     match (scm, &secret) {
         (Some(WebhookScm::None), Some(_)) => ctx.error(
@@ -139,17 +139,24 @@ fn relay_spec(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opt
     Some(spec)
 }
 
-/// Reads one `when`/`body` table; the checks of the combination live in [`crate::relay::filter`].
-pub(super) fn when_spec(mut s: Section<'_>, ctx: &mut Ctx<'_>) -> WhenSpec {
+/// Reads one `when` table (`header` allowed) or `[[allow.body]]` table (a pointer only); the
+/// checks of the combination live in [`crate::allowlist::filter`].
+pub(super) fn when_spec(mut s: Section<'_>, ctx: &mut Ctx<'_>, header: bool) -> WhenSpec {
     let w = WhenSpec {
         pointer: s.opt(ctx, "pointer"),
-        header: s.opt(ctx, "header"),
+        header: if header { s.opt(ctx, "header") } else { None },
         equals: s.opt(ctx, "equals"),
         one_of: s.opt(ctx, "one_of"),
         prefix: s.opt(ctx, "prefix"),
         contains: s.opt(ctx, "contains"),
         glob: s.opt(ctx, "glob"),
     };
+    if !header && w.pointer.is_none() {
+        ctx.error(
+            &s.key("pointer"),
+            "missing required key (a JSON Pointer into the request body)",
+        );
+    }
     if let Some(h) = &w.header {
         if !valid_header_name(h) {
             ctx.error(&s.key("header"), "invalid header name");

@@ -361,6 +361,7 @@ fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
         head_timeout: s.or(ctx, "head_timeout", d.head_timeout),
         idle_timeout: s.or(ctx, "idle_timeout", d.idle_timeout),
         body_timeout: s.or(ctx, "body_timeout", d.body_timeout),
+        max_checked_body: s.or(ctx, "max_checked_body", Bytes(d.max_checked_body)).0,
     };
     if i.listen_port == 0 {
         ctx.error(&s.key("listen_port"), "must not be 0");
@@ -374,6 +375,12 @@ fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
     positive(ctx, &s, "head_timeout", i.head_timeout);
     positive(ctx, &s, "idle_timeout", i.idle_timeout);
     positive(ctx, &s, "body_timeout", i.body_timeout);
+    if !(1..=(64 << 20)).contains(&i.max_checked_body) {
+        ctx.error(
+            &s.key("max_checked_body"),
+            "must be between 1 byte and 64MiB",
+        );
+    }
     s.finish(ctx);
     i
 }
@@ -493,6 +500,11 @@ fn allow_rule(
     let path_files: Vec<String> = s.or(ctx, "path_files", Vec::new());
     let query = constraints(&mut s, ctx, "query");
     let headers = constraints(&mut s, ctx, "headers");
+    let body: Vec<_> = s
+        .tables(ctx, "body")
+        .into_iter()
+        .map(|b| super::outbound::when_spec(b, ctx, false))
+        .collect();
     s.finish(ctx);
     Some(RuleSpec {
         url: url?,
@@ -503,6 +515,7 @@ fn allow_rule(
         path_files,
         query,
         headers,
+        body,
         origin: RuleOrigin::User { index },
     })
 }

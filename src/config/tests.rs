@@ -37,6 +37,9 @@ url = "http://10.77.0.1/ping"
 [[allow]]
 url = "https://jira.example.com/rest/*"
 methods = ["GET"]
+[[allow.body]]
+pointer = "/tree/*/path"
+glob = ["**/package.json"]
 [[scm]]
 type = "github"
 base_url = "https://ghe.example.com/api/v3"
@@ -124,6 +127,7 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("inbound.head_timeout", s(r#""1m 30s""#)),
         ("inbound.idle_timeout", s("61")),
         ("inbound.body_timeout", s(r#""1h 2m 3s 4ms""#)),
+        ("inbound.max_checked_body", s(r#""2MiB""#)),
         ("heartbeat.url", s(r#""https://10.77.0.1:8443/health?x=1""#)),
         ("heartbeat.interval", s(r#""2m""#)),
         ("heartbeat.timeout", s(r#""250ms""#)),
@@ -150,6 +154,12 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
             "allow[].headers",
             s(r#"{ Accept = { equals = "application/json" } }"#),
         ),
+        ("allow[].body[].pointer", s(r#""/files/*/name""#)),
+        ("allow[].body[].equals", s(r#""a""#)),
+        ("allow[].body[].one_of", s(r#"["a", "b"]"#)),
+        ("allow[].body[].prefix", s(r#""src/""#)),
+        ("allow[].body[].contains", s(r#""x""#)),
+        ("allow[].body[].glob", s(r#"["**/pom.xml"]"#)),
         ("scm[].type", s(r#""gitlab""#)),
         ("scm[].base_url", s(r#""https://ghe2.example.com/api/v3""#)),
         ("scm[].token", s(r#"{ env = "TOKEN" }"#)),
@@ -219,6 +229,13 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
 /// Keys of which a table takes exactly one (a `when` has one selector and one condition): before
 /// one of them is set, the others of its group are taken out of [`BASE`].
 const EXCLUSIVE: &[&[&str]] = &[
+    &[
+        "allow[].body[].equals",
+        "allow[].body[].one_of",
+        "allow[].body[].prefix",
+        "allow[].body[].contains",
+        "allow[].body[].glob",
+    ],
     &[
         "outbound.relay[].when[].pointer",
         "outbound.relay[].when[].header",

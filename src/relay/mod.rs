@@ -30,9 +30,7 @@
 
 pub mod deliver;
 pub mod explain;
-pub mod filter;
 pub mod intake;
-pub mod pointer;
 pub mod schedule;
 pub mod spec;
 pub mod spool;
@@ -42,7 +40,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-pub use filter::{Filter, Quantifier, Subject};
+pub use crate::allowlist::filter::{self, Filter, Quantifier, Subject};
+pub use crate::allowlist::pointer;
 pub use spec::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 pub use verify::{Unverified, Verifier};
 

@@ -82,21 +82,4 @@ pub struct RelaySpec {
     pub when: Vec<WhenSpec>,
 }
 
-/// `[[outbound.relay.when]]` (and `[[allow.body]]`): a selector and exactly one condition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WhenSpec {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pointer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub equals: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub one_of: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub contains: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub glob: Option<Vec<String>>,
-}
+pub use crate::allowlist::WhenSpec;

@@ -18,9 +18,9 @@
 
 use serde_json::Value;
 
+use super::FileSet;
 use super::pointer::{Pointer, scalar_text};
 use super::spec::WhenSpec;
-use crate::allowlist::FileSet;
 
 /// How the values a selector selects combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
