@@ -3,7 +3,7 @@
 //! A [`Filter`] is a selector — a [`Pointer`] into the JSON body, or a header name — and exactly
 //! one condition: `equals`, `one_of`, `prefix`, `contains` (substring) or `glob` (a list of globs
 //! in the `path_files` dialect: `name`, `dir/name`, `**/name`, `*.ext`, `**/*.ext`; compiled by the
-//! allowlist's [`FileSet`], not a second glob engine).
+//! allowlist's `FileSet`, not a second glob engine).
 //!
 //! A selector can select several values (`/commits/*/message`, a repeated header). How they
 //! combine is the caller's [`Quantifier`]: a relay's `when` holds when **some** selected value

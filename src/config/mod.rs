@@ -89,7 +89,7 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub runtime: Runtime,
-    /// `[outbound]`: the webhook relay ([`outbound`], [`crate::relay`]); none when absent.
+    /// `[outbound]`: the webhook relay ([`crate::relay`]); none when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound: Option<Outbound>,
 }
