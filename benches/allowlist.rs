@@ -27,6 +27,7 @@ fn spec(url: String, methods: &[&str], index: usize) -> RuleSpec {
         path_files: Vec::new(),
         query: Vec::new(),
         headers: Vec::new(),
+        body: Vec::new(),
         origin: RuleOrigin::User { index },
     }
 }

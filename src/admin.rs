@@ -63,7 +63,104 @@ pub fn metrics(status: &Status) -> String {
         "executor",
         status.beats().iter().enumerate(),
     );
+    if let Some(o) = status.outbound.get() {
+        outbound_metrics(&mut m, o);
+    }
     m.out
+}
+
+/// The webhook relay (`[outbound]`): per-relay counters (relay names are plain words, see
+/// `relay::Relay::compile`) and the spool's gauges.
+fn outbound_metrics(m: &mut Exposition, o: &crate::relay::intake::Stats) {
+    use crate::relay::intake::RelayCounters;
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let per = |f: fn(&RelayCounters) -> &std::sync::atomic::AtomicU64| {
+        o.names
+            .iter()
+            .zip(&o.relays)
+            .map(move |(n, c)| (n.clone(), f(c).load(Ordering::Relaxed)))
+    };
+    for (name, help, f) in [
+        (
+            "wgbroker_webhooks_accepted_total",
+            "Webhooks verified, relevant and spooled (answered 202).",
+            (|c| &c.accepted) as fn(&RelayCounters) -> &std::sync::atomic::AtomicU64,
+        ),
+        (
+            "wgbroker_webhooks_delivered_total",
+            "Webhooks the vendor answered 2xx (dropped from the spool).",
+            |c| &c.delivered,
+        ),
+        (
+            "wgbroker_webhook_retries_total",
+            "Failed delivery attempts (each is retried with back-off).",
+            |c| &c.retries,
+        ),
+        (
+            "wgbroker_webhooks_unauthenticated_total",
+            "Webhooks with a missing or wrong signature or token (401).",
+            |c| &c.unauthenticated,
+        ),
+        (
+            "wgbroker_webhooks_malformed_total",
+            "Webhooks refused as malformed (400, 405, 413).",
+            |c| &c.malformed,
+        ),
+        (
+            "wgbroker_webhooks_spool_refused_total",
+            "Webhooks answered 503 because the spool was full or could not be written.",
+            |c| &c.spool_refused,
+        ),
+    ] {
+        m.labelled(name, help, Kind::Counter, "relay", per(f));
+    }
+    m.family(
+        "wgbroker_webhooks_filtered_total",
+        "Webhooks filtered out (answered 200), by the filter that decided.",
+        Kind::Counter,
+    );
+    for (n, c) in o.names.iter().zip(&o.relays) {
+        for (reason, v) in [
+            ("events", &c.filtered_events),
+            ("touches", &c.filtered_touches),
+            ("when", &c.filtered_when),
+        ] {
+            let _ = writeln!(
+                m.out,
+                "wgbroker_webhooks_filtered_total{{relay=\"{n}\",reason=\"{reason}\"}} {}",
+                r(v)
+            );
+        }
+    }
+    m.counter(
+        "wgbroker_webhooks_unknown_relay_total",
+        "Webhooks posted to no configured relay (404).",
+        r(&o.unknown),
+    );
+    m.gauge(
+        "wgbroker_spool_bytes",
+        "Bytes of webhooks waiting in the spool.",
+        r(&o.spool_bytes),
+    );
+    m.gauge(
+        "wgbroker_spool_events",
+        "Webhooks waiting in the spool.",
+        r(&o.spool_events),
+    );
+    let oldest = r(&o.oldest_received_ms);
+    let age = if oldest == 0 {
+        0.0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(oldest) as f64 / 1000.0
+    };
+    m.gauge(
+        "wgbroker_spool_oldest_age_seconds",
+        "Age of the oldest webhook waiting in the spool (0: none).",
+        format!("{age:.3}"),
+    );
 }
 
 /// The WireGuard side: handshakes, datagrams, batches, heartbeats, readiness.

@@ -109,6 +109,25 @@ enum Command {
         /// A request header `Name: value` the request carries (repeatable).
         #[arg(short = 'H', long = "header", value_name = "HEADER")]
         headers: Vec<String>,
+        /// The request body, `@FILE`, for rules with `[[allow.body]]` constraints.
+        #[arg(long = "body", value_name = "@FILE")]
+        body: Option<String>,
+    },
+    /// Say which `[[outbound.relay]]` and which filter decide a webhook payload (a body file,
+    /// or an event from the spool), and whether its signature holds.
+    ///
+    /// Exit status: 0 relayed, 1 filtered out, 2 refused.
+    ExplainWebhook {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The relay (default: the directory of a spooled event).
+        #[arg(long)]
+        relay: Option<String>,
+        /// A request header `Name: value` the webhook carries (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The payload: a body as sent, or a spooled `.evt` file.
+        file: PathBuf,
     },
     /// Drive a broker with the vendor's side (WireGuard + TCP in userspace) and report req/s,
     /// MB/s, errors, latency percentiles and CPU per side.
@@ -176,7 +195,14 @@ fn command() -> u8 {
             method,
             url,
             headers,
-        } => explain(&config.files, &method, &url, &headers),
+            body,
+        } => explain(&config.files, &method, &url, &headers, body.as_deref()),
+        Command::ExplainWebhook {
+            config,
+            relay,
+            headers,
+            file,
+        } => explain_webhook(&config.files, relay.as_deref(), &headers, &file),
         Command::Loadtest(args) => loadtest(*args),
         Command::Relay(args) => match crate::testkit::relay::run(&args) {
             Ok(()) => 0,
@@ -403,7 +429,13 @@ fn import(files: &[PathBuf]) -> u8 {
     }
 }
 
-fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String]) -> u8 {
+fn explain(
+    files: &[PathBuf],
+    method: &str,
+    raw_url: &str,
+    raw_headers: &[String],
+    body: Option<&str>,
+) -> u8 {
     let shown = crate::secret::redact_userinfo(raw_url);
     let url = shown.as_str();
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
@@ -477,7 +509,10 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
             for name in &rule.spec.remove_response_headers {
                 outln!("  removes response header: {name}");
             }
-            true
+            match explain_body(rule, body) {
+                Ok(allowed) => allowed,
+                Err(code) => return code,
+            }
         }
         Decision::Denied(reason) => {
             outln!("DENIED  {method} {url}");
@@ -498,4 +533,85 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
         }
     }
     if allowed { 0 } else { 1 }
+}
+
+/// `wgbroker explain-webhook`: see [`crate::relay::explain`].
+fn explain_webhook(files: &[PathBuf], relay: Option<&str>, raw: &[String], file: &PathBuf) -> u8 {
+    let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            err!("{errors}");
+            return EXIT_CONFIG;
+        }
+    };
+    print_warnings(&loaded.warnings);
+    let Some(outbound) = &loaded.config.outbound else {
+        errln!("wgbroker: the configuration has no [outbound] section");
+        return EXIT_CONFIG;
+    };
+    let relays = match crate::relay::Relays::compile(outbound) {
+        Ok(r) => r,
+        Err(e) => {
+            errln!("wgbroker: {}", e.join("\n"));
+            return EXIT_CONFIG;
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in raw.iter().enumerate() {
+        let Some((n, v)) = h.split_once(':') else {
+            errln!(
+                "wgbroker: -H argument {} is not `Name: value` (no colon)",
+                i + 1
+            );
+            return EXIT_USAGE;
+        };
+        headers.push((n.trim().to_owned(), v.trim().as_bytes().to_vec()));
+    }
+    let payload = match std::fs::read(file) {
+        Ok(p) => p,
+        Err(e) => {
+            errln!("wgbroker: cannot read {}: {e}", file.display());
+            return EXIT_NOINPUT;
+        }
+    };
+    let spool_relay = file
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str());
+    let x = crate::relay::explain::explain(&relays, relay, spool_relay, &payload, &headers);
+    for line in &x.lines {
+        outln!("{line}");
+    }
+    x.status
+}
+
+/// The `[[allow.body]]` part of `explain`: whether `body` (`@FILE`) satisfies the rule's body
+/// constraints. `Err` is an exit status (the file cannot be read, or is not given as `@FILE`).
+fn explain_body(rule: &crate::allowlist::Rule, body: Option<&str>) -> Result<bool, u8> {
+    if !rule.checks_body() {
+        return Ok(true);
+    }
+    let Some(arg) = body else {
+        outln!("  body: the rule checks the request body ([[allow.body]]); pass --body @FILE");
+        return Ok(true);
+    };
+    let Some(path) = arg.strip_prefix('@') else {
+        errln!("wgbroker: --body takes @FILE");
+        return Err(EXIT_USAGE);
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        errln!("wgbroker: cannot read {path}: {e}");
+        EXIT_NOINPUT
+    })?;
+    match rule.check_body(&bytes) {
+        Ok(()) => {
+            outln!("  body: every [[allow.body]] constraint holds");
+            Ok(true)
+        }
+        Err(reason) => {
+            outln!("  body: DENIED {reason}");
+            outln!("  the broker answers 403 {{\"error\":\"request body is not allowed\"}}");
+            Ok(false)
+        }
+    }
 }

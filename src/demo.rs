@@ -30,11 +30,14 @@ struct Case {
     what: &'static str,
 }
 
+const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+
 fn config_text(
     broker: &PrivateKey,
     vendor: &PrivateKey,
     gateway: std::net::SocketAddr,
     scm: std::net::SocketAddr,
+    hooks: &WebhookDemo,
 ) -> String {
     let wireguard = WireguardToml::new(broker, "10.77.0.2")
         .peer(PeerToml::new(vendor.public_key(), gateway, "10.77.0.1/32").persistent_keepalive(0))
@@ -58,8 +61,91 @@ listen = "127.0.0.1:0"
 
 [log]
 level = "error"
-"#
+
+[outbound]
+listen = "127.0.0.1:0"
+spool_dir = {spool:?}
+
+[[outbound.relay]]
+name = "github"
+destination_url = "{vendor_url}"
+scm = "github"
+secret = "{WEBHOOK_SECRET}"
+events = ["push", "pull_request"]
+touches = ["**/package.json", "**/pom.xml", "**/.snyk"]
+"#,
+        spool = hooks.spool,
+        vendor_url = hooks.vendor.url("/hooks/github"),
     )
+}
+
+/// The webhook half of the demo: the vendor's endpoint and a spool that goes away afterwards.
+struct WebhookDemo {
+    vendor: crate::testkit::webhooks::MockVendor,
+    spool: PathBuf,
+}
+
+impl Drop for WebhookDemo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+/// Posts a push touching a manifest (relayed) and one touching only a README (filtered out) as
+/// GitHub would; prints what happened and returns whether it matched the expectations.
+fn webhooks(hooks: &WebhookDemo, port: u16) -> bool {
+    use crate::testkit::webhooks::{github_headers, post};
+    let broker = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    outln!(
+        "  webhooks: the SCM posts to http://{broker}/relay/github; the vendor listens on {}",
+        hooks.vendor.addr()
+    );
+    let cases = [
+        (
+            "web/package.json",
+            "d-1",
+            202u16,
+            "relayed (touches a manifest)",
+        ),
+        (
+            "README.md",
+            "d-2",
+            200,
+            "filtered out (touches no manifest)",
+        ),
+    ];
+    let mut ok = true;
+    for (file, id, expect, what) in cases {
+        let body = format!(
+            r#"{{"ref":"refs/heads/main","commits":[{{"id":"1","added":[],"removed":[],"modified":["{file}"]}}]}}"#
+        );
+        let h = github_headers("push", id, body.as_bytes(), WEBHOOK_SECRET);
+        let started = Instant::now();
+        let answer = post(broker, "github", &h, body.as_bytes());
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let status = answer.as_ref().map_or(0, |a| a.status);
+        let detail = answer.map(|a| a.body).unwrap_or_else(|e| e.to_string());
+        let mark = if status == expect { "ok" } else { "!!" };
+        ok &= status == expect;
+        outln!("  {mark} push {id} modifying {file:<18} -> {status} {what}  {ms:.1} ms  {detail}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hooks.vendor.received().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got: Vec<String> = hooks
+        .vendor
+        .received()
+        .iter()
+        .map(|r| r.header("X-GitHub-Delivery").unwrap_or("?").to_owned())
+        .collect();
+    let delivered = got == ["d-1"];
+    ok &= delivered;
+    outln!(
+        "  {} the vendor received {got:?} (signature and delivery id kept, X-Wgbroker-Relay: github)\n",
+        if delivered { "ok" } else { "!!" }
+    );
+    ok
 }
 
 /// Runs the demo; returns the process exit code.
@@ -87,11 +173,17 @@ fn run_inner() -> Result<bool, String> {
         broker_ip,
     ))
     .map_err(|e| format!("gateway: {e}"))?;
+    let hooks = WebhookDemo {
+        vendor: crate::testkit::webhooks::MockVendor::start(crate::testkit::webhooks::Mode::Up)
+            .map_err(|e| format!("mock vendor: {e}"))?,
+        spool: std::env::temp_dir().join(format!("wgbroker-demo-{}", std::process::id())),
+    };
     let text = config_text(
         &broker_key,
         &vendor_key,
         gateway.local_addr().map_err(|e| e.to_string())?,
         scm.addr(),
+        &hooks,
     );
     let loaded = config::load_str(
         &[(PathBuf::from("demo.toml"), text)],
@@ -133,7 +225,12 @@ fn run_inner() -> Result<bool, String> {
     let table = decision_table(&cases, &results, &loaded, &base);
     outln!("{}", table.text);
     let upstream_ok = upstream_saw_only_the_allowed(&scm, table.allowed_upstream);
-    let all_ok = table.all_ok && upstream_ok;
+    let port = broker
+        .status()
+        .outbound_port
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let hooks_ok = webhooks(&hooks, port);
+    let all_ok = table.all_ok && upstream_ok && hooks_ok;
     let _ = broker.shutdown();
     outln!(
         "  {}",

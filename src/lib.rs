@@ -19,6 +19,7 @@
 //! | core | [`secret`] | secret values that never print themselves; credentials redacted from URLs |
 //! | core | [`keys`] | Curve25519 keys in `wg` format |
 //! | core | [`allowlist`] | the decision: URL canonicalisation, patterns compiled into one trie, SCM rule tables |
+//! | core | [`relay`] | webhooks from the SCM to the vendor: verification, filters, the spool, back-off, the answers |
 //! | core | [`packet`] | packet buffers that move between cores, and the flow hash that picks a shard |
 //! | core | [`tunnel`] | WireGuard: one boringtun `Tunn` per peer, handshakes, decrypt/encrypt, allowed IPs |
 //! | core | [`netstack`] | TCP inside the tunnel: a shard's smoltcp stacks, accept, per-connection buffers |
@@ -28,7 +29,7 @@
 //! | core | [`telemetry`] | log output (text, JSON, journald) and the throttle for repeating lines |
 //! | core | [`percent`] | percent-decoding (`%XX`), strict or lenient, for the allowlist, the proxy and config |
 //! | core | [`units`] | sizes and durations as people write them, one meaning for config and tools |
-//! | seam | [`runtime`] | threads and I/O: executors and their start, the UDP socket, links, shards, tunnel core, upstream pools |
+//! | seam | [`runtime`] | threads and I/O: executors and their start, the UDP socket, links, shards, tunnel core, upstream pools, the webhook listener and deliveries |
 //! | application | [`status`] | the counters and flags the executors publish and the control thread reads |
 //! | application | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
 //! | application | [`notify`] | systemd notifications: `READY`, `RELOADING`, `STOPPING`, `STATUS`, the watchdog |
@@ -36,7 +37,7 @@
 //! | application | [`output`] | printing that ends with a documented status whatever becomes of stdout |
 //! | application | [`onboard`] | `wgbroker init` (first configuration and key) and `wgbroker test` (what works from this host, with fixes) |
 //! | application | [`cli`] | the commands and their exit statuses (the only place that knows the numbers) |
-//! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections |
+//! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections, a webhook-signing SCM and vendor endpoint |
 //! | tools | [`demo`] | `wgbroker demo`: broker, mock SCM and vendor on loopback, a decision table |
 //! | tools | [`loadtest`] | `wgbroker loadtest`: the vendor's side under load, HDR latency, CPU per side |
 //!
@@ -98,6 +99,7 @@ pub mod keys;
 pub mod netstack;
 pub mod packet;
 pub mod percent;
+pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -120,6 +120,8 @@ impl TunnelTables {
 /// Broker status shared across threads.
 #[derive(Debug)]
 pub struct Status {
+    /// The webhook relay's counters and spool gauges (set once at start, with `[outbound]`).
+    pub outbound: std::sync::OnceLock<Arc<crate::relay::intake::Stats>>,
     started: Instant,
     /// Local UDP port of the tunnel socket (0 until bound).
     pub udp_port: AtomicU16,
@@ -156,6 +158,8 @@ pub struct Status {
     pub stopped: AtomicBool,
     /// Port of the admin listener (0 when disabled or not bound).
     pub admin_port: AtomicU16,
+    /// Port of the `[outbound]` webhook listener (0 when none).
+    pub outbound_port: AtomicU16,
     /// Set to drain: shards stop accepting, idle connections close, busy ones finish.
     pub draining: AtomicBool,
     /// Open tunnel connections per shard (published when one opens or closes).
@@ -184,6 +188,7 @@ impl Status {
     /// A fresh status for a tunnel core and `shards` shards.
     pub fn new(shards: usize) -> Self {
         Self {
+            outbound: std::sync::OnceLock::new(),
             beats: (0..=shards).map(|_| AtomicU64::new(0)).collect(),
             started: Instant::now(),
             udp_port: AtomicU16::new(0),
@@ -204,6 +209,7 @@ impl Status {
             heartbeat_failure: Mutex::new(String::new()),
             stopped: AtomicBool::new(false),
             admin_port: AtomicU16::new(0),
+            outbound_port: AtomicU16::new(0),
             draining: AtomicBool::new(false),
             shard_active: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             reload_generation: AtomicU64::new(0),

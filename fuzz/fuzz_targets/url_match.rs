@@ -29,6 +29,7 @@ fn user_rule(index: usize, url: &str, methods: &[&str]) -> RuleSpec {
         path_files: Vec::new(),
         query: Vec::new(),
         headers: Vec::new(),
+        body: Vec::new(),
         origin: RuleOrigin::User { index },
     }
 }

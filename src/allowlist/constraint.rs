@@ -191,6 +191,12 @@ impl FileSet {
         }
     }
 
+    /// Whether a plain (not percent-encoded) path names an allowed file: the file lists of a
+    /// webhook ([`crate::relay`]) and the values of `[[allow.body]]` globs.
+    pub fn matches_path(&self, path: &[u8]) -> bool {
+        self.matches_decoded(path)
+    }
+
     fn matches_decoded(&self, hay: &[u8]) -> bool {
         let has_slash = hay.contains(&b'/');
         self.automaton.find_overlapping_iter(hay).any(|m| {

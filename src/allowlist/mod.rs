@@ -25,7 +25,9 @@
 
 pub mod canon;
 mod constraint;
+pub mod filter;
 mod pattern;
+pub mod pointer;
 pub mod pool;
 pub mod scm;
 mod scm_table;
@@ -35,10 +37,11 @@ mod trie;
 use std::fmt;
 
 pub use canon::{Authority, CanonUrl, Malformed, RequestTarget, Scheme};
-pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint};
+pub use spec::{LogFlags, RuleOrigin, RuleSpec, ValueConstraint, WhenSpec};
 
 use crate::http::is_token;
-use constraint::{ANY_SLOT, Constraints, Failed, FileSet, MethodMask, MethodTable, Value};
+pub(crate) use constraint::FileSet;
+use constraint::{ANY_SLOT, Constraints, Failed, MethodMask, MethodTable, Value};
 use trie::{Trie, TrieBuilder};
 
 /// A problem with one rule, found at compile time.
@@ -63,9 +66,36 @@ pub struct Rule {
     /// The bitmask of `spec.methods` over the allowlist's method slots.
     methods: MethodMask,
     constraints: Constraints,
+    /// The compiled `[[allow.body]]` constraints (checked by [`Rule::check_body`]).
+    body: Vec<filter::Filter>,
 }
 
 impl Rule {
+    /// Whether requests this rule allows must have their body read and checked first.
+    pub fn checks_body(&self) -> bool {
+        !self.body.is_empty()
+    }
+
+    /// Checks the `[[allow.body]]` constraints on a request body: it must be JSON, and every
+    /// value each pointer selects must satisfy its condition (a pointer that selects nothing
+    /// fails). The error is the denial's reason; it never quotes the body.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), String> {
+        if self.body.is_empty() {
+            return Ok(());
+        }
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| "body: the request body is not JSON".to_owned())?;
+        for (i, f) in self.body.iter().enumerate() {
+            let subject = filter::Subject {
+                headers: &[],
+                json: Some(&json),
+            };
+            f.check(subject, filter::Quantifier::All)
+                .map_err(|reason| format!("body[{i}] {reason}"))?;
+        }
+        Ok(())
+    }
+
     /// Whether the rule lists `method` (exactly, case-sensitive): the list its method mask was
     /// compiled from, which never holds `CONNECT` or a non-token.
     pub fn allows_method(&self, method: &str) -> bool {
@@ -190,6 +220,7 @@ impl Allowlist {
             let capture = compiled.as_ref().and_then(|(p, _)| p.capture());
             let constraints = compile_constraints(&spec, capture, compiled.is_some(), &mut err);
             check_headers(&spec, &mut err);
+            let body = compile_body(&spec, &mut err);
             if errors.len() == before {
                 if let Some((p, edges)) = compiled {
                     builder.insert(&p, edges, id as u32);
@@ -201,6 +232,7 @@ impl Allowlist {
                 id,
                 methods,
                 constraints,
+                body,
             });
         }
         if !errors.is_empty() {
@@ -409,6 +441,33 @@ fn compile_constraints(
     c
 }
 
+/// The `[[allow.body]]` constraints: a pointer (never a header: `headers` constrains those)
+/// and one condition each.
+fn compile_body(
+    spec: &RuleSpec,
+    err: &mut impl FnMut(&'static str, String),
+) -> Vec<filter::Filter> {
+    let mut out = Vec::new();
+    for (i, w) in spec.body.iter().enumerate() {
+        if w.header.is_some() {
+            err(
+                "body",
+                format!(
+                    "body[{i}]: a body constraint selects with `pointer` (headers are constrained by `headers`)"
+                ),
+            );
+            continue;
+        }
+        match filter::Filter::compile(w) {
+            Ok(f) => out.push(f),
+            Err(list) => list
+                .into_iter()
+                .for_each(|(k, m)| err("body", format!("body[{i}] {k}: {m}"))),
+        }
+    }
+    out
+}
+
 /// Header names must be tokens and set values must not smuggle a line break.
 fn check_headers(spec: &RuleSpec, err: &mut impl FnMut(&'static str, String)) {
     for (name, value) in &spec.set_request_headers {
@@ -490,6 +549,79 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
+    fn body_rule(body: Vec<WhenSpec>) -> Result<Allowlist, Vec<RuleError>> {
+        Allowlist::compile(vec![RuleSpec {
+            url: "https://h.example/trees".to_owned(),
+            methods: vec!["POST".to_owned()],
+            set_request_headers: Vec::new(),
+            remove_response_headers: Vec::new(),
+            log: LogFlags::default(),
+            path_files: Vec::new(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body,
+            token_pool: None,
+            origin: RuleOrigin::User { index: 0 },
+        }])
+    }
+
+    #[test]
+    fn body_constraints_hold_for_every_selected_value() {
+        let a = body_rule(vec![WhenSpec {
+            pointer: Some("/tree/*/path".into()),
+            glob: Some(vec!["**/package.json".into()]),
+            ..WhenSpec::default()
+        }])
+        .expect("compiles");
+        let rule = &a.rules()[0];
+        assert!(rule.checks_body());
+        assert_eq!(
+            rule.check_body(br#"{"tree":[{"path":"a/package.json"}]}"#),
+            Ok(())
+        );
+        let e = rule
+            .check_body(br#"{"tree":[{"path":"a/package.json"},{"path":"x.sh"}]}"#)
+            .expect_err("one file is not a manifest");
+        assert!(
+            e.starts_with("body[0] pointer \"/tree/*/path\" glob: 1 of 2"),
+            "{e}"
+        );
+        assert!(!e.contains("x.sh"));
+        assert!(
+            rule.check_body(b"{}")
+                .expect_err("nothing")
+                .contains("selects nothing")
+        );
+        assert!(
+            rule.check_body(b"<xml/>")
+                .expect_err("not json")
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn body_constraints_select_with_a_pointer_and_one_condition() {
+        let errs = body_rule(vec![
+            WhenSpec {
+                header: Some("X-A".into()),
+                equals: Some("a".into()),
+                ..WhenSpec::default()
+            },
+            WhenSpec {
+                pointer: Some("/a".into()),
+                ..WhenSpec::default()
+            },
+        ])
+        .expect_err("refused");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().all(|e| e.field == "body"), "{errs:?}");
+        assert!(
+            body_rule(Vec::new()).expect("compiles").rules()[0]
+                .check_body(b"x")
+                .is_ok()
+        );
+    }
+
     #[test]
     fn header_names_in_rules_must_be_tokens() {
         let spec = |name: &str| RuleSpec {
@@ -502,6 +634,7 @@ mod tests {
             path_files: Vec::new(),
             query: Vec::new(),
             headers: vec![(name.to_owned(), ValueConstraint::Equals("v".to_owned()))],
+            body: Vec::new(),
             origin: RuleOrigin::User { index: 0 },
         };
         assert!(Allowlist::compile(vec![spec("X-Token_1!#$%&'*+.^`|~")]).is_ok());

@@ -350,6 +350,7 @@ impl Instance {
                 path_files: Vec::new(),
                 query: Vec::new(),
                 headers: Vec::new(),
+                body: Vec::new(),
                 origin: RuleOrigin::Scm {
                     index,
                     kind,

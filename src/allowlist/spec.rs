@@ -92,6 +92,10 @@ pub struct RuleSpec {
     /// Request header constraints (all must hold); header names are case-insensitive.
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
     pub headers: Vec<(String, ValueConstraint)>,
+    /// Request body constraints (`[[allow.body]]`, all must hold): JSON Pointer selections of
+    /// which **every** value must satisfy the condition (see [`super::filter`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub body: Vec<WhenSpec>,
     /// Where the rule came from; serialized as `allow[N]` or `scm[N] Kind /template`.
     #[serde(serialize_with = "origin_label")]
     pub origin: RuleOrigin,
@@ -135,4 +139,24 @@ impl std::fmt::Display for RuleOrigin {
             } => write!(f, "built-in {kind:?} rule `{template}` of scm[{index}]"),
         }
     }
+}
+
+/// A selector and exactly one condition: `[[outbound.relay.when]]` and `[[allow.body]]` (see
+/// [`super::filter`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WhenSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glob: Option<Vec<String>>,
 }

@@ -27,6 +27,7 @@
 
 pub mod dump;
 pub mod error;
+mod outbound;
 pub mod overlay;
 pub mod proxy_url;
 pub mod reader;
@@ -46,6 +47,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors, Position};
+pub use outbound::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 pub use proxy_url::ProxyEndpoint;
 pub use secret_source::{ProcessEnv, SecretEnv, SecretSource, SecretValue};
 
@@ -91,6 +93,9 @@ pub struct Config {
     pub log: Log,
     pub runtime: Runtime,
     pub netstack: Netstack,
+    /// `[outbound]`: the webhook relay ([`crate::relay`]); none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Outbound>,
 }
 
 impl Config {
@@ -192,6 +197,8 @@ pub struct Inbound {
     /// Time a request or response body may stall without progress.
     #[serde(serialize_with = "dump::duration")]
     pub body_timeout: Duration,
+    /// Most request body bytes read to check a rule's `[[allow.body]]` constraints (413 above).
+    pub max_checked_body: usize,
 }
 
 impl Default for Inbound {
@@ -203,6 +210,7 @@ impl Default for Inbound {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            max_checked_body: 1 << 20,
         }
     }
 }

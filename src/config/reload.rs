@@ -30,6 +30,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         log,
         runtime,
         netstack,
+        outbound,
     } = old;
     [
         ("wireguard", *wireguard != new.wireguard),
@@ -43,6 +44,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         ("log.body_limit", log.body_limit != new.log.body_limit),
         ("runtime", *runtime != new.runtime),
         ("netstack", *netstack != new.netstack),
+        ("outbound", *outbound != new.outbound),
     ]
     .into_iter()
     .filter(|&(_, changed)| changed)

@@ -15,7 +15,7 @@ use crate::secret::Secret;
 
 /// Byte sizes: an integer, or a string such as `"64KiB"`, `"4MiB"`, `"1GiB"` ([`crate::units`]).
 #[derive(Debug, Clone, Copy)]
-struct Bytes(usize);
+pub(super) struct Bytes(pub(super) usize);
 
 impl FromToml for Bytes {
     const EXPECTED: &'static str = "a byte size (integer, or \"64KiB\", \"4MiB\")";
@@ -56,7 +56,7 @@ fn parse_bytes(s: &str) -> Option<usize> {
 }
 
 /// Reads a secret field.
-fn secret(
+pub(super) fn secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -190,6 +190,9 @@ pub(super) fn validate(
     let log = log(root.table(&mut ctx, "log"), &mut ctx);
     let runtime = runtime(root.table(&mut ctx, "runtime"), &mut ctx);
     let netstack = netstack(root.table(&mut ctx, "netstack"), &mut ctx);
+    let outbound = root
+        .table(&mut ctx, "outbound")
+        .and_then(|s| super::outbound::outbound(s, &mut ctx, env));
     root.finish(&mut ctx);
 
     // Compile the allowlist even when other sections failed, so its errors are reported too.
@@ -239,6 +242,7 @@ pub(super) fn validate(
                 log,
                 runtime,
                 netstack,
+                outbound,
             },
             allowlist,
             warnings: ctx.warnings,
@@ -409,7 +413,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
     })
 }
 
-fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
+pub(super) fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
     if v.is_zero() {
         ctx.error(&s.key(key), "must be greater than zero");
     }
@@ -426,6 +430,7 @@ fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
         head_timeout: s.or(ctx, "head_timeout", d.head_timeout),
         idle_timeout: s.or(ctx, "idle_timeout", d.idle_timeout),
         body_timeout: s.or(ctx, "body_timeout", d.body_timeout),
+        max_checked_body: s.or(ctx, "max_checked_body", Bytes(d.max_checked_body)).0,
     };
     if i.listen_port == 0 {
         ctx.error(&s.key("listen_port"), "must not be 0");
@@ -439,6 +444,12 @@ fn inbound(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Inbound {
     positive(ctx, &s, "head_timeout", i.head_timeout);
     positive(ctx, &s, "idle_timeout", i.idle_timeout);
     positive(ctx, &s, "body_timeout", i.body_timeout);
+    if !(1..=(64 << 20)).contains(&i.max_checked_body) {
+        ctx.error(
+            &s.key("max_checked_body"),
+            "must be between 1 byte and 64MiB",
+        );
+    }
     s.finish(ctx);
     i
 }
@@ -564,6 +575,11 @@ fn allow_rule(
     let path_files: Vec<String> = s.or(ctx, "path_files", Vec::new());
     let query = constraints(&mut s, ctx, "query");
     let headers = constraints(&mut s, ctx, "headers");
+    let body: Vec<_> = s
+        .tables(ctx, "body")
+        .into_iter()
+        .map(|b| super::outbound::when_spec(b, ctx, false))
+        .collect();
     s.finish(ctx);
     Some(RuleSpec {
         url: url?,
@@ -575,11 +591,12 @@ fn allow_rule(
         path_files,
         query,
         headers,
+        body,
         origin: RuleOrigin::User { index },
     })
 }
 
-fn valid_header_name(name: &str) -> bool {
+pub(super) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -37,9 +37,22 @@ url = "http://10.77.0.1/ping"
 [[allow]]
 url = "https://jira.example.com/rest/*"
 methods = ["GET"]
+[[allow.body]]
+pointer = "/tree/*/path"
+glob = ["**/package.json"]
 [[scm]]
 type = "github"
 base_url = "https://ghe.example.com/api/v3"
+[outbound]
+listen = "127.0.0.1:8080"
+[[outbound.relay]]
+name = "github"
+destination_url = "https://hooks.vendor.example/github"
+scm = "github"
+secret = { env = "HOOK" }
+[[outbound.relay.when]]
+pointer = "/action"
+equals = "opened"
 "#;
 
 /// Files and variables the secrets of [`non_default_values`] come from.
@@ -53,6 +66,7 @@ impl Fixture {
         std::fs::write(dir.path().join("private.key"), format!("{KEY_B}\n")).expect("write");
         std::fs::write(dir.path().join("psk"), KEY_A).expect("write");
         std::fs::write(dir.path().join("ca.pem"), "").expect("write");
+        std::fs::write(dir.path().join("hook.secret"), "s3cret\n").expect("write");
         Self { dir }
     }
 
@@ -67,6 +81,7 @@ impl Fixture {
             "CREDENTIALS_DIRECTORY" => Some(creds.clone()),
             "TOKEN" => Some("glpat-token".to_owned()),
             "JIRA_AUTH" => Some("Basic amlyYTpodW50ZXIy".to_owned()),
+            "HOOK" => Some("hook-secret".to_owned()),
             _ => None,
         }
     }
@@ -112,6 +127,7 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("inbound.head_timeout", s(r#""1m 30s""#)),
         ("inbound.idle_timeout", s("61")),
         ("inbound.body_timeout", s(r#""1h 2m 3s 4ms""#)),
+        ("inbound.max_checked_body", s(r#""2MiB""#)),
         ("heartbeat.url", s(r#""https://10.77.0.1:8443/health?x=1""#)),
         ("heartbeat.interval", s(r#""2m""#)),
         ("heartbeat.timeout", s(r#""250ms""#)),
@@ -138,6 +154,12 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
             "allow[].headers",
             s(r#"{ Accept = { equals = "application/json" } }"#),
         ),
+        ("allow[].body[].pointer", s(r#""/files/*/name""#)),
+        ("allow[].body[].equals", s(r#""a""#)),
+        ("allow[].body[].one_of", s(r#"["a", "b"]"#)),
+        ("allow[].body[].prefix", s(r#""src/""#)),
+        ("allow[].body[].contains", s(r#""x""#)),
+        ("allow[].body[].glob", s(r#"["**/pom.xml"]"#)),
         ("scm[].type", s(r#""gitlab""#)),
         ("scm[].base_url", s(r#""https://ghe2.example.com/api/v3""#)),
         ("scm[].token", s(r#"{ env = "TOKEN" }"#)),
@@ -182,7 +204,66 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("netstack.congestion", s(r#""newreno""#)),
         ("netstack.rx_buffer_max", s(r#""8MiB""#)),
         ("netstack.tx_buffer_max", s(r#""2MiB""#)),
+        ("outbound.listen", s(r#""[::1]:8081""#)),
+        ("outbound.spool_dir", s(r#""/srv/spool""#)),
+        ("outbound.spool_max", s(r#""1GiB""#)),
+        ("outbound.max_body", s(r#""1MiB""#)),
+        ("outbound.retry_min", s(r#""2s""#)),
+        ("outbound.retry_max", s(r#""1h""#)),
+        ("outbound.delivery_timeout", s(r#""10s""#)),
+        ("outbound.relay[].name", s(r#""gl""#)),
+        (
+            "outbound.relay[].destination_url",
+            s(r#""http://10.77.0.1:8080/hooks""#),
+        ),
+        ("outbound.relay[].scm", s(r#""bitbucket""#)),
+        (
+            "outbound.relay[].secret",
+            format!("{{ file = {:?} }}", f.path("hook.secret")),
+        ),
+        ("outbound.relay[].events", s(r#"["push"]"#)),
+        ("outbound.relay[].touches", s(r#"["**/pom.xml"]"#)),
+        ("outbound.relay[].when[].pointer", s(r#""/ref""#)),
+        ("outbound.relay[].when[].header", s(r#""X-GitHub-Event""#)),
+        ("outbound.relay[].when[].equals", s(r#""closed""#)),
+        ("outbound.relay[].when[].one_of", s(r#"["a", "b"]"#)),
+        ("outbound.relay[].when[].prefix", s(r#""refs/""#)),
+        ("outbound.relay[].when[].contains", s(r#""x""#)),
+        ("outbound.relay[].when[].glob", s(r#"["**/pom.xml"]"#)),
     ]
+}
+
+/// Keys of which a table takes exactly one (a `when` has one selector and one condition): before
+/// one of them is set, the others of its group are taken out of [`BASE`].
+const EXCLUSIVE: &[&[&str]] = &[
+    &[
+        "allow[].body[].equals",
+        "allow[].body[].one_of",
+        "allow[].body[].prefix",
+        "allow[].body[].contains",
+        "allow[].body[].glob",
+    ],
+    &[
+        "outbound.relay[].when[].pointer",
+        "outbound.relay[].when[].header",
+    ],
+    &[
+        "outbound.relay[].when[].equals",
+        "outbound.relay[].when[].one_of",
+        "outbound.relay[].when[].prefix",
+        "outbound.relay[].when[].contains",
+        "outbound.relay[].when[].glob",
+    ],
+];
+
+/// [`set`], after taking the keys exclusive with `key` ([`EXCLUSIVE`]) out of `doc`.
+fn set_alone(doc: &mut Table, key: &str, v: Value) {
+    for group in EXCLUSIVE.iter().filter(|g| g.contains(&key)) {
+        for other in group.iter().filter(|o| **o != key) {
+            unset(doc, other);
+        }
+    }
+    set(doc, key, v);
 }
 
 /// `a.b[3].c` → `a.b[].c`: one name for a key of any element of an array.
@@ -330,7 +411,7 @@ fn every_key_round_trips_through_dump() {
     let mut failures = Vec::new();
     for (key, v) in &values {
         let mut doc = base_doc.clone();
-        set(&mut doc, key, value(v));
+        set_alone(&mut doc, key, value(v));
         let text = toml::to_string(&doc).expect("renders");
         match round_trip(&f, &text) {
             Ok(c) if c == defaults => failures.push(format!(
@@ -363,6 +444,7 @@ fn dump_never_shows_a_secret_however_it_is_given() {
         "wireguard.peers[].preshared_key",
         "allow[].set_request_headers",
         "scm[].token",
+        "outbound.relay[].secret",
     ];
     for (key, v) in non_default_values(&f) {
         if secrets.contains(&key) {
@@ -384,6 +466,8 @@ fn dump_never_shows_a_secret_however_it_is_given() {
         "glpat-token",
         "amlyYTpodW50ZXIy",
         "inline-secret",
+        "hook-secret",
+        "s3cret",
     ] {
         assert!(!shown.contains(secret), "{secret} in\n{shown}");
     }
@@ -419,12 +503,25 @@ fn readme_reference() -> Vec<(String, Documented)> {
             .collect()
     };
     let mut section = String::new();
+    let mut arrays: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for line in text[..end].lines() {
         let opening = line.trim_start_matches('#').trim_start();
         if let Some(header) = opening.strip_prefix('`').and_then(|h| h.split('`').next()) {
             if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
-                section = format!("{name}[]");
+                // `[[outbound.relay.when]]` after `[[outbound.relay]]`: `outbound.relay[].when[]`.
+                let mut path = String::new();
+                for part in name.split('.') {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(part);
+                    if arrays.contains(&path.replace("[]", "")) {
+                        path.push_str("[]");
+                    }
+                }
+                arrays.push(name.to_owned());
+                section = format!("{path}[]");
                 continue;
             }
             if let Some(name) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -513,7 +610,7 @@ fn readme_documents_every_key_with_the_default_the_code_has() {
         let mut doc = base_doc.clone();
         match d {
             Documented::Default(v) => {
-                set(&mut doc, key, readme_value(v));
+                set_alone(&mut doc, key, readme_value(v));
                 match f.load(&toml::to_string(&doc).expect("renders")) {
                     Ok(c) if c == defaults => {}
                     Ok(_) => wrong.push(format!("{key}: README says `{v}`, the code differs")),

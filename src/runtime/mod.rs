@@ -41,11 +41,13 @@
 //! | `placement.rs` | which executor runs on which CPU, combined or split |
 //! | `preflight.rs` | io_uring and memlock checks, UDP buffer caps |
 //! | `upstream.rs` | a shard's upstream connections: DNS, dialling, TLS, pools |
+//! | `outbound.rs` | the webhook relay: its listener executor, the deliveries on shard 0 |
 
 pub mod alloc;
 mod barrier;
 mod error;
 pub(crate) mod link;
+mod outbound;
 pub mod placement;
 pub mod preflight;
 mod prepare;
@@ -250,6 +252,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         proxy,
         udp_shortfalls,
         bind_warnings: _,
+        outbound_listener,
     } = prepared;
     log_host_notes(&udp_shortfalls);
     let status = Arc::new(Status::new(plan.shards.len()));
@@ -263,7 +266,17 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
     if heartbeat.is_some() {
         status.set_heartbeat_failing("no heartbeat has completed yet");
     }
-    let seeds = shard_seeds(c, stack_configs, &tls, &proxy, heartbeat);
+    let outbound = match &c.outbound {
+        Some(o) => Some(outbound::open(c, o, &tls)?),
+        None => None,
+    };
+    if let Some(o) = &outbound {
+        let _ = status.outbound.set(o.stats.clone());
+    }
+    let mut seeds = shard_seeds(c, stack_configs, &tls, &proxy, heartbeat);
+    if let Some(first) = seeds.first_mut() {
+        first.outbound = outbound.clone();
+    }
     let core = CoreSeed {
         table,
         udp,
@@ -285,6 +298,13 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         layout.combined(&mut barrier, plan.tunnel_cpu, seeds, core)?;
     } else {
         layout.split(&mut barrier, &plan, seeds, core)?;
+    }
+    if let (Some(shared), Some(listener)) = (outbound, outbound_listener) {
+        if let Ok(a) = listener.local_addr() {
+            status.outbound_port.store(a.port(), Ordering::Relaxed);
+            tracing::info!(event = "relay.listening", addr = %a, relays = shared.relays.relays.len());
+        }
+        layout.outbound(&mut barrier, listener, shared)?;
     }
     let joins = barrier.wait_running(START_TIMEOUT)?;
     Ok(BrokerHandle {
@@ -346,6 +366,7 @@ fn shard_seeds(
             buf_capacity: buf_capacity(c.wireguard.mtu),
             heartbeat: heartbeat.take(),
             runs_heartbeat: index == 0,
+            outbound: None,
         })
         .collect()
 }
@@ -482,6 +503,34 @@ async fn run_core(
     timers.await;
     true
 }
+
+impl Layout<'_> {
+    /// The webhook listener's executor (unpinned: it waits on the SCM and on `fsync`, and must
+    /// never take a CPU from the data plane).
+    fn outbound(
+        &self,
+        barrier: &mut Barrier,
+        listener: std::net::TcpListener,
+        shared: Arc<outbound::Shared>,
+    ) -> Result<(), StartError> {
+        let stop = self.stop.clone();
+        barrier.spawn(
+            OUTBOUND_EXECUTOR,
+            self.builder(None),
+            move |rep| async move {
+                let listener = match outbound::listener(listener) {
+                    Ok(l) => l,
+                    Err(e) => return rep.failed(ExecutorError::Os(e)),
+                };
+                rep.ready();
+                outbound::serve(listener, shared, stop).await;
+            },
+        )
+    }
+}
+
+/// The webhook listener's executor.
+const OUTBOUND_EXECUTOR: &str = "wgbroker-outbound";
 
 /// Packet buffer capacity: the MTU rounded up, plus WireGuard's overhead so a buffer can hold a
 /// datagram being decrypted in place.

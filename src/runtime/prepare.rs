@@ -58,7 +58,8 @@ impl Purpose {
 /// 4. the WireGuard peer table (duplicate keys, allowed IPs given to two peers, ...);
 /// 5. the upstream TLS roots (`[upstream] ca_files` read and parsed) and the proxy settings
 ///    (`[upstream] proxy` or `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment);
-/// 6. the UDP socket bound to `[wireguard] listen_port`.
+/// 6. the UDP socket bound to `[wireguard] listen_port`;
+/// 7. the webhook listener bound to `[outbound] listen`.
 ///
 /// (The admin listener is the application's: `service::prepare` binds it after this, with
 /// [`Purpose::bound`].)
@@ -98,6 +99,20 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         || format!("UDP socket {addr} ([wireguard] listen_port)"),
         &mut bind_warnings,
     )?;
+    let mut outbound_listener = None;
+    if let Some(o) = &c.outbound {
+        let bound = std::net::TcpListener::bind(o.listen);
+        let result = bound
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+        purpose.bound(
+            result,
+            || format!("outbound listener {} ([outbound] listen)", o.listen),
+            &mut bind_warnings,
+        )?;
+        outbound_listener = bound.ok();
+    }
     Ok(Prepared {
         plan,
         stacks,
@@ -109,6 +124,7 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         proxy,
         udp_shortfalls,
         bind_warnings,
+        outbound_listener,
     })
 }
 
@@ -129,6 +145,9 @@ pub struct Prepared {
     /// Addresses that cannot be bound now, in use or not assigned ([`Purpose::Check`] only):
     /// each a [`StartError::Bind`].
     pub bind_warnings: Vec<StartError>,
+    /// The `[outbound] listen` socket (kernel TCP), bound here so `check` refuses what `run`
+    /// would; none without `[outbound]` (or, for `check`, when it is in use).
+    pub(super) outbound_listener: Option<std::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Prepared {

@@ -135,6 +135,8 @@ pub(super) struct ShardSeed {
     /// Whether this shard runs the heartbeat loop (shard 0), configured or not: a reload may
     /// add one.
     pub runs_heartbeat: bool,
+    /// The webhook deliveries this shard runs (shard 0 only, with `[outbound]`).
+    pub outbound: Option<Arc<super::outbound::Shared>>,
 }
 
 impl ShardSeed {
@@ -174,6 +176,7 @@ pub(super) fn start(
 ) -> Result<glommio::Task<()>, ExecutorError> {
     let heartbeat = seed.heartbeat.take();
     let runs_heartbeat = seed.runs_heartbeat;
+    let outbound = seed.outbound.take();
     let shard = seed.build(to_tunnel, status.clone())?;
     *shard.heartbeat.borrow_mut() = heartbeat.map(Rc::new);
     let shard = Rc::new(shard);
@@ -181,6 +184,9 @@ pub(super) fn start(
     glommio::spawn_local(ingress_loop(shard.clone(), from_tunnel)).detach();
     if runs_heartbeat {
         glommio::spawn_local(heartbeat_loop(shard.clone(), stop.clone())).detach();
+    }
+    if let Some(o) = outbound {
+        super::outbound::spawn_deliveries(&shard, &o, stop);
     }
     Ok(glommio::spawn_local(driver_loop(shard, stop.clone())))
 }
@@ -375,7 +381,7 @@ async fn connection(shard: Rc<Shard>, id: ConnId) {
 }
 
 /// A tunnel TCP connection as an async byte stream.
-struct TunnelConn {
+pub(super) struct TunnelConn {
     shard: Rc<Shard>,
     id: ConnId,
     closed: bool,
@@ -583,10 +589,29 @@ async fn heartbeat_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
 }
 
 async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u16, String> {
+    let conn = tunnel_connect(shard, target.addr).await?;
+    match &target.tls {
+        None => heartbeat_exchange(conn, target).await,
+        Some((config, name)) => {
+            let tls = futures_rustls::TlsConnector::from(config.clone())
+                .connect(name.clone(), conn)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            heartbeat_exchange(tls, target).await
+        }
+    }
+}
+
+/// A TCP connection through the tunnel to `addr` (an address some peer routes), established;
+/// the heartbeat and the webhook relay's deliveries dial with it.
+pub(super) async fn tunnel_connect(
+    shard: &Rc<Shard>,
+    addr: std::net::SocketAddr,
+) -> Result<TunnelConn, String> {
     let id = shard
         .set
         .borrow_mut()
-        .connect(target.addr)
+        .connect(addr)
         .map_err(|e| format!("connect: {e}"))?;
     shard.kick();
     let conn = TunnelConn {
@@ -609,16 +634,7 @@ async fn heartbeat_once(shard: &Rc<Shard>, target: &HeartbeatTarget) -> Result<u
         }
     })
     .await?;
-    match &target.tls {
-        None => heartbeat_exchange(conn, target).await,
-        Some((config, name)) => {
-            let tls = futures_rustls::TlsConnector::from(config.clone())
-                .connect(name.clone(), conn)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            heartbeat_exchange(tls, target).await
-        }
-    }
+    Ok(conn)
 }
 
 /// Sends the heartbeat request on `conn` and returns the response's status code.

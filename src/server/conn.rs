@@ -249,6 +249,7 @@ where
             allowlist: &allowlist,
             scrubber: &scrubber,
             body_limit: cfg.body_log_limit,
+            max_checked_body: cfg.max_checked_body,
             timeouts: cfg.proxy,
             peer: self.peer,
             request_id: &self.id,
@@ -369,6 +370,7 @@ mod tests {
                 response: Duration::from_secs(10),
             },
             body_log_limit: 1024,
+            max_checked_body: 1 << 20,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub proxy: ProxyTimeouts,
     /// Cap on logged body bytes for rules with body logging (`[log] body_limit`).
     pub body_log_limit: usize,
+    /// Most body bytes read to check `[[allow.body]]` (`[inbound] max_checked_body`).
+    pub max_checked_body: usize,
 }
 
 impl ServerConfig {
@@ -76,6 +78,7 @@ impl ServerConfig {
                 response: c.upstream.response_timeout,
             },
             body_log_limit: c.log.body_limit,
+            max_checked_body: i.max_checked_body,
         }
     }
 

@@ -22,3 +22,4 @@ mod serve_port;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;
+pub mod webhooks;

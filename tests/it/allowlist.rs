@@ -24,6 +24,7 @@ fn rule(url: &str, methods: &[&str]) -> RuleSpec {
         path_files: Vec::new(),
         query: Vec::new(),
         headers: Vec::new(),
+        body: Vec::new(),
         origin: RuleOrigin::User { index: 0 },
     }
 }

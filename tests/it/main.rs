@@ -1,6 +1,7 @@
 //! The one integration-test binary: modules per area, one link step.
 
 mod allowlist;
+mod body;
 mod ci_setup;
 mod cli;
 mod config;
@@ -19,3 +20,4 @@ mod reload_all;
 mod slow;
 mod tunnel;
 mod upstream;
+mod webhooks;

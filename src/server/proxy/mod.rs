@@ -89,6 +89,8 @@ pub struct Context<'a> {
     pub scrubber: &'a Scrubber,
     /// Cap on logged body bytes.
     pub body_limit: usize,
+    /// Most body bytes read to check a rule's `[[allow.body]]` (413 above).
+    pub max_checked_body: usize,
     pub timeouts: ProxyTimeouts,
     /// The vendor's tunnel address, for `X-Forwarded-For`.
     pub peer: Option<IpAddr>,
@@ -126,6 +128,7 @@ where
         timer,
         upstreams,
         out,
+        checked_body: None,
     }
     .run()
     .await
@@ -152,6 +155,9 @@ struct Exchange<'x, 'v, C, T, U> {
     timer: &'x T,
     upstreams: &'x U,
     out: Outcome,
+    /// The request body, read whole before the upstream is contacted because the rule checks
+    /// it (`[[allow.body]]`); sent from here instead of streamed.
+    checked_body: Option<Vec<u8>>,
 }
 
 impl<C, T, U> Exchange<'_, '_, C, T, U>
@@ -194,6 +200,27 @@ where
             }
             Decision::Allowed { rule_id, rule } => (rule_id, rule),
         };
+        if rule.checks_body() {
+            let body = self.read_checked_body().await?;
+            if let Err(reason) = rule.check_body(&body) {
+                tracing::info!(
+                    event = "allowlist.reject",
+                    request_id = x.request_id,
+                    method,
+                    scheme = url.scheme.as_str(),
+                    host = %url.host,
+                    port = url.port,
+                    path = %url.path,
+                    rule = rule_id,
+                    reason = %reason,
+                );
+                return Err(ProxyError::new(
+                    ErrorKind::Denied,
+                    "request body is not allowed",
+                ));
+            }
+            self.checked_body = Some(body);
+        }
         self.out.rule = Some(rule_id);
         log_exchange!("proxy.request", x, method, url, rule = rule_id);
         if rule.spec.log.request_headers {
@@ -230,7 +257,7 @@ where
             self.out.response_sample = Some(Vec::new());
         }
         let mut pooled = self.upstreams.connect(&target).await?;
-        if self.request.head.expect_continue {
+        if self.request.head.expect_continue && self.checked_body.is_none() {
             // The allowlist said yes and an upstream is ready: let the vendor send the body.
             self.vendor
                 .conn

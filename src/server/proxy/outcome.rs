@@ -54,6 +54,9 @@ pub enum ErrorKind {
     MalformedBody,
     /// The vendor's request body ended before its declared end: 400, `body_incomplete`.
     BodyIncomplete,
+    /// A body a rule's `[[allow.body]]` must check is over `[inbound] max_checked_body`: 413,
+    /// `body_too_large`.
+    BodyTooLarge,
     /// The vendor's request body stalled longer than `[inbound] body_timeout`: 408,
     /// `timeout_request_body`.
     RequestBodyTimeout,
@@ -108,6 +111,7 @@ impl ErrorKind {
             | Self::MalformedDestination
             | Self::MalformedBody
             | Self::BodyIncomplete
+            | Self::BodyTooLarge
             | Self::RequestBodyTimeout
             | Self::VendorClosed => Side::Vendor,
             Self::Dns
@@ -130,6 +134,7 @@ impl ErrorKind {
         match self {
             Self::Denied => Some(403),
             Self::MalformedDestination | Self::MalformedBody | Self::BodyIncomplete => Some(400),
+            Self::BodyTooLarge => Some(413),
             Self::RequestBodyTimeout => Some(408),
             Self::VendorClosed => None,
             Self::Dns
@@ -154,6 +159,7 @@ impl ErrorKind {
             Self::MalformedDestination => "malformed",
             Self::MalformedBody => "body",
             Self::BodyIncomplete => "body_incomplete",
+            Self::BodyTooLarge => "body_too_large",
             Self::RequestBodyTimeout => "timeout_request_body",
             Self::VendorClosed => "vendor_closed",
             Self::Dns => "dns",
@@ -177,7 +183,10 @@ impl ErrorKind {
         match (self.side(), self) {
             (Side::Upstream, _) => Counted::UpstreamError,
             (Side::Vendor, Self::Denied) => Counted::Denied,
-            (Side::Vendor, Self::MalformedDestination | Self::MalformedBody) => Counted::Malformed,
+            (
+                Side::Vendor,
+                Self::MalformedDestination | Self::MalformedBody | Self::BodyTooLarge,
+            ) => Counted::Malformed,
             (Side::Vendor, _) => Counted::VendorAborted,
         }
     }

@@ -77,6 +77,22 @@ where
     ) -> Result<(), ProxyError> {
         let closed = || ProxyError::closed_before_answer("upstream closed the connection");
         up.write_all(head).await.map_err(|_| closed())?;
+        if let Some(body) = &self.checked_body {
+            // Read and checked already: sent whole, in the framing the head announces.
+            let framed = match self.request.head.body {
+                BodyFraming::Chunked if !body.is_empty() => {
+                    let mut f = format!("{:x}\r\n", body.len()).into_bytes();
+                    f.extend_from_slice(body);
+                    f.extend_from_slice(b"\r\n0\r\n\r\n");
+                    f
+                }
+                BodyFraming::Chunked => b"0\r\n\r\n".to_vec(),
+                _ => body.clone(),
+            };
+            up.write_all(&framed).await.map_err(|_| body_refused())?;
+            self.out.request_bytes += body.len() as u64;
+            return up.flush().await.map_err(|_| closed());
+        }
         match self.request.head.body {
             BodyFraming::None => {}
             BodyFraming::Length(n) => self.send_length(up, n).await?,
@@ -166,6 +182,72 @@ where
                 self.fill_body().await?;
             }
         }
+    }
+
+    /// Reads the whole request body (for `[[allow.body]]`), at most `max_checked_body` bytes:
+    /// a larger one is refused (413) before any of it is read past the cap. The connection is
+    /// left after the body.
+    pub(super) async fn read_checked_body(&mut self) -> Result<Vec<u8>, ProxyError> {
+        let max = self.ctx.max_checked_body;
+        let too_large = || {
+            ProxyError::new(
+                ErrorKind::BodyTooLarge,
+                format!("request body over the {max} bytes the broker checks"),
+            )
+        };
+        if self.request.head.expect_continue {
+            // The URL is allowed; the body decides: let the vendor send it.
+            self.vendor
+                .conn
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| ProxyError::vendor_closed())?;
+        }
+        let mut body = Vec::new();
+        match self.request.head.body {
+            BodyFraming::None => {}
+            BodyFraming::Length(n) => {
+                if n > max as u64 {
+                    return Err(too_large());
+                }
+                let mut left = n as usize;
+                while left > 0 {
+                    if self.vendor.buffered().is_empty() {
+                        self.fill_body().await?;
+                    }
+                    let data = self.vendor.buffered();
+                    let take = left.min(data.len());
+                    body.extend_from_slice(&data[..take]);
+                    self.vendor.consume(take);
+                    left -= take;
+                }
+            }
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    let step = decoder.decode(self.vendor.buffered()).map_err(|e| {
+                        ProxyError::new(
+                            ErrorKind::MalformedBody,
+                            format!("malformed chunked body: {e}"),
+                        )
+                    })?;
+                    body.extend_from_slice(&self.vendor.buffered()[step.data.clone()]);
+                    self.vendor.consume(step.consumed);
+                    if body.len() > max {
+                        return Err(too_large());
+                    }
+                    if step.done {
+                        break;
+                    }
+                    if step.consumed == 0 || self.vendor.buffered().is_empty() {
+                        self.fill_body().await?;
+                    }
+                }
+            }
+        }
+        self.out.sample_request(&body);
+        self.out.body_read = true;
+        Ok(body)
     }
 
     /// Reads more of the vendor's request body, or says why it cannot.

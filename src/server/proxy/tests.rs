@@ -61,6 +61,7 @@ pub(super) fn allowlist(set: &[(&str, &str)], remove: &[&str]) -> Allowlist {
         path_files: vec![],
         query: vec![],
         headers: vec![],
+        body: Vec::new(),
         origin: RuleOrigin::User { index: 0 },
     };
     Allowlist::compile(vec![spec]).expect("valid rule")
@@ -79,6 +80,7 @@ fn ctx() -> ServerCtx {
             response: Duration::from_secs(20),
         },
         body_log_limit: 0,
+        max_checked_body: 64,
     };
     ServerCtx::new(
         cfg,
@@ -733,4 +735,108 @@ fn a_token_pool_rotates_per_request_and_sets_a_401_token_aside_without_retrying(
     assert_eq!(s.stats.tokens_set_aside, 1);
     assert_eq!(pool.set_aside_count(std::time::Instant::now()), 1);
     assert!(!s.out.contains("tok-"), "no token reaches the vendor");
+}
+
+/// Like [`run`], with a rule whose POSTs must create only manifest files (`[[allow.body]]`,
+/// `max_checked_body` 64 bytes).
+fn run_checked(vendor: Steps, up: &FakeUpstreams) -> Seen {
+    let mut spec = allowlist(&[], &[]).rules()[0].spec.clone();
+    spec.body = vec![crate::allowlist::WhenSpec {
+        pointer: Some("/tree/*/path".into()),
+        glob: Some(vec!["**/package.json".into()]),
+        ..Default::default()
+    }];
+    let base = ctx();
+    let ctx = ServerCtx::new(
+        base.cfg,
+        Allowlist::compile(vec![spec]).expect("valid rule"),
+        scrub::Scrubber::default(),
+        RequestIds::new(1, 0),
+    );
+    let record = vendor.record();
+    let mut vendor = vendor;
+    future::block_on(serve(&mut vendor, &ctx, &Never, up, None));
+    let stats = ctx.stats.borrow().clone();
+    let r = record.borrow();
+    Seen {
+        out: String::from_utf8_lossy(&r.written).into_owned(),
+        closed: r.closed,
+        stats,
+        calls: up.calls(),
+    }
+}
+
+fn post_json(body: &str, extra: &str) -> String {
+    req(
+        "POST",
+        "/api/v3/repos/a/b/git/trees",
+        &format!("Content-Length: {}\r\n{extra}", body.len()),
+    ) + body
+}
+
+#[test]
+fn a_body_that_satisfies_every_constraint_is_forwarded_unchanged() {
+    let up = FakeUpstreams::default();
+    let got = up.fresh([Read::data(OK)]);
+    let body = r#"{"tree":[{"path":"web/package.json"}]}"#;
+    let s = run_checked(vendor(&post_json(body, "")), &up);
+    assert!(s.out.starts_with("HTTP/1.1 200 OK\r\n"), "{}", s.out);
+    let sent = String::from_utf8_lossy(&got.borrow().written).into_owned();
+    assert!(sent.ends_with(&format!("\r\n\r\n{body}")), "{sent}");
+    assert!(
+        sent.contains(&format!("Content-Length: {}\r\n", body.len())),
+        "{sent}"
+    );
+}
+
+#[test]
+fn a_body_that_breaks_a_constraint_is_denied_before_the_upstream_is_contacted() {
+    for body in [
+        r#"{"tree":[{"path":"web/package.json"},{"path":"evil.sh"}]}"#,
+        r#"{"tree":[]}"#,
+        "not json at all",
+    ] {
+        let up = FakeUpstreams::default();
+        let s = run_checked(vendor(&post_json(body, "")), &up);
+        assert!(
+            s.out.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{body}: {}",
+            s.out
+        );
+        assert!(s.out.contains("request body is not allowed"), "{}", s.out);
+        assert!(s.calls.is_empty(), "{body}: the upstream was contacted");
+        assert_eq!(s.stats.denied, 1);
+    }
+}
+
+#[test]
+fn a_checked_body_over_the_cap_is_413_and_a_chunked_one_is_read_whole() {
+    let up = FakeUpstreams::default();
+    let big = format!(r#"{{"tree":[{{"path":"{}"}}]}}"#, "a".repeat(80));
+    let s = run_checked(vendor(&post_json(&big, "")), &up);
+    assert!(s.out.starts_with("HTTP/1.1 413 "), "{}", s.out);
+    assert!(s.calls.is_empty());
+    assert!(s.closed);
+
+    let up = FakeUpstreams::default();
+    let got = up.fresh([Read::data(OK)]);
+    let body = r#"{"tree":[{"path":"package.json"}]}"#;
+    let (a, b) = body.split_at(9);
+    let chunked = req(
+        "POST",
+        "/api/v3/repos/a/b/git/trees",
+        "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
+    ) + &format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+    let s = run_checked(vendor(&chunked), &up);
+    assert!(
+        s.out
+            .starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{}",
+        s.out
+    );
+    let sent = String::from_utf8_lossy(&got.borrow().written).into_owned();
+    assert!(
+        sent.ends_with(&format!("\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len())),
+        "{sent}"
+    );
 }

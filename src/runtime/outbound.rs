@@ -1,0 +1,609 @@
+//! The webhook relay's I/O (`[outbound]`): the listener the SCM posts to, and the deliveries to
+//! the vendor. What to answer and what to send is decided in [`crate::relay`]; this file moves
+//! bytes.
+//!
+//! * The **listener** runs on an executor of its own, `wgbroker-outbound` (unpinned), over
+//!   kernel TCP: it reads a request (head limits from `[inbound]`, body up to `max_body`,
+//!   `Content-Length` or chunked), hands it to [`intake`] — which spools an accepted event with
+//!   blocking `fsync`s before the `202` — and answers. Blocking there stalls only webhooks, never
+//!   the data plane.
+//! * The **deliveries** run on shard 0, next to the heartbeat, one task per relay: they need the
+//!   shard's tunnel stacks (a destination whose IP address is inside a peer's `allowed_ips` is
+//!   dialled through the tunnel, as the heartbeat is) and its upstream client (any other
+//!   destination: direct, honouring `[upstream]`'s proxy and CA settings). Each task delivers
+//!   its relay's spool in order, one event at a time, backing off per [`Backoff`]. A task with
+//!   nothing to do looks at the spool every [`IDLE_POLL`] (glommio wakers are not woken across
+//!   executors here; a few atomic loads 200 times a second cost nothing measurable).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+use ipnet::IpNet;
+
+use super::error::StartError;
+use super::shard::{Shard, tunnel_connect};
+use crate::config::{Config, Outbound};
+use crate::http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, parse_head};
+use crate::relay::deliver::{Response, parse_response, request_head};
+use crate::relay::intake::{Answer, Stats, intake};
+use crate::relay::schedule::{Backoff, Outcome};
+use crate::relay::spool::{Event, Spool};
+use crate::relay::{Relay, Relays, Webhook};
+use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
+use crate::upstream::{Target, Upstreams};
+
+/// How often an idle delivery task looks at its spool queue.
+pub const IDLE_POLL: Duration = Duration::from_millis(5);
+
+/// Most webhook connections open at once; one more is answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// What the listener holds in memory: open connections, and body bytes being read (at most
+/// `spool_max`: a body the spool could not take anyway is not worth reading). Over either, the
+/// SCM is answered 503 with `Retry-After` — it retries — instead of the broker growing.
+#[derive(Debug)]
+struct Budget {
+    connections: std::cell::Cell<usize>,
+    bytes: std::cell::Cell<usize>,
+    max_bytes: usize,
+}
+
+impl Budget {
+    /// Reserves `n` body bytes; `None` when they do not fit.
+    fn take(self: &Rc<Self>, n: usize) -> Option<Reserved> {
+        let used = self.bytes.get();
+        if used.saturating_add(n) > self.max_bytes {
+            return None;
+        }
+        self.bytes.set(used + n);
+        Some(Reserved {
+            budget: self.clone(),
+            n,
+        })
+    }
+}
+
+/// Body bytes reserved in a [`Budget`], given back on drop.
+struct Reserved {
+    budget: Rc<Budget>,
+    n: usize,
+}
+
+impl Reserved {
+    /// Grows the reservation to `total` bytes (a chunked body); false when it does not fit.
+    fn grow(&mut self, total: usize) -> bool {
+        if total <= self.n {
+            return true;
+        }
+        let used = self.budget.bytes.get();
+        let more = total - self.n;
+        if used.saturating_add(more) > self.budget.max_bytes {
+            return false;
+        }
+        self.budget.bytes.set(used + more);
+        self.n = total;
+        true
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.bytes.set(self.budget.bytes.get() - self.n);
+    }
+}
+
+/// What the listener and the delivery tasks share (across executors).
+#[derive(Debug)]
+pub struct Shared {
+    pub relays: Relays,
+    pub spool: Spool,
+    pub stats: Arc<Stats>,
+    cfg: Outbound,
+    limits: Limits,
+    head_timeout: Duration,
+    body_timeout: Duration,
+    /// Every peer's `allowed_ips`: a destination address inside goes through the tunnel.
+    tunnel_nets: Vec<IpNet>,
+    /// For `https://` destinations reached through the tunnel (direct ones use the upstream
+    /// client, which has the same configuration).
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Unix time in milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Compiles the relays and opens (recovering) the spool; logs what the spool held.
+pub(super) fn open(
+    c: &Config,
+    o: &Outbound,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Arc<Shared>, StartError> {
+    let relays = Relays::compile(o).map_err(|e| StartError::Upstream(e.join("; ")))?;
+    let spool_max = u64::try_from(o.spool_max).unwrap_or(u64::MAX);
+    let (spool, recovery) =
+        Spool::open(&o.spool_dir, spool_max).map_err(|source| StartError::Os {
+            what: format!("outbound spool {}", o.spool_dir.display()),
+            source,
+        })?;
+    for (relay, n) in &recovery.pending {
+        let known = relays.relays.iter().any(|r| r.name == *relay);
+        if known {
+            tracing::info!(event = "relay.recovered", relay = %relay, events = n);
+        } else {
+            tracing::warn!(
+                event = "relay.orphaned",
+                relay = %relay,
+                events = n,
+                "the spool holds events of a relay that is no longer configured; they are kept, not delivered"
+            );
+        }
+    }
+    if recovery.torn > 0 {
+        tracing::info!(event = "relay.torn_removed", files = recovery.torn);
+    }
+    for path in &recovery.corrupt {
+        tracing::error!(event = "relay.corrupt", path = %path.display(), "a spooled event does not parse; set aside");
+    }
+    let stats = Arc::new(Stats::new(&relays));
+    stats.observe(&spool);
+    Ok(Arc::new(Shared {
+        relays,
+        spool,
+        stats,
+        cfg: o.clone(),
+        limits: Limits {
+            max_head_bytes: c.inbound.max_head_bytes,
+            max_headers: c.inbound.max_headers,
+        },
+        head_timeout: c.inbound.head_timeout,
+        body_timeout: c.inbound.body_timeout,
+        tunnel_nets: c
+            .wireguard
+            .peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .collect(),
+        tls: tls.clone(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The listener.
+
+/// The listening socket [`super::prepare`] bound, handed to glommio on this executor.
+#[allow(unsafe_code)]
+pub(super) fn listener(l: std::net::TcpListener) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = l.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket whose ownership `into_raw_fd` just gave up;
+    // the glommio listener becomes its only owner (and closes it).
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
+}
+
+/// Accepts webhook connections until `stop`.
+pub(super) async fn serve(
+    listener: glommio::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) {
+    let budget = Rc::new(Budget {
+        connections: std::cell::Cell::new(0),
+        bytes: std::cell::Cell::new(0),
+        max_bytes: shared.cfg.spool_max,
+    });
+    loop {
+        let Some(accepted) = super::barrier::until_stopped(listener.accept(), &stop).await else {
+            return;
+        };
+        match accepted {
+            Ok(mut stream) => {
+                if budget.connections.get() >= MAX_CONNECTIONS {
+                    let _ = write_answer(&mut stream, &busy(), false).await;
+                    continue;
+                }
+                budget.connections.set(budget.connections.get() + 1);
+                let (shared, budget) = (shared.clone(), budget.clone());
+                glommio::spawn_local(async move {
+                    connection(stream, &shared, &budget).await;
+                    budget.connections.set(budget.connections.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(event = "relay.accept_failed", error = %e);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// `503` with `Retry-After`: the listener is at its connection or memory budget.
+fn busy() -> Answer {
+    Answer {
+        status: 503,
+        retry_after: Some(crate::relay::intake::RETRY_AFTER.as_secs()),
+        body: r#"{"error":"busy: too many webhooks in flight"}"#.to_owned(),
+    }
+}
+
+/// Why a connection ends without a normal answer.
+enum Abort {
+    /// Answer 503 + `Retry-After` and close.
+    Busy,
+    /// Answer this status and close.
+    Answer(u16, &'static str),
+    /// Close silently (peer gone, timed out mid-request).
+    Close,
+}
+
+/// Serves requests on one connection (keep-alive) until it closes or fails.
+async fn connection(mut stream: glommio::net::TcpStream, shared: &Shared, budget: &Rc<Budget>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        match one_request(&mut stream, &mut buf, shared, budget).await {
+            Ok((answer, keep_alive)) => {
+                if write_answer(&mut stream, &answer, keep_alive)
+                    .await
+                    .is_err()
+                    || !keep_alive
+                {
+                    return;
+                }
+            }
+            Err(Abort::Answer(status, reason)) => {
+                let answer = Answer {
+                    status,
+                    retry_after: None,
+                    body: serde_json::json!({ "error": reason }).to_string(),
+                };
+                let _ = write_answer(&mut stream, &answer, false).await;
+                return;
+            }
+            Err(Abort::Busy) => {
+                let _ = write_answer(&mut stream, &busy(), false).await;
+                return;
+            }
+            Err(Abort::Close) => return,
+        }
+    }
+}
+
+/// Reads more bytes into `buf` within `timeout`; `Abort::Close` at EOF, error or timeout.
+async fn fill(
+    stream: &mut glommio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), Abort> {
+    let mut chunk = [0u8; 16 << 10];
+    let n = future::or(async { stream.read(&mut chunk).await.ok() }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    match n {
+        Some(n) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        _ => Err(Abort::Close),
+    }
+}
+
+/// Reads one request from `buf`/`stream`, decides it; leaves the bytes after it in `buf`.
+async fn one_request(
+    stream: &mut glommio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    shared: &Shared,
+    budget: &Rc<Budget>,
+) -> Result<(Answer, bool), Abort> {
+    let mut head = RequestHead::default();
+    let head_deadline = Instant::now() + shared.head_timeout;
+    loop {
+        match parse_head(buf, &shared.limits, &mut head) {
+            Ok(Some(_)) => break,
+            Ok(None) => {
+                let left = head_deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Abort::Close);
+                }
+                fill(stream, buf, left).await?;
+            }
+            Err(e) => return Err(Abort::Answer(e.status(), "malformed request head")),
+        }
+    }
+    let max = shared.cfg.max_body;
+    let start = head.head_len;
+    // Held until the event is spooled (or refused): the body is in memory until then.
+    let mut reservation: Option<Reserved> = None;
+    // The body, and where the next request starts in `buf`.
+    let (body, consumed): (Vec<u8>, usize) = match head.body {
+        BodyFraming::None => (Vec::new(), start),
+        BodyFraming::Length(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > max {
+                return Err(Abort::Answer(413, "body over max_body"));
+            }
+            reservation = Some(budget.take(n).ok_or(Abort::Busy)?);
+            continue_if_asked(stream, &head).await?;
+            let end = start + n;
+            while buf.len() < end {
+                fill(stream, buf, shared.body_timeout).await?;
+            }
+            (buf[start..end].to_vec(), end)
+        }
+        BodyFraming::Chunked => {
+            let mut reserved = budget.take(0).ok_or(Abort::Busy)?;
+            continue_if_asked(stream, &head).await?;
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            let mut at = start;
+            loop {
+                if at == buf.len() {
+                    fill(stream, buf, shared.body_timeout).await?;
+                }
+                let step = decoder
+                    .decode(&buf[at..])
+                    .map_err(|_| Abort::Answer(400, "malformed chunked body"))?;
+                body.extend_from_slice(&buf[at..][step.data.clone()]);
+                at += step.consumed;
+                if body.len() > max {
+                    return Err(Abort::Answer(413, "body over max_body"));
+                }
+                if !reserved.grow(body.len()) {
+                    return Err(Abort::Busy);
+                }
+                if step.done {
+                    break;
+                }
+                if step.consumed == 0 {
+                    fill(stream, buf, shared.body_timeout).await?;
+                }
+            }
+            reservation = Some(reserved);
+            (body, at)
+        }
+    };
+    let answer = {
+        let headers: Vec<(&str, &[u8])> = head.headers(buf).collect();
+        let w = Webhook {
+            method: head.method_str(buf),
+            path: head.target(buf),
+            headers: &headers,
+            body: &body,
+        };
+        intake(&shared.relays, &shared.spool, &shared.stats, &w, now_ms())
+    };
+    buf.drain(..consumed);
+    drop(reservation);
+    Ok((answer, head.keep_alive))
+}
+
+async fn continue_if_asked(
+    stream: &mut glommio::net::TcpStream,
+    head: &RequestHead,
+) -> Result<(), Abort> {
+    if head.expect_continue {
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| Abort::Close)?;
+    }
+    Ok(())
+}
+
+async fn write_answer(
+    stream: &mut glommio::net::TcpStream,
+    a: &Answer,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        a.status,
+        crate::http::reason_phrase(a.status),
+        a.body.len()
+    );
+    if let Some(s) = a.retry_after {
+        out.push_str(&format!("Retry-After: {s}\r\n"));
+    }
+    if !keep_alive {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&a.body);
+    stream.write_all(out.as_bytes()).await?;
+    stream.flush().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The deliveries.
+
+/// Spawns one delivery task per relay on this shard.
+pub(super) fn spawn_deliveries(shard: &Rc<Shard>, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+    for index in 0..shared.relays.relays.len() {
+        glommio::spawn_local(deliver_loop(
+            shard.clone(),
+            shared.clone(),
+            index,
+            stop.clone(),
+        ))
+        .detach();
+    }
+}
+
+/// Delivers relay `index`'s spool, in order, until `stop`.
+async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop: Arc<AtomicBool>) {
+    let Some(relay) = shared.relays.relays.get(index) else {
+        return;
+    };
+    let counters = &shared.stats.relays[index];
+    let mut backoff = Backoff::new(shared.cfg.retry_min, shared.cfg.retry_max);
+    let mut throttle = LogThrottle::new(REPEAT_INTERVAL);
+    let through_tunnel = relay
+        .destination
+        .ip()
+        .is_some_and(|ip| shared.tunnel_nets.iter().any(|n| n.contains(&ip)));
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let head = if backoff.ready(now) {
+            shared.spool.head(&relay.name)
+        } else {
+            None
+        };
+        let Some(entry) = head else {
+            let wait = backoff
+                .next_attempt()
+                .map_or(IDLE_POLL, |t| t.saturating_duration_since(now))
+                .clamp(Duration::from_millis(1), Duration::from_millis(100));
+            glommio::timer::sleep(wait).await;
+            continue;
+        };
+        let ev = match shared.spool.load(&relay.name, entry) {
+            Ok(ev) => ev,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed from under the broker (an operator): nothing left to deliver.
+                tracing::warn!(event = "relay.spool_file_gone", relay = %relay.name, seq = entry.seq);
+                let _ = shared.spool.remove(&relay.name, entry);
+                shared.stats.observe(&shared.spool);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(event = "relay.spool_read_failed", relay = %relay.name, error = %e);
+                shared.stats.observe(&shared.spool);
+                backoff.failed(Instant::now(), None);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let result = future::or(
+            attempt(&shard, &shared, relay, &ev, through_tunnel),
+            async {
+                glommio::timer::sleep(shared.cfg.delivery_timeout).await;
+                Err("timed out".to_owned())
+            },
+        )
+        .await;
+        let outcome = match &result {
+            Ok(r) => Outcome::of_status(r.status),
+            Err(_) => Outcome::Unavailable,
+        };
+        if outcome == Outcome::Delivered {
+            if let Err(e) = shared.spool.remove(&relay.name, entry) {
+                // Delivered but still on disk: it will be delivered again after a restart
+                // (at-least-once); say so.
+                tracing::error!(event = "relay.spool_remove_failed", relay = %relay.name, error = %e);
+            }
+            shared.stats.observe(&shared.spool);
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            let failures = backoff.failures();
+            backoff.succeeded();
+            throttle.reset();
+            tracing::info!(
+                event = "relay.delivered",
+                relay = %relay.name,
+                delivery = ev.delivery.as_deref().unwrap_or(""),
+                status = result.as_ref().map_or(0, |r| r.status),
+                attempt_ms = started.elapsed().as_millis() as u64,
+                waited_ms = now_ms().saturating_sub(ev.received_ms),
+                failures_before = failures,
+            );
+            continue;
+        }
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
+        let delay = backoff.failed(Instant::now(), retry_after);
+        let reason = match &result {
+            Ok(r) => format!("status {}", r.status),
+            Err(e) => e.clone(),
+        };
+        if let Some(suppressed) = throttle.admit(Instant::now()) {
+            tracing::warn!(
+                event = "relay.delivery_failed",
+                relay = %relay.name,
+                delivery = ev.delivery.as_deref().unwrap_or(""),
+                reason = %reason,
+                refused = outcome == Outcome::Refused,
+                failures = backoff.failures(),
+                retry_in_ms = delay.as_millis() as u64,
+                suppressed,
+            );
+        }
+    }
+}
+
+/// One attempt: dial, send, read the response head.
+async fn attempt(
+    shard: &Rc<Shard>,
+    shared: &Shared,
+    relay: &Relay,
+    ev: &Event,
+    through_tunnel: bool,
+) -> Result<Response, String> {
+    let d = &relay.destination;
+    let head = request_head(d, &relay.name, ev);
+    if through_tunnel {
+        let ip = d.ip().ok_or("not an IP address")?;
+        let conn = tunnel_connect(shard, SocketAddr::new(ip, d.port)).await?;
+        if d.tls {
+            let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+            let tls = futures_rustls::TlsConnector::from(shared.tls.clone())
+                .connect(name, conn)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(tls, &head, &ev.body).await
+        } else {
+            exchange(conn, &head, &ev.body).await
+        }
+    } else {
+        let host = if d.host.contains(':') {
+            format!("[{}]", d.host)
+        } else {
+            d.host.clone()
+        };
+        let target = Target::new(d.tls, host, d.port);
+        let pooled = shard
+            .upstreams
+            .connect_new(&target)
+            .await
+            .map_err(|e| e.to_string())?;
+        exchange(pooled.conn, &head, &ev.body).await
+    }
+}
+
+/// Sends `head` and `body` on `conn`; reads the response head.
+async fn exchange<S>(mut conn: S, head: &[u8], body: &[u8]) -> Result<Response, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.write_all(head)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    conn.write_all(body)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    conn.flush().await.map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before a response".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(r) = parse_response(&buf)? {
+            let _ = conn.close().await;
+            return Ok(r);
+        }
+    }
+}
