@@ -446,20 +446,10 @@ fn explain(
         }
     };
     print_warnings(&loaded.warnings);
-    let mut pairs = Vec::with_capacity(raw_headers.len());
-    for (i, h) in raw_headers.iter().enumerate() {
-        match h.split_once(':') {
-            Some((n, v)) => pairs.push((n.trim().to_owned(), v.trim().to_owned())),
-            None => {
-                // Not echoed: a header argument is as likely as not to carry a credential.
-                errln!(
-                    "wgbroker: -H argument {} is not `Name: value` (no colon)",
-                    i + 1
-                );
-                return EXIT_USAGE;
-            }
-        }
-    }
+    let pairs = match header_args(raw_headers) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let headers: Vec<httparse::Header<'_>> = pairs
         .iter()
         .map(|(n, v)| httparse::Header {
@@ -535,6 +525,24 @@ fn explain(
     if allowed { 0 } else { 1 }
 }
 
+/// The `-H 'Name: value'` arguments of `explain` and `explain-webhook` as trimmed (name, value)
+/// pairs; `Err` is the usage exit status, after saying which argument has no colon.
+fn header_args(raw: &[String]) -> Result<Vec<(String, String)>, u8> {
+    let mut pairs = Vec::with_capacity(raw.len());
+    for (i, h) in raw.iter().enumerate() {
+        let Some((n, v)) = h.split_once(':') else {
+            // Not echoed: a header argument is as likely as not to carry a credential.
+            errln!(
+                "wgbroker: -H argument {} is not `Name: value` (no colon)",
+                i + 1
+            );
+            return Err(EXIT_USAGE);
+        };
+        pairs.push((n.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(pairs)
+}
+
 /// `wgbroker explain-webhook`: see [`crate::relay::explain`].
 fn explain_webhook(files: &[PathBuf], relay: Option<&str>, raw: &[String], file: &PathBuf) -> u8 {
     let loaded = match config::load(files, LoadMode::Policy, &ProcessEnv) {
@@ -556,17 +564,10 @@ fn explain_webhook(files: &[PathBuf], relay: Option<&str>, raw: &[String], file:
             return EXIT_CONFIG;
         }
     };
-    let mut headers = Vec::new();
-    for (i, h) in raw.iter().enumerate() {
-        let Some((n, v)) = h.split_once(':') else {
-            errln!(
-                "wgbroker: -H argument {} is not `Name: value` (no colon)",
-                i + 1
-            );
-            return EXIT_USAGE;
-        };
-        headers.push((n.trim().to_owned(), v.trim().as_bytes().to_vec()));
-    }
+    let headers: Vec<(String, Vec<u8>)> = match header_args(raw) {
+        Ok(p) => p.into_iter().map(|(n, v)| (n, v.into_bytes())).collect(),
+        Err(code) => return code,
+    };
     let payload = match std::fs::read(file) {
         Ok(p) => p,
         Err(e) => {

@@ -12,7 +12,8 @@
 //!
 //! # The schema, once
 //!
-//! * **Keys and checks**: the readers in `sections.rs`, one function per section. They are written
+//! * **Keys and checks**: the readers in `sections.rs`, one function per section (`[[allow]]` and
+//!   `[[scm]]` in `rules.rs`, `[outbound]` in `outbound.rs`). They are written
 //!   by hand rather than derived with serde's `Deserialize` because serde stops at the first
 //!   error, and an operator fixing a file wants every problem at once, each with its file and key
 //!   path (and no secret in it); see [`reader`].
@@ -32,6 +33,7 @@ pub mod overlay;
 pub mod proxy_url;
 pub mod reader;
 pub mod reload;
+mod rules;
 pub mod secret_source;
 mod sections;
 pub mod semgrep;
@@ -585,7 +587,7 @@ pub fn load_str(
             message: "no configuration file given (use -c FILE)".into(),
         }]));
     }
-    // TOML and Semgrep YAML layers alike (config/semgrep.rs); errors in a YAML file name the
+    // TOML and Semgrep YAML layers alike (config/semgrep/); errors in a YAML file name the
     // YAML key they came from.
     let (overlay, translations) = semgrep::overlay(layers, env).map_err(ConfigErrors)?;
     match sections::validate(&overlay, mode, env) {

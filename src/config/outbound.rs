@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::reader::{Ctx, Section};
+use super::rules::valid_header_name;
 use super::secret_source::SecretEnv;
-use super::sections::{Bytes, positive, secret, valid_header_name};
+use super::sections::{Bytes, positive, secret};
 pub use crate::relay::spec::{Outbound, RelaySpec, WebhookScm, WhenSpec};
 
 /// Reads `[outbound]`.

@@ -63,29 +63,7 @@ impl Row {
 pub fn run(mut loaded: Loaded, env: &dyn Fn(&str) -> Option<String>) -> Vec<Row> {
     let mut rows = Vec::new();
     let peers = loaded.config.wireguard.peers.clone();
-    for p in &peers {
-        let host = &p.endpoint.host;
-        let check = format!("gateway name {host} resolves");
-        if host.parse::<std::net::IpAddr>().is_ok() {
-            rows.push(Row::pass(check, "an address, nothing to resolve"));
-            continue;
-        }
-        match (host.as_str(), p.endpoint.port).to_socket_addrs() {
-            Ok(mut a) => match a.next() {
-                Some(a) => rows.push(Row::pass(check, format!("{}", a.ip()))),
-                None => rows.push(Row::fail(
-                    check,
-                    "no address",
-                    "check the endpoint name with the vendor and this host's DNS",
-                )),
-            },
-            Err(e) => rows.push(Row::fail(
-                check,
-                e.to_string(),
-                "check the endpoint name with the vendor and this host's DNS (/etc/resolv.conf)",
-            )),
-        }
-    }
+    rows.extend(peers.iter().map(|p| resolves(&p.endpoint)));
 
     // The tunnel: the broker itself, without its admin listener (one may already run here).
     loaded.config.admin.enabled = false;
@@ -164,6 +142,30 @@ pub fn run(mut loaded: Loaded, env: &dyn Fn(&str) -> Option<String>) -> Vec<Row>
 
     rows.extend(scm_rows(&loaded.config, env));
     rows
+}
+
+/// Whether a peer's endpoint name resolves (an address needs no resolving).
+fn resolves(endpoint: &crate::config::Endpoint) -> Row {
+    let host = &endpoint.host;
+    let check = format!("gateway name {host} resolves");
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Row::pass(check, "an address, nothing to resolve");
+    }
+    match (host.as_str(), endpoint.port).to_socket_addrs() {
+        Ok(mut a) => match a.next() {
+            Some(a) => Row::pass(check, format!("{}", a.ip())),
+            None => Row::fail(
+                check,
+                "no address",
+                "check the endpoint name with the vendor and this host's DNS",
+            ),
+        },
+        Err(e) => Row::fail(
+            check,
+            e.to_string(),
+            "check the endpoint name with the vendor and this host's DNS (/etc/resolv.conf)",
+        ),
+    }
 }
 
 /// One authenticated GET per SCM, from this host, with the upstream TLS settings and proxy.
