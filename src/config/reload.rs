@@ -114,6 +114,20 @@ mod tests {
     }
 
     #[test]
+    fn the_tunnel_tcp_and_the_webhook_relay_need_a_restart() {
+        // Both sections came from branches merged together (issues 19 and 14): each is named.
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(
+            &format!(
+                "{RULE}[netstack]\ncongestion = \"newreno\"\n[outbound]\nlisten = \"127.0.0.1:8080\"\n"
+            ),
+            KEY_A,
+            KEY_B,
+        );
+        assert_eq!(needs_restart(&old, &new), ["netstack", "outbound"]);
+    }
+
+    #[test]
     fn upstream_tls_proxy_and_log_level_apply_without_a_restart() {
         let old = config(RULE, KEY_A, KEY_B);
         let new = config(

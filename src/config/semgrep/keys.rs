@@ -491,9 +491,15 @@ impl Tx<'_> {
         if let Some((p, v)) = m.get("relay") {
             match v {
                 Yaml::Hash(h) if h.is_empty() => {}
+                // Ours verifies, filters by JSON Pointer conditions that must all hold, spools
+                // and answers 202; Semgrep's matches one JSONPath against any `equals` or
+                // `contains` value and forwards synchronously: not the same relay, so the
+                // operator writes ours rather than getting a silently different one.
                 _ => self.error(
                     &p,
-                    "webhook relays are not available in this version of wgbroker",
+                    "Semgrep's webhook relays are not translated (a JSONPath whose `equals` or \
+                     `contains` value matches, answered synchronously); write them as \
+                     [[outbound.relay]] in a TOML file (README: [outbound])",
                 ),
             }
         }

@@ -211,7 +211,11 @@ fn the_relay_example_is_refused_at_its_key() {
     let e = errors(&[example("relay.yaml")]);
     assert_eq!(
         e,
-        ["outbound.relay: webhook relays are not available in this version of wgbroker"]
+        [
+            "outbound.relay: Semgrep's webhook relays are not translated (a JSONPath whose \
+          `equals` or `contains` value matches, answered synchronously); write them as \
+          [[outbound.relay]] in a TOML file (README: [outbound])"
+        ]
     );
 }
 
