@@ -11,7 +11,7 @@ use wgbroker::keys::PrivateKey;
 use wgbroker::testkit::toml::{PeerToml, WireguardToml};
 use wgbroker::testkit::webhooks::{MockVendor, Mode, github_headers, post};
 
-use crate::harness::{Tunnel, metric, poll_until};
+use crate::harness::{Tunnel, metric, poll_for, poll_until};
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -251,7 +251,7 @@ fn run_broker(dir: &std::path::Path, destination: &str, port: u16) -> Child {
         .arg(&file)
         .env("RUST_LOG", "wgbroker=warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("broker.log")).expect("create broker.log"))
         .spawn()
         .expect("spawn wgbroker run")
 }
@@ -285,10 +285,23 @@ fn a_broker_killed_with_events_in_its_spool_delivers_them_after_a_restart() {
     assert!(vendor.received().is_empty());
     vendor.set_mode(Mode::Up);
     let mut child = run_broker(dir.path(), &vendor.url("/hooks"), port);
-    poll_until(
+    // A broker that exits instead (it could not start on a loaded machine, or its port was
+    // taken meanwhile) says why, rather than the wait timing out with nothing to go on.
+    poll_for(
         Duration::from_secs(20),
         "the spooled events delivered",
-        || vendor.received().len() >= 4,
+        || {
+            let log = || std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("the restarted broker exited ({exit}): {}", log());
+            }
+            let got = vendor.received().len();
+            if got >= 4 {
+                Ok(())
+            } else {
+                Err(format!("{got} of 4 delivered; broker log: {}", log()))
+            }
+        },
     );
     let _ = child.kill();
     let _ = child.wait();
