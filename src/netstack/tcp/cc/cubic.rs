@@ -35,6 +35,8 @@ pub struct Cubic {
     last_ack: Option<Instant>,
     /// Slow-start exit before the queue overflows.
     hystart: HyStart,
+    /// The ACK train of this round: when its first ACK came, and its latest one.
+    train: Option<(Instant, Instant)>,
 }
 
 impl Cubic {
@@ -53,7 +55,36 @@ impl Cubic {
             w_est: cwnd,
             last_ack: None,
             hystart: HyStart::default(),
+            train: None,
         }
+    }
+
+    /// ACK-train detection (Linux CUBIC's HyStart, which HyStart++'s delay rule lacks): in slow
+    /// start the ACKs of one round arrive back to back, spaced by the bottleneck's
+    /// serialisation time; once such a train lasts longer than half the minimum RTT the window
+    /// fills the path, and doubling it again only fills queues. On a LAN (a round trip of
+    /// 0.1 ms) the delay rule never fires — its threshold is at least 4 ms — and slow start
+    /// ran until a queue overflowed by megabytes: hundreds of segments lost at once, and
+    /// retransmission timeouts. Returns whether slow start should end here.
+    fn ack_train_full(&mut self, now: Instant, ack: &Ack) -> bool {
+        const SPACING: Duration = Duration::from_millis(2);
+        const LOW_WINDOW: f64 = 16.0;
+        let Some(min_rtt) = ack.min_rtt.or(ack.rtt) else {
+            return false;
+        };
+        if ack.round_start || self.train.is_none() {
+            self.train = Some((now, now));
+            return false;
+        }
+        let Some((start, last)) = self.train else {
+            return false;
+        };
+        if now.saturating_duration_since(last) > SPACING {
+            // The train broke: the rest of this round is not back to back.
+            return false;
+        }
+        self.train = Some((start, now));
+        self.cwnd >= LOW_WINDOW * self.mss && now.saturating_duration_since(start) > min_rtt / 2
     }
 
     /// The cubic window (bytes) `t` seconds into the epoch.
@@ -74,6 +105,7 @@ impl Cubic {
         self.ssthresh = (self.cwnd * BETA).max(floor) as u64;
         self.epoch = None;
         self.hystart.reset();
+        self.train = None;
     }
 
     fn congestion_avoidance(&mut self, now: Instant, acked: f64, rtt: Duration) {
@@ -112,11 +144,14 @@ impl Controller for Cubic {
     fn on_ack(&mut self, now: Instant, ack: &Ack) {
         let last = self.last_ack.replace(now);
         let in_slow_start = (self.cwnd as u64) < self.ssthresh;
-        let phase = if in_slow_start {
+        let mut phase = if in_slow_start {
             self.hystart.on_ack(ack)
         } else {
             Phase::SlowStart
         };
+        if in_slow_start && ack.cwnd_limited && self.ack_train_full(now, ack) {
+            phase = Phase::Exit;
+        }
         if phase == Phase::Exit {
             self.ssthresh = self.cwnd as u64;
         }
@@ -211,6 +246,45 @@ mod tests {
             "probes past W_max: {}",
             at[&20_000]
         );
+    }
+
+    #[test]
+    fn a_long_ack_train_ends_slow_start_on_a_short_path() {
+        // 1 ms round trip; a round's ACKs 50 µs apart: after 0.5 ms of back-to-back ACKs the
+        // window fills the path.
+        let t0 = Instant::now();
+        let mss = 1000;
+        let mut c = Cubic::new(mss, 20_000);
+        let mut a = ack(1000, true);
+        a.min_rtt = Some(Duration::from_millis(1));
+        a.round_start = true;
+        c.on_ack(t0, &a);
+        a.round_start = false;
+        let mut now = t0;
+        let mut exited_at = None;
+        for i in 1..=40u32 {
+            now += Duration::from_micros(50);
+            c.on_ack(now, &a);
+            if exited_at.is_none() && c.ssthresh() != u64::MAX {
+                exited_at = Some(i);
+            }
+        }
+        assert_eq!(
+            exited_at,
+            Some(11),
+            "the train passes 0.5 ms at its 11th ACK"
+        );
+        // ACKs spread over the round (a path that is not full) do not end slow start.
+        let mut c = Cubic::new(mss, 20_000);
+        a.round_start = true;
+        c.on_ack(t0, &a);
+        a.round_start = false;
+        let mut now = t0;
+        for _ in 0..40 {
+            now += Duration::from_millis(3);
+            c.on_ack(now, &a);
+        }
+        assert_eq!(c.ssthresh(), u64::MAX);
     }
 
     #[test]
