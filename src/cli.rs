@@ -270,6 +270,9 @@ fn print_warnings(w: &[config::ConfigError]) {
 }
 
 fn check(files: &[PathBuf]) -> u8 {
+    if config::gateway::declares_gateway(files) {
+        return gateway_check(files);
+    }
     match config::load(files, LoadMode::Full, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
@@ -316,6 +319,9 @@ fn check(files: &[PathBuf]) -> u8 {
 }
 
 fn dump(files: &[PathBuf]) -> u8 {
+    if config::gateway::declares_gateway(files) {
+        return gateway_dump(files);
+    }
     match config::load(files, LoadMode::Policy, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
@@ -418,4 +424,43 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
         }
     }
     if allowed { 0 } else { 1 }
+}
+
+/// `check` on a gateway configuration (`[gateway]`, `[[tenant]]`): every problem at once, then
+/// what the brokers need to know.
+fn gateway_check(files: &[PathBuf]) -> u8 {
+    match config::gateway::load(files, LoadMode::Full, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let c = &loaded.config;
+            outln!(
+                "gateway configuration OK: {} tenant(s), {} broker(s), front door {}",
+                c.tenant.len(),
+                c.brokers().count(),
+                c.gateway.front,
+            );
+            outln!("gateway public key: {}", c.gateway.private_key.public_key());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `dump` on a gateway configuration, secrets as their sources.
+fn gateway_dump(files: &[PathBuf]) -> u8 {
+    match config::gateway::load(files, LoadMode::Policy, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let out = config::gateway::render(&loaded.config);
+            crate::output::write_out_bytes(out.as_bytes());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
 }

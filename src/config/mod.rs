@@ -27,6 +27,7 @@
 
 pub mod dump;
 pub mod error;
+pub mod gateway;
 pub mod overlay;
 pub mod reader;
 pub mod reload;
@@ -503,6 +504,21 @@ pub fn load(
     mode: LoadMode,
     env: &dyn SecretEnv,
 ) -> Result<Loaded, ConfigErrors> {
+    let layers = read_layers(files)?;
+    load_str(&layers, mode, env)
+}
+
+/// Loads configuration text already in memory: `(name, text)` layers in overlay order.
+pub fn load_str(
+    layers: &[(PathBuf, String)],
+    mode: LoadMode,
+    env: &dyn SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    sections::validate(&overlay_of(layers)?, mode, env)
+}
+
+/// Reads the files in order: `(name, text)` layers for [`load_str`] or [`gateway::load_str`].
+fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let mut layers = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for f in files {
@@ -516,18 +532,16 @@ pub fn load(
             }),
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    if errors.is_empty() {
+        Ok(layers)
+    } else {
+        Err(ConfigErrors(errors))
     }
-    load_str(&layers, mode, env)
 }
 
-/// Loads configuration text already in memory: `(name, text)` layers in overlay order.
-pub fn load_str(
-    layers: &[(PathBuf, String)],
-    mode: LoadMode,
-    env: &dyn SecretEnv,
-) -> Result<Loaded, ConfigErrors> {
+/// Parses and merges the layers into one document (shared by the broker's and the gateway's
+/// configuration).
+fn overlay_of(layers: &[(PathBuf, String)]) -> Result<overlay::Overlay, ConfigErrors> {
     if layers.is_empty() {
         return Err(ConfigErrors(vec![ConfigError {
             file: None,
@@ -548,5 +562,5 @@ pub fn load_str(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    sections::validate(&overlay, mode, env)
+    Ok(overlay)
 }

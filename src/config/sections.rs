@@ -56,7 +56,7 @@ fn parse_bytes(s: &str) -> Option<usize> {
 }
 
 /// Reads a secret field.
-fn secret(
+pub(super) fn secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -67,7 +67,7 @@ fn secret(
     secret_source::resolve(v, ctx, &path, env)
 }
 
-fn required_secret(
+pub(super) fn required_secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -340,7 +340,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
     })
 }
 
-fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
+pub(super) fn positive(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, v: Duration) {
     if v.is_zero() {
         ctx.error(&s.key(key), "must be greater than zero");
     }
@@ -619,7 +619,7 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     u
 }
 
-fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
+pub(super) fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("admin", &empty));
     let d = Admin::default();
@@ -638,7 +638,7 @@ fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
     Admin { listen, enabled }
 }
 
-fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
+pub(super) fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("log", &empty));
     let d = Log::default();
@@ -669,7 +669,7 @@ fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
     }
 }
 
-fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
+pub(super) fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("runtime", &empty));
     let d = Runtime::default();
