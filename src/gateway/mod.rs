@@ -17,3 +17,33 @@
 
 pub mod balance;
 pub mod route;
+
+use ipnet::IpNet;
+
+use crate::config::gateway::GatewayConfig;
+use crate::tunnel::PeerSpec;
+
+/// The WireGuard peers of a gateway: every broker of every tenant, in [`balance::BrokerId`]
+/// order, each allowed exactly its own tunnel address (a host route). That is the cryptokey
+/// routing that keeps tenants apart: a packet decrypted under broker X's key is accepted only
+/// with X's address as its source, and a packet to X's address is encrypted only for X's key.
+/// Brokers dial the gateway, so no endpoint is configured: the table learns it.
+pub fn peer_specs(config: &GatewayConfig) -> Vec<PeerSpec> {
+    config
+        .brokers()
+        .map(|(_, b)| PeerSpec {
+            public_key: b.public_key,
+            preshared_key: b
+                .preshared_key
+                .as_ref()
+                .and_then(|k| crate::keys::decode32(k.value.expose()).ok()),
+            endpoint: None,
+            endpoint_name: None,
+            allowed_ips: vec![IpNet::from(b.address)],
+            persistent_keepalive: 0,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
