@@ -67,6 +67,9 @@ enum Command {
     Pubkey,
     /// Run the broker: dial the gateway, serve HTTP inside the tunnel (stops on SIGINT/SIGTERM).
     Run(ConfigArgs),
+    /// Run the vendor's gateway: terminate many tenants' brokers (several per tenant) and
+    /// forward `METHOD /t/<tenant>/proxy/<URL>` from the front door to a healthy one.
+    Gateway(ConfigArgs),
     /// Validate the configuration and report every problem at once, then check the host: the
     /// io_uring sysctl, the locked-memory limit, an io_uring executor, and the UDP buffers the
     /// kernel will grant.
@@ -142,6 +145,7 @@ fn command() -> u8 {
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Run(args) => run(&args.files),
+        Command::Gateway(args) => gateway(&args.files),
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
         Command::Explain {
@@ -461,6 +465,26 @@ fn gateway_dump(files: &[PathBuf]) -> u8 {
         Err(errors) => {
             err!("{errors}");
             EXIT_CONFIG
+        }
+    }
+}
+
+/// `wgbroker gateway`: loads a gateway configuration and runs it until a signal stops it.
+fn gateway(files: &[PathBuf]) -> u8 {
+    let loaded = match config::gateway::load(files, LoadMode::Full, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            err!("{errors}");
+            return EXIT_CONFIG;
+        }
+    };
+    print_warnings(&loaded.warnings);
+    crate::telemetry::init(&loaded.config.log);
+    match crate::gateway_service::run(loaded, files) {
+        Ok(()) => 0,
+        Err(e) => {
+            errln!("wgbroker gateway: {e}");
+            EXIT_TEMPFAIL
         }
     }
 }

@@ -35,6 +35,7 @@
 //! | application | [`notify`] | systemd notifications: `READY`, `RELOADING`, `STOPPING`, `STATUS`, the watchdog |
 //! | application | [`service`] | the broker as a service: prepare, start, `READY`, reload on `SIGHUP`, drain on `SIGTERM` |
 //! | application | [`output`] | printing that ends with a documented status whatever becomes of stdout |
+//! | application | [`gateway_service`] | `wgbroker gateway` as a service: its executor, `/metrics` and probes, signals |
 //! | application | [`cli`] | the commands and their exit statuses (the only place that knows the numbers) |
 //! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections |
 //! | tools | [`demo`] | `wgbroker demo`: broker, mock SCM and vendor on loopback, a decision table |
@@ -112,6 +113,7 @@ pub mod runtime;
 // The application: the broker as a service and as a command line.
 pub mod admin;
 pub mod cli;
+pub mod gateway_service;
 pub mod notify;
 pub mod output;
 pub mod service;

@@ -425,7 +425,7 @@ fn check_across(gw: Option<&Gateway>, tenants: &[Tenant], admin: &Admin, ctx: &m
         }
     }
     if let Some(g) = gw {
-        if admin.enabled && admin.listen == g.front {
+        if admin.enabled && admin.listen == g.front && g.front.port() != 0 {
             ctx.error("gateway.front", "the same address as admin.listen");
         }
     }

@@ -40,11 +40,13 @@
 //! | `udp.rs` | batched UDP I/O: `recvmmsg`, `sendmmsg`, GSO |
 //! | `placement.rs` | which executor runs on which CPU, combined or split |
 //! | `preflight.rs` | io_uring and memlock checks, UDP buffer caps |
+//! | `gateway.rs` | `wgbroker gateway`: one executor with the tunnel to every broker, the front door, health checks |
 //! | `upstream.rs` | a shard's upstream connections: DNS, dialling, TLS, pools |
 
 pub mod alloc;
 mod barrier;
 mod error;
+pub mod gateway;
 pub(crate) mod link;
 pub mod placement;
 pub mod preflight;

@@ -1,0 +1,394 @@
+//! `wgbroker gateway` end to end: an in-process gateway, real broker processes on loopback
+//! (tenant "a" with two brokers, tenant "b" with one, each tenant its own private upstream),
+//! vendor requests through the front door.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wgbroker::config::LoadMode;
+use wgbroker::config::gateway::{GatewayConfig, load_str};
+use wgbroker::keys::PrivateKey;
+use wgbroker::runtime::gateway::{BROKER_HEADER, GatewayHandle};
+use wgbroker::testkit::scm::MockScm;
+
+use crate::harness::poll_until;
+
+const TOKEN_A: &str = "ghp_tenantA0123456789abcdefABCDEF0123456";
+const TOKEN_B: &str = "ghp_tenantB0123456789abcdefABCDEF0123456";
+/// Tunnel addresses of brokers a1, a2, b1.
+const ADDRS: [&str; 3] = ["10.77.1.2", "10.77.1.3", "10.77.2.2"];
+
+/// A gateway, three broker processes and the two tenants' upstreams.
+struct Fleet {
+    scm_a: MockScm,
+    scm_b: MockScm,
+    gateway: Option<GatewayHandle>,
+    _admin: Option<wgbroker::gateway_service::AdminServer>,
+    front: SocketAddr,
+    brokers: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let scm_a = MockScm::start(TOKEN_A).expect("mock a");
+        let scm_b = MockScm::start(TOKEN_B).expect("mock b");
+        let gw_key = PrivateKey::generate().expect("rng");
+        let keys: Vec<PrivateKey> = (0..3)
+            .map(|_| PrivateKey::generate().expect("rng"))
+            .collect();
+        let text = format!(
+            r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:0"
+address = "10.77.0.1"
+front = "127.0.0.1:0"
+[[tenant]]
+name = "a"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[[tenant]]
+name = "b"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[admin]
+listen = "127.0.0.1:0"
+"#,
+            gw_key.to_base64(),
+            keys[0].public_key(),
+            ADDRS[0],
+            keys[1].public_key(),
+            ADDRS[1],
+            keys[2].public_key(),
+            ADDRS[2],
+        );
+        let config: GatewayConfig = load_str(
+            &[(PathBuf::from("gateway.toml"), text)],
+            LoadMode::Full,
+            &|_: &str| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+        let (gateway, admin) = wgbroker::gateway_service::start(&config).expect("gateway starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut brokers = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (scm, token) = if i < 2 {
+                (scm_a.addr(), TOKEN_A)
+            } else {
+                (scm_b.addr(), TOKEN_B)
+            };
+            let toml = format!(
+                r#"
+[wireguard]
+private_key = "{}"
+address = "{}"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{}"
+allowed_ips = ["10.77.0.1/32"]
+persistent_keepalive = 5
+[heartbeat]
+url = "http://10.77.0.1/heartbeat"
+interval = "1s"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+pin = false
+[[scm]]
+type = "github"
+base_url = "http://{scm}/api/v3"
+token = "{token}"
+"#,
+                key.to_base64(),
+                ADDRS[i],
+                gw_key.public_key(),
+                gateway.udp_addr,
+            );
+            let file = dir.path().join(format!("broker{i}.toml"));
+            std::fs::write(&file, toml).expect("write");
+            let log =
+                std::fs::File::create(dir.path().join(format!("broker{i}.log"))).expect("log");
+            brokers.push(
+                Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+                    .args(["run", "-c"])
+                    .arg(&file)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("spawn broker"),
+            );
+        }
+        let front = gateway.front_addr;
+        let fleet = Self {
+            scm_a,
+            scm_b,
+            gateway: Some(gateway),
+            _admin: admin,
+            front,
+            brokers,
+            _dir: dir,
+        };
+        poll_until(Duration::from_secs(30), "every broker in rotation", || {
+            (0..3).all(|i| fleet.healthy(i))
+        });
+        fleet
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.gateway
+            .as_ref()
+            .is_some_and(|g| g.status.brokers[i].healthy.load(Ordering::Relaxed))
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.brokers[i].kill();
+        let _ = self.brokers[i].wait();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for b in &mut self.brokers {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        if let Some(g) = self.gateway.take() {
+            g.stop();
+        }
+    }
+}
+
+/// A response as the vendor saw it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn broker(&self) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(BROKER_HEADER).then(|| v.trim())
+        })
+    }
+}
+
+/// One request on its own connection to the front door.
+fn request(front: SocketAddr, method: &str, target: &str) -> std::io::Result<Answer> {
+    let mut s = TcpStream::connect(front)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (headers, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head: {text:?}")))?;
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok(Answer {
+        status,
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+fn repo_url(scm: &MockScm, repo: &str) -> String {
+    format!("http://{}/api/v3/repos/acme/{repo}", scm.addr())
+}
+
+#[test]
+fn gateway_routes_each_tenant_to_its_own_brokers_and_spreads_the_load() {
+    let f = Fleet::start();
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let a = request(
+            f.front,
+            "GET",
+            &format!("/t/a/proxy/{}", repo_url(&f.scm_a, &format!("app{i}"))),
+        )
+        .expect("answer");
+        assert_eq!(a.status, 200, "{a:?}");
+        assert!(a.body.contains(&format!("acme/app{i}")), "{a:?}");
+        served_by.insert(a.broker().expect("broker header").to_owned());
+    }
+    assert_eq!(
+        served_by.into_iter().collect::<Vec<_>>(),
+        ["a/10.77.1.2", "a/10.77.1.3"],
+        "tenant a's requests spread over both of its brokers"
+    );
+    assert!(
+        f.scm_a
+            .seen()
+            .iter()
+            .all(|s| s.header("authorization") == Some(&format!("Bearer {TOKEN_A}"))),
+        "tenant a's upstream saw tenant a's token"
+    );
+
+    let b = request(
+        f.front,
+        "GET",
+        &format!("/t/b/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!((b.status, b.broker()), (200, Some("b/10.77.2.2")), "{b:?}");
+    assert_eq!(
+        f.scm_b
+            .seen()
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_owned)),
+        Some(format!("Bearer {TOKEN_B}"))
+    );
+
+    // Tenant b's upstream through tenant a: a's brokers know nothing of it.
+    let before = f.scm_b.seen().len();
+    let forged = request(
+        f.front,
+        "GET",
+        &format!("/t/a/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(
+        forged.broker().is_some_and(|b| b.starts_with("a/")),
+        "{forged:?}"
+    );
+    assert_eq!(
+        f.scm_b.seen().len(),
+        before,
+        "nothing reached tenant b's upstream"
+    );
+
+    let unknown = request(f.front, "GET", "/t/c/proxy/http://x/").expect("answer");
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let nowhere = request(f.front, "GET", "/proxy/http://x/").expect("answer");
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+
+    let health = request(f.front, "GET", "/t/b/healthcheck").expect("answer");
+    assert_eq!(
+        (health.status, health.broker()),
+        (200, Some("b/10.77.2.2")),
+        "{health:?}"
+    );
+
+    let g = f.gateway.as_ref().expect("running");
+    poll_until(
+        Duration::from_secs(10),
+        "a broker heartbeat answered",
+        || g.status.heartbeats.load(Ordering::Relaxed) > 0,
+    );
+}
+
+/// What one client request came to.
+#[derive(Debug)]
+struct Outcome {
+    started: Instant,
+    result: Result<(u16, String), String>,
+}
+
+#[test]
+fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reached_it() {
+    let mut f = Fleet::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..9 {
+        let (tenant, url) = if c < 8 {
+            ("a", repo_url(&f.scm_a, &format!("r{c}")))
+        } else {
+            ("b", repo_url(&f.scm_b, "r"))
+        };
+        let (front, stop) = (f.front, stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
+                    .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
+                    .map_err(|e| e.to_string());
+                out.push(Outcome { started, result });
+            }
+            out
+        }));
+    }
+    // Steady load on both of a's brokers first.
+    let a_requests = || {
+        f.gateway.as_ref().map_or(0, |g| {
+            g.status.brokers[..2]
+                .iter()
+                .map(|b| b.answered.load(Ordering::Relaxed).min(1))
+                .sum::<u64>()
+        })
+    };
+    poll_until(
+        Duration::from_secs(20),
+        "both of a's brokers answering",
+        || a_requests() == 2,
+    );
+    let killed_at = Instant::now();
+    f.kill(0);
+    poll_until(
+        Duration::from_secs(5),
+        "the dead broker out of rotation",
+        || !f.healthy(0),
+    );
+    let out_after = killed_at.elapsed();
+    // Load for a while after the failover.
+    while killed_at.elapsed() < Duration::from_secs(7) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<Vec<Outcome>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+
+    let a: Vec<&Outcome> = results[..8].iter().flatten().collect();
+    let b: Vec<&Outcome> = results[8].iter().collect();
+    let failed: Vec<&&Outcome> = a
+        .iter()
+        .filter(|o| !matches!(&o.result, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests to tenant a that failed ({} of {}; broker out of rotation after {out_after:?}): {failed:#?}",
+        failed.len(),
+        a.len()
+    );
+    let late: Vec<&&Outcome> = a
+        .iter()
+        .filter(|o| o.started > killed_at + Duration::from_secs(5))
+        .collect();
+    assert!(!late.is_empty(), "requests after the failover");
+    assert!(
+        late.iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "a/10.77.1.3")),
+        "after 5 s the surviving broker serves tenant a alone"
+    );
+    assert!(!b.is_empty());
+    assert!(
+        b.iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "b/10.77.2.2")),
+        "tenant b undisturbed: {:?}",
+        b.iter().find(|o| !matches!(&o.result, Ok((200, _))))
+    );
+}
