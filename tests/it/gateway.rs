@@ -110,6 +110,15 @@ pin = false
 type = "github"
 base_url = "http://{scm}/api/v3"
 token = "{token}"
+[[allow]]
+url = "http://{scm}/upload"
+methods = ["POST"]
+[[allow]]
+url = "http://{scm}/download/:n"
+methods = ["GET"]
+[[allow]]
+url = "http://{scm}/chunked/:n"
+methods = ["GET"]
 "#,
                 key.to_base64(),
                 ADDRS[i],
@@ -391,4 +400,138 @@ fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reache
         "tenant b undisturbed: {:?}",
         b.iter().find(|o| !matches!(&o.result, Ok((200, _))))
     );
+}
+
+#[test]
+fn bodies_stream_both_ways_on_a_kept_alive_front_door_connection() {
+    let mut f = Fleet::start();
+    let scm = f.scm_a.addr();
+    let mut s = TcpStream::connect(f.front).expect("front door");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    // An upload with a length, one chunked, then downloads with a length and chunked: one
+    // connection, each answer framed so that the next request can follow.
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let fnv = wgbroker::testkit::scm::fnv1a(&upload, wgbroker::testkit::scm::FNV_INIT);
+    write!(
+        s,
+        "POST /t/a/proxy/http://{scm}/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n",
+        upload.len()
+    )
+    .expect("write");
+    s.write_all(&upload).expect("body");
+    let (status, _, body) = read_framed(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!(r#"{{"bytes":{},"fnv":"{fnv:016x}"}}"#, upload.len())
+    );
+    write!(
+        s,
+        "POST /t/a/proxy/http://{scm}/upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .expect("write");
+    for part in upload.chunks(70_000) {
+        write!(s, "{:x}\r\n", part.len()).expect("size");
+        s.write_all(part).expect("chunk");
+        s.write_all(b"\r\n").expect("crlf");
+    }
+    s.write_all(b"0\r\n\r\n").expect("last chunk");
+    let (status, _, body) = read_framed(&mut r);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains(&format!("{fnv:016x}")));
+    for (path, n) in [("download/500000", 500_000), ("chunked/200000", 200_000)] {
+        write!(
+            s,
+            "GET /t/a/proxy/http://{scm}/{path} HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+        .expect("write");
+        let (status, head, body) = read_framed(&mut r);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body.len(), n, "{head}");
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(i, &b)| b == wgbroker::testkit::scm::pattern_byte(i as u64)),
+            "{path}: the body arrived byte for byte"
+        );
+    }
+    // The only broker of b gone: b answers 503 with a JSON reason; a is not disturbed.
+    f.kill(2);
+    poll_until(Duration::from_secs(5), "b's broker out of rotation", || {
+        !f.healthy(2)
+    });
+    let none = request(
+        f.front,
+        "GET",
+        &format!("/t/b/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!(none.status, 503, "{none:?}");
+    let reason: serde_json::Value = serde_json::from_str(&none.body).expect("JSON body");
+    assert_eq!(reason["error"], "no healthy broker");
+    assert_eq!(reason["tenant"], "b");
+    write!(
+        s,
+        "GET /t/a/proxy/{} HTTP/1.1\r\nHost: gw\r\n\r\n",
+        repo_url(&f.scm_a, "still")
+    )
+    .expect("write");
+    assert_eq!(
+        read_framed(&mut r).0,
+        200,
+        "the kept-alive connection serves a"
+    );
+}
+
+/// Reads one response framed by `Content-Length` or chunked: (status, head, body).
+fn read_framed(r: &mut impl std::io::BufRead) -> (u16, String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).expect("read") > 0,
+            "closed in the head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    assert!(
+        !header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")),
+        "the front door closes after: {head}"
+    );
+    let mut body = Vec::new();
+    if let Some(n) = header("content-length") {
+        body.resize(n.parse().expect("length"), 0);
+        r.read_exact(&mut body).expect("body");
+    } else if header("transfer-encoding").is_some() {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        panic!("an unframed response: {head}");
+    }
+    (status, head, body)
 }
