@@ -535,3 +535,37 @@ fn read_framed(r: &mut impl std::io::BufRead) -> (u16, String, Vec<u8>) {
     }
     (status, head, body)
 }
+
+#[test]
+fn loadtest_drives_the_front_door() {
+    let f = Fleet::start();
+    let target = format!("/t/a/proxy/{}", repo_url(&f.scm_a, "load"));
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["loadtest", "--front"])
+        .arg(f.front.to_string())
+        .args(["--front-target", &target])
+        .args(["--connections", "2", "--duration", "1s", "--json"])
+        .output()
+        .expect("loadtest runs");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        report["requests"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(
+        report["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0),
+        "{report}"
+    );
+    // Both of a's brokers carried the load.
+    let g = f.gateway.as_ref().expect("running");
+    assert!(
+        g.status.brokers[..2]
+            .iter()
+            .all(|b| b.answered.load(Ordering::Relaxed) > 0),
+        "the load spread over a's brokers"
+    );
+}
