@@ -60,7 +60,12 @@ struct ConfigArgs {
 enum Command {
     /// Run a broker, a local SCM-like upstream and a vendor peer on loopback; send a realistic
     /// mix of requests through the real tunnel and print what was allowed, denied and why.
-    Demo,
+    Demo {
+        /// Instead: a `wgbroker gateway` with one tenant on two brokers, and one of them
+        /// failing over.
+        #[arg(long)]
+        gateway: bool,
+    },
     /// Print a new private key (base64, like `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (like `wg pubkey`).
@@ -141,7 +146,8 @@ fn command() -> u8 {
         }
     };
     match cli.command {
-        Command::Demo => crate::demo::run(),
+        Command::Demo { gateway: false } => crate::demo::run(),
+        Command::Demo { gateway: true } => crate::demo_gateway::run(),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Run(args) => run(&args.files),

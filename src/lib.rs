@@ -39,6 +39,7 @@
 //! | application | [`cli`] | the commands and their exit statuses (the only place that knows the numbers) |
 //! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections |
 //! | tools | [`demo`] | `wgbroker demo`: broker, mock SCM and vendor on loopback, a decision table |
+//! | tools | [`demo_gateway`] | `wgbroker demo --gateway`: a gateway, one tenant on two brokers, a failover |
 //! | tools | [`loadtest`] | `wgbroker loadtest`: the vendor's side under load, HDR latency, CPU per side |
 //!
 //! Dependencies point down the table — tools use the application, the application the seam,
@@ -121,6 +122,7 @@ pub mod status;
 
 // The tools: the vendor's side, for tests, the demo and the load test.
 pub mod demo;
+pub mod demo_gateway;
 pub mod loadtest;
 pub mod testkit;
 

@@ -569,3 +569,23 @@ fn loadtest_drives_the_front_door() {
         "the load spread over a's brokers"
     );
 }
+
+#[test]
+fn demo_gateway_shows_a_failover() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["demo", "--gateway"])
+        .output()
+        .expect("demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("served by acme/10.77.1.2"), "{text}");
+    assert!(text.contains("served by acme/10.77.1.3"), "{text}");
+    assert!(
+        text.contains("failed over to its other broker without a failed request"),
+        "{text}"
+    );
+}
