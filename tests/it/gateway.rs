@@ -589,3 +589,75 @@ fn demo_gateway_shows_a_failover() {
         "{text}"
     );
 }
+
+/// The `key: |` blocks of the ConfigMaps in a manifest: (key, text).
+fn configmap_files(yaml: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in yaml.lines() {
+        if let Some((_, text)) = current.as_mut() {
+            if let Some(l) = line.strip_prefix("    ") {
+                text.push_str(l);
+                text.push('\n');
+                continue;
+            }
+            if line.trim().is_empty() {
+                text.push('\n');
+                continue;
+            }
+            out.extend(current.take());
+        }
+        if let Some(key) = line
+            .strip_prefix("  ")
+            .and_then(|l| l.strip_suffix(": |"))
+            .filter(|k| k.ends_with(".toml"))
+        {
+            current = Some((key.to_owned(), String::new()));
+        }
+    }
+    out.extend(current);
+    out
+}
+
+#[test]
+fn the_kubernetes_manifests_carry_valid_configurations() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let env = |_: &str| None;
+    let broker = std::fs::read_to_string(root.join("broker.yaml")).expect("broker.yaml");
+    let files = configmap_files(&broker);
+    let common = files
+        .iter()
+        .find(|(k, _)| k == "common.toml")
+        .map(|(_, t)| t.clone())
+        .expect("common.toml");
+    let mut brokers = 0;
+    for (key, text) in files.iter().filter(|(k, _)| k.starts_with("wgbroker-")) {
+        // As the Deployment's args overlay them; the key and token files exist only in a pod.
+        let loaded = wgbroker::config::load_str(
+            &[
+                (PathBuf::from(key), text.clone()),
+                (PathBuf::from("common.toml"), common.clone()),
+            ],
+            LoadMode::Policy,
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(loaded.config.heartbeat.is_some());
+        assert!(
+            broker.contains(&format!("\"/etc/wgbroker/conf/{key}\"")),
+            "a Deployment runs {key}"
+        );
+        brokers += 1;
+    }
+    assert_eq!(brokers, 2, "two brokers by default");
+    let gateway = std::fs::read_to_string(root.join("gateway.yaml")).expect("gateway.yaml");
+    let files = configmap_files(&gateway);
+    assert_eq!(files.len(), 1);
+    let loaded = load_str(
+        &[(PathBuf::from("gateway.toml"), files[0].1.clone())],
+        LoadMode::Policy,
+        &env,
+    )
+    .unwrap_or_else(|e| panic!("gateway.toml: {e}"));
+    assert_eq!(loaded.config.brokers().count(), 2);
+}
