@@ -279,11 +279,23 @@ fn print_warnings(w: &[config::ConfigError]) {
     }
 }
 
+/// Reads the configuration files once (one may be a pipe), or prints why not.
+fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, u8> {
+    config::read_layers(files).map_err(|errors| {
+        err!("{errors}");
+        EXIT_CONFIG
+    })
+}
+
 fn check(files: &[PathBuf]) -> u8 {
-    if config::gateway::declares_gateway(files) {
-        return gateway_check(files);
+    let layers = match read_layers(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if config::gateway::declares_gateway(&layers) {
+        return gateway_check(&layers);
     }
-    match config::load(files, LoadMode::Full, &ProcessEnv) {
+    match config::load_str(&layers, LoadMode::Full, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let c = &loaded.config;
@@ -329,10 +341,14 @@ fn check(files: &[PathBuf]) -> u8 {
 }
 
 fn dump(files: &[PathBuf]) -> u8 {
-    if config::gateway::declares_gateway(files) {
-        return gateway_dump(files);
+    let layers = match read_layers(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if config::gateway::declares_gateway(&layers) {
+        return gateway_dump(&layers);
     }
-    match config::load(files, LoadMode::Policy, &ProcessEnv) {
+    match config::load_str(&layers, LoadMode::Policy, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let out = config::dump::render(&loaded.config);
@@ -438,8 +454,8 @@ fn explain(files: &[PathBuf], method: &str, raw_url: &str, raw_headers: &[String
 
 /// `check` on a gateway configuration (`[gateway]`, `[[tenant]]`): every problem at once, then
 /// what the brokers need to know.
-fn gateway_check(files: &[PathBuf]) -> u8 {
-    match config::gateway::load(files, LoadMode::Full, &ProcessEnv) {
+fn gateway_check(layers: &[(PathBuf, String)]) -> u8 {
+    match config::gateway::load_str(layers, LoadMode::Full, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let c = &loaded.config;
@@ -460,8 +476,8 @@ fn gateway_check(files: &[PathBuf]) -> u8 {
 }
 
 /// `dump` on a gateway configuration, secrets as their sources.
-fn gateway_dump(files: &[PathBuf]) -> u8 {
-    match config::gateway::load(files, LoadMode::Policy, &ProcessEnv) {
+fn gateway_dump(layers: &[(PathBuf, String)]) -> u8 {
+    match config::gateway::load_str(layers, LoadMode::Policy, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let out = config::gateway::render(&loaded.config);

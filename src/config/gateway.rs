@@ -142,15 +142,12 @@ pub struct TenantBroker {
     pub address: IpAddr,
 }
 
-/// Whether the files describe a gateway (a `[gateway]` table and no `[wireguard]`), so that
-/// `check` and `dump` know which schema to read. Unreadable or invalid files answer false:
-/// the broker's loader then reports them.
-pub fn declares_gateway(files: &[PathBuf]) -> bool {
-    let Ok(layers) = super::read_layers(files) else {
-        return false;
-    };
+/// Whether the layers (read once with [`super::read_layers`]: a file may be a pipe) describe a
+/// gateway — a `[gateway]` table and no `[wireguard]` — so that `check` and `dump` know which
+/// schema to read. Text that is not TOML answers false: the broker's loader then reports it.
+pub fn declares_gateway(layers: &[(PathBuf, String)]) -> bool {
     let mut gateway = false;
-    for (_, text) in &layers {
+    for (_, text) in layers {
         match toml::from_str::<toml::Table>(text) {
             Ok(t) if t.contains_key("wireguard") => return false,
             Ok(t) => gateway |= t.contains_key("gateway"),

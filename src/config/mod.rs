@@ -517,8 +517,9 @@ pub fn load_str(
     sections::validate(&overlay_of(layers)?, mode, env)
 }
 
-/// Reads the files in order: `(name, text)` layers for [`load_str`] or [`gateway::load_str`].
-fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
+/// Reads the files in order, each once (a file may be a pipe): `(name, text)` layers for
+/// [`load_str`] or [`gateway::load_str`].
+pub fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let mut layers = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for f in files {

@@ -876,23 +876,19 @@ async fn read_response_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// Accepts front-door connections. No timeout around `accept`: a cancelled accept could lose a
+/// connection the kernel had already taken; the task ends with the executor.
 async fn front_loop(gw: Rc<Gw>, listener: TcpListener) {
-    while !gw.stopped() {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(MAX_PARK).await;
-            None
-        })
-        .await;
-        match accepted {
-            Some(Ok(stream)) => {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 glommio::spawn_local(front_conn(gw.clone(), stream)).detach();
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(event = "gateway.accept_error", error = %e);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
-            None => {}
         }
     }
 }

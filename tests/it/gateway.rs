@@ -661,3 +661,41 @@ fn the_kubernetes_manifests_carry_valid_configurations() {
     .unwrap_or_else(|e| panic!("gateway.toml: {e}"));
     assert_eq!(loaded.config.brokers().count(), 2);
 }
+
+#[test]
+fn check_and_dump_read_a_gateway_configuration_from_a_pipe() {
+    let key = PrivateKey::generate().expect("rng");
+    let text = wgbroker::config::gateway::EXAMPLE.replace(
+        r#"{ credential = "wgbroker-gateway.key" }"#,
+        &format!("{:?}", key.to_base64()),
+    );
+    for (command, expect) in [
+        (
+            "check",
+            "gateway configuration OK: 2 tenant(s), 3 broker(s)".to_owned(),
+        ),
+        ("dump", format!("public_key = \"{}\"", key.public_key())),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+            .args([command, "-c", "/dev/stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("ends");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {out:?}");
+        assert!(stdout.contains(&expect), "{command}: {stdout}");
+        assert!(
+            !stdout.contains(&key.to_base64()),
+            "{command} shows no private key"
+        );
+    }
+}

@@ -225,12 +225,14 @@ fn the_shipped_example_loads_and_declares_a_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, EXAMPLE).expect("write");
-    assert!(declares_gateway(std::slice::from_ref(&path)));
+    let layers = crate::config::read_layers(std::slice::from_ref(&path)).expect("read");
+    assert!(declares_gateway(&layers));
     // Its key is a systemd credential: policy mode reads the rest without it.
     let loaded = super::load(std::slice::from_ref(&path), LoadMode::Policy, &env).expect("valid");
     assert_eq!(loaded.config.tenant.len(), 2);
     assert_eq!(loaded.config.brokers().count(), 3);
     let broker = dir.path().join("broker.toml");
     std::fs::write(&broker, super::super::EXAMPLE).expect("write");
-    assert!(!declares_gateway(&[broker]));
+    let layers = crate::config::read_layers(&[broker]).expect("read");
+    assert!(!declares_gateway(&layers));
 }
