@@ -14,10 +14,11 @@
 //!   fails at [`Balancer::tick`]. With the defaults (1 s, 1 s) a broker that dies is out of
 //!   rotation within 2 s: the next check starts at most 1 s later and fails at most 1 s after.
 //!
-//! Failures seen by real requests count at once ([`Outcome::ConnectFailed`],
-//! [`Outcome::DiedBeforeResponse`], [`Outcome::DiedAfterResponse`] take the broker out of
-//! rotation until its next passing check), so under load a dead broker is usually out after
-//! its first failed request, long before a check notices.
+//! A failure seen by a real request ([`Outcome::ConnectFailed`], [`Outcome::DiedBeforeResponse`],
+//! [`Outcome::DiedAfterResponse`]) makes the broker's check due at once: under load a dead
+//! broker is out about `health_timeout` after its first failed request. It does not take the
+//! broker out by itself: a stray reset (a port still in `TIME-WAIT` at the broker) would
+//! otherwise take a tenant's only broker away until the next check.
 //!
 //! A broker starts out of rotation: it joins when its first check passes.
 //!
@@ -71,8 +72,6 @@ pub enum Down {
     NoSession,
     /// The last health check failed or timed out.
     CheckFailed,
-    /// A request could not reach it or it broke off; out until the next passing check.
-    RequestFailed,
 }
 
 impl Down {
@@ -82,7 +81,6 @@ impl Down {
             Down::Unchecked => "not checked yet",
             Down::NoSession => "no WireGuard session",
             Down::CheckFailed => "health check failed",
-            Down::RequestFailed => "request failed",
         }
     }
 }
@@ -251,15 +249,16 @@ impl Balancer {
         Some(id)
     }
 
-    /// Ends a request [`Balancer::pick`] gave to `id`. A failure takes the broker out of
-    /// rotation until its next passing check.
-    pub fn finish(&mut self, id: BrokerId, outcome: Outcome) {
-        self.update(id, |b| {
+    /// Ends a request [`Balancer::pick`] gave to `id` at `now`. A failure does not take the
+    /// broker out by itself (one stray reset must not take a tenant's only broker away): it
+    /// makes the broker's health check due at once, and the check decides.
+    pub fn finish(&mut self, id: BrokerId, outcome: Outcome, now: Instant) {
+        if let Some(b) = self.brokers.get_mut(id.0) {
             b.outstanding = b.outstanding.saturating_sub(1);
-            if outcome != Outcome::Answered {
-                b.check_down = Some(Down::RequestFailed);
+            if outcome != Outcome::Answered && b.checking.is_none() {
+                b.next_check = b.next_check.min(now);
             }
-        });
+        }
     }
 
     /// A broker whose health check is due at `now`, marked as checking; call until `None`.
@@ -332,6 +331,8 @@ pub struct Retry {
     idempotent: bool,
     tried: Vec<BrokerId>,
     retried_after_death: bool,
+    /// Attempts whose connection could not be opened.
+    refused: u8,
 }
 
 impl Retry {
@@ -342,6 +343,7 @@ impl Retry {
             idempotent: replayable && is_idempotent(method),
             tried: Vec::new(),
             retried_after_death: false,
+            refused: 0,
         }
     }
 
@@ -355,10 +357,20 @@ impl Retry {
         self.tried.push(broker);
     }
 
+    /// When every broker was tried: whether one may be tried again. Only when every failure so
+    /// far was a refused connection (nothing reached a broker), and at most twice: a refusal
+    /// can be a stray reset (the broker still holds the port in `TIME-WAIT`).
+    pub fn may_try_again(&self) -> bool {
+        (1..=2).contains(&self.refused) && !self.retried_after_death
+    }
+
     /// Whether to try again after an attempt ended with `outcome`.
     pub fn after(&mut self, outcome: Outcome) -> Next {
         match outcome {
-            Outcome::ConnectFailed => Next::TryAnother,
+            Outcome::ConnectFailed => {
+                self.refused = self.refused.saturating_add(1);
+                Next::TryAnother
+            }
             Outcome::DiedBeforeResponse if self.idempotent && !self.retried_after_death => {
                 self.retried_after_death = true;
                 Next::TryAnother

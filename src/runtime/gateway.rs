@@ -1015,7 +1015,15 @@ async fn serve_one(
     let idempotent = crate::gateway::balance::is_idempotent(&method);
     let mut body = Some(BodyReader::new(head.body));
     loop {
-        let picked = gw.bal.borrow_mut().pick(tenant, retry.tried());
+        let picked = {
+            let mut bal = gw.bal.borrow_mut();
+            bal.pick(tenant, retry.tried()).or_else(|| {
+                retry
+                    .may_try_again()
+                    .then(|| bal.pick(tenant, &[]))
+                    .flatten()
+            })
+        };
         let Some(id) = picked else {
             gw.status.unavailable.fetch_add(1, Ordering::Relaxed);
             let body_left = body.as_ref().is_some_and(|b| !b.done());
@@ -1036,7 +1044,7 @@ async fn serve_one(
             Ok(_) => Outcome::Answered,
             Err(f) => f.outcome(),
         };
-        gw.bal.borrow_mut().finish(id, outcome);
+        gw.bal.borrow_mut().finish(id, outcome, Instant::now());
         gw.publish_events();
         match attempt {
             Ok(keep) => {

@@ -113,7 +113,7 @@ fn least_outstanding_wins_and_ties_rotate() {
     let mut seq = Vec::new();
     for _ in 0..4 {
         let id = b.pick(A, &[]).expect("healthy");
-        b.finish(id, Outcome::Answered);
+        b.finish(id, Outcome::Answered, t0);
         seq.push(id.0);
     }
     assert_eq!(seq, [0, 1, 0, 1]);
@@ -124,7 +124,7 @@ fn least_outstanding_wins_and_ties_rotate() {
     assert_eq!(b.pick(A, &[]), Some(BrokerId(1)));
     let outstanding = |b: &Balancer, i: usize| b.status(BrokerId(i)).map(|s| s.outstanding);
     assert_eq!((outstanding(&b, 0), outstanding(&b, 1)), (Some(2), Some(2)));
-    b.finish(BrokerId(0), Outcome::Answered);
+    b.finish(BrokerId(0), Outcome::Answered, t0);
     assert_eq!(b.pick(A, &[]), Some(BrokerId(0)), "the one with fewer");
 }
 
@@ -224,23 +224,24 @@ fn a_late_answer_does_not_bring_back_a_timed_out_broker() {
 }
 
 #[test]
-fn a_failed_request_takes_its_broker_out_until_a_check_passes() {
+fn a_failed_request_asks_for_a_check_at_once_and_the_check_decides() {
     let t0 = Instant::now();
     let mut b = all_up(t0);
     while b.poll_event().is_some() {}
-    let id = b.pick(A, &[]).expect("healthy");
-    b.finish(id, Outcome::ConnectFailed);
-    assert_eq!(b.poll_event(), Some(Event::Down(id, Down::RequestFailed)));
+    let id = b.pick(B, &[]).expect("healthy");
+    // One refused connection (a stray reset) does not take a tenant's only broker away.
+    b.finish(id, Outcome::ConnectFailed, t0 + 10 * MS);
+    assert_eq!(b.poll_event(), None);
     assert_eq!(b.status(id).map(|s| s.outstanding), Some(0));
-    for _ in 0..4 {
-        let other = b.pick(A, &[]).expect("the other");
-        assert_ne!(other, id);
-        b.finish(other, Outcome::Answered);
-    }
-    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0 + SEC)).collect();
-    assert!(due.contains(&id));
-    b.check_done(id, true);
-    assert_eq!(b.poll_event(), Some(Event::Up(id)));
+    assert_eq!(b.pick(B, &[]), Some(id), "still in rotation");
+    b.finish(id, Outcome::Answered, t0 + 20 * MS);
+    // Its check is due now, not a second after the last one.
+    assert_eq!(b.next_deadline(), Some(t0 + 10 * MS));
+    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0 + 10 * MS)).collect();
+    assert_eq!(due, [id]);
+    b.check_done(id, false);
+    assert_eq!(b.poll_event(), Some(Event::Down(id, Down::CheckFailed)));
+    assert_eq!(b.pick(B, &[]), None);
 }
 
 #[test]
@@ -249,11 +250,18 @@ fn retries_follow_the_rules() {
     let mut r = Retry::new("POST", false);
     assert_eq!(r.after(Outcome::ConnectFailed), Next::TryAnother);
     assert_eq!(r.after(Outcome::ConnectFailed), Next::TryAnother);
+    // With no untried broker left, a broker whose connection was refused may be tried again,
+    // twice at most (nothing of the request reached it).
+    assert!(r.may_try_again());
+    assert_eq!(r.after(Outcome::ConnectFailed), Next::TryAnother);
+    assert!(!r.may_try_again(), "three refused connections");
     // A POST that may have reached the broker: never.
     assert_eq!(r.after(Outcome::DiedBeforeResponse), Next::GiveUp);
     // An idempotent, replayable request whose broker died before answering: once.
     let mut r = Retry::new("GET", true);
+    assert!(!r.may_try_again(), "nothing failed yet");
     assert_eq!(r.after(Outcome::DiedBeforeResponse), Next::TryAnother);
+    assert!(!r.may_try_again(), "the broker may have seen it");
     assert_eq!(r.after(Outcome::DiedBeforeResponse), Next::GiveUp);
     assert_eq!(r.after(Outcome::ConnectFailed), Next::TryAnother);
     // A response that had started: never.
