@@ -36,7 +36,7 @@ sleep 3
 echo "== broker alone (loadtest --gateway, userspace WireGuard+TCP driver)"
 $R loadtest --gateway --private-key-file lk --broker-public-key "$PX" --listen 127.0.0.1:52900 \
    --url http://127.0.0.1:18090/x -s small --connections "$CONN" --duration "$DUR" --warmup 1s --json > alone.json
-python3 -c 'import json;d=json.load(open("alone.json"));print(json.dumps({k:d[k] for k in d if k in ("requests","rps","errors","latency_ms","cpu","req_per_s")}, default=str)[:600])'
+python3 -c 'import json;d=json.load(open("alone.json"));print(json.dumps({k:d[k] for k in d if k in ("requests","errors","req_per_s","latency_us")}, default=str)[:600])'
 for _ in $(seq 1 20); do curl -sf -o /dev/null localhost:18085/t/t/healthcheck && break; sleep 0.5; done
 cpu() { awk '{print $14+$15}' /proc/"$GW"/stat; }
 echo "== gateway + broker (loadtest --front, kernel TCP clients)"
