@@ -136,6 +136,8 @@ expected_files=(
     usr/bin/wgbroker
     usr/lib/systemd/system/wgbroker.service
     usr/lib/sysusers.d/wgbroker.conf
+    usr/lib/systemd/system/wgbroker-gateway.service
+    usr/share/wgbroker/examples/gateway.toml
     etc/wgbroker/broker.toml
     usr/share/man/man1/wgbroker.1.gz
     usr/share/doc/wgbroker/README.md
@@ -164,6 +166,8 @@ mkdir -p "$WORK/deb"
 dpkg-deb -x "$DEB" "$WORK/deb"
 cmp "$WORK/deb/usr/lib/systemd/system/wgbroker.service" systemd/wgbroker.service
 cmp "$WORK/deb/etc/wgbroker/broker.toml" packaging/broker.toml
+cmp "$WORK/deb/usr/lib/systemd/system/wgbroker-gateway.service" systemd/wgbroker-gateway.service
+cmp "$WORK/deb/usr/share/wgbroker/examples/gateway.toml" packaging/gateway.toml
 zcat "$WORK/deb/usr/share/man/man1/wgbroker.1.gz" | cmp - packaging/wgbroker.1
 ok "unit, configuration and man page are the repository's files"
 

@@ -60,13 +60,21 @@ struct ConfigArgs {
 enum Command {
     /// Run a broker, a local SCM-like upstream and a vendor peer on loopback; send a realistic
     /// mix of requests through the real tunnel and print what was allowed, denied and why.
-    Demo,
+    Demo {
+        /// Instead: a `wgbroker gateway` with one tenant on two brokers, and one of them
+        /// failing over.
+        #[arg(long)]
+        gateway: bool,
+    },
     /// Print a new private key (base64, like `wg genkey`).
     Genkey,
     /// Read a private key on stdin, print its public key (like `wg pubkey`).
     Pubkey,
     /// Run the broker: dial the gateway, serve HTTP inside the tunnel (stops on SIGINT/SIGTERM).
     Run(ConfigArgs),
+    /// Run the vendor's gateway: terminate many tenants' brokers (several per tenant) and
+    /// forward `METHOD /t/<tenant>/proxy/<URL>` from the front door to a healthy one.
+    Gateway(ConfigArgs),
     /// Validate the configuration and report every problem at once, then check the host: the
     /// io_uring sysctl, the locked-memory limit, an io_uring executor, and the UDP buffers the
     /// kernel will grant.
@@ -177,10 +185,12 @@ fn command() -> u8 {
         }
     };
     match cli.command {
-        Command::Demo => crate::demo::run(),
+        Command::Demo { gateway: false } => crate::demo::run(),
+        Command::Demo { gateway: true } => crate::demo_gateway::run(),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Run(args) => run(&args.files),
+        Command::Gateway(args) => gateway(&args.files),
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
         Command::Import(args) => import(&args.files),
@@ -322,8 +332,23 @@ fn print_warnings(w: &[config::ConfigError]) {
     }
 }
 
+/// Reads the configuration files once (one may be a pipe), or prints why not.
+fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, u8> {
+    config::read_layers(files).map_err(|errors| {
+        err!("{errors}");
+        EXIT_CONFIG
+    })
+}
+
 fn check(files: &[PathBuf]) -> u8 {
-    match config::load(files, LoadMode::Full, &ProcessEnv) {
+    let layers = match read_layers(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if config::gateway::declares_gateway(&layers) {
+        return gateway_check(&layers);
+    }
+    match config::load_str(&layers, LoadMode::Full, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let c = &loaded.config;
@@ -369,7 +394,14 @@ fn check(files: &[PathBuf]) -> u8 {
 }
 
 fn dump(files: &[PathBuf]) -> u8 {
-    match config::load(files, LoadMode::Policy, &ProcessEnv) {
+    let layers = match read_layers(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if config::gateway::declares_gateway(&layers) {
+        return gateway_dump(&layers);
+    }
+    match config::load_str(&layers, LoadMode::Policy, &ProcessEnv) {
         Ok(loaded) => {
             print_warnings(&loaded.warnings);
             let out = config::dump::render(&loaded.config);
@@ -613,6 +645,65 @@ fn explain_body(rule: &crate::allowlist::Rule, body: Option<&str>) -> Result<boo
             outln!("  body: DENIED {reason}");
             outln!("  the broker answers 403 {{\"error\":\"request body is not allowed\"}}");
             Ok(false)
+        }
+    }
+}
+
+/// `check` on a gateway configuration (`[gateway]`, `[[tenant]]`): every problem at once, then
+/// what the brokers need to know.
+fn gateway_check(layers: &[(PathBuf, String)]) -> u8 {
+    match config::gateway::load_str(layers, LoadMode::Full, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let c = &loaded.config;
+            outln!(
+                "gateway configuration OK: {} tenant(s), {} broker(s), front door {}",
+                c.tenant.len(),
+                c.brokers().count(),
+                c.gateway.front,
+            );
+            outln!("gateway public key: {}", c.gateway.private_key.public_key());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `dump` on a gateway configuration, secrets as their sources.
+fn gateway_dump(layers: &[(PathBuf, String)]) -> u8 {
+    match config::gateway::load_str(layers, LoadMode::Policy, &ProcessEnv) {
+        Ok(loaded) => {
+            print_warnings(&loaded.warnings);
+            let out = config::gateway::render(&loaded.config);
+            crate::output::write_out_bytes(out.as_bytes());
+            0
+        }
+        Err(errors) => {
+            err!("{errors}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `wgbroker gateway`: loads a gateway configuration and runs it until a signal stops it.
+fn gateway(files: &[PathBuf]) -> u8 {
+    let loaded = match config::gateway::load(files, LoadMode::Full, &ProcessEnv) {
+        Ok(l) => l,
+        Err(errors) => {
+            err!("{errors}");
+            return EXIT_CONFIG;
+        }
+    };
+    print_warnings(&loaded.warnings);
+    crate::telemetry::init(&loaded.config.log);
+    match crate::gateway_service::run(loaded, files) {
+        Ok(()) => 0,
+        Err(e) => {
+            errln!("wgbroker gateway: {e}");
+            EXIT_TEMPFAIL
         }
     }
 }

@@ -23,6 +23,7 @@
 //! | core | [`packet`] | packet buffers that move between cores, and the flow hash that picks a shard |
 //! | core | [`tunnel`] | WireGuard: one boringtun `Tunn` per peer, handshakes, decrypt/encrypt, allowed IPs |
 //! | core | [`netstack`] | TCP inside the tunnel: a shard's smoltcp stacks, accept, per-connection buffers |
+//! | core | [`gateway`] | the vendor's gateway: routing front-door requests, balancing and health of many tenants' brokers |
 //! | core | [`http`] | HTTP/1.1 wire format: request heads parsed in place, chunked bodies, response heads |
 //! | core | [`server`] | one tunnel connection's exchanges: parse, decide, rewrite, proxy (`server::proxy`), drain |
 //! | core | [`upstream`] | where an allowed request goes: targets, TLS settings, CONNECT proxies, upstream errors |
@@ -36,9 +37,11 @@
 //! | application | [`service`] | the broker as a service: prepare, start, `READY`, reload on `SIGHUP`, drain on `SIGTERM` |
 //! | application | [`output`] | printing that ends with a documented status whatever becomes of stdout |
 //! | application | [`onboard`] | `wgbroker init` (first configuration and key) and `wgbroker test` (what works from this host, with fixes) |
+//! | application | [`gateway_service`] | `wgbroker gateway` as a service: its executor, `/metrics` and probes, signals |
 //! | application | [`cli`] | the commands and their exit statuses (the only place that knows the numbers) |
 //! | tools | [`testkit`] | the vendor's side: a userspace WireGuard gateway, an HTTP client, a mock SCM, scripted connections, a webhook-signing SCM and vendor endpoint |
 //! | tools | [`demo`] | `wgbroker demo`: broker, mock SCM and vendor on loopback, a decision table |
+//! | tools | [`demo_gateway`] | `wgbroker demo --gateway`: a gateway, one tenant on two brokers, a failover |
 //! | tools | [`loadtest`] | `wgbroker loadtest`: the vendor's side under load, HDR latency, CPU per side |
 //!
 //! Dependencies point down the table — tools use the application, the application the seam,
@@ -94,6 +97,7 @@
 // The core: sans-IO layers.
 pub mod allowlist;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod netstack;
@@ -113,6 +117,7 @@ pub mod runtime;
 // The application: the broker as a service and as a command line.
 pub mod admin;
 pub mod cli;
+pub mod gateway_service;
 pub mod notify;
 pub mod onboard;
 pub mod output;
@@ -121,6 +126,7 @@ pub mod status;
 
 // The tools: the vendor's side, for tests, the demo and the load test.
 pub mod demo;
+pub mod demo_gateway;
 pub mod loadtest;
 pub mod testkit;
 

@@ -28,6 +28,7 @@
 
 pub mod dump;
 pub mod error;
+pub mod gateway;
 mod outbound;
 pub mod overlay;
 pub mod proxy_url;
@@ -554,6 +555,32 @@ pub fn load(
     mode: LoadMode,
     env: &dyn SecretEnv,
 ) -> Result<Loaded, ConfigErrors> {
+    let layers = read_layers(files)?;
+    load_str(&layers, mode, env)
+}
+
+/// Loads configuration text already in memory: `(name, text)` layers in overlay order.
+pub fn load_str(
+    layers: &[(PathBuf, String)],
+    mode: LoadMode,
+    env: &dyn SecretEnv,
+) -> Result<Loaded, ConfigErrors> {
+    let (overlay, translations) = overlay_of(layers, env)?;
+    match sections::validate(&overlay, mode, env) {
+        Ok(mut loaded) => {
+            translations.rewrite(&mut loaded.warnings);
+            Ok(loaded)
+        }
+        Err(mut e) => {
+            translations.rewrite(&mut e.0);
+            Err(e)
+        }
+    }
+}
+
+/// Reads the files in order, each once (a file may be a pipe): `(name, text)` layers for
+/// [`load_str`] or [`gateway::load_str`].
+pub fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let mut layers = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for f in files {
@@ -567,18 +594,20 @@ pub fn load(
             }),
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    if errors.is_empty() {
+        Ok(layers)
+    } else {
+        Err(ConfigErrors(errors))
     }
-    load_str(&layers, mode, env)
 }
 
-/// Loads configuration text already in memory: `(name, text)` layers in overlay order.
-pub fn load_str(
+/// Parses and merges the layers into one document (shared by the broker's and the gateway's
+/// configuration), with the YAML-to-TOML key translations that error messages are rewritten
+/// with.
+fn overlay_of(
     layers: &[(PathBuf, String)],
-    mode: LoadMode,
     env: &dyn SecretEnv,
-) -> Result<Loaded, ConfigErrors> {
+) -> Result<(overlay::Overlay, semgrep::Translations), ConfigErrors> {
     if layers.is_empty() {
         return Err(ConfigErrors(vec![ConfigError {
             file: None,
@@ -589,15 +618,5 @@ pub fn load_str(
     }
     // TOML and Semgrep YAML layers alike (config/semgrep/); errors in a YAML file name the
     // YAML key they came from.
-    let (overlay, translations) = semgrep::overlay(layers, env).map_err(ConfigErrors)?;
-    match sections::validate(&overlay, mode, env) {
-        Ok(mut loaded) => {
-            translations.rewrite(&mut loaded.warnings);
-            Ok(loaded)
-        }
-        Err(mut e) => {
-            translations.rewrite(&mut e.0);
-            Err(e)
-        }
-    }
+    semgrep::overlay(layers, env).map_err(ConfigErrors)
 }

@@ -135,7 +135,7 @@ pub(super) fn pool_of(
     })
 }
 
-fn required_secret(
+pub(super) fn required_secret(
     s: &mut Section<'_>,
     ctx: &mut Ctx<'_>,
     key: &str,
@@ -526,7 +526,7 @@ fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     u
 }
 
-fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
+pub(super) fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("admin", &empty));
     let d = Admin::default();
@@ -545,7 +545,7 @@ fn admin(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Admin {
     Admin { listen, enabled }
 }
 
-fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
+pub(super) fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("log", &empty));
     let d = Log::default();
@@ -609,7 +609,7 @@ fn netstack(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Netstack {
     n
 }
 
-fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
+pub(super) fn runtime(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Runtime {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("runtime", &empty));
     let d = Runtime::default();

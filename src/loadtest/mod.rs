@@ -23,6 +23,7 @@
 //! | [`report`] | mergeable per-thread figures, the report (`--json`) and its table |
 //! | [`cpu`] | CPU seconds per thread from `/proc`, to show who was the bottleneck |
 //! | [`upstream`] | the in-process upstream: cheap SCM-like routes on loopback |
+//! | [`front`] | `--front`: a `wgbroker gateway`'s front door over kernel TCP, thread per connection |
 //!
 //! ## Invariants
 //!
@@ -46,6 +47,7 @@
 
 pub mod cpu;
 pub mod driver;
+pub mod front;
 pub mod report;
 pub mod scenario;
 pub mod session;
@@ -104,6 +106,16 @@ pub struct Args {
     /// Be the gateway an external broker dials (see --broker-public-key, --listen).
     #[arg(long, conflicts_with_all = ["config", "null"])]
     pub gateway: bool,
+
+    /// Drive a `wgbroker gateway`'s front door at ADDR (HTTP/1.1 on kernel TCP) instead of a
+    /// broker: each of --connections keep-alive connections sends `GET --front-target` in a
+    /// closed loop, on its own thread (see `loadtest::front`).
+    #[arg(long, value_name = "ADDR", requires = "front_target", conflicts_with_all = ["config", "null", "gateway", "calibrate", "rate"])]
+    pub front: Option<SocketAddr>,
+
+    /// Front-door mode: the request target, e.g. `/t/acme/proxy/https://ghe.example.com/api/v3/repos/a/b`.
+    #[arg(long, value_name = "TARGET", requires = "front")]
+    pub front_target: Option<String>,
 
     /// Run the scenario against the broker, then against the null responder, and print both.
     #[arg(long, conflicts_with = "null")]
@@ -457,6 +469,9 @@ pub fn run(mut args: Args) -> Result<Finished, Error> {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
         args.seed = Some(u64::from_le_bytes(b) >> 1);
+    }
+    if let (Some(addr), Some(target)) = (args.front, args.front_target.as_deref()) {
+        return front::run(addr, target, &args);
     }
     session::run(&args)
 }

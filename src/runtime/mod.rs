@@ -40,12 +40,14 @@
 //! | `udp.rs` | batched UDP I/O: `recvmmsg`, `sendmmsg`, GSO |
 //! | `placement.rs` | which executor runs on which CPU, combined or split |
 //! | `preflight.rs` | io_uring and memlock checks, UDP buffer caps |
+//! | `gateway.rs` | `wgbroker gateway`: one executor with the tunnel to every broker, the front door, health checks |
 //! | `upstream.rs` | a shard's upstream connections: DNS, dialling, TLS, pools |
 //! | `outbound.rs` | the webhook relay: its listener executor, the deliveries on shard 0 |
 
 pub mod alloc;
 mod barrier;
 mod error;
+pub mod gateway;
 pub(crate) mod link;
 mod outbound;
 pub mod placement;

@@ -6,6 +6,7 @@ mod ci_setup;
 mod cli;
 mod config;
 mod dual_stack;
+mod gateway;
 mod harness;
 mod interop;
 mod interop_proxy;

@@ -1,0 +1,278 @@
+//! `wgbroker gateway` as a service: start the gateway's executor ([`crate::runtime::gateway`]),
+//! serve `/metrics`, `/healthz` and `/readyz` on `[admin] listen`, stop on `SIGINT`/`SIGTERM`.
+//!
+//! `SIGHUP` validates the configuration again and says what changed, but applies nothing:
+//! tenants and brokers take effect at the next start (the peer table is built once).
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::gateway::{self, GatewayConfig, LoadedGateway};
+use crate::config::{LoadMode, ProcessEnv};
+use crate::runtime::gateway::{GatewayHandle, GatewayStartError, GatewayStatus, start_gateway};
+
+/// Why the gateway stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Start(#[from] GatewayStartError),
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Starts a gateway and its admin listener; the handle stops both when dropped.
+pub fn start(c: &GatewayConfig) -> Result<(GatewayHandle, Option<AdminServer>), Error> {
+    let handle = start_gateway(c)?;
+    let admin = if c.admin.enabled {
+        Some(AdminServer::start(c.clone(), handle.status.clone())?)
+    } else {
+        None
+    };
+    Ok((handle, admin))
+}
+
+/// Runs the gateway of `loaded` until `SIGINT` or `SIGTERM`.
+pub fn run(loaded: LoadedGateway, files: &[PathBuf]) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Signals)?;
+    let c = &loaded.config;
+    let (handle, admin) = start(c)?;
+    tracing::info!(
+        event = "gateway.start",
+        public_key = %c.gateway.private_key.public_key(),
+        address = %c.gateway.address,
+        udp = %handle.udp_addr,
+        front = %handle.front_addr,
+        tenants = c.tenant.len(),
+        brokers = c.brokers().count(),
+    );
+    crate::notify::ready();
+    for s in signals.forever() {
+        if s != SIGHUP {
+            break;
+        }
+        match gateway::load(files, LoadMode::Full, &ProcessEnv) {
+            Ok(new) if new.config == *c => {
+                tracing::info!(event = "config.reload", changed = false);
+            }
+            Ok(_) => tracing::warn!(
+                event = "config.reload",
+                changed = true,
+                note = "gateway changes apply at the next restart"
+            ),
+            Err(e) => tracing::error!(event = "config.invalid", errors = %e),
+        }
+    }
+    tracing::info!(event = "gateway.stop");
+    crate::notify::stopping();
+    drop(admin);
+    handle.stop();
+    Ok(())
+}
+
+/// The admin listener: one thread, one request per connection.
+#[derive(Debug)]
+pub struct AdminServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl AdminServer {
+    fn start(c: GatewayConfig, status: Arc<GatewayStatus>) -> Result<Self, Error> {
+        let addr = c.admin.listen;
+        let listener = TcpListener::bind(addr).map_err(|source| Error::Admin { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Admin { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Admin { addr, source })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wgbroker-admin".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = serve_admin(stream, &c, &status);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+            .map_err(|source| Error::Admin { addr, source })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_admin(
+    stream: TcpStream,
+    c: &GatewayConfig,
+    status: &GatewayStatus,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).take_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (code, ctype, body) = match path {
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics(c, status)),
+        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            if status.running.load(Ordering::Relaxed) {
+                (200, "text/plain", "ready\n".to_owned())
+            } else {
+                (503, "text/plain", "not running\n".to_owned())
+            }
+        }
+        _ => (404, "text/plain", "not found\n".to_owned()),
+    };
+    let mut s = stream;
+    write!(
+        s,
+        "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        crate::http::reason_phrase(code),
+        body.len()
+    )
+}
+
+/// Reads one line, at most 8 KiB.
+trait TakeLine {
+    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: std::io::Read> TakeLine for BufReader<R> {
+    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize> {
+        use std::io::Read as _;
+        self.by_ref().take(8 << 10).read_line(line)
+    }
+}
+
+/// The Prometheus exposition: per tenant and broker, requests, errors, latency, handshake
+/// age, health; the front door's own answers.
+pub fn metrics(c: &GatewayConfig, status: &GatewayStatus) -> String {
+    let mut out = String::new();
+    let series = [
+        (
+            "wgbroker_gateway_broker_requests_total",
+            "counter",
+            "Attempts sent to the broker.",
+        ),
+        (
+            "wgbroker_gateway_broker_errors_total",
+            "counter",
+            "Attempts that failed (connect, broke off).",
+        ),
+        (
+            "wgbroker_gateway_broker_latency_seconds_sum",
+            "counter",
+            "Sum of times to the response head of answered attempts.",
+        ),
+        (
+            "wgbroker_gateway_broker_answered_total",
+            "counter",
+            "Answered attempts.",
+        ),
+        (
+            "wgbroker_gateway_broker_handshake_age_seconds",
+            "gauge",
+            "Age of the last WireGuard handshake; -1 without one.",
+        ),
+        (
+            "wgbroker_gateway_broker_healthy",
+            "gauge",
+            "1 when the broker is in rotation.",
+        ),
+        (
+            "wgbroker_gateway_broker_checks_failed_total",
+            "counter",
+            "Health checks that failed.",
+        ),
+    ];
+    for (i, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for ((t, b), counters) in c.brokers().zip(&status.brokers) {
+            let tenant = &c.tenant[t].name;
+            let value = match i {
+                0 => counters.requests.load(Ordering::Relaxed).to_string(),
+                1 => counters.errors.load(Ordering::Relaxed).to_string(),
+                2 => format!(
+                    "{:.6}",
+                    counters.latency_us.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+                3 => counters.answered.load(Ordering::Relaxed).to_string(),
+                4 => match counters.handshake_age_ms.load(Ordering::Relaxed) {
+                    u64::MAX => "-1".to_owned(),
+                    ms => format!("{:.3}", ms as f64 / 1e3),
+                },
+                5 => u8::from(counters.healthy.load(Ordering::Relaxed)).to_string(),
+                _ => counters.checks_failed.load(Ordering::Relaxed).to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{tenant}\",broker=\"{}\"}} {value}",
+                b.address
+            );
+        }
+    }
+    for (name, help, v) in [
+        (
+            "wgbroker_gateway_not_found_total",
+            "Front-door requests for no or an unknown tenant.",
+            &status.not_found,
+        ),
+        (
+            "wgbroker_gateway_unavailable_total",
+            "Front-door requests answered 503: no healthy broker.",
+            &status.unavailable,
+        ),
+        (
+            "wgbroker_gateway_malformed_total",
+            "Front-door requests refused as malformed.",
+            &status.malformed,
+        ),
+        (
+            "wgbroker_gateway_heartbeats_total",
+            "Broker heartbeats answered inside the tunnel.",
+            &status.heartbeats,
+        ),
+        (
+            "wgbroker_gateway_tunnel_dropped_total",
+            "Packets the tunnel dropped (bad source, replay, garbage).",
+            &status.tunnel_dropped,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    out
+}

@@ -1,0 +1,701 @@
+//! `wgbroker gateway` end to end: an in-process gateway, real broker processes on loopback
+//! (tenant "a" with two brokers, tenant "b" with one, each tenant its own private upstream),
+//! vendor requests through the front door.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wgbroker::config::LoadMode;
+use wgbroker::config::gateway::{GatewayConfig, load_str};
+use wgbroker::keys::PrivateKey;
+use wgbroker::runtime::gateway::{BROKER_HEADER, GatewayHandle};
+use wgbroker::testkit::scm::MockScm;
+
+use crate::harness::poll_until;
+
+const TOKEN_A: &str = "ghp_tenantA0123456789abcdefABCDEF0123456";
+const TOKEN_B: &str = "ghp_tenantB0123456789abcdefABCDEF0123456";
+/// Tunnel addresses of brokers a1, a2, b1.
+const ADDRS: [&str; 3] = ["10.77.1.2", "10.77.1.3", "10.77.2.2"];
+
+/// A gateway, three broker processes and the two tenants' upstreams.
+struct Fleet {
+    scm_a: MockScm,
+    scm_b: MockScm,
+    gateway: Option<GatewayHandle>,
+    _admin: Option<wgbroker::gateway_service::AdminServer>,
+    front: SocketAddr,
+    brokers: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let scm_a = MockScm::start(TOKEN_A).expect("mock a");
+        let scm_b = MockScm::start(TOKEN_B).expect("mock b");
+        let gw_key = PrivateKey::generate().expect("rng");
+        let keys: Vec<PrivateKey> = (0..3)
+            .map(|_| PrivateKey::generate().expect("rng"))
+            .collect();
+        let text = format!(
+            r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:0"
+address = "10.77.0.1"
+front = "127.0.0.1:0"
+[[tenant]]
+name = "a"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[[tenant]]
+name = "b"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[admin]
+listen = "127.0.0.1:0"
+"#,
+            gw_key.to_base64(),
+            keys[0].public_key(),
+            ADDRS[0],
+            keys[1].public_key(),
+            ADDRS[1],
+            keys[2].public_key(),
+            ADDRS[2],
+        );
+        let config: GatewayConfig = load_str(
+            &[(PathBuf::from("gateway.toml"), text)],
+            LoadMode::Full,
+            &|_: &str| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+        let (gateway, admin) = wgbroker::gateway_service::start(&config).expect("gateway starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut brokers = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (scm, token) = if i < 2 {
+                (scm_a.addr(), TOKEN_A)
+            } else {
+                (scm_b.addr(), TOKEN_B)
+            };
+            let toml = format!(
+                r#"
+[wireguard]
+private_key = "{}"
+address = "{}"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{}"
+allowed_ips = ["10.77.0.1/32"]
+persistent_keepalive = 5
+[heartbeat]
+url = "http://10.77.0.1/heartbeat"
+interval = "1s"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+pin = false
+[[scm]]
+type = "github"
+base_url = "http://{scm}/api/v3"
+token = "{token}"
+[[allow]]
+url = "http://{scm}/upload"
+methods = ["POST"]
+[[allow]]
+url = "http://{scm}/download/:n"
+methods = ["GET"]
+[[allow]]
+url = "http://{scm}/chunked/:n"
+methods = ["GET"]
+"#,
+                key.to_base64(),
+                ADDRS[i],
+                gw_key.public_key(),
+                gateway.udp_addr,
+            );
+            let file = dir.path().join(format!("broker{i}.toml"));
+            std::fs::write(&file, toml).expect("write");
+            let log =
+                std::fs::File::create(dir.path().join(format!("broker{i}.log"))).expect("log");
+            brokers.push(
+                Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+                    .args(["run", "-c"])
+                    .arg(&file)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("spawn broker"),
+            );
+        }
+        let front = gateway.front_addr;
+        let fleet = Self {
+            scm_a,
+            scm_b,
+            gateway: Some(gateway),
+            _admin: admin,
+            front,
+            brokers,
+            _dir: dir,
+        };
+        poll_until(Duration::from_secs(30), "every broker in rotation", || {
+            (0..3).all(|i| fleet.healthy(i))
+        });
+        fleet
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.gateway
+            .as_ref()
+            .is_some_and(|g| g.status.brokers[i].healthy.load(Ordering::Relaxed))
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.brokers[i].kill();
+        let _ = self.brokers[i].wait();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for b in &mut self.brokers {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        if let Some(g) = self.gateway.take() {
+            g.stop();
+        }
+    }
+}
+
+/// A response as the vendor saw it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn broker(&self) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(BROKER_HEADER).then(|| v.trim())
+        })
+    }
+}
+
+/// One request on its own connection to the front door.
+fn request(front: SocketAddr, method: &str, target: &str) -> std::io::Result<Answer> {
+    let mut s = TcpStream::connect(front)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (headers, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head: {text:?}")))?;
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok(Answer {
+        status,
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+fn repo_url(scm: &MockScm, repo: &str) -> String {
+    format!("http://{}/api/v3/repos/acme/{repo}", scm.addr())
+}
+
+#[test]
+fn gateway_routes_each_tenant_to_its_own_brokers_and_spreads_the_load() {
+    let f = Fleet::start();
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let a = request(
+            f.front,
+            "GET",
+            &format!("/t/a/proxy/{}", repo_url(&f.scm_a, &format!("app{i}"))),
+        )
+        .expect("answer");
+        assert_eq!(a.status, 200, "{a:?}");
+        assert!(a.body.contains(&format!("acme/app{i}")), "{a:?}");
+        served_by.insert(a.broker().expect("broker header").to_owned());
+    }
+    assert_eq!(
+        served_by.into_iter().collect::<Vec<_>>(),
+        ["a/10.77.1.2", "a/10.77.1.3"],
+        "tenant a's requests spread over both of its brokers"
+    );
+    assert!(
+        f.scm_a
+            .seen()
+            .iter()
+            .all(|s| s.header("authorization") == Some(&format!("Bearer {TOKEN_A}"))),
+        "tenant a's upstream saw tenant a's token"
+    );
+
+    let b = request(
+        f.front,
+        "GET",
+        &format!("/t/b/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!((b.status, b.broker()), (200, Some("b/10.77.2.2")), "{b:?}");
+    assert_eq!(
+        f.scm_b
+            .seen()
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_owned)),
+        Some(format!("Bearer {TOKEN_B}"))
+    );
+
+    // Tenant b's upstream through tenant a: a's brokers know nothing of it.
+    let before = f.scm_b.seen().len();
+    let forged = request(
+        f.front,
+        "GET",
+        &format!("/t/a/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(
+        forged.broker().is_some_and(|b| b.starts_with("a/")),
+        "{forged:?}"
+    );
+    assert_eq!(
+        f.scm_b.seen().len(),
+        before,
+        "nothing reached tenant b's upstream"
+    );
+
+    let unknown = request(f.front, "GET", "/t/c/proxy/http://x/").expect("answer");
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let nowhere = request(f.front, "GET", "/proxy/http://x/").expect("answer");
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+
+    let health = request(f.front, "GET", "/t/b/healthcheck").expect("answer");
+    assert_eq!(
+        (health.status, health.broker()),
+        (200, Some("b/10.77.2.2")),
+        "{health:?}"
+    );
+
+    let g = f.gateway.as_ref().expect("running");
+    poll_until(
+        Duration::from_secs(10),
+        "a broker heartbeat answered",
+        || g.status.heartbeats.load(Ordering::Relaxed) > 0,
+    );
+}
+
+/// What one client request came to.
+#[derive(Debug)]
+struct Outcome {
+    started: Instant,
+    result: Result<(u16, String), String>,
+}
+
+#[test]
+fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reached_it() {
+    let mut f = Fleet::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..9 {
+        let (tenant, url) = if c < 8 {
+            ("a", repo_url(&f.scm_a, &format!("r{c}")))
+        } else {
+            ("b", repo_url(&f.scm_b, "r"))
+        };
+        let (front, stop) = (f.front, stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
+                    .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
+                    .map_err(|e| e.to_string());
+                out.push(Outcome { started, result });
+            }
+            out
+        }));
+    }
+    // Steady load on both of a's brokers first.
+    let a_requests = || {
+        f.gateway.as_ref().map_or(0, |g| {
+            g.status.brokers[..2]
+                .iter()
+                .map(|b| b.answered.load(Ordering::Relaxed).min(1))
+                .sum::<u64>()
+        })
+    };
+    poll_until(
+        Duration::from_secs(20),
+        "both of a's brokers answering",
+        || a_requests() == 2,
+    );
+    let killed_at = Instant::now();
+    f.kill(0);
+    poll_until(
+        Duration::from_secs(5),
+        "the dead broker out of rotation",
+        || !f.healthy(0),
+    );
+    let out_after = killed_at.elapsed();
+    // Load for a while after the failover.
+    while killed_at.elapsed() < Duration::from_secs(7) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<Vec<Outcome>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+
+    let a: Vec<&Outcome> = results[..8].iter().flatten().collect();
+    let b: Vec<&Outcome> = results[8].iter().collect();
+    let failed: Vec<&&Outcome> = a
+        .iter()
+        .filter(|o| !matches!(&o.result, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests to tenant a that failed ({} of {}; broker out of rotation after {out_after:?}): {failed:#?}",
+        failed.len(),
+        a.len()
+    );
+    let late: Vec<&&Outcome> = a
+        .iter()
+        .filter(|o| o.started > killed_at + Duration::from_secs(5))
+        .collect();
+    assert!(!late.is_empty(), "requests after the failover");
+    assert!(
+        late.iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "a/10.77.1.3")),
+        "after 5 s the surviving broker serves tenant a alone"
+    );
+    assert!(!b.is_empty());
+    assert!(
+        b.iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "b/10.77.2.2")),
+        "tenant b undisturbed: {:?}",
+        b.iter().find(|o| !matches!(&o.result, Ok((200, _))))
+    );
+}
+
+#[test]
+fn bodies_stream_both_ways_on_a_kept_alive_front_door_connection() {
+    let mut f = Fleet::start();
+    let scm = f.scm_a.addr();
+    let mut s = TcpStream::connect(f.front).expect("front door");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    // An upload with a length, one chunked, then downloads with a length and chunked: one
+    // connection, each answer framed so that the next request can follow.
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let fnv = wgbroker::testkit::scm::fnv1a(&upload, wgbroker::testkit::scm::FNV_INIT);
+    write!(
+        s,
+        "POST /t/a/proxy/http://{scm}/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n",
+        upload.len()
+    )
+    .expect("write");
+    s.write_all(&upload).expect("body");
+    let (status, _, body) = read_framed(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!(r#"{{"bytes":{},"fnv":"{fnv:016x}"}}"#, upload.len())
+    );
+    write!(
+        s,
+        "POST /t/a/proxy/http://{scm}/upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .expect("write");
+    for part in upload.chunks(70_000) {
+        write!(s, "{:x}\r\n", part.len()).expect("size");
+        s.write_all(part).expect("chunk");
+        s.write_all(b"\r\n").expect("crlf");
+    }
+    s.write_all(b"0\r\n\r\n").expect("last chunk");
+    let (status, _, body) = read_framed(&mut r);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains(&format!("{fnv:016x}")));
+    for (path, n) in [("download/500000", 500_000), ("chunked/200000", 200_000)] {
+        write!(
+            s,
+            "GET /t/a/proxy/http://{scm}/{path} HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+        .expect("write");
+        let (status, head, body) = read_framed(&mut r);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body.len(), n, "{head}");
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(i, &b)| b == wgbroker::testkit::scm::pattern_byte(i as u64)),
+            "{path}: the body arrived byte for byte"
+        );
+    }
+    // The only broker of b gone: b answers 503 with a JSON reason; a is not disturbed.
+    f.kill(2);
+    poll_until(Duration::from_secs(5), "b's broker out of rotation", || {
+        !f.healthy(2)
+    });
+    let none = request(
+        f.front,
+        "GET",
+        &format!("/t/b/proxy/{}", repo_url(&f.scm_b, "x")),
+    )
+    .expect("answer");
+    assert_eq!(none.status, 503, "{none:?}");
+    let reason: serde_json::Value = serde_json::from_str(&none.body).expect("JSON body");
+    assert_eq!(reason["error"], "no healthy broker");
+    assert_eq!(reason["tenant"], "b");
+    write!(
+        s,
+        "GET /t/a/proxy/{} HTTP/1.1\r\nHost: gw\r\n\r\n",
+        repo_url(&f.scm_a, "still")
+    )
+    .expect("write");
+    assert_eq!(
+        read_framed(&mut r).0,
+        200,
+        "the kept-alive connection serves a"
+    );
+}
+
+/// Reads one response framed by `Content-Length` or chunked: (status, head, body).
+fn read_framed(r: &mut impl std::io::BufRead) -> (u16, String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).expect("read") > 0,
+            "closed in the head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    assert!(
+        !header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")),
+        "the front door closes after: {head}"
+    );
+    let mut body = Vec::new();
+    if let Some(n) = header("content-length") {
+        body.resize(n.parse().expect("length"), 0);
+        r.read_exact(&mut body).expect("body");
+    } else if header("transfer-encoding").is_some() {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        panic!("an unframed response: {head}");
+    }
+    (status, head, body)
+}
+
+#[test]
+fn loadtest_drives_the_front_door() {
+    let f = Fleet::start();
+    let target = format!("/t/a/proxy/{}", repo_url(&f.scm_a, "load"));
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["loadtest", "--front"])
+        .arg(f.front.to_string())
+        .args(["--front-target", &target])
+        .args(["--connections", "2", "--duration", "1s", "--json"])
+        .output()
+        .expect("loadtest runs");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        report["requests"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(
+        report["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0),
+        "{report}"
+    );
+    // Both of a's brokers carried the load.
+    let g = f.gateway.as_ref().expect("running");
+    assert!(
+        g.status.brokers[..2]
+            .iter()
+            .all(|b| b.answered.load(Ordering::Relaxed) > 0),
+        "the load spread over a's brokers"
+    );
+}
+
+#[test]
+fn demo_gateway_shows_a_failover() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["demo", "--gateway"])
+        .output()
+        .expect("demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("served by acme/10.77.1.2"), "{text}");
+    assert!(text.contains("served by acme/10.77.1.3"), "{text}");
+    assert!(
+        text.contains("failed over to its other broker without a failed request"),
+        "{text}"
+    );
+}
+
+/// The `key: |` blocks of the ConfigMaps in a manifest: (key, text).
+fn configmap_files(yaml: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in yaml.lines() {
+        if let Some((_, text)) = current.as_mut() {
+            if let Some(l) = line.strip_prefix("    ") {
+                text.push_str(l);
+                text.push('\n');
+                continue;
+            }
+            if line.trim().is_empty() {
+                text.push('\n');
+                continue;
+            }
+            out.extend(current.take());
+        }
+        if let Some(key) = line
+            .strip_prefix("  ")
+            .and_then(|l| l.strip_suffix(": |"))
+            .filter(|k| k.ends_with(".toml"))
+        {
+            current = Some((key.to_owned(), String::new()));
+        }
+    }
+    out.extend(current);
+    out
+}
+
+#[test]
+fn the_kubernetes_manifests_carry_valid_configurations() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let env = |_: &str| None;
+    let broker = std::fs::read_to_string(root.join("broker.yaml")).expect("broker.yaml");
+    let files = configmap_files(&broker);
+    let common = files
+        .iter()
+        .find(|(k, _)| k == "common.toml")
+        .map(|(_, t)| t.clone())
+        .expect("common.toml");
+    let mut brokers = 0;
+    for (key, text) in files.iter().filter(|(k, _)| k.starts_with("wgbroker-")) {
+        // As the Deployment's args overlay them; the key and token files exist only in a pod.
+        let loaded = wgbroker::config::load_str(
+            &[
+                (PathBuf::from(key), text.clone()),
+                (PathBuf::from("common.toml"), common.clone()),
+            ],
+            LoadMode::Policy,
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(loaded.config.heartbeat.is_some());
+        assert!(
+            broker.contains(&format!("\"/etc/wgbroker/conf/{key}\"")),
+            "a Deployment runs {key}"
+        );
+        brokers += 1;
+    }
+    assert_eq!(brokers, 2, "two brokers by default");
+    let gateway = std::fs::read_to_string(root.join("gateway.yaml")).expect("gateway.yaml");
+    let files = configmap_files(&gateway);
+    assert_eq!(files.len(), 1);
+    let loaded = load_str(
+        &[(PathBuf::from("gateway.toml"), files[0].1.clone())],
+        LoadMode::Policy,
+        &env,
+    )
+    .unwrap_or_else(|e| panic!("gateway.toml: {e}"));
+    assert_eq!(loaded.config.brokers().count(), 2);
+}
+
+#[test]
+fn check_and_dump_read_a_gateway_configuration_from_a_pipe() {
+    let key = PrivateKey::generate().expect("rng");
+    let text = wgbroker::config::gateway::EXAMPLE.replace(
+        r#"{ credential = "wgbroker-gateway.key" }"#,
+        &format!("{:?}", key.to_base64()),
+    );
+    for (command, expect) in [
+        (
+            "check",
+            "gateway configuration OK: 2 tenant(s), 3 broker(s)".to_owned(),
+        ),
+        ("dump", format!("public_key = \"{}\"", key.public_key())),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+            .args([command, "-c", "/dev/stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("ends");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {out:?}");
+        assert!(stdout.contains(&expect), "{command}: {stdout}");
+        assert!(
+            !stdout.contains(&key.to_base64()),
+            "{command} shows no private key"
+        );
+    }
+}
