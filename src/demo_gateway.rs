@@ -36,32 +36,7 @@ fn run_inner() -> Result<bool, String> {
         PrivateKey::generate().map_err(|e| e.to_string())?,
         PrivateKey::generate().map_err(|e| e.to_string())?,
     ];
-    let text = format!(
-        r#"
-[gateway]
-private_key = "{}"
-listen = "127.0.0.1:0"
-address = "10.77.0.1"
-front = "127.0.0.1:0"
-[[tenant]]
-name = "acme"
-[[tenant.broker]]
-public_key = "{}"
-address = "{}"
-[[tenant.broker]]
-public_key = "{}"
-address = "{}"
-[admin]
-enabled = false
-[log]
-level = "error"
-"#,
-        gw_key.to_base64(),
-        keys[0].public_key(),
-        BROKERS[0],
-        keys[1].public_key(),
-        BROKERS[1]
-    );
+    let text = gateway_toml(&gw_key, &keys);
     let gw_config = config::gateway::load_str(
         &[(PathBuf::from("gateway.toml"), text)],
         LoadMode::Full,
@@ -74,34 +49,7 @@ level = "error"
         crate::gateway_service::start(&gw_config).map_err(|e| format!("gateway: {e}"))?;
     let mut brokers = Vec::new();
     for (key, addr) in keys.iter().zip(BROKERS) {
-        let text = format!(
-            r#"
-[wireguard]
-private_key = "{}"
-address = "{addr}"
-[[wireguard.peers]]
-public_key = "{}"
-endpoint = "{}"
-allowed_ips = ["10.77.0.1/32"]
-[heartbeat]
-url = "http://10.77.0.1/heartbeat"
-interval = "1s"
-[admin]
-listen = "127.0.0.1:0"
-[runtime]
-pin = false
-[log]
-level = "error"
-[[scm]]
-type = "github"
-base_url = "http://{}/api/v3"
-token = "{TOKEN}"
-"#,
-            key.to_base64(),
-            gw_key.public_key(),
-            gateway.udp_addr,
-            scm.addr()
-        );
+        let text = broker_toml(key, addr, &gw_key, gateway.udp_addr, scm.addr());
         let loaded = config::load_str(
             &[(PathBuf::from("broker.toml"), text)],
             LoadMode::Full,
@@ -174,6 +122,75 @@ token = "{TOKEN}"
     }
     gateway.stop();
     Ok(ok)
+}
+
+/// The demo gateway's configuration: tenant `acme` on the two brokers of `keys`.
+fn gateway_toml(gw_key: &PrivateKey, keys: &[PrivateKey; 2]) -> String {
+    format!(
+        r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:0"
+address = "10.77.0.1"
+front = "127.0.0.1:0"
+[[tenant]]
+name = "acme"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[[tenant.broker]]
+public_key = "{}"
+address = "{}"
+[admin]
+enabled = false
+[log]
+level = "error"
+"#,
+        gw_key.to_base64(),
+        keys[0].public_key(),
+        BROKERS[0],
+        keys[1].public_key(),
+        BROKERS[1]
+    )
+}
+
+/// One demo broker's configuration: a peer of the gateway at `gateway_udp`, its SCM the mock
+/// upstream at `scm`.
+fn broker_toml(
+    key: &PrivateKey,
+    addr: &str,
+    gw_key: &PrivateKey,
+    gateway_udp: SocketAddr,
+    scm: SocketAddr,
+) -> String {
+    format!(
+        r#"
+[wireguard]
+private_key = "{}"
+address = "{addr}"
+[[wireguard.peers]]
+public_key = "{}"
+endpoint = "{}"
+allowed_ips = ["10.77.0.1/32"]
+[heartbeat]
+url = "http://10.77.0.1/heartbeat"
+interval = "1s"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+pin = false
+[log]
+level = "error"
+[[scm]]
+type = "github"
+base_url = "http://{}/api/v3"
+token = "{TOKEN}"
+"#,
+        key.to_base64(),
+        gw_key.public_key(),
+        gateway_udp,
+        scm
+    )
 }
 
 fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {

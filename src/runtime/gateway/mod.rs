@@ -1,0 +1,625 @@
+//! `wgbroker gateway`'s I/O: one executor running the tunnel (every broker's peer, one
+//! netstack at the gateway's address), the front door (HTTP/1.1 on kernel TCP), the health
+//! checks and the heartbeat responder. The decisions are [`crate::gateway`]'s.
+//!
+//! ## Tasks
+//!
+//! | task | does |
+//! |---|---|
+//! | `rx_loop` | receives datagrams, decrypts them ([`PeerTable`], cryptokey routing), feeds the netstack |
+//! | `driver_loop` | polls the netstack, encrypts what it sends, accepts heartbeat connections |
+//! | `timer_loop` | WireGuard timers, the brokers' session ages into the balancer, health checks due, check timeouts |
+//! | `front_loop` | accepts front-door connections; `front_conn` serves each |
+//! | `check` | one health check: `GET /healthcheck` to a broker through the tunnel |
+//! | `heartbeat` | answers `GET /heartbeat` from a broker (200) inside the tunnel |
+//!
+//! ## One executor
+//!
+//! Everything runs on one glommio executor: the balancer is one `RefCell` that every request
+//! and check touches, and on the 2-CPU machines this was built on, a second executor costs
+//! more in hand-offs than it gains (see [`super::placement`]). Scaling out is running several
+//! gateways, each listed as a peer by every broker (README, "Gateway").
+//!
+//! ## A request on the front door
+//!
+//! The head is parsed and validated by the broker's own parser ([`crate::http::parse_head`]),
+//! routed ([`crate::gateway::route`]), and sent on a new TCP connection through the tunnel to a
+//! broker [`Balancer::pick`]s, as `METHOD /proxy/<URL>` (the target byte for byte) with
+//! `Connection: close`. The request body follows, streamed; then the response is streamed
+//! back with `X-Wgbroker-Broker: <tenant>/<address>` added. A connection per request costs a
+//! handshake inside the tunnel (one round trip) but needs no pool and no framing of the
+//! response: it ends when the broker closes. The client's own connection is kept alive when
+//! the response is delimited (`Content-Length`, chunked).
+//!
+//! Failures follow [`Retry`]: a connection that cannot be opened (within `connect_timeout`, or
+//! its broker leaves rotation meanwhile) goes to another broker; an idempotent request without
+//! a body whose broker leaves rotation or breaks off before any response byte is sent once
+//! more. A dead broker sends no reset (its netstack died with it): leaving rotation is the
+//! signal, and in-flight attempts watch for it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+use glommio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::config::gateway::GatewayConfig;
+use crate::gateway::balance::{Balancer, BrokerId, Event, Next, Outcome, Retry, TenantId};
+use crate::gateway::route::{Route, route};
+use crate::http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, parse_head};
+use crate::netstack::{ConnError, ConnId, StackConfig, StackSet, State};
+use crate::packet::BufPool;
+use crate::tunnel::{PeerId, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+
+/// Longest front-door request head.
+const MAX_HEAD: usize = 16 << 10;
+/// Most headers in a front-door request.
+const MAX_HEADERS: usize = 100;
+/// Time for a request head to arrive, and for an idle keep-alive connection to send the next.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a broker may take to start its response (its own upstream timeout is 60 s).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Time a body may stall in either direction.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an attempt in flight looks whether its broker left rotation.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest park of the driver.
+const MAX_PARK: Duration = Duration::from_millis(100);
+/// The header naming the broker that served a request.
+pub const BROKER_HEADER: &str = "X-Wgbroker-Broker";
+
+/// Counters of one broker, read by the control thread (`/metrics`).
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    /// Attempts sent to it.
+    pub requests: AtomicU64,
+    /// Attempts that failed (connect, broke off).
+    pub errors: AtomicU64,
+    /// Sum of the times to the response head of answered attempts, microseconds.
+    pub latency_us: AtomicU64,
+    /// Answered attempts.
+    pub answered: AtomicU64,
+    /// Age of the last handshake, milliseconds; `u64::MAX` without one.
+    pub handshake_age_ms: AtomicU64,
+    /// In rotation.
+    pub healthy: AtomicBool,
+    /// Health checks that failed.
+    pub checks_failed: AtomicU64,
+}
+
+/// What the gateway publishes for the control thread.
+#[derive(Debug)]
+pub struct GatewayStatus {
+    /// The executor runs and its sockets are bound.
+    pub running: AtomicBool,
+    /// Per broker, in [`BrokerId`] order.
+    pub brokers: Vec<BrokerCounters>,
+    /// Front-door requests for no tenant or an unknown one (404).
+    pub not_found: AtomicU64,
+    /// Front-door requests answered 503 (no healthy broker).
+    pub unavailable: AtomicU64,
+    /// Front-door requests refused as malformed (4xx before routing).
+    pub malformed: AtomicU64,
+    /// Heartbeats answered inside the tunnel.
+    pub heartbeats: AtomicU64,
+    /// Packets the tunnel dropped (bad source, replay, garbage).
+    pub tunnel_dropped: AtomicU64,
+}
+
+impl GatewayStatus {
+    fn new(brokers: usize) -> Self {
+        Self {
+            running: AtomicBool::new(false),
+            brokers: (0..brokers)
+                .map(|_| BrokerCounters {
+                    handshake_age_ms: AtomicU64::new(u64::MAX),
+                    ..BrokerCounters::default()
+                })
+                .collect(),
+            not_found: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            tunnel_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct GatewayHandle {
+    stop: Arc<AtomicBool>,
+    join: Option<glommio::ExecutorJoinHandle<()>>,
+    pub status: Arc<GatewayStatus>,
+    /// Where WireGuard listens (the port, when 0 was asked for).
+    pub udp_addr: SocketAddr,
+    /// Where the front door listens.
+    pub front_addr: SocketAddr,
+}
+
+impl GatewayHandle {
+    /// Stops the executor and waits for it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    #[error("WireGuard socket {addr}: {source}")]
+    Udp { addr: SocketAddr, source: io::Error },
+    #[error("front door {addr}: {source}")]
+    Front { addr: SocketAddr, source: io::Error },
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+    #[error("executor: {0}")]
+    Executor(String),
+}
+
+/// Binds the sockets and starts the gateway's executor.
+pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewayStartError> {
+    let g = &config.gateway;
+    let udp = std::net::UdpSocket::bind(g.listen).map_err(|source| GatewayStartError::Udp {
+        addr: g.listen,
+        source,
+    })?;
+    let udp_addr = udp.local_addr().map_err(|source| GatewayStartError::Udp {
+        addr: g.listen,
+        source,
+    })?;
+    {
+        let s = socket2::SockRef::from(&udp);
+        let _ = s.set_recv_buffer_size(config.runtime.udp_recv_buffer);
+        let _ = s.set_send_buffer_size(config.runtime.udp_send_buffer);
+    }
+    let front =
+        std::net::TcpListener::bind(g.front).map_err(|source| GatewayStartError::Front {
+            addr: g.front,
+            source,
+        })?;
+    let front_addr = front
+        .local_addr()
+        .map_err(|source| GatewayStartError::Front {
+            addr: g.front,
+            source,
+        })?;
+    let now = Instant::now();
+    let table = PeerTable::new(&g.private_key, crate::gateway::peer_specs(config), now)
+        .map_err(|e| GatewayStartError::Tunnel(e.to_string()))?;
+    let mtu = usize::from(g.mtu);
+    let stack = StackConfig {
+        address: g.address,
+        mtu,
+        listen_port: 80,
+        backlog: 4,
+        rx_buffer: config.runtime.tcp_rx_buffer,
+        tx_buffer: config.runtime.tcp_tx_buffer,
+        stacks: 4,
+        max_sockets_per_stack: 1024,
+        ..StackConfig::default()
+    };
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let set = StackSet::new(&stack, now, u64::from_le_bytes(seed))
+        .map_err(|e| GatewayStartError::Tunnel(e.to_string()))?;
+    let status = Arc::new(GatewayStatus::new(config.brokers().count()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seed = Seed {
+        config: config.clone(),
+        udp: socket2::Socket::from(udp),
+        front: socket2::Socket::from(front),
+        table,
+        set,
+        mtu,
+    };
+    let (st, sp) = (status.clone(), stop.clone());
+    let join = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("wgbroker-gateway")
+        .io_memory(256 << 10)
+        .ring_depth(config.runtime.ring_depth)
+        .spawn(move || async move { run(seed, st, sp).await })
+        .map_err(|e| GatewayStartError::Executor(e.to_string()))?;
+    Ok(GatewayHandle {
+        stop,
+        join: Some(join),
+        status,
+        udp_addr,
+        front_addr,
+    })
+}
+
+/// Everything the executor builds its state from (all `Send`).
+struct Seed {
+    config: GatewayConfig,
+    udp: socket2::Socket,
+    front: socket2::Socket,
+    table: PeerTable,
+    set: StackSet,
+    mtu: usize,
+}
+
+/// One broker as the runtime addresses it.
+#[derive(Debug)]
+struct BrokerAddr {
+    /// Where its HTTP endpoint is inside the tunnel.
+    addr: SocketAddr,
+    /// `<tenant>/<address>`: the value of [`BROKER_HEADER`].
+    label: String,
+    peer: PeerId,
+}
+
+/// The executor's state.
+struct Gw {
+    config: GatewayConfig,
+    udp: UdpSocket,
+    table: RefCell<PeerTable>,
+    set: RefCell<StackSet>,
+    pool: RefCell<BufPool>,
+    bal: RefCell<Balancer>,
+    tenants: HashMap<String, TenantId>,
+    brokers: Vec<BrokerAddr>,
+    status: Arc<GatewayStatus>,
+    stop: Arc<AtomicBool>,
+    kicked: Cell<bool>,
+    driver: RefCell<Option<Waker>>,
+}
+
+impl Gw {
+    /// Wakes the driver (packets arrived, a connection was opened).
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.driver.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves when kicked or when the netstack wants a poll (see `runtime::shard`).
+    fn kicked(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.kicked.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut set = self.set.borrow_mut();
+            if set.poll_delay(Instant::now()) == Some(Duration::ZERO) {
+                return Poll::Ready(());
+            }
+            *self.driver.borrow_mut() = Some(cx.waker().clone());
+            set.set_poll_waker(cx.waker());
+            Poll::Pending
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the balancer's rotation changes (log lines, `healthy` gauges).
+    fn publish_events(&self) {
+        loop {
+            let ev = self.bal.borrow_mut().poll_event();
+            match ev {
+                Some(Event::Up(id)) => {
+                    self.counters(id).healthy.store(true, Ordering::Relaxed);
+                    tracing::info!(event = "gateway.broker_up", broker = %self.brokers[id.0].label);
+                }
+                Some(Event::Down(id, why)) => {
+                    self.counters(id).healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(event = "gateway.broker_down", broker = %self.brokers[id.0].label, reason = why.as_str());
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn counters(&self, id: BrokerId) -> &BrokerCounters {
+        &self.status.brokers[id.0]
+    }
+}
+
+async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
+    let now = Instant::now();
+    let c = seed.config;
+    let mut tenants = HashMap::new();
+    let mut brokers = Vec::new();
+    let peers: Vec<PeerId> = seed.table.peers().collect();
+    for (t, tenant) in c.tenant.iter().enumerate() {
+        tenants.insert(tenant.name.clone(), TenantId(t));
+        for b in &tenant.broker {
+            brokers.push(BrokerAddr {
+                addr: SocketAddr::new(b.address, c.gateway.broker_port),
+                label: format!("{}/{}", tenant.name, b.address),
+                peer: peers[brokers.len()],
+            });
+        }
+    }
+    let capacity = (seed.mtu + crate::tunnel::DATA_OVERHEAD + 63) & !63;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up the socket's only owner, so the listener built from the
+    // descriptor is its sole owner and closes it exactly once.
+    #[allow(unsafe_code)]
+    let front = unsafe { TcpListener::from_raw_fd(seed.front.into_raw_fd()) };
+    let gw = Rc::new(Gw {
+        bal: RefCell::new(Balancer::new(&c, now)),
+        config: c,
+        udp: UdpSocket::from(seed.udp),
+        table: RefCell::new(seed.table),
+        set: RefCell::new(seed.set),
+        pool: RefCell::new(BufPool::new(capacity, 4096)),
+        tenants,
+        brokers,
+        status,
+        stop,
+        kicked: Cell::new(false),
+        driver: RefCell::new(None),
+    });
+    gw.status.running.store(true, Ordering::Relaxed);
+    glommio::spawn_local(rx_loop(gw.clone())).detach();
+    glommio::spawn_local(front_loop(gw.clone(), front)).detach();
+    glommio::spawn_local(timer_loop(gw.clone())).detach();
+    driver_loop(gw.clone()).await;
+    gw.status.running.store(false, Ordering::Relaxed);
+}
+
+/// Sends a datagram; a failure is for WireGuard's timers to recover from.
+async fn send_datagram(gw: &Gw, d: &[u8], to: SocketAddr) {
+    if let Err(e) = gw.udp.send_to(d, to).await {
+        tracing::debug!(event = "wireguard.send_error", %to, error = %e);
+    }
+}
+
+async fn rx_loop(gw: Rc<Gw>) {
+    let capacity = gw.pool.borrow().buf_capacity();
+    let mut datagram = vec![0u8; capacity + 1];
+    let mut scratch = vec![0u8; required_buffer_len(capacity)];
+    while !gw.stopped() {
+        let (n, from) = match gw.udp.recv_from(&mut datagram).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(event = "wireguard.recv_error", error = %e);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if n > capacity {
+            continue;
+        }
+        let mut buf = gw.pool.borrow_mut().take();
+        let received =
+            gw.table
+                .borrow_mut()
+                .receive(Instant::now(), from, &datagram[..n], buf.space());
+        match received {
+            Received::Packet { packet, .. } => {
+                let len = packet.len();
+                buf.set_len(len);
+                let _ = gw.set.borrow_mut().ingest(buf);
+                gw.kick();
+            }
+            Received::Transmit {
+                peer,
+                to,
+                datagram: reply,
+            } => {
+                let len = reply.len();
+                buf.set_len(len);
+                send_datagram(&gw, buf.as_slice(), to).await;
+                gw.pool.borrow_mut().give(buf);
+                if let Some(peer) = peer {
+                    loop {
+                        let next = gw
+                            .table
+                            .borrow_mut()
+                            .flush(peer, &mut scratch)
+                            .map(|t| (t.to, t.datagram.len()));
+                        match next {
+                            Some((to, len)) => send_datagram(&gw, &scratch[..len], to).await,
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Received::Done => gw.pool.borrow_mut().give(buf),
+            Received::Dropped(reason) => {
+                gw.status.tunnel_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(event = "wireguard.drop", ?reason, %from);
+                gw.pool.borrow_mut().give(buf);
+            }
+        }
+    }
+}
+
+/// Polls the netstack, accepts heartbeat connections, encrypts and sends its packets.
+async fn driver_loop(gw: Rc<Gw>) {
+    let capacity = gw.pool.borrow().buf_capacity();
+    let mut out = vec![0u8; required_buffer_len(capacity)];
+    let mut accepted = Vec::new();
+    while !gw.stopped() {
+        let now = Instant::now();
+        {
+            let mut set = gw.set.borrow_mut();
+            set.poll(now, &mut gw.pool.borrow_mut());
+            while let Some(id) = set.accept() {
+                accepted.push(id);
+            }
+            let spent: Vec<_> = set.drain_spent().collect();
+            let mut pool = gw.pool.borrow_mut();
+            for b in spent {
+                pool.give(b);
+            }
+        }
+        for id in accepted.drain(..) {
+            glommio::spawn_local(heartbeat(gw.clone(), id)).detach();
+        }
+        loop {
+            let Some(p) = gw.set.borrow_mut().pop_tx() else {
+                break;
+            };
+            let sent = match gw.table.borrow_mut().send(now, p.as_slice(), &mut out) {
+                Sent::Transmit(t) => Some((t.to, t.datagram.len())),
+                _ => None,
+            };
+            gw.pool.borrow_mut().give(p);
+            if let Some((to, len)) = sent {
+                send_datagram(&gw, &out[..len], to).await;
+            }
+        }
+        let delay = gw.set.borrow().poll_delay(Instant::now());
+        if delay == Some(Duration::ZERO) {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let park = delay.unwrap_or(MAX_PARK).min(MAX_PARK);
+        future::or(gw.kicked(), glommio::timer::sleep(park)).await;
+    }
+}
+
+/// WireGuard timers, session ages, health checks.
+async fn timer_loop(gw: Rc<Gw>) {
+    let mut out = vec![0u8; required_buffer_len(gw.pool.borrow().buf_capacity())];
+    let mut next_tick = Instant::now();
+    while !gw.stopped() {
+        let now = Instant::now();
+        if now >= next_tick {
+            let mut queued = Vec::new();
+            next_tick = gw
+                .table
+                .borrow_mut()
+                .tick(now, &mut out, &mut |_, to, d| queued.push((to, d.to_vec())))
+                .min(now + TICK_INTERVAL);
+            for (to, d) in queued {
+                send_datagram(&gw, &d, to).await;
+            }
+            let table = gw.table.borrow();
+            let mut bal = gw.bal.borrow_mut();
+            for (i, b) in gw.brokers.iter().enumerate() {
+                let age = table.peer_status(b.peer).and_then(|s| s.handshake_age(now));
+                bal.set_session(BrokerId(i), age);
+                let ms = age.map_or(u64::MAX, |a| {
+                    u64::try_from(a.as_millis()).unwrap_or(u64::MAX)
+                });
+                gw.status.brokers[i]
+                    .handshake_age_ms
+                    .store(ms, Ordering::Relaxed);
+            }
+            gw.status
+                .tunnel_dropped
+                .store(table.counters().dropped(), Ordering::Relaxed);
+        }
+        let due: Vec<BrokerId> = {
+            let mut bal = gw.bal.borrow_mut();
+            bal.tick(now);
+            std::iter::from_fn(|| bal.poll_check(now)).collect()
+        };
+        for id in due {
+            glommio::spawn_local(check(gw.clone(), id)).detach();
+        }
+        gw.publish_events();
+        let next = gw
+            .bal
+            .borrow()
+            .next_deadline()
+            .map_or(next_tick, |d| d.min(next_tick));
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), MAX_PARK);
+        glommio::timer::sleep(wait).await;
+    }
+}
+
+/// One health check of broker `id`: `GET /healthcheck` answered 200 passes.
+async fn check(gw: Rc<Gw>, id: BrokerId) {
+    let timeout = gw.config.gateway.health_timeout;
+    let result = future::or(
+        async {
+            let r: io::Result<u16> = async {
+                let mut conn = open(&gw, id, false).await?;
+                let req = format!(
+                    "GET /healthcheck HTTP/1.1\r\nHost: {}\r\nUser-Agent: wgbroker-gateway\r\nConnection: close\r\n\r\n",
+                    gw.brokers[id.0].addr.ip()
+                );
+                conn.write_all(req.as_bytes()).await?;
+                let (head, _) = read_response_head(&mut conn, Vec::new()).await?;
+                let _ = conn.close().await;
+                Ok(head.status)
+            }
+            .await;
+            if let Err(e) = &r {
+                tracing::debug!(event = "gateway.check_failed", broker = %gw.brokers[id.0].label, error = %e);
+            }
+            Some(r.ok() == Some(200))
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let passed = result == Some(true);
+    if !passed {
+        gw.counters(id)
+            .checks_failed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    gw.bal.borrow_mut().check_done(id, passed);
+    gw.publish_events();
+}
+
+/// Answers `GET /heartbeat` inside the tunnel with 200, anything else with 404; one request
+/// per connection.
+async fn heartbeat(gw: Rc<Gw>, id: ConnId) {
+    let mut conn = TunnelConn::new(gw.clone(), id);
+    let mut buf = Vec::new();
+    let served = future::or(
+        async {
+            let (head, _) = read_request_head(&mut conn, &mut buf).await.ok()?;
+            let target = head.target(&buf);
+            let path = target.split('?').next().unwrap_or(target);
+            let ok = path == "/heartbeat" && matches!(head.method_str(&buf), "GET" | "HEAD");
+            let answer: &[u8] = if ok {
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            conn.write_all(answer).await.ok()?;
+            Some(ok)
+        },
+        async {
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            None
+        },
+    )
+    .await;
+    if served == Some(true) {
+        gw.status.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = conn.close().await;
+}
+
+mod conn;
+mod front;
+mod heads;
+
+use conn::{TunnelConn, left_rotation, open};
+use front::front_loop;
+use heads::{HeadFailure, read_request_head, read_response_head};
