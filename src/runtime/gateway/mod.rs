@@ -214,7 +214,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         listen_port: 80,
         // Half-open handshakes per table (brokers' heartbeats): `[runtime] listen_backlog`, so
         // a fleet whose heartbeats arrive in one round trip is not made to resend SYNs.
-        backlog: config.runtime.listen_backlog,
+        backlog: config.runtime.listen_backlog.min(1024),
         rx_buffer: config.runtime.tcp_rx_buffer,
         tx_buffer: config.runtime.tcp_tx_buffer,
         stacks: 4,
