@@ -55,6 +55,7 @@ pub mod preflight;
 mod prepare;
 mod shard;
 mod tunnel_core;
+mod tunnel_stream;
 pub(crate) mod udp;
 pub mod upstream;
 

@@ -8,19 +8,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite, future};
 
 use super::error::ExecutorError;
 use super::link::{Msg, Rx, Tx};
-use crate::netstack::{ConnError, ConnId, StackConfig, StackSet};
+use crate::netstack::{ConnId, StackConfig, StackSet};
 use crate::packet::{BufPool, PacketBuf};
 use crate::server::{self, RequestIds, ServerConfig, ServerCtx};
 use crate::status::Status;
@@ -362,11 +360,7 @@ async fn connection(shard: Rc<Shard>, id: ConnId) {
     let peer = shard.set.borrow().remote_addr(id).map(|a| a.ip());
     shard.active.set(shard.active.get() + 1);
     shard.status.set_active(shard.index, shard.active.get());
-    let mut conn = TunnelConn {
-        shard: shard.clone(),
-        id,
-        closed: false,
-    };
+    let mut conn = TunnelConn::new(shard.clone(), id, super::tunnel_stream::OnDrop::Close);
     server::serve(
         &mut conn,
         &shard.server,
@@ -380,87 +374,13 @@ async fn connection(shard: Rc<Shard>, id: ConnId) {
     shard.status.set_active(shard.index, shard.active.get());
 }
 
-/// A tunnel TCP connection as an async byte stream.
-pub(super) struct TunnelConn {
-    shard: Rc<Shard>,
-    id: ConnId,
-    closed: bool,
-}
+/// A tunnel TCP connection of this shard as an async byte stream; dropped unclosed, it closes
+/// in order.
+pub(super) type TunnelConn = super::tunnel_stream::TunnelStream<Shard>;
 
-fn io_error(e: ConnError) -> io::Error {
-    let kind = match e {
-        ConnError::Gone => io::ErrorKind::ConnectionReset,
-        ConnError::InvalidState => io::ErrorKind::BrokenPipe,
-        ConnError::Finished => io::ErrorKind::UnexpectedEof,
-    };
-    io::Error::new(kind, e)
-}
-
-impl AsyncRead for TunnelConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut set = self.shard.set.borrow_mut();
-        match set.recv_slice(self.id, buf) {
-            Ok(0) if !buf.is_empty() => {
-                if !set.may_recv(self.id) {
-                    return Poll::Ready(Ok(0));
-                }
-                match set.register_recv_waker(self.id, cx.waker()) {
-                    Ok(()) => Poll::Pending,
-                    Err(e) => Poll::Ready(Err(io_error(e))),
-                }
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(ConnError::Finished) => Poll::Ready(Ok(0)),
-            Err(e) => Poll::Ready(Err(io_error(e))),
-        }
-    }
-}
-
-impl AsyncWrite for TunnelConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut set = self.shard.set.borrow_mut();
-        match set.send_slice(self.id, data) {
-            Ok(0) if !data.is_empty() => {
-                if !set.may_send(self.id) {
-                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-                }
-                match set.register_send_waker(self.id, cx.waker()) {
-                    Ok(()) => Poll::Pending,
-                    Err(e) => Poll::Ready(Err(io_error(e))),
-                }
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(io_error(e))),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Queued data goes out on the driver's next poll, which the write already requested.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.closed {
-            self.closed = true;
-            let _ = self.shard.set.borrow_mut().close(self.id);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for TunnelConn {
-    fn drop(&mut self) {
-        if !self.closed {
-            let _ = self.shard.set.borrow_mut().close(self.id);
-        }
+impl super::tunnel_stream::OwnsSet for Shard {
+    fn set(&self) -> &RefCell<StackSet> {
+        &self.set
     }
 }
 
@@ -614,11 +534,7 @@ pub(super) async fn tunnel_connect(
         .connect(addr)
         .map_err(|e| format!("connect: {e}"))?;
     shard.kick();
-    let conn = TunnelConn {
-        shard: shard.clone(),
-        id,
-        closed: false,
-    };
+    let conn = TunnelConn::new(shard.clone(), id, super::tunnel_stream::OnDrop::Close);
     // Wait for the handshake: smoltcp wakes the send waker on every state change.
     future::poll_fn(|cx| {
         let mut set = shard.set.borrow_mut();

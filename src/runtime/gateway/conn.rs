@@ -58,7 +58,7 @@ async fn open_once(gw: &Rc<Gw>, id: BrokerId) -> io::Result<TunnelConn> {
         .connect(addr)
         .map_err(|e| io::Error::other(e.to_string()))?;
     gw.kick();
-    let conn = TunnelConn::new(gw.clone(), conn_id);
+    let conn = stream(gw.clone(), conn_id);
     future::poll_fn(|cx| {
         let mut set = gw.set.borrow_mut();
         match set.state(conn_id) {
@@ -86,98 +86,18 @@ pub(super) async fn left_rotation(gw: &Gw, id: BrokerId) {
     }
 }
 
-/// A tunnel TCP connection as an async byte stream (as `runtime::shard`'s).
-pub(super) struct TunnelConn {
-    gw: Rc<Gw>,
-    id: ConnId,
-    closed: bool,
-}
+/// A tunnel TCP connection of the gateway as an async byte stream; dropped unfinished, it is
+/// reset, so that the broker does not wait on it.
+pub(super) type TunnelConn = crate::runtime::tunnel_stream::TunnelStream<Gw>;
 
-impl TunnelConn {
-    /// The stream over netstack connection `id` (opened by [`open`], or accepted by the
-    /// heartbeat responder); dropped unfinished, it is reset.
-    pub(super) fn new(gw: Rc<Gw>, id: ConnId) -> Self {
-        Self {
-            gw,
-            id,
-            closed: false,
-        }
+impl crate::runtime::tunnel_stream::OwnsSet for Gw {
+    fn set(&self) -> &std::cell::RefCell<crate::netstack::StackSet> {
+        &self.set
     }
 }
 
-fn io_error(e: ConnError) -> io::Error {
-    let kind = match e {
-        ConnError::Gone => io::ErrorKind::ConnectionReset,
-        ConnError::InvalidState => io::ErrorKind::BrokenPipe,
-        ConnError::Finished => io::ErrorKind::UnexpectedEof,
-    };
-    io::Error::new(kind, e)
-}
-
-impl AsyncRead for TunnelConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut set = self.gw.set.borrow_mut();
-        match set.recv_slice(self.id, buf) {
-            Ok(0) if !buf.is_empty() => {
-                if !set.may_recv(self.id) {
-                    return Poll::Ready(Ok(0));
-                }
-                match set.register_recv_waker(self.id, cx.waker()) {
-                    Ok(()) => Poll::Pending,
-                    Err(e) => Poll::Ready(Err(io_error(e))),
-                }
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(ConnError::Finished) => Poll::Ready(Ok(0)),
-            Err(e) => Poll::Ready(Err(io_error(e))),
-        }
-    }
-}
-
-impl AsyncWrite for TunnelConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut set = self.gw.set.borrow_mut();
-        match set.send_slice(self.id, data) {
-            Ok(0) if !data.is_empty() => {
-                if !set.may_send(self.id) {
-                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-                }
-                match set.register_send_waker(self.id, cx.waker()) {
-                    Ok(()) => Poll::Pending,
-                    Err(e) => Poll::Ready(Err(io_error(e))),
-                }
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(io_error(e))),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.closed {
-            self.closed = true;
-            let _ = self.gw.set.borrow_mut().close(self.id);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for TunnelConn {
-    fn drop(&mut self) {
-        if !self.closed {
-            // Dropped mid-exchange: a reset, so that the broker does not wait on it.
-            let _ = self.gw.set.borrow_mut().abort(self.id);
-        }
-    }
+/// The stream over netstack connection `id` (opened by [`open`], or accepted by the heartbeat
+/// responder).
+pub(super) fn stream(gw: Rc<Gw>, id: ConnId) -> TunnelConn {
+    TunnelConn::new(gw, id, crate::runtime::tunnel_stream::OnDrop::Abort)
 }

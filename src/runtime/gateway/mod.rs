@@ -41,11 +41,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
@@ -55,7 +54,7 @@ use crate::config::gateway::GatewayConfig;
 use crate::gateway::balance::{Balancer, BrokerId, Event, Next, Outcome, Retry, TenantId};
 use crate::gateway::route::{Route, route};
 use crate::http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, parse_head};
-use crate::netstack::{ConnError, ConnId, StackConfig, StackSet, State};
+use crate::netstack::{ConnId, StackConfig, StackSet, State};
 use crate::packet::BufPool;
 use crate::tunnel::{PeerId, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
 
@@ -590,7 +589,7 @@ async fn check(gw: Rc<Gw>, id: BrokerId) {
 /// Answers `GET /heartbeat` inside the tunnel with 200, anything else with 404; one request
 /// per connection.
 async fn heartbeat(gw: Rc<Gw>, id: ConnId) {
-    let mut conn = TunnelConn::new(gw.clone(), id);
+    let mut conn = conn::stream(gw.clone(), id);
     let mut buf = Vec::new();
     let served = future::or(
         async {
