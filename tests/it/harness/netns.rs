@@ -140,9 +140,10 @@ impl Pair {
             .stderr(Stdio::null());
         self.children
             .push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
-        // Wait for the UAPI socket.
+        // Wait for the UAPI socket. A start-up wait, not a figure: under a full suite on two
+        // cores wireguard-go once took more than 10 s to open it (CI, 2026-12-05).
         super::poll_until(
-            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(30),
             "wireguard-go to come up",
             || {
                 self.command(&ns, &["wg", "show", ifname])
