@@ -134,22 +134,60 @@ impl Pair {
         broker_tunnel_ip: &str,
     ) {
         let ns = self.vendor.clone();
-        let mut c = self.command(&ns, &["wireguard-go", "-f", ifname]);
-        c.env("WG_PROCESS_FOREGROUND", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.children
-            .push(c.spawn().expect("wireguard-go (apt install wireguard-go)"));
-        // Wait for the UAPI socket. A start-up wait, not a figure: under a full suite on two
-        // cores wireguard-go once took more than 10 s to open it (CI, 2026-12-05).
-        super::poll_until(
-            std::time::Duration::from_secs(30),
-            "wireguard-go to come up",
-            || {
-                self.command(&ns, &["wg", "show", ifname])
+        // wireguard-go is an outside program starting up: once in CI (2026-12-05, full suite on
+        // two cores) it never opened its control socket within 30 s, with its output discarded.
+        // Its output now goes to a file; an attempt that exits or stays silent for 20 s is
+        // reported on stderr with what it said and made again, at most three times in all.
+        let log_path = std::env::temp_dir().join(format!("{ns}-{ifname}.wireguard-go.log"));
+        let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let mut failures = Vec::new();
+        for attempt in 1..=3 {
+            let log = std::fs::File::create(&log_path).expect("wireguard-go log file");
+            let mut c = self.command(&ns, &["wireguard-go", "-f", ifname]);
+            c.env("WG_PROCESS_FOREGROUND", "1")
+                .env("LOG_LEVEL", "verbose")
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log);
+            let mut child = c.spawn().expect("wireguard-go (apt install wireguard-go)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let outcome = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Err(format!("exited ({status})"));
+                }
+                let up = self
+                    .command(&ns, &["wg", "show", ifname])
                     .output()
-                    .is_ok_and(|o| o.status.success())
-            },
+                    .is_ok_and(|o| o.status.success());
+                if up {
+                    break Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    break Err("no control socket after 20 s".to_string());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            match outcome {
+                Ok(()) => {
+                    self.children.push(child);
+                    break;
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let failure = format!(
+                        "wireguard-go {ifname} in {ns}, attempt {attempt}: {why}; it said: {}",
+                        said()
+                    );
+                    eprintln!("{failure}");
+                    failures.push(failure);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&log_path);
+        assert!(
+            failures.len() < 3,
+            "wireguard-go never came up:\n{}",
+            failures.join("\n")
         );
         let key_file = std::env::temp_dir().join(format!("{ns}.key"));
         std::fs::write(&key_file, private_key).expect("write key");
