@@ -214,6 +214,11 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
             &status.connections,
         ),
         (
+            "wgbroker_liveness_probes_total",
+            "Fresh WireGuard handshakes sent because nothing answered for 2 s (most answered at once).",
+            &status.liveness_probes,
+        ),
+        (
             "wgbroker_heartbeats_ok_total",
             "Heartbeats that succeeded.",
             &status.heartbeats_ok,
@@ -226,6 +231,16 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
     ] {
         m.counter(name, help, r(value));
     }
+    m.labelled(
+        "wgbroker_session_restarts_total",
+        "Dead WireGuard sessions re-established with fresh handshakes, by what noticed them.",
+        Kind::Counter,
+        "reason",
+        [
+            ("no_reply", r(&status.session_restarts_no_reply)),
+            ("heartbeat_failed", r(&status.session_restarts_heartbeat)),
+        ],
+    );
     m.gauge(
         "wgbroker_ready",
         "1 when the tunnel handshake is fresh and the heartbeat passes.",

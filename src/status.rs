@@ -147,6 +147,12 @@ pub struct Status {
     pub connections: AtomicU64,
     /// Requests answered, per shard (each shard publishes its own count with its beat).
     shard_requests: Vec<AtomicU64>,
+    /// Dead WireGuard sessions re-established with a fresh handshake, by what noticed them
+    /// (nothing answered for 2 s / a failed heartbeat); counted by the tunnel core.
+    pub session_restarts_no_reply: AtomicU64,
+    pub session_restarts_heartbeat: AtomicU64,
+    /// Fresh handshakes sent to probe a session that looked dead (most answered at once).
+    pub liveness_probes: AtomicU64,
     /// Heartbeats that succeeded / failed since start.
     pub heartbeats_ok: AtomicU64,
     pub heartbeats_failed: AtomicU64,
@@ -203,6 +209,9 @@ impl Status {
             send_errors: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             shard_requests: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            session_restarts_no_reply: AtomicU64::new(0),
+            session_restarts_heartbeat: AtomicU64::new(0),
+            liveness_probes: AtomicU64::new(0),
             heartbeats_ok: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
             heartbeat_passing: AtomicBool::new(true),

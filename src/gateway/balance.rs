@@ -218,7 +218,22 @@ impl Balancer {
     /// The tunnel's view of broker `id`: the age of its last handshake, `None` without one.
     pub fn set_session(&mut self, id: BrokerId, handshake_age: Option<Duration>) {
         let up = handshake_age.is_some_and(|a| a < SESSION_MAX_AGE);
-        self.update(id, |b| b.session_up = up);
+        let interval = self.interval;
+        self.update(id, |b| {
+            if up && !b.session_up {
+                // A broker that just (re)dialed in, after a gateway restart say: a check that
+                // started without a session cannot pass and would only time out. Check again
+                // at once (the last check started at `next_check - interval`, not later than
+                // now) rather than after that timeout and the next interval.
+                match b.checking.take() {
+                    Some(started) => b.next_check = started,
+                    None => {
+                        b.next_check = b.next_check.checked_sub(interval).unwrap_or(b.next_check)
+                    }
+                }
+            }
+            b.session_up = up;
+        });
     }
 
     /// Picks the healthy broker of `tenant` with the fewest outstanding requests, skipping

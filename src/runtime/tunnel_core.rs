@@ -22,7 +22,9 @@ use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
-use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+use crate::tunnel::{
+    PeerEvent, PeerTable, Received, RestartReason, Sent, TICK_INTERVAL, required_buffer_len,
+};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
@@ -313,6 +315,9 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
+    // A failed heartbeat (counted by shard 0) is a sign of a dead session: start a fresh
+    // handshake for it (the table ignores it while a recovery is under way).
+    let mut heartbeat_failures_seen = core.status.heartbeats_failed.load(Ordering::Relaxed);
     // One throttle per peer for the lines that repeat while a gateway does not answer.
     let mut throttles: Vec<LogThrottle> = core
         .table
@@ -344,6 +349,21 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             .tick(now, &mut out, &mut |_, to, d| {
                 pending.push((to, d.to_vec()))
             });
+        let failures = core.status.heartbeats_failed.load(Ordering::Relaxed);
+        if failures != heartbeat_failures_seen {
+            heartbeat_failures_seen = failures;
+            let mut table = core.table.borrow_mut();
+            let peers: Vec<_> = table.peers().collect();
+            for peer in peers {
+                table.restart_session(
+                    peer,
+                    now,
+                    RestartReason::HeartbeatFailed,
+                    &mut out,
+                    &mut |_, to, d| pending.push((to, d.to_vec())),
+                );
+            }
+        }
         // Endpoint names whose handshakes keep failing: resolve off the executor.
         loop {
             let job = core.table.borrow_mut().poll_resolve();
@@ -423,9 +443,33 @@ fn log_events(core: &TunnelCore, throttles: &mut [LogThrottle], now: Instant) {
                         %endpoint,
                         attempts = unanswered,
                         suppressed,
-                        "no handshake response from the gateway; retrying every 5 s"
+                        "no handshake response from the gateway; retrying"
                     );
                 }
+            }
+            Some(PeerEvent::SessionRestart {
+                peer,
+                endpoint,
+                reason,
+            }) => {
+                // Rare (once per outage) and worth seeing: never throttled.
+                let counter = match reason {
+                    RestartReason::HeartbeatFailed => &core.status.session_restarts_heartbeat,
+                    _ => &core.status.session_restarts_no_reply,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let silent_ms = match reason {
+                    RestartReason::NoReply { silent_for } => silent_for.as_millis() as u64,
+                    _ => 0,
+                };
+                tracing::warn!(
+                    event = "wireguard.session_restart",
+                    %peer,
+                    %endpoint,
+                    reason = reason.as_str(),
+                    silent_ms,
+                    "the session with the gateway looks dead; starting a fresh handshake"
+                );
             }
         }
     }
@@ -434,6 +478,9 @@ fn log_events(core: &TunnelCore, throttles: &mut [LogThrottle], now: Instant) {
 fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
     let table = core.table.borrow();
     let c = table.counters();
+    core.status
+        .liveness_probes
+        .store(c.liveness_probes, Ordering::Relaxed);
     if c.handshakes_completed != *handshakes_seen {
         *handshakes_seen = c.handshakes_completed;
         core.status

@@ -77,6 +77,20 @@
 //!   `REKEY_TIMEOUT`), and asks for the gateway's name to be re-resolved after
 //!   [`RESOLVE_AFTER_FAILED_HANDSHAKES`] unanswered initiations (at most every
 //!   [`RESOLVE_INTERVAL`]).
+//! * **Dead sessions**: a gateway that restarts forgets its sessions, cannot initiate (it does
+//!   not know where the broker is) and silently drops our packets; boringtun's own rule (data
+//!   sent, nothing back for 15 s) ignores keepalives and its rekey waits up to 120 s. For a
+//!   dialed peer the table therefore notes the first packet it sends (data or keepalive, the
+//!   keepalive that confirms our own handshake excepted) after the last authenticated one it
+//!   received; when [`NO_REPLY_TIMEOUT`] passes without any authenticated packet, it starts a
+//!   fresh handshake (the handshake is the probe: a live peer answers it at once, a restarted
+//!   one too; [`Counters::liveness_probes`]) and, until one completes, retries every
+//!   [`RECOVERY_RETRY`] plus up to as much random jitter, instead of boringtun's 5 s. A probe
+//!   unanswered at its first retry is a dead session: [`PeerEvent::SessionRestart`],
+//!   [`Counters::session_restarts`]. The runtime may also ask for it
+//!   ([`PeerTable::restart_session`], on a failed heartbeat). The old session keeps carrying
+//!   traffic until the new one is up, so a live but quiet peer loses nothing; what it costs is
+//!   one handshake per keepalive interval when the peer never sends anything on its own.
 //! * **Own clock**: boringtun's retransmission and rekey timers read the system clock, not
 //!   `now`; the table's own decisions (limiter reset, resolution throttle, handshake age) use
 //!   `now`.
@@ -116,6 +130,18 @@ pub const RESOLVE_AFTER_FAILED_HANDSHAKES: u32 = 3;
 
 /// The shortest interval between two re-resolution requests for one peer.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a dialed peer may stay silent after we sent it something (data or a keepalive)
+/// before the table suspects a dead session and starts a fresh handshake. A live peer answers
+/// data within a round trip (a TCP acknowledgement) and a handshake at once; keepalives are never
+/// answered, so on a tunnel the peer keeps quiet this costs a handshake per keepalive.
+pub const NO_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// While a restarted session waits for its handshake, initiations are repeated after this long
+/// plus a random jitter of up to as much again (1–2 s; boringtun alone waits 5 s), so that the
+/// gateway is reached within about 2 s of being back, and brokers restarted together do not
+/// knock in step.
+pub const RECOVERY_RETRY: Duration = Duration::from_secs(1);
 
 /// Most [`PeerEvent`]s held for [`PeerTable::poll_event`]; beyond that new ones are dropped
 /// (counted in [`Counters::events_dropped`]), so a caller that never polls (the test kit's
@@ -231,6 +257,40 @@ pub enum PeerEvent {
         /// Initiations in a row that got no answer, since the last completed handshake.
         unanswered: u32,
     },
+    /// The session with a dialed peer is dead: a fresh handshake, started because of `reason`,
+    /// went unanswered and is now retried every 1–2 s until one completes. (A probe the peer
+    /// answers at once, as a live but quiet peer or an already restarted one does, is counted in
+    /// [`Counters::liveness_probes`] and reported nowhere else.)
+    SessionRestart {
+        peer: PeerId,
+        endpoint: SocketAddr,
+        reason: RestartReason,
+    },
+}
+
+/// Why [`PeerEvent::SessionRestart`] started a fresh handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartReason {
+    /// Nothing authenticated arrived for `silent_for` (at least [`NO_REPLY_TIMEOUT`]) after we
+    /// sent the peer data or a keepalive.
+    NoReply {
+        /// Since the first unanswered packet we sent.
+        silent_for: Duration,
+    },
+    /// The runtime asked ([`PeerTable::restart_session`]): the heartbeat through the tunnel
+    /// failed.
+    HeartbeatFailed,
+}
+
+impl RestartReason {
+    /// A short stable name for logs and metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NoReply { .. } => "no_reply",
+            Self::HeartbeatFailed => "heartbeat_failed",
+        }
+    }
 }
 
 /// What to do after [`PeerTable::send`].
@@ -320,6 +380,12 @@ pub struct Counters {
     pub no_endpoint: u64,
     /// Handshake initiations that went unanswered and were retried ([`PeerEvent::HandshakeTimeout`]).
     pub handshake_timeouts: u64,
+    /// Fresh handshakes started to probe a session that looked dead (nothing answered for
+    /// [`NO_REPLY_TIMEOUT`], or [`PeerTable::restart_session`]); most are answered at once.
+    pub liveness_probes: u64,
+    /// Probes whose first initiation went unanswered: the session was dead and is being
+    /// re-established ([`PeerEvent::SessionRestart`]).
+    pub session_restarts: u64,
     /// [`PeerEvent`]s dropped because [`MAX_PENDING_EVENTS`] were waiting.
     pub events_dropped: u64,
     /// See [`DropReason::Garbage`].

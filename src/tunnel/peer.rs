@@ -16,6 +16,17 @@ use crate::keys::PublicKey;
 /// and run Diffie-Hellman for a message that would be thrown away (a keepalive, 32 bytes, fits).
 pub(super) const REFRESH_SCRATCH_LEN: usize = 147;
 
+/// A fresh handshake started because the session looked dead, until one completes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Recovery {
+    /// When the next initiation is due.
+    pub(super) due: Instant,
+    /// What started it.
+    pub(super) reason: super::RestartReason,
+    /// Whether the first initiation went unanswered and the restart was reported.
+    pub(super) reported: bool,
+}
+
 pub(super) struct Peer {
     pub(super) tunn: Tunn,
     pub(super) public_key: PublicKey,
@@ -35,6 +46,11 @@ pub(super) struct Peer {
     pub(super) attempts: u32,
     pub(super) last_handshake: Option<Instant>,
     pub(super) resolve_pending: bool,
+    /// The first packet (data or keepalive) sent to the peer after the last authenticated one
+    /// received from it; `None` while everything we sent has been answered.
+    pub(super) unanswered_since: Option<Instant>,
+    /// Set while a probed (restarted) session waits for its handshake.
+    pub(super) recovery: Option<Recovery>,
     pub(super) last_resolve_request: Option<Instant>,
     pub(super) handshakes: u64,
     pub(super) rx_packets: u64,
@@ -61,6 +77,8 @@ impl Peer {
             attempts: 0,
             last_handshake: None,
             resolve_pending: false,
+            unanswered_since: None,
+            recovery: None,
             last_resolve_request: None,
             handshakes: 0,
             rx_packets: 0,
@@ -99,6 +117,19 @@ impl Peer {
         self.attempts = self.attempts.saturating_add(1);
         // `attempts - 1` earlier initiations went unanswered.
         self.attempts > RESOLVE_AFTER_FAILED_HANDSHAKES
+    }
+
+    /// Records an authenticated packet from the peer: it is alive, whatever we sent is answered.
+    pub(super) fn note_alive(&mut self) {
+        self.unanswered_since = None;
+        self.recovery = None;
+    }
+
+    /// Records a data packet or keepalive sent to the peer at `now`.
+    pub(super) fn note_sent(&mut self, now: Instant) {
+        if self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
     }
 
     /// Records a completed handshake (either role).
@@ -152,6 +183,8 @@ impl fmt::Debug for Peer {
             .field("attempts", &self.attempts)
             .field("last_handshake", &self.last_handshake)
             .field("resolve_pending", &self.resolve_pending)
+            .field("unanswered_since", &self.unanswered_since)
+            .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
 }

@@ -14,12 +14,13 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
-use super::peer::Peer;
+use super::peer::{Peer, Recovery};
 use super::route::Routes;
 use super::{
     Counters, DATA_OVERHEAD, DEFAULT_HANDSHAKE_RATE_LIMIT, DropReason, MAX_PEERS,
-    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, PeerEvent, PeerId, PeerSpec, PeerStatus, PeerTableError,
-    Received, Sent, TICK_INTERVAL, Transmit, required_buffer_len,
+    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, NO_REPLY_TIMEOUT, PeerEvent, PeerId, PeerSpec, PeerStatus,
+    PeerTableError, RECOVERY_RETRY, Received, RestartReason, Sent, TICK_INTERVAL, Transmit,
+    required_buffer_len,
 };
 use crate::config::Endpoint;
 use crate::keys::{PrivateKey, PublicKey};
@@ -60,6 +61,8 @@ pub struct PeerTable {
     /// The longest packet ever given to `send`: boringtun may have queued one that long, and
     /// draining the queue needs a buffer that fits it.
     largest_packet: usize,
+    /// xorshift state for the jitter of recovery retries (not for anything secret).
+    jitter_state: u64,
 }
 
 /// A boringtun result with the borrow of the output buffer replaced by the range it covers,
@@ -126,6 +129,14 @@ enum Initiator {
     Drop(DropReason),
 }
 
+/// A non-zero seed for the jitter generator (a failing RNG gives a fixed one: the jitter then
+/// repeats between processes, which costs only its spreading effect).
+fn jitter_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) | 1
+}
+
 fn random_salt() -> u32 {
     let mut b = [0u8; 4];
     // A failing RNG leaves the salt at 0: indices are then predictable, which costs nothing
@@ -179,6 +190,7 @@ impl PeerTable {
             next_rate_reset: now + Duration::from_secs(1),
             now,
             largest_packet: 0,
+            jitter_state: jitter_seed(),
         };
         for (slot, spec) in peers.into_iter().enumerate() {
             table.add(slot, spec, &own, now)?;
@@ -434,6 +446,7 @@ impl PeerTable {
         let Some(p) = self.peers.get_mut(slot) else {
             return;
         };
+        p.note_alive();
         match p.endpoint {
             Some(a) if a == from => return,
             Some(_) => self.counters.roams += 1,
@@ -480,6 +493,10 @@ impl PeerTable {
             Some(MSG_RESPONSE) => self.counters.handshake_responses_sent += 1,
             Some(MSG_COOKIE) => self.counters.cookies_sent += 1,
             Some(MSG_DATA) => {
+                let now = self.now;
+                if let Some(p) = self.peers.get_mut(slot) {
+                    p.note_sent(now);
+                }
                 let inner = datagram.len().saturating_sub(DATA_OVERHEAD);
                 if inner == 0 {
                     self.counters.keepalives_sent += 1;
@@ -684,6 +701,10 @@ impl PeerTable {
             self.initiate(slot, out, emit, false);
         }
 
+        if self.peers.get(slot).is_some_and(|p| p.dial) {
+            self.check_liveness(slot, now, out, emit);
+        }
+
         if self.peers.get(slot).is_some_and(|p| p.maybe_queued)
             && out.len() >= required_buffer_len(self.largest_packet)
         {
@@ -695,6 +716,113 @@ impl PeerTable {
                 }
             }
         }
+    }
+
+    /// The dead-session rule for a dialed peer (see the module documentation): a recovery in
+    /// progress retries when due (and, at its first retry, reports the restart: the probe went
+    /// unanswered); otherwise a packet unanswered for [`NO_REPLY_TIMEOUT`] starts one.
+    fn check_liveness(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) {
+        let Some(p) = self.peers.get(slot) else {
+            return;
+        };
+        match (p.recovery, p.unanswered_since) {
+            (Some(r), _) if now >= r.due => {
+                let due = now + self.retry_delay();
+                let Some(p) = self.peers.get_mut(slot) else {
+                    return;
+                };
+                p.recovery = Some(Recovery {
+                    due,
+                    reported: true,
+                    ..r
+                });
+                if let (false, Some(endpoint)) = (r.reported, p.endpoint) {
+                    self.counters.session_restarts += 1;
+                    self.push_event(PeerEvent::SessionRestart {
+                        peer: PeerId(slot as u32),
+                        endpoint,
+                        reason: r.reason,
+                    });
+                }
+                self.initiate(slot, out, emit, true);
+            }
+            (None, Some(since)) => {
+                let silent_for = now.saturating_duration_since(since);
+                if silent_for >= NO_REPLY_TIMEOUT {
+                    self.start_recovery(slot, RestartReason::NoReply { silent_for }, out, emit);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Probes `slot` with a fresh handshake now; until one completes it is retried every 1–2 s
+    /// (and reported as a restart at the first retry).
+    fn start_recovery(
+        &mut self,
+        slot: usize,
+        reason: RestartReason,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) {
+        let due = self.now + self.retry_delay();
+        let Some(p) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if p.endpoint.is_none() {
+            return;
+        }
+        p.recovery = Some(Recovery {
+            due,
+            reason,
+            reported: false,
+        });
+        self.counters.liveness_probes += 1;
+        self.initiate(slot, out, emit, true);
+    }
+
+    /// [`RECOVERY_RETRY`] plus a random jitter of up to as much again.
+    fn retry_delay(&mut self) -> Duration {
+        // xorshift64: spreading retries needs no more than this.
+        let mut x = self.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_state = x;
+        let span = RECOVERY_RETRY.as_millis().max(1) as u64;
+        RECOVERY_RETRY + Duration::from_millis(x % span)
+    }
+
+    /// Probes a dialed `peer` with a fresh handshake now, as after [`NO_REPLY_TIMEOUT`] of
+    /// silence, for a reason the runtime saw (a failed heartbeat through the tunnel); then
+    /// retries it every 1–2 s until one completes (reported as a [`PeerEvent::SessionRestart`]
+    /// at the first retry). The current session keeps carrying traffic
+    /// meanwhile. Does nothing (returns false) for a peer the table does not dial, one without an
+    /// endpoint, or one whose recovery is already under way.
+    pub fn restart_session(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        reason: RestartReason,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) -> bool {
+        self.now = now;
+        let slot = peer.index();
+        let eligible = self
+            .peers
+            .get(slot)
+            .is_some_and(|p| p.dial && p.endpoint.is_some() && p.recovery.is_none());
+        if eligible {
+            self.start_recovery(slot, reason, out, emit);
+        }
+        eligible
     }
 
     fn emit_range(

@@ -1235,3 +1235,167 @@ fn unanswered_initiations_are_reported_as_handshake_timeouts() {
     assert_eq!(seen as usize, MAX_PENDING_EVENTS);
     assert_eq!(p.net.table(b).counters().events_dropped, 10);
 }
+
+/// Ticks node `n` every [`TICK_INTERVAL`] of the fake clock for up to `limit`, delivering what
+/// it emits; returns the fake times (from the start) at which it sent handshake initiations,
+/// and stops early once `done` holds.
+fn tick_for(
+    net: &mut Net,
+    n: usize,
+    limit: Duration,
+    mut done: impl FnMut(&mut Net) -> bool,
+) -> (Vec<Duration>, Duration) {
+    let start = net.now;
+    let mut initiations = Vec::new();
+    while net.now - start < limit {
+        net.now += TICK_INTERVAL;
+        for d in net.tick(n) {
+            if d.bytes[0] == 1 {
+                initiations.push(net.now - start);
+            }
+        }
+        net.run();
+        if done(net) {
+            break;
+        }
+    }
+    (initiations, net.now - start)
+}
+
+/// Issue 18: a gateway restarted with the same key has forgotten the session and cannot
+/// initiate; the broker's next packet goes unanswered, and within `NO_REPLY_TIMEOUT` the
+/// broker probes with a fresh handshake that the new gateway answers. Fake clock throughout.
+#[test]
+fn restarted_gateway_is_redialed_after_an_unanswered_packet() {
+    let mut p = connected_pair();
+    let (b, v) = (p.broker, p.vendor);
+    // Quiet after our own handshake: the keepalive that confirms it is no unanswered packet.
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(10), |_| false);
+    assert!(sent.is_empty(), "a fresh session is not probed: {sent:?}");
+
+    // The gateway restarts: same key, no sessions, no idea where the broker is.
+    let restarted = vendor_table(&p.vendor_key, &p.broker_key, p.net.now);
+    p.net.nodes[v].table = restarted;
+    let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"GET /healthcheck HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        p.net.send(b, &up),
+        data_to(VENDOR),
+        "the old session is used"
+    );
+    assert!(matches!(p.net.run()[..], [Got::Dropped(_)]));
+
+    let has_session = |net: &mut Net| net.table(v).counters().handshakes_completed == 1;
+    let (sent, took) = tick_for(&mut p.net, b, Duration::from_secs(30), has_session);
+    eprintln!("restarted gateway re-handshaken {took:?} (fake clock) after the unanswered packet");
+    assert!(has_session(&mut p.net), "never re-handshaken: {sent:?}");
+    assert!(
+        took >= NO_REPLY_TIMEOUT && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(sent.len(), 1, "one probe, answered at once");
+    assert_eq!(p.net.table(b).counters().liveness_probes, 1);
+    assert_eq!(
+        p.net.table(b).counters().session_restarts,
+        0,
+        "answered: no restart"
+    );
+
+    // The gateway, which could not reach the broker before, can now.
+    let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"HTTP/1.1 200 OK\r\n\r\nOK");
+    assert_eq!(p.net.send(v, &down), data_to(BROKER));
+    p.net.run();
+    assert_eq!(p.net.inbox(b), vec![(p.to_vendor, down)]);
+}
+
+/// A peer that answers what we send is never probed, however long the tunnel lives.
+#[test]
+fn a_peer_that_answers_is_not_probed() {
+    let mut p = connected_pair();
+    let (b, v) = (p.broker, p.vendor);
+    let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"GET / HTTP/1.1\r\n\r\n");
+    let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"HTTP/1.1 200 OK\r\n\r\n");
+    for _ in 0..10 {
+        p.net.send(b, &up);
+        p.net.run();
+        // Answered a second later (well within NO_REPLY_TIMEOUT).
+        let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(1), |_| false);
+        assert!(sent.is_empty(), "{sent:?}");
+        p.net.send(v, &down);
+        p.net.run();
+    }
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(10), |_| false);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(p.net.table(b).counters().liveness_probes, 0);
+    assert_eq!(p.net.table(b).poll_event(), None);
+}
+
+/// A gateway that stays down: the probe is retried every 1–2 s (jittered, not boringtun's 5 s),
+/// the restart is reported once with its reason, and the gateway is reached within 2 s of
+/// being back.
+#[test]
+fn a_dead_gateway_is_retried_with_jitter_and_reached_soon_after_it_is_back() {
+    let mut p = connected_pair();
+    let (b, id) = (p.broker, p.to_vendor);
+    let vendor_node = p.net.nodes.pop().expect("vendor"); // the gateway dies
+    let up = ipv4_tcp(BROKER_IP, VENDOR_IP, b"GET / HTTP/1.1\r\n\r\n");
+    p.net.send(b, &up);
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(30), |_| false);
+    assert!(sent.len() >= 15, "retried every 1-2 s over 27 s: {sent:?}");
+    assert!(sent[0] >= NO_REPLY_TIMEOUT && sent[0] < NO_REPLY_TIMEOUT + TICK_INTERVAL * 2);
+    let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+    for g in &gaps {
+        assert!(
+            *g >= RECOVERY_RETRY && *g <= RECOVERY_RETRY * 2 + TICK_INTERVAL,
+            "{gaps:?}"
+        );
+    }
+    assert!(gaps.iter().any(|g| *g != gaps[0]), "jittered: {gaps:?}");
+    let mut restarts = Vec::new();
+    while let Some(e) = p.net.table(b).poll_event() {
+        if let PeerEvent::SessionRestart { .. } = e {
+            restarts.push(e);
+        }
+    }
+    assert!(
+        matches!(restarts[..], [PeerEvent::SessionRestart { peer, endpoint, reason: RestartReason::NoReply { silent_for } }]
+            if peer == id && endpoint == sa(VENDOR) && silent_for >= NO_REPLY_TIMEOUT),
+        "{restarts:?}"
+    );
+    assert_eq!(p.net.table(b).counters().session_restarts, 1);
+
+    // Back (restarted, same key): reached at the next retry.
+    let mut back = vendor_node;
+    back.table = vendor_table(&p.vendor_key, &p.broker_key, p.net.now);
+    p.net.nodes.push(back);
+    let v = p.net.nodes.len() - 1;
+    let has_session = |net: &mut Net| net.table(v).counters().handshakes_completed == 1;
+    let (_, took) = tick_for(&mut p.net, b, Duration::from_secs(10), has_session);
+    assert!(has_session(&mut p.net));
+    assert!(took <= RECOVERY_RETRY * 2 + TICK_INTERVAL, "{took:?}");
+    // Recovered: no more probes.
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(10), |_| false);
+    assert!(sent.is_empty(), "{sent:?}");
+}
+
+/// The runtime's signal (a failed heartbeat) starts the same probe at once, once.
+#[test]
+fn restart_session_probes_a_dialed_peer_once() {
+    let mut p = connected_pair();
+    let (b, v, id) = (p.broker, p.vendor, p.to_vendor);
+    let first = p.net.emit_with(b, |t, now, out, e| {
+        assert!(t.restart_session(id, now, RestartReason::HeartbeatFailed, out, e));
+    });
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].bytes[0], 1, "a handshake initiation");
+    let again = p.net.emit_with(b, |t, now, out, e| {
+        assert!(!t.restart_session(id, now, RestartReason::HeartbeatFailed, out, e));
+    });
+    assert!(again.is_empty(), "under way already");
+    p.net.run();
+    assert_eq!(p.net.table(v).counters().handshakes_completed, 2);
+    // The vendor side does not dial: nothing to restart.
+    let tb = p.to_broker;
+    p.net.emit_with(v, |t, now, out, e| {
+        assert!(!t.restart_session(tb, now, RestartReason::HeartbeatFailed, out, e));
+    });
+}

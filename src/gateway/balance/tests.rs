@@ -279,3 +279,23 @@ fn retries_follow_the_rules() {
         Next::GiveUp
     );
 }
+
+/// Issue 18: after a gateway restart the first checks start before any broker has dialed in
+/// (no session: they cannot pass and only time out). A session that comes up makes the broker's
+/// check due at once instead of after that timeout and the next interval.
+#[test]
+fn a_session_coming_up_makes_the_check_due_at_once() {
+    let t0 = Instant::now();
+    let mut b = Balancer::new(&config(), t0);
+    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0)).collect();
+    assert_eq!(due.len(), 3, "checks in flight, no session yet");
+    let t1 = t0 + 300 * MS;
+    b.set_session(BrokerId(1), Some(MS));
+    assert_eq!(b.poll_check(t1), Some(BrokerId(1)), "checked again at once");
+    assert_eq!(b.poll_check(t1), None, "the others still wait");
+    b.check_done(BrokerId(1), true);
+    assert!(b.healthy(BrokerId(1)));
+    // A session that stays up changes nothing.
+    b.set_session(BrokerId(1), Some(SEC));
+    assert_eq!(b.poll_check(t1 + 10 * MS), None);
+}

@@ -124,7 +124,7 @@ impl Pair {
     /// listening on UDP 51820, one peer (the broker) with `broker_public` and `broker_tunnel_ip`.
     /// wireguard-go's control socket is `/var/run/wireguard/<ifname>.sock`, shared by every
     /// namespace: tests that may run at the same time as others (in this process or another)
-    /// need a name of their own.
+    /// need a name of their own. Returns wireguard-go's process id (see [`Pair::child`]).
     pub fn start_wireguard_go_on(
         &mut self,
         ifname: &str,
@@ -132,7 +132,7 @@ impl Pair {
         tunnel_ip: &str,
         broker_public: &str,
         broker_tunnel_ip: &str,
-    ) {
+    ) -> u32 {
         let ns = self.vendor.clone();
         // wireguard-go is an outside program starting up: once in CI (2026-12-05, full suite on
         // two cores) it never opened its control socket within 30 s, with its output discarded.
@@ -141,6 +141,7 @@ impl Pair {
         let log_path = std::env::temp_dir().join(format!("{ns}-{ifname}.wireguard-go.log"));
         let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let mut failures = Vec::new();
+        let mut pid = 0;
         for attempt in 1..=3 {
             let log = std::fs::File::create(&log_path).expect("wireguard-go log file");
             let mut c = self.command(&ns, &["wireguard-go", "-f", ifname]);
@@ -168,6 +169,7 @@ impl Pair {
             };
             match outcome {
                 Ok(()) => {
+                    pid = child.id();
                     self.children.push(child);
                     break;
                 }
@@ -220,6 +222,16 @@ impl Pair {
             ],
         );
         self.exec(&ns, &["ip", "link", "set", ifname, "up"]);
+        pid
+    }
+
+    /// Kills the child started here with process id `pid` (SIGKILL) and reaps it.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.swap_remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
