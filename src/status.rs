@@ -173,6 +173,9 @@ pub struct Status {
     /// Bumped by [`Status::publish_reload`]; shards compare it once per driver iteration.
     reload_generation: AtomicU64,
     reload_payload: Mutex<Option<Arc<ReloadPayload>>>,
+    /// New peers for the tunnel core (a reload changed `[[wireguard.peers]]`), taken by its
+    /// timer tick.
+    pending_peers: Mutex<Option<Vec<crate::tunnel::PeerSpec>>>,
     /// The reload generation each shard has applied.
     reload_applied: Vec<AtomicU64>,
     /// Each shard's server counters, copied in with its beat (~100 ms) and merged at scrape.
@@ -222,6 +225,7 @@ impl Status {
             draining: AtomicBool::new(false),
             shard_active: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             reload_generation: AtomicU64::new(0),
+            pending_peers: Mutex::new(None),
             reload_payload: Mutex::new(None),
             reload_applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             shard_stats: (0..shards)
@@ -277,6 +281,18 @@ impl Status {
             .iter()
             .filter_map(|t| t.lock().ok().map(|g| *g))
             .fold(TunnelTables::default(), |a, b| a.plus(&b))
+    }
+
+    /// Leaves new peers for the tunnel core (the latest wins if it has not taken the last).
+    pub fn set_pending_peers(&self, peers: Vec<crate::tunnel::PeerSpec>) {
+        if let Ok(mut p) = self.pending_peers.lock() {
+            *p = Some(peers);
+        }
+    }
+
+    /// The peers a reload left for the tunnel core, once.
+    pub fn take_pending_peers(&self) -> Option<Vec<crate::tunnel::PeerSpec>> {
+        self.pending_peers.lock().ok()?.take()
     }
 
     /// Offers a new configuration to every shard; returns its generation.

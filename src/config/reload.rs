@@ -1,6 +1,8 @@
 //! What a reload (`SIGHUP`) can apply, and what waits for a restart.
 //!
-//! A reload swaps into every shard the rules — `[[allow]]` and `[[scm]]`, tokens included —,
+//! A reload reconfigures the peer table with `[[wireguard.peers]]` (added, removed, changed;
+//! kept peers keep their sessions) and swaps into every shard the rules — `[[allow]]` and
+//! `[[scm]]`, tokens included —,
 //! `[upstream]` (TLS: CA files re-read, minimum version; proxy; connect and TLS timeouts; pool
 //! limits) except `response_timeout`, `[heartbeat]` (replaced, added or removed), and applies
 //! `[log] level`. Everything else is read once
@@ -33,7 +35,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         outbound,
     } = old;
     [
-        ("wireguard", *wireguard != new.wireguard),
+        // Peers are applied (the peer table is reconfigured in place); the broker's own key,
+        // tunnel address, UDP port and MTU are built into the socket, the table and every
+        // shard's stack.
+        ("wireguard", wireguard_restart(wireguard, &new.wireguard)),
         ("inbound", *inbound != new.inbound),
         (
             "upstream.response_timeout",
@@ -50,6 +55,26 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     .filter(|&(_, changed)| changed)
     .map(|(section, _)| section.to_owned())
     .collect()
+}
+
+/// Whether `[wireguard]` changed outside `peers`.
+fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
+    let super::WireGuard {
+        private_key,
+        private_key_source,
+        private_key_unavailable,
+        address,
+        listen_port,
+        mtu,
+        // Applied by the reload (`PeerTable::reconfigure`).
+        peers: _,
+    } = old;
+    *private_key != new.private_key
+        || *private_key_source != new.private_key_source
+        || *private_key_unavailable != new.private_key_unavailable
+        || *address != new.address
+        || *listen_port != new.listen_port
+        || *mtu != new.mtu
 }
 
 #[cfg(test)]
@@ -160,10 +185,33 @@ mod tests {
     }
 
     #[test]
-    fn a_new_preshared_key_from_the_same_source_needs_a_restart() {
-        // A diff of two dumps missed this: both show `preshared_key = { env = "PSK" }`.
+    fn a_new_preshared_key_is_applied_to_the_peer() {
+        // The peer table starts that peer's session over with the new key (issue 15 §3).
         let old = config(RULE, KEY_A, KEY_B);
         let new = config(RULE, KEY_A, KEY_A);
-        assert_eq!(needs_restart(&old, &new), ["wireguard"]);
+        assert_ne!(old.wireguard, new.wireguard);
+        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
+    }
+
+    #[test]
+    fn peers_apply_but_the_tunnel_address_needs_a_restart() {
+        let old = config(RULE, KEY_A, KEY_B);
+        let new = config(
+            &format!(
+                "persistent_keepalive = 5\n[[wireguard.peers]]\n\
+                 public_key = \"oK56DE9Ue9zK76rAc8pBl6opph+1v36lm7cXXsQKrQM=\"\n\
+                 endpoint = \"127.0.0.1:10\"\nallowed_ips = [\"10.78.0.1/32\"]\n{RULE}"
+            ),
+            KEY_A,
+            KEY_B,
+        );
+        assert_ne!(old.wireguard.peers, new.wireguard.peers);
+        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
+        let mut moved = old.clone();
+        moved.wireguard.address = "10.77.0.9".parse().expect("address");
+        assert_eq!(needs_restart(&old, &moved), ["wireguard"]);
+        let mut mtu = old.clone();
+        mtu.wireguard.mtu = 1280;
+        assert_eq!(needs_restart(&old, &mtu), ["wireguard"]);
     }
 }

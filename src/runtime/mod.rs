@@ -87,6 +87,10 @@ pub struct BrokerHandle {
     upstream: std::sync::Mutex<(crate::config::Upstream, Vec<Vec<u8>>)>,
     /// The `[heartbeat]` shard 0 runs, and the TLS settings an `https://` one is verified with.
     heartbeat: std::sync::Mutex<(Option<crate::config::Heartbeat>, Arc<rustls::ClientConfig>)>,
+    /// The `[[wireguard.peers]]` the tunnel core runs, to tell whether a reload changes them,
+    /// and whether the UDP socket is dual-stack (how their endpoints are resolved).
+    peers: std::sync::Mutex<Vec<crate::config::Peer>>,
+    ipv6_socket: bool,
     /// Each executor by its thread name.
     joins: Vec<(String, ExecutorJoinHandle<()>)>,
 }
@@ -132,6 +136,7 @@ impl BrokerHandle {
         let c = &loaded.config;
         let upstream = self.upstream_change(&c.upstream);
         let heartbeat = self.heartbeat_change(c.heartbeat.as_ref(), upstream.as_ref());
+        self.peers_change(c);
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
@@ -146,6 +151,21 @@ impl BrokerHandle {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Hands the tunnel core the new `[[wireguard.peers]]` when they changed (names resolved
+    /// here, on the control thread); it applies them at its next timer tick (~100 ms) with
+    /// [`crate::tunnel::PeerTable::reconfigure`], keeping the session of every peer it keeps.
+    fn peers_change(&self, c: &Config) {
+        let Ok(mut current) = self.peers.lock() else {
+            return;
+        };
+        if *current == c.wireguard.peers {
+            return;
+        }
+        *current = c.wireguard.peers.clone();
+        self.status
+            .set_pending_peers(prepare::peer_specs(c, self.ipv6_socket));
     }
 
     /// The heartbeat to run from now on, when it (or the TLS settings it is verified with)
@@ -315,6 +335,8 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         status,
         upstream: std::sync::Mutex::new((c.upstream.clone(), ca_contents(&c.upstream))),
         heartbeat: std::sync::Mutex::new((c.heartbeat.clone(), tls.clone())),
+        peers: std::sync::Mutex::new(c.wireguard.peers.clone()),
+        ipv6_socket,
         joins,
     })
 }

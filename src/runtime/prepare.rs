@@ -187,7 +187,7 @@ pub(crate) fn usable_address(
         .find(|a| ipv6_socket || a.is_ipv4())
 }
 
-fn peer_specs(c: &Config, ipv6_socket: bool) -> Vec<PeerSpec> {
+pub(super) fn peer_specs(c: &Config, ipv6_socket: bool) -> Vec<PeerSpec> {
     c.wireguard
         .peers
         .iter()

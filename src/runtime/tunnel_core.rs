@@ -349,6 +349,19 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             .tick(now, &mut out, &mut |_, to, d| {
                 pending.push((to, d.to_vec()))
             });
+        if let Some(specs) = core.status.take_pending_peers() {
+            apply_peers(&core, specs, now, &mut out, &mut pending);
+            let slots = core
+                .table
+                .borrow()
+                .peers()
+                .map(|p| p.index() + 1)
+                .max()
+                .unwrap_or(0);
+            if throttles.len() < slots {
+                throttles.resize_with(slots, || LogThrottle::new(REPEAT_INTERVAL));
+            }
+        }
         let failures = core.status.heartbeats_failed.load(Ordering::Relaxed);
         if failures != heartbeat_failures_seen {
             heartbeat_failures_seen = failures;
@@ -412,6 +425,45 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
                 .saturating_duration_since(Instant::now())
                 .min(TICK_INTERVAL);
             glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+/// Applies a reload's `[[wireguard.peers]]` to the table (see
+/// [`PeerTable::reconfigure`]): kept peers keep their sessions, so no request in flight to them
+/// notices; the outcome is logged as `config.reload` with `section = "wireguard.peers"`.
+fn apply_peers(
+    core: &TunnelCore,
+    specs: Vec<crate::tunnel::PeerSpec>,
+    now: Instant,
+    out: &mut [u8],
+    pending: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    let result = core
+        .table
+        .borrow_mut()
+        .reconfigure(specs, now, out, &mut |_, to, d| {
+            pending.push((to, d.to_vec()))
+        });
+    match result {
+        Ok(changes) => {
+            let keys = |v: &[crate::keys::PublicKey]| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            tracing::info!(
+                event = "config.reload",
+                section = "wireguard.peers",
+                added = %keys(&changes.added),
+                removed = %keys(&changes.removed),
+                changed = %keys(&changes.changed),
+                "peers applied"
+            );
+        }
+        Err(e) => {
+            tracing::error!(event = "config.reload", section = "wireguard.peers", error = %e, "kept the running peers");
         }
     }
 }

@@ -167,8 +167,8 @@ pub const fn required_buffer_len(max_packet: usize) -> usize {
     }
 }
 
-/// One peer as configured.
-#[derive(Debug, Clone)]
+/// One peer as configured. Its `Debug` leaves the pre-shared key out.
+#[derive(Clone)]
 pub struct PeerSpec {
     /// The peer's static public key; unique in a table.
     pub public_key: PublicKey,
@@ -184,6 +184,19 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<IpNet>,
     /// Seconds between keepalives when the tunnel is otherwise idle; 0 = off.
     pub persistent_keepalive: u16,
+}
+
+impl fmt::Debug for PeerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSpec")
+            .field("public_key", &self.public_key)
+            .field("preshared_key", &self.preshared_key.map(|_| "<secret>"))
+            .field("endpoint", &self.endpoint)
+            .field("endpoint_name", &self.endpoint_name)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .finish()
+    }
 }
 
 /// A peer's handle in one [`PeerTable`]: its position in the `peers` given to
@@ -483,6 +496,22 @@ impl PeerStatus {
     pub fn handshake_age(&self, now: Instant) -> Option<Duration> {
         self.last_handshake
             .map(|t| now.saturating_duration_since(t))
+    }
+}
+
+/// What [`PeerTable::reconfigure`] did, by public key (for the reload's log line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<PublicKey>,
+    pub removed: Vec<PublicKey>,
+    /// Kept their session; endpoint, keepalive, allowed IPs or pre-shared key changed.
+    pub changed: Vec<PublicKey>,
+}
+
+impl PeerChanges {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 }
 

@@ -51,6 +51,16 @@ pub(super) struct Peer {
     pub(super) unanswered_since: Option<Instant>,
     /// Set while a probed (restarted) session waits for its handshake.
     pub(super) recovery: Option<Recovery>,
+    /// The configured endpoint (what a reload compares against; `endpoint` may have moved).
+    pub(super) configured_endpoint: Option<SocketAddr>,
+    /// Our own persistent keepalive (boringtun's cannot be changed on a live `Tunn`): an empty
+    /// data packet when nothing was sent to the peer for this long. `None` = off.
+    pub(super) keepalive: Option<Duration>,
+    /// When anything (handshake message, data, keepalive) was last sent to the peer.
+    pub(super) last_sent: Option<Instant>,
+    /// As configured (a reload compares them; the table's routes are built from the specs).
+    pub(super) preshared_key: Option<[u8; 32]>,
+    pub(super) allowed_ips: Vec<ipnet::IpNet>,
     pub(super) last_resolve_request: Option<Instant>,
     pub(super) handshakes: u64,
     pub(super) rx_packets: u64,
@@ -65,12 +75,18 @@ impl Peer {
         public_key: PublicKey,
         endpoint: Option<SocketAddr>,
         endpoint_name: Option<Endpoint>,
+        keepalive: u16,
     ) -> Self {
         Self {
             tunn,
             public_key,
             endpoint,
             endpoint_name,
+            configured_endpoint: endpoint,
+            keepalive: (keepalive > 0).then(|| Duration::from_secs(u64::from(keepalive))),
+            last_sent: None,
+            preshared_key: None,
+            allowed_ips: Vec::new(),
             dial: false,
             stale: true,
             maybe_queued: false,
@@ -99,10 +115,15 @@ impl Peer {
             // deliberately dropped: the peer had no endpoint or no session to use it.
             let _ = self.tunn.update_timers(&mut scratch);
             self.stale = false;
-            // A persistent keepalive due without a session is queued by boringtun.
-            if self.tunn.persistent_keepalive().is_some() {
-                self.maybe_queued = true;
-            }
+        }
+    }
+
+    /// Whether our own keepalive is due at `now`: on, a session to carry it, and nothing sent
+    /// for the interval (a first one counts from the first thing ever sent).
+    pub(super) fn keepalive_due(&self, now: Instant) -> bool {
+        match (self.keepalive, self.last_sent) {
+            (Some(k), Some(t)) => self.has_session() && now.saturating_duration_since(t) >= k,
+            _ => false,
         }
     }
 
@@ -185,6 +206,66 @@ impl fmt::Debug for Peer {
             .field("resolve_pending", &self.resolve_pending)
             .field("unanswered_since", &self.unanswered_since)
             .field("recovery", &self.recovery)
+            .field("keepalive", &self.keepalive)
             .finish_non_exhaustive()
+    }
+}
+
+/// The table's peers by slot: a removed peer leaves a hole (`None`) so that every other peer
+/// keeps its slot, its [`PeerId`](super::PeerId) and the session indices derived from it; a
+/// later peer may take the hole.
+#[derive(Debug, Default)]
+pub(super) struct Slots(Vec<Option<Box<Peer>>>);
+
+impl Slots {
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    /// The peer in `slot`, if the slot holds one.
+    pub(super) fn get(&self, slot: usize) -> Option<&Peer> {
+        self.0.get(slot)?.as_deref()
+    }
+
+    pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Peer> {
+        self.0.get_mut(slot)?.as_deref_mut()
+    }
+
+    /// Slots in use or free: every slot index is below this.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The slots that hold a peer, in order.
+    pub(super) fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.is_some().then_some(i))
+    }
+
+    /// The slot the next [`Slots::put`] fills, skipping `reserved` ones (freed by the same
+    /// change).
+    pub(super) fn next_free(&self, skip: &dyn Fn(usize) -> bool) -> usize {
+        self.0
+            .iter()
+            .enumerate()
+            .position(|(i, p)| p.is_none() && !skip(i))
+            .unwrap_or(self.0.len())
+    }
+
+    /// Puts `peer` in `slot` (at most one past the end).
+    pub(super) fn put(&mut self, slot: usize, peer: Peer) {
+        if slot >= self.0.len() {
+            self.0.resize_with(slot + 1, || None);
+        }
+        if let Some(s) = self.0.get_mut(slot) {
+            *s = Some(Box::new(peer));
+        }
+    }
+
+    /// Empties `slot`.
+    pub(super) fn remove(&mut self, slot: usize) -> Option<Box<Peer>> {
+        self.0.get_mut(slot)?.take()
     }
 }

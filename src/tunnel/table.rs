@@ -14,17 +14,18 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
-use super::peer::{Peer, Recovery};
+use super::peer::{Peer, Recovery, Slots};
 use super::route::Routes;
 use super::{
     Counters, DATA_OVERHEAD, DEFAULT_HANDSHAKE_RATE_LIMIT, DropReason, MAX_PEERS,
-    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, NO_REPLY_TIMEOUT, PeerEvent, PeerId, PeerSpec, PeerStatus,
-    PeerTableError, RECOVERY_RETRY, Received, RestartReason, Sent, TICK_INTERVAL, Transmit,
-    required_buffer_len,
+    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, NO_REPLY_TIMEOUT, PeerChanges, PeerEvent, PeerId, PeerSpec,
+    PeerStatus, PeerTableError, RECOVERY_RETRY, Received, RestartReason, Sent, TICK_INTERVAL,
+    Transmit, required_buffer_len,
 };
 use crate::config::Endpoint;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::packet::{Flow, FlowError};
+use ipnet::IpNet;
 
 /// WireGuard message types (first byte; the next three are reserved zeros).
 const MSG_INIT: u8 = 1;
@@ -46,7 +47,14 @@ pub struct PeerTable {
     static_public: x25519::PublicKey,
     /// Shared by every `Tunn`; reset by `tick` once a second.
     rate_limiter: Arc<RateLimiter>,
-    peers: Vec<Peer>,
+    /// This side's public key (no peer may have it).
+    own: PublicKey,
+    peers: Slots,
+    /// The slot of the only peer, when there is exactly one (a handshake initiation can then
+    /// only be for it: no anonymous parse needed).
+    single: Option<usize>,
+    /// Set by `initiate_all`: peers added later are dialed too.
+    dialing: bool,
     by_key: HashMap<[u8; 32], usize>,
     routes: Routes,
     /// XORed into peer slots to form boringtun's 24-bit peer index.
@@ -180,7 +188,10 @@ impl PeerTable {
             static_private,
             static_public,
             rate_limiter,
-            peers: Vec::with_capacity(peers.len()),
+            own,
+            peers: Slots::with_capacity(peers.len()),
+            single: None,
+            dialing: false,
             by_key: HashMap::with_capacity(peers.len()),
             routes: Routes::default(),
             salt,
@@ -193,23 +204,23 @@ impl PeerTable {
             jitter_state: jitter_seed(),
         };
         for (slot, spec) in peers.into_iter().enumerate() {
-            table.add(slot, spec, &own, now)?;
+            table.add(slot, spec, now)?;
         }
+        table.single = table.single_slot();
         Ok(table)
     }
 
-    fn add(
-        &mut self,
-        slot: usize,
-        spec: PeerSpec,
-        own: &PublicKey,
-        now: Instant,
-    ) -> Result<(), PeerTableError> {
-        let index = u32::try_from(slot)
-            .ok()
-            .filter(|&i| (i as usize) < MAX_PEERS)
-            .ok_or(PeerTableError::TooManyPeers(slot + 1))?;
-        if spec.public_key == *own {
+    fn single_slot(&self) -> Option<usize> {
+        let mut live = self.peers.live();
+        match (live.next(), live.next()) {
+            (Some(slot), None) => Some(slot),
+            _ => None,
+        }
+    }
+
+    fn add(&mut self, slot: usize, spec: PeerSpec, now: Instant) -> Result<(), PeerTableError> {
+        let index = Self::index_of(slot)?;
+        if spec.public_key == self.own {
             return Err(PeerTableError::OwnKey(spec.public_key));
         }
         if self
@@ -233,26 +244,241 @@ impl PeerTable {
                 }
             })?;
         }
-        let keepalive = (spec.persistent_keepalive > 0).then_some(spec.persistent_keepalive);
+        self.install(slot, index, spec, now);
+        Ok(())
+    }
+
+    fn index_of(slot: usize) -> Result<u32, PeerTableError> {
+        u32::try_from(slot)
+            .ok()
+            .filter(|&i| (i as usize) < MAX_PEERS)
+            .ok_or(PeerTableError::TooManyPeers(slot + 1))
+    }
+
+    /// Builds the peer of `spec` (a fresh `Tunn`: no session) into `slot`; asks for its
+    /// endpoint to be resolved when it has only a name.
+    fn install(&mut self, slot: usize, index: u32, spec: PeerSpec, now: Instant) {
+        // Keepalives are ours (`Peer::keepalive`): boringtun's interval cannot be changed on a
+        // live `Tunn`, and a reload must be able to.
         let tunn = Tunn::new(
             self.static_private.clone(),
             spec.public_key.to_x25519(),
             spec.preshared_key,
-            keepalive,
+            None,
             index ^ self.salt,
             Some(Arc::clone(&self.rate_limiter)),
         );
         let wants_address = spec.endpoint.is_none() && spec.endpoint_name.is_some();
-        self.peers.push(Peer::new(
+        let mut peer = Peer::new(
             tunn,
             spec.public_key,
             spec.endpoint,
             spec.endpoint_name,
-        ));
+            spec.persistent_keepalive,
+        );
+        peer.preshared_key = spec.preshared_key;
+        peer.allowed_ips = spec.allowed_ips.iter().map(IpNet::trunc).collect();
+        self.peers.put(slot, peer);
         if wants_address {
             self.request_resolve(slot, now);
         }
-        Ok(())
+    }
+
+    /// Applies a new list of peers to the running table (a reload), matched by public key:
+    ///
+    /// * a peer no longer listed is removed (its slot freed; its packets are dropped from now
+    ///   on as [`DropReason::UnknownIndex`] or [`DropReason::NoRoute`]);
+    /// * a new one is added (and dialed at once when the table dials, see
+    ///   [`PeerTable::initiate_all`]);
+    /// * a listed one keeps its slot, [`PeerId`] and session: a changed endpoint, keepalive or
+    ///   allowed IPs take effect at once without a new handshake; a changed pre-shared key
+    ///   needs one (the peer's session starts over).
+    ///
+    /// All or nothing: on an error (a duplicate key, this side's own key, two peers with one
+    /// prefix) the table is unchanged. `emit` receives the handshakes started.
+    pub fn reconfigure(
+        &mut self,
+        specs: Vec<PeerSpec>,
+        now: Instant,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) -> Result<PeerChanges, PeerTableError> {
+        self.now = now;
+        if specs.len() > MAX_PEERS {
+            return Err(PeerTableError::TooManyPeers(specs.len()));
+        }
+        // Plan: every spec's slot (kept or new), checked before anything changes.
+        let mut seen: HashMap<[u8; 32], ()> = HashMap::with_capacity(specs.len());
+        let mut plan: Vec<(usize, bool)> = Vec::with_capacity(specs.len());
+        let mut taken: Vec<usize> = Vec::new();
+        for spec in &specs {
+            if spec.public_key == self.own {
+                return Err(PeerTableError::OwnKey(spec.public_key));
+            }
+            if seen.insert(*spec.public_key.as_bytes(), ()).is_some() {
+                return Err(PeerTableError::DuplicatePeer(spec.public_key));
+            }
+            match self.by_key.get(spec.public_key.as_bytes()) {
+                Some(&slot) => plan.push((slot, false)),
+                None => {
+                    // A new peer takes a hole that is free now (not one this change frees: a
+                    // removed peer's stragglers then find nobody), else a new slot.
+                    let len = self.peers.len();
+                    let mut slot = self.peers.next_free(&|i| taken.contains(&i));
+                    if slot >= len {
+                        slot = len + taken.iter().filter(|&&t| t >= len).count();
+                    }
+                    Self::index_of(slot)?;
+                    taken.push(slot);
+                    plan.push((slot, true));
+                }
+            }
+        }
+        let mut routes = Routes::default();
+        for (spec, &(slot, _)) in specs.iter().zip(&plan) {
+            for net in &spec.allowed_ips {
+                routes.insert(*net, PeerId(slot as u32)).map_err(|c| {
+                    let first = specs
+                        .iter()
+                        .zip(&plan)
+                        .find(|(_, (s, _))| *s == c.owner.index())
+                        .map_or(spec.public_key, |(f, _)| f.public_key);
+                    PeerTableError::DuplicateAllowedIp {
+                        net: c.net,
+                        first,
+                        second: spec.public_key,
+                    }
+                })?;
+            }
+        }
+
+        // Apply.
+        let mut changes = PeerChanges::default();
+        let keep: HashMap<usize, ()> = plan.iter().map(|&(s, _)| (s, ())).collect();
+        let gone: Vec<usize> = self
+            .peers
+            .live()
+            .filter(|s| !keep.contains_key(s))
+            .collect();
+        for slot in gone {
+            if let Some(p) = self.peers.remove(slot) {
+                self.by_key.remove(p.public_key.as_bytes());
+                self.resolve_queue.retain(|id| id.index() != slot);
+                changes.removed.push(p.public_key);
+            }
+        }
+        self.routes = routes;
+        for (spec, (slot, new)) in specs.into_iter().zip(plan) {
+            let key = spec.public_key;
+            if new {
+                let index = Self::index_of(slot)?;
+                self.by_key.insert(*key.as_bytes(), slot);
+                self.install(slot, index, spec, now);
+                changes.added.push(key);
+                if self.dialing {
+                    self.dial(slot, out, emit);
+                }
+                continue;
+            }
+            if self.update(slot, spec, now, out, emit) {
+                changes.changed.push(key);
+            }
+        }
+        self.single = self.single_slot();
+        Ok(changes)
+    }
+
+    /// Applies `spec` to the peer in `slot` (same key); true when anything changed.
+    fn update(
+        &mut self,
+        slot: usize,
+        spec: PeerSpec,
+        now: Instant,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) -> bool {
+        let Some(p) = self.peers.get_mut(slot) else {
+            return false;
+        };
+        let keepalive = (spec.persistent_keepalive > 0)
+            .then(|| Duration::from_secs(u64::from(spec.persistent_keepalive)));
+        let mut changed = false;
+        if p.keepalive != keepalive {
+            p.keepalive = keepalive;
+            changed = true;
+        }
+        if p.configured_endpoint != spec.endpoint || p.endpoint_name != spec.endpoint_name {
+            p.configured_endpoint = spec.endpoint;
+            p.endpoint_name = spec.endpoint_name.clone();
+            if spec.endpoint.is_some() {
+                p.endpoint = spec.endpoint;
+            }
+            p.attempts = 0;
+            changed = true;
+            if spec.endpoint.is_none() && spec.endpoint_name.is_some() {
+                self.request_resolve(slot, now);
+            }
+        }
+        let Some(p) = self.peers.get_mut(slot) else {
+            return changed;
+        };
+        let allowed_changed = {
+            let mine: Vec<IpNet> = spec.allowed_ips.iter().map(IpNet::trunc).collect();
+            p.allowed_ips != mine
+        };
+        if allowed_changed {
+            p.allowed_ips = spec.allowed_ips.iter().map(IpNet::trunc).collect();
+            changed = true;
+        }
+        if p.preshared_key != spec.preshared_key {
+            // A new pre-shared key is a new session: start over with a fresh `Tunn` in the
+            // same slot, keeping where the peer is and what it counted.
+            let dial = p.dial;
+            let endpoint = p.endpoint;
+            let index = (slot as u32) ^ self.salt;
+            p.tunn = Tunn::new(
+                self.static_private.clone(),
+                spec.public_key.to_x25519(),
+                spec.preshared_key,
+                None,
+                index,
+                Some(Arc::clone(&self.rate_limiter)),
+            );
+            p.preshared_key = spec.preshared_key;
+            p.stale = true;
+            p.maybe_queued = false;
+            p.attempts = 0;
+            p.unanswered_since = None;
+            p.recovery = None;
+            p.endpoint = endpoint;
+            changed = true;
+            if dial {
+                self.initiate(slot, out, emit, false);
+            }
+        }
+        changed
+    }
+
+    /// Dials `slot` from now on (see [`PeerTable::initiate_all`]).
+    fn dial(
+        &mut self,
+        slot: usize,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) {
+        let now = self.now;
+        let Some(p) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if p.endpoint.is_none() && p.endpoint_name.is_none() {
+            return;
+        }
+        p.dial = true;
+        if p.endpoint.is_none() {
+            self.request_resolve(slot, now);
+        } else if !p.has_session() {
+            self.initiate(slot, out, emit, false);
+        }
     }
 
     /// A UDP datagram arrived from `from`. `out` must hold at least `datagram.len()` and
@@ -400,8 +626,8 @@ impl PeerTable {
     /// `decapsulate` checks MAC1 before any DH). With several, MAC1 and the load are checked
     /// through the shared limiter before the DH of `parse_handshake_anon`.
     fn initiator(&self, from: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Initiator {
-        if self.peers.len() == 1 {
-            return Initiator::Slot(0);
+        if let Some(slot) = self.single {
+            return Initiator::Slot(slot);
         }
         let base = out.as_ptr().addr();
         let init = match self
@@ -465,6 +691,10 @@ impl PeerTable {
     /// Counts a datagram about to leave for `slot`, by message type; notes handshake attempts
     /// (and asks for re-resolution when they keep failing).
     fn account_emit(&mut self, slot: usize, datagram: &[u8]) {
+        let now = self.now;
+        if let Some(p) = self.peers.get_mut(slot) {
+            p.last_sent = Some(now);
+        }
         match datagram.first().copied() {
             Some(MSG_INIT) => {
                 self.counters.handshake_initiations_sent += 1;
@@ -705,6 +935,10 @@ impl PeerTable {
             self.check_liveness(slot, now, out, emit);
         }
 
+        if self.peers.get(slot).is_some_and(|p| p.keepalive_due(now)) {
+            self.keepalive(slot, to, out, emit);
+        }
+
         if self.peers.get(slot).is_some_and(|p| p.maybe_queued)
             && out.len() >= required_buffer_len(self.largest_packet)
         {
@@ -715,6 +949,23 @@ impl PeerTable {
                     None => break,
                 }
             }
+        }
+    }
+
+    /// Sends our own persistent keepalive (an empty data packet) to `slot` at `to`.
+    fn keepalive(
+        &mut self,
+        slot: usize,
+        to: SocketAddr,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) {
+        let Some(p) = self.peers.get_mut(slot) else {
+            return;
+        };
+        let base = out.as_ptr().addr();
+        if let Outcome::Network(range) = settle(base, p.tunn.encapsulate(&[], &mut *out)) {
+            self.emit_range(slot, to, out, range, emit);
         }
     }
 
@@ -881,19 +1132,9 @@ impl PeerTable {
         emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
     ) {
         self.now = now;
+        self.dialing = true;
         for slot in 0..self.peers.len() {
-            let Some(p) = self.peers.get_mut(slot) else {
-                continue;
-            };
-            if p.endpoint.is_none() && p.endpoint_name.is_none() {
-                continue;
-            }
-            p.dial = true;
-            if p.endpoint.is_none() {
-                self.request_resolve(slot, now);
-            } else if !p.has_session() {
-                self.initiate(slot, out, emit, false);
-            }
+            self.dial(slot, out, emit);
         }
     }
 
@@ -946,7 +1187,8 @@ impl PeerTable {
 
     /// Every peer's handle, in configuration order.
     pub fn peers(&self) -> impl Iterator<Item = PeerId> + use<> {
-        (0..self.peers.len() as u32).map(PeerId)
+        let live: Vec<PeerId> = self.peers.live().map(|s| PeerId(s as u32)).collect();
+        live.into_iter()
     }
 
     /// Test seam: what boringtun's timers do on `REKEY_TIMEOUT` (a forced retransmission),

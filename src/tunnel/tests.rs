@@ -1399,3 +1399,112 @@ fn restart_session_probes_a_dialed_peer_once() {
         assert!(!t.restart_session(tb, now, RestartReason::HeartbeatFailed, out, e));
     });
 }
+
+const GATEWAY3: &str = "198.51.100.3:51820";
+
+/// Issue 15 §3: a reload changes one gateway's keepalive, removes a second and adds a third.
+/// The kept gateway's session carries on (no new handshake, packets both ways at once), the
+/// removed one is unreachable and unheard, the added one is dialed at once, and the new
+/// keepalive interval is what the table keeps to.
+#[test]
+fn reconfigure_changes_keeps_adds_and_removes_peers() {
+    let now = Instant::now();
+    let (bk, g1, g2, g3) = (key(), key(), key(), key());
+    let s1 = spec(g1.public_key(), Some(VENDOR), &["10.0.0.0/8"]);
+    let s2 = spec(g2.public_key(), Some(GATEWAY2), &["10.1.0.0/16"]);
+    let broker = PeerTable::new(&bk, vec![s1.clone(), s2], now).expect("valid");
+    let gw = |k: &PrivateKey| {
+        PeerTable::new(k, vec![spec(bk.public_key(), None, &["10.77.0.2/32"])], now).expect("valid")
+    };
+    let mut net = Net::new(now);
+    let b = net.add(broker, BROKER);
+    let n1 = net.add(gw(&g1), VENDOR);
+    let n2 = net.add(gw(&g2), GATEWAY2);
+    let n3 = net.add(gw(&g3), GATEWAY3);
+    net.initiate_all(b);
+    net.run();
+    assert_eq!(net.table(b).counters().handshakes_completed, 2);
+    let id1 = net.table(b).peer_id(&g1.public_key()).expect("g1");
+    let id2 = net.table(b).peer_id(&g2.public_key()).expect("g2");
+
+    let mut s1_new = s1.clone();
+    s1_new.persistent_keepalive = 1;
+    let s3 = spec(g3.public_key(), Some(GATEWAY3), &["10.1.0.0/16"]);
+    let sent = net.emit_with(b, |t, now, out, e| {
+        let changes = t
+            .reconfigure(vec![s1_new, s3], now, out, e)
+            .expect("valid change");
+        assert_eq!(changes.added, [g3.public_key()]);
+        assert_eq!(changes.removed, [g2.public_key()]);
+        assert_eq!(changes.changed, [g1.public_key()]);
+    });
+    assert_eq!(sent.len(), 1, "the new gateway is dialed at once");
+    assert_eq!((sent[0].to, sent[0].bytes[0]), (sa(GATEWAY3), 1));
+    net.run();
+    assert_eq!(net.table(n3).counters().handshakes_completed, 1);
+
+    // g1: same id, same session, both ways.
+    assert_eq!(net.table(b).peer_id(&g1.public_key()), Some(id1));
+    let up = ipv4_tcp(BROKER_IP, [10, 2, 0, 1], b"still there");
+    assert_eq!(net.send(b, &up), data_to(VENDOR));
+    let down = ipv4_tcp([10, 2, 0, 1], BROKER_IP, b"yes");
+    assert_eq!(net.send(n1, &down), data_to(BROKER));
+    net.run();
+    assert_eq!(net.inbox(n1).len(), 1);
+    assert_eq!(net.inbox(b), vec![(id1, down)]);
+    assert_eq!(net.table(b).peer_status(id1).expect("g1").handshakes, 1);
+    assert_eq!(net.table(n1).counters().handshakes_completed, 1);
+
+    // g2: gone. Its prefix now routes to g3; what it still sends is dropped.
+    assert_eq!(net.table(b).peer_id(&g2.public_key()), None);
+    assert_eq!(net.table(b).peer_status(id2), None);
+    assert!(!net.table(b).peers().any(|p| p == id2));
+    let to_16 = ipv4_tcp(BROKER_IP, [10, 1, 2, 3], b"to the /16");
+    assert_eq!(net.send(b, &to_16), data_to(GATEWAY3));
+    net.run();
+    assert_eq!(net.inbox(n3).len(), 1);
+    let late = ipv4_tcp([10, 1, 0, 1], BROKER_IP, b"late");
+    net.send(n2, &late);
+    assert!(matches!(net.run()[..], [Got::Dropped(_)]));
+    assert!(net.inbox(b).is_empty());
+
+    // The new keepalive: one a second to g1 while nothing else goes there.
+    let mut keepalives = 0;
+    for _ in 0..25 {
+        net.now += TICK_INTERVAL;
+        keepalives += net
+            .tick(b)
+            .iter()
+            .filter(|d| d.to == sa(VENDOR) && d.bytes[0] == 4 && d.bytes.len() == 32)
+            .count();
+        net.run();
+    }
+    assert_eq!(keepalives, 2, "one per second over 2.5 s");
+}
+
+/// A reload the table cannot apply changes nothing.
+#[test]
+fn a_refused_reconfiguration_changes_nothing() {
+    let (mut net, b, _, [id1, id2]) = two_gateways();
+    net.initiate_all(b);
+    net.run();
+    let before: Vec<_> = net.table(b).peers().collect();
+    let (k1, k2) = (
+        net.table(b).peer_status(id1).expect("g1").public_key,
+        net.table(b).peer_status(id2).expect("g2").public_key,
+    );
+    let clash = vec![
+        spec(k1, Some(VENDOR), &["10.0.0.0/8"]),
+        spec(k2, Some(GATEWAY2), &["10.0.0.0/8"]),
+    ];
+    let sent = net.emit_with(b, |t, now, out, e| {
+        assert!(matches!(
+            t.reconfigure(clash, now, out, e),
+            Err(PeerTableError::DuplicateAllowedIp { .. })
+        ));
+    });
+    assert!(sent.is_empty());
+    assert_eq!(net.table(b).peers().collect::<Vec<_>>(), before);
+    let to_16 = ipv4_tcp(BROKER_IP, [10, 1, 2, 3], b"to the /16");
+    assert_eq!(net.send(b, &to_16), data_to(GATEWAY2), "routes unchanged");
+}
