@@ -14,6 +14,9 @@ pub struct ReloadPayload {
     pub rules: Vec<crate::allowlist::RuleSpec>,
     /// Secret values for the log scrubber.
     pub secrets: Vec<String>,
+    /// `[inbound]` timeouts and limits, `[upstream] response_timeout`, `[log] body_limit`:
+    /// connections opened from now on take them.
+    pub server: crate::server::ServerConfig,
     /// New `[upstream]` settings (TLS built from its CA files, the proxy decided), when they
     /// changed: shards open new connections with them.
     pub upstream: Option<UpstreamReload>,

@@ -140,6 +140,7 @@ impl BrokerHandle {
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
+            server: ServerConfig::from_config(c),
             upstream,
             heartbeat,
         });

@@ -310,6 +310,7 @@ fn apply_reload(shard: &Shard, generation: u64) {
         match crate::allowlist::Allowlist::compile(p.rules.clone()) {
             Ok(a) => {
                 *shard.server.allowlist.borrow_mut() = Rc::new(a);
+                shard.server.cfg.set(p.server);
                 *shard.server.scrubber.borrow_mut() = Rc::new(crate::server::scrub::Scrubber::new(
                     p.secrets.iter().map(String::as_str),
                 ));

@@ -15,7 +15,9 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use super::buffered::Buffered;
 use super::proxy::{self, Request};
-use super::{ErrorBody, HEALTHCHECK_BODY, REQUEST_ID_HEADER, ServerCtx, Timer, drain};
+use super::{
+    ErrorBody, HEALTHCHECK_BODY, REQUEST_ID_HEADER, ServerConfig, ServerCtx, Timer, drain,
+};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead, parse_head};
 use crate::upstream::Upstreams;
 
@@ -33,14 +35,17 @@ pub async fn serve<C, T, U>(
     U: Upstreams,
 {
     let slot = DrainSlot(&ctx.drain, ctx.drain.claim());
+    // The settings of the moment the connection opens: a reload changes them for new ones.
+    let cfg = ctx.cfg.get();
     Connection {
         conn,
         ctx,
+        cfg,
         timer,
         upstreams,
         peer,
         drain_slot: slot.1,
-        buf: vec![0u8; ctx.cfg.limits.max_head_bytes],
+        buf: vec![0u8; cfg.limits.max_head_bytes],
         filled: 0,
         head: RequestHead::default(),
         head_copy: Vec::new(),
@@ -65,6 +70,8 @@ impl Drop for DrainSlot<'_> {
 struct Connection<'a, C, T, U> {
     conn: &'a mut C,
     ctx: &'a ServerCtx,
+    /// `ctx.cfg` when the connection opened.
+    cfg: ServerConfig,
     timer: &'a T,
     upstreams: &'a U,
     peer: Option<IpAddr>,
@@ -164,7 +171,7 @@ where
     /// paces the bytes.
     async fn read_head(&mut self) -> HeadWait {
         let (ctx, timer, slot) = (self.ctx, self.timer, self.drain_slot);
-        let cfg = &ctx.cfg;
+        let cfg = self.cfg;
         let (conn, buf, filled) = (&mut *self.conn, &mut self.buf[..], &mut self.filled);
         if *filled == 0 {
             // Between requests: one read ends the idle wait; a drain closes the idle connection
@@ -244,7 +251,7 @@ where
         self.head_copy.extend_from_slice(&self.buf[..head_len]);
         let allowlist = self.ctx.allowlist.borrow().clone();
         let scrubber = self.ctx.scrubber.borrow().clone();
-        let cfg = &self.ctx.cfg;
+        let cfg = self.cfg;
         let context = proxy::Context {
             allowlist: &allowlist,
             scrubber: &scrubber,

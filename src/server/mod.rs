@@ -160,7 +160,8 @@ impl ErrorBody<'_> {
 /// Single-threaded (one per shard); borrows are never held across an await.
 #[derive(Debug)]
 pub struct ServerCtx {
-    pub cfg: ServerConfig,
+    /// Timeouts and limits; a reload replaces them, each connection takes them when it opens.
+    pub cfg: std::cell::Cell<ServerConfig>,
     /// This shard's own compiled allowlist (replaced whole on reload; no sharing across cores).
     pub allowlist: RefCell<Rc<Allowlist>>,
     pub ids: RefCell<RequestIds>,
@@ -180,7 +181,7 @@ impl ServerCtx {
         ids: RequestIds,
     ) -> Self {
         Self {
-            cfg,
+            cfg: std::cell::Cell::new(cfg),
             scrubber: RefCell::new(Rc::new(scrubber)),
             drain: drain::Drain::default(),
             allowlist: RefCell::new(Rc::new(allowlist)),

@@ -235,3 +235,99 @@ fn a_heartbeat_added_by_a_reload_runs_without_a_restart() {
     );
     assert!(status.heartbeat_passing.load(Ordering::Relaxed));
 }
+
+/// Opens a raw connection from the vendor gateway to the broker's HTTP endpoint.
+fn open_raw(t: &mut Tunnel) -> wgbroker::netstack::ConnId {
+    use wgbroker::netstack::State;
+    let to = std::net::SocketAddr::new(t.gateway.broker_address(), 80);
+    let id = t.gateway.stack().connect(to).expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.gateway.stack().state(id) != State::Established {
+        assert!(std::time::Instant::now() < deadline, "no connection");
+        t.gateway.pump(Duration::from_millis(5)).expect("pump");
+    }
+    id
+}
+
+/// Whether the broker has closed `id` (end of stream or reset).
+fn closed(t: &mut Tunnel, id: wgbroker::netstack::ConnId) -> bool {
+    use wgbroker::netstack::ConnError;
+    let mut buf = [0u8; 512];
+    loop {
+        match t.gateway.stack().recv_slice(id, &mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(ConnError::Finished | ConnError::InvalidState | ConnError::Gone) => return true,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+/// Issue 15 §3: `[inbound]` timeouts reload without a restart; connections opened from then
+/// on take the new ones, open ones keep theirs.
+#[test]
+fn inbound_timeouts_reload_for_new_connections() {
+    let mut t = Tunnel::start("[inbound]\nidle_timeout = \"60s\"\n");
+    let started = t.reload_config(&t.config_text).config;
+    let old = open_raw(&mut t);
+    // Served once, so the broker has surely accepted it before the reload: it is an open
+    // connection with the old settings, idle between requests.
+    let ask = b"GET /healthcheck HTTP/1.1\r\nHost: 10.77.0.2\r\n\r\n";
+    assert_eq!(
+        t.gateway.stack().send_slice(old, ask).expect("send"),
+        ask.len()
+    );
+    let mut answer = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !answer.windows(4).any(|w| w == b"\"OK\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer: {answer:?}"
+        );
+        t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        let mut buf = [0u8; 512];
+        if let Ok(n) = t.gateway.stack().recv_slice(old, &mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = t
+        .config_text
+        .replace("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
+    assert_ne!(text, t.config_text);
+    let new = t.reload_config(&text);
+    let broker = t.broker.take().expect("running");
+    let outcome = std::thread::scope(|s| {
+        let r = s.spawn(|| service::reload(&broker, &started, Ok(new)));
+        while !r.is_finished() {
+            t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        }
+        r.join().expect("reload")
+    });
+    t.broker = Some(broker);
+    match outcome {
+        Reloaded::Loaded {
+            swapped,
+            needs_restart,
+            ..
+        } => {
+            assert!(swapped.is_ok(), "{swapped:?}");
+            assert_eq!(needs_restart, Vec::<String>::new(), "applied, not pending");
+        }
+        Reloaded::Invalid(e) => panic!("{e}"),
+    }
+    let fresh = open_raw(&mut t);
+    let opened = std::time::Instant::now();
+    // A generous bound for a 1 s timeout on a shared machine (the old setting was 60 s).
+    while !closed(&mut t, fresh) {
+        assert!(
+            opened.elapsed() < Duration::from_secs(10),
+            "a new idle connection was not closed after the reloaded 1 s"
+        );
+        t.gateway.pump(Duration::from_millis(5)).expect("pump");
+    }
+    eprintln!(
+        "reload: new idle connection closed after {:?}",
+        opened.elapsed()
+    );
+    assert!(!closed(&mut t, old), "the open connection keeps its 60 s");
+}

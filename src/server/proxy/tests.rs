@@ -748,7 +748,7 @@ fn run_checked(vendor: Steps, up: &FakeUpstreams) -> Seen {
     }];
     let base = ctx();
     let ctx = ServerCtx::new(
-        base.cfg,
+        base.cfg.get(),
         Allowlist::compile(vec![spec]).expect("valid rule"),
         scrub::Scrubber::default(),
         RequestIds::new(1, 0),
