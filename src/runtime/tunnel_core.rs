@@ -349,34 +349,14 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
             .tick(now, &mut out, &mut |_, to, d| {
                 pending.push((to, d.to_vec()))
             });
-        if let Some(specs) = core.status.take_pending_peers() {
-            apply_peers(&core, specs, now, &mut out, &mut pending);
-            let slots = core
-                .table
-                .borrow()
-                .peers()
-                .map(|p| p.index() + 1)
-                .max()
-                .unwrap_or(0);
-            if throttles.len() < slots {
-                throttles.resize_with(slots, || LogThrottle::new(REPEAT_INTERVAL));
-            }
-        }
-        let failures = core.status.heartbeats_failed.load(Ordering::Relaxed);
-        if failures != heartbeat_failures_seen {
-            heartbeat_failures_seen = failures;
-            let mut table = core.table.borrow_mut();
-            let peers: Vec<_> = table.peers().collect();
-            for peer in peers {
-                table.restart_session(
-                    peer,
-                    now,
-                    RestartReason::HeartbeatFailed,
-                    &mut out,
-                    &mut |_, to, d| pending.push((to, d.to_vec())),
-                );
-            }
-        }
+        control(
+            &core,
+            now,
+            &mut out,
+            &mut pending,
+            &mut throttles,
+            &mut heartbeat_failures_seen,
+        );
         // Endpoint names whose handshakes keep failing: resolve off the executor.
         loop {
             let job = core.table.borrow_mut().poll_resolve();
@@ -425,6 +405,47 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
                 .saturating_duration_since(Instant::now())
                 .min(TICK_INTERVAL);
             glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+/// What the control side asks of the tunnel core, checked every tick: a reload's new peers
+/// (applied with `reconfigure`; the log throttles grow with new slots) and a failed heartbeat
+/// (each dialed peer's session is probed with a fresh handshake).
+fn control(
+    core: &TunnelCore,
+    now: Instant,
+    out: &mut [u8],
+    pending: &mut Vec<(SocketAddr, Vec<u8>)>,
+    throttles: &mut Vec<LogThrottle>,
+    heartbeat_failures_seen: &mut u64,
+) {
+    if let Some(specs) = core.status.take_pending_peers() {
+        apply_peers(core, specs, now, out, pending);
+        let slots = core
+            .table
+            .borrow()
+            .peers()
+            .map(|p| p.index() + 1)
+            .max()
+            .unwrap_or(0);
+        if throttles.len() < slots {
+            throttles.resize_with(slots, || LogThrottle::new(REPEAT_INTERVAL));
+        }
+    }
+    let failures = core.status.heartbeats_failed.load(Ordering::Relaxed);
+    if failures != *heartbeat_failures_seen {
+        *heartbeat_failures_seen = failures;
+        let mut table = core.table.borrow_mut();
+        let peers: Vec<_> = table.peers().collect();
+        for peer in peers {
+            table.restart_session(
+                peer,
+                now,
+                RestartReason::HeartbeatFailed,
+                out,
+                &mut |_, to, d| pending.push((to, d.to_vec())),
+            );
         }
     }
 }

@@ -95,7 +95,9 @@
 //!   `now`; the table's own decisions (limiter reset, resolution throttle, handshake age) use
 //!   `now`.
 
+mod liveness;
 mod peer;
+mod reconfigure;
 mod route;
 mod table;
 #[cfg(test)]
@@ -200,12 +202,15 @@ impl fmt::Debug for PeerSpec {
 }
 
 /// A peer's handle in one [`PeerTable`]: its position in the `peers` given to
-/// [`PeerTable::new`]. Handles of another table are meaningless (methods return `None`).
+/// [`PeerTable::new`] (a peer added by [`PeerTable::reconfigure`] takes a free slot). A kept
+/// peer keeps its handle across reconfigurations; the handle of a removed one names nothing
+/// (methods return `None`), as do handles of another table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(u32);
 
 impl PeerId {
-    /// The position of the peer in the list given to [`PeerTable::new`].
+    /// The peer's slot: its position in the list given to [`PeerTable::new`], or the slot
+    /// [`PeerTable::reconfigure`] gave it.
     pub fn index(self) -> usize {
         self.0 as usize
     }

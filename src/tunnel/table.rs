@@ -14,13 +14,12 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
-use super::peer::{Peer, Recovery, Slots};
+use super::peer::{Peer, Slots};
 use super::route::Routes;
 use super::{
     Counters, DATA_OVERHEAD, DEFAULT_HANDSHAKE_RATE_LIMIT, DropReason, MAX_PEERS,
-    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, NO_REPLY_TIMEOUT, PeerChanges, PeerEvent, PeerId, PeerSpec,
-    PeerStatus, PeerTableError, RECOVERY_RETRY, Received, RestartReason, Sent, TICK_INTERVAL,
-    Transmit, required_buffer_len,
+    MAX_PENDING_EVENTS, MIN_BUFFER_LEN, PeerEvent, PeerId, PeerSpec, PeerStatus, PeerTableError,
+    Received, Sent, TICK_INTERVAL, Transmit, required_buffer_len,
 };
 use crate::config::Endpoint;
 use crate::keys::{PrivateKey, PublicKey};
@@ -43,39 +42,39 @@ const MAX_DRAIN: usize = 257;
 
 /// The sans-IO WireGuard peer table. See the [module documentation](super).
 pub struct PeerTable {
-    static_private: x25519::StaticSecret,
-    static_public: x25519::PublicKey,
+    pub(super) static_private: x25519::StaticSecret,
+    pub(super) static_public: x25519::PublicKey,
     /// Shared by every `Tunn`; reset by `tick` once a second.
-    rate_limiter: Arc<RateLimiter>,
+    pub(super) rate_limiter: Arc<RateLimiter>,
     /// This side's public key (no peer may have it).
-    own: PublicKey,
-    peers: Slots,
+    pub(super) own: PublicKey,
+    pub(super) peers: Slots,
     /// The slot of the only peer, when there is exactly one (a handshake initiation can then
     /// only be for it: no anonymous parse needed).
-    single: Option<usize>,
+    pub(super) single: Option<usize>,
     /// Set by `initiate_all`: peers added later are dialed too.
-    dialing: bool,
-    by_key: HashMap<[u8; 32], usize>,
-    routes: Routes,
+    pub(super) dialing: bool,
+    pub(super) by_key: HashMap<[u8; 32], usize>,
+    pub(super) routes: Routes,
     /// XORed into peer slots to form boringtun's 24-bit peer index.
-    salt: u32,
-    counters: Counters,
-    resolve_queue: VecDeque<PeerId>,
+    pub(super) salt: u32,
+    pub(super) counters: Counters,
+    pub(super) resolve_queue: VecDeque<PeerId>,
     /// What the runtime should log, oldest first (at most [`MAX_PENDING_EVENTS`]).
-    events: VecDeque<PeerEvent>,
-    next_rate_reset: Instant,
+    pub(super) events: VecDeque<PeerEvent>,
+    pub(super) next_rate_reset: Instant,
     /// The latest `now` given to any entry point (for `flush`, which takes none).
-    now: Instant,
+    pub(super) now: Instant,
     /// The longest packet ever given to `send`: boringtun may have queued one that long, and
     /// draining the queue needs a buffer that fits it.
-    largest_packet: usize,
+    pub(super) largest_packet: usize,
     /// xorshift state for the jitter of recovery retries (not for anything secret).
-    jitter_state: u64,
+    pub(super) jitter_state: u64,
 }
 
 /// A boringtun result with the borrow of the output buffer replaced by the range it covers,
 /// so that the buffer can be borrowed again (or re-sliced for the caller) afterwards.
-enum Outcome {
+pub(super) enum Outcome {
     Network(Range<usize>),
     Tunnel(Range<usize>),
     Done,
@@ -89,7 +88,7 @@ fn span(base: usize, b: &[u8]) -> Range<usize> {
     start..start.wrapping_add(b.len())
 }
 
-fn settle(base: usize, r: TunnResult<'_>) -> Outcome {
+pub(super) fn settle(base: usize, r: TunnResult<'_>) -> Outcome {
     match r {
         TunnResult::Done => Outcome::Done,
         TunnResult::Err(e) => Outcome::Err(e),
@@ -210,7 +209,7 @@ impl PeerTable {
         Ok(table)
     }
 
-    fn single_slot(&self) -> Option<usize> {
+    pub(super) fn single_slot(&self) -> Option<usize> {
         let mut live = self.peers.live();
         match (live.next(), live.next()) {
             (Some(slot), None) => Some(slot),
@@ -248,7 +247,7 @@ impl PeerTable {
         Ok(())
     }
 
-    fn index_of(slot: usize) -> Result<u32, PeerTableError> {
+    pub(super) fn index_of(slot: usize) -> Result<u32, PeerTableError> {
         u32::try_from(slot)
             .ok()
             .filter(|&i| (i as usize) < MAX_PEERS)
@@ -257,7 +256,7 @@ impl PeerTable {
 
     /// Builds the peer of `spec` (a fresh `Tunn`: no session) into `slot`; asks for its
     /// endpoint to be resolved when it has only a name.
-    fn install(&mut self, slot: usize, index: u32, spec: PeerSpec, now: Instant) {
+    pub(super) fn install(&mut self, slot: usize, index: u32, spec: PeerSpec, now: Instant) {
         // Keepalives are ours (`Peer::keepalive`): boringtun's interval cannot be changed on a
         // live `Tunn`, and a reload must be able to.
         let tunn = Tunn::new(
@@ -284,183 +283,8 @@ impl PeerTable {
         }
     }
 
-    /// Applies a new list of peers to the running table (a reload), matched by public key:
-    ///
-    /// * a peer no longer listed is removed (its slot freed; its packets are dropped from now
-    ///   on as [`DropReason::UnknownIndex`] or [`DropReason::NoRoute`]);
-    /// * a new one is added (and dialed at once when the table dials, see
-    ///   [`PeerTable::initiate_all`]);
-    /// * a listed one keeps its slot, [`PeerId`] and session: a changed endpoint, keepalive or
-    ///   allowed IPs take effect at once without a new handshake; a changed pre-shared key
-    ///   needs one (the peer's session starts over).
-    ///
-    /// All or nothing: on an error (a duplicate key, this side's own key, two peers with one
-    /// prefix) the table is unchanged. `emit` receives the handshakes started.
-    pub fn reconfigure(
-        &mut self,
-        specs: Vec<PeerSpec>,
-        now: Instant,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) -> Result<PeerChanges, PeerTableError> {
-        self.now = now;
-        if specs.len() > MAX_PEERS {
-            return Err(PeerTableError::TooManyPeers(specs.len()));
-        }
-        // Plan: every spec's slot (kept or new), checked before anything changes.
-        let mut seen: HashMap<[u8; 32], ()> = HashMap::with_capacity(specs.len());
-        let mut plan: Vec<(usize, bool)> = Vec::with_capacity(specs.len());
-        let mut taken: Vec<usize> = Vec::new();
-        for spec in &specs {
-            if spec.public_key == self.own {
-                return Err(PeerTableError::OwnKey(spec.public_key));
-            }
-            if seen.insert(*spec.public_key.as_bytes(), ()).is_some() {
-                return Err(PeerTableError::DuplicatePeer(spec.public_key));
-            }
-            match self.by_key.get(spec.public_key.as_bytes()) {
-                Some(&slot) => plan.push((slot, false)),
-                None => {
-                    // A new peer takes a hole that is free now (not one this change frees: a
-                    // removed peer's stragglers then find nobody), else a new slot.
-                    let len = self.peers.len();
-                    let mut slot = self.peers.next_free(&|i| taken.contains(&i));
-                    if slot >= len {
-                        slot = len + taken.iter().filter(|&&t| t >= len).count();
-                    }
-                    Self::index_of(slot)?;
-                    taken.push(slot);
-                    plan.push((slot, true));
-                }
-            }
-        }
-        let mut routes = Routes::default();
-        for (spec, &(slot, _)) in specs.iter().zip(&plan) {
-            for net in &spec.allowed_ips {
-                routes.insert(*net, PeerId(slot as u32)).map_err(|c| {
-                    let first = specs
-                        .iter()
-                        .zip(&plan)
-                        .find(|(_, (s, _))| *s == c.owner.index())
-                        .map_or(spec.public_key, |(f, _)| f.public_key);
-                    PeerTableError::DuplicateAllowedIp {
-                        net: c.net,
-                        first,
-                        second: spec.public_key,
-                    }
-                })?;
-            }
-        }
-
-        // Apply.
-        let mut changes = PeerChanges::default();
-        let keep: HashMap<usize, ()> = plan.iter().map(|&(s, _)| (s, ())).collect();
-        let gone: Vec<usize> = self
-            .peers
-            .live()
-            .filter(|s| !keep.contains_key(s))
-            .collect();
-        for slot in gone {
-            if let Some(p) = self.peers.remove(slot) {
-                self.by_key.remove(p.public_key.as_bytes());
-                self.resolve_queue.retain(|id| id.index() != slot);
-                changes.removed.push(p.public_key);
-            }
-        }
-        self.routes = routes;
-        for (spec, (slot, new)) in specs.into_iter().zip(plan) {
-            let key = spec.public_key;
-            if new {
-                let index = Self::index_of(slot)?;
-                self.by_key.insert(*key.as_bytes(), slot);
-                self.install(slot, index, spec, now);
-                changes.added.push(key);
-                if self.dialing {
-                    self.dial(slot, out, emit);
-                }
-                continue;
-            }
-            if self.update(slot, spec, now, out, emit) {
-                changes.changed.push(key);
-            }
-        }
-        self.single = self.single_slot();
-        Ok(changes)
-    }
-
-    /// Applies `spec` to the peer in `slot` (same key); true when anything changed.
-    fn update(
-        &mut self,
-        slot: usize,
-        spec: PeerSpec,
-        now: Instant,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) -> bool {
-        let Some(p) = self.peers.get_mut(slot) else {
-            return false;
-        };
-        let keepalive = (spec.persistent_keepalive > 0)
-            .then(|| Duration::from_secs(u64::from(spec.persistent_keepalive)));
-        let mut changed = false;
-        if p.keepalive != keepalive {
-            p.keepalive = keepalive;
-            changed = true;
-        }
-        if p.configured_endpoint != spec.endpoint || p.endpoint_name != spec.endpoint_name {
-            p.configured_endpoint = spec.endpoint;
-            p.endpoint_name = spec.endpoint_name.clone();
-            if spec.endpoint.is_some() {
-                p.endpoint = spec.endpoint;
-            }
-            p.attempts = 0;
-            changed = true;
-            if spec.endpoint.is_none() && spec.endpoint_name.is_some() {
-                self.request_resolve(slot, now);
-            }
-        }
-        let Some(p) = self.peers.get_mut(slot) else {
-            return changed;
-        };
-        let allowed_changed = {
-            let mine: Vec<IpNet> = spec.allowed_ips.iter().map(IpNet::trunc).collect();
-            p.allowed_ips != mine
-        };
-        if allowed_changed {
-            p.allowed_ips = spec.allowed_ips.iter().map(IpNet::trunc).collect();
-            changed = true;
-        }
-        if p.preshared_key != spec.preshared_key {
-            // A new pre-shared key is a new session: start over with a fresh `Tunn` in the
-            // same slot, keeping where the peer is and what it counted.
-            let dial = p.dial;
-            let endpoint = p.endpoint;
-            let index = (slot as u32) ^ self.salt;
-            p.tunn = Tunn::new(
-                self.static_private.clone(),
-                spec.public_key.to_x25519(),
-                spec.preshared_key,
-                None,
-                index,
-                Some(Arc::clone(&self.rate_limiter)),
-            );
-            p.preshared_key = spec.preshared_key;
-            p.stale = true;
-            p.maybe_queued = false;
-            p.attempts = 0;
-            p.unanswered_since = None;
-            p.recovery = None;
-            p.endpoint = endpoint;
-            changed = true;
-            if dial {
-                self.initiate(slot, out, emit, false);
-            }
-        }
-        changed
-    }
-
     /// Dials `slot` from now on (see [`PeerTable::initiate_all`]).
-    fn dial(
+    pub(super) fn dial(
         &mut self,
         slot: usize,
         out: &mut [u8],
@@ -742,7 +566,7 @@ impl PeerTable {
         }
     }
 
-    fn push_event(&mut self, event: PeerEvent) {
+    pub(super) fn push_event(&mut self, event: PeerEvent) {
         if self.events.len() < MAX_PENDING_EVENTS {
             self.events.push_back(event);
         } else {
@@ -756,7 +580,7 @@ impl PeerTable {
         self.events.pop_front()
     }
 
-    fn request_resolve(&mut self, slot: usize, now: Instant) {
+    pub(super) fn request_resolve(&mut self, slot: usize, now: Instant) {
         let Some(p) = self.peers.get_mut(slot) else {
             return;
         };
@@ -952,131 +776,7 @@ impl PeerTable {
         }
     }
 
-    /// Sends our own persistent keepalive (an empty data packet) to `slot` at `to`.
-    fn keepalive(
-        &mut self,
-        slot: usize,
-        to: SocketAddr,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) {
-        let Some(p) = self.peers.get_mut(slot) else {
-            return;
-        };
-        let base = out.as_ptr().addr();
-        if let Outcome::Network(range) = settle(base, p.tunn.encapsulate(&[], &mut *out)) {
-            self.emit_range(slot, to, out, range, emit);
-        }
-    }
-
-    /// The dead-session rule for a dialed peer (see the module documentation): a recovery in
-    /// progress retries when due (and, at its first retry, reports the restart: the probe went
-    /// unanswered); otherwise a packet unanswered for [`NO_REPLY_TIMEOUT`] starts one.
-    fn check_liveness(
-        &mut self,
-        slot: usize,
-        now: Instant,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) {
-        let Some(p) = self.peers.get(slot) else {
-            return;
-        };
-        match (p.recovery, p.unanswered_since) {
-            (Some(r), _) if now >= r.due => {
-                let due = now + self.retry_delay();
-                let Some(p) = self.peers.get_mut(slot) else {
-                    return;
-                };
-                p.recovery = Some(Recovery {
-                    due,
-                    reported: true,
-                    ..r
-                });
-                if let (false, Some(endpoint)) = (r.reported, p.endpoint) {
-                    self.counters.session_restarts += 1;
-                    self.push_event(PeerEvent::SessionRestart {
-                        peer: PeerId(slot as u32),
-                        endpoint,
-                        reason: r.reason,
-                    });
-                }
-                self.initiate(slot, out, emit, true);
-            }
-            (None, Some(since)) => {
-                let silent_for = now.saturating_duration_since(since);
-                if silent_for >= NO_REPLY_TIMEOUT {
-                    self.start_recovery(slot, RestartReason::NoReply { silent_for }, out, emit);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Probes `slot` with a fresh handshake now; until one completes it is retried every 1–2 s
-    /// (and reported as a restart at the first retry).
-    fn start_recovery(
-        &mut self,
-        slot: usize,
-        reason: RestartReason,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) {
-        let due = self.now + self.retry_delay();
-        let Some(p) = self.peers.get_mut(slot) else {
-            return;
-        };
-        if p.endpoint.is_none() {
-            return;
-        }
-        p.recovery = Some(Recovery {
-            due,
-            reason,
-            reported: false,
-        });
-        self.counters.liveness_probes += 1;
-        self.initiate(slot, out, emit, true);
-    }
-
-    /// [`RECOVERY_RETRY`] plus a random jitter of up to as much again.
-    fn retry_delay(&mut self) -> Duration {
-        // xorshift64: spreading retries needs no more than this.
-        let mut x = self.jitter_state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.jitter_state = x;
-        let span = RECOVERY_RETRY.as_millis().max(1) as u64;
-        RECOVERY_RETRY + Duration::from_millis(x % span)
-    }
-
-    /// Probes a dialed `peer` with a fresh handshake now, as after [`NO_REPLY_TIMEOUT`] of
-    /// silence, for a reason the runtime saw (a failed heartbeat through the tunnel); then
-    /// retries it every 1–2 s until one completes (reported as a [`PeerEvent::SessionRestart`]
-    /// at the first retry). The current session keeps carrying traffic
-    /// meanwhile. Does nothing (returns false) for a peer the table does not dial, one without an
-    /// endpoint, or one whose recovery is already under way.
-    pub fn restart_session(
-        &mut self,
-        peer: PeerId,
-        now: Instant,
-        reason: RestartReason,
-        out: &mut [u8],
-        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
-    ) -> bool {
-        self.now = now;
-        let slot = peer.index();
-        let eligible = self
-            .peers
-            .get(slot)
-            .is_some_and(|p| p.dial && p.endpoint.is_some() && p.recovery.is_none());
-        if eligible {
-            self.start_recovery(slot, reason, out, emit);
-        }
-        eligible
-    }
-
-    fn emit_range(
+    pub(super) fn emit_range(
         &mut self,
         slot: usize,
         to: SocketAddr,
@@ -1092,7 +792,7 @@ impl PeerTable {
 
     /// Formats a handshake initiation for `slot` and emits it. `force` starts a new one even
     /// while one is in flight (what boringtun's timers do on `REKEY_TIMEOUT`).
-    fn initiate(
+    pub(super) fn initiate(
         &mut self,
         slot: usize,
         out: &mut [u8],

@@ -34,7 +34,10 @@ fn start_with(keepalive: Option<u16>) -> Interop {
     let broker_key = PrivateKey::generate().expect("rng");
     // wireguard-go's control socket is named after the interface and shared by every namespace:
     // a unique name keeps concurrent tests (and other test processes) apart.
-    let ifname = format!("wgi{}", std::process::id() % 100_000);
+    // Several tests of this file may run at once: a counter keeps their interfaces apart.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ifname = format!("wgi{}x{n}", std::process::id() % 100_000);
     let wg_pid = pair.start_wireguard_go_on(
         &ifname,
         &vendor_key.to_base64(),
