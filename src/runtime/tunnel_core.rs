@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
+use super::stream::{Carriers, StreamPlan};
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
-use crate::tunnel::{PeerEvent, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len};
+use crate::tunnel::{
+    PeerEvent, PeerId, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
+};
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
 /// Far below any TCP retransmission timeout (200 ms on Linux, 1 s in smoltcp), and short enough
@@ -40,6 +43,8 @@ pub(super) struct CoreSeed {
     pub buf_capacity: usize,
     pub gso: bool,
     pub ipv6_socket: bool,
+    /// Per peer (in table order): the stream transport to supervise, if any.
+    pub streams: Vec<Option<StreamPlan>>,
 }
 
 /// Starts the tunnel core on the current executor, in either layout, linked to each shard by
@@ -60,7 +65,10 @@ pub(super) async fn start(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    let peers: Vec<PeerId> = seed.table.peers().collect();
+    status.peers.store(peers.len() as u64, Ordering::Relaxed);
     let core = Rc::new(TunnelCore {
+        carriers: Carriers::new(&seed.streams),
         table: RefCell::new(seed.table),
         udp: UdpSocket::from(seed.udp),
         to_shards,
@@ -76,6 +84,17 @@ pub(super) async fn start(
         glommio::spawn_local(egress_loop(core.clone(), rx, i)).detach();
     }
     glommio::spawn_local(rx_loop(core.clone())).detach();
+    for (peer, plan) in peers.into_iter().zip(seed.streams) {
+        if let Some(plan) = plan.filter(|p| p.transport.uses_stream()) {
+            glommio::spawn_local(super::stream::supervise(
+                core.clone(),
+                peer,
+                plan,
+                stop.clone(),
+            ))
+            .detach();
+        }
+    }
     Some(glommio::spawn_local(timer_loop(core, stop)))
 }
 
@@ -95,6 +114,8 @@ pub(super) struct TunnelCore {
     pub ipv6_socket: bool,
     /// Batch counters, kept on this core and published with the timer tick (no atomic per batch).
     pub io: IoCounters,
+    /// Peers whose datagrams go on a stream now ([`super::stream`]).
+    pub carriers: Carriers,
 }
 
 /// The tunnel core's own counters of its batched UDP I/O.
@@ -120,7 +141,12 @@ impl std::fmt::Debug for TunnelCore {
     }
 }
 
-async fn send_datagram(core: &TunnelCore, datagram: &[u8], to: SocketAddr) {
+/// Sends `datagram` for `peer` to `to`: down the peer's stream while it has one, else on the UDP
+/// socket.
+async fn send_datagram(core: &TunnelCore, peer: Option<PeerId>, datagram: &[u8], to: SocketAddr) {
+    if core.carriers.push(peer, datagram).is_some() {
+        return;
+    }
     let wire = udp::on_socket(to, core.ipv6_socket);
     if let Err(e) = core.udp.send_to(datagram, wire).await {
         tracing::debug!(event = "wireguard.send_error", %to, error = %e);
@@ -166,59 +192,73 @@ async fn rx_loop(core: Rc<TunnelCore>) {
                 core.status.oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let mut buf = core.pool.borrow_mut().take();
-            let received = core
-                .table
-                .borrow_mut()
-                .receive(now, from, datagram, buf.space());
-            match received {
-                Received::Packet { flow, packet, .. } => {
-                    let len = packet.len();
-                    buf.set_len(len);
-                    let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
-                    // A full link means the shard is behind: wait a little (the UDP socket
-                    // buffers what arrives meanwhile) rather than drop a packet that the vendor
-                    // would resend only after its retransmission timeout; a shard that stays
-                    // behind loses packets instead of stalling the others for long.
-                    let link = &core.to_shards[shard];
-                    if let Err(m) = link.try_send_or_return(Msg::Packet(buf)) {
-                        if !link.send_within(m, LINK_WAIT).await {
-                            core.status.link_drops.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Received::Transmit {
-                    peer,
-                    to,
-                    datagram: reply,
-                } => {
-                    let len = reply.len();
-                    buf.set_len(len);
-                    send_datagram(&core, buf.as_slice(), to).await;
-                    core.pool.borrow_mut().give(buf);
-                    if let Some(peer) = peer {
-                        loop {
-                            let next = core
-                                .table
-                                .borrow_mut()
-                                .flush(peer, &mut scratch)
-                                .map(|t| (t.to, t.datagram.len()));
-                            match next {
-                                Some((to, len)) => send_datagram(&core, &scratch[..len], to).await,
-                                None => break,
-                            }
-                        }
-                    }
-                }
-                Received::Done => core.pool.borrow_mut().give(buf),
-                Received::Dropped(reason) => {
-                    tracing::trace!(event = "wireguard.drop", ?reason, %from);
-                    core.pool.borrow_mut().give(buf);
-                }
-            }
+            handle_datagram(&core, now, from, datagram, &mut scratch).await;
         }
         // Let the shards (and, on one executor, the egress loop) work through this batch.
         futures_lite::future::yield_now().await;
+    }
+}
+
+/// One datagram from `from` (the UDP socket's, or one taken off a peer's stream): decrypts it
+/// into a pooled buffer and moves the packet to its shard, or sends what the table answers.
+pub(super) async fn handle_datagram(
+    core: &Rc<TunnelCore>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    scratch: &mut [u8],
+) {
+    let mut buf = core.pool.borrow_mut().take();
+    let received = core
+        .table
+        .borrow_mut()
+        .receive(now, from, datagram, buf.space());
+    match received {
+        Received::Packet { flow, packet, .. } => {
+            let len = packet.len();
+            buf.set_len(len);
+            let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
+            // A full link means the shard is behind: wait a little (the UDP socket
+            // buffers what arrives meanwhile) rather than drop a packet that the vendor
+            // would resend only after its retransmission timeout; a shard that stays
+            // behind loses packets instead of stalling the others for long.
+            let link = &core.to_shards[shard];
+            if let Err(m) = link.try_send_or_return(Msg::Packet(buf)) {
+                if !link.send_within(m, LINK_WAIT).await {
+                    core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Received::Transmit {
+            peer,
+            to,
+            datagram: reply,
+        } => {
+            let len = reply.len();
+            buf.set_len(len);
+            send_datagram(core, peer, buf.as_slice(), to).await;
+            core.pool.borrow_mut().give(buf);
+            if let Some(peer) = peer {
+                loop {
+                    let next = core
+                        .table
+                        .borrow_mut()
+                        .flush(peer, &mut *scratch)
+                        .map(|t| (t.to, t.datagram.len()));
+                    match next {
+                        Some((to, len)) => {
+                            send_datagram(core, Some(peer), &scratch[..len], to).await
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        Received::Done => core.pool.borrow_mut().give(buf),
+        Received::Dropped(reason) => {
+            tracing::trace!(event = "wireguard.drop", ?reason, %from);
+            core.pool.borrow_mut().give(buf);
+        }
     }
 }
 
@@ -243,8 +283,12 @@ async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
                         .transmit_len();
                     // The plaintext buffer belongs to the shard: send it home before any await.
                     let _ = core.to_shards[shard].try_send(Msg::Home(p));
-                    if let Some((to, len)) = sent {
-                        batch.commit(len, to);
+                    if let Some((peer, to, len)) = sent {
+                        let slot = batch.next_slot();
+                        let d = &slot[..len.min(slot.len())];
+                        if core.carriers.push(Some(peer), d).is_none() {
+                            batch.commit(len, to);
+                        }
                     }
                 }
                 Msg::Home(b) => core.pool.borrow_mut().give(b),
@@ -283,7 +327,7 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
             IoCounters::bump(&core.io.send_errors, unsent.failed as u64);
             for i in unsent.from..batch.len() {
                 if let Some((d, to)) = batch.datagram(i) {
-                    send_datagram(core, d, to).await;
+                    send_datagram(core, None, d, to).await;
                 }
             }
         }
@@ -292,13 +336,13 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
 }
 
 trait TransmitLen {
-    fn transmit_len(self) -> Option<(SocketAddr, usize)>;
+    fn transmit_len(self) -> Option<(PeerId, SocketAddr, usize)>;
 }
 
 impl TransmitLen for Sent<'_> {
-    fn transmit_len(self) -> Option<(SocketAddr, usize)> {
+    fn transmit_len(self) -> Option<(PeerId, SocketAddr, usize)> {
         match self {
-            Sent::Transmit(t) => Some((t.to, t.datagram.len())),
+            Sent::Transmit(t) => Some((t.peer, t.to, t.datagram.len())),
             Sent::Queued { .. } => None,
             Sent::Dropped(reason) => {
                 tracing::trace!(event = "wireguard.drop_outbound", ?reason);
@@ -308,10 +352,25 @@ impl TransmitLen for Sent<'_> {
     }
 }
 
+/// Starts a handshake with `peer` now (a stream just came up: its first initiation need not
+/// wait for boringtun's next retry, and the one in flight went elsewhere).
+pub(super) async fn initiate(core: &TunnelCore, peer: PeerId) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let mut pending: Vec<(PeerId, SocketAddr, Vec<u8>)> = Vec::new();
+    core.table
+        .borrow_mut()
+        .initiate_now(peer, Instant::now(), &mut out, &mut |peer, to, d| {
+            pending.push((peer, to, d.to_vec()))
+        });
+    for (peer, to, d) in pending {
+        send_datagram(core, Some(peer), &d, to).await;
+    }
+}
+
 /// Drives WireGuard timers until `stop` is set.
 async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
-    let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut pending: Vec<(PeerId, SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
     // One throttle per peer for the lines that repeat while a gateway does not answer.
     let mut throttles: Vec<LogThrottle> = core
@@ -326,13 +385,13 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let now = Instant::now();
         core.table
             .borrow_mut()
-            .initiate_all(now, &mut out, &mut |_, to, d| {
-                pending.push((to, d.to_vec()))
+            .initiate_all(now, &mut out, &mut |peer, to, d| {
+                pending.push((peer, to, d.to_vec()))
             });
     }
     loop {
-        for (to, d) in pending.drain(..) {
-            send_datagram(&core, &d, to).await;
+        for (peer, to, d) in pending.drain(..) {
+            send_datagram(&core, Some(peer), &d, to).await;
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -341,8 +400,8 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let next = core
             .table
             .borrow_mut()
-            .tick(now, &mut out, &mut |_, to, d| {
-                pending.push((to, d.to_vec()))
+            .tick(now, &mut out, &mut |peer, to, d| {
+                pending.push((peer, to, d.to_vec()))
             });
         // Endpoint names whose handshakes keep failing: resolve off the executor.
         loop {
@@ -465,4 +524,7 @@ fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
     core.status
         .send_errors
         .store(io.send_errors.get(), Ordering::Relaxed);
+    core.status
+        .stream_queue_drops
+        .store(core.carriers.queue_drops.get(), Ordering::Relaxed);
 }
