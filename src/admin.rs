@@ -244,7 +244,7 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
     m.labelled(
         "wgbroker_tunnel_transport_switches_total",
         "Changes of a peer's transport, by reason (configured, udp_no_handshake: to tcp; \
-         stream_closed, stream_stalled, framing_error, stopping: back to udp).",
+         udp_works, stream_closed, stream_stalled, framing_error, stopping: back to udp).",
         Kind::Counter,
         "reason",
         crate::transport::SwitchReason::ALL.map(|why| {

@@ -10,7 +10,10 @@
 //! the peer table's view of the peer does not move. The table stays transport-agnostic.
 //!
 //! A stream ends on EOF, an I/O error, a framing error or a stall ([`StallWatch`]); the peer is
-//! back on UDP at once, and the supervisor reconnects after a capped back-off. Sending never
+//! back on UDP at once (`tcp`: on no carrier until the next stream), and the supervisor
+//! reconnects after a capped back-off. With `auto`, a peer on a stream sends a handshake
+//! initiation on the UDP socket every [`UDP_PROBE_EVERY`]; a handshake response arriving on the
+//! socket moves it back to UDP ([`Carriers::udp_works`]) and ends the stream. Sending never
 //! blocks the tunnel core: frames queue in a bounded buffer ([`MAX_QUEUED`]) that a writer task
 //! drains; a full queue drops the datagram, as a full UDP socket buffer would.
 
@@ -29,7 +32,7 @@ use super::tunnel_core::{TunnelCore, handle_datagram};
 use crate::config::Endpoint;
 use crate::transport::frame::{self, FrameDecoder};
 use crate::transport::{
-    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UdpVerdict,
+    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY, UdpVerdict,
 };
 use crate::tunnel::{PeerId, required_buffer_len};
 
@@ -108,6 +111,29 @@ impl Carriers {
         self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
     }
 
+    /// Whether any peer is off UDP.
+    pub fn any_stream(&self) -> bool {
+        self.any.get()
+    }
+
+    /// `auto`: `peer`'s UDP works again (a handshake response arrived on the UDP socket). Its
+    /// datagrams go to UDP from now on (the keepalive that completes this handshake first), and
+    /// its stream is told to close. Does nothing for a peer not on a stream or with `tcp`.
+    pub fn udp_works(&self, peer: PeerId) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(peer.index()) else {
+            return;
+        };
+        if let Slot::Stream(out) = slot {
+            if out.auto {
+                out.udp_works.set(true);
+                out.close();
+                *slot = Slot::Udp;
+            }
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
+    }
+
     /// Routes a datagram for `peer` (`None`: an unauthenticated sender, answered on UDP):
     /// `None` — send it on the UDP socket; `Some(true)` — queued on the peer's stream;
     /// `Some(false)` — dropped (no carrier, or a full queue: counted in `queue_drops`).
@@ -138,6 +164,10 @@ pub(super) struct StreamOut {
     writer: RefCell<Option<Waker>>,
     closed: Cell<bool>,
     watch: RefCell<StallWatch>,
+    /// A handshake answer came in on UDP (`auto`'s probe): the stream is to close.
+    udp_works: Cell<bool>,
+    /// The peer's transport is `auto` (it may go back to UDP).
+    auto: bool,
 }
 
 impl StreamOut {
@@ -273,13 +303,15 @@ fn switched(
     }
     let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
     match (to, why) {
-        (Carrier::Tcp, _) | (Carrier::Udp, SwitchReason::Stopping) => tracing::info!(
-            event = "wireguard.transport",
-            %peer,
-            transport = to.as_str(),
-            reason = why.as_str(),
-            stream = %addr
-        ),
+        (Carrier::Tcp, _) | (Carrier::Udp, SwitchReason::Stopping | SwitchReason::UdpWorks) => {
+            tracing::info!(
+                event = "wireguard.transport",
+                %peer,
+                transport = to.as_str(),
+                reason = why.as_str(),
+                stream = %addr
+            )
+        }
         (Carrier::Udp, _) => tracing::warn!(
             event = "wireguard.transport",
             %peer,
@@ -334,7 +366,10 @@ async fn run(
     let _ = tcp.set_nodelay(true);
     let stream_addr = tcp.peer_addr().ok();
     let (mut rd, mut wr) = futures_lite::io::split(tcp);
-    let out = Rc::new(StreamOut::default());
+    let out = Rc::new(StreamOut {
+        auto: transport == Transport::Auto,
+        ..StreamOut::default()
+    });
     let only_stream = transport == Transport::Tcp;
     core.carriers.set(peer, Some(out.clone()), only_stream);
     let writer_out = out.clone();
@@ -364,15 +399,24 @@ async fn run(
     let mut dec = FrameDecoder::new(required_buffer_len(capacity));
     let mut frame_copy = Vec::with_capacity(dec.max());
     let mut scratch = vec![0u8; required_buffer_len(capacity)];
+    let mut next_probe = Instant::now() + UDP_PROBE_EVERY;
     let ended = loop {
         if stop.load(Ordering::Relaxed) {
             break SwitchReason::Stopping;
         }
+        if out.udp_works.get() {
+            break SwitchReason::UdpWorks;
+        }
         if out.closed.get() {
             break SwitchReason::StreamClosed;
         }
-        if out.watch.borrow().stalled(Instant::now(), STALL_AFTER) {
+        let now = Instant::now();
+        if out.watch.borrow().stalled(now, STALL_AFTER) {
             break SwitchReason::StreamStalled;
+        }
+        if out.auto && now >= next_probe {
+            next_probe = now + UDP_PROBE_EVERY;
+            super::tunnel_core::probe_udp(core, peer).await;
         }
         // A read interrupted by the tick loses nothing: glommio reads only when it returns.
         let read = future::or(async { Some(rd.read(dec.space()).await) }, async {
@@ -410,7 +454,7 @@ async fn run(
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
-            handle_datagram(core, Instant::now(), from, &frame_copy, &mut scratch).await;
+            handle_datagram(core, Instant::now(), from, &frame_copy, &mut scratch, false).await;
         };
         if let Some(e) = bad {
             tracing::warn!(event = "wireguard.stream_framing_error", %peer, error = %e);

@@ -192,7 +192,7 @@ async fn rx_loop(core: Rc<TunnelCore>) {
                 core.status.oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            handle_datagram(&core, now, from, datagram, &mut scratch).await;
+            handle_datagram(&core, now, from, datagram, &mut scratch, true).await;
         }
         // Let the shards (and, on one executor, the egress loop) work through this batch.
         futures_lite::future::yield_now().await;
@@ -207,6 +207,7 @@ pub(super) async fn handle_datagram(
     from: SocketAddr,
     datagram: &[u8],
     scratch: &mut [u8],
+    via_udp: bool,
 ) {
     let mut buf = core.pool.borrow_mut().take();
     let received = core
@@ -236,6 +237,14 @@ pub(super) async fn handle_datagram(
         } => {
             let len = reply.len();
             buf.set_len(len);
+            if let Some(p) = peer.filter(|_| via_udp && datagram.first() == Some(&2)) {
+                // An authenticated handshake response on the UDP socket: UDP works both ways.
+                // A peer that `auto` moved to a stream (the probe got its answer) goes back,
+                // the keepalive completing this handshake included.
+                if core.carriers.any_stream() {
+                    core.carriers.udp_works(p);
+                }
+            }
             send_datagram(core, peer, buf.as_slice(), to).await;
             core.pool.borrow_mut().give(buf);
             if let Some(peer) = peer {
@@ -364,6 +373,23 @@ pub(super) async fn initiate(core: &TunnelCore, peer: PeerId) {
         });
     for (peer, to, d) in pending {
         send_datagram(core, Some(peer), &d, to).await;
+    }
+}
+
+/// `auto`'s probe of a peer on a stream: a fresh handshake initiation on the UDP socket, past
+/// the stream. Its response arriving on the socket moves the peer back to UDP
+/// ([`super::stream::Carriers::udp_works`]); a lost one costs a retry on the stream 5 s later.
+pub(super) async fn probe_udp(core: &TunnelCore, peer: PeerId) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    core.table
+        .borrow_mut()
+        .initiate_now(peer, Instant::now(), &mut out, &mut |_, to, d| {
+            pending.push((to, d.to_vec()))
+        });
+    for (to, d) in pending {
+        // `None`: no peer, so the carriers leave it on the UDP socket.
+        send_datagram(core, None, &d, to).await;
     }
 }
 

@@ -16,7 +16,7 @@
 //! * [`frame`]: the framing, with a decoder whose buffer is bounded by the largest datagram.
 //! * [`StallWatch`]: when a stream has gone quiet although an answer is due.
 //! * [`Backoff`]: capped exponential back-off between reconnects.
-//! * [`UdpVerdict`]: when `auto` gives up on UDP.
+//! * [`UdpVerdict`]: when `auto` gives up on UDP; [`UDP_PROBE_EVERY`]: when it tries it again.
 
 pub mod frame;
 
@@ -118,17 +118,20 @@ pub enum SwitchReason {
     FramingError,
     /// The broker is stopping.
     Stopping,
+    /// `auto`: a handshake probe over UDP got its answer on UDP: back to UDP.
+    UdpWorks,
 }
 
 impl SwitchReason {
     /// Every reason, in metric order.
-    pub const ALL: [SwitchReason; 6] = [
+    pub const ALL: [SwitchReason; 7] = [
         SwitchReason::Configured,
         SwitchReason::UdpNoHandshake,
         SwitchReason::StreamClosed,
         SwitchReason::StreamStalled,
         SwitchReason::FramingError,
         SwitchReason::Stopping,
+        SwitchReason::UdpWorks,
     ];
 
     /// The metric label and the log field.
@@ -140,6 +143,7 @@ impl SwitchReason {
             SwitchReason::StreamStalled => "stream_stalled",
             SwitchReason::FramingError => "framing_error",
             SwitchReason::Stopping => "stopping",
+            SwitchReason::UdpWorks => "udp_works",
         }
     }
 
@@ -148,6 +152,10 @@ impl SwitchReason {
         self as usize
     }
 }
+
+/// How often `auto` probes UDP while a peer is on a stream: a handshake initiation sent on the
+/// UDP socket; its answer arriving there moves the peer back ([`SwitchReason::UdpWorks`]).
+pub const UDP_PROBE_EVERY: Duration = Duration::from_secs(20);
 
 /// How long a stream may stay silent while an answer is due before it counts as stalled.
 /// WireGuard answers an initiation at once and the inner TCP acknowledges data within a round

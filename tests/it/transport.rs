@@ -337,6 +337,123 @@ fn netns_udp_dropped_the_broker_connects_over_tcp_and_serves() {
     assert!(dropped > 0, "no UDP was dropped: {counters}");
 }
 
+/// In network namespaces: UDP from the broker's namespace is dropped, so the broker (`auto`)
+/// serves over the TCP stream; then the rule goes. Within a UDP probe interval (20 s) the broker
+/// is back on UDP — `wgbroker_tunnel_transport{transport="udp"} 1`, the switch counted as
+/// `udp_works` — and the load test that ran through all of it saw no failed request.
+#[test]
+fn netns_udp_unblocked_the_broker_moves_back_to_udp_without_failed_requests() {
+    use crate::harness::netns::Pair;
+    let mut pair = Pair::new("back");
+    let broker_ns = pair.broker.clone();
+    for rule in [
+        "add table inet wgb",
+        "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
+        "add rule inet wgb out meta l4proto udp counter drop",
+    ] {
+        let mut args = vec!["nft"];
+        args.extend(rule.split(' '));
+        pair.exec(&broker_ns, &args);
+    }
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("gateway.key");
+    std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
+    let cfg = dir.path().join("broker.toml");
+    let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
+        .peer(PeerToml::new(
+            vendor_key.public_key(),
+            format!("{}:51820", pair.vendor_ip),
+            format!("{VENDOR_IP}/32"),
+        ))
+        .render();
+    // The namespace is ours: a fixed admin port in it collides with nothing.
+    std::fs::write(
+        &cfg,
+        format!("{wireguard}[admin]\nlisten = \"127.0.0.1:9000\"\n[log]\nlevel = \"warn\"\n"),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_wgbroker");
+    let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
+    let spread = crate::harness::spread_args(&cfg);
+    let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
+    args.extend(spread);
+    pair.spawn(&broker_ns, &args);
+    let listen = format!("{}:51820", pair.vendor_ip);
+    let broker_public = broker_key.public_key().to_string();
+    let vendor_ns = pair.vendor.clone();
+    let load = pair
+        .command(
+            &vendor_ns,
+            &[
+                bin,
+                "loadtest",
+                "--gateway",
+                "--listen",
+                &listen,
+                "--broker-public-key",
+                &broker_public,
+                "--private-key-file",
+                key_file.to_str().expect("utf-8 path"),
+                "-s",
+                "healthcheck",
+                "--connections",
+                "2",
+                "--rate",
+                "50",
+                "--duration",
+                "40s",
+                "--handshake-timeout",
+                "60s",
+                "--json",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the gateway");
+    let metric_in_ns = |sample: &str| -> Option<f64> {
+        let out = pair
+            .command(&broker_ns, &["curl", "-s", "http://127.0.0.1:9000/metrics"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    poll_until(Duration::from_secs(40), "the broker on TCP", || {
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="tcp"}"#) == Some(1.0)
+    });
+    pair.exec(&broker_ns, &["nft", "delete", "table", "inet", "wgb"]);
+    poll_until(Duration::from_secs(35), "the broker back on UDP", || {
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="udp"}"#) == Some(1.0)
+    });
+    assert_eq!(
+        metric_in_ns(r#"wgbroker_tunnel_transport_switches_total{reason="udp_works"}"#),
+        Some(1.0)
+    );
+    let out = load.wait_with_output().expect("the load test ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest: {stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("loadtest JSON ({e}): {stdout}\n{stderr}"));
+    let ok = find_u64(&report, "ok").unwrap_or(0);
+    assert!(ok >= 500, "requests served: {ok}: {stdout}");
+    assert_eq!(find_u64(&report, "errors_total"), Some(0), "{stdout}");
+    // Still on UDP at the end: the move back held.
+    assert_eq!(
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="udp"}"#),
+        Some(1.0)
+    );
+}
+
 /// The first number named `key` anywhere in `v` (depth first).
 fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
     match v {
