@@ -226,6 +226,17 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
     ] {
         m.counter(name, help, r(value));
     }
+    transport_metrics(m, status);
+    m.gauge(
+        "wgbroker_ready",
+        "1 when the tunnel handshake is fresh and the heartbeat passes.",
+        u8::from(readiness(status).is_ok()),
+    );
+}
+
+/// The transport each peer's datagrams use now, the switches and the stream queue drops.
+fn transport_metrics(m: &mut Exposition, status: &Status) {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let peers = r(&status.peers);
     let on_stream = r(&status.stream_peers).min(peers);
     m.labelled(
@@ -259,11 +270,6 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
         "wgbroker_stream_queue_drops_total",
         "Datagrams dropped because a stream transport's send queue was full.",
         r(&status.stream_queue_drops),
-    );
-    m.gauge(
-        "wgbroker_ready",
-        "1 when the tunnel handshake is fresh and the heartbeat passes.",
-        u8::from(readiness(status).is_ok()),
     );
 }
 

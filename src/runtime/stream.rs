@@ -354,6 +354,24 @@ async fn connect(core: &TunnelCore, ep: &Endpoint) -> std::io::Result<TcpStream>
     Err(last)
 }
 
+/// Writes what `out` queues to `wr` until `out` closes or a write fails (then closes `out`).
+/// Dropping the returned handle cancels the writer (a write blocked on a dead peer included).
+fn spawn_writer(
+    out: Rc<StreamOut>,
+    mut wr: futures_lite::io::WriteHalf<TcpStream>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        let mut chunk = Vec::new();
+        while out.take(&mut chunk).await {
+            if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            chunk.clear();
+        }
+        out.close();
+    })
+}
+
 /// Carries `peer`'s datagrams on `tcp` until it ends; returns why, and whether a handshake
 /// completed meanwhile.
 async fn run(
@@ -365,25 +383,14 @@ async fn run(
 ) -> (SwitchReason, bool) {
     let _ = tcp.set_nodelay(true);
     let stream_addr = tcp.peer_addr().ok();
-    let (mut rd, mut wr) = futures_lite::io::split(tcp);
+    let (mut rd, wr) = futures_lite::io::split(tcp);
     let out = Rc::new(StreamOut {
         auto: transport == Transport::Auto,
         ..StreamOut::default()
     });
     let only_stream = transport == Transport::Tcp;
     core.carriers.set(peer, Some(out.clone()), only_stream);
-    let writer_out = out.clone();
-    // Dropping the task handle cancels the writer (a write blocked on a dead peer included).
-    let writer = glommio::spawn_local(async move {
-        let mut chunk = Vec::new();
-        while writer_out.take(&mut chunk).await {
-            if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
-                break;
-            }
-            chunk.clear();
-        }
-        writer_out.close();
-    });
+    let writer = spawn_writer(out.clone(), wr);
     let handshakes = |core: &TunnelCore| {
         core.table
             .borrow()

@@ -465,3 +465,40 @@ fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+/// `wgbroker test` (its checks, in process) with UDP swallowed: the handshake row passes and
+/// says the handshake went over TCP because UDP got no answer.
+#[test]
+fn the_onboarding_test_reports_the_tcp_fallback() {
+    let s = gateway();
+    let tcp = s.gateway.tcp_addr().expect("streams");
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let udp = black_hole.local_addr().expect("addr");
+    let wg = WireguardToml::new(&s.broker_key, BROKER_IP)
+        .peer(
+            PeerToml::new(s.vendor_key.public_key(), udp, format!("{VENDOR_IP}/32"))
+                .persistent_keepalive(0)
+                .tcp_endpoint(tcp),
+        )
+        .render();
+    let mut loaded = crate::harness::load(&format!("{wg}\n[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    crate::harness::spread(&mut loaded);
+    // The checks block for up to 15 s on their own thread; this one plays the gateway meanwhile.
+    let checks = std::thread::spawn(move || wgbroker::onboard::check::run(loaded, &|_: &str| None));
+    let mut gw = s.gateway;
+    while !checks.is_finished() {
+        gw.pump(Duration::from_millis(20)).expect("pump");
+    }
+    let rows = checks.join().expect("the checks ran");
+    let row = rows
+        .iter()
+        .find(|r| r.check.starts_with("WireGuard handshake"))
+        .expect("a handshake row");
+    assert!(row.ok, "{row:?}");
+    assert!(
+        row.detail.contains(&format!(
+            "completed over TCP to {tcp}: UDP to {udp} got no answer"
+        )),
+        "{row:?}"
+    );
+}
