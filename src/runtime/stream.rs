@@ -171,8 +171,13 @@ pub(super) struct StreamOut {
 }
 
 impl StreamOut {
+    /// Whether the stream was closed (by its writer after a failed write, or its owner).
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
     /// Frames `datagram` into the queue; `false` when it is full or closed (dropped).
-    fn push(&self, datagram: &[u8]) -> bool {
+    pub fn push(&self, datagram: &[u8]) -> bool {
         if self.closed.get() {
             return false;
         }
@@ -196,7 +201,7 @@ impl StreamOut {
         true
     }
 
-    fn close(&self) {
+    pub fn close(&self) {
         self.closed.set(true);
         if let Some(w) = self.writer.borrow_mut().take() {
             w.wake();
@@ -356,7 +361,7 @@ async fn connect(core: &TunnelCore, ep: &Endpoint) -> std::io::Result<TcpStream>
 
 /// Writes what `out` queues to `wr` until `out` closes or a write fails (then closes `out`).
 /// Dropping the returned handle cancels the writer (a write blocked on a dead peer included).
-fn spawn_writer(
+pub(super) fn spawn_writer(
     out: Rc<StreamOut>,
     mut wr: futures_lite::io::WriteHalf<TcpStream>,
 ) -> glommio::Task<()> {

@@ -502,3 +502,48 @@ fn the_onboarding_test_reports_the_tcp_fallback() {
         "{row:?}"
     );
 }
+
+/// `wgbroker gateway` accepts the stream transport on its WireGuard port: a broker with
+/// `transport = "tcp"` handshakes over it, and the gateway's health check of that broker (a
+/// request through the tunnel, both ways) passes.
+#[test]
+fn the_vendor_gateway_serves_a_broker_over_tcp() {
+    use std::sync::atomic::Ordering;
+    let gw_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let text = format!(
+        "[gateway]\nprivate_key = \"{}\"\nlisten = \"127.0.0.1:0\"\naddress = \"{VENDOR_IP}\"\n\
+         front = \"127.0.0.1:0\"\n[[tenant]]\nname = \"a\"\n[[tenant.broker]]\n\
+         public_key = \"{}\"\naddress = \"{BROKER_IP}\"\n",
+        gw_key.to_base64(),
+        broker_key.public_key(),
+    );
+    let config = wgbroker::config::gateway::load_str(
+        &[(std::path::PathBuf::from("gateway.toml"), text)],
+        wgbroker::config::LoadMode::Full,
+        &|_: &str| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    let gateway = wgbroker::runtime::gateway::start_gateway(&config).expect("gateway starts");
+    let b = broker_for(&broker_key, &gw_key, Some("tcp"), gateway.udp_addr, None);
+    let status = gateway.status.clone();
+    poll_until(
+        Duration::from_secs(30),
+        "the gateway's health check of the broker passes",
+        || status.brokers[0].healthy.load(Ordering::Relaxed),
+    );
+    assert_ne!(
+        status.brokers[0].handshake_age_ms.load(Ordering::Relaxed),
+        u64::MAX
+    );
+    assert_eq!(
+        metric(
+            admin_port(&b),
+            r#"wgbroker_tunnel_transport{transport="tcp"}"#
+        ),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+    gateway.stop();
+}
