@@ -241,10 +241,50 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
             ("heartbeat_failed", r(&status.session_restarts_heartbeat)),
         ],
     );
+    transport_metrics(m, status);
     m.gauge(
         "wgbroker_ready",
         "1 when the tunnel handshake is fresh and the heartbeat passes.",
         u8::from(readiness(status).is_ok()),
+    );
+}
+
+/// The transport each peer's datagrams use now, the switches and the stream queue drops.
+fn transport_metrics(m: &mut Exposition, status: &Status) {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let peers = r(&status.peers);
+    let on_stream = r(&status.stream_peers).min(peers);
+    m.labelled(
+        "wgbroker_tunnel_transport",
+        "WireGuard peers whose datagrams travel on each transport now (udp, or a framed tcp stream).",
+        Kind::Gauge,
+        "transport",
+        crate::transport::Carrier::ALL.map(|c| {
+            let n = match c {
+                crate::transport::Carrier::Udp => peers - on_stream,
+                crate::transport::Carrier::Tcp => on_stream,
+            };
+            (c.as_str(), n)
+        }),
+    );
+    m.labelled(
+        "wgbroker_tunnel_transport_switches_total",
+        "Changes of a peer's transport, by reason (configured, udp_no_handshake: to tcp; \
+         udp_works, stream_closed, stream_stalled, framing_error, stopping: back to udp).",
+        Kind::Counter,
+        "reason",
+        crate::transport::SwitchReason::ALL.map(|why| {
+            let n = status
+                .transport_switches
+                .get(why.index())
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            (why.as_str(), n)
+        }),
+    );
+    m.counter(
+        "wgbroker_stream_queue_drops_total",
+        "Datagrams dropped because a stream transport's send queue was full.",
+        r(&status.stream_queue_drops),
     );
 }
 

@@ -107,6 +107,7 @@ pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+pub mod transport;
 pub mod tunnel;
 pub mod units;
 pub mod upstream;

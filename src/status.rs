@@ -146,6 +146,14 @@ pub struct Status {
     pub rx_batches: AtomicU64,
     pub tx_batches: AtomicU64,
     pub send_errors: AtomicU64,
+    /// WireGuard peers of the tunnel core (set at start).
+    pub peers: AtomicU64,
+    /// Peers whose datagrams travel on a TCP stream now (the rest use UDP).
+    pub stream_peers: AtomicU64,
+    /// Carrier changes, by [`crate::transport::SwitchReason`] (index).
+    pub transport_switches: [AtomicU64; crate::transport::SwitchReason::ALL.len()],
+    /// Frames dropped because a stream's send queue was full.
+    pub stream_queue_drops: AtomicU64,
     /// Tunnel connections accepted by all shards.
     pub connections: AtomicU64,
     /// Requests answered, per shard (each shard publishes its own count with its beat).
@@ -213,6 +221,10 @@ impl Status {
             rx_batches: AtomicU64::new(0),
             tx_batches: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            peers: AtomicU64::new(0),
+            stream_peers: AtomicU64::new(0),
+            transport_switches: Default::default(),
+            stream_queue_drops: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             shard_requests: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             session_restarts_no_reply: AtomicU64::new(0),

@@ -65,6 +65,17 @@ pub(super) fn display<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S
     s.collect_str(v)
 }
 
+/// An optional value as its `Display` text (optional endpoints).
+pub(super) fn opt_display<T: Display, S: Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
 /// A list of values as their `Display` texts (CIDRs).
 pub(super) fn displays<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(ToString::to_string))

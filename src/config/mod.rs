@@ -131,6 +131,10 @@ pub struct WireGuard {
     pub listen_port: u16,
     /// Tunnel MTU: the largest inner packet. Default [`WireGuard::DEFAULT_MTU`].
     pub mtu: u16,
+    /// How datagrams reach the gateways: `udp`, `tcp` or `auto` (default; see
+    /// [`crate::transport`]).
+    #[serde(serialize_with = "dump::display")]
+    pub transport: crate::transport::Transport,
     pub peers: Vec<Peer>,
 }
 
@@ -152,6 +156,12 @@ pub struct Peer {
     /// Where the gateway listens; the broker initiates handshakes towards it.
     #[serde(serialize_with = "dump::display")]
     pub endpoint: Endpoint,
+    /// Where the gateway accepts the framed TCP transport; default: `endpoint`'s host and port.
+    #[serde(
+        serialize_with = "dump::opt_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_endpoint: Option<Endpoint>,
     /// Inner source addresses accepted from this peer (and routed to it).
     #[serde(serialize_with = "dump::displays")]
     pub allowed_ips: Vec<IpNet>,

@@ -41,6 +41,14 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         // tunnel address, UDP port and MTU are built into the socket, the table and every
         // shard's stack.
         ("wireguard", wireguard_restart(wireguard, &new.wireguard)),
+        // The TCP stream of each peer (transport `tcp` or `auto`) is planned at start, one per
+        // peer in start order: a peer added by a reload is reached over UDP only, a removed one
+        // keeps its stream, a moved stream endpoint is not followed, until a restart.
+        (
+            "wireguard.peers (stream transport)",
+            wireguard.transport != crate::transport::Transport::Udp
+                && stream_plan(wireguard) != stream_plan(&new.wireguard),
+        ),
         // Timeouts and limits are applied to connections opened from now on; the port is the
         // listener every shard's stack was built with.
         (
@@ -74,7 +82,9 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         address,
         listen_port,
         mtu,
-        // Applied by the reload (`PeerTable::reconfigure`).
+        // Each peer's stream supervisor is started with the transport.
+        transport,
+        // Applied by the reload (`PeerTable::reconfigure`); their streams: see `stream_plan`.
         peers: _,
     } = old;
     *private_key != new.private_key
@@ -83,6 +93,18 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         || *address != new.address
         || *listen_port != new.listen_port
         || *mtu != new.mtu
+        || *transport != new.transport
+}
+
+/// What the stream transport was started with: each peer's key and stream endpoint, in order.
+fn stream_plan(w: &super::WireGuard) -> Vec<(String, String)> {
+    w.peers
+        .iter()
+        .map(|p| {
+            let endpoint = p.tcp_endpoint.as_ref().unwrap_or(&p.endpoint);
+            (p.public_key.to_string(), endpoint.to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,7 +243,23 @@ mod tests {
             KEY_B,
         );
         assert_ne!(old.wireguard.peers, new.wireguard.peers);
-        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
+        // With `auto` (the default) an added peer's TCP stream waits for a restart...
+        assert_eq!(
+            needs_restart(&old, &new),
+            ["wireguard.peers (stream transport)"]
+        );
+        // ... over UDP alone a peer change is wholly applied; a keepalive change never
+        // touches the streams.
+        let udp = |c: &Config| {
+            let mut c = c.clone();
+            c.wireguard.transport = crate::transport::Transport::Udp;
+            c
+        };
+        assert_eq!(needs_restart(&udp(&old), &udp(&new)), Vec::<String>::new());
+        let mut keepalive = old.clone();
+        keepalive.wireguard.peers[0].persistent_keepalive = 7;
+        assert_eq!(needs_restart(&old, &keepalive), Vec::<String>::new());
+        assert_eq!(needs_restart(&old, &udp(&old)), ["wireguard"]);
         let mut moved = old.clone();
         moved.wireguard.address = "10.77.0.9".parse().expect("address");
         assert_eq!(needs_restart(&old, &moved), ["wireguard"]);

@@ -310,6 +310,14 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
             format!("{mtu} is out of range ({min_mtu}..=9000)"),
         );
     }
+    let transport = s
+        .opt::<String>(ctx, "transport")
+        .and_then(|t| {
+            t.parse::<crate::transport::Transport>()
+                .map_err(|e| ctx.error(&s.key("transport"), e))
+                .ok()
+        })
+        .unwrap_or_default();
     let peer_sections = s.tables(ctx, "peers");
     if peer_sections.is_empty() && s.raw("peers").is_none() {
         ctx.error(
@@ -345,6 +353,7 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
         address: address?,
         listen_port,
         mtu,
+        transport,
         peers,
     })
 }
@@ -391,8 +400,13 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
         }
     }
     let endpoint = s.req::<String>(ctx, "endpoint").and_then(|e| {
-        endpoint(&e)
+        self::endpoint(&e)
             .map_err(|m| ctx.error(&s.key("endpoint"), m))
+            .ok()
+    });
+    let tcp_endpoint = s.opt::<String>(ctx, "tcp_endpoint").and_then(|e| {
+        self::endpoint(&e)
+            .map_err(|m| ctx.error(&s.key("tcp_endpoint"), m))
             .ok()
     });
     let allowed_ips: Option<Vec<IpNet>> = s.req(ctx, "allowed_ips");
@@ -409,6 +423,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
         public_key: public_key?,
         preshared_key,
         endpoint: endpoint?,
+        tcp_endpoint,
         allowed_ips: allowed_ips?,
         persistent_keepalive,
     })

@@ -110,6 +110,7 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("wireguard.address", s(r#""fd00::2""#)),
         ("wireguard.listen_port", s("51821")),
         ("wireguard.mtu", s("1420")),
+        ("wireguard.transport", s(r#""tcp""#)),
         ("wireguard.peers[].public_key", format!("{PEER_B:?}")),
         (
             "wireguard.peers[].preshared_key",
@@ -121,6 +122,7 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
             s(r#"["10.77.0.0/24", "fd00::/64"]"#),
         ),
         ("wireguard.peers[].persistent_keepalive", s("0")),
+        ("wireguard.peers[].tcp_endpoint", s(r#""gw.example:443""#)),
         ("inbound.listen_port", s("8080")),
         ("inbound.max_head_bytes", s(r#""32KiB""#)),
         ("inbound.max_headers", s("50")),

@@ -6,6 +6,8 @@
 //! 2. a WireGuard handshake completes within [`HANDSHAKE_WITHIN`]: the broker itself is started
 //!    in-process on the same code as `run` ([`crate::service::start`], admin listener off), so
 //!    the handshake is the runtime's own — the tunnel core driving the sans-IO peer table;
+//!    with `transport = "auto"` it waits [`STREAM_FALLBACK_WITHIN`] longer for the TCP fallback,
+//!    and the row says which transport carried the handshake (TCP: UDP got no answer);
 //! 3. the heartbeat answers, through that tunnel (the runtime's first heartbeat, 1 s after
 //!    start);
 //! 4. each SCM's base URL answers one authenticated `GET` from this host with its token, the
@@ -23,10 +25,15 @@ use serde::Serialize;
 
 use super::probe::{self, ProbeError, Settings};
 use crate::config::Loaded;
+use crate::transport::Transport;
 
 /// A handshake must complete within this: WireGuard retries every 5 s, so a first attempt that
 /// gets no answer within it will not get one.
 pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
+
+/// With `transport = "auto"`, the further time given to the TCP fallback (which starts after two
+/// unanswered UDP initiations, about 5 s in).
+pub const STREAM_FALLBACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,28 +85,8 @@ pub fn run(mut loaded: Loaded, env: &dyn Fn(&str) -> Option<String>) -> Vec<Row>
         )),
         Ok(broker) => {
             let status = broker.status().clone();
-            let until = Instant::now() + HANDSHAKE_WITHIN;
-            while status.handshake_age().is_none() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let check = format!("WireGuard handshake with {endpoints}");
-            let tunnel = status.handshake_age().is_some();
-            if tunnel {
-                rows.push(Row::pass(check, "completed"));
-            } else {
-                rows.push(Row::fail(
-                    check,
-                    format!(
-                        "no handshake within {} s: UDP to {endpoints} blocked or wrong key",
-                        HANDSHAKE_WITHIN.as_secs()
-                    ),
-                    format!(
-                        "allow outbound UDP to {endpoints} in the firewall; check that the vendor \
-                         has this broker's public key {public} and that each peer's public_key is \
-                         the gateway's"
-                    ),
-                ));
-            }
+            let (row, tunnel) = handshake_row(&loaded.config, &status, &endpoints, &public);
+            rows.push(row);
             if let Some(hb) = &loaded.config.heartbeat {
                 let check = format!("heartbeat {} answers", hb.url);
                 if !tunnel {
@@ -142,6 +129,68 @@ pub fn run(mut loaded: Loaded, env: &dyn Fn(&str) -> Option<String>) -> Vec<Row>
 
     rows.extend(scm_rows(&loaded.config, env));
     rows
+}
+
+/// Waits for `status` (a broker just started) to show a handshake (longer with `auto`, whose TCP fallback
+/// starts after about 5 s of UDP silence) and says how it went, over which transport.
+fn handshake_row(
+    config: &crate::config::Config,
+    status: &crate::status::Status,
+    endpoints: &str,
+    public: &str,
+) -> (Row, bool) {
+    let peers = &config.wireguard.peers;
+    let transport = config.wireguard.transport;
+    // `auto` moves to TCP only after UDP went unanswered for about 5 s: give it the
+    // time to try.
+    let within = match transport {
+        Transport::Auto => HANDSHAKE_WITHIN + STREAM_FALLBACK_WITHIN,
+        Transport::Udp | Transport::Tcp => HANDSHAKE_WITHIN,
+    };
+    let until = Instant::now() + within;
+    while status.handshake_age().is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let check = format!("WireGuard handshake with {endpoints}");
+    let tunnel = status.handshake_age().is_some();
+    let on_stream = status.stream_peers.load(Ordering::Relaxed) > 0;
+    let tcp_endpoints: Vec<String> = peers
+        .iter()
+        .map(|p| p.tcp_endpoint.as_ref().unwrap_or(&p.endpoint).to_string())
+        .collect();
+    let tcp_endpoints = tcp_endpoints.join(", ");
+    if tunnel {
+        let row = Row::pass(
+            check,
+            match (transport, on_stream) {
+                (Transport::Auto, true) => format!(
+                    "completed over TCP to {tcp_endpoints}: UDP to {endpoints} got no \
+                     answer (allowing it gives the best throughput)"
+                ),
+                (_, true) => format!("completed over TCP to {tcp_endpoints}"),
+                (_, false) => "completed over UDP".to_owned(),
+            },
+        );
+        return (row, true);
+    }
+    let tried = match transport {
+        Transport::Udp => format!("UDP to {endpoints} blocked or wrong key"),
+        Transport::Tcp => format!("TCP to {tcp_endpoints} blocked or wrong key"),
+        Transport::Auto => format!(
+            "UDP to {endpoints} blocked or wrong key, and no answer over TCP to \
+                 {tcp_endpoints} either"
+        ),
+    };
+    let row = Row::fail(
+        check,
+        format!("no handshake within {} s: {tried}", within.as_secs()),
+        format!(
+            "allow outbound UDP to {endpoints} in the firewall; check that the vendor \
+                 has this broker's public key {public} and that each peer's public_key is \
+                 the gateway's"
+        ),
+    );
+    (row, false)
 }
 
 /// Whether a peer's endpoint name resolves (an address needs no resolving).

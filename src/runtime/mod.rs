@@ -54,6 +54,7 @@ pub mod placement;
 pub mod preflight;
 mod prepare;
 mod shard;
+mod stream;
 mod tunnel_core;
 mod tunnel_stream;
 pub(crate) mod udp;
@@ -309,6 +310,17 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         buf_capacity: buf_capacity(c.wireguard.mtu),
         gso: c.runtime.udp_gso,
         ipv6_socket,
+        streams: c
+            .wireguard
+            .peers
+            .iter()
+            .map(|p| {
+                Some(stream::StreamPlan {
+                    transport: c.wireguard.transport,
+                    endpoint: p.tcp_endpoint.clone().unwrap_or_else(|| p.endpoint.clone()),
+                })
+            })
+            .collect(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let layout = Layout {

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
+use super::stream::{Carriers, StreamPlan};
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
 use crate::tunnel::{
-    PeerEvent, PeerTable, Received, RestartReason, Sent, TICK_INTERVAL, required_buffer_len,
+    PeerEvent, PeerId, PeerTable, Received, RestartReason, Sent, TICK_INTERVAL, required_buffer_len,
 };
 
 /// How long `rx_loop` waits for room on a full link to a shard before it drops the packet.
@@ -42,6 +43,8 @@ pub(super) struct CoreSeed {
     pub buf_capacity: usize,
     pub gso: bool,
     pub ipv6_socket: bool,
+    /// Per peer (in table order): the stream transport to supervise, if any.
+    pub streams: Vec<Option<StreamPlan>>,
 }
 
 /// Starts the tunnel core on the current executor, in either layout, linked to each shard by
@@ -62,7 +65,10 @@ pub(super) async fn start(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    let peers: Vec<PeerId> = seed.table.peers().collect();
+    status.peers.store(peers.len() as u64, Ordering::Relaxed);
     let core = Rc::new(TunnelCore {
+        carriers: Carriers::new(&seed.streams),
         table: RefCell::new(seed.table),
         udp: UdpSocket::from(seed.udp),
         to_shards,
@@ -78,6 +84,17 @@ pub(super) async fn start(
         glommio::spawn_local(egress_loop(core.clone(), rx, i)).detach();
     }
     glommio::spawn_local(rx_loop(core.clone())).detach();
+    for (peer, plan) in peers.into_iter().zip(seed.streams) {
+        if let Some(plan) = plan.filter(|p| p.transport.uses_stream()) {
+            glommio::spawn_local(super::stream::supervise(
+                core.clone(),
+                peer,
+                plan,
+                stop.clone(),
+            ))
+            .detach();
+        }
+    }
     Some(glommio::spawn_local(timer_loop(core, stop)))
 }
 
@@ -97,6 +114,8 @@ pub(super) struct TunnelCore {
     pub ipv6_socket: bool,
     /// Batch counters, kept on this core and published with the timer tick (no atomic per batch).
     pub io: IoCounters,
+    /// Peers whose datagrams go on a stream now ([`super::stream`]).
+    pub carriers: Carriers,
 }
 
 /// The tunnel core's own counters of its batched UDP I/O.
@@ -122,7 +141,12 @@ impl std::fmt::Debug for TunnelCore {
     }
 }
 
-async fn send_datagram(core: &TunnelCore, datagram: &[u8], to: SocketAddr) {
+/// Sends `datagram` for `peer` to `to`: down the peer's stream while it has one, else on the UDP
+/// socket.
+async fn send_datagram(core: &TunnelCore, peer: Option<PeerId>, datagram: &[u8], to: SocketAddr) {
+    if core.carriers.push(peer, datagram).is_some() {
+        return;
+    }
     let wire = udp::on_socket(to, core.ipv6_socket);
     if let Err(e) = core.udp.send_to(datagram, wire).await {
         tracing::debug!(event = "wireguard.send_error", %to, error = %e);
@@ -168,59 +192,82 @@ async fn rx_loop(core: Rc<TunnelCore>) {
                 core.status.oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let mut buf = core.pool.borrow_mut().take();
-            let received = core
-                .table
-                .borrow_mut()
-                .receive(now, from, datagram, buf.space());
-            match received {
-                Received::Packet { flow, packet, .. } => {
-                    let len = packet.len();
-                    buf.set_len(len);
-                    let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
-                    // A full link means the shard is behind: wait a little (the UDP socket
-                    // buffers what arrives meanwhile) rather than drop a packet that the vendor
-                    // would resend only after its retransmission timeout; a shard that stays
-                    // behind loses packets instead of stalling the others for long.
-                    let link = &core.to_shards[shard];
-                    if let Err(m) = link.try_send_or_return(Msg::Packet(buf)) {
-                        if !link.send_within(m, LINK_WAIT).await {
-                            core.status.link_drops.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Received::Transmit {
-                    peer,
-                    to,
-                    datagram: reply,
-                } => {
-                    let len = reply.len();
-                    buf.set_len(len);
-                    send_datagram(&core, buf.as_slice(), to).await;
-                    core.pool.borrow_mut().give(buf);
-                    if let Some(peer) = peer {
-                        loop {
-                            let next = core
-                                .table
-                                .borrow_mut()
-                                .flush(peer, &mut scratch)
-                                .map(|t| (t.to, t.datagram.len()));
-                            match next {
-                                Some((to, len)) => send_datagram(&core, &scratch[..len], to).await,
-                                None => break,
-                            }
-                        }
-                    }
-                }
-                Received::Done => core.pool.borrow_mut().give(buf),
-                Received::Dropped(reason) => {
-                    tracing::trace!(event = "wireguard.drop", ?reason, %from);
-                    core.pool.borrow_mut().give(buf);
-                }
-            }
+            handle_datagram(&core, now, from, datagram, &mut scratch, true).await;
         }
         // Let the shards (and, on one executor, the egress loop) work through this batch.
         futures_lite::future::yield_now().await;
+    }
+}
+
+/// One datagram from `from` (the UDP socket's, or one taken off a peer's stream): decrypts it
+/// into a pooled buffer and moves the packet to its shard, or sends what the table answers.
+pub(super) async fn handle_datagram(
+    core: &Rc<TunnelCore>,
+    now: Instant,
+    from: SocketAddr,
+    datagram: &[u8],
+    scratch: &mut [u8],
+    via_udp: bool,
+) {
+    let mut buf = core.pool.borrow_mut().take();
+    let received = core
+        .table
+        .borrow_mut()
+        .receive(now, from, datagram, buf.space());
+    match received {
+        Received::Packet { flow, packet, .. } => {
+            let len = packet.len();
+            buf.set_len(len);
+            let (shard, _) = shard_of(flow.hash(), core.shards, core.stacks);
+            // A full link means the shard is behind: wait a little (the UDP socket
+            // buffers what arrives meanwhile) rather than drop a packet that the vendor
+            // would resend only after its retransmission timeout; a shard that stays
+            // behind loses packets instead of stalling the others for long.
+            let link = &core.to_shards[shard];
+            if let Err(m) = link.try_send_or_return(Msg::Packet(buf)) {
+                if !link.send_within(m, LINK_WAIT).await {
+                    core.status.link_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Received::Transmit {
+            peer,
+            to,
+            datagram: reply,
+        } => {
+            let len = reply.len();
+            buf.set_len(len);
+            if let Some(p) = peer.filter(|_| via_udp && datagram.first() == Some(&2)) {
+                // An authenticated handshake response on the UDP socket: UDP works both ways.
+                // A peer that `auto` moved to a stream (the probe got its answer) goes back,
+                // the keepalive completing this handshake included.
+                if core.carriers.any_stream() {
+                    core.carriers.udp_works(p);
+                }
+            }
+            send_datagram(core, peer, buf.as_slice(), to).await;
+            core.pool.borrow_mut().give(buf);
+            if let Some(peer) = peer {
+                loop {
+                    let next = core
+                        .table
+                        .borrow_mut()
+                        .flush(peer, &mut *scratch)
+                        .map(|t| (t.to, t.datagram.len()));
+                    match next {
+                        Some((to, len)) => {
+                            send_datagram(core, Some(peer), &scratch[..len], to).await
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        Received::Done => core.pool.borrow_mut().give(buf),
+        Received::Dropped(reason) => {
+            tracing::trace!(event = "wireguard.drop", ?reason, %from);
+            core.pool.borrow_mut().give(buf);
+        }
     }
 }
 
@@ -245,8 +292,12 @@ async fn egress_loop(core: Rc<TunnelCore>, from_shard: Rx, shard: usize) {
                         .transmit_len();
                     // The plaintext buffer belongs to the shard: send it home before any await.
                     let _ = core.to_shards[shard].try_send(Msg::Home(p));
-                    if let Some((to, len)) = sent {
-                        batch.commit(len, to);
+                    if let Some((peer, to, len)) = sent {
+                        let slot = batch.next_slot();
+                        let d = &slot[..len.min(slot.len())];
+                        if core.carriers.push(Some(peer), d).is_none() {
+                            batch.commit(len, to);
+                        }
                     }
                 }
                 Msg::Home(b) => core.pool.borrow_mut().give(b),
@@ -285,7 +336,7 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
             IoCounters::bump(&core.io.send_errors, unsent.failed as u64);
             for i in unsent.from..batch.len() {
                 if let Some((d, to)) = batch.datagram(i) {
-                    send_datagram(core, d, to).await;
+                    send_datagram(core, None, d, to).await;
                 }
             }
         }
@@ -294,13 +345,13 @@ async fn flush(core: &TunnelCore, batch: &mut SendBatch) {
 }
 
 trait TransmitLen {
-    fn transmit_len(self) -> Option<(SocketAddr, usize)>;
+    fn transmit_len(self) -> Option<(PeerId, SocketAddr, usize)>;
 }
 
 impl TransmitLen for Sent<'_> {
-    fn transmit_len(self) -> Option<(SocketAddr, usize)> {
+    fn transmit_len(self) -> Option<(PeerId, SocketAddr, usize)> {
         match self {
-            Sent::Transmit(t) => Some((t.to, t.datagram.len())),
+            Sent::Transmit(t) => Some((t.peer, t.to, t.datagram.len())),
             Sent::Queued { .. } => None,
             Sent::Dropped(reason) => {
                 tracing::trace!(event = "wireguard.drop_outbound", ?reason);
@@ -310,10 +361,42 @@ impl TransmitLen for Sent<'_> {
     }
 }
 
+/// Starts a handshake with `peer` now (a stream just came up: its first initiation need not
+/// wait for boringtun's next retry, and the one in flight went elsewhere).
+pub(super) async fn initiate(core: &TunnelCore, peer: PeerId) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let mut pending: Vec<(PeerId, SocketAddr, Vec<u8>)> = Vec::new();
+    core.table
+        .borrow_mut()
+        .initiate_now(peer, Instant::now(), &mut out, &mut |peer, to, d| {
+            pending.push((peer, to, d.to_vec()))
+        });
+    for (peer, to, d) in pending {
+        send_datagram(core, Some(peer), &d, to).await;
+    }
+}
+
+/// `auto`'s probe of a peer on a stream: a fresh handshake initiation on the UDP socket, past
+/// the stream. Its response arriving on the socket moves the peer back to UDP
+/// ([`super::stream::Carriers::udp_works`]); a lost one costs a retry on the stream 5 s later.
+pub(super) async fn probe_udp(core: &TunnelCore, peer: PeerId) {
+    let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
+    let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    core.table
+        .borrow_mut()
+        .initiate_now(peer, Instant::now(), &mut out, &mut |_, to, d| {
+            pending.push((to, d.to_vec()))
+        });
+    for (to, d) in pending {
+        // `None`: no peer, so the carriers leave it on the UDP socket.
+        send_datagram(core, None, &d, to).await;
+    }
+}
+
 /// Drives WireGuard timers until `stop` is set.
 async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
     let mut out = vec![0u8; required_buffer_len(core.pool.borrow().buf_capacity())];
-    let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut pending: Vec<(PeerId, SocketAddr, Vec<u8>)> = Vec::new();
     let mut handshakes_seen = 0u64;
     // A failed heartbeat (counted by shard 0) is a sign of a dead session: start a fresh
     // handshake for it (the table ignores it while a recovery is under way).
@@ -331,13 +414,13 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let now = Instant::now();
         core.table
             .borrow_mut()
-            .initiate_all(now, &mut out, &mut |_, to, d| {
-                pending.push((to, d.to_vec()))
+            .initiate_all(now, &mut out, &mut |peer, to, d| {
+                pending.push((peer, to, d.to_vec()))
             });
     }
     loop {
-        for (to, d) in pending.drain(..) {
-            send_datagram(&core, &d, to).await;
+        for (peer, to, d) in pending.drain(..) {
+            send_datagram(&core, Some(peer), &d, to).await;
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -346,8 +429,8 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
         let next = core
             .table
             .borrow_mut()
-            .tick(now, &mut out, &mut |_, to, d| {
-                pending.push((to, d.to_vec()))
+            .tick(now, &mut out, &mut |peer, to, d| {
+                pending.push((peer, to, d.to_vec()))
             });
         control(
             &core,
@@ -416,7 +499,7 @@ fn control(
     core: &TunnelCore,
     now: Instant,
     out: &mut [u8],
-    pending: &mut Vec<(SocketAddr, Vec<u8>)>,
+    pending: &mut Vec<(PeerId, SocketAddr, Vec<u8>)>,
     throttles: &mut Vec<LogThrottle>,
     heartbeat_failures_seen: &mut u64,
 ) {
@@ -444,7 +527,7 @@ fn control(
                 now,
                 RestartReason::HeartbeatFailed,
                 out,
-                &mut |_, to, d| pending.push((to, d.to_vec())),
+                &mut |peer, to, d| pending.push((peer, to, d.to_vec())),
             );
         }
     }
@@ -458,13 +541,13 @@ fn apply_peers(
     specs: Vec<crate::tunnel::PeerSpec>,
     now: Instant,
     out: &mut [u8],
-    pending: &mut Vec<(SocketAddr, Vec<u8>)>,
+    pending: &mut Vec<(PeerId, SocketAddr, Vec<u8>)>,
 ) {
     let result = core
         .table
         .borrow_mut()
-        .reconfigure(specs, now, out, &mut |_, to, d| {
-            pending.push((to, d.to_vec()))
+        .reconfigure(specs, now, out, &mut |peer, to, d| {
+            pending.push((peer, to, d.to_vec()))
         });
     match result {
         Ok(changes) => {
@@ -585,4 +668,7 @@ fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
     core.status
         .send_errors
         .store(io.send_errors.get(), Ordering::Relaxed);
+    core.status
+        .stream_queue_drops
+        .store(core.carriers.queue_drops.get(), Ordering::Relaxed);
 }

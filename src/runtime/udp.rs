@@ -532,6 +532,48 @@ pub fn wait(fd: RawFd, ready: Ready, timeout: Duration) -> io::Result<bool> {
     Ok(n > 0)
 }
 
+/// Blocks the thread until any of `fds` is ready for what it is paired with, or `timeout` passes
+/// (zero: just look); returns whether one is. A hang-up or error counts as ready (the next read
+/// or write reports it). For threads that own several sockets outside glommio (the test kit's
+/// gateway: its UDP socket, its TCP listener and the streams). At most 1024 entries are polled.
+pub fn wait_any(fds: &[(RawFd, Ready)], timeout: Duration) -> io::Result<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .take(1024)
+        .map(|&(fd, ready)| libc::pollfd {
+            fd,
+            events: match ready {
+                Ready::Readable => libc::POLLIN,
+                Ready::Writable => libc::POLLOUT,
+            },
+            revents: 0,
+        })
+        .collect();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(3600) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds that lives across the call, and
+    // the timespec is on this stack frame; no signal mask is passed.
+    let n = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

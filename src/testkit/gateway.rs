@@ -31,6 +31,7 @@ use crate::packet::BufPool;
 use crate::runtime::udp::{self, Ready, RecvBatch};
 use crate::testkit::impair::{Impair, ImpairSpec, ImpairStats};
 use crate::testkit::serve_port::{Served, serve_one};
+use crate::testkit::streams::{StreamStats, Streams};
 use crate::tunnel::{
     PeerId, PeerSpec, PeerTable, Received, Sent, TICK_INTERVAL, required_buffer_len,
 };
@@ -84,6 +85,10 @@ pub struct GatewayConfig {
     /// Impair the path to the broker: delay, jitter, loss, duplication, reordering per datagram,
     /// in each direction ([`ImpairSpec`]). `None` (the default): datagrams go straight through.
     pub impair: Option<ImpairSpec>,
+    /// Also accept the stream transport ([`crate::transport`]): a TCP listener on the UDP port,
+    /// feeding the same peer table (default: on). With an ephemeral `listen` port, a port free
+    /// for both is found.
+    pub tcp: bool,
 }
 
 impl GatewayConfig {
@@ -114,6 +119,7 @@ impl GatewayConfig {
             batch: BATCH,
             spin: Duration::ZERO,
             impair: None,
+            tcp: true,
         }
     }
 }
@@ -256,13 +262,15 @@ pub struct Gateway {
     serve_tls: Option<Arc<rustls::ServerConfig>>,
     /// The impaired path, when [`GatewayConfig::impair`] asks for one.
     wan: Option<Box<Wan>>,
+    /// The stream transport's listener and connections (`GatewayConfig::tcp`).
+    streams: Option<Streams>,
     pub stats: GatewayStats,
 }
 
 impl Gateway {
     /// Binds the UDP socket and builds the tunnel and TCP state.
     pub fn bind(cfg: &GatewayConfig) -> io::Result<Self> {
-        let udp = UdpSocket::bind(cfg.listen)?;
+        let (udp, streams) = Self::bind_sockets(cfg)?;
         udp.set_nonblocking(true)?;
         {
             let s = socket2::SockRef::from(&udp);
@@ -320,6 +328,7 @@ impl Gateway {
             serving: Vec::new(),
             serve_tls: cfg.serve_tls.clone(),
             wan: cfg.impair.map(|s| Box::new(Wan::new(s))),
+            streams,
             stats: GatewayStats::default(),
         };
         if cfg.dial.is_some() {
@@ -333,8 +342,53 @@ impl Gateway {
     }
 
     /// The UDP address the broker must dial (its peer `endpoint`).
+    /// The UDP socket and, with [`GatewayConfig::tcp`], the TCP listener on the same port.
+    fn bind_sockets(cfg: &GatewayConfig) -> io::Result<(UdpSocket, Option<Streams>)> {
+        let max_frame = required_buffer_len(cfg.mtu + crate::tunnel::DATA_OVERHEAD);
+        let mut tries = 0;
+        loop {
+            let udp = UdpSocket::bind(cfg.listen)?;
+            if !cfg.tcp {
+                return Ok((udp, None));
+            }
+            match Streams::bind(udp.local_addr()?, max_frame) {
+                Ok(s) => return Ok((udp, Some(s))),
+                // An ephemeral UDP port whose TCP twin is taken: try another.
+                Err(_) if cfg.listen.port() == 0 && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// The stream transport's listening address (the UDP port), if it accepts streams.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.streams.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    /// The stream side's counters, if it accepts streams.
+    pub fn stream_stats(&self) -> Option<&StreamStats> {
+        self.streams.as_ref().map(|s| &s.stats)
+    }
+
+    /// Stream connections open now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.as_ref().map_or(0, Streams::open)
+    }
+
+    /// Closes every stream connection (as a gateway restart or a middlebox would).
+    pub fn close_streams(&mut self) {
+        if let Some(s) = self.streams.as_mut() {
+            s.close_all();
+        }
+    }
+
+    /// Stops accepting streams and closes the open ones (a network that drops TCP).
+    pub fn stop_streams(&mut self) {
+        self.streams = None;
     }
 
     /// The broker's tunnel address.
@@ -399,6 +453,7 @@ impl Gateway {
                 .min(wan_due.unwrap_or(max_wait))
         };
         self.receive(wait)?;
+        self.receive_streams()?;
         self.deliver_due()?;
         self.poll_stack()?;
         if self.serve() {
@@ -456,7 +511,7 @@ impl Gateway {
                     let until = Instant::now() + self.spin.min(wait);
                     let mut got = false;
                     while Instant::now() < until {
-                        if udp::wait(fd, Ready::Readable, Duration::ZERO)? {
+                        if self.wait_io(Duration::ZERO)? {
                             got = true;
                             break;
                         }
@@ -467,7 +522,7 @@ impl Gateway {
                     }
                 }
                 self.stats.waits += 1;
-                if !udp::wait(fd, Ready::Readable, wait.saturating_sub(self.spin))? {
+                if !self.wait_io(wait.saturating_sub(self.spin))? {
                     break;
                 }
                 continue;
@@ -494,6 +549,32 @@ impl Gateway {
     }
 
     /// Decrypts the impaired path's received datagrams whose time has come.
+    /// Waits until the UDP socket, or any stream socket, is ready.
+    fn wait_io(&self, timeout: Duration) -> io::Result<bool> {
+        let fd = self.udp.as_raw_fd();
+        let Some(st) = &self.streams else {
+            return udp::wait(fd, Ready::Readable, timeout);
+        };
+        let mut fds = vec![(fd, Ready::Readable)];
+        st.poll_fds(&mut fds);
+        udp::wait_any(&fds, timeout)
+    }
+
+    /// Accepts stream connections and feeds what they carry to the table, as datagrams from
+    /// the connection's address.
+    fn receive_streams(&mut self) -> io::Result<()> {
+        let Some(st) = self.streams.as_mut() else {
+            return Ok(());
+        };
+        let mut frames = Vec::new();
+        st.read(&mut frames);
+        for (from, d) in frames {
+            self.stats.datagrams_in += 1;
+            self.handle_datagram(&d, from)?;
+        }
+        Ok(())
+    }
+
     fn deliver_due(&mut self) -> io::Result<()> {
         let now = Instant::now();
         while let Some((_, (from, b))) = self.wan.as_mut().and_then(|w| w.inbound.pop_due(now)) {
@@ -561,7 +642,12 @@ impl Gateway {
     /// datagrams join its outbound queue instead, and those whose time has come are sent.
     fn flush_tx(&mut self) -> io::Result<()> {
         let Some(w) = self.wan.as_deref_mut() else {
-            return Self::send_batch(&self.udp, &mut self.tx, &mut self.stats);
+            return Self::send_batch(
+                &self.udp,
+                &mut self.tx,
+                &mut self.stats,
+                self.streams.as_mut(),
+            );
         };
         let now = Instant::now();
         for i in 0..self.tx.batch.len() {
@@ -572,16 +658,47 @@ impl Gateway {
         self.tx.batch.clear();
         while let Some((_, (to, b))) = w.outbound.pop_due(now) {
             if self.tx.is_full() {
-                Self::send_batch(&self.udp, &mut self.tx, &mut self.stats)?;
+                Self::send_batch(
+                    &self.udp,
+                    &mut self.tx,
+                    &mut self.stats,
+                    self.streams.as_mut(),
+                )?;
             }
             self.tx.push_copy(to, &b);
             w.recycle(b);
         }
-        Self::send_batch(&self.udp, &mut self.tx, &mut self.stats)
+        Self::send_batch(
+            &self.udp,
+            &mut self.tx,
+            &mut self.stats,
+            self.streams.as_mut(),
+        )
     }
 
     /// The socket half of [`Gateway::flush_tx`]: one `sendmmsg` (or a few) for the batch.
-    fn send_batch(udp: &UdpSocket, tx: &mut Outbox, stats: &mut GatewayStats) -> io::Result<()> {
+    /// Sends the batch: datagrams for a stream connection's address down that connection, the
+    /// rest on the UDP socket.
+    fn send_batch(
+        udp: &UdpSocket,
+        tx: &mut Outbox,
+        stats: &mut GatewayStats,
+        streams: Option<&mut Streams>,
+    ) -> io::Result<()> {
+        if let Some(st) = streams.filter(|s| s.open() > 0) {
+            for i in 0..tx.batch.len() {
+                let Some((d, to)) = tx.batch.datagram(i) else {
+                    continue;
+                };
+                stats.datagrams_out += 1;
+                if !st.queue(to, d) && udp.send_to(d, to).is_err() {
+                    stats.dropped += 1;
+                }
+            }
+            tx.batch.clear();
+            st.write();
+            return Ok(());
+        }
         if tx.batch.is_empty() {
             return Ok(());
         }

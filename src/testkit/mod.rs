@@ -1,7 +1,7 @@
 //! The vendor side, for tests, `demo` and `loadtest`: a WireGuard gateway (the same
 //! [`crate::tunnel::PeerTable`], as responder) with its own smoltcp TCP stack
 //! ([`crate::netstack::StackSet`] in client mode) and an HTTP/1.1 client, over a plain UDP
-//! socket. No root, no TUN.
+//! socket (and, for the stream transport, TCP: [`streams`]). No root, no TUN.
 //!
 //! Also the WAN in a box: [`impair`] (sans-IO per-datagram delay, jitter, loss, duplication and
 //! reordering, seeded), used by the gateway for `loadtest --delay/--loss/...` and by [`relay`],
@@ -19,6 +19,7 @@ pub mod scm;
 #[cfg(test)]
 pub(crate) mod script;
 mod serve_port;
+pub mod streams;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;

@@ -28,11 +28,13 @@ enum KeyLine {
 /// private_key = "..."
 /// address = "10.77.0.2"
 /// listen_port = 0                  (only if set)
+/// transport = "tcp"                (only if set)
 ///
 /// [[wireguard.peers]]
 /// public_key = "..."
 /// endpoint = "127.0.0.1:51820"
 /// allowed_ips = ["10.77.0.1/32"]
+/// tcp_endpoint = "127.0.0.1:51820" (only if set)
 /// persistent_keepalive = 0         (only if set; the broker's default is 20)
 /// ```
 ///
@@ -42,6 +44,7 @@ pub struct WireguardToml {
     key: KeyLine,
     address: String,
     listen_port: Option<u16>,
+    transport: Option<String>,
     peers: Vec<PeerToml>,
 }
 
@@ -53,6 +56,7 @@ impl WireguardToml {
             key: KeyLine::Key(private_key.clone()),
             address: address.to_string(),
             listen_port: None,
+            transport: None,
             peers: Vec::new(),
         }
     }
@@ -69,6 +73,7 @@ impl WireguardToml {
             key: KeyLine::Comment(placeholder),
             address: address.to_string(),
             listen_port: None,
+            transport: None,
             peers: Vec::new(),
         }
     }
@@ -76,6 +81,12 @@ impl WireguardToml {
     /// Sets `listen_port` (0 = any; left out, the broker's default is also 0).
     pub fn listen_port(mut self, port: u16) -> Self {
         self.listen_port = Some(port);
+        self
+    }
+
+    /// Sets `transport` (`udp`, `tcp`, `auto`; left out, the broker's default is `auto`).
+    pub fn transport(mut self, transport: impl Display) -> Self {
+        self.transport = Some(transport.to_string());
         self
     }
 
@@ -113,6 +124,11 @@ impl WireguardToml {
         if let Some(port) = self.listen_port {
             s.push_str(&format!("listen_port = {port}\n"));
         }
+        if let Some(t) = &self.transport {
+            s.push_str("transport = ");
+            push_toml_string(&mut s, t);
+            s.push('\n');
+        }
         for p in &self.peers {
             s.push_str("\n[[wireguard.peers]]\npublic_key = ");
             push_toml_string(&mut s, &p.public_key);
@@ -126,6 +142,11 @@ impl WireguardToml {
                 push_toml_string(&mut s, net);
             }
             s.push_str("]\n");
+            if let Some(e) = &p.tcp_endpoint {
+                s.push_str("tcp_endpoint = ");
+                push_toml_string(&mut s, e);
+                s.push('\n');
+            }
             if let Some(k) = p.persistent_keepalive {
                 s.push_str(&format!("persistent_keepalive = {k}\n"));
             }
@@ -140,6 +161,7 @@ pub struct PeerToml {
     public_key: String,
     endpoint: String,
     allowed_ips: Vec<String>,
+    tcp_endpoint: Option<String>,
     persistent_keepalive: Option<u16>,
 }
 
@@ -152,6 +174,7 @@ impl PeerToml {
             public_key: public_key.to_string(),
             endpoint: endpoint.to_string(),
             allowed_ips: vec![allowed_ip.to_string()],
+            tcp_endpoint: None,
             persistent_keepalive: None,
         }
     }
@@ -159,6 +182,12 @@ impl PeerToml {
     /// Adds another `allowed_ips` entry.
     pub fn allowed_ip(mut self, net: impl Display) -> Self {
         self.allowed_ips.push(net.to_string());
+        self
+    }
+
+    /// Sets `tcp_endpoint` (`host:port`; left out, the stream transport uses `endpoint`).
+    pub fn tcp_endpoint(mut self, endpoint: impl Display) -> Self {
+        self.tcp_endpoint = Some(endpoint.to_string());
         self
     }
 
@@ -219,7 +248,12 @@ mod tests {
         let (a, b) = (key(2).public_key(), key(3).public_key());
         let text = WireguardToml::new(&broker, "10.77.0.2")
             .listen_port(51821)
-            .peer(PeerToml::new(a, "127.0.0.1:4000", "10.77.0.1/32").persistent_keepalive(0))
+            .transport("tcp")
+            .peer(
+                PeerToml::new(a, "127.0.0.1:4000", "10.77.0.1/32")
+                    .persistent_keepalive(0)
+                    .tcp_endpoint("127.0.0.1:4001"),
+            )
             .peers([PeerToml::new(b, "gw.example:51820", "10.77.1.0/24")
                 .allowed_ip("fd00::/64")
                 .persistent_keepalive(25)])
@@ -232,11 +266,13 @@ mod tests {
         );
         assert_eq!(wg["address"].as_str(), Some("10.77.0.2"));
         assert_eq!(wg["listen_port"].as_integer(), Some(51821));
-        assert_eq!(wg.len(), 4, "{text}");
+        assert_eq!(wg["transport"].as_str(), Some("tcp"));
+        assert_eq!(wg.len(), 5, "{text}");
         let p = peers(&t);
         assert_eq!(p.len(), 2);
         assert_eq!(p[0]["public_key"].as_str(), Some(a.to_string().as_str()));
         assert_eq!(p[0]["endpoint"].as_str(), Some("127.0.0.1:4000"));
+        assert_eq!(p[0]["tcp_endpoint"].as_str(), Some("127.0.0.1:4001"));
         assert_eq!(strs(&p[0]["allowed_ips"]), ["10.77.0.1/32"]);
         assert_eq!(p[0]["persistent_keepalive"].as_integer(), Some(0));
         assert_eq!(p[1]["public_key"].as_str(), Some(b.to_string().as_str()));

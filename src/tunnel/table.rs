@@ -838,6 +838,23 @@ impl PeerTable {
         }
     }
 
+    /// Sends a fresh handshake initiation to `peer` now, even while one is in flight (the
+    /// runtime moved the peer to another transport: the initiation in flight went where no
+    /// answer will come from). Does nothing for a peer without an endpoint or not dialed.
+    pub fn initiate_now(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        out: &mut [u8],
+        emit: &mut dyn FnMut(PeerId, SocketAddr, &[u8]),
+    ) {
+        self.now = now;
+        let slot = peer.index();
+        if self.peers.get(slot).is_some_and(|p| p.dial) {
+            self.initiate(slot, out, emit, true);
+        }
+    }
+
     /// The next peer whose endpoint name should be (re-)resolved, with the name. DNS is I/O:
     /// the runtime resolves it and calls [`PeerTable::set_endpoint`]. Each peer is yielded at
     /// most once per [`RESOLVE_INTERVAL`](super::RESOLVE_INTERVAL).

@@ -1508,3 +1508,32 @@ fn a_refused_reconfiguration_changes_nothing() {
     let to_16 = ipv4_tcp(BROKER_IP, [10, 1, 2, 3], b"to the /16");
     assert_eq!(net.send(b, &to_16), data_to(GATEWAY2), "routes unchanged");
 }
+
+/// `initiate_now` (the runtime's move to another transport): a fresh initiation although one is
+/// in flight — where `initiate_all` stays silent — which completes the handshake; a peer the
+/// table does not dial gets none.
+#[test]
+fn initiate_now_replaces_an_initiation_in_flight() {
+    let mut p = pair();
+    assert_eq!(p.net.initiate_all(p.broker).len(), 1);
+    // That initiation went where no answer comes from.
+    p.net.wire.clear();
+    assert!(
+        p.net.initiate_all(p.broker).is_empty(),
+        "a handshake is in flight: initiate_all waits for boringtun's retry"
+    );
+    let peer = p.to_vendor;
+    let sent = p
+        .net
+        .emit_with(p.broker, |t, now, out, e| t.initiate_now(peer, now, out, e));
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].bytes.len(), sent[0].bytes[0]), (148, 1));
+    p.net.run();
+    assert_eq!(p.net.table(p.broker).counters().handshakes_completed, 1);
+    // The vendor's table only answers: it never dials the broker.
+    let to_broker = p.to_broker;
+    let none = p.net.emit_with(p.vendor, |t, now, out, e| {
+        t.initiate_now(to_broker, now, out, e)
+    });
+    assert!(none.is_empty());
+}

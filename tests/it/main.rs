@@ -19,6 +19,7 @@ mod proxy;
 mod relay;
 mod reload_all;
 mod slow;
+mod transport;
 mod tunnel;
 mod upstream;
 mod webhooks;

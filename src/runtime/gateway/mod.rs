@@ -50,6 +50,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use glommio::net::{TcpListener, TcpStream, UdpSocket};
 
+use super::stream::{StreamOut, spawn_writer};
+use crate::transport::frame::FrameDecoder;
+
 use crate::config::gateway::GatewayConfig;
 use crate::gateway::balance::{Balancer, BrokerId, Event, Next, Outcome, Retry, TenantId};
 use crate::gateway::route::{Route, route};
@@ -168,6 +171,8 @@ impl Drop for GatewayHandle {
 pub enum GatewayStartError {
     #[error("WireGuard socket {addr}: {source}")]
     Udp { addr: SocketAddr, source: io::Error },
+    #[error("WireGuard TCP transport listener {addr} (the UDP port, over TCP): {source}")]
+    Streams { addr: SocketAddr, source: io::Error },
     #[error("front door {addr}: {source}")]
     Front { addr: SocketAddr, source: io::Error },
     #[error("tunnel: {0}")]
@@ -192,6 +197,12 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         let _ = s.set_recv_buffer_size(config.runtime.udp_recv_buffer);
         let _ = s.set_send_buffer_size(config.runtime.udp_send_buffer);
     }
+    // The stream transport ([`crate::transport`]): TCP on the WireGuard port.
+    let streams =
+        std::net::TcpListener::bind(udp_addr).map_err(|source| GatewayStartError::Streams {
+            addr: udp_addr,
+            source,
+        })?;
     let front =
         std::net::TcpListener::bind(g.front).map_err(|source| GatewayStartError::Front {
             addr: g.front,
@@ -229,6 +240,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
     let seed = Seed {
         config: config.clone(),
         udp: socket2::Socket::from(udp),
+        streams: socket2::Socket::from(streams),
         front: socket2::Socket::from(front),
         table,
         set,
@@ -254,6 +266,8 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
 struct Seed {
     config: GatewayConfig,
     udp: socket2::Socket,
+    /// The stream transport's listener, on the UDP port.
+    streams: socket2::Socket,
     front: socket2::Socket,
     table: PeerTable,
     set: StackSet,
@@ -284,6 +298,9 @@ struct Gw {
     stop: Arc<AtomicBool>,
     kicked: Cell<bool>,
     driver: RefCell<Option<Waker>>,
+    /// Brokers' stream transport connections, by remote address: what the table sends to one of
+    /// these addresses goes down that connection.
+    streams: RefCell<HashMap<SocketAddr, Rc<StreamOut>>>,
 }
 
 impl Gw {
@@ -360,6 +377,9 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
     // descriptor is its sole owner and closes it exactly once.
     #[allow(unsafe_code)]
     let front = unsafe { TcpListener::from_raw_fd(seed.front.into_raw_fd()) };
+    // SAFETY: as for `front`: the listener becomes the descriptor's only owner.
+    #[allow(unsafe_code)]
+    let streams = unsafe { TcpListener::from_raw_fd(seed.streams.into_raw_fd()) };
     let gw = Rc::new(Gw {
         bal: RefCell::new(Balancer::new(&c, now)),
         config: c,
@@ -373,10 +393,12 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
         stop,
         kicked: Cell::new(false),
         driver: RefCell::new(None),
+        streams: RefCell::new(HashMap::new()),
     });
     gw.status.running.store(true, Ordering::Relaxed);
     glommio::spawn_local(rx_loop(gw.clone())).detach();
     glommio::spawn_local(front_loop(gw.clone(), front)).detach();
+    glommio::spawn_local(stream_accept_loop(gw.clone(), streams)).detach();
     glommio::spawn_local(timer_loop(gw.clone())).detach();
     driver_loop(gw.clone()).await;
     gw.status.running.store(false, Ordering::Relaxed);
@@ -384,6 +406,12 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
 
 /// Sends a datagram; a failure is for WireGuard's timers to recover from.
 async fn send_datagram(gw: &Gw, d: &[u8], to: SocketAddr) {
+    let stream = gw.streams.borrow().get(&to).cloned();
+    if let Some(out) = stream {
+        // A full queue drops it, as a full socket buffer would.
+        let _ = out.push(d);
+        return;
+    }
     if let Err(e) = gw.udp.send_to(d, to).await {
         tracing::debug!(event = "wireguard.send_error", %to, error = %e);
     }
@@ -405,49 +433,116 @@ async fn rx_loop(gw: Rc<Gw>) {
         if n > capacity {
             continue;
         }
-        let mut buf = gw.pool.borrow_mut().take();
-        let received =
-            gw.table
-                .borrow_mut()
-                .receive(Instant::now(), from, &datagram[..n], buf.space());
-        match received {
-            Received::Packet { packet, .. } => {
-                let len = packet.len();
-                buf.set_len(len);
-                let _ = gw.set.borrow_mut().ingest(buf);
-                gw.kick();
-            }
-            Received::Transmit {
-                peer,
-                to,
-                datagram: reply,
-            } => {
-                let len = reply.len();
-                buf.set_len(len);
-                send_datagram(&gw, buf.as_slice(), to).await;
-                gw.pool.borrow_mut().give(buf);
-                if let Some(peer) = peer {
-                    loop {
-                        let next = gw
-                            .table
-                            .borrow_mut()
-                            .flush(peer, &mut scratch)
-                            .map(|t| (t.to, t.datagram.len()));
-                        match next {
-                            Some((to, len)) => send_datagram(&gw, &scratch[..len], to).await,
-                            None => break,
-                        }
+        handle_datagram(&gw, from, &datagram[..n], &mut scratch).await;
+    }
+}
+
+/// One datagram from `from` (on the UDP socket, or off a broker's stream): into the stack, or
+/// what the table answers back out.
+async fn handle_datagram(gw: &Rc<Gw>, from: SocketAddr, datagram: &[u8], scratch: &mut [u8]) {
+    let mut buf = gw.pool.borrow_mut().take();
+    let received = gw
+        .table
+        .borrow_mut()
+        .receive(Instant::now(), from, datagram, buf.space());
+    match received {
+        Received::Packet { packet, .. } => {
+            let len = packet.len();
+            buf.set_len(len);
+            let _ = gw.set.borrow_mut().ingest(buf);
+            gw.kick();
+        }
+        Received::Transmit {
+            peer,
+            to,
+            datagram: reply,
+        } => {
+            let len = reply.len();
+            buf.set_len(len);
+            send_datagram(gw, buf.as_slice(), to).await;
+            gw.pool.borrow_mut().give(buf);
+            if let Some(peer) = peer {
+                loop {
+                    let next = gw
+                        .table
+                        .borrow_mut()
+                        .flush(peer, &mut *scratch)
+                        .map(|t| (t.to, t.datagram.len()));
+                    match next {
+                        Some((to, len)) => send_datagram(gw, &scratch[..len], to).await,
+                        None => break,
                     }
                 }
             }
-            Received::Done => gw.pool.borrow_mut().give(buf),
-            Received::Dropped(reason) => {
-                gw.status.tunnel_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(event = "wireguard.drop", ?reason, %from);
-                gw.pool.borrow_mut().give(buf);
-            }
+        }
+        Received::Done => gw.pool.borrow_mut().give(buf),
+        Received::Dropped(reason) => {
+            gw.status.tunnel_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(event = "wireguard.drop", ?reason, %from);
+            gw.pool.borrow_mut().give(buf);
         }
     }
+}
+
+/// Most stream transport connections held at once (brokers reconnect after a close).
+const MAX_STREAMS: usize = 4096;
+
+/// Accepts brokers' stream transport connections ([`crate::transport`]) until stopped.
+async fn stream_accept_loop(gw: Rc<Gw>, listener: TcpListener) {
+    while !gw.stopped() {
+        let tcp = match listener.accept().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(event = "gateway.stream_accept_error", error = %e);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(addr) = tcp.peer_addr() else { continue };
+        let addr = crate::runtime::udp::canonical(addr);
+        if gw.streams.borrow().len() >= MAX_STREAMS {
+            continue;
+        }
+        glommio::spawn_local(stream_conn(gw.clone(), tcp, addr)).detach();
+    }
+}
+
+/// One broker's stream: its datagrams go into the peer table as if from `addr` (the table's
+/// roaming then sends the broker's traffic back here), until EOF, an error or a framing error.
+async fn stream_conn(gw: Rc<Gw>, tcp: TcpStream, addr: SocketAddr) {
+    use futures_lite::AsyncReadExt;
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, wr) = futures_lite::io::split(tcp);
+    let out = Rc::new(StreamOut::default());
+    gw.streams.borrow_mut().insert(addr, out.clone());
+    let writer = spawn_writer(out.clone(), wr);
+    let capacity = gw.pool.borrow().buf_capacity();
+    let mut dec = FrameDecoder::new(capacity);
+    let mut frame = Vec::with_capacity(capacity);
+    let mut scratch = vec![0u8; required_buffer_len(capacity)];
+    'conn: while !gw.stopped() && !out.is_closed() {
+        match rd.read(dec.space()).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => dec.filled(n),
+        }
+        loop {
+            match dec.next_frame() {
+                Ok(Some(d)) => {
+                    frame.clear();
+                    frame.extend_from_slice(d);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(event = "gateway.stream_framing_error", %addr, error = %e);
+                    break 'conn;
+                }
+            }
+            handle_datagram(&gw, addr, &frame, &mut scratch).await;
+        }
+    }
+    gw.streams.borrow_mut().remove(&addr);
+    out.close();
+    drop(writer);
 }
 
 /// Polls the netstack, accepts heartbeat connections, encrypts and sends its packets.

@@ -1,0 +1,480 @@
+//! WireGuard datagrams over a framed TCP stream: the runtime side of [`crate::transport`].
+//!
+//! One supervisor task per peer whose transport is `tcp` or `auto` runs on the tunnel core's
+//! executor ([`supervise`]). With `auto` it first watches the peer on UDP and gives up on it
+//! after [`UDP_GIVE_UP_ATTEMPTS`](crate::transport::UDP_GIVE_UP_ATTEMPTS) unanswered
+//! initiations; with `tcp` it connects at once. While a stream is up, the tunnel core sends every
+//! datagram for that peer down it ([`Carriers::push`]) instead of the UDP socket, and the
+//! datagrams read off it enter the very same path as those the socket receives
+//! ([`super::tunnel_core::handle_datagram`]), presented as coming from the peer's UDP endpoint so
+//! the peer table's view of the peer does not move. The table stays transport-agnostic.
+//!
+//! A stream ends on EOF, an I/O error, a framing error or a stall ([`StallWatch`]); the peer is
+//! back on UDP at once (`tcp`: on no carrier until the next stream), and the supervisor
+//! reconnects after a capped back-off. With `auto`, a peer on a stream sends a handshake
+//! initiation on the UDP socket every [`UDP_PROBE_EVERY`]; a handshake response arriving on the
+//! socket moves it back to UDP ([`Carriers::udp_works`]) and ends the stream. Sending never
+//! blocks the tunnel core: frames queue in a bounded buffer ([`MAX_QUEUED`]) that a writer task
+//! drains; a full queue drops the datagram, as a full UDP socket buffer would.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::net::TcpStream;
+
+use super::tunnel_core::{TunnelCore, handle_datagram};
+use crate::config::Endpoint;
+use crate::transport::frame::{self, FrameDecoder};
+use crate::transport::{
+    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY, UdpVerdict,
+};
+use crate::tunnel::{PeerId, required_buffer_len};
+
+/// Most framed bytes queued for one stream before datagrams are dropped.
+pub(super) const MAX_QUEUED: usize = 4 << 20;
+
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the supervisor looks at the peer's UDP handshakes, and the reader at the clock.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// First and longest wait between stream attempts.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Where and how one peer's stream connects.
+#[derive(Debug, Clone)]
+pub(super) struct StreamPlan {
+    pub transport: Transport,
+    /// `tcp_endpoint`, or the peer's UDP endpoint.
+    pub endpoint: Endpoint,
+}
+
+/// What carries one peer's datagrams now.
+#[derive(Debug, Clone, Default)]
+enum Slot {
+    /// The UDP socket.
+    #[default]
+    Udp,
+    /// This stream.
+    Stream(Rc<StreamOut>),
+    /// Nothing: `transport = "tcp"` and no stream is up (datagrams are dropped; UDP is never
+    /// used).
+    Down,
+}
+
+/// Per peer, what its datagrams go to ([`Carriers::push`]).
+#[derive(Debug, Default)]
+pub(super) struct Carriers {
+    slots: RefCell<Vec<Slot>>,
+    /// Whether any peer is off UDP: the UDP-only hot path skips the lookup.
+    any: Cell<bool>,
+    /// Datagrams dropped because a stream's queue was full.
+    pub queue_drops: Cell<u64>,
+}
+
+impl Carriers {
+    /// Per peer in table order: `tcp` peers start with no carrier, the others on UDP.
+    pub fn new(plans: &[Option<StreamPlan>]) -> Self {
+        let slots: Vec<Slot> = plans
+            .iter()
+            .map(|p| match p {
+                Some(p) if p.transport == Transport::Tcp => Slot::Down,
+                _ => Slot::Udp,
+            })
+            .collect();
+        let any = slots.iter().any(|s| !matches!(s, Slot::Udp));
+        Self {
+            slots: RefCell::new(slots),
+            any: Cell::new(any),
+            queue_drops: Cell::new(0),
+        }
+    }
+
+    /// `peer`'s stream, or, with `None`, what it falls back to (`Down` for `tcp`, else UDP).
+    fn set(&self, peer: PeerId, out: Option<Rc<StreamOut>>, only_stream: bool) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = slots.get_mut(peer.index()) {
+            *s = match (out, only_stream) {
+                (Some(o), _) => Slot::Stream(o),
+                (None, true) => Slot::Down,
+                (None, false) => Slot::Udp,
+            };
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
+    }
+
+    /// Whether any peer is off UDP.
+    pub fn any_stream(&self) -> bool {
+        self.any.get()
+    }
+
+    /// `auto`: `peer`'s UDP works again (a handshake response arrived on the UDP socket). Its
+    /// datagrams go to UDP from now on (the keepalive that completes this handshake first), and
+    /// its stream is told to close. Does nothing for a peer not on a stream or with `tcp`.
+    pub fn udp_works(&self, peer: PeerId) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(peer.index()) else {
+            return;
+        };
+        if let Slot::Stream(out) = slot {
+            if out.auto {
+                out.udp_works.set(true);
+                out.close();
+                *slot = Slot::Udp;
+            }
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
+    }
+
+    /// Routes a datagram for `peer` (`None`: an unauthenticated sender, answered on UDP):
+    /// `None` — send it on the UDP socket; `Some(true)` — queued on the peer's stream;
+    /// `Some(false)` — dropped (no carrier, or a full queue: counted in `queue_drops`).
+    pub fn push(&self, peer: Option<PeerId>, datagram: &[u8]) -> Option<bool> {
+        if !self.any.get() {
+            return None;
+        }
+        let peer = peer?;
+        let slots = self.slots.borrow();
+        match slots.get(peer.index())? {
+            Slot::Udp => None,
+            Slot::Down => Some(false),
+            Slot::Stream(out) => {
+                let ok = out.push(datagram);
+                if !ok {
+                    self.queue_drops.set(self.queue_drops.get() + 1);
+                }
+                Some(ok)
+            }
+        }
+    }
+}
+
+/// The send side of one stream: framed bytes waiting for the writer task.
+#[derive(Debug, Default)]
+pub(super) struct StreamOut {
+    queued: RefCell<Vec<u8>>,
+    writer: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+    watch: RefCell<StallWatch>,
+    /// A handshake answer came in on UDP (`auto`'s probe): the stream is to close.
+    udp_works: Cell<bool>,
+    /// The peer's transport is `auto` (it may go back to UDP).
+    auto: bool,
+}
+
+impl StreamOut {
+    /// Whether the stream was closed (by its writer after a failed write, or its owner).
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Frames `datagram` into the queue; `false` when it is full or closed (dropped).
+    pub fn push(&self, datagram: &[u8]) -> bool {
+        if self.closed.get() {
+            return false;
+        }
+        {
+            let mut q = self.queued.borrow_mut();
+            if q.len() + frame::PREFIX + datagram.len() > MAX_QUEUED
+                || frame::encode(datagram, &mut q).is_err()
+            {
+                return false;
+            }
+        }
+        {
+            let mut w = self.watch.borrow_mut();
+            if !w.is_waiting() {
+                w.sent(Instant::now(), datagram);
+            }
+        }
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+
+    pub fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits for queued bytes and swaps them into `into` (empty); `false` once closed.
+    async fn take(&self, into: &mut Vec<u8>) -> bool {
+        future::poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(false);
+            }
+            let mut q = self.queued.borrow_mut();
+            if q.is_empty() {
+                *self.writer.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut *q, into);
+            Poll::Ready(true)
+        })
+        .await
+    }
+}
+
+/// Runs `peer`'s stream transport until `stop` is set (see the module docs).
+pub(super) async fn supervise(
+    core: Rc<TunnelCore>,
+    peer: PeerId,
+    plan: StreamPlan,
+    stop: Arc<AtomicBool>,
+) {
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+    loop {
+        let why = match plan.transport {
+            Transport::Udp => return,
+            Transport::Tcp => SwitchReason::Configured,
+            Transport::Auto => {
+                // Stay on UDP while it works.
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let attempts = core
+                        .table
+                        .borrow()
+                        .peer_status(peer)
+                        .map_or(0, |s| s.handshake_attempts);
+                    if UdpVerdict::of(attempts) == UdpVerdict::NoHandshake {
+                        break;
+                    }
+                    glommio::timer::sleep(CHECK_EVERY).await;
+                }
+                SwitchReason::UdpNoHandshake
+            }
+        };
+        match connect(&core, &plan.endpoint).await {
+            Ok(tcp) => {
+                let addr = tcp.peer_addr().ok();
+                switched(&core, peer, Carrier::Tcp, why, addr);
+                let (ended, handshaken) = run(&core, peer, plan.transport, tcp, &stop).await;
+                switched(&core, peer, Carrier::Udp, ended, addr);
+                if handshaken {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    event = "wireguard.transport_connect_failure",
+                    %peer,
+                    transport = "tcp",
+                    endpoint = %plan.endpoint,
+                    error = %e
+                );
+            }
+        }
+        // Back off (checking `stop`), then try again.
+        let mut left = backoff.next_wait();
+        while !left.is_zero() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let step = left.min(CHECK_EVERY);
+            glommio::timer::sleep(step).await;
+            left -= step;
+        }
+    }
+}
+
+/// Logs and counts a change of carrier.
+fn switched(
+    core: &TunnelCore,
+    peer: PeerId,
+    to: Carrier,
+    why: SwitchReason,
+    addr: Option<SocketAddr>,
+) {
+    let st = &core.status;
+    match to {
+        Carrier::Tcp => st.stream_peers.fetch_add(1, Ordering::Relaxed),
+        Carrier::Udp => st.stream_peers.fetch_sub(1, Ordering::Relaxed),
+    };
+    if let Some(c) = st.transport_switches.get(why.index()) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    match (to, why) {
+        (Carrier::Tcp, _) | (Carrier::Udp, SwitchReason::Stopping | SwitchReason::UdpWorks) => {
+            tracing::info!(
+                event = "wireguard.transport",
+                %peer,
+                transport = to.as_str(),
+                reason = why.as_str(),
+                stream = %addr
+            )
+        }
+        (Carrier::Udp, _) => tracing::warn!(
+            event = "wireguard.transport",
+            %peer,
+            transport = to.as_str(),
+            reason = why.as_str(),
+            stream = %addr
+        ),
+    }
+}
+
+/// Resolves `ep` (off the executor for a name) and connects, within [`CONNECT_TIMEOUT`].
+async fn connect(core: &TunnelCore, ep: &Endpoint) -> std::io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = if let Ok(ip) = ep.host.parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, ep.port)]
+    } else {
+        let name = (ep.host.clone(), ep.port);
+        let ipv6 = core.ipv6_socket;
+        glommio::executor()
+            .spawn_blocking(move || {
+                name.to_socket_addrs().map(|a| {
+                    a.filter(|a| ipv6 || a.is_ipv4())
+                        .take(4)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await?
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no usable address");
+    for addr in addrs {
+        let attempt = future::or(async { Some(TcpStream::connect(addr).await) }, async {
+            glommio::timer::sleep(CONNECT_TIMEOUT).await;
+            None
+        });
+        match attempt.await {
+            Some(Ok(s)) => return Ok(s),
+            Some(Err(e)) => last = e.into(),
+            None => last = std::io::Error::from(std::io::ErrorKind::TimedOut),
+        }
+    }
+    Err(last)
+}
+
+/// Writes what `out` queues to `wr` until `out` closes or a write fails (then closes `out`).
+/// Dropping the returned handle cancels the writer (a write blocked on a dead peer included).
+pub(super) fn spawn_writer(
+    out: Rc<StreamOut>,
+    mut wr: futures_lite::io::WriteHalf<TcpStream>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        let mut chunk = Vec::new();
+        while out.take(&mut chunk).await {
+            if wr.write_all(&chunk).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            chunk.clear();
+        }
+        out.close();
+    })
+}
+
+/// Carries `peer`'s datagrams on `tcp` until it ends; returns why, and whether a handshake
+/// completed meanwhile.
+async fn run(
+    core: &Rc<TunnelCore>,
+    peer: PeerId,
+    transport: Transport,
+    tcp: TcpStream,
+    stop: &AtomicBool,
+) -> (SwitchReason, bool) {
+    let _ = tcp.set_nodelay(true);
+    let stream_addr = tcp.peer_addr().ok();
+    let (mut rd, wr) = futures_lite::io::split(tcp);
+    let out = Rc::new(StreamOut {
+        auto: transport == Transport::Auto,
+        ..StreamOut::default()
+    });
+    let only_stream = transport == Transport::Tcp;
+    core.carriers.set(peer, Some(out.clone()), only_stream);
+    let writer = spawn_writer(out.clone(), wr);
+    let handshakes = |core: &TunnelCore| {
+        core.table
+            .borrow()
+            .peer_status(peer)
+            .map_or(0, |s| s.handshakes)
+    };
+    let before = handshakes(core);
+    // Start a handshake now rather than at boringtun's next retry (up to 5 s away); it goes
+    // down the stream, which is the peer's carrier from here on.
+    super::tunnel_core::initiate(core, peer).await;
+
+    let capacity = core.pool.borrow().buf_capacity();
+    let mut dec = FrameDecoder::new(required_buffer_len(capacity));
+    let mut frame_copy = Vec::with_capacity(dec.max());
+    let mut scratch = vec![0u8; required_buffer_len(capacity)];
+    let mut next_probe = Instant::now() + UDP_PROBE_EVERY;
+    let ended = loop {
+        if stop.load(Ordering::Relaxed) {
+            break SwitchReason::Stopping;
+        }
+        if out.udp_works.get() {
+            break SwitchReason::UdpWorks;
+        }
+        if out.closed.get() {
+            break SwitchReason::StreamClosed;
+        }
+        let now = Instant::now();
+        if out.watch.borrow().stalled(now, STALL_AFTER) {
+            break SwitchReason::StreamStalled;
+        }
+        if out.auto && now >= next_probe {
+            next_probe = now + UDP_PROBE_EVERY;
+            super::tunnel_core::probe_udp(core, peer).await;
+        }
+        // A read interrupted by the tick loses nothing: glommio reads only when it returns.
+        let read = future::or(async { Some(rd.read(dec.space()).await) }, async {
+            glommio::timer::sleep(CHECK_EVERY).await;
+            None
+        })
+        .await;
+        let n = match read {
+            None => continue,
+            Some(Ok(0)) => break SwitchReason::StreamClosed,
+            Some(Err(e)) => {
+                tracing::debug!(event = "wireguard.stream_error", %peer, error = %e);
+                break SwitchReason::StreamClosed;
+            }
+            Some(Ok(n)) => n,
+        };
+        dec.filled(n);
+        out.watch.borrow_mut().received();
+        // As if from the peer's UDP endpoint: the table's endpoint for it stays put.
+        let from = core
+            .table
+            .borrow()
+            .peer_status(peer)
+            .and_then(|s| s.endpoint)
+            .or(stream_addr);
+        let Some(from) = from else {
+            break SwitchReason::StreamClosed;
+        };
+        let bad = loop {
+            match dec.next_frame() {
+                Ok(Some(d)) => {
+                    frame_copy.clear();
+                    frame_copy.extend_from_slice(d);
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+            handle_datagram(core, Instant::now(), from, &frame_copy, &mut scratch, false).await;
+        };
+        if let Some(e) = bad {
+            tracing::warn!(event = "wireguard.stream_framing_error", %peer, error = %e);
+            break SwitchReason::FramingError;
+        }
+    };
+    core.carriers.set(peer, None, only_stream);
+    out.close();
+    drop(writer);
+    (ended, handshakes(core) > before)
+}

@@ -1,0 +1,549 @@
+//! WireGuard over a framed TCP stream (`[wireguard] transport`), in process over loopback: the
+//! broker's runtime seam against the test kit gateway's accepting side, and against hand-made
+//! servers that misbehave.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use wgbroker::keys::PrivateKey;
+use wgbroker::runtime::BrokerHandle;
+use wgbroker::testkit::client::{self, Request, RunOptions};
+use wgbroker::testkit::gateway::{Gateway, GatewayConfig};
+use wgbroker::testkit::toml::{PeerToml, WireguardToml};
+
+use crate::harness::{BROKER_IP, VENDOR_IP, metric, poll_for, poll_until, start_broker};
+
+/// A test kit gateway (UDP and TCP on one port) and the keys of both sides.
+struct Sides {
+    gateway: Gateway,
+    broker_key: PrivateKey,
+    vendor_key: PrivateKey,
+}
+
+fn gateway() -> Sides {
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let gateway = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        VENDOR_IP.parse().expect("ip"),
+        BROKER_IP.parse().expect("ip"),
+    ))
+    .expect("gateway");
+    Sides {
+        gateway,
+        broker_key,
+        vendor_key,
+    }
+}
+
+/// A broker dialing `udp` (its peer `endpoint`) with `transport`, and `tcp` as its
+/// `tcp_endpoint` when given.
+fn broker(
+    s: &Sides,
+    transport: Option<&str>,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+) -> BrokerHandle {
+    broker_for(&s.broker_key, &s.vendor_key, transport, udp, tcp)
+}
+
+fn broker_for(
+    broker_key: &PrivateKey,
+    vendor_key: &PrivateKey,
+    transport: Option<&str>,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+) -> BrokerHandle {
+    let mut peer = PeerToml::new(vendor_key.public_key(), udp, format!("{VENDOR_IP}/32"))
+        .persistent_keepalive(0);
+    if let Some(t) = tcp {
+        peer = peer.tcp_endpoint(t);
+    }
+    let mut wg = WireguardToml::new(broker_key, BROKER_IP).peer(peer);
+    if let Some(t) = transport {
+        wg = wg.transport(t);
+    }
+    start_broker(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        wg.render()
+    ))
+}
+
+/// The next connection on `listener`, waited for at most `timeout` (the test fails instead of
+/// hanging when the broker never connects).
+fn accept_within(listener: &TcpListener, timeout: Duration) -> (TcpStream, SocketAddr) {
+    listener.set_nonblocking(true).expect("non-blocking");
+    let (s, a) = poll_for(timeout, "a connection from the broker", || {
+        listener.accept().map_err(|e| e.to_string())
+    });
+    s.set_nonblocking(false).expect("blocking");
+    (s, a)
+}
+
+fn admin_port(b: &BrokerHandle) -> u16 {
+    b.status()
+        .admin_port
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `n` healthchecks on `conns` connections through the gateway; all must answer 200.
+fn healthchecks(gw: &mut Gateway, conns: usize, per_conn: usize) {
+    let plan = (0..conns)
+        .map(|_| {
+            (0..per_conn)
+                .map(|_| Request::get("/healthcheck"))
+                .collect()
+        })
+        .collect();
+    let results = client::run(
+        gw,
+        plan,
+        RunOptions {
+            port: 80,
+            timeout: Duration::from_secs(30),
+            keep_bodies: true,
+        },
+    );
+    for (i, conn) in results.iter().enumerate() {
+        assert_eq!(conn.len(), per_conn, "connection {i}");
+        for ex in conn {
+            let r = ex
+                .response
+                .as_ref()
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body, wgbroker::server::HEALTHCHECK_BODY);
+        }
+    }
+}
+
+/// `transport = "tcp"`: the handshake and every request travel on the framed stream; the UDP
+/// socket of the gateway never hears from the broker.
+#[test]
+fn tcp_transport_carries_the_handshake_and_requests() {
+    let mut s = gateway();
+    let udp = s.gateway.local_addr().expect("addr");
+    assert_eq!(
+        s.gateway.tcp_addr(),
+        Some(udp),
+        "TCP listens on the UDP port"
+    );
+    let b = broker(&s, Some("tcp"), udp, None);
+    assert!(
+        s.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake over the stream"
+    );
+    healthchecks(&mut s.gateway, 20, 3);
+    let st = s.gateway.stream_stats().expect("streams").clone();
+    assert_eq!(st.accepted, 1, "{st:?}");
+    assert!(st.frames_in > 60 && st.frames_out > 60, "{st:?}");
+    assert_eq!(st.framing_errors, 0);
+    assert_eq!(
+        s.gateway.stats.recv_calls, 0,
+        "no datagram reached the gateway's UDP socket"
+    );
+    let port = admin_port(&b);
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="tcp"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="udp"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            port,
+            r#"wgbroker_tunnel_transport_switches_total{reason="configured"}"#
+        ),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+}
+
+/// `auto` (the default): UDP to an endpoint that swallows every datagram gets no handshake; the
+/// broker moves to the stream (`tcp_endpoint`) within seconds and serves there.
+#[test]
+fn auto_moves_to_tcp_when_udp_gets_no_handshake() {
+    let mut s = gateway();
+    // A UDP socket nobody reads: the broker's initiations vanish, as behind a firewall.
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let tcp = s.gateway.tcp_addr().expect("streams");
+    let b = broker(&s, None, black_hole.local_addr().expect("addr"), Some(tcp));
+    assert!(
+        s.gateway.wait_handshake(Duration::from_secs(30)),
+        "auto never reached the gateway over TCP"
+    );
+    healthchecks(&mut s.gateway, 5, 2);
+    assert_eq!(s.gateway.open_streams(), 1);
+    let port = admin_port(&b);
+    assert_eq!(
+        metric(
+            port,
+            r#"wgbroker_tunnel_transport_switches_total{reason="udp_no_handshake"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="tcp"}"#),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+}
+
+/// A gateway that answers with a zero-length frame breaks the framing: the broker closes the
+/// stream, counts it, and connects again (after its back-off). What it sent first is a
+/// Semgrep-style frame: a 16-bit big-endian length, then a 148-byte handshake initiation.
+#[test]
+fn a_framing_error_closes_the_stream_and_the_broker_reconnects() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let tcp = listener.local_addr().expect("addr");
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let b = broker_for(
+        &broker_key,
+        &vendor_key,
+        Some("tcp"),
+        black_hole.local_addr().expect("addr"),
+        Some(tcp),
+    );
+    let (mut first, _) = accept_within(&listener, Duration::from_secs(20));
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = [0u8; 3];
+    first.read_exact(&mut head).expect("a frame");
+    assert_eq!(
+        (u16::from_be_bytes([head[0], head[1]]), head[2]),
+        (148, 1),
+        "length 148, message type 1 (initiation)"
+    );
+    first.write_all(&[0, 0]).expect("write");
+    // The broker hangs up: the rest of what it sent, then EOF.
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    let (second, _) = accept_within(&listener, Duration::from_secs(20));
+    drop(second);
+    let port = admin_port(&b);
+    poll_until(Duration::from_secs(5), "the framing error counted", || {
+        metric(
+            port,
+            r#"wgbroker_tunnel_transport_switches_total{reason="framing_error"}"#,
+        ) == Some(1.0)
+    });
+    let text = poll_for(Duration::from_secs(5), "metrics", || {
+        Ok::<_, String>(crate::harness::admin_get(port, "/metrics").1)
+    });
+    assert!(
+        text.contains("wgbroker_stream_queue_drops_total 0"),
+        "{text}"
+    );
+    b.shutdown().expect("stop");
+}
+
+/// In network namespaces: nftables in the broker's namespace drops every UDP packet it sends.
+/// The broker (`wgbroker run`, `transport` left at `auto`) gets no handshake over UDP, moves to
+/// the framed TCP stream on the gateway's port and serves: the test kit gateway
+/// (`wgbroker loadtest --gateway`, in the vendor's namespace) sends its requests through it.
+#[test]
+fn netns_udp_dropped_the_broker_connects_over_tcp_and_serves() {
+    use crate::harness::netns::Pair;
+    let mut pair = Pair::new("tcp");
+    let broker_ns = pair.broker.clone();
+    for rule in [
+        "add table inet wgb",
+        "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
+        "add rule inet wgb out meta l4proto udp counter drop",
+    ] {
+        let mut args = vec!["nft"];
+        args.extend(rule.split(' '));
+        pair.exec(&broker_ns, &args);
+    }
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("gateway.key");
+    std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
+    let cfg = dir.path().join("broker.toml");
+    let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
+        .peer(PeerToml::new(
+            vendor_key.public_key(),
+            format!("{}:51820", pair.vendor_ip),
+            format!("{VENDOR_IP}/32"),
+        ))
+        .render();
+    std::fs::write(
+        &cfg,
+        format!("{wireguard}[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n"),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_wgbroker");
+    let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
+    let spread = crate::harness::spread_args(&cfg);
+    let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
+    args.extend(spread);
+    pair.spawn(&broker_ns, &args);
+    let listen = format!("{}:51820", pair.vendor_ip);
+    let broker_public = broker_key.public_key().to_string();
+    let out = pair
+        .command(
+            &pair.vendor.clone(),
+            &[
+                bin,
+                "loadtest",
+                "--gateway",
+                "--listen",
+                &listen,
+                "--broker-public-key",
+                &broker_public,
+                "--private-key-file",
+                key_file.to_str().expect("utf-8 path"),
+                "-s",
+                "healthcheck",
+                "--connections",
+                "4",
+                "--requests",
+                "200",
+                "--duration",
+                "30s",
+                "--handshake-timeout",
+                "60s",
+                "--json",
+            ],
+        )
+        .output()
+        .expect("run the gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest: {stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("loadtest JSON ({e}): {stdout}\n{stderr}"));
+    let ok = find_u64(&report, "ok").unwrap_or(0);
+    let errors = find_u64(&report, "errors_total");
+    assert!(ok >= 100, "requests served: {ok}: {stdout}");
+    assert_eq!(errors, Some(0), "{stdout}");
+    // The network really dropped the broker's UDP.
+    let counters = pair.exec(&broker_ns, &["nft", "list", "chain", "inet", "wgb", "out"]);
+    let dropped: u64 = counters
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "no UDP was dropped: {counters}");
+}
+
+/// In network namespaces: UDP from the broker's namespace is dropped, so the broker (`auto`)
+/// serves over the TCP stream; then the rule goes. Within a UDP probe interval (20 s) the broker
+/// is back on UDP — `wgbroker_tunnel_transport{transport="udp"} 1`, the switch counted as
+/// `udp_works` — and the load test that ran through all of it saw no failed request.
+#[test]
+fn netns_udp_unblocked_the_broker_moves_back_to_udp_without_failed_requests() {
+    use crate::harness::netns::Pair;
+    let mut pair = Pair::new("back");
+    let broker_ns = pair.broker.clone();
+    for rule in [
+        "add table inet wgb",
+        "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
+        "add rule inet wgb out meta l4proto udp counter drop",
+    ] {
+        let mut args = vec!["nft"];
+        args.extend(rule.split(' '));
+        pair.exec(&broker_ns, &args);
+    }
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("gateway.key");
+    std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
+    let cfg = dir.path().join("broker.toml");
+    let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
+        .peer(PeerToml::new(
+            vendor_key.public_key(),
+            format!("{}:51820", pair.vendor_ip),
+            format!("{VENDOR_IP}/32"),
+        ))
+        .render();
+    // The namespace is ours: a fixed admin port in it collides with nothing.
+    std::fs::write(
+        &cfg,
+        format!("{wireguard}[admin]\nlisten = \"127.0.0.1:9000\"\n[log]\nlevel = \"warn\"\n"),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_wgbroker");
+    let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
+    let spread = crate::harness::spread_args(&cfg);
+    let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
+    args.extend(spread);
+    pair.spawn(&broker_ns, &args);
+    let listen = format!("{}:51820", pair.vendor_ip);
+    let broker_public = broker_key.public_key().to_string();
+    let vendor_ns = pair.vendor.clone();
+    let load = pair
+        .command(
+            &vendor_ns,
+            &[
+                bin,
+                "loadtest",
+                "--gateway",
+                "--listen",
+                &listen,
+                "--broker-public-key",
+                &broker_public,
+                "--private-key-file",
+                key_file.to_str().expect("utf-8 path"),
+                "-s",
+                "healthcheck",
+                "--connections",
+                "2",
+                "--rate",
+                "50",
+                "--duration",
+                "40s",
+                "--handshake-timeout",
+                "60s",
+                "--json",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the gateway");
+    let metric_in_ns = |sample: &str| -> Option<f64> {
+        let out = pair
+            .command(&broker_ns, &["curl", "-s", "http://127.0.0.1:9000/metrics"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    poll_until(Duration::from_secs(40), "the broker on TCP", || {
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="tcp"}"#) == Some(1.0)
+    });
+    pair.exec(&broker_ns, &["nft", "delete", "table", "inet", "wgb"]);
+    poll_until(Duration::from_secs(35), "the broker back on UDP", || {
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="udp"}"#) == Some(1.0)
+    });
+    assert_eq!(
+        metric_in_ns(r#"wgbroker_tunnel_transport_switches_total{reason="udp_works"}"#),
+        Some(1.0)
+    );
+    let out = load.wait_with_output().expect("the load test ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest: {stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("loadtest JSON ({e}): {stdout}\n{stderr}"));
+    let ok = find_u64(&report, "ok").unwrap_or(0);
+    assert!(ok >= 500, "requests served: {ok}: {stdout}");
+    assert_eq!(find_u64(&report, "errors_total"), Some(0), "{stdout}");
+    // Still on UDP at the end: the move back held.
+    assert_eq!(
+        metric_in_ns(r#"wgbroker_tunnel_transport{transport="udp"}"#),
+        Some(1.0)
+    );
+}
+
+/// The first number named `key` anywhere in `v` (depth first).
+fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
+        _ => None,
+    }
+}
+
+/// `wgbroker test` (its checks, in process) with UDP swallowed: the handshake row passes and
+/// says the handshake went over TCP because UDP got no answer.
+#[test]
+fn the_onboarding_test_reports_the_tcp_fallback() {
+    let s = gateway();
+    let tcp = s.gateway.tcp_addr().expect("streams");
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let udp = black_hole.local_addr().expect("addr");
+    let wg = WireguardToml::new(&s.broker_key, BROKER_IP)
+        .peer(
+            PeerToml::new(s.vendor_key.public_key(), udp, format!("{VENDOR_IP}/32"))
+                .persistent_keepalive(0)
+                .tcp_endpoint(tcp),
+        )
+        .render();
+    let mut loaded = crate::harness::load(&format!("{wg}\n[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    crate::harness::spread(&mut loaded);
+    // The checks block for up to 15 s on their own thread; this one plays the gateway meanwhile.
+    let checks = std::thread::spawn(move || wgbroker::onboard::check::run(loaded, &|_: &str| None));
+    let mut gw = s.gateway;
+    while !checks.is_finished() {
+        gw.pump(Duration::from_millis(20)).expect("pump");
+    }
+    let rows = checks.join().expect("the checks ran");
+    let row = rows
+        .iter()
+        .find(|r| r.check.starts_with("WireGuard handshake"))
+        .expect("a handshake row");
+    assert!(row.ok, "{row:?}");
+    assert!(
+        row.detail.contains(&format!(
+            "completed over TCP to {tcp}: UDP to {udp} got no answer"
+        )),
+        "{row:?}"
+    );
+}
+
+/// `wgbroker gateway` accepts the stream transport on its WireGuard port: a broker with
+/// `transport = "tcp"` handshakes over it, and the gateway's health check of that broker (a
+/// request through the tunnel, both ways) passes.
+#[test]
+fn the_vendor_gateway_serves_a_broker_over_tcp() {
+    use std::sync::atomic::Ordering;
+    let gw_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let text = format!(
+        "[gateway]\nprivate_key = \"{}\"\nlisten = \"127.0.0.1:0\"\naddress = \"{VENDOR_IP}\"\n\
+         front = \"127.0.0.1:0\"\n[[tenant]]\nname = \"a\"\n[[tenant.broker]]\n\
+         public_key = \"{}\"\naddress = \"{BROKER_IP}\"\n",
+        gw_key.to_base64(),
+        broker_key.public_key(),
+    );
+    let config = wgbroker::config::gateway::load_str(
+        &[(std::path::PathBuf::from("gateway.toml"), text)],
+        wgbroker::config::LoadMode::Full,
+        &|_: &str| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    let gateway = wgbroker::runtime::gateway::start_gateway(&config).expect("gateway starts");
+    let b = broker_for(&broker_key, &gw_key, Some("tcp"), gateway.udp_addr, None);
+    let status = gateway.status.clone();
+    poll_until(
+        Duration::from_secs(30),
+        "the gateway's health check of the broker passes",
+        || status.brokers[0].healthy.load(Ordering::Relaxed),
+    );
+    assert_ne!(
+        status.brokers[0].handshake_age_ms.load(Ordering::Relaxed),
+        u64::MAX
+    );
+    assert_eq!(
+        metric(
+            admin_port(&b),
+            r#"wgbroker_tunnel_transport{transport="tcp"}"#
+        ),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+    gateway.stop();
+}
