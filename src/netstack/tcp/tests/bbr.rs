@@ -170,3 +170,50 @@ fn bbr_keeps_the_bottleneck_queue_near_one_bdp_where_cubic_fills_it() {
     assert!(bbr <= bdp + bdp / 4, "bbr queued {bbr}");
     assert!(cubic > 2 * bdp, "cubic queued only {cubic}");
 }
+
+/// 10 MiB over 15 ms one way, 1 Gbit/s, a 4 MiB queue and 0.1 % loss both ways.
+fn ten_mib_at_a_tenth_of_a_percent(alg: Algorithm, seed: u64) -> Duration {
+    let link = || LinkConfig {
+        delay: 15 * MS,
+        rate: Some(125_000_000),
+        queue: 4 << 20,
+        loss: 0.001,
+        ..LinkConfig::default()
+    };
+    let mut sim = Sim::ours(&cfg(alg), link(), link(), seed);
+    sim.tracing = false;
+    let mut t = Transfer::new(10 << 20);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(600)));
+    let s = sim.a.conn().expect("ours").stats();
+    let done = t.done_at.expect("read");
+    eprintln!(
+        "{alg:?} seed {seed}: {done:?}; retransmits {}, RTOs {}, recoveries {}, max cwnd {}",
+        s.retransmits, s.rtos, s.recoveries, s.max_cwnd
+    );
+    done
+}
+
+#[test]
+fn one_lost_segment_early_in_slow_start_costs_cubic_seconds_and_bbr_nothing() {
+    // Why 0.1 % loss was so variable (issue 19): CUBIC's first loss cuts the window to 0.7 of
+    // what slow start had reached; when that was early (100-300 kB on a 3.75 MB BDP), CUBIC
+    // needs seconds to grow back (K = cbrt(0.3 W_max / C)), and the transfer time depends on
+    // where the first drop fell. No RTO and no spurious retransmission is involved. The model
+    // does not shrink for a random loss, so its time does not depend on the seed.
+    let seeds = [2, 4, 5, 6];
+    let bbr: Vec<Duration> = seeds
+        .iter()
+        .map(|&s| ten_mib_at_a_tenth_of_a_percent(Algorithm::Bbr, s))
+        .collect();
+    let cubic: Vec<Duration> = seeds
+        .iter()
+        .map(|&s| ten_mib_at_a_tenth_of_a_percent(Algorithm::Cubic, s))
+        .collect();
+    let (bbr_best, bbr_worst) = (bbr.iter().min(), bbr.iter().max());
+    let cubic_worst = cubic.iter().max().copied().unwrap_or_default();
+    let (Some(&best), Some(&worst)) = (bbr_best, bbr_worst) else {
+        panic!("no runs");
+    };
+    assert!(worst < best * 3 / 2, "bbr varies: {bbr:?}");
+    assert!(cubic_worst > worst * 4, "cubic {cubic:?} vs bbr {bbr:?}");
+}
