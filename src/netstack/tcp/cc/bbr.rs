@@ -280,7 +280,7 @@ impl Bbr {
         }
     }
 
-    fn probe_rtt(&mut self, now: Instant, ack: &Ack, in_flight: u64) {
+    fn probe_rtt(&mut self, now: Instant, in_flight: u64) {
         let target = self.probe_rtt_cwnd();
         if self.probe_rtt_done.is_none() && in_flight <= target {
             self.probe_rtt_done = Some(now + PROBE_RTT_TIME);
@@ -291,7 +291,6 @@ impl Bbr {
             .probe_rtt_done
             .is_some_and(|t| now >= t && self.round >= self.probe_rtt_round)
         {
-            let _ = ack;
             self.min_rtt_at = Some(now);
             self.probe_rtt_done = None;
             self.cwnd = self.cwnd.max(self.prior_cwnd);
@@ -343,7 +342,7 @@ impl Controller for Bbr {
             self.probe_rtt_done = None;
         }
         if self.mode == Mode::ProbeRtt {
-            self.probe_rtt(now, ack, in_flight);
+            self.probe_rtt(now, in_flight);
         }
 
         // The window follows the model, growing by what was delivered.
@@ -366,7 +365,6 @@ impl Controller for Bbr {
     fn on_rto(&mut self, _now: Instant, _new_episode: bool) {
         // The path may have changed under us: start from one segment again and let the
         // window grow back by what is delivered; the model stays.
-        self.prior_cwnd = self.prior_cwnd.max(self.cwnd);
         self.cwnd = self.mss;
     }
 
