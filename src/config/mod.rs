@@ -472,6 +472,8 @@ pub enum Congestion {
     Cubic,
     /// NewReno (RFC 5681, RFC 6582).
     NewReno,
+    /// BBR-like: model-based (bottleneck bandwidth and min RTT), paced, not cut by random loss.
+    Bbr,
 }
 
 /// `[runtime]`: the performance tuning surface.

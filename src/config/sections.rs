@@ -599,10 +599,11 @@ fn netstack(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Netstack {
         None => d.congestion,
         Some("cubic") => Congestion::Cubic,
         Some("newreno") => Congestion::NewReno,
+        Some("bbr") => Congestion::Bbr,
         Some(other) => {
             ctx.error(
                 &s.key("congestion"),
-                format!("unknown congestion controller {other:?} (expected cubic or newreno)"),
+                format!("unknown congestion controller {other:?} (expected cubic, newreno or bbr)"),
             );
             d.congestion
         }

@@ -69,6 +69,9 @@ pub struct StackSet {
     counters: Counters,
     next_port: u16,
     poll_waker: Option<Waker>,
+    /// The stack the next poll starts with (it moves on every poll, so no stack is always
+    /// first to the egress queue).
+    first_stack: usize,
 }
 
 impl fmt::Debug for StackSet {
@@ -133,6 +136,7 @@ impl StackSet {
             spent: Vec::new(),
             accepted: VecDeque::new(),
             counters: Counters::default(),
+            first_stack: 0,
             next_port: EPHEMERAL_FIRST + u16::try_from(cursor).unwrap_or(0),
             poll_waker: None,
         })
@@ -207,7 +211,13 @@ impl StackSet {
         self.now = self.now.max(now);
         let now = self.now;
         let mut changed = false;
-        for stack in &mut self.stacks {
+        // Round robin over the stacks: the egress queue is shared, and the stack polled first
+        // could otherwise fill it on every poll while the others' connections wait.
+        let n = self.stacks.len();
+        let first = self.first_stack % n.max(1);
+        self.first_stack = first + 1;
+        let (tail, head) = self.stacks.split_at_mut(first);
+        for stack in head.iter_mut().chain(tail.iter_mut()) {
             if !stack.wants_poll(now) {
                 continue;
             }

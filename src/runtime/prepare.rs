@@ -234,6 +234,7 @@ fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> Stack
         congestion: match c.netstack.congestion {
             crate::config::Congestion::Cubic => crate::netstack::tcp::Algorithm::Cubic,
             crate::config::Congestion::NewReno => crate::netstack::tcp::Algorithm::NewReno,
+            crate::config::Congestion::Bbr => crate::netstack::tcp::Algorithm::Bbr,
         },
         ack_delay: (!c.runtime.tcp_ack_delay.is_zero()).then_some(c.runtime.tcp_ack_delay),
         max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),

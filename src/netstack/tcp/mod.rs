@@ -29,7 +29,7 @@
 //! | `rack.rs` | time-based loss detection, reordering window, tail loss probe timeout | 8985 |
 //! | `prr.rs` | how much to send per ACK during fast recovery | 6937 / 9937 |
 //! | `rtt.rs` | SRTT/RTTVAR/RTO (200 ms floor on the variance term, as Linux), windowed min RTT | 6298 |
-//! | `cc/` | [`Controller`] trait; [`Cubic`] with HyStart++, [`NewReno`] | 9438, 9406, 5681, 3465 |
+//! | `cc/` | [`Controller`] trait; [`Cubic`] with HyStart++, [`NewReno`], [`Bbr`] (model-based, paced; samples marked application-limited) | 9438, 9406, 5681, 3465, BBR and delivery-rate drafts |
 //! | `reassembly.rs` | out-of-order map (bounded), SACK blocks most recent first, D-SACK | 2018, 2883 |
 //! | `ring.rs` | send/receive byte rings that allocate what they hold, under a limit that grows | |
 //! | `wire.rs` | IP + TCP parse/emit on smoltcp's types; RST for strays | |
@@ -97,8 +97,8 @@
 //!
 //! ## Not yet
 //!
-//! Pacing and a model-based controller (BBR: [`Controller::pacing_rate`] and [`RateSample`] are
-//! in place, samples are not yet marked application-limited); undoing spurious RTOs or fast
+//! Pacing for the loss-based controllers (only [`Bbr`] paces: its rate comes from its model);
+//! BBRv2's loss/ECN-bounded in-flight limits (see `cc/bbr.rs`); undoing spurious RTOs or fast
 //! recoveries (F-RTO, D-SACK undo); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
 //! rule; urgent data (ignored, as by smoltcp). Whether a SYN may reopen a tuple in
 //! `TIME-WAIT` (RFC 6191) is the stack set's call. RACK's loss scan walks the segments below
@@ -119,6 +119,6 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use cc::{Ack, Algorithm, Controller, Cubic, NewReno, RateSample};
+pub use cc::{Ack, Algorithm, Bbr, BbrMode, Controller, Cubic, NewReno, RateSample};
 pub use config::{Config, ConfigError};
 pub use conn::{CloseReason, Conn, Error, State, Stats};

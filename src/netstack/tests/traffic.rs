@@ -343,3 +343,64 @@ fn garbage_non_tcp_and_fragments_are_dropped_and_counted() {
     }
     assert!(net.broker.counters().packets_in > 1000);
 }
+
+#[test]
+fn connections_with_open_windows_take_turns_at_the_egress_queue() {
+    // Two downloads over stacks that share one egress queue: each poll must give both a turn,
+    // not let the connection polled first send its whole window (megabytes on a LAN) while
+    // the other waits.
+    let config = StackConfig {
+        stacks: 2,
+        tx_buffer: 1 << 20,
+        tx_buffer_max: 4 << 20,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    let pairs = open(&mut net, 2, 4 << 20);
+    net.capture = true;
+    net.broker_sent.clear();
+    let ports: Vec<u16> = pairs
+        .iter()
+        .map(|&(_, id)| net.broker.remote_addr(id).expect("open").port())
+        .collect();
+    let total = 4usize << 20;
+    let data = vec![7u8; 64 << 10];
+    let mut written = [0usize; 2];
+    let mut got = [Vec::new(), Vec::new()];
+    let (mut worst, mut starved_rounds) = (0usize, 0usize);
+    net.run_until(5000, |net| {
+        for (i, &(h, id)) in pairs.iter().enumerate() {
+            while written[i] < total {
+                let chunk = &data[..data.len().min(total - written[i])];
+                let n = net.broker.send_slice(id, chunk).expect("open");
+                if n == 0 {
+                    break;
+                }
+                written[i] += n;
+            }
+            peer_read(net, h, &mut got[i]);
+        }
+        // What the last round's poll sent, per connection.
+        let mut per = [0usize; 2];
+        for p in net.broker_sent.drain(..) {
+            if let Some(r) = tcp_repr(&p) {
+                if !r.payload.is_empty() {
+                    if let Some(i) = ports.iter().position(|&q| q == r.dst_port) {
+                        per[i] += 1;
+                    }
+                }
+            }
+        }
+        worst = worst.max(per[0]).max(per[1]);
+        let both_busy = got.iter().all(|g| g.len() < total);
+        if both_busy && (per[0] == 0) != (per[1] == 0) {
+            starved_rounds += 1;
+        }
+        got.iter().all(|g| g.len() == total)
+    });
+    eprintln!("largest turn {worst} packets, rounds with one connection left out {starved_rounds}");
+    assert!(
+        worst <= crate::netstack::stack::TX_QUANTUM,
+        "one connection wrote {worst} packets in one poll"
+    );
+}

@@ -111,6 +111,7 @@ mod tests {
             cwnd_limited: true,
             round_start,
             rate: None,
+            lost: 0,
         }
     }
 

@@ -18,8 +18,10 @@
 //!   segment (RFC 5681), `ssthresh` is cut if this starts a new episode.
 //!
 //! The [`Ack`] sample also carries the delivery-rate sample ([`RateSample`]) and the trait a
-//! pacing rate, so a model-based controller (BBR) fits without changing the connection.
+//! pacing rate: [`Bbr`] uses both, and says with [`Controller::keeps_window_in_recovery`] that
+//! loss recovery must not cut its window.
 
+mod bbr;
 mod cubic;
 mod hystart;
 mod new_reno;
@@ -27,6 +29,7 @@ mod new_reno;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use bbr::{Bbr, Mode as BbrMode};
 pub use cubic::Cubic;
 pub use new_reno::NewReno;
 
@@ -39,6 +42,9 @@ pub enum Algorithm {
     Cubic,
     /// NewReno (RFC 5681 / RFC 6582): the simple reference.
     NewReno,
+    /// BBR-like (model-based, paced; see [`Bbr`]): random loss costs what it loses, not the
+    /// window.
+    Bbr,
 }
 
 impl Algorithm {
@@ -48,6 +54,7 @@ impl Algorithm {
         match self {
             Algorithm::Cubic => Box::new(Cubic::new(mss, initial_window)),
             Algorithm::NewReno => Box::new(NewReno::new(mss, initial_window)),
+            Algorithm::Bbr => Box::new(Bbr::new(mss, initial_window)),
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct Ack {
     pub round_start: bool,
     /// Delivery-rate sample, if this ACK gave one.
     pub rate: Option<RateSample>,
+    /// Segments this ACK made RACK mark lost.
+    pub lost: u32,
 }
 
 /// A congestion controller. See the module docs for the contract.
@@ -111,6 +120,11 @@ pub trait Controller: fmt::Debug + Send {
     /// Bytes per second the sender should pace at; `None` sends at ACK clock.
     fn pacing_rate(&self) -> Option<u64> {
         None
+    }
+    /// A model-based controller keeps its window through fast recovery: the connection then
+    /// skips PRR's reduction and keeps calling [`on_ack`](Controller::on_ack) during recovery.
+    fn keeps_window_in_recovery(&self) -> bool {
+        false
     }
     /// The name (for stats).
     fn name(&self) -> &'static str;
@@ -138,6 +152,7 @@ mod tests {
             cwnd_limited: limited,
             round_start: false,
             rate: None,
+            lost: 0,
         }
     }
 

@@ -392,6 +392,9 @@ impl Conn {
         if newly > 0 {
             self.delivered += newly;
             self.delivered_at = now;
+            if self.app_limited_until != 0 && self.delivered > self.app_limited_until {
+                self.app_limited_until = 0;
+            }
             if let Some(n) = d.newest {
                 self.first_sent_at = n.sent_at;
                 let interval = rate_interval(now, &n);
@@ -461,8 +464,10 @@ impl Conn {
             self.rtt.min_rtt(),
             self.rtt.srtt(),
         );
+        let mut lost = 0;
         if self.opts.sack {
-            let (_, wait) = self.rack.detect_loss(now, &mut self.sb);
+            let (marked, wait) = self.rack.detect_loss(now, &mut self.sb);
+            lost = marked;
             self.reorder_at = wait.map(|w| now + w);
         }
 
@@ -489,7 +494,7 @@ impl Conn {
 
         let mss = u64::from(self.opts.smss);
         match self.recovery {
-            Recovery::Fast { .. } => {
+            Recovery::Fast { .. } if !self.cc.keeps_window_in_recovery() => {
                 let reported = if !self.opts.sack && dup { mss } else { newly };
                 let pipe = self.sb.pipe();
                 self.recovery_cwnd = pipe + self.prr.on_ack(reported, pipe, mss);
@@ -513,6 +518,7 @@ impl Conn {
                     cwnd_limited,
                     round_start,
                     rate,
+                    lost,
                 };
                 self.cc.on_ack(now, &ack);
             }

@@ -265,8 +265,15 @@ pub struct Conn {
     dupacks: u32,
     tlp: Option<Tlp>,
     tlp_pending: bool,
+    /// Pacing (`output.rs`): no data segment goes out before this instant.
+    pace_at: Option<Instant>,
+    /// Data waits for `pace_at`, which is then one of the connection's deadlines.
+    pace_blocked: bool,
     /// Delivery-rate bookkeeping (see `scoreboard::Segment`).
     delivered: u64,
+    /// Non-zero while the application limits the flight: the `delivered` count that ends the
+    /// application-limited stretch (draft-cheng-iccrg-delivery-rate-estimation `C.app_limited`).
+    app_limited_until: u64,
     delivered_at: Instant,
     first_sent_at: Instant,
     /// Round-trip bookkeeping for "was the window used" (RFC 7661).
@@ -388,7 +395,10 @@ impl Conn {
             dupacks: 0,
             tlp: None,
             tlp_pending: false,
+            pace_at: None,
+            pace_blocked: false,
             delivered: 0,
+            app_limited_until: 0,
             delivered_at: now,
             first_sent_at: now,
             round_end: 0,
@@ -764,7 +774,7 @@ impl Conn {
     /// The congestion window in force, bytes.
     pub fn cwnd(&self) -> u64 {
         match self.recovery {
-            Recovery::Fast { .. } => self.recovery_cwnd,
+            Recovery::Fast { .. } if !self.cc.keeps_window_in_recovery() => self.recovery_cwnd,
             _ => self.cc.window(),
         }
     }

@@ -7,7 +7,7 @@
 //! the timestamp and as many SACK blocks as fit under the MTU, so a pending ACK rides on data
 //! whenever there is data.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber, TcpTimestampRepr};
 
@@ -50,6 +50,12 @@ impl Conn {
     }
 
     fn emit_next(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.pace_at.is_some_and(|t| t > now) {
+            // Paced out: only ACKs and probes until `pace_at`, a deadline while data waits.
+            self.pace_blocked = self.sb.next_lost().is_some() || self.sb.nxt() < self.send_end();
+            return self.emit_control(now, buf);
+        }
+        self.pace_blocked = false;
         if let Some(i) = self.sb.next_lost() {
             if self.sb.pipe() < self.cwnd() {
                 return self.retransmit(now, buf, i, false);
@@ -68,7 +74,34 @@ impl Conn {
                 return Some(n);
             }
         }
+        if self.sb.nxt() >= self.written && self.sb.pipe() < self.cwnd() {
+            // Everything the application gave us is out and the window is not full: the
+            // application limits this flight, and rate samples taken over it say so.
+            self.app_limited_until = (self.delivered + self.sb.pipe()).max(1);
+        }
         self.emit_control(now, buf)
+    }
+
+    /// Pacing, when the controller asks for a rate ([`Bbr`](crate::netstack::tcp::cc::Bbr)):
+    /// after `bytes` went out the next data segment may leave `bytes / rate` later. A
+    /// connection that was quiet keeps a credit of one quantum — 1 ms at the rate, at least
+    /// two segments and at most 64 KiB, as Linux sizes its TSO bursts — so that a poll (or a
+    /// timer that fires late) still sends a few segments at once, never a whole window.
+    /// Controllers without a rate (CUBIC, NewReno) stay ACK-clocked: pacing them at
+    /// `gain × cwnd / SRTT` was tried and did not help on the LAN while it broke HyStart++'s
+    /// per-round delay samples.
+    fn paced(&mut self, now: Instant, bytes: u64) {
+        let Some(rate) = self.cc.pacing_rate().filter(|&r| r > 0) else {
+            self.pace_at = None;
+            return;
+        };
+        let rate = rate as f64;
+        let smss = f64::from(self.opts.smss);
+        let quantum = (rate * 1e-3).clamp(2.0 * smss, 65536.0);
+        let credit = Duration::from_secs_f64(quantum / rate);
+        let floor = now.checked_sub(credit).unwrap_or(now);
+        let start = self.pace_at.map_or(floor, |t| t.max(floor));
+        self.pace_at = Some(start + Duration::from_secs_f64(bytes as f64 / rate));
     }
 
     /// Probes and pure ACKs.
@@ -145,7 +178,9 @@ impl Conn {
             self.first_sent_at = now;
             self.delivered_at = now;
         }
+        self.paced(now, end - start);
         let mut seg = Segment::new(start, end, fin, now);
+        seg.app_limited = self.app_limited_until != 0;
         seg.delivered = self.delivered;
         seg.delivered_at = self.delivered_at;
         seg.first_sent_at = self.first_sent_at;
@@ -174,6 +209,7 @@ impl Conn {
     fn retransmit(&mut self, now: Instant, buf: &mut [u8], i: usize, probe: bool) -> Option<usize> {
         let s = *self.sb.get(i)?;
         let n = self.emit_data(now, buf, s.start, s.end, s.fin)?;
+        self.paced(now, s.len());
         self.sb
             .on_retransmit(i, now, self.delivered, self.delivered_at);
         self.stats.retransmits += 1;

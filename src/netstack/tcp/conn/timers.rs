@@ -18,6 +18,7 @@ impl Conn {
             self.keepalive_at,
             self.time_wait_until,
             self.idle_deadline(),
+            self.pace_at.filter(|_| self.pace_blocked),
         ]
         .into_iter()
         .flatten()
@@ -47,6 +48,10 @@ impl Conn {
         if self.ack_at.is_some_and(|t| t <= now) {
             self.ack_at = None;
             self.ack_now = true;
+        }
+        if self.pace_blocked && self.pace_at.is_some_and(|t| t <= now) {
+            // The paced data goes out on the next `poll_transmit`.
+            self.pace_blocked = false;
         }
         if self.reorder_at.is_some_and(|t| t <= now) {
             self.reorder_at = None;

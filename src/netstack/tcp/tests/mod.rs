@@ -2,6 +2,7 @@
 //! simulated WAN in virtual time (`wan`, on the simulator in `sim`; `smol` puts smoltcp's socket
 //! on the same links for comparison).
 
+mod bbr;
 mod conn;
 mod sim;
 mod smol;

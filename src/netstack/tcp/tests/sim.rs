@@ -239,6 +239,8 @@ pub struct LinkStats {
     pub queue_drops: u64,
     pub duplicated: u64,
     pub reordered: u64,
+    /// Largest backlog of the bottleneck queue, bytes (the packet that arrived included).
+    pub max_backlog: usize,
 }
 
 struct Link {
@@ -314,6 +316,7 @@ impl Link {
                     self.stats.queue_drops += 1;
                     return true;
                 }
+                self.stats.max_backlog = self.stats.max_backlog.max(backlog as usize + pkt.len());
                 self.busy_until = start + Duration::from_secs_f64(pkt.len() as f64 / rate as f64);
                 self.busy_until
             }
@@ -507,6 +510,14 @@ impl Sim {
     /// Virtual time since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.epoch
+    }
+
+    /// Starts the link's counters afresh (to measure a steady state).
+    pub fn reset_link_stats(&mut self, from: Side) {
+        match from {
+            Side::A => self.ab.stats = LinkStats::default(),
+            Side::B => self.ba.stats = LinkStats::default(),
+        }
     }
 
     pub fn link_stats(&self, from: Side) -> &LinkStats {

@@ -1,0 +1,219 @@
+//! The BBR-like controller and the pacer, in virtual time: what CUBIC cannot do on the same
+//! links (keep the bottleneck busy through random loss, send a window without a burst, keep the
+//! bottleneck queue short).
+
+use std::time::Duration;
+
+use super::sim::{LinkConfig, Side, Sim, Transfer};
+use crate::netstack::tcp::{Algorithm, Config};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg(alg: Algorithm) -> Config {
+    Config {
+        congestion: alg,
+        ..Config::default()
+    }
+}
+
+/// Runs until the transfer is read and both sides closed.
+fn run(sim: &mut Sim, t: &mut Transfer, limit: Duration) -> bool {
+    sim.run(limit, |s| {
+        t.step(s);
+        t.finished && s.b.is_closed()
+    })
+}
+
+/// 100 Mbit/s (12.5 MB/s), 15 ms one way (RTT 30 ms, BDP 375 kB), a queue of one BDP, `loss`
+/// on both directions.
+fn path(loss: f64) -> LinkConfig {
+    LinkConfig {
+        delay: 15 * MS,
+        rate: Some(12_500_000),
+        queue: 375_000,
+        loss,
+        ..LinkConfig::default()
+    }
+}
+
+/// Goodput of a `total`-byte transfer over `path(loss)`, bytes per second.
+fn goodput(alg: Algorithm, loss: f64, total: u64, seed: u64) -> f64 {
+    let mut sim = Sim::ours(&cfg(alg), path(loss), path(loss), seed);
+    let mut t = Transfer::new(total);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(600)), "{alg:?}");
+    let s = sim.a.conn().expect("ours").stats();
+    // From the first data segment (a lost SYN costs a 1 s timeout that is not the point here).
+    let start = sim.trace.data_sent(Side::A).next().expect("data").at;
+    let done = t.done_at.expect("read everything") - start;
+    let rate = total as f64 / done.as_secs_f64();
+    eprintln!(
+        "{alg:?}, {:.1} % loss, seed {seed}: {total} bytes in {done:?} = {:.1} % of the \
+         bottleneck; retransmits {}, RTOs {}, recoveries {}, max cwnd {}",
+        loss * 100.0,
+        rate / 12.5e6 * 100.0,
+        s.retransmits,
+        s.rtos,
+        s.recoveries,
+        s.max_cwnd
+    );
+    rate
+}
+
+#[test]
+fn bbr_keeps_the_bottleneck_busy_through_one_percent_random_loss_where_cubic_does_not() {
+    // 16 MiB: about 1.3 s at the bottleneck rate.
+    let total = 16 << 20;
+    for seed in [1, 2] {
+        let bbr = goodput(Algorithm::Bbr, 0.01, total, seed);
+        let cubic = goodput(Algorithm::Cubic, 0.01, total, seed);
+        // Handshake and startup included: 70 % of the bottleneck end to end.
+        assert!(bbr >= 0.70 * 12.5e6, "bbr: {bbr} B/s");
+        assert!(cubic < 0.40 * 12.5e6, "cubic: {cubic} B/s");
+    }
+    // And without loss it is not worse than CUBIC.
+    let bbr = goodput(Algorithm::Bbr, 0.0, total, 3);
+    let cubic = goodput(Algorithm::Cubic, 0.0, total, 3);
+    assert!(bbr >= 0.95 * cubic, "loss-free: bbr {bbr} vs cubic {cubic}");
+}
+
+/// Largest number of data segments A sent at one instant after `from`.
+fn max_burst_after(sim: &Sim, from: Duration) -> usize {
+    let mut best = 0;
+    let mut run = (Duration::MAX, 0);
+    for e in sim.trace.data_sent(Side::A).filter(|e| e.at >= from) {
+        if e.at == run.0 {
+            run.1 += 1;
+        } else {
+            run = (e.at, 1);
+        }
+        best = best.max(run.1);
+    }
+    best
+}
+
+/// A writes 2 MiB, everything is acknowledged, it stays quiet 200 ms, then writes 4 MiB more:
+/// the window the first part opened goes out at once unless something spreads it.
+fn burst_after_idle(alg: Algorithm) -> (usize, Duration) {
+    let mut sim = Sim::ours(&cfg(alg), path(0.0), path(0.0), 4);
+    let mut t = Transfer::new(6 << 20);
+    t.keep_open = true;
+    let first = 2 << 20;
+    let mut t1 = Transfer {
+        total: first,
+        keep_open: true,
+        ..Transfer::default()
+    };
+    assert!(sim.run(Duration::from_secs(60), |s| {
+        t1.step(s);
+        t1.read == first && s.a.conn().is_some_and(|c| c.in_flight() == 0)
+    }));
+    assert_eq!(
+        sim.a.next_timeout(sim.now),
+        None,
+        "nothing to do while quiet"
+    );
+    sim.now += 200 * MS;
+    let quiet = sim.elapsed();
+    t.written = first;
+    t.read = first;
+    assert!(sim.run(Duration::from_secs(60), |s| {
+        t.step(s);
+        t.read == t.total
+    }));
+    (max_burst_after(&sim, quiet), sim.elapsed() - quiet)
+}
+
+#[test]
+fn the_pacer_spreads_a_window_instead_of_sending_it_at_once() {
+    let (bbr, bbr_time) = burst_after_idle(Algorithm::Bbr);
+    let (cubic, cubic_time) = burst_after_idle(Algorithm::Cubic);
+    eprintln!(
+        "largest burst after idle: bbr {bbr} in {bbr_time:?}, cubic {cubic} in {cubic_time:?}"
+    );
+    // One quantum is 1 ms at the pacing rate: at most startup's 2.89 × 12.5 MB/s = 36 kB, 28
+    // segments of 1268 bytes, and the one that crosses it. CUBIC sends its whole window.
+    assert!(bbr <= 29, "bbr sent {bbr} segments at once");
+    assert!(
+        cubic > 100,
+        "cubic sent at most {cubic} at once: the scenario has no burst"
+    );
+}
+
+#[test]
+fn bbr_keeps_the_bottleneck_queue_near_one_bdp_where_cubic_fills_it() {
+    // A deep buffer (4 MiB, eleven BDPs) behind the same 100 Mbit/s, 30 ms path.
+    let deep = || LinkConfig {
+        queue: 4 << 20,
+        ..path(0.0)
+    };
+    let bdp = 375_000usize;
+    let steady = |alg| {
+        let mut sim = Sim::ours(&cfg(alg), deep(), deep(), 5);
+        sim.tracing = false;
+        let mut t = Transfer::new(40 << 20);
+        // Startup and its drain are over by then.
+        assert!(!sim.run(Duration::from_secs(1), |s| {
+            t.step(s);
+            false
+        }));
+        sim.reset_link_stats(Side::A);
+        assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
+        let q = sim.link_stats(Side::A).max_backlog;
+        eprintln!(
+            "{alg:?}: largest bottleneck queue after 1 s {q} bytes (BDP {bdp}), done at {:?}",
+            t.done_at
+        );
+        q
+    };
+    let bbr = steady(Algorithm::Bbr);
+    let cubic = steady(Algorithm::Cubic);
+    assert!(bbr <= bdp + bdp / 4, "bbr queued {bbr}");
+    assert!(cubic > 2 * bdp, "cubic queued only {cubic}");
+}
+
+/// 10 MiB over 15 ms one way, 1 Gbit/s, a 4 MiB queue and 0.1 % loss both ways.
+fn ten_mib_at_a_tenth_of_a_percent(alg: Algorithm, seed: u64) -> Duration {
+    let link = || LinkConfig {
+        delay: 15 * MS,
+        rate: Some(125_000_000),
+        queue: 4 << 20,
+        loss: 0.001,
+        ..LinkConfig::default()
+    };
+    let mut sim = Sim::ours(&cfg(alg), link(), link(), seed);
+    sim.tracing = false;
+    let mut t = Transfer::new(10 << 20);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(600)));
+    let s = sim.a.conn().expect("ours").stats();
+    let done = t.done_at.expect("read");
+    eprintln!(
+        "{alg:?} seed {seed}: {done:?}; retransmits {}, RTOs {}, recoveries {}, max cwnd {}",
+        s.retransmits, s.rtos, s.recoveries, s.max_cwnd
+    );
+    done
+}
+
+#[test]
+fn one_lost_segment_early_in_slow_start_costs_cubic_seconds_and_bbr_nothing() {
+    // Why 0.1 % loss was so variable (issue 19): CUBIC's first loss cuts the window to 0.7 of
+    // what slow start had reached; when that was early (100-300 kB on a 3.75 MB BDP), CUBIC
+    // needs seconds to grow back (K = cbrt(0.3 W_max / C)), and the transfer time depends on
+    // where the first drop fell. No RTO and no spurious retransmission is involved. The model
+    // does not shrink for a random loss, so its time does not depend on the seed.
+    let seeds = [2, 4, 5, 6];
+    let bbr: Vec<Duration> = seeds
+        .iter()
+        .map(|&s| ten_mib_at_a_tenth_of_a_percent(Algorithm::Bbr, s))
+        .collect();
+    let cubic: Vec<Duration> = seeds
+        .iter()
+        .map(|&s| ten_mib_at_a_tenth_of_a_percent(Algorithm::Cubic, s))
+        .collect();
+    let (bbr_best, bbr_worst) = (bbr.iter().min(), bbr.iter().max());
+    let cubic_worst = cubic.iter().max().copied().unwrap_or_default();
+    let (Some(&best), Some(&worst)) = (bbr_best, bbr_worst) else {
+        panic!("no runs");
+    };
+    assert!(worst < best * 3 / 2, "bbr varies: {bbr:?}");
+    assert!(cubic_worst > worst * 4, "cubic {cubic:?} vs bbr {bbr:?}");
+}
