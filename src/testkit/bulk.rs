@@ -157,6 +157,37 @@ pub fn download(
     Ok(t)
 }
 
+/// `GET target` and then never read the body: reads the head, then keeps the gateway running
+/// (acknowledging what its stack holds, its receive window closing) for `hold` without taking a
+/// byte from the connection, and aborts it. `bytes` is what arrived with the head; `exact` is
+/// unused (true).
+pub fn download_unread(
+    gw: &mut Gateway,
+    port: u16,
+    target: &str,
+    hold: Duration,
+) -> Result<Transfer, String> {
+    let deadline = Instant::now() + hold + Duration::from_secs(60);
+    let id = connect(gw, port, deadline)?;
+    let req = format!("GET {target} HTTP/1.1\r\nHost: broker\r\n\r\n");
+    send_all(gw, id, req.as_bytes(), deadline)?;
+    let (status, _, first) = read_head(gw, id, deadline)?;
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        gw.pump(Duration::from_millis(5))
+            .map_err(|e| format!("gateway socket: {e}"))?;
+    }
+    let _ = gw.stack().abort(id);
+    let _ = gw.pump(Duration::ZERO);
+    Ok(Transfer {
+        status,
+        bytes: first.len() as u64,
+        fnv: fnv1a(&first, FNV_INIT),
+        exact: true,
+        reply: String::new(),
+    })
+}
+
 /// `POST target` (a `/proxy/...` of the fixture's `/upload`) with a chunked body of `len` bytes
 /// of `pattern_byte(i * 7)` in chunks of `chunk` bytes, generated as the send buffer takes them.
 /// `exact` when the fixture's reply names the same length and FNV-1a.

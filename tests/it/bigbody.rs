@@ -207,3 +207,42 @@ fn big_download_and_chunked_upload_are_byte_exact_in_bounded_memory() {
     );
     assert_eq!(res[0][0].response.as_ref().map(|r| r.status), Ok(200));
 }
+
+/// A vendor that asks for a big download and then never reads: its TCP window closes, and the
+/// broker must stop reading the upstream rather than buffer the body. Over 10 s of the gateway
+/// acknowledging (zero-window) but never reading, with the upstream able to send 1 GiB over
+/// loopback far faster than that, the broker's peak RSS stays within 64 MiB of idle.
+#[test]
+fn a_vendor_that_never_reads_cannot_make_the_broker_buffer_the_body() {
+    let scm = MockScm::start("unused-token").expect("mock scm");
+    let a = scm.addr();
+    let (mut gw, broker) = start(&scm);
+    let pid = broker.child.id();
+    let d = bulk::download(
+        &mut gw,
+        80,
+        &format!("/proxy/http://{a}/download/1000000"),
+        Duration::from_secs(60),
+    )
+    .expect("warm-up download");
+    assert!(d.exact, "{d:?}");
+    let (idle, _) = rss_of(pid);
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the broker's peak RSS");
+    let held = bulk::download_unread(
+        &mut gw,
+        80,
+        &format!("/proxy/http://{a}/download/{}", 1u64 << 30),
+        Duration::from_secs(10),
+    )
+    .expect("the response head");
+    let (_, peak) = rss_of(pid);
+    println!(
+        "unread 1 GiB download: status {}; broker idle {} KiB, peak {} KiB",
+        held.status, idle, peak
+    );
+    assert_eq!(held.status, 200);
+    assert!(
+        peak <= idle + MAX_GROWTH_KIB,
+        "peak RSS {peak} KiB with a vendor that never reads, idle {idle} KiB"
+    );
+}
