@@ -63,10 +63,14 @@ echo "RSS after: $(rss)"
 echo "--- proxied small GET to nginx, wrk -t2 -c64 -d${DUR}s"
 W -t2 -c64 -d"${DUR}s" --latency http://10.77.0.2/proxy/http://127.0.0.1:8080/small.json | grep -E "Requests/sec|Latency|50%|90%|99%|Socket|Non-2xx"
 echo "CPU after:  $(cpu)"
+# The broker's own UDP socket overflowing (the kernel's count in the broker's namespace).
+rcvbuf_drops() { ip netns exec "$B" nstat -az UdpRcvbufErrors 2>/dev/null | awk 'NR>1 {print $2}'; }
 echo "--- $MANY open connections (wrk -c$MANY, sampled mid-run)"
+DROPS0=$(rcvbuf_drops)
 W -t2 -c"$MANY" -d"${DUR}s" --timeout 10s http://10.77.0.2/healthcheck > "$TMP/wrkmany" & WP=$!
 sleep $((DUR / 2)); echo "RSS with $MANY connections: $(rss)"
 wait $WP; grep -E "Requests/sec|Socket|Non-2xx" "$TMP/wrkmany" || true
+echo "datagrams dropped by the broker's UDP socket during the $MANY-connection run: $(( $(rcvbuf_drops) - DROPS0 ))"
 echo "--- 10 MiB download through the tunnel"
 for _ in 1 2 3; do
   ip netns exec "$V" curl -s -o /dev/null -w "%{size_download} bytes in %{time_total}s = %{speed_download} B/s\n" \

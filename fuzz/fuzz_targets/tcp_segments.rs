@@ -69,6 +69,18 @@ fn segment(inp: &mut Input<'_>, buf: &mut [u8]) -> Option<usize> {
     let tsecr = inp.u32()?;
     let len = usize::from(inp.u16()? % 1400);
     let payload = inp.bytes(len);
+    // TCP has 40 bytes of options: a segment that needs more cannot be on the wire (and smoltcp's
+    // emitter panics on one). Drop SACK blocks until the options fit, as a sender would.
+    let fixed = 4 * usize::from(opts & 0x20 != 0)
+        + 3 * usize::from(opts & 1 != 0)
+        + 2 * usize::from(flags & 0x10 != 0)
+        + 10 * usize::from(flags & 0x20 != 0);
+    for n in (0..=3).rev() {
+        if fixed + if n > 0 { 2 + 8 * n } else { 0 } <= 40 {
+            break;
+        }
+        sack[n - 1] = None;
+    }
     let repr = TcpRepr {
         src_port: port,
         dst_port: 80,

@@ -32,6 +32,17 @@ use crate::tunnel::{
 /// that one shard that is behind does not hold the others' packets up for long.
 const LINK_WAIT: Duration = Duration::from_millis(5);
 
+/// Datagrams `rx_loop` may take from the socket in one turn, in full batches back to back,
+/// before it lets the other tasks run. Yielding after every batch of [`udp::BATCH`] drained 64
+/// datagrams per round of the executor's run queue; on a combined executor with thousands of
+/// connection tasks that round is long, and a 10,000-connection burst (`MANY=10000
+/// perf/tunnel-figures.sh`) overflowed the socket's 4 MiB receive buffer: 35k datagrams dropped
+/// by the kernel (`UdpRcvbufErrors`), each costing the vendor a retransmission timeout. Taking up
+/// to this many first moves a burst into the stacks, whose per-connection buffers have room for
+/// it; a full link to a shard still makes the loop wait (`LINK_WAIT`), and the budget keeps a
+/// flood that never reaches a link (garbage) from starving the other tasks.
+const RX_TURN_BUDGET: usize = 1024;
+
 /// What the tunnel core needs, built on the control thread (all `Send`) and moved to its
 /// executor, where [`start`] builds the core from it.
 pub(super) struct CoreSeed {
@@ -163,10 +174,12 @@ async fn rx_loop(core: Rc<TunnelCore>) {
     let mut scratch = vec![0u8; required_buffer_len(capacity)];
     let fd = core.udp.as_raw_fd();
     let mut probe = [0u8; 1];
+    let mut this_turn = 0;
     loop {
         let n = match batch.recv(fd) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                this_turn = 0;
                 // Empty: wait until a datagram is queued (a peek leaves it there).
                 if let Err(e) = core.udp.peek_from(&mut probe).await {
                     tracing::warn!(event = "wireguard.recv_error", error = %e);
@@ -194,8 +207,13 @@ async fn rx_loop(core: Rc<TunnelCore>) {
             }
             handle_datagram(&core, now, from, datagram, &mut scratch, true).await;
         }
-        // Let the shards (and, on one executor, the egress loop) work through this batch.
-        futures_lite::future::yield_now().await;
+        // A full batch says more is queued: keep draining, up to the turn's budget. Then let the
+        // shards (and, on one executor, the egress loop) work through what came.
+        this_turn += n;
+        if n < udp::BATCH || this_turn >= RX_TURN_BUDGET {
+            this_turn = 0;
+            futures_lite::future::yield_now().await;
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! reordering, seeded), used by the gateway for `loadtest --delay/--loss/...` and by [`relay`],
 //! the hidden `wgbroker relay` that `perf/wan.sh` puts between a real wireguard-go and the brokers.
 
+pub mod bulk;
 pub mod client;
 #[cfg(test)]
 pub(crate) mod clock;

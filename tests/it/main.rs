@@ -1,6 +1,7 @@
 //! The one integration-test binary: modules per area, one link step.
 
 mod allowlist;
+mod bigbody;
 mod body;
 mod ci_setup;
 mod cli;

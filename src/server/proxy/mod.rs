@@ -67,6 +67,50 @@ mod tests;
 pub use outcome::{Counted, ErrorKind, Outcome, ProxyError, Retry, Side, error_response};
 pub use request::Request;
 
+/// What the upstream response head parser made of a buffer, flattened for the `upstream_head`
+/// fuzz target (through `wgbroker::bench_support`); not an API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ParsedHeadSummary {
+    /// Bytes of the upstream head (informational or final).
+    pub len: usize,
+    /// The final head's status; `None` for an informational head (skipped).
+    pub status: Option<u16>,
+    /// The head built for the vendor (without the final blank line); empty if informational.
+    pub head: Vec<u8>,
+    /// The body framing, `Debug`-printed (`None`, `Length(n)`, `Chunked`, `UntilClose`).
+    pub framing: String,
+    /// The upstream connection may be reused.
+    pub keep_alive: bool,
+}
+
+/// Runs the upstream response head parser on `buf` (see `response.rs`) for the fuzz target.
+#[doc(hidden)]
+pub fn parse_response_head_summary(
+    buf: &[u8],
+    head_request: bool,
+    rule: &crate::allowlist::Rule,
+) -> Result<Option<ParsedHeadSummary>, &'static str> {
+    Ok(
+        response::parse_response_head(buf, head_request, rule, "fuzz")?.map(|p| match p {
+            response::Parsed::Informational(len) => ParsedHeadSummary {
+                len,
+                status: None,
+                head: Vec::new(),
+                framing: String::new(),
+                keep_alive: true,
+            },
+            response::Parsed::Final(f) => ParsedHeadSummary {
+                len: f.len,
+                status: Some(f.status),
+                head: f.head,
+                framing: format!("{:?}", f.framing),
+                keep_alive: f.keep_alive,
+            },
+        }),
+    )
+}
+
 /// Header on proxied responses.
 pub const PROXIED_HEADER: &str = "X-Semgrep-Private-Link";
 /// Header on broker-generated errors.

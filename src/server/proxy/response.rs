@@ -163,6 +163,10 @@ pub(super) fn parse_response_head(
         Err(_) => return Err("malformed upstream response head"),
     };
     let status = r.code.unwrap_or(0);
+    // httparse takes any three digits; the vendor's client would not take `HTTP/1.1 0 OK`.
+    if !(100..=599).contains(&status) {
+        return Err("malformed upstream response head");
+    }
     if (100..200).contains(&status) {
         if status == 101 {
             return Err("upstream tried to switch protocols");
@@ -316,5 +320,21 @@ mod tests {
         ] {
             assert!(response(bad, false, &[]).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// Found by the `upstream_head` fuzz target: httparse takes any three digits as a status,
+    /// and `HTTP/1.1 000 OK` reached the vendor as `HTTP/1.1 0 OK`, a status line no client
+    /// parses. A status outside 100–599 is not HTTP: the upstream answer is malformed.
+    #[test]
+    fn a_status_outside_100_to_599_is_a_malformed_upstream_head() {
+        for bad in ["000", "001", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {bad} OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                response(&raw, false, &[]).err(),
+                Some("malformed upstream response head"),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(final_head("HTTP/1.1 599 X\r\n\r\n", false, &[]).status, 599);
     }
 }
