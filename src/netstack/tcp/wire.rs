@@ -109,7 +109,8 @@ pub fn emit(
     let tcp_len = repr.header_len() + payload;
     let ip_len = ip_header_len(src);
     let total = ip_len + tcp_len;
-    if buf.len() < total || src.is_ipv4() != dst.is_ipv4() {
+    // The data offset has 4 bits: at most 60 bytes of header, 40 of options.
+    if buf.len() < total || src.is_ipv4() != dst.is_ipv4() || repr.header_len() > 60 {
         return None;
     }
     let caps = ChecksumCapabilities::default();
@@ -186,6 +187,7 @@ pub fn reset_for(seg: &TcpRepr<'_>) -> Option<TcpRepr<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smoltcp::wire::TcpTimestampRepr;
 
     fn syn(payload: &'static [u8]) -> TcpRepr<'static> {
         TcpRepr {
@@ -202,6 +204,24 @@ mod tests {
             timestamp: None,
             payload,
         }
+    }
+
+    /// TCP has room for 40 bytes of options (a 4-bit data offset); a segment that asks for
+    /// more is refused, not emitted (smoltcp's emit panics on it: found by `tcp_segments`).
+    #[test]
+    fn a_segment_with_more_than_40_bytes_of_options_is_refused() {
+        let mut buf = [0u8; 1500];
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let repr = TcpRepr {
+            sack_ranges: [Some((1, 2)), Some((5, 9)), Some((11, 19))],
+            timestamp: Some(TcpTimestampRepr::new(1, 2)),
+            ..syn(&[])
+        };
+        assert!(repr.header_len() > 60);
+        assert_eq!(emit(&mut buf, a, b, 64, &repr, (b"", b"")), None);
     }
 
     #[test]
