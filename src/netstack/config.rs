@@ -49,8 +49,8 @@ pub struct StackConfig {
     /// Most a connection's receive buffer may grow to, bytes: the largest upload window. Also
     /// fixes the window-scale shift. Default 4 MiB (1 Gbit/s over 32 ms). At most 1 GiB.
     pub rx_buffer_max: usize,
-    /// Send buffer a connection starts with, bytes; it grows to twice the congestion window up
-    /// to `tx_buffer_max`. Default 128 KiB.
+    /// Send buffer a connection starts with, bytes; it grows to twice the congestion window (but
+    /// at most four measured bandwidth-delay products) up to `tx_buffer_max`. Default 128 KiB.
     pub tx_buffer: usize,
     /// Most a connection's send buffer may grow to, bytes: bounds the bytes in flight per
     /// connection (the download window). Default 4 MiB.

@@ -19,7 +19,8 @@ pub struct Config {
     /// Most the receive buffer may grow to, bytes; also sets our window-scale shift. Default
     /// 4 MiB: the bandwidth-delay product of 1 Gbit/s over 32 ms.
     pub rx_buffer_max: usize,
-    /// Send buffer a connection starts with, bytes. It grows to twice the congestion window.
+    /// Send buffer a connection starts with, bytes. It grows to twice the congestion window,
+    /// but at most four measured bandwidth-delay products (see `Conn`'s ACK processing).
     /// Default 64 KiB.
     pub tx_buffer: usize,
     /// Most the send buffer may grow to, bytes (bounds the bytes in flight). Default 4 MiB.

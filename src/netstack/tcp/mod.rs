@@ -57,7 +57,9 @@
 //! segments' worth) and grows only when it was used (RFC 7661: in slow start while the flight
 //! is at least half the window, afterwards when it was full), so an application- or
 //! receiver-limited connection does not inflate it. The send buffer follows the window (twice
-//! `cwnd`, Linux's rule) from [`Config::tx_buffer`] up to [`Config::tx_buffer_max`]; the receive
+//! `cwnd`, Linux's rule) but at most four measured bandwidth-delay products (delivery rate ×
+//! minimum RTT: a window that only fills a queue does not grow it), from [`Config::tx_buffer`]
+//! up to [`Config::tx_buffer_max`]; the receive
 //! buffer is autotuned once per receive RTT to twice what the application read in it (more
 //! while the rate is still climbing) up to [`Config::rx_buffer_max`], which also fixes our
 //! window-scale shift. Both rings allocate only what they hold and free large allocations when

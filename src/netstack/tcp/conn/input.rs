@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::{TcpControl, TcpRepr};
 
-use super::{CloseReason, Conn, Recovery, RtxTimer, State, rate_interval};
+use super::{
+    BW_ROUNDS, CloseReason, Conn, Recovery, RtxTimer, SLOW_START_LAG, State, TX_BDP_FACTOR,
+    rate_interval,
+};
 use crate::netstack::tcp::cc::{Ack, RateSample};
 use crate::netstack::tcp::prr::Prr;
 use crate::netstack::tcp::rack::{DUP_THRESH, Rack};
@@ -526,9 +529,20 @@ impl Conn {
         }
         self.stats.max_cwnd = self.stats.max_cwnd.max(self.cwnd());
 
-        // The send buffer follows the window: twice the congestion window (Linux's
-        // `tcp_sndbuf_expand`), so the application can keep the pipe full.
-        let target = usize::try_from(self.cc.window().saturating_mul(2))
+        // The send buffer follows the measured bandwidth-delay product, not the window alone:
+        // twice the smaller of the congestion window and twice the BDP (see `tx_target`). On
+        // a loss-free path with a deep queue the window keeps growing into the queue; a buffer
+        // sized from it would let megabytes wait in front of a 0.05 ms path (issue 19's LAN
+        // bulk p99). The BDP (largest recent delivery rate × minimum RTT) stays at what the
+        // path holds, while a long fat path still grows the buffer to its BDP and beyond.
+        if round_start {
+            self.rounds += 1;
+            self.bw_rounds[(self.rounds % BW_ROUNDS as u64) as usize] = 0;
+        }
+        if let Some(rs) = rate {
+            self.on_rate_sample(&rs);
+        }
+        let target = usize::try_from(self.tx_target())
             .unwrap_or(usize::MAX)
             .clamp(self.cfg.tx_buffer, self.cfg.tx_buffer_max);
         self.tx.grow_limit(target);
@@ -548,6 +562,42 @@ impl Conn {
         if acked.fin {
             self.on_fin_acked(now);
         }
+    }
+
+    /// Feeds one delivery-rate sample to the send buffer's bandwidth filter. Samples shorter
+    /// than the minimum RTT (ACK compression) are skipped, as are application-limited samples
+    /// below the current maximum (they underestimate the path).
+    fn on_rate_sample(&mut self, rs: &RateSample) {
+        if self.rtt.min_rtt().is_some_and(|m| rs.interval < m) {
+            return;
+        }
+        let bw = rs.bytes_per_sec();
+        if rs.app_limited && bw < self.max_bw() {
+            return;
+        }
+        let slot = &mut self.bw_rounds[(self.rounds % BW_ROUNDS as u64) as usize];
+        *slot = (*slot).max(bw);
+    }
+
+    /// The largest delivery rate (bytes/s) of the last [`BW_ROUNDS`] rounds.
+    fn max_bw(&self) -> u64 {
+        self.bw_rounds.iter().copied().max().unwrap_or(0)
+    }
+
+    /// What the send buffer may grow to (before the configured bounds):
+    /// `TX_BDP_FACTOR × min(cwnd, SLOW_START_LAG × bandwidth × min RTT)`; 0 until the RTT is
+    /// measured. With both factors 2 this is Linux's twice-the-window while the window tracks
+    /// the path, and at most four BDPs when the window only fills a queue.
+    fn tx_target(&self) -> u64 {
+        let Some(min_rtt) = self.rtt.min_rtt() else {
+            return 0;
+        };
+        let bdp = u128::from(self.max_bw()) * min_rtt.as_micros() / 1_000_000;
+        let bdp = u64::try_from(bdp).unwrap_or(u64::MAX);
+        self.cc
+            .window()
+            .min(bdp.saturating_mul(SLOW_START_LAG))
+            .saturating_mul(TX_BDP_FACTOR)
     }
 
     /// The first loss of a window: cut the window and start PRR.

@@ -46,6 +46,19 @@ use super::rtt::RttEstimator;
 use super::scoreboard::Scoreboard;
 use super::wire;
 
+/// Round trips the send buffer's delivery-rate filter remembers (BBR's bandwidth window).
+const BW_ROUNDS: usize = 10;
+
+/// The send buffer holds this many measured bandwidth-delay products (Linux's
+/// `tcp_sndbuf_expand` factor): one in flight, one queued behind it for the application.
+const TX_BDP_FACTOR: u64 = 2;
+
+/// The measured BDP lags the window by a round trip, which in slow start is a factor of two:
+/// the send buffer allows the window up to this many measured BDPs, so slow start proceeds as
+/// if the buffer followed the window, while a window that only fills a queue (the BDP stays
+/// put) no longer grows the buffer.
+const SLOW_START_LAG: u64 = 2;
+
 /// TCP connection states (RFC 9293). `LISTEN` is not one: listening is the stack set's job, and
 /// a connection begins in `SYN-SENT` ([`Conn::connect`]) or `SYN-RECEIVED` ([`Conn::accept`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +293,11 @@ pub struct Conn {
     round_end: u64,
     cwnd_limited: bool,
     cwnd_limited_prev: bool,
+    /// Send-buffer autotuning: the largest delivery rate (bytes/s) sampled in each of the last
+    /// [`BW_ROUNDS`] round trips (slot `rounds % BW_ROUNDS`), and the round count. Their maximum
+    /// times the minimum RTT is the measured bandwidth-delay product the send buffer follows.
+    bw_rounds: [u64; BW_ROUNDS],
+    rounds: u64,
     /// Largest flight in this and the previous window of sends (a window ends when `SND.UNA`
     /// passes `max_pipe_end`, checked when sending, as Linux's `max_packets_out`: the flight
     /// that an ACK acknowledges is still on record when the ACK arrives).
@@ -404,6 +422,8 @@ impl Conn {
             round_end: 0,
             cwnd_limited: false,
             cwnd_limited_prev: false,
+            bw_rounds: [0; BW_ROUNDS],
+            rounds: 0,
             max_pipe: 0,
             max_pipe_prev: 0,
             max_pipe_end: 0,

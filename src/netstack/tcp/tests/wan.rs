@@ -553,3 +553,90 @@ fn peers_without_sack_recover_with_newreno() {
         "no SACK blocks at all"
     );
 }
+
+#[test]
+fn a_short_fast_path_keeps_a_small_send_buffer() {
+    // Issue 19's LAN bulk case: 0.05 ms round trip, 1 Gbit/s, a deep loss-free queue (the
+    // tunnel's). The bandwidth-delay product is ~6 kB: the send buffer must stay a small
+    // multiple of it (or the initial size), not grow with a window that only fills the queue.
+    let rate = 125_000_000u64;
+    let link = || LinkConfig {
+        delay: Duration::from_micros(25),
+        rate: Some(rate),
+        queue: 8 << 20,
+        ..LinkConfig::default()
+    };
+    // A receiver that advertises 4 MiB from the start, so only the sender's own rules bound
+    // the flight (as with a peer whose window autotuned up).
+    let epoch = std::time::Instant::now();
+    let b_cfg = Config {
+        rx_buffer: 4 << 20,
+        ..Config::default()
+    };
+    let a = super::sim::OurEnd::client(
+        Config::default(),
+        epoch,
+        super::sim::addr(Side::A, 40000),
+        super::sim::addr(Side::B, 80),
+        1,
+    );
+    let b = super::sim::OurEnd::server(
+        b_cfg,
+        super::sim::addr(Side::B, 80),
+        super::sim::addr(Side::A, 40000),
+        2,
+    );
+    let mut sim = Sim::new(epoch, Box::new(a), Box::new(b), link(), link(), 11);
+    let mut t = Transfer::new(16 << 20);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
+    let a = sim.a.conn().expect("ours");
+    let stats = a.stats();
+    let bdp = rate * 50 / 1_000_000;
+    let initial = Config::default().tx_buffer as u64;
+    eprintln!("{stats:?} in {:?} (bdp {bdp})", sim.elapsed());
+    assert!(
+        stats.max_tx_buffer <= initial.max(4 * bdp),
+        "send buffer grew to {} (bdp {bdp}, initial {initial})",
+        stats.max_tx_buffer
+    );
+    // The queue stays short too: the flight is bounded by the buffer.
+    assert!(max_flight(&sim.trace) as u64 <= initial.max(4 * bdp));
+}
+
+#[test]
+fn a_long_fat_path_still_grows_the_send_buffer_to_the_bdp() {
+    // 60 ms round trip at 100 Mbit/s: a BDP of 750 kB, far above the initial 64 KiB. The
+    // send buffer must follow the measured BDP up, and the transfer run at the path's rate.
+    let rate = 12_500_000u64;
+    let bdp = rate * 60 / 1000;
+    let link = || LinkConfig {
+        delay: 30 * MS,
+        rate: Some(rate),
+        queue: 1 << 20,
+        ..LinkConfig::default()
+    };
+    let total = 32u64 << 20;
+    let mut sim = sim(Sender::Ours, link(), link(), 12);
+    let mut t = Transfer::new(total);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(120)));
+    let a = sim.a.conn().expect("ours");
+    let stats = a.stats();
+    let flight = max_flight(&sim.trace) as u64;
+    eprintln!(
+        "{stats:?} in {:?} (bdp {bdp}, flight {flight})",
+        sim.elapsed()
+    );
+    assert!(
+        stats.max_tx_buffer >= bdp,
+        "send buffer {}",
+        stats.max_tx_buffer
+    );
+    assert!(flight >= bdp, "flight {flight} < bdp {bdp}");
+    // Virtual time: the line-rate time plus a generous allowance for slow start (~1 s).
+    let ideal = Duration::from_secs_f64(total as f64 / rate as f64);
+    assert!(
+        sim.elapsed() <= ideal + Duration::from_millis(1500),
+        "took {:?} (line rate {ideal:?})",
+        sim.elapsed()
+    );
+}
