@@ -175,7 +175,7 @@ pub struct BrokerStatus {
 }
 
 /// The health and balance state of every broker of every tenant.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Balancer {
     /// Every tenant name ever configured, by [`TenantId`]: a name keeps its id across reloads
     /// (a removed tenant's id is never given to another name, so a request in flight for it
@@ -310,6 +310,13 @@ impl Balancer {
     pub fn tenant(&self, name: &str) -> Option<TenantId> {
         let t = self.names.iter().position(|n| n == name)?;
         self.live[t].then_some(TenantId(t))
+    }
+
+    /// Whether `id` was removed by a reload and still has requests in flight.
+    pub fn is_draining(&self, id: BrokerId) -> bool {
+        self.brokers
+            .get(id.0)
+            .is_some_and(|b| b.slot == Slot::Draining)
     }
 
     /// Whether `id` is a configured broker (not draining, not a free slot).
