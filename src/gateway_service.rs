@@ -75,6 +75,49 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static s
     out
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> GatewayConfig {
+        let broker = crate::keys::PrivateKey::from_bytes([1; 32]).public_key();
+        let text = format!(
+            r#"
+[gateway]
+private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+listen = "0.0.0.0:51820"
+address = "10.77.0.1"
+front = "127.0.0.1:8080"
+{extra}
+[[tenant]]
+name = "a"
+[[tenant.broker]]
+public_key = "{broker}"
+address = "10.77.1.2"
+"#
+        );
+        gateway::load_str(
+            &[(PathBuf::from("gw.toml"), text)],
+            LoadMode::Full,
+            &|_: &str| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+    }
+
+    #[test]
+    fn fixed_settings_are_named_as_needing_a_restart_and_tenants_are_not() {
+        let old = config("");
+        let mut new = config("mtu = 1380");
+        new.gateway.front = "127.0.0.1:9090".parse().expect("addr");
+        new.tenant[0].name = "b".into();
+        assert_eq!(needs_restart(&old, &new), ["gateway.front", "gateway.mtu"]);
+        let mut only_tenants = old.clone();
+        only_tenants.tenant.clear();
+        assert!(needs_restart(&old, &only_tenants).is_empty());
+    }
+}
+
 /// Starts a gateway and its admin listener; the handle stops both when dropped.
 pub fn start(c: &GatewayConfig) -> Result<(GatewayHandle, Option<AdminServer>), Error> {
     let handle = start_gateway(c)?;
@@ -109,9 +152,6 @@ pub fn run(loaded: LoadedGateway, files: &[PathBuf]) -> Result<(), Error> {
             break;
         }
         match gateway::load(files, LoadMode::Full, &ProcessEnv) {
-            Ok(new) if new.config == current => {
-                tracing::info!(event = "config.reload", changed = false);
-            }
             Ok(new) => {
                 let fixed = needs_restart(&current, &new.config);
                 if !fixed.is_empty() {
@@ -122,11 +162,11 @@ pub fn run(loaded: LoadedGateway, files: &[PathBuf]) -> Result<(), Error> {
                     );
                 }
                 let tenants_changed = new.config.tenant != current.tenant;
-                tracing::info!(event = "config.reload", changed = true, tenants_changed);
-                if tenants_changed {
-                    handle.reload(new.config.clone());
-                }
-                // What runs now: the new tenants, the old fixed settings.
+                tracing::info!(event = "config.reload", tenants_changed);
+                // Always handed over, changed or not: a reload the executor refused (a broker
+                // still draining) is applied by the next SIGHUP with the same file, and one
+                // that changes nothing changes nothing.
+                handle.reload(new.config.clone());
                 current.tenant = new.config.tenant;
             }
             Err(e) => tracing::error!(event = "config.invalid", errors = %e),
