@@ -268,49 +268,51 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
     }
 }
 
+/// The per-broker series of [`metrics`]: name, type, help.
+const BROKER_SERIES: [(&str, &str, &str); 7] = [
+    (
+        "wgbroker_gateway_broker_requests_total",
+        "counter",
+        "Attempts sent to the broker.",
+    ),
+    (
+        "wgbroker_gateway_broker_errors_total",
+        "counter",
+        "Attempts that failed (connect, broke off).",
+    ),
+    (
+        "wgbroker_gateway_broker_latency_seconds_sum",
+        "counter",
+        "Sum of times to the response head of answered attempts.",
+    ),
+    (
+        "wgbroker_gateway_broker_answered_total",
+        "counter",
+        "Answered attempts.",
+    ),
+    (
+        "wgbroker_gateway_broker_handshake_age_seconds",
+        "gauge",
+        "Age of the last WireGuard handshake; -1 without one.",
+    ),
+    (
+        "wgbroker_gateway_broker_healthy",
+        "gauge",
+        "1 when the broker is in rotation.",
+    ),
+    (
+        "wgbroker_gateway_broker_checks_failed_total",
+        "counter",
+        "Health checks that failed.",
+    ),
+];
+
 /// The Prometheus exposition: per tenant and broker, requests, errors, latency, handshake
 /// age, health; the front door's own answers.
 pub fn metrics(status: &GatewayStatus) -> String {
     let brokers = status.live_brokers();
     let mut out = String::new();
-    let series = [
-        (
-            "wgbroker_gateway_broker_requests_total",
-            "counter",
-            "Attempts sent to the broker.",
-        ),
-        (
-            "wgbroker_gateway_broker_errors_total",
-            "counter",
-            "Attempts that failed (connect, broke off).",
-        ),
-        (
-            "wgbroker_gateway_broker_latency_seconds_sum",
-            "counter",
-            "Sum of times to the response head of answered attempts.",
-        ),
-        (
-            "wgbroker_gateway_broker_answered_total",
-            "counter",
-            "Answered attempts.",
-        ),
-        (
-            "wgbroker_gateway_broker_handshake_age_seconds",
-            "gauge",
-            "Age of the last WireGuard handshake; -1 without one.",
-        ),
-        (
-            "wgbroker_gateway_broker_healthy",
-            "gauge",
-            "1 when the broker is in rotation.",
-        ),
-        (
-            "wgbroker_gateway_broker_checks_failed_total",
-            "counter",
-            "Health checks that failed.",
-        ),
-    ];
-    for (i, (name, kind, help)) in series.iter().enumerate() {
+    for (i, (name, kind, help)) in BROKER_SERIES.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for counters in &brokers {
             let tenant = &counters.tenant;
