@@ -221,10 +221,9 @@ impl Balancer {
     ///   is one; a removed one drains: no new request and no check, the requests in flight
     ///   finish, then its slot is free.
     ///
-    /// Health settings (`health_interval`, `health_timeout`) apply from here on.
+    /// The health timers (`health_interval`, `health_timeout`) stay those of [`Balancer::new`]:
+    /// the runtime's checks use them too, and they change only at a restart.
     pub fn reconfigure(&mut self, config: &GatewayConfig, now: Instant) -> Reconfigured {
-        self.interval = config.gateway.health_interval;
-        self.timeout = config.gateway.health_timeout;
         let mut out = Reconfigured::default();
         let mut kept = vec![false; self.brokers.len()];
         let mut lists = Vec::with_capacity(config.tenant.len());
