@@ -69,9 +69,10 @@ fn run_inner() -> Result<bool, String> {
     );
     outln!("  upstream        http://{}\n", scm.addr());
     let healthy = |i: usize| {
-        gateway.status.brokers[i]
-            .healthy
-            .load(std::sync::atomic::Ordering::Relaxed)
+        gateway
+            .status
+            .broker(i)
+            .is_some_and(|b| b.healthy.load(std::sync::atomic::Ordering::Relaxed))
     };
     if !wait(Duration::from_secs(30), || healthy(0) && healthy(1)) {
         return Err("the brokers did not come into rotation".into());

@@ -1,8 +1,11 @@
 //! `wgbroker gateway` as a service: start the gateway's executor ([`crate::runtime::gateway`]),
 //! serve `/metrics`, `/healthz` and `/readyz` on `[admin] listen`, stop on `SIGINT`/`SIGTERM`.
 //!
-//! `SIGHUP` validates the configuration again and says what changed, but applies nothing:
-//! tenants and brokers take effect at the next start (the peer table is built once).
+//! `SIGHUP` loads the configuration again and applies its tenants and brokers live
+//! ([`GatewayHandle::reload`]: kept brokers keep their sessions, removed ones drain, added
+//! ones join after a passing check); what cannot change live (the `[gateway]` section's
+//! sockets, address and key, `[admin]`, `[runtime]`, `[log]`) is logged as needing a restart
+//! and keeps its running value.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -30,6 +33,91 @@ pub enum Error {
     Signals(std::io::Error),
 }
 
+/// The settings `new` changes that cannot change in a running gateway (its sockets, tunnel
+/// address, key, health timers, the admin listener, runtime and log settings), by name; no
+/// value is named (a key is a secret).
+pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
+    let (o, n) = (&old.gateway, &new.gateway);
+    let mut out = Vec::new();
+    for (name, changed) in [
+        (
+            "gateway.private_key",
+            o.private_key.public_key() != n.private_key.public_key(),
+        ),
+        ("gateway.listen", o.listen != n.listen),
+        ("gateway.address", o.address != n.address),
+        ("gateway.front", o.front != n.front),
+        ("gateway.mtu", o.mtu != n.mtu),
+        ("gateway.broker_port", o.broker_port != n.broker_port),
+        (
+            "gateway.health_interval",
+            o.health_interval != n.health_interval,
+        ),
+        (
+            "gateway.health_timeout",
+            o.health_timeout != n.health_timeout,
+        ),
+        (
+            "gateway.connect_timeout",
+            o.connect_timeout != n.connect_timeout,
+        ),
+        ("admin", old.admin != new.admin),
+        ("runtime", old.runtime != new.runtime),
+        ("log", old.log != new.log),
+    ] {
+        if changed {
+            out.push(name);
+        }
+    }
+    if out.is_empty() && o != n {
+        out.push("gateway");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> GatewayConfig {
+        let broker = crate::keys::PrivateKey::from_bytes([1; 32]).public_key();
+        let text = format!(
+            r#"
+[gateway]
+private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+listen = "0.0.0.0:51820"
+address = "10.77.0.1"
+front = "127.0.0.1:8080"
+{extra}
+[[tenant]]
+name = "a"
+[[tenant.broker]]
+public_key = "{broker}"
+address = "10.77.1.2"
+"#
+        );
+        gateway::load_str(
+            &[(PathBuf::from("gw.toml"), text)],
+            LoadMode::Full,
+            &|_: &str| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+    }
+
+    #[test]
+    fn fixed_settings_are_named_as_needing_a_restart_and_tenants_are_not() {
+        let old = config("");
+        let mut new = config("mtu = 1380");
+        new.gateway.front = "127.0.0.1:9090".parse().expect("addr");
+        new.tenant[0].name = "b".into();
+        assert_eq!(needs_restart(&old, &new), ["gateway.front", "gateway.mtu"]);
+        let mut only_tenants = old.clone();
+        only_tenants.tenant.clear();
+        assert!(needs_restart(&old, &only_tenants).is_empty());
+    }
+}
+
 /// Starts a gateway and its admin listener; the handle stops both when dropped.
 pub fn start(c: &GatewayConfig) -> Result<(GatewayHandle, Option<AdminServer>), Error> {
     let handle = start_gateway(c)?;
@@ -46,7 +134,8 @@ pub fn run(loaded: LoadedGateway, files: &[PathBuf]) -> Result<(), Error> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(Error::Signals)?;
-    let c = &loaded.config;
+    let mut current = loaded.config;
+    let c = &current;
     let (handle, admin) = start(c)?;
     tracing::info!(
         event = "gateway.start",
@@ -63,14 +152,23 @@ pub fn run(loaded: LoadedGateway, files: &[PathBuf]) -> Result<(), Error> {
             break;
         }
         match gateway::load(files, LoadMode::Full, &ProcessEnv) {
-            Ok(new) if new.config == *c => {
-                tracing::info!(event = "config.reload", changed = false);
+            Ok(new) => {
+                let fixed = needs_restart(&current, &new.config);
+                if !fixed.is_empty() {
+                    tracing::warn!(
+                        event = "config.reload",
+                        needs_restart = %fixed.join(", "),
+                        note = "these keep their running values until a restart"
+                    );
+                }
+                let tenants_changed = new.config.tenant != current.tenant;
+                tracing::info!(event = "config.reload", tenants_changed);
+                // Always handed over, changed or not: a reload the executor refused (a broker
+                // still draining) is applied by the next SIGHUP with the same file, and one
+                // that changes nothing changes nothing.
+                handle.reload(new.config.clone());
+                current.tenant = new.config.tenant;
             }
-            Ok(_) => tracing::warn!(
-                event = "config.reload",
-                changed = true,
-                note = "gateway changes apply at the next restart"
-            ),
             Err(e) => tracing::error!(event = "config.invalid", errors = %e),
         }
     }
@@ -107,7 +205,7 @@ impl AdminServer {
                 while !s.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let _ = serve_admin(stream, &c, &status);
+                            let _ = serve_admin(stream, &status);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
@@ -131,18 +229,14 @@ impl Drop for AdminServer {
     }
 }
 
-fn serve_admin(
-    stream: TcpStream,
-    c: &GatewayConfig,
-    status: &GatewayStatus,
-) -> std::io::Result<()> {
+fn serve_admin(stream: TcpStream, status: &GatewayStatus) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?).take_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (code, ctype, body) = match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics(c, status)),
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics(status)),
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             if status.running.load(Ordering::Relaxed) {
@@ -174,51 +268,54 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
     }
 }
 
+/// The per-broker series of [`metrics`]: name, type, help.
+const BROKER_SERIES: [(&str, &str, &str); 7] = [
+    (
+        "wgbroker_gateway_broker_requests_total",
+        "counter",
+        "Attempts sent to the broker.",
+    ),
+    (
+        "wgbroker_gateway_broker_errors_total",
+        "counter",
+        "Attempts that failed (connect, broke off).",
+    ),
+    (
+        "wgbroker_gateway_broker_latency_seconds_sum",
+        "counter",
+        "Sum of times to the response head of answered attempts.",
+    ),
+    (
+        "wgbroker_gateway_broker_answered_total",
+        "counter",
+        "Answered attempts.",
+    ),
+    (
+        "wgbroker_gateway_broker_handshake_age_seconds",
+        "gauge",
+        "Age of the last WireGuard handshake; -1 without one.",
+    ),
+    (
+        "wgbroker_gateway_broker_healthy",
+        "gauge",
+        "1 when the broker is in rotation.",
+    ),
+    (
+        "wgbroker_gateway_broker_checks_failed_total",
+        "counter",
+        "Health checks that failed.",
+    ),
+];
+
 /// The Prometheus exposition: per tenant and broker, requests, errors, latency, handshake
 /// age, health; the front door's own answers.
-pub fn metrics(c: &GatewayConfig, status: &GatewayStatus) -> String {
+pub fn metrics(status: &GatewayStatus) -> String {
+    let brokers = status.live_brokers();
     let mut out = String::new();
-    let series = [
-        (
-            "wgbroker_gateway_broker_requests_total",
-            "counter",
-            "Attempts sent to the broker.",
-        ),
-        (
-            "wgbroker_gateway_broker_errors_total",
-            "counter",
-            "Attempts that failed (connect, broke off).",
-        ),
-        (
-            "wgbroker_gateway_broker_latency_seconds_sum",
-            "counter",
-            "Sum of times to the response head of answered attempts.",
-        ),
-        (
-            "wgbroker_gateway_broker_answered_total",
-            "counter",
-            "Answered attempts.",
-        ),
-        (
-            "wgbroker_gateway_broker_handshake_age_seconds",
-            "gauge",
-            "Age of the last WireGuard handshake; -1 without one.",
-        ),
-        (
-            "wgbroker_gateway_broker_healthy",
-            "gauge",
-            "1 when the broker is in rotation.",
-        ),
-        (
-            "wgbroker_gateway_broker_checks_failed_total",
-            "counter",
-            "Health checks that failed.",
-        ),
-    ];
-    for (i, (name, kind, help)) in series.iter().enumerate() {
+    for (i, (name, kind, help)) in BROKER_SERIES.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for ((t, b), counters) in c.brokers().zip(&status.brokers) {
-            let tenant = &c.tenant[t].name;
+        for counters in &brokers {
+            let tenant = &counters.tenant;
             let value = match i {
                 0 => counters.requests.load(Ordering::Relaxed).to_string(),
                 1 => counters.errors.load(Ordering::Relaxed).to_string(),
@@ -237,7 +334,7 @@ pub fn metrics(c: &GatewayConfig, status: &GatewayStatus) -> String {
             let _ = writeln!(
                 out,
                 "{name}{{tenant=\"{tenant}\",broker=\"{}\"}} {value}",
-                b.address
+                counters.address
             );
         }
     }

@@ -37,7 +37,20 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::gateway::GatewayConfig;
+use crate::config::gateway::{GatewayConfig, TenantBroker};
+
+/// What [`Balancer::reconfigure`] did, for the runtime to follow (addresses, counters, logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Each configured tenant's id, in file order.
+    pub tenants: Vec<TenantId>,
+    /// Each configured broker's id, in [`GatewayConfig::brokers`] order.
+    pub brokers: Vec<BrokerId>,
+    /// Brokers that got a slot (new ones, or a reused free slot).
+    pub added: Vec<BrokerId>,
+    /// Brokers no longer configured (now draining or free).
+    pub removed: Vec<BrokerId>,
+}
 
 /// WireGuard's `REJECT_AFTER_TIME`: a session older than this carries no data.
 pub const SESSION_MAX_AGE: Duration = Duration::from_secs(180);
@@ -92,10 +105,26 @@ pub enum Event {
     Down(BrokerId, Down),
 }
 
+/// Where a broker's slot stands after reloads ([`Balancer::reconfigure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Configured: in its tenant's list, checked, picked when healthy.
+    Live,
+    /// Removed by a reload with requests still in flight: no new request, no check; the slot
+    /// is freed when the last one finishes.
+    Draining,
+    /// Nothing: the next added broker may take it.
+    Free,
+}
+
 /// One broker's state.
 #[derive(Debug, Clone)]
 struct Broker {
     tenant: TenantId,
+    /// Its identity across reloads: public key and tunnel address.
+    key: [u8; 32],
+    address: std::net::IpAddr,
+    slot: Slot,
     outstanding: u32,
     session_up: bool,
     /// `None`: healthy by its checks; otherwise why not.
@@ -106,6 +135,28 @@ struct Broker {
 }
 
 impl Broker {
+    fn fresh(tenant: TenantId, b: &TenantBroker, now: Instant) -> Self {
+        Broker {
+            tenant,
+            key: *b.public_key.as_bytes(),
+            address: b.address,
+            slot: Slot::Live,
+            outstanding: 0,
+            session_up: false,
+            check_down: Some(Down::Unchecked),
+            checking: None,
+            next_check: now,
+        }
+    }
+
+    /// A draining broker whose last request has finished (and no check is in flight) frees
+    /// its slot.
+    fn settle(&mut self) {
+        if self.slot == Slot::Draining && self.outstanding == 0 && self.checking.is_none() {
+            self.slot = Slot::Free;
+        }
+    }
+
     fn down(&self) -> Option<Down> {
         if !self.session_up {
             return Some(Down::NoSession);
@@ -124,10 +175,16 @@ pub struct BrokerStatus {
 }
 
 /// The health and balance state of every broker of every tenant.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Balancer {
-    /// Each tenant's brokers, in file order.
+    /// Every tenant name ever configured, by [`TenantId`]: a name keeps its id across reloads
+    /// (a removed tenant's id is never given to another name, so a request in flight for it
+    /// can never be retried on another tenant's broker).
+    names: Vec<String>,
+    /// Each tenant's brokers, in file order; empty for a tenant no longer configured.
     tenants: Vec<Vec<BrokerId>>,
+    /// Whether the tenant is configured now.
+    live: Vec<bool>,
     /// Per tenant, the broker after which the next tie-break starts.
     cursor: Vec<usize>,
     brokers: Vec<Broker>,
@@ -139,34 +196,134 @@ pub struct Balancer {
 impl Balancer {
     /// Every broker of `config`, out of rotation, its first check due at `now`.
     pub fn new(config: &GatewayConfig, now: Instant) -> Self {
-        let mut tenants = Vec::with_capacity(config.tenant.len());
-        let mut brokers = Vec::new();
-        for (t, tenant) in config.tenant.iter().enumerate() {
-            let mut ids = Vec::with_capacity(tenant.broker.len());
-            for _ in &tenant.broker {
-                ids.push(BrokerId(brokers.len()));
-                brokers.push(Broker {
-                    tenant: TenantId(t),
-                    outstanding: 0,
-                    session_up: false,
-                    check_down: Some(Down::Unchecked),
-                    checking: None,
-                    next_check: now,
-                });
-            }
-            tenants.push(ids);
-        }
-        Self {
-            cursor: vec![0; tenants.len()],
-            tenants,
-            brokers,
+        let mut b = Self {
+            names: Vec::new(),
+            tenants: Vec::new(),
+            live: Vec::new(),
+            cursor: Vec::new(),
+            brokers: Vec::new(),
             interval: config.gateway.health_interval,
             timeout: config.gateway.health_timeout,
             events: std::collections::VecDeque::new(),
-        }
+        };
+        b.reconfigure(config, now);
+        b
     }
 
-    /// How many brokers there are (ids are `0..len`).
+    /// Applies a reload's tenants and brokers (SIGHUP), without disturbing what it keeps:
+    ///
+    /// * a tenant is its name: a kept name keeps its [`TenantId`]; a new name gets a new id
+    ///   (or its old one, when it was configured before); a removed one has no brokers and
+    ///   [`Balancer::tenant`] no longer finds it;
+    /// * a broker is its tenant, public key and tunnel address: a kept one keeps its
+    ///   [`BrokerId`], health and outstanding requests; a new one (a moved or readdressed one
+    ///   included) starts out of rotation with its check due at `now`, in a free slot if there
+    ///   is one; a removed one drains: no new request and no check, the requests in flight
+    ///   finish, then its slot is free.
+    ///
+    /// The health timers (`health_interval`, `health_timeout`) stay those of [`Balancer::new`]:
+    /// the runtime's checks use them too, and they change only at a restart.
+    pub fn reconfigure(&mut self, config: &GatewayConfig, now: Instant) -> Reconfigured {
+        let mut out = Reconfigured::default();
+        let mut kept = vec![false; self.brokers.len()];
+        let mut lists = Vec::with_capacity(config.tenant.len());
+        // Kept brokers first, so that new ones cannot take a slot a kept one still holds.
+        for tenant in &config.tenant {
+            let t = match self.names.iter().position(|n| *n == tenant.name) {
+                Some(t) => TenantId(t),
+                None => {
+                    self.names.push(tenant.name.clone());
+                    self.tenants.push(Vec::new());
+                    self.live.push(false);
+                    self.cursor.push(0);
+                    TenantId(self.names.len() - 1)
+                }
+            };
+            let ids: Vec<Option<BrokerId>> = tenant
+                .broker
+                .iter()
+                .map(|b| {
+                    let i = self.brokers.iter().position(|x| {
+                        x.slot == Slot::Live
+                            && x.tenant == t
+                            && x.key == *b.public_key.as_bytes()
+                            && x.address == b.address
+                    })?;
+                    kept[i] = true;
+                    Some(BrokerId(i))
+                })
+                .collect();
+            out.tenants.push(t);
+            lists.push((t, ids));
+        }
+        // Removed: drain.
+        for (i, b) in self.brokers.iter_mut().enumerate() {
+            if b.slot == Slot::Live && !kept[i] {
+                b.slot = Slot::Draining;
+                b.settle();
+                out.removed.push(BrokerId(i));
+            }
+        }
+        for live in &mut self.live {
+            *live = false;
+        }
+        for ((t, ids), tenant) in lists.into_iter().zip(&config.tenant) {
+            let mut list = Vec::with_capacity(ids.len());
+            for (id, b) in ids.into_iter().zip(&tenant.broker) {
+                let id = match id {
+                    Some(id) => id,
+                    None => {
+                        let fresh = Broker::fresh(t, b, now);
+                        let id = match self.brokers.iter().position(|x| x.slot == Slot::Free) {
+                            Some(i) => {
+                                self.brokers[i] = fresh;
+                                BrokerId(i)
+                            }
+                            None => {
+                                self.brokers.push(fresh);
+                                BrokerId(self.brokers.len() - 1)
+                            }
+                        };
+                        out.added.push(id);
+                        id
+                    }
+                };
+                list.push(id);
+                out.brokers.push(id);
+            }
+            if let Some(c) = self.cursor.get_mut(t.0) {
+                *c = 0;
+            }
+            self.tenants[t.0] = list;
+            self.live[t.0] = true;
+        }
+        for (t, live) in self.live.iter().enumerate() {
+            if !live {
+                self.tenants[t].clear();
+            }
+        }
+        out
+    }
+
+    /// The configured tenant named `name`.
+    pub fn tenant(&self, name: &str) -> Option<TenantId> {
+        let t = self.names.iter().position(|n| n == name)?;
+        self.live[t].then_some(TenantId(t))
+    }
+
+    /// Whether `id` was removed by a reload and still has requests in flight.
+    pub fn is_draining(&self, id: BrokerId) -> bool {
+        self.brokers
+            .get(id.0)
+            .is_some_and(|b| b.slot == Slot::Draining)
+    }
+
+    /// Whether `id` is a configured broker (not draining, not a free slot).
+    pub fn is_live(&self, id: BrokerId) -> bool {
+        self.brokers.get(id.0).is_some_and(|b| b.slot == Slot::Live)
+    }
+
+    /// How many broker slots there are (ids are `0..len`; see [`Balancer::is_live`]).
     pub fn len(&self) -> usize {
         self.brokers.len()
     }
@@ -192,7 +349,9 @@ impl Balancer {
 
     /// Whether `id` is in rotation.
     pub fn healthy(&self, id: BrokerId) -> bool {
-        self.brokers.get(id.0).is_some_and(|b| b.down().is_none())
+        self.brokers
+            .get(id.0)
+            .is_some_and(|b| b.slot == Slot::Live && b.down().is_none())
     }
 
     /// The next rotation change, if any.
@@ -248,7 +407,7 @@ impl Balancer {
             let i = (start + k) % n;
             let id = ids[i];
             let b = &self.brokers[id.0];
-            if b.down().is_some() || exclude.contains(&id) {
+            if b.slot != Slot::Live || b.down().is_some() || exclude.contains(&id) {
                 continue;
             }
             if best.is_none_or(|(o, _)| b.outstanding < o) {
@@ -273,6 +432,7 @@ impl Balancer {
             if outcome != Outcome::Answered && b.checking.is_none() {
                 b.next_check = b.next_check.min(now);
             }
+            b.settle();
         }
     }
 
@@ -281,7 +441,7 @@ impl Balancer {
         let i = self
             .brokers
             .iter()
-            .position(|b| b.checking.is_none() && b.next_check <= now)?;
+            .position(|b| b.slot == Slot::Live && b.checking.is_none() && b.next_check <= now)?;
         let b = &mut self.brokers[i];
         b.checking = Some(now);
         b.next_check = now + self.interval;
@@ -292,6 +452,13 @@ impl Balancer {
     /// the check timed out is ignored (the next check decides).
     pub fn check_done(&mut self, id: BrokerId, passed: bool) {
         if self.brokers.get(id.0).is_none_or(|b| b.checking.is_none()) {
+            return;
+        }
+        if let Some(b) = self.brokers.get_mut(id.0)
+            && b.slot != Slot::Live
+        {
+            b.checking = None;
+            b.settle();
             return;
         }
         self.update(id, |b| {
@@ -314,6 +481,7 @@ impl Balancer {
                 self.update(BrokerId(i), |b| {
                     b.checking = None;
                     b.check_down = Some(Down::CheckFailed);
+                    b.settle();
                 });
             }
         }
@@ -323,6 +491,7 @@ impl Balancer {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.brokers
             .iter()
+            .filter(|b| b.slot != Slot::Free)
             .map(|b| match b.checking {
                 Some(t) => t + self.timeout,
                 None => b.next_check,

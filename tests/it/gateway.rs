@@ -32,6 +32,9 @@ struct Fleet {
     front: SocketAddr,
     brokers: Vec<Child>,
     _dir: tempfile::TempDir,
+    /// The configuration the gateway started with.
+    config: GatewayConfig,
+    gw_key: PrivateKey,
 }
 
 impl Fleet {
@@ -89,8 +92,71 @@ listen = "127.0.0.1:0"
             } else {
                 (scm_b.addr(), TOKEN_B)
             };
-            let toml = format!(
-                r#"
+            brokers.push(spawn_broker(
+                dir.path(),
+                key,
+                ADDRS[i],
+                &gw_key,
+                gateway.udp_addr,
+                scm,
+                token,
+            ));
+        }
+        let front = gateway.front_addr;
+        let fleet = Self {
+            scm_a,
+            scm_b,
+            gateway: Some(gateway),
+            _admin: admin,
+            front,
+            brokers,
+            _dir: dir,
+            config,
+            gw_key,
+        };
+        poll_until(Duration::from_secs(30), "every broker in rotation", || {
+            (0..3).all(|i| fleet.healthy(i))
+        });
+        fleet
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.status.broker(i))
+            .is_some_and(|b| b.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Starts one more broker process with `key` at tunnel address `addr`, for `scm`.
+    fn add_broker(&mut self, key: &PrivateKey, addr: &str, scm: SocketAddr, token: &str) {
+        let udp = self.gateway.as_ref().expect("running").udp_addr;
+        let child = spawn_broker(self._dir.path(), key, addr, &self.gw_key, udp, scm, token);
+        self.brokers.push(child);
+    }
+
+    fn reload(&self, config: GatewayConfig) {
+        self.gateway.as_ref().expect("running").reload(config);
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.brokers[i].kill();
+        let _ = self.brokers[i].wait();
+    }
+}
+
+/// A broker process with `key` at tunnel address `addr`, dialing the gateway at `udp`, for the
+/// upstream `scm` with `token`.
+fn spawn_broker(
+    dir: &std::path::Path,
+    key: &PrivateKey,
+    addr: &str,
+    gw_key: &PrivateKey,
+    udp: SocketAddr,
+    scm: SocketAddr,
+    token: &str,
+) -> Child {
+    let toml = format!(
+        r#"
 [wireguard]
 private_key = "{}"
 address = "{}"
@@ -120,51 +186,21 @@ methods = ["GET"]
 url = "http://{scm}/chunked/:n"
 methods = ["GET"]
 "#,
-                key.to_base64(),
-                ADDRS[i],
-                gw_key.public_key(),
-                gateway.udp_addr,
-            );
-            let file = dir.path().join(format!("broker{i}.toml"));
-            std::fs::write(&file, toml).expect("write");
-            let log =
-                std::fs::File::create(dir.path().join(format!("broker{i}.log"))).expect("log");
-            brokers.push(
-                Command::new(env!("CARGO_BIN_EXE_wgbroker"))
-                    .args(["run", "-c"])
-                    .arg(&file)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("spawn broker"),
-            );
-        }
-        let front = gateway.front_addr;
-        let fleet = Self {
-            scm_a,
-            scm_b,
-            gateway: Some(gateway),
-            _admin: admin,
-            front,
-            brokers,
-            _dir: dir,
-        };
-        poll_until(Duration::from_secs(30), "every broker in rotation", || {
-            (0..3).all(|i| fleet.healthy(i))
-        });
-        fleet
-    }
-
-    fn healthy(&self, i: usize) -> bool {
-        self.gateway
-            .as_ref()
-            .is_some_and(|g| g.status.brokers[i].healthy.load(Ordering::Relaxed))
-    }
-
-    fn kill(&mut self, i: usize) {
-        let _ = self.brokers[i].kill();
-        let _ = self.brokers[i].wait();
-    }
+        key.to_base64(),
+        addr,
+        gw_key.public_key(),
+        udp,
+    );
+    let file = dir.join(format!("broker-{addr}.toml"));
+    std::fs::write(&file, toml).expect("write");
+    let log = std::fs::File::create(dir.join(format!("broker-{addr}.log"))).expect("log");
+    Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn broker")
 }
 
 impl Drop for Fleet {
@@ -342,8 +378,8 @@ fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reache
     // Steady load on both of a's brokers first.
     let a_requests = || {
         f.gateway.as_ref().map_or(0, |g| {
-            g.status.brokers[..2]
-                .iter()
+            (0..2)
+                .filter_map(|i| g.status.broker(i))
                 .map(|b| b.answered.load(Ordering::Relaxed).min(1))
                 .sum::<u64>()
         })
@@ -563,8 +599,8 @@ fn loadtest_drives_the_front_door() {
     // Both of a's brokers carried the load.
     let g = f.gateway.as_ref().expect("running");
     assert!(
-        g.status.brokers[..2]
-            .iter()
+        (0..2)
+            .filter_map(|i| g.status.broker(i))
             .all(|b| b.answered.load(Ordering::Relaxed) > 0),
         "the load spread over a's brokers"
     );
@@ -875,4 +911,169 @@ token = "{TOKEN_A}"
     let _ = broker.wait();
     let _ = gateway.kill();
     let _ = gateway.wait();
+}
+
+#[test]
+fn a_reload_adding_a_tenant_with_its_broker_makes_it_served() {
+    let mut f = Fleet::start();
+    let key = PrivateKey::generate().expect("rng");
+    let url = repo_url(&f.scm_b, "r");
+    let target = format!("/t/c/proxy/{url}");
+    let before = request(f.front, "GET", &target).expect("front door");
+    assert_eq!(
+        before.status, 404,
+        "c is not configured yet: {}",
+        before.body
+    );
+    let mut config = f.config.clone();
+    let mut c = config.tenant[1].clone();
+    c.name = "c".into();
+    c.broker[0].public_key = key.public_key();
+    c.broker[0].address = "10.77.3.2".parse().expect("address");
+    config.tenant.push(c);
+    f.reload(config);
+    let scm = f.scm_b.addr();
+    f.add_broker(&key, "10.77.3.2", scm, TOKEN_B);
+    let served = poll_for(
+        Duration::from_secs(30),
+        "tenant c served",
+        || match request(f.front, "GET", &target) {
+            Ok(a) if a.status == 200 => Ok(a),
+            Ok(a) => Err(format!("{} {}", a.status, a.body)),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    assert_eq!(served.broker(), Some("c/10.77.3.2"));
+    // The others are undisturbed, each still on its own brokers.
+    let a = request(
+        f.front,
+        "GET",
+        &format!("/t/a/proxy/{}", repo_url(&f.scm_a, "r")),
+    )
+    .expect("front door");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.broker().is_some_and(|b| b.starts_with("a/")),
+        "{:?}",
+        a.broker()
+    );
+    let metrics = wgbroker::gateway_service::metrics(&f.gateway.as_ref().expect("running").status);
+    assert!(
+        metrics.contains(r#"wgbroker_gateway_broker_healthy{tenant="c",broker="10.77.3.2"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_reload_removing_a_tenant_answers_404_for_it() {
+    let f = Fleet::start();
+    let target = format!("/t/b/proxy/{}", repo_url(&f.scm_b, "r"));
+    assert_eq!(request(f.front, "GET", &target).expect("front").status, 200);
+    let mut config = f.config.clone();
+    config.tenant.truncate(1);
+    f.reload(config);
+    let gone = poll_for(
+        Duration::from_secs(10),
+        "tenant b removed",
+        // A request routed just before the reload and picking a broker just after it finds
+        // none (503); from then on the tenant is unknown (404).
+        || match request(f.front, "GET", &target) {
+            Ok(a) if a.status == 404 => Ok(a),
+            Ok(a) => Err(format!("{} {}", a.status, a.body)),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert!(gone.body.contains("unknown tenant"), "{}", gone.body);
+    let a = request(
+        f.front,
+        "GET",
+        &format!("/t/a/proxy/{}", repo_url(&f.scm_a, "r")),
+    )
+    .expect("front door");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let metrics = wgbroker::gateway_service::metrics(&f.gateway.as_ref().expect("running").status);
+    assert!(!metrics.contains(r#"tenant="b""#), "{metrics}");
+}
+
+#[test]
+fn a_reload_removing_a_broker_under_load_fails_no_request() {
+    let f = Fleet::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..7 {
+        let (tenant, url) = if c < 6 {
+            ("a", repo_url(&f.scm_a, &format!("r{c}")))
+        } else {
+            ("b", repo_url(&f.scm_b, "r"))
+        };
+        let (front, stop) = (f.front, stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
+                    .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
+                    .map_err(|e| e.to_string());
+                out.push(Outcome { started, result });
+            }
+            out
+        }));
+    }
+    let g = f.gateway.as_ref().expect("running");
+    poll_until(
+        Duration::from_secs(20),
+        "both of a's brokers answering",
+        || {
+            (0..2)
+                .filter_map(|i| g.status.broker(i))
+                .all(|b| b.answered.load(Ordering::Relaxed) > 0)
+        },
+    );
+    let mut config = f.config.clone();
+    config.tenant[0].broker.remove(0);
+    f.reload(config);
+    poll_until(Duration::from_secs(5), "the reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 1
+    });
+    let applied = Instant::now();
+    while applied.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<Vec<Outcome>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let all: Vec<&Outcome> = results.iter().flatten().collect();
+    let failed: Vec<&&Outcome> = all
+        .iter()
+        .filter(|o| !matches!(&o.result, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed ({} of {}): {failed:#?}",
+        failed.len(),
+        all.len()
+    );
+    let a_late: Vec<&Outcome> = results[..6]
+        .iter()
+        .flatten()
+        .filter(|o| o.started > applied)
+        .collect();
+    assert!(!a_late.is_empty(), "requests after the reload");
+    assert!(
+        a_late
+            .iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "a/10.77.1.3")),
+        "after the reload only the kept broker serves a"
+    );
+    assert!(
+        results[6]
+            .iter()
+            .all(|o| matches!(&o.result, Ok((200, by)) if by == "b/10.77.2.2")),
+        "tenant b undisturbed"
+    );
+    let metrics = wgbroker::gateway_service::metrics(&g.status);
+    assert!(!metrics.contains(r#"broker="10.77.1.2""#), "{metrics}");
 }

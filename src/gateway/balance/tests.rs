@@ -299,3 +299,96 @@ fn a_session_coming_up_makes_the_check_due_at_once() {
     b.set_session(BrokerId(1), Some(SEC));
     assert_eq!(b.poll_check(t1 + 10 * MS), None);
 }
+
+/// `config()` edited: tenant "a" keeps only its second broker, tenant "b" is gone, tenant "c"
+/// with broker `[4;32]` at 10.77.3.2 is new.
+fn reloaded() -> GatewayConfig {
+    let mut c = config();
+    let mut extra = config();
+    c.tenant[0].broker.remove(0);
+    c.tenant.remove(1);
+    let mut t = extra.tenant.remove(1);
+    t.name = "c".into();
+    t.broker[0].public_key = PrivateKey::from_bytes([4; 32]).public_key();
+    t.broker[0].address = "10.77.3.2".parse().expect("address");
+    c.tenant.push(t);
+    c
+}
+
+#[test]
+fn a_reload_drains_removed_brokers_and_adds_new_ones_out_of_rotation() {
+    let t0 = Instant::now();
+    let mut b = all_up(t0);
+    let held = b.pick(A, &[]).expect("healthy");
+    assert_eq!(held, BrokerId(0));
+    let r = b.reconfigure(&reloaded(), t0);
+    // Kept brokers keep their ids and state; the new one gets a fresh id.
+    assert_eq!(r.tenants, [A, TenantId(2)]);
+    let new = r.added[0];
+    assert_eq!(r.brokers, [BrokerId(1), new]);
+    assert_eq!(r.removed, [BrokerId(0), BrokerId(2)]);
+    assert_eq!(new, BrokerId(2), "b's idle broker's slot is free at once");
+    assert_eq!(b.tenant("a"), Some(A));
+    assert_eq!(b.tenant("b"), None, "a removed tenant is not found");
+    assert_eq!(b.tenant("c"), Some(TenantId(2)));
+    assert!(b.healthy(BrokerId(1)), "a kept broker stays in rotation");
+    // The removed broker takes no new request; the one in flight finishes on it.
+    for _ in 0..4 {
+        let id = b.pick(A, &[]).expect("the kept one");
+        assert_eq!(id, BrokerId(1));
+        b.finish(id, Outcome::Answered, t0);
+    }
+    assert_eq!(b.pick(B, &[]), None, "a removed tenant has no broker");
+    assert_eq!(b.status(BrokerId(0)).map(|s| s.outstanding), Some(1));
+    b.finish(held, Outcome::Answered, t0);
+    // The new broker joins when its check passes, and only for its own tenant.
+    let c = TenantId(2);
+    assert_eq!(b.pick(c, &[]), None, "not checked yet");
+    assert!(!b.healthy(new), "a reused slot starts out of rotation");
+    b.set_session(new, Some(SEC));
+    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0 + SEC)).collect();
+    assert!(due.contains(&new), "{due:?}");
+    assert!(!due.contains(&BrokerId(0)), "removed: not checked");
+    b.check_done(new, true);
+    assert_eq!(b.pick(c, &[]), Some(new));
+    assert_eq!(b.len(), 3, "the drained slot is free, nothing grew");
+    assert_eq!(
+        b.pick(A, &[BrokerId(1)]),
+        None,
+        "never another tenant's broker"
+    );
+}
+
+#[test]
+fn a_broker_moved_to_another_tenant_is_a_new_broker() {
+    let t0 = Instant::now();
+    let mut b = all_up(t0);
+    let mut c = config();
+    let moved = c.tenant[0].broker.remove(1);
+    c.tenant[1].broker.push(moved);
+    let r = b.reconfigure(&c, t0);
+    assert_eq!(r.removed, [BrokerId(1)]);
+    let moved = r.added[0];
+    assert_eq!(r.brokers, [BrokerId(0), BrokerId(2), moved]);
+    assert!(
+        !b.healthy(moved),
+        "checked again before it serves its new tenant"
+    );
+    for _ in 0..4 {
+        assert_eq!(b.pick(A, &[]), Some(BrokerId(0)));
+        assert_eq!(b.pick(B, &[]), Some(BrokerId(2)));
+    }
+}
+
+#[test]
+fn a_drained_slot_is_reused_and_a_tenant_name_keeps_its_id() {
+    let t0 = Instant::now();
+    let mut b = all_up(t0);
+    let c_broker = b.reconfigure(&reloaded(), t0).added[0];
+    // Back to the first configuration: "b" gets its old id back, its broker a drained slot.
+    let r = b.reconfigure(&config(), t0);
+    assert_eq!(r.tenants, [A, B]);
+    assert_eq!(b.tenant("c"), None);
+    assert_eq!(b.len(), 3, "slots reused, not grown: {:?}", r.brokers);
+    assert_eq!(r.removed, [c_broker]);
+}

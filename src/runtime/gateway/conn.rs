@@ -51,7 +51,9 @@ const REFUSED_RETRIES: u32 = 8;
 
 /// One connection attempt to broker `id`: until established or refused (no timeout here).
 async fn open_once(gw: &Rc<Gw>, id: BrokerId) -> io::Result<TunnelConn> {
-    let addr = gw.brokers[id.0].addr;
+    let addr = gw
+        .broker_addr(id)
+        .ok_or_else(|| io::Error::other("no such broker"))?;
     let conn_id = gw
         .set
         .borrow_mut()

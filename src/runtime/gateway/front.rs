@@ -102,7 +102,8 @@ async fn serve_one(
             return Ok(head.body == BodyFraming::None);
         }
     };
-    let Some(&tenant) = gw.tenants.get(&tenant_name) else {
+    let found = gw.bal.borrow().tenant(&tenant_name);
+    let Some(tenant) = found else {
         gw.status.not_found.fetch_add(1, Ordering::Relaxed);
         answer(
             client,
@@ -229,7 +230,7 @@ async fn forward(
             }
             Err(failure) => {
                 gw.counters(id).errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(event = "gateway.attempt_failed", broker = %gw.brokers[id.0].label, ?failure);
+                tracing::debug!(event = "gateway.attempt_failed", broker = %gw.label(id), ?failure);
                 if let AttemptFailure::Client(e) = failure {
                     return Err(e);
                 }
@@ -328,7 +329,7 @@ async fn attempt(
     let mut out = resp.lines;
     out.extend_from_slice(BROKER_HEADER.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(gw.brokers[id.0].label.as_bytes());
+    out.extend_from_slice(gw.label(id).as_bytes());
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");

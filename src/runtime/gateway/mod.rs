@@ -78,9 +78,15 @@ const MAX_PARK: Duration = Duration::from_millis(100);
 /// The header naming the broker that served a request.
 pub const BROKER_HEADER: &str = "X-Wgbroker-Broker";
 
-/// Counters of one broker, read by the control thread (`/metrics`).
+/// Counters of one broker, read by the control thread (`/metrics`). A reload that adds a
+/// broker gives it fresh counters; a removed one's are no longer exported.
 #[derive(Debug, Default)]
 pub struct BrokerCounters {
+    /// Its tenant's name and tunnel address (the metrics' labels).
+    pub tenant: String,
+    pub address: String,
+    /// Configured (not removed by a reload).
+    pub live: AtomicBool,
     /// Attempts sent to it.
     pub requests: AtomicU64,
     /// Attempts that failed (connect, broke off).
@@ -102,8 +108,12 @@ pub struct BrokerCounters {
 pub struct GatewayStatus {
     /// The executor runs and its sockets are bound.
     pub running: AtomicBool,
-    /// Per broker, in [`BrokerId`] order.
-    pub brokers: Vec<BrokerCounters>,
+    /// Per broker slot, in [`BrokerId`] order (see [`GatewayStatus::broker`]).
+    brokers: std::sync::RwLock<Vec<Arc<BrokerCounters>>>,
+    /// A reloaded configuration the executor has yet to apply ([`GatewayHandle::reload`]).
+    pending: std::sync::Mutex<Option<GatewayConfig>>,
+    /// Reloads applied.
+    pub reloads: AtomicU64,
     /// Front-door requests for no tenant or an unknown one (404).
     pub not_found: AtomicU64,
     /// Front-door requests answered 503 (no healthy broker).
@@ -117,20 +127,61 @@ pub struct GatewayStatus {
 }
 
 impl GatewayStatus {
-    fn new(brokers: usize) -> Self {
+    fn new() -> Self {
         Self {
             running: AtomicBool::new(false),
-            brokers: (0..brokers)
-                .map(|_| BrokerCounters {
-                    handshake_age_ms: AtomicU64::new(u64::MAX),
-                    ..BrokerCounters::default()
-                })
-                .collect(),
+            brokers: std::sync::RwLock::new(Vec::new()),
+            pending: std::sync::Mutex::new(None),
+            reloads: AtomicU64::new(0),
             not_found: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             tunnel_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl GatewayStatus {
+    /// The counters of broker slot `i` (configured or draining).
+    pub fn broker(&self, i: usize) -> Option<Arc<BrokerCounters>> {
+        self.brokers.read().ok()?.get(i).cloned()
+    }
+
+    /// Every configured broker's counters, in [`BrokerId`] order.
+    pub fn live_brokers(&self) -> Vec<Arc<BrokerCounters>> {
+        self.brokers.read().map_or_else(
+            |_| Vec::new(),
+            |v| {
+                v.iter()
+                    .filter(|c| c.live.load(Ordering::Relaxed))
+                    .cloned()
+                    .collect()
+            },
+        )
+    }
+
+    /// Fresh counters for slot `i`, labelled `tenant` and `address`.
+    fn set_broker(&self, i: usize, tenant: &str, address: std::net::IpAddr) {
+        let c = Arc::new(BrokerCounters {
+            tenant: tenant.to_owned(),
+            address: address.to_string(),
+            live: AtomicBool::new(true),
+            handshake_age_ms: AtomicU64::new(u64::MAX),
+            ..BrokerCounters::default()
+        });
+        if let Ok(mut v) = self.brokers.write() {
+            if i < v.len() {
+                v[i] = c;
+            } else {
+                v.push(c);
+            }
+        }
+    }
+
+    fn retire_broker(&self, i: usize) {
+        if let Some(c) = self.broker(i) {
+            c.live.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -148,6 +199,15 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
+    /// Hands a reloaded configuration to the executor, which applies its tenants and brokers
+    /// at its next timer turn (within [`MAX_PARK`]); see [`apply_reload`]. What cannot change
+    /// live (`[gateway]`, `[admin]`, `[runtime]`, `[log]`) is the caller's to report.
+    pub fn reload(&self, config: GatewayConfig) {
+        if let Ok(mut p) = self.status.pending.lock() {
+            *p = Some(config);
+        }
+    }
+
     /// Stops the executor and waits for it.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -235,7 +295,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
     let _ = getrandom::fill(&mut seed);
     let set = StackSet::new(&stack, now, u64::from_le_bytes(seed))
         .map_err(|e| GatewayStartError::Tunnel(e.to_string()))?;
-    let status = Arc::new(GatewayStatus::new(config.brokers().count()));
+    let status = Arc::new(GatewayStatus::new());
     let stop = Arc::new(AtomicBool::new(false));
     let seed = Seed {
         config: config.clone(),
@@ -275,8 +335,10 @@ struct Seed {
 }
 
 /// One broker as the runtime addresses it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BrokerAddr {
+    /// Its WireGuard peer, as configured (kept while it drains).
+    spec: crate::tunnel::PeerSpec,
     /// Where its HTTP endpoint is inside the tunnel.
     addr: SocketAddr,
     /// `<tenant>/<address>`: the value of [`BROKER_HEADER`].
@@ -292,8 +354,13 @@ struct Gw {
     set: RefCell<StackSet>,
     pool: RefCell<BufPool>,
     bal: RefCell<Balancer>,
-    tenants: HashMap<String, TenantId>,
-    brokers: Vec<BrokerAddr>,
+    /// By [`BrokerId`] slot; a free slot keeps its last broker's entry.
+    brokers: RefCell<Vec<BrokerAddr>>,
+    /// The tenants and brokers in force (the last reload applied).
+    current: RefCell<GatewayConfig>,
+    /// Brokers removed by a reload whose requests are still in flight: their peers stay in
+    /// the table until they finish.
+    draining: RefCell<Vec<BrokerId>>,
     status: Arc<GatewayStatus>,
     stop: Arc<AtomicBool>,
     kicked: Cell<bool>,
@@ -339,37 +406,192 @@ impl Gw {
             match ev {
                 Some(Event::Up(id)) => {
                     self.counters(id).healthy.store(true, Ordering::Relaxed);
-                    tracing::info!(event = "gateway.broker_up", broker = %self.brokers[id.0].label);
+                    tracing::info!(event = "gateway.broker_up", broker = %self.label(id));
                 }
                 Some(Event::Down(id, why)) => {
                     self.counters(id).healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(event = "gateway.broker_down", broker = %self.brokers[id.0].label, reason = why.as_str());
+                    tracing::warn!(event = "gateway.broker_down", broker = %self.label(id), reason = why.as_str());
                 }
                 None => break,
             }
         }
     }
 
-    fn counters(&self, id: BrokerId) -> &BrokerCounters {
-        &self.status.brokers[id.0]
+    /// Broker `id`'s counters (fresh, unexported ones for an id that is no slot).
+    fn counters(&self, id: BrokerId) -> Arc<BrokerCounters> {
+        self.status.broker(id.0).unwrap_or_default()
     }
+
+    /// `<tenant>/<address>` of broker `id`.
+    fn label(&self, id: BrokerId) -> String {
+        self.brokers
+            .borrow()
+            .get(id.0)
+            .map_or_else(String::new, |b| b.label.clone())
+    }
+
+    /// Where broker `id`'s HTTP endpoint is inside the tunnel.
+    fn broker_addr(&self, id: BrokerId) -> Option<SocketAddr> {
+        self.brokers.borrow().get(id.0).map(|b| b.addr)
+    }
+}
+
+/// The peers the table should hold: `config`'s brokers and those still draining.
+fn table_specs(
+    gw: &Gw,
+    config: &GatewayConfig,
+    draining: &[BrokerId],
+) -> Vec<crate::tunnel::PeerSpec> {
+    let brokers = gw.brokers.borrow();
+    let mut specs = crate::gateway::peer_specs(config);
+    specs.extend(
+        draining
+            .iter()
+            .filter_map(|id| brokers.get(id.0).map(|b| b.spec.clone())),
+    );
+    specs
+}
+
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(
+        "broker {0} was removed and still has requests in flight; its key and address cannot be given to another broker until they finish: reload again shortly"
+    )]
+    StillDraining(String),
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+}
+
+/// Applies a reloaded configuration's tenants and brokers, all or nothing: the peer table
+/// ([`PeerTable::reconfigure`]: kept brokers keep their sessions) and the balancer
+/// ([`Balancer::reconfigure`]: removed brokers drain, added ones join after a passing check,
+/// a removed tenant is not found). A draining broker keeps its peer (so its requests can
+/// finish) until its last request ends ([`settle_drained`]).
+///
+/// Tenant isolation: a broker is its tenant, key and address; a broker moved to another
+/// tenant is a new broker, checked before it serves. A reload that would give a draining
+/// broker's key or address to another broker is refused, so no byte of a request in flight
+/// can be routed to another broker's peer.
+fn apply_reload(
+    gw: &Gw,
+    new: GatewayConfig,
+    now: Instant,
+    out: &mut [u8],
+) -> Result<Vec<(SocketAddr, Vec<u8>)>, ReloadError> {
+    let mut bal = gw.bal.borrow().clone();
+    let r = bal.reconfigure(&new, now);
+    let mut draining: Vec<BrokerId> = gw
+        .draining
+        .borrow()
+        .iter()
+        .chain(&r.removed)
+        .copied()
+        .filter(|&id| bal.is_draining(id))
+        .collect();
+    draining.sort_unstable();
+    draining.dedup();
+    {
+        let brokers = gw.brokers.borrow();
+        for id in &draining {
+            let Some(old) = brokers.get(id.0) else {
+                continue;
+            };
+            if new
+                .brokers()
+                .any(|(_, b)| b.public_key == old.spec.public_key || b.address == old.addr.ip())
+            {
+                return Err(ReloadError::StillDraining(old.label.clone()));
+            }
+        }
+    }
+    let specs = table_specs(gw, &new, &draining);
+    let mut queued = Vec::new();
+    gw.table
+        .borrow_mut()
+        .reconfigure(specs, now, out, &mut |_, to, d| {
+            queued.push((to, d.to_vec()))
+        })
+        .map_err(|e| ReloadError::Tunnel(e.to_string()))?;
+    // Committed: follow with addresses, counters, logs.
+    {
+        let table = gw.table.borrow();
+        let mut brokers = gw.brokers.borrow_mut();
+        let port = gw.config.gateway.broker_port;
+        let specs = crate::gateway::peer_specs(&new);
+        for (((t, b), &id), spec) in new.brokers().zip(&r.brokers).zip(specs) {
+            let Some(peer) = table.peer_id(&b.public_key) else {
+                continue;
+            };
+            let entry = BrokerAddr {
+                spec,
+                addr: SocketAddr::new(b.address, port),
+                label: format!("{}/{}", new.tenant[t].name, b.address),
+                peer,
+            };
+            if r.added.contains(&id) {
+                gw.status.set_broker(id.0, &new.tenant[t].name, b.address);
+                tracing::info!(event = "gateway.broker_added", broker = %entry.label);
+            }
+            if id.0 < brokers.len() {
+                brokers[id.0] = entry;
+            } else {
+                brokers.push(entry);
+            }
+        }
+        for id in &r.removed {
+            gw.status.retire_broker(id.0);
+            if let Some(b) = brokers.get(id.0) {
+                tracing::info!(event = "gateway.broker_removed", broker = %b.label, draining = bal.is_draining(*id));
+            }
+        }
+    }
+    *gw.bal.borrow_mut() = bal;
+    *gw.draining.borrow_mut() = draining;
+    *gw.current.borrow_mut() = new;
+    Ok(queued)
+}
+
+/// Drops the peers of draining brokers whose last request has finished.
+fn settle_drained(gw: &Gw, now: Instant, out: &mut [u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+    let done = {
+        let bal = gw.bal.borrow();
+        let mut draining = gw.draining.borrow_mut();
+        let before = draining.len();
+        draining.retain(|&id| bal.is_draining(id));
+        before != draining.len()
+    };
+    let mut queued = Vec::new();
+    if done {
+        let specs = table_specs(gw, &gw.current.borrow(), &gw.draining.borrow());
+        if let Err(e) = gw
+            .table
+            .borrow_mut()
+            .reconfigure(specs, now, out, &mut |_, to, d| {
+                queued.push((to, d.to_vec()))
+            })
+        {
+            tracing::error!(event = "gateway.drain_failed", error = %e);
+        }
+    }
+    queued
 }
 
 async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
     let now = Instant::now();
     let c = seed.config;
-    let mut tenants = HashMap::new();
     let mut brokers = Vec::new();
     let peers: Vec<PeerId> = seed.table.peers().collect();
-    for (t, tenant) in c.tenant.iter().enumerate() {
-        tenants.insert(tenant.name.clone(), TenantId(t));
-        for b in &tenant.broker {
-            brokers.push(BrokerAddr {
-                addr: SocketAddr::new(b.address, c.gateway.broker_port),
-                label: format!("{}/{}", tenant.name, b.address),
-                peer: peers[brokers.len()],
-            });
-        }
+    let specs = crate::gateway::peer_specs(&c);
+    for (((t, b), spec), peer) in c.brokers().zip(specs).zip(peers) {
+        let tenant = &c.tenant[t].name;
+        status.set_broker(brokers.len(), tenant, b.address);
+        brokers.push(BrokerAddr {
+            spec,
+            addr: SocketAddr::new(b.address, c.gateway.broker_port),
+            label: format!("{tenant}/{}", b.address),
+            peer,
+        });
     }
     let capacity = (seed.mtu + crate::tunnel::DATA_OVERHEAD + 63) & !63;
     use std::os::fd::{FromRawFd, IntoRawFd};
@@ -382,13 +604,14 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
     let streams = unsafe { TcpListener::from_raw_fd(seed.streams.into_raw_fd()) };
     let gw = Rc::new(Gw {
         bal: RefCell::new(Balancer::new(&c, now)),
+        current: RefCell::new(c.clone()),
+        draining: RefCell::new(Vec::new()),
         config: c,
         udp: UdpSocket::from(seed.udp),
         table: RefCell::new(seed.table),
         set: RefCell::new(seed.set),
         pool: RefCell::new(BufPool::new(capacity, 4096)),
-        tenants,
-        brokers,
+        brokers: RefCell::new(brokers),
         status,
         stop,
         kicked: Cell::new(false),
@@ -596,8 +819,23 @@ async fn timer_loop(gw: Rc<Gw>) {
     let mut next_tick = Instant::now();
     while !gw.stopped() {
         let now = Instant::now();
+        let pending = gw.status.pending.lock().ok().and_then(|mut p| p.take());
+        let mut queued = Vec::new();
+        if let Some(new) = pending {
+            match apply_reload(&gw, new, now, &mut out) {
+                Ok(q) => {
+                    queued = q;
+                    gw.status.reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(event = "gateway.reloaded");
+                }
+                Err(e) => tracing::error!(event = "gateway.reload_refused", error = %e),
+            }
+        }
+        queued.extend(settle_drained(&gw, now, &mut out));
+        for (to, d) in queued.drain(..) {
+            send_datagram(&gw, &d, to).await;
+        }
         if now >= next_tick {
-            let mut queued = Vec::new();
             next_tick = gw
                 .table
                 .borrow_mut()
@@ -608,13 +846,17 @@ async fn timer_loop(gw: Rc<Gw>) {
             }
             let table = gw.table.borrow();
             let mut bal = gw.bal.borrow_mut();
-            for (i, b) in gw.brokers.iter().enumerate() {
+            for (i, b) in gw.brokers.borrow().iter().enumerate() {
+                let id = BrokerId(i);
+                if !bal.is_live(id) {
+                    continue;
+                }
                 let age = table.peer_status(b.peer).and_then(|s| s.handshake_age(now));
-                bal.set_session(BrokerId(i), age);
+                bal.set_session(id, age);
                 let ms = age.map_or(u64::MAX, |a| {
                     u64::try_from(a.as_millis()).unwrap_or(u64::MAX)
                 });
-                gw.status.brokers[i]
+                gw.counters(id)
                     .handshake_age_ms
                     .store(ms, Ordering::Relaxed);
             }
@@ -649,10 +891,10 @@ async fn check(gw: Rc<Gw>, id: BrokerId) {
     let result = future::or(
         async {
             let r: io::Result<u16> = async {
+                let host = gw.broker_addr(id).ok_or_else(|| io::Error::other("no such broker"))?.ip();
                 let mut conn = open(&gw, id, false).await?;
                 let req = format!(
-                    "GET /healthcheck HTTP/1.1\r\nHost: {}\r\nUser-Agent: wgbroker-gateway\r\nConnection: close\r\n\r\n",
-                    gw.brokers[id.0].addr.ip()
+                    "GET /healthcheck HTTP/1.1\r\nHost: {host}\r\nUser-Agent: wgbroker-gateway\r\nConnection: close\r\n\r\n"
                 );
                 conn.write_all(req.as_bytes()).await?;
                 let (head, _) = read_response_head(&mut conn, Vec::new()).await?;
@@ -661,7 +903,7 @@ async fn check(gw: Rc<Gw>, id: BrokerId) {
             }
             .await;
             if let Err(e) = &r {
-                tracing::debug!(event = "gateway.check_failed", broker = %gw.brokers[id.0].label, error = %e);
+                tracing::debug!(event = "gateway.check_failed", broker = %gw.label(id), error = %e);
             }
             Some(r.ok() == Some(200))
         },
