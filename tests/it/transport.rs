@@ -244,51 +244,90 @@ fn a_framing_error_closes_the_stream_and_the_broker_reconnects() {
     b.shutdown().expect("stop");
 }
 
+/// A broker (`wgbroker run`, `transport` left at `auto`) in a network namespace whose nftables
+/// drop every UDP packet it sends (the rule counts them: chain `inet wgb out`), with a gateway key
+/// written for the vendor side the test starts; `admin` is the broker's admin listener.
+struct UdpBlocked {
+    pair: crate::harness::netns::Pair,
+    broker_ns: String,
+    /// Holds the key and the configuration until the test ends.
+    _dir: tempfile::TempDir,
+    /// The vendor's private key, for `loadtest --gateway --private-key-file`.
+    key_file: std::path::PathBuf,
+    bin: &'static str,
+    /// The vendor's WireGuard address, UDP and TCP.
+    listen: String,
+    broker_public: String,
+}
+
+impl UdpBlocked {
+    fn start(tag: &str, admin: &str) -> Self {
+        use crate::harness::netns::Pair;
+        let mut pair = Pair::new(tag);
+        let broker_ns = pair.broker.clone();
+        for rule in [
+            "add table inet wgb",
+            "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
+            "add rule inet wgb out meta l4proto udp counter drop",
+        ] {
+            let mut args = vec!["nft"];
+            args.extend(rule.split(' '));
+            pair.exec(&broker_ns, &args);
+        }
+        let vendor_key = PrivateKey::generate().expect("rng");
+        let broker_key = PrivateKey::generate().expect("rng");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("gateway.key");
+        std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
+        let cfg = dir.path().join("broker.toml");
+        let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
+            .peer(PeerToml::new(
+                vendor_key.public_key(),
+                format!("{}:51820", pair.vendor_ip),
+                format!("{VENDOR_IP}/32"),
+            ))
+            .render();
+        std::fs::write(
+            &cfg,
+            format!("{wireguard}[admin]\nlisten = \"{admin}\"\n[log]\nlevel = \"warn\"\n"),
+        )
+        .expect("config");
+        let bin = env!("CARGO_BIN_EXE_wgbroker");
+        let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
+        let spread = crate::harness::spread_args(&cfg);
+        let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
+        args.extend(spread);
+        pair.spawn(&broker_ns, &args);
+        let listen = format!("{}:51820", pair.vendor_ip);
+        let broker_public = broker_key.public_key().to_string();
+        Self {
+            pair,
+            broker_ns,
+            _dir: dir,
+            key_file,
+            bin,
+            listen,
+            broker_public,
+        }
+    }
+}
+
 /// In network namespaces: nftables in the broker's namespace drops every UDP packet it sends.
 /// The broker (`wgbroker run`, `transport` left at `auto`) gets no handshake over UDP, moves to
 /// the framed TCP stream on the gateway's port and serves: the test kit gateway
 /// (`wgbroker loadtest --gateway`, in the vendor's namespace) sends its requests through it.
 #[test]
 fn netns_udp_dropped_the_broker_connects_over_tcp_and_serves() {
-    use crate::harness::netns::Pair;
-    let mut pair = Pair::new("tcp");
-    let broker_ns = pair.broker.clone();
-    for rule in [
-        "add table inet wgb",
-        "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
-        "add rule inet wgb out meta l4proto udp counter drop",
-    ] {
-        let mut args = vec!["nft"];
-        args.extend(rule.split(' '));
-        pair.exec(&broker_ns, &args);
-    }
-    let vendor_key = PrivateKey::generate().expect("rng");
-    let broker_key = PrivateKey::generate().expect("rng");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("gateway.key");
-    std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
-    let cfg = dir.path().join("broker.toml");
-    let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
-        .peer(PeerToml::new(
-            vendor_key.public_key(),
-            format!("{}:51820", pair.vendor_ip),
-            format!("{VENDOR_IP}/32"),
-        ))
-        .render();
-    std::fs::write(
-        &cfg,
-        format!("{wireguard}[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n"),
-    )
-    .expect("config");
-    let bin = env!("CARGO_BIN_EXE_wgbroker");
-    let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
-    let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
-    let spread = crate::harness::spread_args(&cfg);
-    let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
-    args.extend(spread);
-    pair.spawn(&broker_ns, &args);
-    let listen = format!("{}:51820", pair.vendor_ip);
-    let broker_public = broker_key.public_key().to_string();
+    let UdpBlocked {
+        pair,
+        broker_ns,
+        _dir,
+        key_file,
+        bin,
+        listen,
+        broker_public,
+    } = UdpBlocked::start("tcp", "127.0.0.1:0");
     let out = pair
         .command(
             &pair.vendor.clone(),
@@ -343,46 +382,16 @@ fn netns_udp_dropped_the_broker_connects_over_tcp_and_serves() {
 /// `udp_works` — and the load test that ran through all of it saw no failed request.
 #[test]
 fn netns_udp_unblocked_the_broker_moves_back_to_udp_without_failed_requests() {
-    use crate::harness::netns::Pair;
-    let mut pair = Pair::new("back");
-    let broker_ns = pair.broker.clone();
-    for rule in [
-        "add table inet wgb",
-        "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
-        "add rule inet wgb out meta l4proto udp counter drop",
-    ] {
-        let mut args = vec!["nft"];
-        args.extend(rule.split(' '));
-        pair.exec(&broker_ns, &args);
-    }
-    let vendor_key = PrivateKey::generate().expect("rng");
-    let broker_key = PrivateKey::generate().expect("rng");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("gateway.key");
-    std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
-    let cfg = dir.path().join("broker.toml");
-    let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
-        .peer(PeerToml::new(
-            vendor_key.public_key(),
-            format!("{}:51820", pair.vendor_ip),
-            format!("{VENDOR_IP}/32"),
-        ))
-        .render();
     // The namespace is ours: a fixed admin port in it collides with nothing.
-    std::fs::write(
-        &cfg,
-        format!("{wireguard}[admin]\nlisten = \"127.0.0.1:9000\"\n[log]\nlevel = \"warn\"\n"),
-    )
-    .expect("config");
-    let bin = env!("CARGO_BIN_EXE_wgbroker");
-    let cfg_s = cfg.to_str().expect("utf-8 path").to_owned();
-    let mut args = vec![bin, "run", "-c", cfg_s.as_str()];
-    let spread = crate::harness::spread_args(&cfg);
-    let spread: Vec<&str> = spread.iter().filter_map(|a| a.to_str()).collect();
-    args.extend(spread);
-    pair.spawn(&broker_ns, &args);
-    let listen = format!("{}:51820", pair.vendor_ip);
-    let broker_public = broker_key.public_key().to_string();
+    let UdpBlocked {
+        pair,
+        broker_ns,
+        _dir,
+        key_file,
+        bin,
+        listen,
+        broker_public,
+    } = UdpBlocked::start("back", "127.0.0.1:9000");
     let vendor_ns = pair.vendor.clone();
     let load = pair
         .command(
