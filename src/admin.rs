@@ -74,10 +74,10 @@ pub fn metrics(status: &Status) -> String {
 fn outbound_metrics(m: &mut Exposition, o: &crate::relay::intake::Stats) {
     use crate::relay::intake::RelayCounters;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let relays = o.relays();
     let per = |f: fn(&RelayCounters) -> &std::sync::atomic::AtomicU64| {
-        o.names
+        relays
             .iter()
-            .zip(&o.relays)
             .map(move |(n, c)| (n.clone(), f(c).load(Ordering::Relaxed)))
     };
     for (name, help, f) in [
@@ -119,7 +119,7 @@ fn outbound_metrics(m: &mut Exposition, o: &crate::relay::intake::Stats) {
         "Webhooks filtered out (answered 200), by the filter that decided.",
         Kind::Counter,
     );
-    for (n, c) in o.names.iter().zip(&o.relays) {
+    for (n, c) in relays.iter() {
         for (reason, v) in [
             ("events", &c.filtered_events),
             ("touches", &c.filtered_touches),

@@ -7,8 +7,10 @@
 //! opened from then on take them), `[heartbeat]` (replaced, added or removed), and applies
 //! `[log] level`. What stays is built into the process at start (the broker's key, tunnel
 //! address, ports, MTU, executors, the log formatter, the tunnel TCP stacks, the webhook relay's
-//! listener and executor): [`needs_restart`] names what a new configuration changes there, so
-//! the operator is told the change is still pending.
+//! listener, executor and spool): [`needs_restart`] names what a new configuration changes
+//! there, so the operator is told the change is still pending. `[[outbound.relay]]` (added,
+//! removed, changed, secrets re-read), `max_body` and the relay's retry and delivery timings
+//! are applied too.
 
 use super::Config;
 
@@ -64,12 +66,45 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         // Every shard's TCP stacks are built with these (congestion control, buffers, timers);
         // a stack swap under open connections is not worth its risk yet (issue 19's code).
         ("netstack", *netstack != new.netstack),
-        // The relay owns a listener, an executor and a spool opened at start.
-        ("outbound", *outbound != new.outbound),
     ]
     .into_iter()
     .filter(|&(_, changed)| changed)
     .map(|(section, _)| section.to_owned())
+    .chain(outbound_restart(outbound.as_ref(), new.outbound.as_ref()))
+    .collect()
+}
+
+/// What of `[outbound]` waits for a restart: the relay's listener, executor and spool are
+/// opened at start (so the section appearing or going, `listen`, `spool_dir`, `spool_max`);
+/// `[[outbound.relay]]`, `max_body` and the retry and delivery timings are applied.
+fn outbound_restart(
+    old: Option<&crate::relay::spec::Outbound>,
+    new: Option<&crate::relay::spec::Outbound>,
+) -> Vec<String> {
+    let (old, new) = match (old, new) {
+        (None, None) => return Vec::new(),
+        (Some(old), Some(new)) => (old, new),
+        _ => return vec!["outbound".to_owned()],
+    };
+    let crate::relay::spec::Outbound {
+        listen,
+        spool_dir,
+        spool_max,
+        // Applied by the reload (requests and delivery attempts from then on).
+        max_body: _,
+        retry_min: _,
+        retry_max: _,
+        delivery_timeout: _,
+        relay: _,
+    } = old;
+    [
+        ("outbound.listen", *listen != new.listen),
+        ("outbound.spool_dir", *spool_dir != new.spool_dir),
+        ("outbound.spool_max", *spool_max != new.spool_max),
+    ]
+    .into_iter()
+    .filter(|&(_, changed)| changed)
+    .map(|(key, _)| key.to_owned())
     .collect()
 }
 
@@ -183,6 +218,50 @@ mod tests {
             KEY_B,
         );
         assert_eq!(needs_restart(&old, &new), ["netstack", "outbound"]);
+    }
+
+    #[test]
+    fn relays_apply_but_the_relay_listener_and_spool_need_a_restart() {
+        let outbound = |listen: &str, spool_max: &str, relays: &str| {
+            config(
+                &format!(
+                    "{RULE}[outbound]\nlisten = \"{listen}\"\nspool_max = \"{spool_max}\"\n{relays}"
+                ),
+                KEY_A,
+                KEY_B,
+            )
+        };
+        let relay = |name: &str, events: &str| {
+            format!(
+                "[[outbound.relay]]\nname = \"{name}\"\n\
+                 destination_url = \"https://vendor.example.com/hook\"\nscm = \"none\"\n\
+                 events = [{events}]\n"
+            )
+        };
+        let old = outbound("127.0.0.1:8080", "64 MiB", &relay("a", "\"push\""));
+        // Relays added, removed and changed, and the timings: applied.
+        let relays = outbound(
+            "127.0.0.1:8080",
+            "64 MiB",
+            &format!(
+                "max_body = \"64 KiB\"\nretry_min = \"2s\"\n{}{}",
+                relay("a", "\"push\", \"issues\""),
+                relay("b", "")
+            ),
+        );
+        assert_eq!(needs_restart(&old, &relays), Vec::<String>::new());
+        let empty = outbound("127.0.0.1:8080", "64 MiB", "");
+        assert_eq!(needs_restart(&old, &empty), Vec::<String>::new());
+        // The listener and the spool: named key by key.
+        let moved = outbound("127.0.0.1:8081", "65 MiB", &relay("a", "\"push\""));
+        assert_eq!(
+            needs_restart(&old, &moved),
+            ["outbound.listen", "outbound.spool_max"]
+        );
+        // The section appearing or going: the whole relay.
+        let none = config(RULE, KEY_A, KEY_B);
+        assert_eq!(needs_restart(&old, &none), ["outbound"]);
+        assert_eq!(needs_restart(&none, &old), ["outbound"]);
     }
 
     #[test]

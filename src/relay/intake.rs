@@ -4,6 +4,7 @@
 //! network. Also the counters and log events of the intake side.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::spool::{AppendError, Event, Spool};
@@ -31,11 +32,15 @@ pub struct RelayCounters {
     pub retries: AtomicU64,
 }
 
-/// Counters of every relay (same order as [`Relays::relays`]) and of the listener.
+/// Each relay's name and counters.
+pub type PerRelay = Vec<(String, Arc<RelayCounters>)>;
+
+/// Counters of every relay and of the listener.
 #[derive(Debug)]
 pub struct Stats {
-    pub names: Vec<String>,
-    pub relays: Vec<RelayCounters>,
+    /// Each configured relay's counters, by name, in configuration order; a reload keeps the
+    /// counters of a relay it keeps ([`Stats::follow`]).
+    relays: RwLock<Arc<PerRelay>>,
     /// Requests for no relay (404).
     pub unknown: AtomicU64,
     /// The spool, as of the last append or removal: bytes, events, and when the oldest waiting
@@ -48,16 +53,54 @@ pub struct Stats {
 impl Stats {
     pub fn new(relays: &Relays) -> Self {
         Self {
-            names: relays.relays.iter().map(|r| r.name.clone()).collect(),
-            relays: relays
-                .relays
-                .iter()
-                .map(|_| RelayCounters::default())
-                .collect(),
+            relays: RwLock::new(Arc::new(
+                relays
+                    .relays
+                    .iter()
+                    .map(|r| (r.name.clone(), Arc::default()))
+                    .collect(),
+            )),
             unknown: AtomicU64::new(0),
             spool_bytes: AtomicU64::new(0),
             spool_events: AtomicU64::new(0),
             oldest_received_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Every configured relay's counters, in configuration order.
+    pub fn relays(&self) -> Arc<PerRelay> {
+        match self.relays.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The counters of relay `name`, while it is configured.
+    pub fn counters(&self, name: &str) -> Option<Arc<RelayCounters>> {
+        self.relays()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Follows a reload: a kept relay keeps its counters (they only grow), a new one starts at
+    /// zero, a removed one leaves `/metrics`.
+    pub fn follow(&self, relays: &Relays) {
+        let old = self.relays();
+        let new: Vec<_> = relays
+            .relays
+            .iter()
+            .map(|r| {
+                let kept = old
+                    .iter()
+                    .find(|(n, _)| *n == r.name)
+                    .map(|(_, c)| c.clone());
+                (r.name.clone(), kept.unwrap_or_default())
+            })
+            .collect();
+        match self.relays.write() {
+            Ok(mut r) => *r = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
         }
     }
 
@@ -96,7 +139,7 @@ pub fn intake(
 ) -> Answer {
     let verdict = relays.decide(w);
     let name = |i: usize| relays.relays.get(i).map_or("", |r| r.name.as_str());
-    let counters = |i: usize| stats.relays.get(i);
+    let counters = |i: usize| stats.counters(name(i));
     match &verdict {
         Verdict::Accept(a) => {
             let ev = Event {
@@ -254,7 +297,7 @@ mod tests {
         let a = intake(&r, &spool, &stats, &hook(&h, &body), 1);
         assert_eq!((a.status, a.retry_after), (503, Some(30)), "{a:?}");
         assert_eq!(spool.pending("r"), 2, "nothing accepted was lost");
-        let c = &stats.relays[0];
+        let c = stats.counters("r").expect("relay r is counted");
         assert_eq!(c.accepted.load(Ordering::Relaxed), 2);
         assert_eq!(c.spool_refused.load(Ordering::Relaxed), 1);
 

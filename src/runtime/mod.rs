@@ -92,6 +92,8 @@ pub struct BrokerHandle {
     /// and whether the UDP socket is dual-stack (how their endpoints are resolved).
     peers: std::sync::Mutex<Vec<crate::config::Peer>>,
     ipv6_socket: bool,
+    /// The webhook relay's state, when `[outbound]` is configured (a reload swaps its relays).
+    outbound: Option<Arc<outbound::Shared>>,
     /// Each executor by its thread name.
     joins: Vec<(String, ExecutorJoinHandle<()>)>,
 }
@@ -138,6 +140,11 @@ impl BrokerHandle {
         let upstream = self.upstream_change(&c.upstream);
         let heartbeat = self.heartbeat_change(c.heartbeat.as_ref(), upstream.as_ref());
         self.peers_change(c);
+        if let Some(o) = &self.outbound {
+            if let Err(e) = o.reload(c, upstream.as_ref().map(|u| u.tls.clone())) {
+                tracing::error!(event = "relay.reload_failed", error = %e, "the webhook relays stay as they were");
+            }
+        }
         let generation = self.status.publish_reload(status::ReloadPayload {
             rules: c.rules(),
             secrets: ServerConfig::secrets(c),
@@ -335,10 +342,10 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
     } else {
         layout.split(&mut barrier, &plan, seeds, core)?;
     }
-    if let (Some(shared), Some(listener)) = (outbound, outbound_listener) {
+    if let (Some(shared), Some(listener)) = (outbound.clone(), outbound_listener) {
         if let Ok(a) = listener.local_addr() {
             status.outbound_port.store(a.port(), Ordering::Relaxed);
-            tracing::info!(event = "relay.listening", addr = %a, relays = shared.relays.relays.len());
+            tracing::info!(event = "relay.listening", addr = %a, relays = shared.stats.relays().len());
         }
         layout.outbound(&mut barrier, listener, shared)?;
     }
@@ -350,6 +357,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         heartbeat: std::sync::Mutex::new((c.heartbeat.clone(), tls.clone())),
         peers: std::sync::Mutex::new(c.wireguard.peers.clone()),
         ipv6_socket,
+        outbound,
         joins,
     })
 }

@@ -15,10 +15,11 @@
 //!   nothing to do looks at the spool every [`IDLE_POLL`] (glommio wakers are not woken across
 //!   executors here; a few atomic loads 200 times a second cost nothing measurable).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
@@ -99,9 +100,22 @@ impl Drop for Reserved {
 /// What the listener and the delivery tasks share (across executors).
 #[derive(Debug)]
 pub struct Shared {
-    pub relays: Relays,
+    /// What a reload replaces (relays, limits, timeouts, TLS, tunnel routes): each request and
+    /// each delivery attempt takes the snapshot current when it starts.
+    live: RwLock<Arc<Live>>,
     pub spool: Spool,
     pub stats: Arc<Stats>,
+    /// Most bytes the spool (and the listener's body budget) may hold; fixed at start.
+    spool_max: usize,
+    /// Names of the relays that have a delivery task on shard 0 (only shard 0 touches it; a
+    /// `Mutex` because `Shared` crosses executors).
+    delivering: Mutex<HashSet<String>>,
+}
+
+/// The part of [`Shared`] a reload replaces as a whole.
+#[derive(Debug)]
+struct Live {
+    relays: Relays,
     cfg: Outbound,
     limits: Limits,
     head_timeout: Duration,
@@ -111,6 +125,79 @@ pub struct Shared {
     /// For `https://` destinations reached through the tunnel (direct ones use the upstream
     /// client, which has the same configuration).
     tls: Arc<rustls::ClientConfig>,
+}
+
+impl Live {
+    fn new(c: &Config, o: &Outbound, tls: Arc<rustls::ClientConfig>) -> Result<Live, String> {
+        Ok(Live {
+            relays: Relays::compile(o).map_err(|e| e.join("; "))?,
+            cfg: o.clone(),
+            limits: Limits {
+                max_head_bytes: c.inbound.max_head_bytes,
+                max_headers: c.inbound.max_headers,
+            },
+            head_timeout: c.inbound.head_timeout,
+            body_timeout: c.inbound.body_timeout,
+            tunnel_nets: c
+                .wireguard
+                .peers
+                .iter()
+                .flat_map(|p| p.allowed_ips.iter().copied())
+                .collect(),
+            tls,
+        })
+    }
+
+    fn relay(&self, name: &str) -> Option<&Relay> {
+        self.relays.relays.iter().find(|r| r.name == name)
+    }
+}
+
+impl Shared {
+    /// The current relays and settings.
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies a reloaded configuration: `[[outbound.relay]]` (added, removed, changed — a
+    /// new secret included), `max_body`, the retry and delivery timings, and the `[inbound]`
+    /// limits, peer routes and upstream TLS the relay uses. Requests and delivery attempts
+    /// already under way finish with what they started with. `listen`, `spool_dir` and
+    /// `spool_max` are not applied (see [`crate::config::reload`]). A relay removed keeps its
+    /// spooled events on disk, undelivered, until it is configured again (as at start).
+    /// `tls`: the upstream TLS settings when they changed.
+    pub(super) fn reload(
+        &self,
+        c: &Config,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<(), String> {
+        let Some(o) = &c.outbound else {
+            return Ok(());
+        };
+        let old = self.live();
+        let new = Live::new(c, o, tls.unwrap_or_else(|| old.tls.clone()))?;
+        for r in &old.relays.relays {
+            if new.relay(&r.name).is_none() {
+                let events = self.spool.pending(&r.name);
+                tracing::info!(event = "relay.removed", relay = %r.name, events_kept = events);
+            }
+        }
+        for r in &new.relays.relays {
+            if old.relay(&r.name).is_none() {
+                let events = self.spool.pending(&r.name);
+                tracing::info!(event = "relay.added", relay = %r.name, events_waiting = events);
+            }
+        }
+        self.stats.follow(&new.relays);
+        match self.live.write() {
+            Ok(mut l) => *l = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        Ok(())
+    }
 }
 
 /// Unix time in milliseconds.
@@ -154,24 +241,13 @@ pub(super) fn open(
     }
     let stats = Arc::new(Stats::new(&relays));
     stats.observe(&spool);
+    let live = Live::new(c, o, tls.clone()).map_err(StartError::Upstream)?;
     Ok(Arc::new(Shared {
-        relays,
+        live: RwLock::new(Arc::new(live)),
         spool,
         stats,
-        cfg: o.clone(),
-        limits: Limits {
-            max_head_bytes: c.inbound.max_head_bytes,
-            max_headers: c.inbound.max_headers,
-        },
-        head_timeout: c.inbound.head_timeout,
-        body_timeout: c.inbound.body_timeout,
-        tunnel_nets: c
-            .wireguard
-            .peers
-            .iter()
-            .flat_map(|p| p.allowed_ips.iter().copied())
-            .collect(),
-        tls: tls.clone(),
+        spool_max: o.spool_max,
+        delivering: Mutex::new(HashSet::new()),
     }))
 }
 
@@ -197,7 +273,7 @@ pub(super) async fn serve(
     let budget = Rc::new(Budget {
         connections: std::cell::Cell::new(0),
         bytes: std::cell::Cell::new(0),
-        max_bytes: shared.cfg.spool_max,
+        max_bytes: shared.spool_max,
     });
     loop {
         let Some(accepted) = super::barrier::until_stopped(listener.accept(), &stop).await else {
@@ -305,10 +381,11 @@ async fn one_request(
     shared: &Shared,
     budget: &Rc<Budget>,
 ) -> Result<(Answer, bool), Abort> {
+    let live = shared.live();
     let mut head = RequestHead::default();
-    let head_deadline = Instant::now() + shared.head_timeout;
+    let head_deadline = Instant::now() + live.head_timeout;
     loop {
-        match parse_head(buf, &shared.limits, &mut head) {
+        match parse_head(buf, &live.limits, &mut head) {
             Ok(Some(_)) => break,
             Ok(None) => {
                 let left = head_deadline.saturating_duration_since(Instant::now());
@@ -320,7 +397,7 @@ async fn one_request(
             Err(e) => return Err(Abort::Answer(e.status(), "malformed request head")),
         }
     }
-    let max = shared.cfg.max_body;
+    let max = live.cfg.max_body;
     let start = head.head_len;
     // Held until the event is spooled (or refused): the body is in memory until then.
     let mut reservation: Option<Reserved> = None;
@@ -336,7 +413,7 @@ async fn one_request(
             continue_if_asked(stream, &head).await?;
             let end = start + n;
             while buf.len() < end {
-                fill(stream, buf, shared.body_timeout).await?;
+                fill(stream, buf, live.body_timeout).await?;
             }
             (buf[start..end].to_vec(), end)
         }
@@ -348,7 +425,7 @@ async fn one_request(
             let mut at = start;
             loop {
                 if at == buf.len() {
-                    fill(stream, buf, shared.body_timeout).await?;
+                    fill(stream, buf, live.body_timeout).await?;
                 }
                 let step = decoder
                     .decode(&buf[at..])
@@ -365,7 +442,7 @@ async fn one_request(
                     break;
                 }
                 if step.consumed == 0 {
-                    fill(stream, buf, shared.body_timeout).await?;
+                    fill(stream, buf, live.body_timeout).await?;
                 }
             }
             reservation = Some(reserved);
@@ -380,7 +457,7 @@ async fn one_request(
             headers: &headers,
             body: &body,
         };
-        intake(&shared.relays, &shared.spool, &shared.stats, &w, now_ms())
+        intake(&live.relays, &shared.spool, &shared.stats, &w, now_ms())
     };
     buf.drain(..consumed);
     drop(reservation);
@@ -426,32 +503,70 @@ async fn write_answer(
 // ---------------------------------------------------------------------------------------------
 // The deliveries.
 
-/// Spawns one delivery task per relay on this shard.
+/// Spawns the delivery supervisor on this shard: one delivery task per configured relay, and
+/// one more for each relay a reload adds (checked every [`SUPERVISE`]).
 pub(super) fn spawn_deliveries(shard: &Rc<Shard>, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
-    for index in 0..shared.relays.relays.len() {
-        glommio::spawn_local(deliver_loop(
-            shard.clone(),
-            shared.clone(),
-            index,
-            stop.clone(),
-        ))
-        .detach();
+    let (shard, shared, stop) = (shard.clone(), shared.clone(), stop.clone());
+    glommio::spawn_local(async move {
+        while !stop.load(Ordering::Relaxed) {
+            start_missing_deliveries(&shard, &shared, &stop);
+            glommio::timer::sleep(SUPERVISE).await;
+        }
+    })
+    .detach();
+}
+
+/// How often the supervisor looks for relays without a delivery task (a reload's new relay
+/// starts delivering within this).
+const SUPERVISE: Duration = Duration::from_millis(100);
+
+/// Starts a delivery task for every configured relay that has none.
+fn start_missing_deliveries(shard: &Rc<Shard>, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+    let live = shared.live();
+    let Ok(mut delivering) = shared.delivering.lock() else {
+        return;
+    };
+    for relay in &live.relays.relays {
+        if delivering.insert(relay.name.clone()) {
+            glommio::spawn_local(deliver_loop(
+                shard.clone(),
+                shared.clone(),
+                relay.name.clone(),
+                stop.clone(),
+            ))
+            .detach();
+        }
     }
 }
 
-/// Delivers relay `index`'s spool, in order, until `stop`.
-async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop: Arc<AtomicBool>) {
-    let Some(relay) = shared.relays.relays.get(index) else {
-        return;
-    };
-    let counters = &shared.stats.relays[index];
-    let mut backoff = Backoff::new(shared.cfg.retry_min, shared.cfg.retry_max);
+/// Delivers relay `name`'s spool, in order, until `stop` or until a reload removes the relay
+/// (its events stay spooled). Each attempt uses the relay as currently configured (a reload's
+/// new destination, secret-free headers, timings apply from the next attempt).
+async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, name: String, stop: Arc<AtomicBool>) {
+    let mut live = shared.live();
+    let mut backoff = Backoff::new(live.cfg.retry_min, live.cfg.retry_max);
     let mut throttle = LogThrottle::new(REPEAT_INTERVAL);
-    let through_tunnel = relay
-        .destination
-        .ip()
-        .is_some_and(|ip| shared.tunnel_nets.iter().any(|n| n.contains(&ip)));
     while !stop.load(Ordering::Relaxed) {
+        let current = shared.live();
+        if !Arc::ptr_eq(&current, &live) {
+            if (current.cfg.retry_min, current.cfg.retry_max)
+                != (live.cfg.retry_min, live.cfg.retry_max)
+            {
+                backoff = Backoff::new(current.cfg.retry_min, current.cfg.retry_max);
+            }
+            live = current;
+        }
+        let Some(relay) = live.relay(&name) else {
+            // Removed by a reload: the supervisor starts a new task if it comes back.
+            if let Ok(mut d) = shared.delivering.lock() {
+                d.remove(&name);
+            }
+            return;
+        };
+        let through_tunnel = relay
+            .destination
+            .ip()
+            .is_some_and(|ip| live.tunnel_nets.iter().any(|n| n.contains(&ip)));
         let now = Instant::now();
         let head = if backoff.ready(now) {
             shared.spool.head(&relay.name)
@@ -483,13 +598,10 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop:
             }
         };
         let started = Instant::now();
-        let result = future::or(
-            attempt(&shard, &shared, relay, &ev, through_tunnel),
-            async {
-                glommio::timer::sleep(shared.cfg.delivery_timeout).await;
-                Err("timed out".to_owned())
-            },
-        )
+        let result = future::or(attempt(&shard, &live, relay, &ev, through_tunnel), async {
+            glommio::timer::sleep(live.cfg.delivery_timeout).await;
+            Err("timed out".to_owned())
+        })
         .await;
         let outcome = match &result {
             Ok(r) => Outcome::of_status(r.status),
@@ -502,7 +614,9 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop:
                 tracing::error!(event = "relay.spool_remove_failed", relay = %relay.name, error = %e);
             }
             shared.stats.observe(&shared.spool);
-            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = shared.stats.counters(&relay.name) {
+                c.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             let failures = backoff.failures();
             backoff.succeeded();
             throttle.reset();
@@ -517,7 +631,9 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop:
             );
             continue;
         }
-        counters.retries.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = shared.stats.counters(&relay.name) {
+            c.retries.fetch_add(1, Ordering::Relaxed);
+        }
         let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
         let delay = backoff.failed(Instant::now(), retry_after);
         let reason = match &result {
@@ -542,7 +658,7 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, index: usize, stop:
 /// One attempt: dial, send, read the response head.
 async fn attempt(
     shard: &Rc<Shard>,
-    shared: &Shared,
+    live: &Live,
     relay: &Relay,
     ev: &Event,
     through_tunnel: bool,
@@ -554,7 +670,7 @@ async fn attempt(
         let conn = tunnel_connect(shard, SocketAddr::new(ip, d.port)).await?;
         if d.tls {
             let name = rustls::pki_types::ServerName::IpAddress(ip.into());
-            let tls = futures_rustls::TlsConnector::from(shared.tls.clone())
+            let tls = futures_rustls::TlsConnector::from(live.tls.clone())
                 .connect(name, conn)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;

@@ -466,3 +466,128 @@ fn chunked_bodies_are_read_and_oversized_ones_refused_before_they_are_read() {
     let head = b"POST /relay/github HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
     assert_eq!(raw(broker, head), 413);
 }
+
+/// Reloads `text` into the running broker of `t` (pumping the in-process gateway meanwhile);
+/// what the reload says needs a restart.
+fn reload(t: &mut Tunnel, started: &wgbroker::config::Config, text: &str) -> Vec<String> {
+    use wgbroker::service::{self, Reloaded};
+    let new = t.reload_config(text);
+    let broker = t.broker.take().expect("running");
+    let outcome = std::thread::scope(|s| {
+        let r = s.spawn(|| service::reload(&broker, started, Ok(new)));
+        while !r.is_finished() {
+            t.gateway.pump(Duration::from_millis(5)).expect("pump");
+        }
+        r.join().expect("reload")
+    });
+    t.broker = Some(broker);
+    match outcome {
+        Reloaded::Loaded {
+            swapped,
+            needs_restart,
+            ..
+        } => {
+            assert!(swapped.is_ok(), "{swapped:?}");
+            needs_restart
+        }
+        Reloaded::Invalid(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_reload_adds_changes_and_removes_relays_and_loses_no_spooled_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = MockVendor::start(Mode::Up).expect("vendor");
+    let other_vendor = MockVendor::start(Mode::Up).expect("vendor");
+    let base = outbound(&vendor.url("/hooks"), dir.path(), "");
+    let mut t = Tunnel::start(&base);
+    let started = t.reload_config(&t.config_text).config;
+    let status = t.broker.as_ref().expect("running").status().clone();
+    let broker = SocketAddr::from(([127, 0, 0, 1], status.outbound_port.load(Ordering::Relaxed)));
+    let port = status.admin_port.load(Ordering::Relaxed);
+    let issue = br#"{"action":"opened"}"#;
+    let issues = |delivery: &str| {
+        post(
+            broker,
+            "github",
+            &github_headers("issues", delivery, issue, SECRET),
+            issue,
+        )
+        .expect("post")
+    };
+    assert_eq!(send(broker, 0).status, 202);
+    assert_eq!(issues("i-0").status, 200, "filtered before the reload");
+
+    // Reload 1: `github` also relays `issues`, a new relay `other` appears, timings change.
+    let other = format!(
+        "[[outbound.relay]]\nname = \"other\"\ndestination_url = \"{}\"\nscm = \"none\"\n",
+        other_vendor.url("/other")
+    );
+    let changed = format!(
+        "{}{other}",
+        base.replace(
+            "events = [\"push\", \"pull_request\"]",
+            "events = [\"push\", \"pull_request\", \"issues\"]"
+        )
+        .replace("retry_max = \"100ms\"", "retry_max = \"200ms\"")
+    );
+    let text = format!("{}\n{changed}", t.config_text.replace(&base, ""));
+    assert_eq!(reload(&mut t, &started, &text), Vec::<String>::new());
+    assert_eq!(issues("i-1").status, 202, "the changed filter applies");
+    let a = post(broker, "other", &[], b"{}").expect("post");
+    assert_eq!(a.status, 202, "the added relay takes webhooks: {a:?}");
+    poll_until(Duration::from_secs(10), "the added relay delivers", || {
+        other_vendor.received().len() == 1
+    });
+    poll_until(Duration::from_secs(10), "github delivers", || {
+        vendor.received().len() == 2
+    });
+    assert_eq!(
+        metric(port, "wgbroker_webhooks_accepted_total{relay=\"github\"}"),
+        Some(2.0),
+        "a kept relay keeps its counters"
+    );
+    assert_eq!(
+        metric(port, "wgbroker_webhooks_delivered_total{relay=\"other\"}"),
+        Some(1.0)
+    );
+
+    // Reload 2, while the vendor is down with an event spooled: `github` removed.
+    vendor.set_mode(Mode::Unavailable);
+    assert_eq!(send(broker, 1).status, 202);
+    let relays_at = base.find("[[outbound.relay]]").expect("a relay");
+    let without = format!(
+        "{}{}{other}",
+        t.config_text.replace(&base, ""),
+        &base[..relays_at]
+    );
+    assert_eq!(reload(&mut t, &started, &without), Vec::<String>::new());
+    assert_eq!(
+        send(broker, 2).status,
+        404,
+        "a removed relay takes no webhook"
+    );
+    assert_eq!(
+        metric(port, "wgbroker_webhooks_accepted_total{relay=\"github\"}"),
+        None,
+        "a removed relay leaves /metrics"
+    );
+    vendor.set_mode(Mode::Up);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        vendor.received().len(),
+        2,
+        "a removed relay delivers nothing"
+    );
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("github"))
+        .expect("relay dir")
+        .collect();
+    assert_eq!(kept.len(), 1, "its spooled event is kept: {kept:?}");
+
+    // Reload 3: `github` back: the kept event is delivered.
+    assert_eq!(reload(&mut t, &started, &text), Vec::<String>::new());
+    poll_until(Duration::from_secs(10), "the kept event delivered", || {
+        vendor.received().len() == 3
+    });
+    assert_eq!(deliveries(&vendor)[2], "delivery-1");
+}
