@@ -85,8 +85,20 @@ enum Command {
     /// Print the merged configuration and generated rules, secrets redacted.
     Dump(ConfigArgs),
     /// Print a Semgrep Network Broker configuration (YAML, with any overlays) as wgbroker TOML,
-    /// with a comment wherever a value was translated. The output holds the input's secrets.
-    Import(ConfigArgs),
+    /// with a comment wherever a value was translated. The output holds the input's secrets,
+    /// unless `--secrets-dir` moves each into a file of its own.
+    ///
+    /// Exit status: 0 printed, 73 a secret file exists, 74 a secret file cannot be written,
+    /// 78 the input does not validate.
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write each inline secret (private key, pre-shared keys, tokens, header values, relay
+        /// secrets) to its own file in DIR (created 0700; files 0600, never overwritten) and
+        /// print `{ file = "DIR/..." }` in its place.
+        #[arg(long, value_name = "DIR")]
+        secrets_dir: Option<PathBuf>,
+    },
     /// Write a first configuration and private key from what the vendor gave (asked for, or
     /// taken from flags), print the public key to give the vendor, then run `test`.
     ///
@@ -193,7 +205,10 @@ fn command() -> u8 {
         Command::Gateway(args) => gateway(&args.files),
         Command::Check(args) => check(&args.files),
         Command::Dump(args) => dump(&args.files),
-        Command::Import(args) => import(&args.files),
+        Command::Import {
+            config,
+            secrets_dir,
+        } => import(&config.files, secrets_dir.as_deref()),
         Command::Init(args) => init(&args),
         Command::Test { config, json } => u8::from(!crate::onboard::run_test(
             &config.files,
@@ -446,10 +461,31 @@ fn init(args: &crate::onboard::init::Args) -> u8 {
     }
 }
 
-/// `wgbroker import`: the equivalent TOML on standard output.
-fn import(files: &[PathBuf]) -> u8 {
-    match config::semgrep::import(files, &ProcessEnv) {
-        Ok((toml, warnings)) => {
+/// `wgbroker import`: the equivalent TOML on standard output (its inline secrets moved to
+/// files in `secrets_dir`, when given).
+fn import(files: &[PathBuf], secrets_dir: Option<&std::path::Path>) -> u8 {
+    use config::semgrep::SecretsOut;
+    let (toml, warnings) = match secrets_dir {
+        None => config::semgrep::import(files, &ProcessEnv),
+        Some(dir) => match config::semgrep::import_with_secret_files(files, &ProcessEnv, dir) {
+            Ok(r) => Ok(r),
+            Err(SecretsOut::Config(e)) => Err(e),
+            Err(SecretsOut::Exists(path)) => {
+                err!(
+                    "{} exists: a secret file is never overwritten (choose another --secrets-dir, or remove it)",
+                    path.display()
+                );
+                return EXIT_CANTCREAT;
+            }
+            Err(SecretsOut::Write(path, e)) => {
+                err!("cannot write {}: {e}", path.display());
+                return EXIT_IOERR;
+            }
+        },
+    }
+    .map_or_else(|errors| (Err(errors), Vec::new()), |(t, w)| (Ok(t), w));
+    match toml {
+        Ok(toml) => {
             print_warnings(&warnings);
             crate::output::write_out_bytes(toml.as_bytes());
             0

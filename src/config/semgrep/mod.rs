@@ -53,7 +53,7 @@ mod import;
 mod keys;
 mod reader;
 
-pub use import::{import, render_import};
+pub use import::{SecretsOut, import, import_with_secret_files, render_import};
 use reader::{Tx, first_alias, key_at};
 
 /// Largest YAML file read: a broker configuration is a few KiB.

@@ -114,6 +114,80 @@ fn imported(layers: &[(PathBuf, String)]) -> (PathBuf, String) {
 }
 
 #[test]
+fn import_with_a_secrets_dir_moves_every_secret_to_a_0600_file_and_decides_the_same() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets: &[(&str, &[&str])] = &[
+        (
+            "github.yaml",
+            &[
+                "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+                "ghp_exampleexampleexample",
+                "Bearer jira-example-token",
+            ],
+        ),
+        (
+            "multiple-scms.yaml",
+            &[
+                "ghp_first",
+                "ghp_second",
+                "glpat-third",
+                "bb-fourth",
+                "ado-fifth",
+            ],
+        ),
+    ];
+    for (name, values) in secrets {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("secrets");
+        let (path, _) = example(name);
+        let (toml, _) = import_with_secret_files(std::slice::from_ref(&path), &no_env, &out)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let mut written = Vec::new();
+        for entry in std::fs::read_dir(&out).expect("secrets dir") {
+            let p = entry.expect("entry").path();
+            let mode = p.metadata().expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+            assert!(
+                toml.contains(&format!("file = {:?}", p.display().to_string())),
+                "{name}: {} referenced\n{toml}",
+                p.display()
+            );
+            written.push(std::fs::read_to_string(&p).expect("read"));
+        }
+        let dir_mode = out.metadata().expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        for v in *values {
+            assert!(!toml.contains(v), "{name}: {v} printed\n{toml}");
+            assert!(
+                written.contains(&format!("{v}\n")),
+                "{name}: {v} not in a file: {written:?}"
+            );
+        }
+        // The secrets, read back from their files, give the same configuration.
+        let from_yaml = load(&[example(name)]).expect("yaml");
+        let from_files = load_str(&[("imported.toml".into(), toml)], LoadMode::Full, &no_env)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (m, u) in REQUESTS {
+            assert_eq!(
+                decide(&from_yaml, m, u),
+                decide(&from_files, m, u),
+                "{m} {u}"
+            );
+        }
+        assert_eq!(
+            from_yaml.config.wireguard.private_key,
+            from_files.config.wireguard.private_key
+        );
+        // A second import into the same place overwrites nothing.
+        match import_with_secret_files(&[path], &no_env, &out) {
+            Err(SecretsOut::Exists(p)) => assert!(p.starts_with(&out), "{}", p.display()),
+            other => panic!("{name}: expected Exists, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(&out).expect("dir").count(), written.len());
+    }
+}
+
+#[test]
 fn semgrep_examples_decide_and_dump_as_their_imported_toml() {
     for name in [
         "github.yaml",
