@@ -215,6 +215,7 @@ pub fn reload(
     match loaded {
         Ok(new) => {
             crate::telemetry::set_level(&new.config.log);
+            crate::telemetry::set_format(&new.config.log);
             Reloaded::Loaded {
                 rules: new.allowlist.rules().len(),
                 swapped: broker.reload(&new),

@@ -52,24 +52,89 @@ fn filter(log: &Log) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(format!("wgbroker={}", log.level)))
 }
 
-type LevelHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+/// The output layer (text, JSON or journald), boxed so that a reload can swap one for another.
+type OutputLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+type OutputHandle = tracing_subscriber::reload::Handle<OutputLayer, tracing_subscriber::Registry>;
+/// What the level filter sits on: the registry with the (reloadable) output layer.
+type WithOutput = tracing_subscriber::layer::Layered<
+    tracing_subscriber::reload::Layer<OutputLayer, tracing_subscriber::Registry>,
+    tracing_subscriber::Registry,
+>;
+type LevelHandle = tracing_subscriber::reload::Handle<EnvFilter, WithOutput>;
 
-/// The handle that changes the level of the installed subscriber ([`set_level`]).
+/// The handles that change the level and the output of the installed subscriber
+/// ([`set_level`], [`set_format`]), and the output in use.
 static LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
-
-/// The level filter for `[log]`, changeable later by [`set_level`].
-fn reloadable(
-    log: &Log,
-) -> tracing_subscriber::reload::Layer<EnvFilter, tracing_subscriber::Registry> {
-    let (layer, handle) = tracing_subscriber::reload::Layer::new(filter(log));
-    let _ = LEVEL.set(handle);
-    layer
-}
+static OUTPUT: std::sync::OnceLock<(OutputHandle, std::sync::Mutex<Output>)> =
+    std::sync::OnceLock::new();
 
 /// Applies `[log] level` to the running subscriber (a reload); `RUST_LOG`, when set, still
 /// wins. Returns whether a subscriber installed by [`init`] took it.
 pub fn set_level(log: &Log) -> bool {
     LEVEL.get().is_some_and(|h| h.reload(filter(log)).is_ok())
+}
+
+/// Applies `[log] format` to the running subscriber (a reload): lines from then on are written
+/// in the new format (`auto` resolved as at start). Returns whether the output changed.
+pub fn set_format(log: &Log) -> bool {
+    let Some((handle, current)) = OUTPUT.get() else {
+        return false;
+    };
+    let Ok(mut current) = current.lock() else {
+        return false;
+    };
+    let (layer, output, fallback) = output_layer(log.format);
+    if output == *current {
+        return false;
+    }
+    if handle.reload(layer).is_err() {
+        return false;
+    }
+    *current = output;
+    if let Some(e) = fallback {
+        tracing::warn!(event = "log.journald_unavailable", error = %e, fallback = "text");
+    }
+    true
+}
+
+/// The output layer for `format` in this environment, what it is, and why journald (when chosen)
+/// fell back to text.
+fn output_layer(format: LogFormat) -> (OutputLayer, Output, Option<std::io::Error>) {
+    let terminal = std::io::stderr().is_terminal();
+    let text = || -> OutputLayer {
+        Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(terminal)
+                .with_target(false),
+        )
+    };
+    match choose(
+        format,
+        std::env::var_os("JOURNAL_STREAM").is_some(),
+        terminal,
+    ) {
+        Output::Journald => match tracing_journald::layer() {
+            Ok(j) => (
+                Box::new(j.with_syslog_identifier("wgbroker".into())),
+                Output::Journald,
+                None,
+            ),
+            Err(e) => (text(), Output::Text, Some(e)),
+        },
+        Output::Json => (
+            Box::new(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            ),
+            Output::Json,
+            None,
+        ),
+        Output::Text => (text(), Output::Text, None),
+    }
 }
 
 /// Whether a record is one of the broker's own events: emitted by this crate and, for an event,
@@ -132,58 +197,26 @@ impl LogThrottle {
 }
 
 /// Installs the global subscriber for `[log]`. `RUST_LOG` overrides the level when set. A second
-/// call (tests, `demo` inside a test) keeps the first subscriber.
+/// call (tests, `demo` inside a test) keeps the first subscriber. The level and the output can
+/// be changed later ([`set_level`], [`set_format`]). The level filter and the own-events filter
+/// are global filters (they decide for the whole subscriber whatever their place in the stack),
+/// so the output layer can sit first, directly on the registry, where a reload can swap it.
 pub fn init(log: &Log) {
-    let terminal = std::io::stderr().is_terminal();
-    let output = choose(
-        log.format,
-        std::env::var_os("JOURNAL_STREAM").is_some(),
-        terminal,
-    );
-    let text = || {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(terminal)
-            .with_target(false)
-    };
-    match output {
-        Output::Journald => match tracing_journald::layer() {
-            Ok(journald) => {
-                let _ = tracing_subscriber::registry()
-                    .with(reloadable(log))
-                    .with(own_events_only())
-                    .with(journald.with_syslog_identifier("wgbroker".into()))
-                    .try_init();
-            }
-            Err(e) => {
-                let _ = tracing_subscriber::registry()
-                    .with(reloadable(log))
-                    .with(own_events_only())
-                    .with(text())
-                    .try_init();
-                tracing::warn!(event = "log.journald_unavailable", error = %e, fallback = "text");
-            }
-        },
-        Output::Json => {
-            let _ = tracing_subscriber::registry()
-                .with(reloadable(log))
-                .with(own_events_only())
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_writer(std::io::stderr)
-                        .with_target(false),
-                )
-                .try_init();
-        }
-        Output::Text => {
-            let _ = tracing_subscriber::registry()
-                .with(reloadable(log))
-                .with(own_events_only())
-                .with(text())
-                .try_init();
-        }
+    let (layer, output, fallback) = output_layer(log.format);
+    let (output_layer, output_handle) = tracing_subscriber::reload::Layer::new(layer);
+    let (level_layer, level_handle) = tracing_subscriber::reload::Layer::new(filter(log));
+    let installed = tracing_subscriber::registry()
+        .with(output_layer)
+        .with(level_layer)
+        .with(own_events_only())
+        .try_init()
+        .is_ok();
+    if installed {
+        let _ = LEVEL.set(level_handle);
+        let _ = OUTPUT.set((output_handle, std::sync::Mutex::new(output)));
+    }
+    if let Some(e) = fallback {
+        tracing::warn!(event = "log.journald_unavailable", error = %e, fallback = "text");
     }
 }
 

@@ -5,8 +5,8 @@
 //! `[[scm]]`, tokens included —, `[upstream]` (TLS: CA files re-read, minimum version; proxy;
 //! timeouts; pool limits), `[inbound]` timeouts and limits and `[log] body_limit` (connections
 //! opened from then on take them), `[heartbeat]` (replaced, added or removed), and applies
-//! `[log] level`. What stays is built into the process at start (the broker's key, tunnel
-//! address, ports, MTU, executors, the log formatter, the tunnel TCP stacks, the webhook relay's
+//! `[log] level` and `format`. What stays is built into the process at start (the broker's key, tunnel
+//! address, ports, MTU, executors, the tunnel TCP stacks, the webhook relay's
 //! listener, executor and spool): [`needs_restart`] names what a new configuration changes
 //! there, so the operator is told the change is still pending. `[[outbound.relay]]` (added,
 //! removed, changed, secrets re-read), `max_body` and the relay's retry and delivery timings
@@ -33,7 +33,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         // Applied by the reload, `response_timeout` included (connections opened from then on).
         upstream: _,
         admin,
-        log,
+        // Applied by the reload: the level and the format (`telemetry::set_level`,
+        // `set_format`); `body_limit` for connections opened from then on.
+        log: _,
         runtime,
         netstack,
         outbound,
@@ -58,9 +60,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             inbound.listen_port != new.inbound.listen_port,
         ),
         ("admin", *admin != new.admin),
-        // The log formatter is chosen when the subscriber is installed (the level has a
-        // reload handle; the format would need another subscriber).
-        ("log.format", log.format != new.log.format),
         // Executors, CPUs, rings, buffer pools and socket tables are laid out at start.
         ("runtime", *runtime != new.runtime),
         // Every shard's TCP stacks are built with these (congestion control, buffers, timers);
@@ -286,8 +285,9 @@ mod tests {
         );
         assert_eq!(
             needs_restart(&old, &new),
-            ["log.format"],
-            "timeouts, limits and the body log limit apply to new connections"
+            Vec::<String>::new(),
+            "the log format is swapped; timeouts, limits and the body log limit apply to new \
+             connections"
         );
     }
 

@@ -389,3 +389,61 @@ fn a_udp_buffer_the_kernel_caps_is_logged_with_the_fix() {
     let msg = v["message"].as_str().expect("message");
     assert!(msg.contains("sysctl -w net.core.rmem_max="), "{msg}");
 }
+
+#[test]
+fn a_reload_switches_the_log_format_without_a_restart() {
+    let Running {
+        mut gw,
+        file,
+        log_path,
+        base,
+        mut child,
+        dir: _dir,
+        scm: _scm,
+        ..
+    } = start_broker("");
+    let pid = child.id();
+    let log = || std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        log().lines().all(|l| l.starts_with('{')),
+        "JSON at start:\n{}",
+        log()
+    );
+    std::fs::write(
+        &file,
+        base.replace("format = \"json\"", "format = \"text\""),
+    )
+    .expect("write");
+    kill(pid, "-HUP");
+    let text_reload = |log: &str| {
+        log.lines()
+            .find(|l| !l.starts_with('{') && l.contains("config.reload"))
+            .map(str::to_owned)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = text_reload(&log()) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no text reload line:\n{}",
+            log()
+        );
+        gw.pump(Duration::from_millis(20)).expect("pump");
+    };
+    assert!(line.contains("applied"), "{line}");
+    kill(pid, "-TERM");
+    assert!(child.wait().expect("exit").success());
+    let all = log();
+    let first_text = all.lines().position(|l| !l.starts_with('{')).expect("text");
+    assert!(first_text > 0, "JSON before the reload:\n{all}");
+    assert!(
+        all.lines().skip(first_text).all(|l| !l.starts_with('{')),
+        "text from the reload on:\n{all}"
+    );
+    assert!(
+        !all.contains("needs_restart"),
+        "nothing waits for a restart:\n{all}"
+    );
+}
