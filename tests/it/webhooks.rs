@@ -467,33 +467,6 @@ fn chunked_bodies_are_read_and_oversized_ones_refused_before_they_are_read() {
     assert_eq!(raw(broker, head), 413);
 }
 
-/// Reloads `text` into the running broker of `t` (pumping the in-process gateway meanwhile);
-/// what the reload says needs a restart.
-fn reload(t: &mut Tunnel, started: &wgbroker::config::Config, text: &str) -> Vec<String> {
-    use wgbroker::service::{self, Reloaded};
-    let new = t.reload_config(text);
-    let broker = t.broker.take().expect("running");
-    let outcome = std::thread::scope(|s| {
-        let r = s.spawn(|| service::reload(&broker, started, Ok(new)));
-        while !r.is_finished() {
-            t.gateway.pump(Duration::from_millis(5)).expect("pump");
-        }
-        r.join().expect("reload")
-    });
-    t.broker = Some(broker);
-    match outcome {
-        Reloaded::Loaded {
-            swapped,
-            needs_restart,
-            ..
-        } => {
-            assert!(swapped.is_ok(), "{swapped:?}");
-            needs_restart
-        }
-        Reloaded::Invalid(e) => panic!("{e}"),
-    }
-}
-
 #[test]
 fn a_reload_adds_changes_and_removes_relays_and_loses_no_spooled_event() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -532,7 +505,7 @@ fn a_reload_adds_changes_and_removes_relays_and_loses_no_spooled_event() {
         .replace("retry_max = \"100ms\"", "retry_max = \"200ms\"")
     );
     let text = format!("{}\n{changed}", t.config_text.replace(&base, ""));
-    assert_eq!(reload(&mut t, &started, &text), Vec::<String>::new());
+    assert_eq!(t.reload(&started, &text), Vec::<String>::new());
     assert_eq!(issues("i-1").status, 202, "the changed filter applies");
     let a = post(broker, "other", &[], b"{}").expect("post");
     assert_eq!(a.status, 202, "the added relay takes webhooks: {a:?}");
@@ -561,7 +534,7 @@ fn a_reload_adds_changes_and_removes_relays_and_loses_no_spooled_event() {
         t.config_text.replace(&base, ""),
         &base[..relays_at]
     );
-    assert_eq!(reload(&mut t, &started, &without), Vec::<String>::new());
+    assert_eq!(t.reload(&started, &without), Vec::<String>::new());
     assert_eq!(
         send(broker, 2).status,
         404,
@@ -585,7 +558,7 @@ fn a_reload_adds_changes_and_removes_relays_and_loses_no_spooled_event() {
     assert_eq!(kept.len(), 1, "its spooled event is kept: {kept:?}");
 
     // Reload 3: `github` back: the kept event is delivered.
-    assert_eq!(reload(&mut t, &started, &text), Vec::<String>::new());
+    assert_eq!(t.reload(&started, &text), Vec::<String>::new());
     poll_until(Duration::from_secs(10), "the kept event delivered", || {
         vendor.received().len() == 3
     });

@@ -158,6 +158,33 @@ impl Tunnel {
         loaded.config.runtime = self.runtime.clone();
         loaded
     }
+
+    /// Reloads the running broker with `toml` (compared with `started`, as `SIGHUP` does),
+    /// pumping the in-process gateway meanwhile; asserts every shard took it and returns what
+    /// still needs a restart.
+    pub fn reload(&mut self, started: &config::Config, toml: &str) -> Vec<String> {
+        let new = self.reload_config(toml);
+        let broker = self.broker.take().expect("running");
+        let outcome = std::thread::scope(|s| {
+            let r = s.spawn(|| service::reload(&broker, started, Ok(new)));
+            while !r.is_finished() {
+                self.gateway.pump(Duration::from_millis(5)).expect("pump");
+            }
+            r.join().expect("reload")
+        });
+        self.broker = Some(broker);
+        match outcome {
+            service::Reloaded::Loaded {
+                swapped,
+                needs_restart,
+                ..
+            } => {
+                assert!(swapped.is_ok(), "{swapped:?}");
+                needs_restart
+            }
+            service::Reloaded::Invalid(e) => panic!("{e}"),
+        }
+    }
 }
 
 impl Drop for Tunnel {
