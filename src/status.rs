@@ -22,6 +22,8 @@ pub struct ReloadPayload {
     pub upstream: Option<UpstreamReload>,
     /// The heartbeat to run from now on (`config: None`: none), when it changed.
     pub heartbeat: Option<HeartbeatReload>,
+    /// `[netstack]`: tunnel connections opened from now on take it.
+    pub netstack: crate::config::Netstack,
 }
 
 /// `[heartbeat]` as shard 0 applies it, with the TLS settings an `https://` one is verified with.

@@ -4,13 +4,13 @@
 //! kept peers keep their sessions) and swaps into every shard the rules — `[[allow]]` and
 //! `[[scm]]`, tokens included —, `[upstream]` (TLS: CA files re-read, minimum version; proxy;
 //! timeouts; pool limits), `[inbound]` timeouts and limits and `[log] body_limit` (connections
-//! opened from then on take them), `[heartbeat]` (replaced, added or removed), and applies
-//! `[log] level` and `format`. What stays is built into the process at start (the broker's key, tunnel
-//! address, ports, MTU, executors, the tunnel TCP stacks, the webhook relay's
-//! listener, executor and spool): [`needs_restart`] names what a new configuration changes
-//! there, so the operator is told the change is still pending. `[[outbound.relay]]` (added,
-//! removed, changed, secrets re-read), `max_body` and the relay's retry and delivery timings
-//! are applied too.
+//! opened from then on take them; so do tunnel connections `[netstack]`), `[heartbeat]`
+//! (replaced, added or removed); it applies `[log] level` and `format`, and the webhook relays
+//! (`[[outbound.relay]]` added, removed, changed, secrets re-read; `max_body`, retry and
+//! delivery timings). What stays is built into the process at start (the broker's key, tunnel
+//! address, ports, MTU, executors, the webhook relay's listener and spool): [`needs_restart`]
+//! names what a new configuration changes there, so the operator is told the change is still
+//! pending.
 
 use super::Config;
 
@@ -37,7 +37,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         // `set_format`); `body_limit` for connections opened from then on.
         log: _,
         runtime,
-        netstack,
+        // Applied by the reload to tunnel connections opened from then on (open ones keep
+        // their controller and buffer caps).
+        netstack: _,
         outbound,
     } = old;
     [
@@ -62,9 +64,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         ("admin", *admin != new.admin),
         // Executors, CPUs, rings, buffer pools and socket tables are laid out at start.
         ("runtime", *runtime != new.runtime),
-        // Every shard's TCP stacks are built with these (congestion control, buffers, timers);
-        // a stack swap under open connections is not worth its risk yet (issue 19's code).
-        ("netstack", *netstack != new.netstack),
     ]
     .into_iter()
     .filter(|&(_, changed)| changed)
@@ -206,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tunnel_tcp_and_the_webhook_relay_need_a_restart() {
+    fn the_tunnel_tcp_applies_but_an_added_webhook_relay_needs_a_restart() {
         // Both sections came from branches merged together (issues 19 and 14): each is named.
         let old = config(RULE, KEY_A, KEY_B);
         let new = config(
@@ -216,7 +215,11 @@ mod tests {
             KEY_A,
             KEY_B,
         );
-        assert_eq!(needs_restart(&old, &new), ["netstack", "outbound"]);
+        assert_eq!(
+            needs_restart(&old, &new),
+            ["outbound"],
+            "[netstack] applies to new connections; an [outbound] added needs its listener"
+        );
     }
 
     #[test]

@@ -480,6 +480,29 @@ impl StackSet {
         self.conn_ref(id).map(Conn::local)
     }
 
+    /// The TCP settings connection `id` was opened with.
+    pub fn tcp_config(&self, id: ConnId) -> Option<&tcp::Config> {
+        self.conn_ref(id).map(Conn::config)
+    }
+
+    /// Applies a reloaded `[netstack]` — congestion control and the buffer caps — to the
+    /// connections opened from now on (open ones keep theirs: a controller swapped under a
+    /// flight would lose its state, and a cap lowered under a full buffer has nothing to drop).
+    pub fn retune(
+        &mut self,
+        congestion: tcp::Algorithm,
+        rx_buffer_max: usize,
+        tx_buffer_max: usize,
+    ) {
+        for stack in &mut self.stacks {
+            let mut tcp = stack.tcp().clone();
+            tcp.congestion = congestion;
+            tcp.rx_buffer_max = rx_buffer_max.max(tcp.rx_buffer);
+            tcp.tx_buffer_max = tx_buffer_max.max(tcp.tx_buffer);
+            stack.set_tcp(tcp);
+        }
+    }
+
     /// The connection's own counters and path figures (retransmissions, RTT, windows).
     pub fn tcp_stats(&self, id: ConnId) -> Option<tcp::Stats> {
         self.conn_ref(id).map(Conn::stats)

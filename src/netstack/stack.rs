@@ -286,6 +286,17 @@ pub(crate) fn mix(seed: u64, i: u64) -> u64 {
 }
 
 impl Stack {
+    /// Replaces the per-connection TCP settings: connections opened from now on take them,
+    /// open ones keep theirs.
+    pub fn set_tcp(&mut self, tcp: tcp::Config) {
+        self.opts.tcp = tcp;
+    }
+
+    /// The per-connection TCP settings new connections take.
+    pub fn tcp(&self) -> &tcp::Config {
+        &self.opts.tcp
+    }
+
     /// An empty stack.
     pub fn new(index: u16, opts: StackOptions, seed: u64) -> Self {
         Self {

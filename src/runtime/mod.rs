@@ -151,6 +151,7 @@ impl BrokerHandle {
             server: ServerConfig::from_config(c),
             upstream,
             heartbeat,
+            netstack: c.netstack.clone(),
         });
         let until = Instant::now() + WITHIN;
         while !self.status.reload_applied(generation) {

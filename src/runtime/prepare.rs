@@ -220,6 +220,15 @@ fn stacks_per_shard(c: &Config, shards: usize) -> usize {
     }
 }
 
+/// The netstack's controller for `[netstack] congestion`.
+pub(super) fn algorithm(c: crate::config::Congestion) -> crate::netstack::tcp::Algorithm {
+    match c {
+        crate::config::Congestion::Cubic => crate::netstack::tcp::Algorithm::Cubic,
+        crate::config::Congestion::NewReno => crate::netstack::tcp::Algorithm::NewReno,
+        crate::config::Congestion::Bbr => crate::netstack::tcp::Algorithm::Bbr,
+    }
+}
+
 fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> StackConfig {
     let per_stack = c.runtime.max_connections / (shards * stacks).max(1) + c.runtime.listen_backlog;
     StackConfig {
@@ -231,11 +240,7 @@ fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> Stack
         tx_buffer: c.runtime.tcp_tx_buffer,
         rx_buffer_max: c.netstack.rx_buffer_max,
         tx_buffer_max: c.netstack.tx_buffer_max,
-        congestion: match c.netstack.congestion {
-            crate::config::Congestion::Cubic => crate::netstack::tcp::Algorithm::Cubic,
-            crate::config::Congestion::NewReno => crate::netstack::tcp::Algorithm::NewReno,
-            crate::config::Congestion::Bbr => crate::netstack::tcp::Algorithm::Bbr,
-        },
+        congestion: algorithm(c.netstack.congestion),
         ack_delay: (!c.runtime.tcp_ack_delay.is_zero()).then_some(c.runtime.tcp_ack_delay),
         max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),
         stacks,

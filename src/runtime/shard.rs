@@ -304,7 +304,8 @@ async fn driver_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
 
 /// Swaps in the newest configuration at a safe point (between driver iterations): requests
 /// already being served keep the allowlist they started with (they hold its `Rc`), new ones
-/// use the new one. Nothing about the tunnel or open connections changes.
+/// use the new one; tunnel connections opened from now on take the new `[netstack]`. Nothing
+/// about the tunnel or open connections changes.
 fn apply_reload(shard: &Shard, generation: u64) {
     if let Some(p) = shard.status.reload_payload() {
         match crate::allowlist::Allowlist::compile(p.rules.clone()) {
@@ -319,6 +320,11 @@ fn apply_reload(shard: &Shard, generation: u64) {
                         .upstreams
                         .reconfigure(&u.config, u.tls.clone(), u.proxy.clone());
                 }
+                shard.set.borrow_mut().retune(
+                    super::prepare::algorithm(p.netstack.congestion),
+                    p.netstack.rx_buffer_max,
+                    p.netstack.tx_buffer_max,
+                );
                 if let Some(h) = &p.heartbeat {
                     *shard.heartbeat.borrow_mut() = h
                         .config

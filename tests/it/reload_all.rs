@@ -133,12 +133,14 @@ fn a_reload_under_load_rereads_the_ca_file_and_fails_no_request() {
     assert_eq!(get_all(&mut t, &url, 1, 1), ["200"], "CA 1 is trusted");
 
     // The reloaded configuration: both CAs in the same file, debug logging, another keepalive,
-    // the second gateway out and a third in.
+    // the second gateway out and a third in, another congestion controller for new tunnel
+    // connections.
     let text = t
         .config_text
         .replace("level = \"info\"", "level = \"debug\"")
         .replace("persistent_keepalive = 0", "persistent_keepalive = 25")
-        .replace(&second, &third);
+        .replace(&second, &third)
+        + "\n[netstack]\ncongestion = \"newreno\"\n";
     assert!(text.contains(&third) && !text.contains(&second));
     assert_ne!(text, t.config_text);
     let started = t.reload_config(&t.config_text).config;

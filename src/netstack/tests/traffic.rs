@@ -7,7 +7,7 @@ use std::time::Duration;
 use smoltcp::socket::tcp::CongestionControl;
 
 use super::harness::{BROKER_V4, Net, PEER_V4, broker_config, tcp_repr};
-use super::{MS, broker_read, ipv4_tcp, open, peer_read, synack_of};
+use super::{MS, broker_read, ipv4_tcp, open, open_from, peer_read, synack_of};
 use crate::netstack::{ConnError, DropReason, StackConfig};
 
 #[test]
@@ -403,4 +403,39 @@ fn connections_with_open_windows_take_turns_at_the_egress_queue() {
         worst <= crate::netstack::stack::TX_QUANTUM,
         "one connection wrote {worst} packets in one poll"
     );
+}
+
+#[test]
+fn a_retune_applies_to_connections_opened_after_it_and_leaves_open_ones_alone() {
+    use crate::netstack::tcp::Algorithm;
+    let config = StackConfig {
+        congestion: Algorithm::Cubic,
+        ..broker_config()
+    };
+    let mut net = Net::new(config);
+    let before: Vec<_> = open_from(&mut net, 40000, 4, 64 << 10)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    net.broker.retune(Algorithm::Bbr, 1 << 20, 2 << 20);
+    let after: Vec<_> = open_from(&mut net, 41000, 4, 64 << 10)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let of = |id| {
+        let c = net.broker.tcp_config(id).expect("open");
+        (c.congestion, c.rx_buffer_max, c.tx_buffer_max)
+    };
+    let old = of(before[0]);
+    assert_eq!(old.0, Algorithm::Cubic);
+    for id in &before {
+        assert_eq!(of(*id), old, "open connections keep their settings");
+    }
+    for id in &after {
+        assert_eq!(
+            of(*id),
+            (Algorithm::Bbr, 1 << 20, 2 << 20),
+            "new ones take the retune"
+        );
+    }
 }

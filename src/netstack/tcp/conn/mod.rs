@@ -777,6 +777,12 @@ impl Conn {
         }
     }
 
+    /// The settings this connection was opened with (a reload's new `[netstack]` applies to
+    /// connections opened after it).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
