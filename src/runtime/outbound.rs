@@ -603,55 +603,80 @@ async fn deliver_loop(shard: Rc<Shard>, shared: Arc<Shared>, name: String, stop:
             Err("timed out".to_owned())
         })
         .await;
-        let outcome = match &result {
-            Ok(r) => Outcome::of_status(r.status),
-            Err(_) => Outcome::Unavailable,
-        };
-        if outcome == Outcome::Delivered {
-            if let Err(e) = shared.spool.remove(&relay.name, entry) {
-                // Delivered but still on disk: it will be delivered again after a restart
-                // (at-least-once); say so.
-                tracing::error!(event = "relay.spool_remove_failed", relay = %relay.name, error = %e);
-            }
-            shared.stats.observe(&shared.spool);
-            if let Some(c) = shared.stats.counters(&relay.name) {
-                c.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            let failures = backoff.failures();
-            backoff.succeeded();
-            throttle.reset();
-            tracing::info!(
-                event = "relay.delivered",
-                relay = %relay.name,
-                delivery = ev.delivery.as_deref().unwrap_or(""),
-                status = result.as_ref().map_or(0, |r| r.status),
-                attempt_ms = started.elapsed().as_millis() as u64,
-                waited_ms = now_ms().saturating_sub(ev.received_ms),
-                failures_before = failures,
-            );
-            continue;
+        settle(
+            &shared,
+            relay,
+            entry,
+            &ev,
+            &result,
+            started,
+            &mut backoff,
+            &mut throttle,
+        );
+    }
+}
+
+/// After one attempt: a delivered event leaves the spool; a failed one is retried after the
+/// back-off. Counted and logged (failures through `throttle`).
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    shared: &Shared,
+    relay: &Relay,
+    entry: crate::relay::spool::Entry,
+    ev: &Event,
+    result: &Result<Response, String>,
+    started: Instant,
+    backoff: &mut Backoff,
+    throttle: &mut LogThrottle,
+) {
+    let outcome = match result {
+        Ok(r) => Outcome::of_status(r.status),
+        Err(_) => Outcome::Unavailable,
+    };
+    if outcome == Outcome::Delivered {
+        if let Err(e) = shared.spool.remove(&relay.name, entry) {
+            // Delivered but still on disk: it will be delivered again after a restart
+            // (at-least-once); say so.
+            tracing::error!(event = "relay.spool_remove_failed", relay = %relay.name, error = %e);
         }
+        shared.stats.observe(&shared.spool);
         if let Some(c) = shared.stats.counters(&relay.name) {
-            c.retries.fetch_add(1, Ordering::Relaxed);
+            c.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
-        let delay = backoff.failed(Instant::now(), retry_after);
-        let reason = match &result {
-            Ok(r) => format!("status {}", r.status),
-            Err(e) => e.clone(),
-        };
-        if let Some(suppressed) = throttle.admit(Instant::now()) {
-            tracing::warn!(
-                event = "relay.delivery_failed",
-                relay = %relay.name,
-                delivery = ev.delivery.as_deref().unwrap_or(""),
-                reason = %reason,
-                refused = outcome == Outcome::Refused,
-                failures = backoff.failures(),
-                retry_in_ms = delay.as_millis() as u64,
-                suppressed,
-            );
-        }
+        let failures = backoff.failures();
+        backoff.succeeded();
+        throttle.reset();
+        tracing::info!(
+            event = "relay.delivered",
+            relay = %relay.name,
+            delivery = ev.delivery.as_deref().unwrap_or(""),
+            status = result.as_ref().map_or(0, |r| r.status),
+            attempt_ms = started.elapsed().as_millis() as u64,
+            waited_ms = now_ms().saturating_sub(ev.received_ms),
+            failures_before = failures,
+        );
+        return;
+    }
+    if let Some(c) = shared.stats.counters(&relay.name) {
+        c.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    let retry_after = result.as_ref().ok().and_then(|r| r.retry_after);
+    let delay = backoff.failed(Instant::now(), retry_after);
+    let reason = match result {
+        Ok(r) => format!("status {}", r.status),
+        Err(e) => e.clone(),
+    };
+    if let Some(suppressed) = throttle.admit(Instant::now()) {
+        tracing::warn!(
+            event = "relay.delivery_failed",
+            relay = %relay.name,
+            delivery = ev.delivery.as_deref().unwrap_or(""),
+            reason = %reason,
+            refused = outcome == Outcome::Refused,
+            failures = backoff.failures(),
+            retry_in_ms = delay.as_millis() as u64,
+            suppressed,
+        );
     }
 }
 
