@@ -39,6 +39,12 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Self {
+        Self::start_with("", "")
+    }
+
+    /// As [`Fleet::start`], with `gateway_keys` added to `[gateway]` and `broker_extra` to each
+    /// broker's file.
+    fn start_with(gateway_keys: &str, broker_extra: &str) -> Self {
         let scm_a = MockScm::start(TOKEN_A).expect("mock a");
         let scm_b = MockScm::start(TOKEN_B).expect("mock b");
         let gw_key = PrivateKey::generate().expect("rng");
@@ -52,6 +58,7 @@ private_key = "{}"
 listen = "127.0.0.1:0"
 address = "10.77.0.1"
 front = "127.0.0.1:0"
+{gateway_keys}
 [[tenant]]
 name = "a"
 [[tenant.broker]]
@@ -100,6 +107,7 @@ listen = "127.0.0.1:0"
                 gateway.udp_addr,
                 scm,
                 token,
+                broker_extra,
             ));
         }
         let front = gateway.front_addr;
@@ -130,7 +138,16 @@ listen = "127.0.0.1:0"
     /// Starts one more broker process with `key` at tunnel address `addr`, for `scm`.
     fn add_broker(&mut self, key: &PrivateKey, addr: &str, scm: SocketAddr, token: &str) {
         let udp = self.gateway.as_ref().expect("running").udp_addr;
-        let child = spawn_broker(self._dir.path(), key, addr, &self.gw_key, udp, scm, token);
+        let child = spawn_broker(
+            self._dir.path(),
+            key,
+            addr,
+            &self.gw_key,
+            udp,
+            scm,
+            token,
+            "",
+        );
         self.brokers.push(child);
     }
 
@@ -145,7 +162,8 @@ listen = "127.0.0.1:0"
 }
 
 /// A broker process with `key` at tunnel address `addr`, dialing the gateway at `udp`, for the
-/// upstream `scm` with `token`.
+/// upstream `scm` with `token`; `extra` is appended to its file.
+#[allow(clippy::too_many_arguments)]
 fn spawn_broker(
     dir: &std::path::Path,
     key: &PrivateKey,
@@ -154,6 +172,7 @@ fn spawn_broker(
     udp: SocketAddr,
     scm: SocketAddr,
     token: &str,
+    extra: &str,
 ) -> Child {
     let toml = format!(
         r#"
@@ -185,6 +204,10 @@ methods = ["GET"]
 [[allow]]
 url = "http://{scm}/chunked/:n"
 methods = ["GET"]
+[[allow]]
+url = "http://{scm}/slow/:n"
+methods = ["GET", "POST"]
+{extra}
 "#,
         key.to_base64(),
         addr,
@@ -1076,4 +1099,111 @@ fn a_reload_removing_a_broker_under_load_fails_no_request() {
     );
     let metrics = wgbroker::gateway_service::metrics(&g.status);
     assert!(!metrics.contains(r#"broker="10.77.1.2""#), "{metrics}");
+}
+
+/// Issue 16, the pool: a request after another to the same broker goes down the tunnel
+/// connection the first one left open instead of a new one.
+#[test]
+fn a_second_request_to_a_broker_reuses_its_kept_alive_tunnel_connection() {
+    let f = Fleet::start();
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let url = repo_url(&f.scm_b, "r");
+    for _ in 0..2 {
+        let a = request(f.front, "GET", &format!("/t/b/proxy/{url}")).expect("answer");
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.broker(), Some("b/10.77.2.2"));
+        // Kept before the client's connection is closed: the response had ended.
+        assert_eq!(b1.idle.load(Ordering::Relaxed), 1, "kept for the next");
+    }
+    assert_eq!(b1.connections_opened.load(Ordering::Relaxed), 1);
+    assert_eq!(b1.connections_reused.load(Ordering::Relaxed), 1);
+    assert_eq!(f.scm_b.seen().len(), 2, "both reached the upstream");
+    let metrics = wgbroker::gateway_service::metrics(&g.status);
+    assert!(
+        metrics.contains(
+            r#"wgbroker_gateway_broker_connections_reused_total{tenant="b",broker="10.77.2.2"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// Issue 16, the pool: a kept-alive connection the broker closed while it was idle (its
+/// `[inbound] idle_timeout`, here 1 s) is not used: a non-idempotent request that comes after
+/// goes on a new connection and succeeds.
+#[test]
+fn a_kept_alive_connection_its_broker_closed_fails_no_request() {
+    let f = Fleet::start_with("", "[inbound]\nidle_timeout = \"1s\"");
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let url = repo_url(&f.scm_b, "r");
+    let a = request(f.front, "GET", &format!("/t/b/proxy/{url}")).expect("answer");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(b1.idle.load(Ordering::Relaxed), 1);
+    poll_until(
+        Duration::from_secs(10),
+        "the broker closing the idle connection, seen by the gateway",
+        || b1.idle_closed_by_broker.load(Ordering::Relaxed) == 1,
+    );
+    assert_eq!(b1.idle.load(Ordering::Relaxed), 0);
+    let upload = format!("http://{}/upload", f.scm_b.addr());
+    let a = request(f.front, "POST", &format!("/t/b/proxy/{upload}")).expect("answer");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(b1.connections_opened.load(Ordering::Relaxed), 2);
+    assert_eq!(b1.connections_reused.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        f.scm_b
+            .seen_handle()
+            .count(|s| s.method == "POST" && s.target == "/upload"),
+        1
+    );
+}
+
+/// Issue 16, the pool: a POST whose kept-alive connection broke off after its bytes were sent
+/// (here the broker's answer outlasts `response_timeout`) may have been acted on: it is answered
+/// 502 and sent to no broker again — not on a new connection, not to the tenant's other broker.
+#[test]
+fn a_post_whose_kept_alive_connection_broke_after_its_bytes_were_sent_is_not_sent_again() {
+    let f = Fleet::start_with("response_timeout = \"2s\"", "");
+    let g = f.gateway.as_ref().expect("running");
+    let a = [
+        g.status.broker(0).expect("a1"),
+        g.status.broker(1).expect("a2"),
+    ];
+    let url = repo_url(&f.scm_a, "r");
+    for _ in 0..10 {
+        if a.iter().all(|b| b.idle.load(Ordering::Relaxed) > 0) {
+            break;
+        }
+        let r = request(f.front, "GET", &format!("/t/a/proxy/{url}")).expect("answer");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(
+        a.iter().all(|b| b.idle.load(Ordering::Relaxed) > 0),
+        "both of a's brokers hold a kept-alive connection"
+    );
+    let count = |b: &wgbroker::runtime::gateway::BrokerCounters| {
+        (
+            b.requests.load(Ordering::Relaxed),
+            b.connections_reused.load(Ordering::Relaxed),
+        )
+    };
+    let before = [count(&a[0]), count(&a[1])];
+    let slow = format!("http://{}/slow/6", f.scm_a.addr());
+    let r = request(f.front, "POST", &format!("/t/a/proxy/{slow}")).expect("answer");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("broker failed before answering"), "{r:?}");
+    let after = [count(&a[0]), count(&a[1])];
+    let tried: Vec<usize> = (0..2).filter(|&i| after[i].0 != before[i].0).collect();
+    assert_eq!(tried.len(), 1, "one broker tried: {before:?} -> {after:?}");
+    let i = tried[0];
+    assert_eq!(after[i].0, before[i].0 + 1, "once");
+    assert_eq!(after[i].1, before[i].1 + 1, "on a kept-alive connection");
+    assert_eq!(
+        f.scm_a
+            .seen_handle()
+            .count(|s| s.method == "POST" && s.target == "/slow/6"),
+        1,
+        "the upstream saw it once"
+    );
 }

@@ -280,6 +280,39 @@ fn retries_follow_the_rules() {
     );
 }
 
+/// Issue 16, the pool: a kept-alive connection that breaks after the request's bytes were
+/// written and before any response byte may have carried the request to the broker (or may
+/// only have been closed by it while idle: the gateway cannot tell once the bytes are out).
+#[test]
+fn a_reused_connection_breaking_before_the_response_retries_only_idempotent_requests() {
+    // A POST whose bytes were sent on a reused connection: never again, on no broker.
+    let mut r = Retry::new("POST", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+    // A GET: once, and the same broker may serve it (on a fresh connection): its connection,
+    // not the broker, may be what failed.
+    let mut r = Retry::new("GET", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::TryAnother);
+    assert!(r.tried().is_empty(), "broker 0 may be picked again");
+    r.attempt(BrokerId(0));
+    assert_eq!(
+        r.after(Outcome::ReusedDiedBeforeResponse),
+        Next::GiveUp,
+        "once"
+    );
+    // The once is shared with a broker's death.
+    let mut r = Retry::new("GET", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::DiedBeforeResponse), Next::TryAnother);
+    r.attempt(BrokerId(1));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+    // A body streamed away: never.
+    let mut r = Retry::new("PUT", false);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+}
+
 /// Issue 18: after a gateway restart the first checks start before any broker has dialed in
 /// (no session: they cannot pass and only time out). A session that comes up makes the broker's
 /// check due at once instead of after that timeout and the next interval.
