@@ -287,7 +287,7 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
 }
 
 /// The per-broker series of [`metrics`]: name, type, help.
-const BROKER_SERIES: [(&str, &str, &str); 11] = [
+const BROKER_SERIES: [(&str, &str, &str); 12] = [
     (
         "wgbroker_gateway_broker_requests_total",
         "counter",
@@ -343,6 +343,11 @@ const BROKER_SERIES: [(&str, &str, &str); 11] = [
         "counter",
         "Idle kept-alive connections found closed by the broker before any use.",
     ),
+    (
+        "wgbroker_gateway_broker_draining",
+        "gauge",
+        "1 while the broker, removed by a reload, finishes its requests in flight.",
+    ),
 ];
 
 /// The Prometheus exposition: per tenant and broker, requests, errors, latency, handshake
@@ -377,10 +382,11 @@ pub fn metrics(status: &GatewayStatus) -> String {
                     .load(Ordering::Relaxed)
                     .to_string(),
                 9 => counters.idle.load(Ordering::Relaxed).to_string(),
-                _ => counters
+                10 => counters
                     .idle_closed_by_broker
                     .load(Ordering::Relaxed)
                     .to_string(),
+                _ => u8::from(counters.draining.load(Ordering::Relaxed)).to_string(),
             };
             let _ = writeln!(
                 out,
@@ -414,6 +420,16 @@ pub fn metrics(status: &GatewayStatus) -> String {
             "wgbroker_gateway_tunnel_dropped_total",
             "Packets the tunnel dropped (bad source, replay, garbage).",
             &status.tunnel_dropped,
+        ),
+        (
+            "wgbroker_gateway_reloads_total",
+            "Reloads of the tenants and brokers applied.",
+            &status.reloads,
+        ),
+        (
+            "wgbroker_gateway_reloads_refused_total",
+            "Reloads refused: a draining broker's key or address given to another broker.",
+            &status.reloads_refused,
         ),
     ] {
         let _ = writeln!(

@@ -159,11 +159,13 @@ impl Broker {
         }
     }
 
-    /// A draining broker whose last request has finished (and no check is in flight) frees
-    /// its slot.
+    /// A draining broker whose last request has finished frees its slot. A health check in
+    /// flight does not hold it (its result no longer matters, and a dead broker's checks run
+    /// back to back until they time out): it is forgotten, so its late result is ignored.
     fn settle(&mut self) {
-        if self.slot == Slot::Draining && self.outstanding == 0 && self.checking.is_none() {
+        if self.slot == Slot::Draining && self.outstanding == 0 {
             self.slot = Slot::Free;
+            self.checking = None;
         }
     }
 

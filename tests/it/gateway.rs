@@ -1207,3 +1207,245 @@ fn a_post_whose_kept_alive_connection_broke_after_its_bytes_were_sent_is_not_sen
         "the upstream saw it once"
     );
 }
+
+/// The `/metrics` line of broker `addr` for `series`, if exported.
+fn broker_metric(g: &GatewayHandle, series: &str, addr: &str) -> Option<String> {
+    let metrics = wgbroker::gateway_service::metrics(&g.status);
+    let needle = format!("{series}{{");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&needle) && l.contains(&format!("broker=\"{addr}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+}
+
+/// Issue 16, drain: a broker removed by a reload while a request is in flight on it finishes
+/// that request itself (not cut off and sent again to the kept broker); until then it stays in
+/// `/metrics` as draining, and a reload that would give its address to another broker is
+/// refused (`gateway.reload_refused`, nothing of it applied). Once it has drained it leaves
+/// `/metrics` and the same reload applies.
+#[test]
+fn a_removed_broker_finishes_its_request_and_its_address_is_not_reused_until_it_has() {
+    let f = Fleet::start();
+    let g = f.gateway.as_ref().expect("running");
+    let slow = format!("http://{}/slow/3", f.scm_a.addr());
+    let front = f.front;
+    let in_flight =
+        std::thread::spawn(move || request(front, "GET", &format!("/t/a/proxy/{slow}")));
+    let seen = f.scm_a.seen_handle();
+    poll_until(
+        Duration::from_secs(10),
+        "the request at a's upstream",
+        || seen.count(|s| s.target == "/slow/3") == 1,
+    );
+    let x = (0..2)
+        .find(|&i| {
+            g.status
+                .broker(i)
+                .is_some_and(|b| b.requests.load(Ordering::Relaxed) == 1)
+        })
+        .expect("one of a's brokers has it");
+    let mut removed = f.config.clone();
+    let gone = removed.tenant[0].broker.remove(x);
+    f.reload(removed.clone());
+    poll_until(Duration::from_secs(5), "the reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 1
+    });
+    let addr = gone.address.to_string();
+    assert_eq!(
+        broker_metric(g, "wgbroker_gateway_broker_draining", &addr).as_deref(),
+        Some("1"),
+        "listed as draining while its request runs"
+    );
+    // Another broker, of tenant b, at the draining broker's address.
+    let mut clash = removed.clone();
+    let mut newcomer = gone.clone();
+    newcomer.public_key = PrivateKey::generate().expect("rng").public_key();
+    clash.tenant[1].broker.push(newcomer);
+    f.reload(clash.clone());
+    poll_until(Duration::from_secs(5), "the reload refused", || {
+        g.status.reloads_refused.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(g.status.reloads.load(Ordering::Relaxed), 1, "not applied");
+    assert!(g.status.broker(3).is_none(), "no slot for the newcomer");
+
+    let answer = in_flight.join().expect("client").expect("answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.broker(), Some(format!("a/{addr}").as_str()));
+    assert_eq!(seen.count(|s| s.target == "/slow/3"), 1, "sent once");
+    poll_until(Duration::from_secs(5), "drained: out of /metrics", || {
+        broker_metric(g, "wgbroker_gateway_broker_requests_total", &addr).is_none()
+    });
+    f.reload(clash);
+    poll_until(Duration::from_secs(5), "the same reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 2
+    });
+    assert_eq!(
+        broker_metric(g, "wgbroker_gateway_broker_healthy", &addr).as_deref(),
+        Some("0"),
+        "the newcomer, checked before it serves: {}",
+        wgbroker::gateway_service::metrics(&g.status)
+    );
+}
+
+/// Sends `sig` (`-STOP`, `-HUP`, ...) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Issue 16, reload and isolation: a request of tenant b still connecting to b's broker (the
+/// process is stopped, its SYN goes unanswered) when a reload removes b — and adds a tenant c
+/// served by one of a's brokers — is answered 503 JSON for b once its connection gives up. It
+/// reaches no broker of another tenant, not even the new one.
+#[test]
+fn a_request_whose_tenant_is_removed_before_it_reached_a_broker_gets_503_not_another_tenants() {
+    let f = Fleet::start_with(
+        "health_interval = \"60s\"\nhealth_timeout = \"30s\"\nconnect_timeout = \"3s\"",
+        "",
+    );
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let b1_pid = f.brokers[2].id();
+    signal(b1_pid, "-STOP");
+    let front = f.front;
+    let url = repo_url(&f.scm_b, "r");
+    let caught = std::thread::spawn(move || request(front, "GET", &format!("/t/b/proxy/{url}")));
+    poll_until(
+        Duration::from_secs(10),
+        "b's request connecting to b1",
+        || b1.requests.load(Ordering::Relaxed) == 1,
+    );
+    let mut next = f.config.clone();
+    let moved = next.tenant[0].broker.remove(1);
+    next.tenant.remove(1);
+    next.tenant.push(wgbroker::config::gateway::Tenant {
+        name: "c".into(),
+        broker: vec![moved],
+    });
+    f.reload(next);
+    poll_until(Duration::from_secs(5), "the reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 1
+    });
+    let c_url = format!("/t/c/proxy/{}", repo_url(&f.scm_a, "r"));
+    poll_for(
+        Duration::from_secs(10),
+        "c served by its broker",
+        || match request(front, "GET", &c_url) {
+            Ok(a) if a.status == 200 => Ok(a),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let answer = caught.join().expect("client").expect("answer");
+    signal(b1_pid, "-CONT");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(body["tenant"], "b", "{body}");
+    assert_eq!(body["error"], "no healthy broker", "{body}");
+    assert_eq!(answer.broker(), None);
+    assert!(f.scm_b.seen().is_empty(), "b's upstream never reached");
+}
+
+/// Issue 16, SIGHUP end to end: a `wgbroker gateway` process (`gateway_service::run`) applies a
+/// changed file's tenants live on SIGHUP — a removed tenant is unknown (404), an added one known
+/// (503 until its broker is up) — names the `[gateway]` key that needs a restart, and on an
+/// invalid file keeps what it runs.
+#[test]
+fn sighup_applies_a_changed_tenant_list_to_a_running_gateway_process() {
+    let gw_key = PrivateKey::generate().expect("rng");
+    let (k1, k2) = (
+        PrivateKey::generate().expect("rng"),
+        PrivateKey::generate().expect("rng"),
+    );
+    let udp = free_port();
+    let front = {
+        let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
+        let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
+        free_port()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("gateway.toml");
+    let config = |tenant: &str, key: &PrivateKey, extra: &str| {
+        format!(
+            r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:{udp}"
+address = "10.77.0.1"
+front = "127.0.0.1:{front}"
+{extra}
+[[tenant]]
+name = "{tenant}"
+[[tenant.broker]]
+public_key = "{}"
+address = "10.77.1.2"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "info"
+"#,
+            gw_key.to_base64(),
+            key.public_key(),
+        )
+    };
+    std::fs::write(&file, config("a", &k1, "")).expect("write");
+    let log_path = dir.path().join("gateway.log");
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["gateway", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let front: SocketAddr = ([127, 0, 0, 1], front).into();
+    let status = |tenant: &str| {
+        request(front, "GET", &format!("/t/{tenant}/healthcheck")).map(|a| (a.status, a.body))
+    };
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    poll_for(
+        Duration::from_secs(10),
+        "the front door up",
+        || match status("a") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(status("z").expect("answer").0, 404);
+
+    std::fs::write(&file, config("z", &k2, "health_interval = \"2s\"")).expect("write");
+    signal(gateway.id(), "-HUP");
+    poll_for(
+        Duration::from_secs(5),
+        "z known after SIGHUP",
+        || match status("z") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", log())),
+        },
+    );
+    let (code, body) = status("a").expect("answer");
+    assert_eq!(
+        (code, body.contains("unknown tenant")),
+        (404, true),
+        "{body}"
+    );
+    let text = log();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("needs_restart") && l.contains("gateway.health_interval")),
+        "{text}"
+    );
+    assert!(text.contains("gateway.reloaded"), "{text}");
+
+    std::fs::write(&file, "[gateway]\nbogus = 1\n").expect("write");
+    signal(gateway.id(), "-HUP");
+    poll_until(Duration::from_secs(5), "the invalid file reported", || {
+        log().contains("config.invalid")
+    });
+    assert_eq!(status("z").expect("answer").0, 503, "z still served");
+    assert_eq!(status("a").expect("answer").0, 404);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

@@ -392,6 +392,29 @@ fn a_reload_drains_removed_brokers_and_adds_new_ones_out_of_rotation() {
     );
 }
 
+/// A removed broker drains its requests, not its health check: a dead broker's checks run
+/// until they time out, back to back, and holding its slot for them refused almost every
+/// reload that gives its key or address to another broker (seen with SIGHUP end to end).
+#[test]
+fn a_removed_broker_with_only_a_check_in_flight_is_freed_at_once() {
+    let t0 = Instant::now();
+    let mut b = all_up(t0);
+    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0 + SEC)).collect();
+    assert!(due.contains(&BrokerId(2)), "{due:?}");
+    let mut c = config();
+    c.tenant.remove(1);
+    let r = b.reconfigure(&c, t0 + SEC);
+    assert_eq!(r.removed, [BrokerId(2)]);
+    assert!(!b.is_draining(BrokerId(2)), "no request in flight: free");
+    // Its slot taken by another broker; the removed one's late result is not the newcomer's.
+    let mut newcomer = config();
+    newcomer.tenant[1].broker[0].public_key = PrivateKey::from_bytes([9; 32]).public_key();
+    let r = b.reconfigure(&newcomer, t0 + SEC);
+    assert_eq!(r.added, [BrokerId(2)]);
+    b.check_done(BrokerId(2), true);
+    assert!(!b.healthy(BrokerId(2)), "joins on its own check only");
+}
+
 #[test]
 fn a_broker_moved_to_another_tenant_is_a_new_broker() {
     let t0 = Instant::now();

@@ -329,7 +329,7 @@ async fn attempt(
         },
         async {
             if idempotent {
-                left_rotation(gw, id).await;
+                died(gw, id).await;
                 Err(before(io::Error::other("broker left rotation")))
             } else {
                 future::pending::<()>().await;

@@ -91,8 +91,10 @@ pub struct BrokerCounters {
     /// Its tenant's name and tunnel address (the metrics' labels).
     pub tenant: String,
     pub address: String,
-    /// Configured (not removed by a reload).
+    /// Exported: configured, or removed by a reload and still draining.
     pub live: AtomicBool,
+    /// Removed by a reload, with requests still in flight.
+    pub draining: AtomicBool,
     /// Attempts sent to it.
     pub requests: AtomicU64,
     /// Attempts that failed (connect, broke off).
@@ -129,6 +131,8 @@ pub struct GatewayStatus {
     pending: std::sync::Mutex<Option<GatewayConfig>>,
     /// Reloads applied.
     pub reloads: AtomicU64,
+    /// Reloads refused (`gateway.reload_refused`: nothing of them applied).
+    pub reloads_refused: AtomicU64,
     /// Front-door requests for no tenant or an unknown one (404).
     pub not_found: AtomicU64,
     /// Front-door requests answered 503 (no healthy broker).
@@ -148,6 +152,7 @@ impl GatewayStatus {
             brokers: std::sync::RwLock::new(Vec::new()),
             pending: std::sync::Mutex::new(None),
             reloads: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
             not_found: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -555,6 +560,14 @@ impl Gw {
             .map_or_else(String::new, |b| b.label.clone())
     }
 
+    /// Broker `id`'s key and tunnel address: what a slot holds now.
+    fn broker_identity(&self, id: BrokerId) -> Option<(crate::keys::PublicKey, SocketAddr)> {
+        self.brokers
+            .borrow()
+            .get(id.0)
+            .map(|b| (b.spec.public_key, b.addr))
+    }
+
     /// Where broker `id`'s HTTP endpoint is inside the tunnel.
     fn broker_addr(&self, id: BrokerId) -> Option<SocketAddr> {
         self.brokers.borrow().get(id.0).map(|b| b.addr)
@@ -639,6 +652,9 @@ fn apply_reload(
         })
         .map_err(|e| ReloadError::Tunnel(e.to_string()))?;
     // Committed: follow with addresses, counters, logs.
+    for id in &r.removed {
+        tracing::info!(event = "gateway.broker_removed", broker = %gw.label(*id), draining = bal.is_draining(*id));
+    }
     {
         let table = gw.table.borrow();
         let mut brokers = gw.brokers.borrow_mut();
@@ -664,10 +680,19 @@ fn apply_reload(
                 brokers.push(entry);
             }
         }
-        for id in &r.removed {
-            gw.status.retire_broker(id.0);
-            if let Some(b) = brokers.get(id.0) {
-                tracing::info!(event = "gateway.broker_removed", broker = %b.label, draining = bal.is_draining(*id));
+    }
+    {
+        // Exported while draining (its requests in flight show), until it has drained; one
+        // drained meanwhile whose slot was not given to another broker leaves `/metrics` now.
+        let was_draining = gw.draining.borrow();
+        for id in r.removed.iter().chain(was_draining.iter()) {
+            if r.added.contains(id) {
+                continue;
+            }
+            if bal.is_draining(*id) {
+                gw.counters(*id).draining.store(true, Ordering::Relaxed);
+            } else {
+                gw.status.retire_broker(id.0);
             }
         }
     }
@@ -682,17 +707,25 @@ fn apply_reload(
     Ok(queued)
 }
 
-/// Drops the peers of draining brokers whose last request has finished.
+/// Drops the peers (and the `/metrics` series) of draining brokers whose last request has
+/// finished.
 fn settle_drained(gw: &Gw, now: Instant, out: &mut [u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-    let done = {
+    let done: Vec<BrokerId> = {
         let bal = gw.bal.borrow();
         let mut draining = gw.draining.borrow_mut();
-        let before = draining.len();
+        let done = draining
+            .iter()
+            .copied()
+            .filter(|&id| !bal.is_draining(id))
+            .collect();
         draining.retain(|&id| bal.is_draining(id));
-        before != draining.len()
+        done
     };
+    for id in &done {
+        gw.status.retire_broker(id.0);
+    }
     let mut queued = Vec::new();
-    if done {
+    if !done.is_empty() {
         let specs = table_specs(gw, &gw.current.borrow(), &gw.draining.borrow());
         if let Err(e) = gw
             .table
@@ -968,7 +1001,10 @@ async fn timer_loop(gw: Rc<Gw>) {
                     gw.status.reloads.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(event = "gateway.reloaded");
                 }
-                Err(e) => tracing::error!(event = "gateway.reload_refused", error = %e),
+                Err(e) => {
+                    gw.status.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(event = "gateway.reload_refused", error = %e);
+                }
             }
         }
         queued.extend(settle_drained(&gw, now, &mut out));
@@ -1029,6 +1065,8 @@ async fn timer_loop(gw: Rc<Gw>) {
 /// One health check of broker `id`: `GET /healthcheck` answered 200 passes.
 async fn check(gw: Rc<Gw>, id: BrokerId) {
     let timeout = gw.config.gateway.health_timeout;
+    // Which broker is checked: a reload may free the slot meanwhile and give it to another.
+    let checked = gw.broker_identity(id);
     let result = future::or(
         async {
             let r: io::Result<u16> = async {
@@ -1054,6 +1092,9 @@ async fn check(gw: Rc<Gw>, id: BrokerId) {
         },
     )
     .await;
+    if gw.broker_identity(id) != checked {
+        return;
+    }
     let passed = result == Some(true);
     if !passed {
         gw.counters(id)
@@ -1099,6 +1140,6 @@ mod conn;
 mod front;
 mod heads;
 
-use conn::{TunnelConn, left_rotation, open};
+use conn::{TunnelConn, died, open};
 use front::front_loop;
 use heads::{HeadFailure, ResponseBody, read_request_head, read_response_head};
