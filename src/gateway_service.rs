@@ -81,6 +81,7 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static s
         ),
         ("admin", old.admin != new.admin),
         ("runtime", old.runtime != new.runtime),
+        ("netstack", old.netstack != new.netstack),
         ("log", old.log != new.log),
     ] {
         if changed {

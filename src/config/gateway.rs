@@ -16,8 +16,8 @@
 //! ```
 //!
 //! Read the same way as the broker's file (overlay, [`super::reader`], every error at once, a
-//! derived `Serialize` for `dump`, `PartialEq` for reload) and sharing its `[admin]`, `[log]`
-//! and `[runtime]` sections. What is checked across keys, because a mistake there would let one
+//! derived `Serialize` for `dump`, `PartialEq` for reload) and sharing its `[admin]`, `[log]`,
+//! `[runtime]` and `[netstack]` sections. What is checked across keys, because a mistake there would let one
 //! tenant's traffic reach another's broker:
 //!
 //! * every broker's public key and tunnel address is unique across all tenants (a key or an
@@ -37,7 +37,7 @@ use super::overlay::Overlay;
 use super::reader::{Ctx, FromToml, Section};
 use super::secret_source::{SecretEnv, SecretSource, SecretValue};
 use super::sections;
-use super::{Admin, ConfigErrors, LoadMode, Log, Runtime, dump};
+use super::{Admin, ConfigErrors, LoadMode, Log, Netstack, Runtime, dump};
 use crate::keys::{PrivateKey, PublicKey};
 
 /// The example gateway configuration shipped with the package (`/etc/wgbroker/gateway.toml`).
@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub admin: Admin,
     pub log: Log,
     pub runtime: Runtime,
+    /// `[netstack]`: the tunnel TCP's tuning, as the broker's (congestion control, buffers).
+    pub netstack: Netstack,
 }
 
 impl GatewayConfig {
@@ -238,6 +240,7 @@ fn validate(
     let admin = sections::admin(root.table(&mut ctx, "admin"), &mut ctx);
     let log = sections::log(root.table(&mut ctx, "log"), &mut ctx);
     let runtime = sections::runtime(root.table(&mut ctx, "runtime"), &mut ctx);
+    let netstack = sections::netstack(root.table(&mut ctx, "netstack"), &mut ctx);
     root.finish(&mut ctx);
     check_across(gateway.as_ref(), &tenant, &admin, &mut ctx);
 
@@ -250,6 +253,7 @@ fn validate(
                 admin,
                 log,
                 runtime,
+                netstack,
             },
             warnings: ctx.warnings,
         }),

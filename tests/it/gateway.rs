@@ -767,7 +767,11 @@ fn free_port() -> u16 {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    let start = 10_000 + (std::process::id() % 7919) as u16;
+    // Tests run in parallel in one process: each call starts further on, so that two tests
+    // do not both find the same port before either binds it (the gateway process does).
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let offset = CALLS.fetch_add(97, Ordering::Relaxed) % 7919;
+    let start = 10_000 + ((std::process::id() as u16 % 7919) + offset) % 7919;
     (start..low)
         .chain(10_000..start)
         .find(|&p| {
@@ -775,6 +779,48 @@ fn free_port() -> u16 {
                 && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         })
         .expect("a free port below the ephemeral range")
+}
+
+/// Two different ports free below the ephemeral range: a gateway process's WireGuard port
+/// (UDP and TCP) and its front door.
+fn gateway_ports() -> (u16, u16) {
+    let udp = free_port();
+    let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
+    let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
+    (udp, free_port())
+}
+
+/// A gateway process's file: WireGuard on `udp`, the front door on `front`, one tenant with
+/// one broker, `extra` keys in `[gateway]`, info logs.
+fn gateway_process_toml(
+    gw_key: &PrivateKey,
+    (udp, front): (u16, u16),
+    tenant: &str,
+    broker_key: &PrivateKey,
+    broker_addr: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:{udp}"
+address = "10.77.0.1"
+front = "127.0.0.1:{front}"
+{extra}
+[[tenant]]
+name = "{tenant}"
+[[tenant.broker]]
+public_key = "{}"
+address = "{broker_addr}"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "info"
+"#,
+        gw_key.to_base64(),
+        broker_key.public_key(),
+    )
 }
 
 /// Issue 18, our own gateway: a `wgbroker gateway` process is killed and started again on the
@@ -787,37 +833,12 @@ fn gateway_process_restart_is_served_again_within_5_s() {
     let scm = MockScm::start(TOKEN_A).expect("mock");
     let gw_key = PrivateKey::generate().expect("rng");
     let broker_key = PrivateKey::generate().expect("rng");
-    let udp = free_port();
-    let front = {
-        let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
-        let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
-        free_port()
-    };
+    let (udp, front) = gateway_ports();
     let dir = tempfile::tempdir().expect("tempdir");
     let gw_file = dir.path().join("gateway.toml");
     std::fs::write(
         &gw_file,
-        format!(
-            r#"
-[gateway]
-private_key = "{}"
-listen = "127.0.0.1:{udp}"
-address = "10.77.0.1"
-front = "127.0.0.1:{front}"
-[[tenant]]
-name = "a"
-[[tenant.broker]]
-public_key = "{}"
-address = "{}"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-level = "info"
-"#,
-            gw_key.to_base64(),
-            broker_key.public_key(),
-            ADDRS[0],
-        ),
+        gateway_process_toml(&gw_key, (udp, front), "a", &broker_key, ADDRS[0], ""),
     )
     .expect("write");
     let broker_file = dir.path().join("broker.toml");
@@ -1360,36 +1381,11 @@ fn sighup_applies_a_changed_tenant_list_to_a_running_gateway_process() {
         PrivateKey::generate().expect("rng"),
         PrivateKey::generate().expect("rng"),
     );
-    let udp = free_port();
-    let front = {
-        let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
-        let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
-        free_port()
-    };
+    let ports = gateway_ports();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("gateway.toml");
     let config = |tenant: &str, key: &PrivateKey, extra: &str| {
-        format!(
-            r#"
-[gateway]
-private_key = "{}"
-listen = "127.0.0.1:{udp}"
-address = "10.77.0.1"
-front = "127.0.0.1:{front}"
-{extra}
-[[tenant]]
-name = "{tenant}"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.1.2"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-level = "info"
-"#,
-            gw_key.to_base64(),
-            key.public_key(),
-        )
+        gateway_process_toml(&gw_key, ports, tenant, key, "10.77.1.2", extra)
     };
     std::fs::write(&file, config("a", &k1, "")).expect("write");
     let log_path = dir.path().join("gateway.log");
@@ -1400,7 +1396,7 @@ level = "info"
         .stderr(std::fs::File::create(&log_path).expect("log"))
         .spawn()
         .expect("spawn");
-    let front: SocketAddr = ([127, 0, 0, 1], front).into();
+    let front: SocketAddr = ([127, 0, 0, 1], ports.1).into();
     let status = |tenant: &str| {
         request(front, "GET", &format!("/t/{tenant}/healthcheck")).map(|a| (a.status, a.body))
     };

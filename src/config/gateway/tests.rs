@@ -265,3 +265,25 @@ fn pool_bounds_beyond_the_netstack_or_each_other_are_refused() {
         );
     }
 }
+
+#[test]
+fn the_netstack_section_is_the_brokers() {
+    let text = format!(
+        "{}\n[netstack]\ncongestion = \"bbr\"\ntx_buffer_max = \"8MiB\"\n",
+        base()
+    );
+    let loaded = load(&text).expect("valid");
+    assert_eq!(
+        loaded.config.netstack.congestion,
+        crate::config::Congestion::Bbr
+    );
+    assert_eq!(loaded.config.netstack.tx_buffer_max, 8 << 20);
+    let dumped = render(&loaded.config);
+    assert!(dumped.contains("congestion = \"bbr\""), "{dumped}");
+    let bad = format!("{}\n[netstack]\ncongestion = \"vegas\"\n", base());
+    let errors = load(&bad).expect_err("invalid").0;
+    assert!(
+        errors.iter().any(|e| e.key == "netstack.congestion"),
+        "{errors:?}"
+    );
+}

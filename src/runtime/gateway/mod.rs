@@ -309,7 +309,8 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         tx_buffer: config.runtime.tcp_tx_buffer,
         stacks: 4,
         max_sockets_per_stack: 1024,
-        ..StackConfig::default()
+        // `[netstack]`: congestion control and buffer ceilings, as the broker's.
+        ..crate::runtime::prepare::with_netstack(&config.netstack, StackConfig::default())
     };
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
