@@ -1,51 +1,16 @@
 //! The balancer on a fake clock: `Instant`s built from one epoch plus offsets.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::config::LoadMode;
 use crate::keys::PrivateKey;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-/// Tenant 0 ("a") with two brokers, tenant 1 ("b") with one: brokers 0, 1 and 2.
-fn config() -> GatewayConfig {
-    let key = |n: u8| PrivateKey::from_bytes([n; 32]).public_key().to_string();
-    let text = format!(
-        r#"
-[gateway]
-private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-listen = "0.0.0.0:51820"
-address = "10.77.0.1"
-front = "127.0.0.1:8080"
-[[tenant]]
-name = "a"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.1.2"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.1.3"
-[[tenant]]
-name = "b"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.2.2"
-"#,
-        key(1),
-        key(2),
-        key(3)
-    );
-    crate::config::gateway::load_str(
-        &[(PathBuf::from("gw.toml"), text)],
-        LoadMode::Full,
-        &|_: &str| None,
-    )
-    .expect("valid")
-    .config
-}
+// Tenant 0 ("a") with two brokers, tenant 1 ("b") with one: brokers 0, 1 and 2 (keys
+// `[1;32]`, `[2;32]`, `[3;32]`).
+use super::super::tests::config;
 
 const A: TenantId = TenantId(0);
 const B: TenantId = TenantId(1);
