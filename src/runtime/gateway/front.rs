@@ -343,9 +343,28 @@ async fn attempt(
     })
     .await;
     let (resp, early) = head?;
+    let request_done = body.as_ref().is_none_or(BodyReader::done);
+    relay_response(gw, id, req.method, conn, resp, early, client, request_done).await
+}
+
+/// Streams broker `id`'s response (its head already read, `early` the body bytes that came
+/// with it) to the client, then keeps `conn` for the next request or closes it.
+/// `request_done`: the request's body was sent whole. `Ok(keep)` as for [`attempt`].
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    gw: &Rc<Gw>,
+    id: BrokerId,
+    method: &str,
+    mut conn: TunnelConn,
+    resp: ResponseHead,
+    early: Vec<u8>,
+    client: &mut TcpStream,
+    request_done: bool,
+) -> Result<bool, AttemptFailure> {
+    let g = &gw.config.gateway;
     // A response to HEAD has no body whatever its head says.
     let framing = match resp.body {
-        _ if req.method == "HEAD" => Some(BodyFraming::None),
+        _ if method == "HEAD" => Some(BodyFraming::None),
         ResponseBody::Empty => Some(BodyFraming::None),
         ResponseBody::Length(n) => Some(BodyFraming::Length(n)),
         ResponseBody::Chunked => Some(BodyFraming::Chunked),
@@ -413,7 +432,6 @@ async fn attempt(
     // Kept for the next request only when both messages ended where their framing says: the
     // request's body sent whole (a broker may answer before reading it) and the response's
     // read to its end, nothing after it, and the broker not closing.
-    let request_done = body.as_ref().is_none_or(BodyReader::done);
     if reader.is_some() && !excess && !resp.close && request_done {
         gw.put_idle(id, conn);
     } else {
