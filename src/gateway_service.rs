@@ -34,7 +34,7 @@ pub enum Error {
 }
 
 /// The settings `new` changes that cannot change in a running gateway (its sockets, tunnel
-/// address, key, health timers, the admin listener, runtime and log settings), by name; no
+/// address, key, timers, pool bounds, the admin listener, runtime and log settings), by name; no
 /// value is named (a key is a secret).
 pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
     let (o, n) = (&old.gateway, &new.gateway);
@@ -61,8 +61,27 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static s
             "gateway.connect_timeout",
             o.connect_timeout != n.connect_timeout,
         ),
+        ("gateway.head_timeout", o.head_timeout != n.head_timeout),
+        (
+            "gateway.response_timeout",
+            o.response_timeout != n.response_timeout,
+        ),
+        ("gateway.body_timeout", o.body_timeout != n.body_timeout),
+        (
+            "gateway.pool_idle_per_broker",
+            o.pool_idle_per_broker != n.pool_idle_per_broker,
+        ),
+        (
+            "gateway.pool_idle_total",
+            o.pool_idle_total != n.pool_idle_total,
+        ),
+        (
+            "gateway.pool_idle_timeout",
+            o.pool_idle_timeout != n.pool_idle_timeout,
+        ),
         ("admin", old.admin != new.admin),
         ("runtime", old.runtime != new.runtime),
+        ("netstack", old.netstack != new.netstack),
         ("log", old.log != new.log),
     ] {
         if changed {
@@ -269,7 +288,7 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
 }
 
 /// The per-broker series of [`metrics`]: name, type, help.
-const BROKER_SERIES: [(&str, &str, &str); 7] = [
+const BROKER_SERIES: [(&str, &str, &str); 12] = [
     (
         "wgbroker_gateway_broker_requests_total",
         "counter",
@@ -305,6 +324,31 @@ const BROKER_SERIES: [(&str, &str, &str); 7] = [
         "counter",
         "Health checks that failed.",
     ),
+    (
+        "wgbroker_gateway_broker_connections_opened_total",
+        "counter",
+        "Tunnel connections opened for requests.",
+    ),
+    (
+        "wgbroker_gateway_broker_connections_reused_total",
+        "counter",
+        "Attempts sent on a connection kept alive from an earlier request.",
+    ),
+    (
+        "wgbroker_gateway_broker_idle_connections",
+        "gauge",
+        "Idle kept-alive connections to the broker.",
+    ),
+    (
+        "wgbroker_gateway_broker_idle_closed_by_broker_total",
+        "counter",
+        "Idle kept-alive connections found closed by the broker before any use.",
+    ),
+    (
+        "wgbroker_gateway_broker_draining",
+        "gauge",
+        "1 while the broker, removed by a reload, finishes its requests in flight.",
+    ),
 ];
 
 /// The Prometheus exposition: per tenant and broker, requests, errors, latency, handshake
@@ -329,7 +373,21 @@ pub fn metrics(status: &GatewayStatus) -> String {
                     ms => format!("{:.3}", ms as f64 / 1e3),
                 },
                 5 => u8::from(counters.healthy.load(Ordering::Relaxed)).to_string(),
-                _ => counters.checks_failed.load(Ordering::Relaxed).to_string(),
+                6 => counters.checks_failed.load(Ordering::Relaxed).to_string(),
+                7 => counters
+                    .connections_opened
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+                8 => counters
+                    .connections_reused
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+                9 => counters.idle.load(Ordering::Relaxed).to_string(),
+                10 => counters
+                    .idle_closed_by_broker
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+                _ => u8::from(counters.draining.load(Ordering::Relaxed)).to_string(),
             };
             let _ = writeln!(
                 out,
@@ -363,6 +421,16 @@ pub fn metrics(status: &GatewayStatus) -> String {
             "wgbroker_gateway_tunnel_dropped_total",
             "Packets the tunnel dropped (bad source, replay, garbage).",
             &status.tunnel_dropped,
+        ),
+        (
+            "wgbroker_gateway_reloads_total",
+            "Reloads of the tenants and brokers applied.",
+            &status.reloads,
+        ),
+        (
+            "wgbroker_gateway_reloads_refused_total",
+            "Reloads refused: a draining broker's key or address given to another broker.",
+            &status.reloads_refused,
         ),
     ] {
         let _ = writeln!(

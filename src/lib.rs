@@ -23,7 +23,7 @@
 //! | core | [`packet`] | packet buffers that move between cores, and the flow hash that picks a shard |
 //! | core | [`tunnel`] | WireGuard: one boringtun `Tunn` per peer, handshakes, decrypt/encrypt, allowed IPs |
 //! | core | [`netstack`] | TCP inside the tunnel: a shard's smoltcp stacks, accept, per-connection buffers |
-//! | core | [`gateway`] | the vendor's gateway: routing front-door requests, balancing and health of many tenants' brokers |
+//! | core | [`gateway`] | the vendor's gateway: routing front-door requests, balancing and health of many tenants' brokers, the pool of kept-alive connections to them |
 //! | core | [`http`] | HTTP/1.1 wire format: request heads parsed in place, chunked bodies, response heads |
 //! | core | [`server`] | one tunnel connection's exchanges: parse, decide, rewrite, proxy (`server::proxy`), drain |
 //! | core | [`upstream`] | where an allowed request goes: targets, TLS settings, CONNECT proxies, upstream errors |

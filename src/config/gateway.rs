@@ -16,8 +16,8 @@
 //! ```
 //!
 //! Read the same way as the broker's file (overlay, [`super::reader`], every error at once, a
-//! derived `Serialize` for `dump`, `PartialEq` for reload) and sharing its `[admin]`, `[log]`
-//! and `[runtime]` sections. What is checked across keys, because a mistake there would let one
+//! derived `Serialize` for `dump`, `PartialEq` for reload) and sharing its `[admin]`, `[log]`,
+//! `[runtime]` and `[netstack]` sections. What is checked across keys, because a mistake there would let one
 //! tenant's traffic reach another's broker:
 //!
 //! * every broker's public key and tunnel address is unique across all tenants (a key or an
@@ -37,7 +37,7 @@ use super::overlay::Overlay;
 use super::reader::{Ctx, FromToml, Section};
 use super::secret_source::{SecretEnv, SecretSource, SecretValue};
 use super::sections;
-use super::{Admin, ConfigErrors, LoadMode, Log, Runtime, dump};
+use super::{Admin, ConfigErrors, LoadMode, Log, Netstack, Runtime, dump};
 use crate::keys::{PrivateKey, PublicKey};
 
 /// The example gateway configuration shipped with the package (`/etc/wgbroker/gateway.toml`).
@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub admin: Admin,
     pub log: Log,
     pub runtime: Runtime,
+    /// `[netstack]`: the tunnel TCP's tuning, as the broker's (congestion control, buffers).
+    pub netstack: Netstack,
 }
 
 impl GatewayConfig {
@@ -109,6 +111,27 @@ pub struct Gateway {
     /// Default [`Gateway::DEFAULT_CONNECT_TIMEOUT`].
     #[serde(serialize_with = "dump::duration")]
     pub connect_timeout: Duration,
+    /// Front door: time for a request head to arrive, and for an idle keep-alive connection to
+    /// send its next one. Default [`Gateway::DEFAULT_HEAD_TIMEOUT`].
+    #[serde(serialize_with = "dump::duration")]
+    pub head_timeout: Duration,
+    /// Time a broker may take to start its response (the broker's own upstream timeout is
+    /// 60 s). Default [`Gateway::DEFAULT_RESPONSE_TIMEOUT`].
+    #[serde(serialize_with = "dump::duration")]
+    pub response_timeout: Duration,
+    /// Time a body may stall in either direction. Default [`Gateway::DEFAULT_BODY_TIMEOUT`].
+    #[serde(serialize_with = "dump::duration")]
+    pub body_timeout: Duration,
+    /// Most idle keep-alive connections kept per broker for the next request (0: a connection
+    /// per request). Default [`Gateway::DEFAULT_POOL_IDLE_PER_BROKER`].
+    pub pool_idle_per_broker: usize,
+    /// Most idle keep-alive connections kept for all brokers together.
+    /// Default [`Gateway::DEFAULT_POOL_IDLE_TOTAL`].
+    pub pool_idle_total: usize,
+    /// An idle kept-alive connection is closed after this; keep it below the brokers'
+    /// `[inbound] idle_timeout` (60 s by default). Default [`Gateway::DEFAULT_POOL_IDLE_TIMEOUT`].
+    #[serde(serialize_with = "dump::duration")]
+    pub pool_idle_timeout: Duration,
 }
 
 impl Gateway {
@@ -119,6 +142,16 @@ impl Gateway {
     pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Above the broker's own upstream timeout (60 s), so that its 504 reaches the vendor.
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(75);
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_POOL_IDLE_PER_BROKER: usize = 64;
+    pub const DEFAULT_POOL_IDLE_TOTAL: usize = 1024;
+    /// Half the brokers' default `[inbound] idle_timeout`.
+    pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The gateway's netstack holds 4,096 connections; idle ones may take at most half.
+    pub const MAX_POOL_IDLE_TOTAL: usize = 2048;
 }
 
 /// `[[tenant]]`: one customer and its brokers, served active/active.
@@ -207,6 +240,7 @@ fn validate(
     let admin = sections::admin(root.table(&mut ctx, "admin"), &mut ctx);
     let log = sections::log(root.table(&mut ctx, "log"), &mut ctx);
     let runtime = sections::runtime(root.table(&mut ctx, "runtime"), &mut ctx);
+    let netstack = sections::netstack(root.table(&mut ctx, "netstack"), &mut ctx);
     root.finish(&mut ctx);
     check_across(gateway.as_ref(), &tenant, &admin, &mut ctx);
 
@@ -219,6 +253,7 @@ fn validate(
                 admin,
                 log,
                 runtime,
+                netstack,
             },
             warnings: ctx.warnings,
         }),
@@ -283,6 +318,35 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
     sections::positive(ctx, &s, "health_interval", health_interval);
     sections::positive(ctx, &s, "health_timeout", health_timeout);
     sections::positive(ctx, &s, "connect_timeout", connect_timeout);
+    let head_timeout = s.or(ctx, "head_timeout", Gateway::DEFAULT_HEAD_TIMEOUT);
+    let response_timeout = s.or(ctx, "response_timeout", Gateway::DEFAULT_RESPONSE_TIMEOUT);
+    let body_timeout = s.or(ctx, "body_timeout", Gateway::DEFAULT_BODY_TIMEOUT);
+    sections::positive(ctx, &s, "head_timeout", head_timeout);
+    sections::positive(ctx, &s, "response_timeout", response_timeout);
+    sections::positive(ctx, &s, "body_timeout", body_timeout);
+    let pool_idle_per_broker = s.or(
+        ctx,
+        "pool_idle_per_broker",
+        Gateway::DEFAULT_POOL_IDLE_PER_BROKER,
+    );
+    let pool_idle_total = s.or(ctx, "pool_idle_total", Gateway::DEFAULT_POOL_IDLE_TOTAL);
+    let pool_idle_timeout = s.or(ctx, "pool_idle_timeout", Gateway::DEFAULT_POOL_IDLE_TIMEOUT);
+    if pool_idle_total > Gateway::MAX_POOL_IDLE_TOTAL {
+        ctx.error(
+            &s.key("pool_idle_total"),
+            format!(
+                "{pool_idle_total} is above {} (half the gateway's tunnel connections)",
+                Gateway::MAX_POOL_IDLE_TOTAL
+            ),
+        );
+    }
+    if pool_idle_per_broker > pool_idle_total {
+        ctx.error(
+            &s.key("pool_idle_per_broker"),
+            format!("{pool_idle_per_broker} is above pool_idle_total ({pool_idle_total})"),
+        );
+    }
+    sections::positive(ctx, &s, "pool_idle_timeout", pool_idle_timeout);
     s.finish(ctx);
     let key = key?;
     Some(Gateway {
@@ -297,6 +361,12 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
         health_interval,
         health_timeout,
         connect_timeout,
+        head_timeout,
+        response_timeout,
+        body_timeout,
+        pool_idle_per_broker,
+        pool_idle_total,
+        pool_idle_timeout,
     })
 }
 

@@ -591,7 +591,8 @@ pub(super) fn log(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Log {
     }
 }
 
-fn netstack(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Netstack {
+/// `[netstack]`: the broker's, and the gateway's (the same tunnel TCP).
+pub(super) fn netstack(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Netstack {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("netstack", &empty));
     let d = Netstack::default();

@@ -33,6 +33,11 @@
 //!   broker of the tenant, each broker at most once;
 //! * the broker died before any byte of its response, the method is idempotent and the request
 //!   can be sent again (its body is empty or still held whole): once, on another broker;
+//! * a connection kept alive from an earlier request ([`super::pool`]) broke before any byte of
+//!   the response: under the same rule (idempotent, replayable, once), but the same broker may
+//!   serve it again, on a fresh connection — the connection, not the broker, may be what
+//!   failed. A pooled connection found closed *before* any byte was written is no attempt at
+//!   all: the runtime takes another or opens one;
 //! * anything else is not retried: the broker may have acted on it.
 
 use std::time::{Duration, Instant};
@@ -74,6 +79,11 @@ pub enum Outcome {
     DiedBeforeResponse,
     /// The connection broke after the response had started.
     DiedAfterResponse,
+    /// A kept-alive connection taken from the pool ([`super::pool`]) broke, or its broker
+    /// left rotation, after the request's bytes were written and before the first byte of
+    /// the response: the broker may have acted on it, or may only have closed the idle
+    /// connection as the request crossed its close.
+    ReusedDiedBeforeResponse,
 }
 
 /// Why a broker is out of rotation (for `/metrics`, logs and the 503 body).
@@ -149,11 +159,13 @@ impl Broker {
         }
     }
 
-    /// A draining broker whose last request has finished (and no check is in flight) frees
-    /// its slot.
+    /// A draining broker whose last request has finished frees its slot. A health check in
+    /// flight does not hold it (its result no longer matters, and a dead broker's checks run
+    /// back to back until they time out): it is forgotten, so its late result is ignored.
     fn settle(&mut self) {
-        if self.slot == Slot::Draining && self.outstanding == 0 && self.checking.is_none() {
+        if self.slot == Slot::Draining && self.outstanding == 0 {
             self.slot = Slot::Free;
+            self.checking = None;
         }
     }
 
@@ -557,6 +569,12 @@ impl Retry {
             }
             Outcome::DiedBeforeResponse if self.idempotent && !self.retried_after_death => {
                 self.retried_after_death = true;
+                Next::TryAnother
+            }
+            // The same broker may serve the retry (on a fresh connection).
+            Outcome::ReusedDiedBeforeResponse if self.idempotent && !self.retried_after_death => {
+                self.retried_after_death = true;
+                self.tried.pop();
                 Next::TryAnother
             }
             _ => Next::GiveUp,

@@ -14,8 +14,8 @@ const GW_UDP: &str = "198.51.100.1:51820";
 const A1_UDP: &str = "192.0.2.10:40000";
 
 /// Tenant "a" with brokers `[1;32]` at 10.77.1.2 and `[2;32]` at 10.77.1.3, tenant "b" with
-/// `[3;32]` at 10.77.2.2.
-fn config() -> GatewayConfig {
+/// `[3;32]` at 10.77.2.2 (also the balancer's tests' configuration).
+pub(super) fn config() -> GatewayConfig {
     let key = |n: u8| PrivateKey::from_bytes([n; 32]).public_key().to_string();
     let text = format!(
         r#"

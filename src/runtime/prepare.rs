@@ -238,15 +238,22 @@ fn stack_config(c: &Config, shard: usize, shards: usize, stacks: usize) -> Stack
         backlog: c.runtime.listen_backlog,
         rx_buffer: c.runtime.tcp_rx_buffer,
         tx_buffer: c.runtime.tcp_tx_buffer,
-        rx_buffer_max: c.netstack.rx_buffer_max,
-        tx_buffer_max: c.netstack.tx_buffer_max,
-        congestion: algorithm(c.netstack.congestion),
         ack_delay: (!c.runtime.tcp_ack_delay.is_zero()).then_some(c.runtime.tcp_ack_delay),
         max_sockets_per_stack: per_stack.max(c.runtime.listen_backlog + 1),
         stacks,
         shard_index: shard,
         shards,
-        ..StackConfig::default()
+        ..with_netstack(&c.netstack, StackConfig::default())
+    }
+}
+
+/// `stack` with `[netstack]`'s settings: the broker's shards and the gateway share them.
+pub(crate) fn with_netstack(n: &crate::config::Netstack, stack: StackConfig) -> StackConfig {
+    StackConfig {
+        rx_buffer_max: n.rx_buffer_max,
+        tx_buffer_max: n.tx_buffer_max,
+        congestion: algorithm(n.congestion),
+        ..stack
     }
 }
 

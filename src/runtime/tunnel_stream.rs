@@ -50,6 +50,20 @@ impl<O: OwnsSet> TunnelStream<O> {
     }
 }
 
+impl<O: OwnsSet> TunnelStream<O> {
+    /// The netstack connection.
+    pub(super) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Gives up the stream and leaves its connection as it is (open), for its owner to keep
+    /// (the gateway's pool of idle connections) and to close itself.
+    pub(super) fn into_id(mut self) -> ConnId {
+        self.closed = true;
+        self.id
+    }
+}
+
 fn io_error(e: ConnError) -> io::Error {
     let kind = match e {
         ConnError::Gone => io::ErrorKind::ConnectionReset,

@@ -324,7 +324,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
                 let body = format!(r#"{{"bytes":{body_len},"fnv":"{body_hash:016x}"}}"#);
                 respond(&mut w, 200, "application/json", body.as_bytes())?;
             }
-            ("GET", ["slow", secs]) => {
+            ("GET" | "POST", ["slow", secs]) => {
                 thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1).min(30)));
                 respond(&mut w, 200, "text/plain", b"late")?;
             }

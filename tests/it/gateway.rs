@@ -39,6 +39,12 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Self {
+        Self::start_with("", "")
+    }
+
+    /// As [`Fleet::start`], with `gateway_keys` added to `[gateway]` and `broker_extra` to each
+    /// broker's file.
+    fn start_with(gateway_keys: &str, broker_extra: &str) -> Self {
         let scm_a = MockScm::start(TOKEN_A).expect("mock a");
         let scm_b = MockScm::start(TOKEN_B).expect("mock b");
         let gw_key = PrivateKey::generate().expect("rng");
@@ -52,6 +58,7 @@ private_key = "{}"
 listen = "127.0.0.1:0"
 address = "10.77.0.1"
 front = "127.0.0.1:0"
+{gateway_keys}
 [[tenant]]
 name = "a"
 [[tenant.broker]]
@@ -100,6 +107,7 @@ listen = "127.0.0.1:0"
                 gateway.udp_addr,
                 scm,
                 token,
+                broker_extra,
             ));
         }
         let front = gateway.front_addr;
@@ -130,7 +138,16 @@ listen = "127.0.0.1:0"
     /// Starts one more broker process with `key` at tunnel address `addr`, for `scm`.
     fn add_broker(&mut self, key: &PrivateKey, addr: &str, scm: SocketAddr, token: &str) {
         let udp = self.gateway.as_ref().expect("running").udp_addr;
-        let child = spawn_broker(self._dir.path(), key, addr, &self.gw_key, udp, scm, token);
+        let child = spawn_broker(
+            self._dir.path(),
+            key,
+            addr,
+            &self.gw_key,
+            udp,
+            scm,
+            token,
+            "",
+        );
         self.brokers.push(child);
     }
 
@@ -145,7 +162,8 @@ listen = "127.0.0.1:0"
 }
 
 /// A broker process with `key` at tunnel address `addr`, dialing the gateway at `udp`, for the
-/// upstream `scm` with `token`.
+/// upstream `scm` with `token`; `extra` is appended to its file.
+#[allow(clippy::too_many_arguments)]
 fn spawn_broker(
     dir: &std::path::Path,
     key: &PrivateKey,
@@ -154,6 +172,7 @@ fn spawn_broker(
     udp: SocketAddr,
     scm: SocketAddr,
     token: &str,
+    extra: &str,
 ) -> Child {
     let toml = format!(
         r#"
@@ -185,6 +204,10 @@ methods = ["GET"]
 [[allow]]
 url = "http://{scm}/chunked/:n"
 methods = ["GET"]
+[[allow]]
+url = "http://{scm}/slow/:n"
+methods = ["GET", "POST"]
+{extra}
 "#,
         key.to_base64(),
         addr,
@@ -351,30 +374,53 @@ struct Outcome {
     result: Result<(u16, String), String>,
 }
 
+/// Front-door clients sending GETs back to back until stopped, each on its own connection per
+/// request: `a_clients` for tenant a (repos `r0`, `r1`, ...), then one for tenant b.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(f: &Fleet, a_clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for c in 0..=a_clients {
+            let (tenant, url) = if c < a_clients {
+                ("a", repo_url(&f.scm_a, &format!("r{c}")))
+            } else {
+                ("b", repo_url(&f.scm_b, "r"))
+            };
+            let (front, stop) = (f.front, stop.clone());
+            clients.push(std::thread::spawn(move || {
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
+                        .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
+                        .map_err(|e| e.to_string());
+                    out.push(Outcome { started, result });
+                }
+                out
+            }));
+        }
+        Self { stop, clients }
+    }
+
+    /// Stops the clients; what each one's requests came to, tenant a's clients first.
+    fn stop(self) -> Vec<Vec<Outcome>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    }
+}
+
 #[test]
 fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reached_it() {
     let mut f = Fleet::start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..9 {
-        let (tenant, url) = if c < 8 {
-            ("a", repo_url(&f.scm_a, &format!("r{c}")))
-        } else {
-            ("b", repo_url(&f.scm_b, "r"))
-        };
-        let (front, stop) = (f.front, stop.clone());
-        clients.push(std::thread::spawn(move || {
-            let mut out = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
-                    .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
-                    .map_err(|e| e.to_string());
-                out.push(Outcome { started, result });
-            }
-            out
-        }));
-    }
+    let load = Load::start(&f, 8);
     // Steady load on both of a's brokers first.
     let a_requests = || {
         f.gateway.as_ref().map_or(0, |g| {
@@ -401,11 +447,7 @@ fn killing_one_of_a_tenants_brokers_under_load_fails_nothing_that_had_not_reache
     while killed_at.elapsed() < Duration::from_secs(7) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
-    let results: Vec<Vec<Outcome>> = clients
-        .into_iter()
-        .map(|c| c.join().expect("client"))
-        .collect();
+    let results = load.stop();
 
     let a: Vec<&Outcome> = results[..8].iter().flatten().collect();
     let b: Vec<&Outcome> = results[8].iter().collect();
@@ -744,7 +786,11 @@ fn free_port() -> u16 {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    let start = 10_000 + (std::process::id() % 7919) as u16;
+    // Tests run in parallel in one process: each call starts further on, so that two tests
+    // do not both find the same port before either binds it (the gateway process does).
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let offset = CALLS.fetch_add(97, Ordering::Relaxed) % 7919;
+    let start = 10_000 + ((std::process::id() as u16 % 7919) + offset) % 7919;
     (start..low)
         .chain(10_000..start)
         .find(|&p| {
@@ -752,6 +798,48 @@ fn free_port() -> u16 {
                 && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         })
         .expect("a free port below the ephemeral range")
+}
+
+/// Two different ports free below the ephemeral range: a gateway process's WireGuard port
+/// (UDP and TCP) and its front door.
+fn gateway_ports() -> (u16, u16) {
+    let udp = free_port();
+    let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
+    let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
+    (udp, free_port())
+}
+
+/// A gateway process's file: WireGuard on `udp`, the front door on `front`, one tenant with
+/// one broker, `extra` keys in `[gateway]`, info logs.
+fn gateway_process_toml(
+    gw_key: &PrivateKey,
+    (udp, front): (u16, u16),
+    tenant: &str,
+    broker_key: &PrivateKey,
+    broker_addr: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[gateway]
+private_key = "{}"
+listen = "127.0.0.1:{udp}"
+address = "10.77.0.1"
+front = "127.0.0.1:{front}"
+{extra}
+[[tenant]]
+name = "{tenant}"
+[[tenant.broker]]
+public_key = "{}"
+address = "{broker_addr}"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "info"
+"#,
+        gw_key.to_base64(),
+        broker_key.public_key(),
+    )
 }
 
 /// Issue 18, our own gateway: a `wgbroker gateway` process is killed and started again on the
@@ -764,37 +852,12 @@ fn gateway_process_restart_is_served_again_within_5_s() {
     let scm = MockScm::start(TOKEN_A).expect("mock");
     let gw_key = PrivateKey::generate().expect("rng");
     let broker_key = PrivateKey::generate().expect("rng");
-    let udp = free_port();
-    let front = {
-        let _held = std::net::UdpSocket::bind(("127.0.0.1", udp));
-        let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", udp));
-        free_port()
-    };
+    let (udp, front) = gateway_ports();
     let dir = tempfile::tempdir().expect("tempdir");
     let gw_file = dir.path().join("gateway.toml");
     std::fs::write(
         &gw_file,
-        format!(
-            r#"
-[gateway]
-private_key = "{}"
-listen = "127.0.0.1:{udp}"
-address = "10.77.0.1"
-front = "127.0.0.1:{front}"
-[[tenant]]
-name = "a"
-[[tenant.broker]]
-public_key = "{}"
-address = "{}"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-level = "info"
-"#,
-            gw_key.to_base64(),
-            broker_key.public_key(),
-            ADDRS[0],
-        ),
+        gateway_process_toml(&gw_key, (udp, front), "a", &broker_key, ADDRS[0], ""),
     )
     .expect("write");
     let broker_file = dir.path().join("broker.toml");
@@ -992,34 +1055,18 @@ fn a_reload_removing_a_tenant_answers_404_for_it() {
     )
     .expect("front door");
     assert_eq!(a.status, 200, "{}", a.body);
-    let metrics = wgbroker::gateway_service::metrics(&f.gateway.as_ref().expect("running").status);
-    assert!(!metrics.contains(r#"tenant="b""#), "{metrics}");
+    // A request that was on b's broker when the reload came finishes there (drain); the broker
+    // leaves `/metrics` at the timer turn after it ends.
+    let g = f.gateway.as_ref().expect("running");
+    poll_until(Duration::from_secs(5), "b out of /metrics", || {
+        !wgbroker::gateway_service::metrics(&g.status).contains(r#"tenant="b""#)
+    });
 }
 
 #[test]
 fn a_reload_removing_a_broker_under_load_fails_no_request() {
     let f = Fleet::start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..7 {
-        let (tenant, url) = if c < 6 {
-            ("a", repo_url(&f.scm_a, &format!("r{c}")))
-        } else {
-            ("b", repo_url(&f.scm_b, "r"))
-        };
-        let (front, stop) = (f.front, stop.clone());
-        clients.push(std::thread::spawn(move || {
-            let mut out = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let result = request(front, "GET", &format!("/t/{tenant}/proxy/{url}"))
-                    .map(|a| (a.status, a.broker().unwrap_or("").to_owned()))
-                    .map_err(|e| e.to_string());
-                out.push(Outcome { started, result });
-            }
-            out
-        }));
-    }
+    let load = Load::start(&f, 6);
     let g = f.gateway.as_ref().expect("running");
     poll_until(
         Duration::from_secs(20),
@@ -1040,11 +1087,7 @@ fn a_reload_removing_a_broker_under_load_fails_no_request() {
     while applied.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
-    let results: Vec<Vec<Outcome>> = clients
-        .into_iter()
-        .map(|c| c.join().expect("client"))
-        .collect();
+    let results = load.stop();
     let all: Vec<&Outcome> = results.iter().flatten().collect();
     let failed: Vec<&&Outcome> = all
         .iter()
@@ -1076,4 +1119,328 @@ fn a_reload_removing_a_broker_under_load_fails_no_request() {
     );
     let metrics = wgbroker::gateway_service::metrics(&g.status);
     assert!(!metrics.contains(r#"broker="10.77.1.2""#), "{metrics}");
+}
+
+/// Issue 16, the pool: a request after another to the same broker goes down the tunnel
+/// connection the first one left open instead of a new one.
+#[test]
+fn a_second_request_to_a_broker_reuses_its_kept_alive_tunnel_connection() {
+    let f = Fleet::start();
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let url = repo_url(&f.scm_b, "r");
+    for _ in 0..2 {
+        let a = request(f.front, "GET", &format!("/t/b/proxy/{url}")).expect("answer");
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.broker(), Some("b/10.77.2.2"));
+        // Kept before the client's connection is closed: the response had ended.
+        assert_eq!(b1.idle.load(Ordering::Relaxed), 1, "kept for the next");
+    }
+    assert_eq!(b1.connections_opened.load(Ordering::Relaxed), 1);
+    assert_eq!(b1.connections_reused.load(Ordering::Relaxed), 1);
+    assert_eq!(f.scm_b.seen().len(), 2, "both reached the upstream");
+    let metrics = wgbroker::gateway_service::metrics(&g.status);
+    assert!(
+        metrics.contains(
+            r#"wgbroker_gateway_broker_connections_reused_total{tenant="b",broker="10.77.2.2"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// Issue 16, the pool: a kept-alive connection the broker closed while it was idle (its
+/// `[inbound] idle_timeout`, here 1 s) is not used: a non-idempotent request that comes after
+/// goes on a new connection and succeeds.
+#[test]
+fn a_kept_alive_connection_its_broker_closed_fails_no_request() {
+    let f = Fleet::start_with("", "[inbound]\nidle_timeout = \"1s\"");
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let url = repo_url(&f.scm_b, "r");
+    let a = request(f.front, "GET", &format!("/t/b/proxy/{url}")).expect("answer");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(b1.idle.load(Ordering::Relaxed), 1);
+    poll_until(
+        Duration::from_secs(10),
+        "the broker closing the idle connection, seen by the gateway",
+        || b1.idle_closed_by_broker.load(Ordering::Relaxed) == 1,
+    );
+    assert_eq!(b1.idle.load(Ordering::Relaxed), 0);
+    let upload = format!("http://{}/upload", f.scm_b.addr());
+    let a = request(f.front, "POST", &format!("/t/b/proxy/{upload}")).expect("answer");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(b1.connections_opened.load(Ordering::Relaxed), 2);
+    assert_eq!(b1.connections_reused.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        f.scm_b
+            .seen_handle()
+            .count(|s| s.method == "POST" && s.target == "/upload"),
+        1
+    );
+}
+
+/// Issue 16, the pool: a POST whose kept-alive connection broke off after its bytes were sent
+/// (here the broker's answer outlasts `response_timeout`) may have been acted on: it is answered
+/// 502 and sent to no broker again — not on a new connection, not to the tenant's other broker.
+#[test]
+fn a_post_whose_kept_alive_connection_broke_after_its_bytes_were_sent_is_not_sent_again() {
+    let f = Fleet::start_with("response_timeout = \"2s\"", "");
+    let g = f.gateway.as_ref().expect("running");
+    let a = [
+        g.status.broker(0).expect("a1"),
+        g.status.broker(1).expect("a2"),
+    ];
+    let url = repo_url(&f.scm_a, "r");
+    for _ in 0..10 {
+        if a.iter().all(|b| b.idle.load(Ordering::Relaxed) > 0) {
+            break;
+        }
+        let r = request(f.front, "GET", &format!("/t/a/proxy/{url}")).expect("answer");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(
+        a.iter().all(|b| b.idle.load(Ordering::Relaxed) > 0),
+        "both of a's brokers hold a kept-alive connection"
+    );
+    let count = |b: &wgbroker::runtime::gateway::BrokerCounters| {
+        (
+            b.requests.load(Ordering::Relaxed),
+            b.connections_reused.load(Ordering::Relaxed),
+        )
+    };
+    let before = [count(&a[0]), count(&a[1])];
+    let slow = format!("http://{}/slow/6", f.scm_a.addr());
+    let r = request(f.front, "POST", &format!("/t/a/proxy/{slow}")).expect("answer");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("broker failed before answering"), "{r:?}");
+    let after = [count(&a[0]), count(&a[1])];
+    let tried: Vec<usize> = (0..2).filter(|&i| after[i].0 != before[i].0).collect();
+    assert_eq!(tried.len(), 1, "one broker tried: {before:?} -> {after:?}");
+    let i = tried[0];
+    assert_eq!(after[i].0, before[i].0 + 1, "once");
+    assert_eq!(after[i].1, before[i].1 + 1, "on a kept-alive connection");
+    assert_eq!(
+        f.scm_a
+            .seen_handle()
+            .count(|s| s.method == "POST" && s.target == "/slow/6"),
+        1,
+        "the upstream saw it once"
+    );
+}
+
+/// The `/metrics` line of broker `addr` for `series`, if exported.
+fn broker_metric(g: &GatewayHandle, series: &str, addr: &str) -> Option<String> {
+    let metrics = wgbroker::gateway_service::metrics(&g.status);
+    let needle = format!("{series}{{");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&needle) && l.contains(&format!("broker=\"{addr}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+}
+
+/// Issue 16, drain: a broker removed by a reload while a request is in flight on it finishes
+/// that request itself (not cut off and sent again to the kept broker); until then it stays in
+/// `/metrics` as draining, and a reload that would give its address to another broker is
+/// refused (`gateway.reload_refused`, nothing of it applied). Once it has drained it leaves
+/// `/metrics` and the same reload applies.
+#[test]
+fn a_removed_broker_finishes_its_request_and_its_address_is_not_reused_until_it_has() {
+    let f = Fleet::start();
+    let g = f.gateway.as_ref().expect("running");
+    let slow = format!("http://{}/slow/3", f.scm_a.addr());
+    let front = f.front;
+    let in_flight =
+        std::thread::spawn(move || request(front, "GET", &format!("/t/a/proxy/{slow}")));
+    let seen = f.scm_a.seen_handle();
+    poll_until(
+        Duration::from_secs(10),
+        "the request at a's upstream",
+        || seen.count(|s| s.target == "/slow/3") == 1,
+    );
+    let x = (0..2)
+        .find(|&i| {
+            g.status
+                .broker(i)
+                .is_some_and(|b| b.requests.load(Ordering::Relaxed) == 1)
+        })
+        .expect("one of a's brokers has it");
+    let mut removed = f.config.clone();
+    let gone = removed.tenant[0].broker.remove(x);
+    f.reload(removed.clone());
+    poll_until(Duration::from_secs(5), "the reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 1
+    });
+    let addr = gone.address.to_string();
+    assert_eq!(
+        broker_metric(g, "wgbroker_gateway_broker_draining", &addr).as_deref(),
+        Some("1"),
+        "listed as draining while its request runs"
+    );
+    // Another broker, of tenant b, at the draining broker's address.
+    let mut clash = removed.clone();
+    let mut newcomer = gone.clone();
+    newcomer.public_key = PrivateKey::generate().expect("rng").public_key();
+    clash.tenant[1].broker.push(newcomer);
+    f.reload(clash.clone());
+    poll_until(Duration::from_secs(5), "the reload refused", || {
+        g.status.reloads_refused.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(g.status.reloads.load(Ordering::Relaxed), 1, "not applied");
+    assert!(g.status.broker(3).is_none(), "no slot for the newcomer");
+
+    let answer = in_flight.join().expect("client").expect("answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.broker(), Some(format!("a/{addr}").as_str()));
+    assert_eq!(seen.count(|s| s.target == "/slow/3"), 1, "sent once");
+    poll_until(Duration::from_secs(5), "drained: out of /metrics", || {
+        broker_metric(g, "wgbroker_gateway_broker_requests_total", &addr).is_none()
+    });
+    f.reload(clash);
+    poll_until(Duration::from_secs(5), "the same reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 2
+    });
+    assert_eq!(
+        broker_metric(g, "wgbroker_gateway_broker_healthy", &addr).as_deref(),
+        Some("0"),
+        "the newcomer, checked before it serves: {}",
+        wgbroker::gateway_service::metrics(&g.status)
+    );
+}
+
+/// Sends `sig` (`-STOP`, `-HUP`, ...) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Issue 16, reload and isolation: a request of tenant b still connecting to b's broker (the
+/// process is stopped, its SYN goes unanswered) when a reload removes b — and adds a tenant c
+/// served by one of a's brokers — is answered 503 JSON for b once its connection gives up. It
+/// reaches no broker of another tenant, not even the new one.
+#[test]
+fn a_request_whose_tenant_is_removed_before_it_reached_a_broker_gets_503_not_another_tenants() {
+    let f = Fleet::start_with(
+        "health_interval = \"60s\"\nhealth_timeout = \"30s\"\nconnect_timeout = \"3s\"",
+        "",
+    );
+    let g = f.gateway.as_ref().expect("running");
+    let b1 = g.status.broker(2).expect("b1");
+    let b1_pid = f.brokers[2].id();
+    signal(b1_pid, "-STOP");
+    let front = f.front;
+    let url = repo_url(&f.scm_b, "r");
+    let caught = std::thread::spawn(move || request(front, "GET", &format!("/t/b/proxy/{url}")));
+    poll_until(
+        Duration::from_secs(10),
+        "b's request connecting to b1",
+        || b1.requests.load(Ordering::Relaxed) == 1,
+    );
+    let mut next = f.config.clone();
+    let moved = next.tenant[0].broker.remove(1);
+    next.tenant.remove(1);
+    next.tenant.push(wgbroker::config::gateway::Tenant {
+        name: "c".into(),
+        broker: vec![moved],
+    });
+    f.reload(next);
+    poll_until(Duration::from_secs(5), "the reload applied", || {
+        g.status.reloads.load(Ordering::Relaxed) == 1
+    });
+    let c_url = format!("/t/c/proxy/{}", repo_url(&f.scm_a, "r"));
+    poll_for(
+        Duration::from_secs(10),
+        "c served by its broker",
+        || match request(front, "GET", &c_url) {
+            Ok(a) if a.status == 200 => Ok(a),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let answer = caught.join().expect("client").expect("answer");
+    signal(b1_pid, "-CONT");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(body["tenant"], "b", "{body}");
+    assert_eq!(body["error"], "no healthy broker", "{body}");
+    assert_eq!(answer.broker(), None);
+    assert!(f.scm_b.seen().is_empty(), "b's upstream never reached");
+}
+
+/// Issue 16, SIGHUP end to end: a `wgbroker gateway` process (`gateway_service::run`) applies a
+/// changed file's tenants live on SIGHUP — a removed tenant is unknown (404), an added one known
+/// (503 until its broker is up) — names the `[gateway]` key that needs a restart, and on an
+/// invalid file keeps what it runs.
+#[test]
+fn sighup_applies_a_changed_tenant_list_to_a_running_gateway_process() {
+    let gw_key = PrivateKey::generate().expect("rng");
+    let (k1, k2) = (
+        PrivateKey::generate().expect("rng"),
+        PrivateKey::generate().expect("rng"),
+    );
+    let ports = gateway_ports();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("gateway.toml");
+    let config = |tenant: &str, key: &PrivateKey, extra: &str| {
+        gateway_process_toml(&gw_key, ports, tenant, key, "10.77.1.2", extra)
+    };
+    std::fs::write(&file, config("a", &k1, "")).expect("write");
+    let log_path = dir.path().join("gateway.log");
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_wgbroker"))
+        .args(["gateway", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let front: SocketAddr = ([127, 0, 0, 1], ports.1).into();
+    let status = |tenant: &str| {
+        request(front, "GET", &format!("/t/{tenant}/healthcheck")).map(|a| (a.status, a.body))
+    };
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    poll_for(
+        Duration::from_secs(10),
+        "the front door up",
+        || match status("a") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(status("z").expect("answer").0, 404);
+
+    std::fs::write(&file, config("z", &k2, "health_interval = \"2s\"")).expect("write");
+    signal(gateway.id(), "-HUP");
+    poll_for(
+        Duration::from_secs(5),
+        "z known after SIGHUP",
+        || match status("z") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", log())),
+        },
+    );
+    let (code, body) = status("a").expect("answer");
+    assert_eq!(
+        (code, body.contains("unknown tenant")),
+        (404, true),
+        "{body}"
+    );
+    let text = log();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("needs_restart") && l.contains("gateway.health_interval")),
+        "{text}"
+    );
+    assert!(text.contains("gateway.reloaded"), "{text}");
+
+    std::fs::write(&file, "[gateway]\nbogus = 1\n").expect("write");
+    signal(gateway.id(), "-HUP");
+    poll_until(Duration::from_secs(5), "the invalid file reported", || {
+        log().contains("config.invalid")
+    });
+    assert_eq!(status("z").expect("answer").0, 503, "z still served");
+    assert_eq!(status("a").expect("answer").0, 404);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
 }

@@ -66,6 +66,12 @@ fn non_default_values() -> Vec<(&'static str, String)> {
         ("gateway.health_interval", s(r#""2s""#)),
         ("gateway.health_timeout", s(r#""500ms""#)),
         ("gateway.connect_timeout", s(r#""3s""#)),
+        ("gateway.head_timeout", s(r#""20s""#)),
+        ("gateway.response_timeout", s(r#""90s""#)),
+        ("gateway.body_timeout", s(r#""45s""#)),
+        ("gateway.pool_idle_per_broker", s("8")),
+        ("gateway.pool_idle_total", s("100")),
+        ("gateway.pool_idle_timeout", s(r#""10s""#)),
         ("tenant[].name", s(r#""globex-2""#)),
         (
             "tenant[].broker[].public_key",
@@ -235,4 +241,49 @@ fn the_shipped_example_loads_and_declares_a_gateway() {
     std::fs::write(&broker, super::super::EXAMPLE).expect("write");
     let layers = crate::config::read_layers(&[broker]).expect("read");
     assert!(!declares_gateway(&layers));
+}
+
+#[test]
+fn pool_bounds_beyond_the_netstack_or_each_other_are_refused() {
+    let text = base().replace(
+        "[gateway]\n",
+        "[gateway]\npool_idle_total = 4096\npool_idle_per_broker = 5000\npool_idle_timeout = \"0s\"\n",
+    );
+    let errors = load(&text).expect_err("invalid").0;
+    let found: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.key.clone(), e.message.clone()))
+        .collect();
+    for (key, msg) in [
+        ("gateway.pool_idle_total", "above 2048"),
+        ("gateway.pool_idle_per_broker", "above pool_idle_total"),
+        ("gateway.pool_idle_timeout", "greater than zero"),
+    ] {
+        assert!(
+            found.iter().any(|(k, m)| k == key && m.contains(msg)),
+            "no error at {key} saying {msg:?}; got {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_netstack_section_is_the_brokers() {
+    let text = format!(
+        "{}\n[netstack]\ncongestion = \"bbr\"\ntx_buffer_max = \"8MiB\"\n",
+        base()
+    );
+    let loaded = load(&text).expect("valid");
+    assert_eq!(
+        loaded.config.netstack.congestion,
+        crate::config::Congestion::Bbr
+    );
+    assert_eq!(loaded.config.netstack.tx_buffer_max, 8 << 20);
+    let dumped = render(&loaded.config);
+    assert!(dumped.contains("congestion = \"bbr\""), "{dumped}");
+    let bad = format!("{}\n[netstack]\ncongestion = \"vegas\"\n", base());
+    let errors = load(&bad).expect_err("invalid").0;
+    assert!(
+        errors.iter().any(|e| e.key == "netstack.congestion"),
+        "{errors:?}"
+    );
 }

@@ -1,51 +1,16 @@
 //! The balancer on a fake clock: `Instant`s built from one epoch plus offsets.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::config::LoadMode;
 use crate::keys::PrivateKey;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-/// Tenant 0 ("a") with two brokers, tenant 1 ("b") with one: brokers 0, 1 and 2.
-fn config() -> GatewayConfig {
-    let key = |n: u8| PrivateKey::from_bytes([n; 32]).public_key().to_string();
-    let text = format!(
-        r#"
-[gateway]
-private_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-listen = "0.0.0.0:51820"
-address = "10.77.0.1"
-front = "127.0.0.1:8080"
-[[tenant]]
-name = "a"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.1.2"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.1.3"
-[[tenant]]
-name = "b"
-[[tenant.broker]]
-public_key = "{}"
-address = "10.77.2.2"
-"#,
-        key(1),
-        key(2),
-        key(3)
-    );
-    crate::config::gateway::load_str(
-        &[(PathBuf::from("gw.toml"), text)],
-        LoadMode::Full,
-        &|_: &str| None,
-    )
-    .expect("valid")
-    .config
-}
+// Tenant 0 ("a") with two brokers, tenant 1 ("b") with one: brokers 0, 1 and 2 (keys
+// `[1;32]`, `[2;32]`, `[3;32]`).
+use super::super::tests::config;
 
 const A: TenantId = TenantId(0);
 const B: TenantId = TenantId(1);
@@ -280,6 +245,39 @@ fn retries_follow_the_rules() {
     );
 }
 
+/// Issue 16, the pool: a kept-alive connection that breaks after the request's bytes were
+/// written and before any response byte may have carried the request to the broker (or may
+/// only have been closed by it while idle: the gateway cannot tell once the bytes are out).
+#[test]
+fn a_reused_connection_breaking_before_the_response_retries_only_idempotent_requests() {
+    // A POST whose bytes were sent on a reused connection: never again, on no broker.
+    let mut r = Retry::new("POST", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+    // A GET: once, and the same broker may serve it (on a fresh connection): its connection,
+    // not the broker, may be what failed.
+    let mut r = Retry::new("GET", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::TryAnother);
+    assert!(r.tried().is_empty(), "broker 0 may be picked again");
+    r.attempt(BrokerId(0));
+    assert_eq!(
+        r.after(Outcome::ReusedDiedBeforeResponse),
+        Next::GiveUp,
+        "once"
+    );
+    // The once is shared with a broker's death.
+    let mut r = Retry::new("GET", true);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::DiedBeforeResponse), Next::TryAnother);
+    r.attempt(BrokerId(1));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+    // A body streamed away: never.
+    let mut r = Retry::new("PUT", false);
+    r.attempt(BrokerId(0));
+    assert_eq!(r.after(Outcome::ReusedDiedBeforeResponse), Next::GiveUp);
+}
+
 /// Issue 18: after a gateway restart the first checks start before any broker has dialed in
 /// (no session: they cannot pass and only time out). A session that comes up makes the broker's
 /// check due at once instead of after that timeout and the next interval.
@@ -357,6 +355,29 @@ fn a_reload_drains_removed_brokers_and_adds_new_ones_out_of_rotation() {
         None,
         "never another tenant's broker"
     );
+}
+
+/// A removed broker drains its requests, not its health check: a dead broker's checks run
+/// until they time out, back to back, and holding its slot for them refused almost every
+/// reload that gives its key or address to another broker (seen with SIGHUP end to end).
+#[test]
+fn a_removed_broker_with_only_a_check_in_flight_is_freed_at_once() {
+    let t0 = Instant::now();
+    let mut b = all_up(t0);
+    let due: Vec<BrokerId> = std::iter::from_fn(|| b.poll_check(t0 + SEC)).collect();
+    assert!(due.contains(&BrokerId(2)), "{due:?}");
+    let mut c = config();
+    c.tenant.remove(1);
+    let r = b.reconfigure(&c, t0 + SEC);
+    assert_eq!(r.removed, [BrokerId(2)]);
+    assert!(!b.is_draining(BrokerId(2)), "no request in flight: free");
+    // Its slot taken by another broker; the removed one's late result is not the newcomer's.
+    let mut newcomer = config();
+    newcomer.tenant[1].broker[0].public_key = PrivateKey::from_bytes([9; 32]).public_key();
+    let r = b.reconfigure(&newcomer, t0 + SEC);
+    assert_eq!(r.added, [BrokerId(2)]);
+    b.check_done(BrokerId(2), true);
+    assert!(!b.healthy(BrokerId(2)), "joins on its own check only");
 }
 
 #[test]

@@ -81,9 +81,24 @@ async fn open_once(gw: &Rc<Gw>, id: BrokerId) -> io::Result<TunnelConn> {
     Ok(conn)
 }
 
-/// Resolves once broker `id` is out of rotation.
+/// Resolves once broker `id` is out of rotation (a connection not yet open to it is given up).
 pub(super) async fn left_rotation(gw: &Gw, id: BrokerId) {
     while gw.bal.borrow().healthy(id) {
+        glommio::timer::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+/// Resolves once broker `id` is out of rotation for a reason other than a reload removing it:
+/// a removed broker drains, so a request already sent to it is left to finish there (within
+/// `response_timeout`), not cut off and sent again elsewhere.
+pub(super) async fn died(gw: &Gw, id: BrokerId) {
+    loop {
+        {
+            let bal = gw.bal.borrow();
+            if !bal.healthy(id) && !bal.is_draining(id) {
+                return;
+            }
+        }
         glommio::timer::sleep(WATCH_INTERVAL).await;
     }
 }

@@ -47,7 +47,7 @@ async fn front_conn(gw: Rc<Gw>, mut client: TcpStream) {
         let head = future::or(
             async { Some(read_request_head(&mut client, &mut buf).await) },
             async {
-                glommio::timer::sleep(HEAD_TIMEOUT).await;
+                glommio::timer::sleep(gw.config.gateway.head_timeout).await;
                 None
             },
         )
@@ -131,8 +131,8 @@ async fn serve_one(
 }
 
 /// The head sent to a broker: the front-door request's, its target rewritten to the broker's
-/// `/proxy/<URL>`, hop-by-hop headers dropped, and `Connection: close` (a connection per
-/// request).
+/// `/proxy/<URL>`, hop-by-hop headers dropped. No `Connection` header: HTTP/1.1's default,
+/// keep-alive, lets the connection carry the next request ([`crate::gateway::pool`]).
 fn upstream_head(head: &RequestHead, buf: &[u8], method: &str, broker_target: &str) -> Vec<u8> {
     let mut out = format!("{method} {broker_target} HTTP/1.1\r\n").into_bytes();
     for (name, value) in head.headers(buf) {
@@ -154,7 +154,7 @@ fn upstream_head(head: &RequestHead, buf: &[u8], method: &str, broker_target: &s
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -180,12 +180,13 @@ async fn forward(
         tenant,
         tenant_name,
         method,
-        upstream_head,
         framing,
+        ..
     } = *req;
     let mut retry = Retry::new(method, framing == BodyFraming::None);
     let idempotent = crate::gateway::balance::is_idempotent(method);
     let mut body = Some(BodyReader::new(framing));
+    let mut attempts = 0u32;
     loop {
         let picked = {
             let mut bal = gw.bal.borrow_mut();
@@ -211,7 +212,10 @@ async fn forward(
         retry.attempt(id);
         gw.counters(id).requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let attempt = attempt(gw, id, upstream_head, &mut body, client, buf, idempotent).await;
+        // After a failed attempt, a new connection: kept-alive ones may have failed alike.
+        let fresh = attempts > 0;
+        attempts += 1;
+        let attempt = attempt(gw, id, req, &mut body, client, buf, idempotent, fresh).await;
         let outcome = match &attempt {
             Ok(_) => Outcome::Answered,
             Err(f) => f.outcome(),
@@ -259,6 +263,8 @@ enum AttemptFailure {
     Connect(#[allow(dead_code)] io::Error),
     /// The broker broke off or left rotation before the response head.
     BeforeResponse(#[allow(dead_code)] io::Error),
+    /// As `BeforeResponse`, on a connection kept alive from an earlier request.
+    ReusedBeforeResponse(#[allow(dead_code)] io::Error),
     /// The response had started.
     AfterResponse(#[allow(dead_code)] io::Error),
     /// The client went away or sent a malformed body.
@@ -270,6 +276,7 @@ impl AttemptFailure {
         match self {
             AttemptFailure::Connect(_) => Outcome::ConnectFailed,
             AttemptFailure::BeforeResponse(_) => Outcome::DiedBeforeResponse,
+            AttemptFailure::ReusedBeforeResponse(_) => Outcome::ReusedDiedBeforeResponse,
             // A client failure says nothing about the broker.
             AttemptFailure::AfterResponse(_) => Outcome::DiedAfterResponse,
             AttemptFailure::Client(_) => Outcome::Answered,
@@ -277,71 +284,118 @@ impl AttemptFailure {
     }
 }
 
-/// One attempt on broker `id`: connect, send the head and the body, stream the response back.
+/// One attempt on broker `id`: a connection (kept alive from an earlier request unless
+/// `fresh`, else a new one), the head and the body sent, the response streamed back; the
+/// connection kept for the next request when its response ended cleanly.
 /// `Ok(keep)`: answered; `keep` says whether the client connection may carry another request.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     gw: &Rc<Gw>,
     id: BrokerId,
-    upstream_head: &[u8],
+    req: &Forward<'_>,
     body: &mut Option<BodyReader>,
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     idempotent: bool,
+    fresh: bool,
 ) -> Result<bool, AttemptFailure> {
-    let mut conn = open(gw, id, true).await.map_err(AttemptFailure::Connect)?;
-    conn.write_all(upstream_head)
-        .await
-        .map_err(AttemptFailure::BeforeResponse)?;
+    let g = &gw.config.gateway;
+    let (mut conn, reused) = connection(gw, id, fresh).await?;
+    // Before the first response byte, a failure on a kept-alive connection is its own outcome
+    // (see `Retry`): the broker may only have closed it while the request crossed its close.
+    let before = |e: io::Error| {
+        if reused {
+            AttemptFailure::ReusedBeforeResponse(e)
+        } else {
+            AttemptFailure::BeforeResponse(e)
+        }
+    };
+    conn.write_all(req.upstream_head).await.map_err(before)?;
     // The body, streamed from the client: what came with the head first.
     if let Some(reader) = body.as_mut() {
-        reader.pump(client, buf, &mut conn).await?;
+        reader
+            .pump(client, buf, &mut conn, g.body_timeout)
+            .await
+            .map_err(|f| match f {
+                AttemptFailure::BeforeResponse(e) => before(e),
+                other => other,
+            })?;
     }
     let head = future::or(
         async {
             read_response_head(&mut conn, Vec::new())
                 .await
-                .map_err(AttemptFailure::BeforeResponse)
+                .map_err(before)
         },
         async {
             if idempotent {
-                left_rotation(gw, id).await;
-                Err(AttemptFailure::BeforeResponse(io::Error::other(
-                    "broker left rotation",
-                )))
+                died(gw, id).await;
+                Err(before(io::Error::other("broker left rotation")))
             } else {
-                glommio::timer::sleep(RESPONSE_TIMEOUT).await;
-                Err(AttemptFailure::BeforeResponse(
-                    io::ErrorKind::TimedOut.into(),
-                ))
+                future::pending::<()>().await;
+                Err(before(io::ErrorKind::TimedOut.into()))
             }
         },
     );
     let head = future::or(head, async {
-        glommio::timer::sleep(RESPONSE_TIMEOUT).await;
-        Err(AttemptFailure::BeforeResponse(
-            io::ErrorKind::TimedOut.into(),
-        ))
+        glommio::timer::sleep(g.response_timeout).await;
+        Err(before(io::ErrorKind::TimedOut.into()))
     })
     .await;
     let (resp, early) = head?;
-    let close = !resp.delimited;
+    let request_done = body.as_ref().is_none_or(BodyReader::done);
+    relay_response(gw, id, req.method, conn, resp, early, client, request_done).await
+}
+
+/// Streams broker `id`'s response (its head already read, `early` the body bytes that came
+/// with it) to the client, then keeps `conn` for the next request or closes it.
+/// `request_done`: the request's body was sent whole. `Ok(keep)` as for [`attempt`].
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    gw: &Rc<Gw>,
+    id: BrokerId,
+    method: &str,
+    mut conn: TunnelConn,
+    resp: ResponseHead,
+    early: Vec<u8>,
+    client: &mut TcpStream,
+    request_done: bool,
+) -> Result<bool, AttemptFailure> {
+    let g = &gw.config.gateway;
+    // A response to HEAD has no body whatever its head says.
+    let framing = match resp.body {
+        _ if method == "HEAD" => Some(BodyFraming::None),
+        ResponseBody::Empty => Some(BodyFraming::None),
+        ResponseBody::Length(n) => Some(BodyFraming::Length(n)),
+        ResponseBody::Chunked => Some(BodyFraming::Chunked),
+        ResponseBody::UntilClose => None,
+    };
     let mut out = resp.lines;
     out.extend_from_slice(BROKER_HEADER.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(gw.label(id).as_bytes());
     out.extend_from_slice(b"\r\n");
-    if close {
+    if framing.is_none() {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&early);
+    // The body: to its end by its framing (the connection may then carry the next request), or
+    // until the broker closes.
+    let mut reader = framing.map(BodyReader::new);
+    // Bytes after the body's end: the broker is out of step, the connection is not kept.
+    let mut excess = false;
+    let first = match reader.as_mut() {
+        Some(r) => r.take(&early).map_err(AttemptFailure::AfterResponse)?,
+        None => early.len(),
+    };
+    excess |= first < early.len();
+    out.extend_from_slice(&early[..first]);
     client
         .write_all(&out)
         .await
         .map_err(AttemptFailure::Client)?;
     let mut chunk = vec![0u8; 16 << 10];
-    loop {
+    while !excess && !reader.as_ref().is_some_and(BodyReader::done) {
         let n = future::or(
             async {
                 conn.read(&mut chunk)
@@ -349,7 +403,7 @@ async fn attempt(
                     .map_err(AttemptFailure::AfterResponse)
             },
             async {
-                glommio::timer::sleep(BODY_TIMEOUT).await;
+                glommio::timer::sleep(g.body_timeout).await;
                 Err(AttemptFailure::AfterResponse(
                     io::ErrorKind::TimedOut.into(),
                 ))
@@ -357,16 +411,50 @@ async fn attempt(
         )
         .await?;
         if n == 0 {
+            if reader.is_some() {
+                return Err(AttemptFailure::AfterResponse(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
             break;
         }
+        let used = match reader.as_mut() {
+            Some(r) => r.take(&chunk[..n]).map_err(AttemptFailure::AfterResponse)?,
+            None => n,
+        };
+        excess |= used < n;
         client
-            .write_all(&chunk[..n])
+            .write_all(&chunk[..used])
             .await
             .map_err(AttemptFailure::Client)?;
     }
     client.flush().await.map_err(AttemptFailure::Client)?;
-    let _ = conn.close().await;
-    Ok(!close)
+    // Kept for the next request only when both messages ended where their framing says: the
+    // request's body sent whole (a broker may answer before reading it) and the response's
+    // read to its end, nothing after it, and the broker not closing.
+    if reader.is_some() && !excess && !resp.close && request_done {
+        gw.put_idle(id, conn);
+    } else {
+        let _ = conn.close().await;
+    }
+    Ok(framing.is_some())
+}
+
+/// A connection to broker `id` for an attempt: an idle kept-alive one that is still open
+/// (unless `fresh`), else a new one. `true` with a kept-alive one.
+async fn connection(
+    gw: &Rc<Gw>,
+    id: BrokerId,
+    fresh: bool,
+) -> Result<(TunnelConn, bool), AttemptFailure> {
+    if !fresh && let Some(conn) = gw.take_idle(id) {
+        return Ok((conn, true));
+    }
+    let conn = open(gw, id, true).await.map_err(AttemptFailure::Connect)?;
+    gw.counters(id)
+        .connections_opened
+        .fetch_add(1, Ordering::Relaxed);
+    Ok((conn, false))
 }
 
 /// Streams a request body from the client to a broker, by its framing.
@@ -435,6 +523,7 @@ impl BodyReader {
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
         conn: &mut TunnelConn,
+        timeout: Duration,
     ) -> Result<(), AttemptFailure> {
         let mut chunk = vec![0u8; 16 << 10];
         loop {
@@ -456,7 +545,7 @@ impl BodyReader {
                         .map_err(AttemptFailure::Client)
                 },
                 async {
-                    glommio::timer::sleep(BODY_TIMEOUT).await;
+                    glommio::timer::sleep(timeout).await;
                     Err(AttemptFailure::Client(io::ErrorKind::TimedOut.into()))
                 },
             )

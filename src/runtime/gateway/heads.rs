@@ -51,8 +51,22 @@ pub(super) struct ResponseHead {
     pub(super) status: u16,
     /// The head as received, without `Connection`/`Keep-Alive` lines and the blank line.
     pub(super) lines: Vec<u8>,
-    /// The body's length is known from the head (`Content-Length`, chunked, or none by status).
-    pub(super) delimited: bool,
+    /// How the body ends: what the gateway reads of it before the connection can carry the
+    /// next request.
+    pub(super) body: ResponseBody,
+    /// The broker said `Connection: close`.
+    pub(super) close: bool,
+}
+
+/// How a response body from a broker is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ResponseBody {
+    /// None by status (1xx, 204, 304); a response to `HEAD` is treated so by the caller.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the broker closes: the connection cannot be kept.
+    UntilClose,
 }
 
 /// Reads a response head from `conn` (after `buf`'s bytes); returns it and the body bytes that
@@ -69,17 +83,36 @@ pub(super) async fn read_response_head<S: AsyncRead + Unpin>(
                 let status = resp.code.unwrap_or(0);
                 let mut lines =
                     format!("HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or("")).into_bytes();
-                let mut delimited = matches!(status, 100..=199 | 204 | 304);
+                let no_body = matches!(status, 100..=199 | 204 | 304);
+                let (mut length, mut chunked, mut close) = (None, false, false);
                 for h in resp.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("connection")
-                        || h.name.eq_ignore_ascii_case("keep-alive")
-                    {
+                    if h.name.eq_ignore_ascii_case("connection") {
+                        close |= h
+                            .value
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
                         continue;
                     }
-                    if h.name.eq_ignore_ascii_case("content-length")
-                        || h.name.eq_ignore_ascii_case("transfer-encoding")
-                    {
-                        delimited = true;
+                    if h.name.eq_ignore_ascii_case("keep-alive") {
+                        continue;
+                    }
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        let n = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok());
+                        // Two lengths that differ, or one that is no number: not framed for reuse.
+                        length = match (length, n) {
+                            (None, Some(n)) => Some(Some(n)),
+                            (Some(Some(a)), Some(b)) if a == b => Some(Some(a)),
+                            _ => Some(None),
+                        };
+                    }
+                    if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = h
+                            .value
+                            .rsplit(|&b| b == b',')
+                            .next()
+                            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                     }
                     lines.extend_from_slice(h.name.as_bytes());
                     lines.extend_from_slice(b": ");
@@ -87,11 +120,18 @@ pub(super) async fn read_response_head<S: AsyncRead + Unpin>(
                     lines.extend_from_slice(b"\r\n");
                 }
                 let rest = buf.split_off(len);
+                let body = match (no_body, chunked, length) {
+                    (true, _, _) => ResponseBody::Empty,
+                    (false, true, _) => ResponseBody::Chunked,
+                    (false, false, Some(Some(n))) => ResponseBody::Length(n),
+                    _ => ResponseBody::UntilClose,
+                };
                 return Ok((
                     ResponseHead {
                         status,
                         lines,
-                        delimited,
+                        body,
+                        close,
                     },
                     rest,
                 ));
