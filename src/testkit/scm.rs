@@ -263,12 +263,8 @@ fn download(w: &mut TcpStream, n: u64, written: &AtomicU64) -> io::Result<()> {
     Ok(())
 }
 
-fn serve(
-    conn: TcpStream,
-    seen: &Mutex<Vec<Seen>>,
-    token: &str,
-    written: &AtomicU64,
-) -> io::Result<()> {
+fn serve(c: TcpStream, seen: &Mutex<Vec<Seen>>, tok: &str, out: &AtomicU64) -> io::Result<()> {
+    let (conn, token, written) = (c, tok, out);
     conn.set_nodelay(true)?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);

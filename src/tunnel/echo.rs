@@ -15,6 +15,9 @@
 
 use std::net::IpAddr;
 
+use super::table::{Outcome, settle};
+use super::{DropReason, PeerId, PeerTable, Received, required_buffer_len};
+
 /// The ICMP identifier of our probes; answers with any other are not ours.
 pub(super) const PROBE_IDENT: u16 = 0x7762;
 
@@ -117,6 +120,51 @@ pub(super) fn answer_in_place(p: &mut [u8]) -> Option<()> {
     }
     finish(p, head);
     Some(())
+}
+
+impl PeerTable {
+    /// Answers the echo `request` from `slot` (addressed to this side: no peer's allowed IPs
+    /// cover its destination) through the tunnel. The answer expects nothing back, so it does
+    /// not count as a packet the peer leaves unanswered.
+    pub(super) fn answer_echo<'o>(
+        &mut self,
+        slot: usize,
+        request: &mut [u8],
+        out: &'o mut [u8],
+    ) -> Received<'o> {
+        if answer_in_place(request).is_none() {
+            return self.dropped_rx(DropReason::Malformed);
+        }
+        if out.len() < required_buffer_len(request.len()) {
+            // Cannot happen (`out` held the datagram the request came in), but `encapsulate`
+            // would panic on it.
+            return self.dropped_rx(DropReason::BufferTooSmall);
+        }
+        let Some(p) = self.peers.get_mut(slot) else {
+            return self.dropped_rx(DropReason::UnknownIndex);
+        };
+        let Some(to) = p.endpoint else {
+            return self.dropped_rx(DropReason::NoEndpoint);
+        };
+        let unanswered = p.unanswered_since;
+        let base = out.as_ptr().addr();
+        let Outcome::Network(range) = settle(base, p.tunn.encapsulate(request, &mut *out)) else {
+            return self.dropped_rx(DropReason::NoSession);
+        };
+        let Some(datagram) = out.get_mut(range) else {
+            return self.dropped_rx(DropReason::BufferTooSmall);
+        };
+        self.account_emit(slot, datagram);
+        if let Some(p) = self.peers.get_mut(slot) {
+            p.unanswered_since = unanswered;
+        }
+        self.counters.echo_replies_sent += 1;
+        Received::Transmit {
+            peer: Some(PeerId(slot as u32)),
+            to,
+            datagram,
+        }
+    }
 }
 
 /// Fills in the IPv4 header checksum (for IPv4) and the ICMP checksum of a packet whose ICMP

@@ -511,45 +511,7 @@ impl PeerTable {
         (slot < self.peers.len()).then_some(slot)
     }
 
-    /// Answers the echo `request` from `slot` (addressed to this side: no peer's allowed IPs
-    /// cover its destination) through the tunnel. The answer expects nothing back, so it does
-    /// not count as a packet the peer leaves unanswered.
-    fn answer_echo<'o>(
-        &mut self,
-        slot: usize,
-        request: &mut [u8],
-        out: &'o mut [u8],
-    ) -> Received<'o> {
-        if echo::answer_in_place(request).is_none() {
-            return self.dropped_rx(DropReason::Malformed);
-        }
-        let Some(p) = self.peers.get_mut(slot) else {
-            return self.dropped_rx(DropReason::UnknownIndex);
-        };
-        let Some(to) = p.endpoint else {
-            return self.dropped_rx(DropReason::NoEndpoint);
-        };
-        let unanswered = p.unanswered_since;
-        let base = out.as_ptr().addr();
-        let Outcome::Network(range) = settle(base, p.tunn.encapsulate(request, &mut *out)) else {
-            return self.dropped_rx(DropReason::NoSession);
-        };
-        let Some(datagram) = out.get_mut(range) else {
-            return self.dropped_rx(DropReason::BufferTooSmall);
-        };
-        self.account_emit(slot, datagram);
-        if let Some(p) = self.peers.get_mut(slot) {
-            p.unanswered_since = unanswered;
-        }
-        self.counters.echo_replies_sent += 1;
-        Received::Transmit {
-            peer: Some(PeerId(slot as u32)),
-            to,
-            datagram,
-        }
-    }
-
-    fn dropped_rx<'o>(&mut self, reason: DropReason) -> Received<'o> {
+    pub(super) fn dropped_rx<'o>(&mut self, reason: DropReason) -> Received<'o> {
         self.counters.count_drop(reason);
         Received::Dropped(reason)
     }
@@ -583,7 +545,7 @@ impl PeerTable {
 
     /// Counts a datagram about to leave for `slot`, by message type; notes handshake attempts
     /// (and asks for re-resolution when they keep failing).
-    fn account_emit(&mut self, slot: usize, datagram: &[u8]) {
+    pub(super) fn account_emit(&mut self, slot: usize, datagram: &[u8]) {
         let now = self.now;
         if let Some(p) = self.peers.get_mut(slot) {
             p.last_sent = Some(now);
