@@ -219,6 +219,16 @@ fn tunnel_metrics(m: &mut Exposition, status: &Status) {
             &status.liveness_probes,
         ),
         (
+            "wgbroker_idle_probes_total",
+            "ICMP echoes sent through the tunnel to a gateway that sent nothing for 2 s (an idle tunnel's liveness probe).",
+            &status.idle_probes,
+        ),
+        (
+            "wgbroker_idle_probe_replies_total",
+            "Answers to those echoes.",
+            &status.idle_probe_replies,
+        ),
+        (
             "wgbroker_heartbeats_ok_total",
             "Heartbeats that succeeded.",
             &status.heartbeats_ok,

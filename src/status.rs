@@ -166,6 +166,9 @@ pub struct Status {
     pub session_restarts_heartbeat: AtomicU64,
     /// Fresh handshakes sent to probe a session that looked dead (most answered at once).
     pub liveness_probes: AtomicU64,
+    /// ICMP echoes sent to probe an idle tunnel, and the answers to them.
+    pub idle_probes: AtomicU64,
+    pub idle_probe_replies: AtomicU64,
     /// Heartbeats that succeeded / failed since start.
     pub heartbeats_ok: AtomicU64,
     pub heartbeats_failed: AtomicU64,
@@ -232,6 +235,8 @@ impl Status {
             session_restarts_no_reply: AtomicU64::new(0),
             session_restarts_heartbeat: AtomicU64::new(0),
             liveness_probes: AtomicU64::new(0),
+            idle_probes: AtomicU64::new(0),
+            idle_probe_replies: AtomicU64::new(0),
             heartbeats_ok: AtomicU64::new(0),
             heartbeats_failed: AtomicU64::new(0),
             heartbeat_passing: AtomicBool::new(true),

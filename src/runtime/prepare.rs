@@ -12,7 +12,7 @@ use super::error::{Cause, StartError};
 use super::{placement, preflight, udp};
 use crate::config::{Config, Loaded};
 use crate::netstack::StackConfig;
-use crate::tunnel::{PeerSpec, PeerTable};
+use crate::tunnel::{IdleProbe, PeerSpec, PeerTable};
 
 /// Why [`prepare`] runs: to start, or for `wgbroker check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +81,17 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         s.validate()?;
     }
     let (udp, ipv6_socket, udp_shortfalls) = udp_socket(c)?;
-    let table = PeerTable::new(
+    let mut table = PeerTable::new(
         &c.wireguard.private_key,
         peer_specs(c, ipv6_socket),
         Instant::now(),
     )?;
+    // An idle tunnel is probed with an ICMP echo from our tunnel address, to the heartbeat's
+    // host when a gateway's allowed IPs cover it (see `tunnel::IdleProbe`).
+    table.set_idle_probe(Some(IdleProbe {
+        from: c.wireguard.address,
+        prefer: c.heartbeat.as_ref().map(|h| h.target.addr.ip()),
+    }));
     let tls = crate::upstream::tls::client_config(&c.upstream).map_err(StartError::Upstream)?;
     let proxy = crate::upstream::proxy::ProxySettings::from_config(&c.upstream, &|k: &str| {
         std::env::var(k).ok()

@@ -645,6 +645,16 @@ fn log_events(core: &TunnelCore, throttles: &mut [LogThrottle], now: Instant) {
                     "the session with the gateway looks dead; starting a fresh handshake"
                 );
             }
+            Some(PeerEvent::IdleProbeOff { peer, to }) => {
+                // Once per peer and process: never throttled.
+                tracing::warn!(
+                    event = "wireguard.idle_probe_off",
+                    %peer,
+                    %to,
+                    "the gateway does not answer ICMP echoes inside the tunnel; an idle broker \
+                     notices a gateway restart only at its next keepalive"
+                );
+            }
         }
     }
 }
@@ -655,6 +665,12 @@ fn publish(core: &TunnelCore, handshakes_seen: &mut u64) {
     core.status
         .liveness_probes
         .store(c.liveness_probes, Ordering::Relaxed);
+    core.status
+        .idle_probes
+        .store(c.idle_probes, Ordering::Relaxed);
+    core.status
+        .idle_probe_replies
+        .store(c.idle_probe_replies, Ordering::Relaxed);
     if c.handshakes_completed != *handshakes_seen {
         *handshakes_seen = c.handshakes_completed;
         core.status

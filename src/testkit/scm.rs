@@ -8,6 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -62,26 +63,36 @@ pub struct MockScm {
     listener: Listener,
     token: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Bytes of `/download/N` bodies written to the kernel so far (all connections).
+    download_written: Arc<AtomicU64>,
 }
 
 impl MockScm {
     /// Starts on `127.0.0.1:0`; API routes require `Authorization: Bearer <token>`.
     pub fn start(token: &str) -> io::Result<Self> {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (seen2, tok) = (seen.clone(), token.to_owned());
+        let download_written = Arc::new(AtomicU64::new(0));
+        let (seen2, tok, written) = (seen.clone(), token.to_owned(), download_written.clone());
         let listener = Listener::start("mock-scm", MAX_CONNECTIONS, move |conn| {
-            let _ = serve(conn, &seen2, &tok);
+            let _ = serve(conn, &seen2, &tok, &written);
         })?;
         Ok(Self {
             listener,
             token: token.to_owned(),
             seen,
+            download_written,
         })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.listener.addr()
+    }
+
+    /// Bytes of `/download/N` bodies written so far, all connections together: what a reader
+    /// that stopped reading let through (the kernel's socket buffers fill, then writes block).
+    pub fn download_bytes_written(&self) -> u64 {
+        self.download_written.load(Ordering::Relaxed)
     }
 
     /// The token it expects.
@@ -233,7 +244,7 @@ fn read_head(r: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
 }
 
 /// Answers `/download/N`: `n` bytes of [`pattern_byte`], in 64 KiB writes.
-fn download(w: &mut TcpStream, n: u64) -> io::Result<()> {
+fn download(w: &mut TcpStream, n: u64, written: &AtomicU64) -> io::Result<()> {
     write!(
         w,
         "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
@@ -246,12 +257,14 @@ fn download(w: &mut TcpStream, n: u64) -> io::Result<()> {
             *b = pattern_byte(off + i as u64);
         }
         w.write_all(&chunk[..take])?;
+        written.fetch_add(take as u64, Ordering::Relaxed);
         off += take as u64;
     }
     Ok(())
 }
 
-fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()> {
+fn serve(c: TcpStream, seen: &Mutex<Vec<Seen>>, tok: &str, out: &AtomicU64) -> io::Result<()> {
+    let (conn, token, written) = (c, tok, out);
     conn.set_nodelay(true)?;
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
@@ -307,7 +320,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> io::Result<()
                 respond(&mut w, 200, "application/json", body.as_bytes())?;
             }
             ("GET", ["download", n]) => {
-                download(&mut w, n.parse().unwrap_or(0).min(1 << 32))?;
+                download(&mut w, n.parse().unwrap_or(0).min(1 << 32), written)?;
             }
             ("GET", ["chunked", n]) => {
                 let n: usize = n.parse().unwrap_or(0).min(1 << 24);

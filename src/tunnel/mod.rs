@@ -89,12 +89,22 @@
 //!   unanswered at its first retry is a dead session: [`PeerEvent::SessionRestart`],
 //!   [`Counters::session_restarts`]. The runtime may also ask for it
 //!   ([`PeerTable::restart_session`], on a failed heartbeat). The old session keeps carrying
-//!   traffic until the new one is up, so a live but quiet peer loses nothing; what it costs is
-//!   one handshake per keepalive interval when the peer never sends anything on its own.
+//!   traffic until the new one is up, so a live but quiet peer loses nothing.
+//! * **Idle tunnels**: a keepalive is never answered, so a broker with nothing to send would
+//!   notice a restarted gateway only at its next keepalive. With [`PeerTable::set_idle_probe`]
+//!   a dialed peer that sent nothing authenticated for [`IDLE_PROBE_INTERVAL`] is sent an ICMP
+//!   echo request (built by the table, see `echo`), which a live gateway answers (its kernel, or
+//!   this table on the gateway's side: an echo request to an address no peer's allowed IPs
+//!   cover is answered here, never handed to the stack); the answer clears the silence, an
+//!   unanswered echo starts the handshake probe above. Two echoes in a row unanswered while
+//!   the handshakes after them were answered: the peer does not answer echoes, the probe is
+//!   off for it ([`PeerEvent::IdleProbeOff`]) and a peer that never sends on its own costs a
+//!   handshake per keepalive interval, as without the probe.
 //! * **Own clock**: boringtun's retransmission and rekey timers read the system clock, not
 //!   `now`; the table's own decisions (limiter reset, resolution throttle, handshake age) use
 //!   `now`.
 
+mod echo;
 mod liveness;
 mod peer;
 mod reconfigure;
@@ -104,7 +114,7 @@ mod table;
 mod tests;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -138,6 +148,11 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// data within a round trip (a TCP acknowledgement) and a handshake at once; keepalives are never
 /// answered, so on a tunnel the peer keeps quiet this costs a handshake per keepalive.
 pub const NO_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a dialed peer may send nothing authenticated before an idle tunnel is probed with
+/// an ICMP echo ([`PeerTable::set_idle_probe`]). With [`NO_REPLY_TIMEOUT`] for its answer, an
+/// idle broker notices a restarted gateway within about 4 s.
+pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// While a restarted session waits for its handshake, initiations are repeated after this long
 /// plus a random jitter of up to as much again (1–2 s; boringtun alone waits 5 s), so that the
@@ -199,6 +214,18 @@ impl fmt::Debug for PeerSpec {
             .field("persistent_keepalive", &self.persistent_keepalive)
             .finish()
     }
+}
+
+/// Where the table sends its idle probe (see [`PeerTable::set_idle_probe`]): an ICMP echo
+/// request from this side's tunnel address to an address of the dialed peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleProbe {
+    /// This side's own tunnel address (the echo's source; the peer routes its answer to it).
+    pub from: IpAddr,
+    /// An address on the peer's side known to answer (the heartbeat's host), used for the peer
+    /// whose allowed IPs cover it; any other peer gets the first host of its first allowed-IPs
+    /// entry (the address itself for a `/32` or `/128`, otherwise the network's first host).
+    pub prefer: Option<IpAddr>,
 }
 
 /// A peer's handle in one [`PeerTable`]: its position in the `peers` given to
@@ -284,6 +311,10 @@ pub enum PeerEvent {
         endpoint: SocketAddr,
         reason: RestartReason,
     },
+    /// Two idle probes in a row went unanswered although the handshake that followed each was
+    /// answered at once: the peer does not answer ICMP echoes at `to`. Idle probes stop for this
+    /// peer (until the table is built again); a restart is then noticed at its next keepalive.
+    IdleProbeOff { peer: PeerId, to: IpAddr },
 }
 
 /// Why [`PeerEvent::SessionRestart`] started a fresh handshake.
@@ -404,6 +435,12 @@ pub struct Counters {
     /// Probes whose first initiation went unanswered: the session was dead and is being
     /// re-established ([`PeerEvent::SessionRestart`]).
     pub session_restarts: u64,
+    /// ICMP echo requests sent to probe an idle dialed peer ([`PeerTable::set_idle_probe`]).
+    pub idle_probes: u64,
+    /// Answers to those probes (taken by the table, never handed to the stack).
+    pub idle_probe_replies: u64,
+    /// ICMP echo requests from a peer to this side answered by the table.
+    pub echo_replies_sent: u64,
     /// [`PeerEvent`]s dropped because [`MAX_PENDING_EVENTS`] were waiting.
     pub events_dropped: u64,
     /// See [`DropReason::Garbage`].

@@ -51,6 +51,16 @@ pub(super) struct Peer {
     pub(super) unanswered_since: Option<Instant>,
     /// Set while a probed (restarted) session waits for its handshake.
     pub(super) recovery: Option<Recovery>,
+    /// When the last authenticated packet (of any kind) came from the peer.
+    pub(super) last_received: Option<Instant>,
+    /// The idle probe (an ICMP echo) sent since the last authenticated packet, to this address.
+    pub(super) probe_outstanding: Option<std::net::IpAddr>,
+    /// Idle probes in a row that went unanswered (reset by an answer).
+    pub(super) probe_misses: u8,
+    /// The peer does not answer idle probes: none are sent to it any more.
+    pub(super) probe_off: bool,
+    /// Sequence number of the next idle probe.
+    pub(super) probe_seq: u16,
     /// The configured endpoint (what a reload compares against; `endpoint` may have moved).
     pub(super) configured_endpoint: Option<SocketAddr>,
     /// Our own persistent keepalive (boringtun's cannot be changed on a live `Tunn`): an empty
@@ -95,6 +105,11 @@ impl Peer {
             resolve_pending: false,
             unanswered_since: None,
             recovery: None,
+            last_received: None,
+            probe_outstanding: None,
+            probe_misses: 0,
+            probe_off: false,
+            probe_seq: 0,
             last_resolve_request: None,
             handshakes: 0,
             rx_packets: 0,
@@ -140,10 +155,13 @@ impl Peer {
         self.attempts > RESOLVE_AFTER_FAILED_HANDSHAKES
     }
 
-    /// Records an authenticated packet from the peer: it is alive, whatever we sent is answered.
-    pub(super) fn note_alive(&mut self) {
+    /// Records an authenticated packet from the peer at `now`: it is alive, whatever we sent is
+    /// answered.
+    pub(super) fn note_alive(&mut self, now: Instant) {
         self.unanswered_since = None;
         self.recovery = None;
+        self.probe_outstanding = None;
+        self.last_received = Some(now);
     }
 
     /// Records a data packet or keepalive sent to the peer at `now`.

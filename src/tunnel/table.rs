@@ -14,6 +14,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
+use super::echo::{self, Echo};
 use super::peer::{Peer, Slots};
 use super::route::Routes;
 use super::{
@@ -70,6 +71,9 @@ pub struct PeerTable {
     pub(super) largest_packet: usize,
     /// xorshift state for the jitter of recovery retries (not for anything secret).
     pub(super) jitter_state: u64,
+    /// Set by [`PeerTable::set_idle_probe`]: dialed peers are probed with an ICMP echo while
+    /// idle.
+    pub(super) idle_probe: Option<super::IdleProbe>,
 }
 
 /// A boringtun result with the borrow of the output buffer replaced by the range it covers,
@@ -201,6 +205,7 @@ impl PeerTable {
             now,
             largest_packet: 0,
             jitter_state: jitter_seed(),
+            idle_probe: None,
         };
         for (slot, spec) in peers.into_iter().enumerate() {
             table.add(slot, spec, now)?;
@@ -421,7 +426,7 @@ impl PeerTable {
             },
             Outcome::Tunnel(range) => {
                 self.authenticated(slot, from);
-                let Some(packet) = out.get_mut(range) else {
+                let Some(packet) = out.get(range.clone()) else {
                     return self.dropped_rx(DropReason::BufferTooSmall);
                 };
                 let flow = match Flow::parse(packet) {
@@ -432,6 +437,31 @@ impl PeerTable {
                 if self.routes.lookup(flow.src) != Some(id) {
                     return self.dropped_rx(DropReason::BadSource);
                 }
+                match echo::classify(packet) {
+                    Some(Echo::Reply {
+                        ident: echo::PROBE_IDENT,
+                    }) if self.idle_probe.is_some() => {
+                        // The answer to our idle probe: it has done its work (`authenticated`).
+                        self.counters.idle_probe_replies += 1;
+                        if let Some(p) = self.peers.get_mut(slot) {
+                            p.probe_misses = 0;
+                        }
+                        return Received::Done;
+                    }
+                    Some(Echo::Request)
+                        if packet.len() <= echo::MAX_ECHO_LEN
+                            && self.routes.lookup(flow.dst).is_none() =>
+                    {
+                        let mut copy = [0u8; echo::MAX_ECHO_LEN];
+                        let n = packet.len();
+                        copy[..n].copy_from_slice(packet);
+                        return self.answer_echo(slot, &mut copy[..n], out);
+                    }
+                    _ => {}
+                }
+                let Some(packet) = out.get_mut(range) else {
+                    return self.dropped_rx(DropReason::BufferTooSmall);
+                };
                 self.counters.packets_received += 1;
                 if let Some(p) = self.peers.get_mut(slot) {
                     p.rx_packets += 1;
@@ -481,7 +511,7 @@ impl PeerTable {
         (slot < self.peers.len()).then_some(slot)
     }
 
-    fn dropped_rx<'o>(&mut self, reason: DropReason) -> Received<'o> {
+    pub(super) fn dropped_rx<'o>(&mut self, reason: DropReason) -> Received<'o> {
         self.counters.count_drop(reason);
         Received::Dropped(reason)
     }
@@ -493,10 +523,11 @@ impl PeerTable {
 
     /// An authenticated message from `slot` came from `from`: learn or follow the endpoint.
     fn authenticated(&mut self, slot: usize, from: SocketAddr) {
+        let now = self.now;
         let Some(p) = self.peers.get_mut(slot) else {
             return;
         };
-        p.note_alive();
+        p.note_alive(now);
         match p.endpoint {
             Some(a) if a == from => return,
             Some(_) => self.counters.roams += 1,
@@ -514,7 +545,7 @@ impl PeerTable {
 
     /// Counts a datagram about to leave for `slot`, by message type; notes handshake attempts
     /// (and asks for re-resolution when they keep failing).
-    fn account_emit(&mut self, slot: usize, datagram: &[u8]) {
+    pub(super) fn account_emit(&mut self, slot: usize, datagram: &[u8]) {
         let now = self.now;
         if let Some(p) = self.peers.get_mut(slot) {
             p.last_sent = Some(now);
@@ -757,6 +788,7 @@ impl PeerTable {
 
         if self.peers.get(slot).is_some_and(|p| p.dial) {
             self.check_liveness(slot, now, out, emit);
+            self.idle_probe(slot, now, to, out, emit);
         }
 
         if self.peers.get(slot).is_some_and(|p| p.keepalive_due(now)) {

@@ -1307,6 +1307,187 @@ fn restarted_gateway_is_redialed_after_an_unanswered_packet() {
     assert_eq!(p.net.inbox(b), vec![(p.to_vendor, down)]);
 }
 
+/// A connected pair whose broker keeps a 20 s keepalive (the default) and probes idle
+/// tunnels from its tunnel address; the vendor's table routes `vendor_allows` to the broker.
+fn idle_pair(vendor_allows: &str) -> Pair {
+    let now = Instant::now();
+    let (bk, vk) = (key(), key());
+    let mut gw = spec(vk.public_key(), Some(VENDOR), &["10.77.0.1/32"]);
+    gw.persistent_keepalive = 20;
+    let mut broker = PeerTable::new(&bk, vec![gw], now).expect("valid table");
+    broker.set_idle_probe(Some(IdleProbe {
+        from: BROKER_IP.into(),
+        prefer: None,
+    }));
+    let vendor_peers = vec![spec(bk.public_key(), None, &[vendor_allows])];
+    let vendor = PeerTable::new(&vk, vendor_peers, now).expect("valid table");
+    let to_vendor = broker.peer_id(&vk.public_key()).expect("configured");
+    let to_broker = vendor.peer_id(&bk.public_key()).expect("configured");
+    let mut net = Net::new(now);
+    let broker = net.add(broker, BROKER);
+    let vendor = net.add(vendor, VENDOR);
+    let mut p = Pair {
+        net,
+        broker,
+        vendor,
+        to_vendor,
+        to_broker,
+        broker_key: bk,
+        vendor_key: vk,
+    };
+    p.net.initiate_all(p.broker);
+    p.net.run();
+    assert_eq!(p.net.table(p.broker).counters().handshakes_completed, 1);
+    p
+}
+
+/// Issue 18: an idle broker (no requests) whose gateway restarts is served again within 5 s of
+/// the gateway being back. A keepalive gets no answer, so waiting for the next one (20 s) and
+/// then probing with a handshake took up to 22 s and cost the gateway a handshake per keepalive
+/// interval; the broker now probes an idle tunnel with an ICMP echo that a live gateway
+/// answers, and only an unanswered echo leads to a handshake. Fake clock throughout.
+#[test]
+fn an_idle_broker_notices_a_restarted_gateway_within_5_s() {
+    let mut p = idle_pair("10.77.0.2/32");
+    let (b, v) = (p.broker, p.vendor);
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(60), |_| false);
+    assert!(
+        sent.is_empty(),
+        "a live idle gateway costs no handshake: initiations at {sent:?}"
+    );
+    let c = p.net.table(b).counters().clone();
+    assert!(c.idle_probes >= 10, "probed while idle: {c:?}");
+    assert_eq!(c.idle_probe_replies, c.idle_probes, "every probe answered");
+    assert!(
+        p.net.inbox(b).is_empty(),
+        "the answers to our probes stay in the table"
+    );
+
+    // The gateway restarts (same key, no sessions) while the broker has nothing to send.
+    p.net.nodes[v].table = vendor_table(&p.vendor_key, &p.broker_key, p.net.now);
+    let has_session = |net: &mut Net| net.table(v).counters().handshakes_completed == 1;
+    let (_, took) = tick_for(&mut p.net, b, Duration::from_secs(60), has_session);
+    eprintln!("idle broker re-handshaken {took:?} (fake clock) after the gateway restarted");
+    assert!(has_session(&mut p.net), "never re-handshaken");
+    assert!(
+        took <= IDLE_PROBE_INTERVAL + NO_REPLY_TIMEOUT + TICK_INTERVAL * 2,
+        "{took:?}"
+    );
+    let down = ipv4_tcp(VENDOR_IP, BROKER_IP, b"GET /healthcheck HTTP/1.1\r\n\r\n");
+    assert_eq!(p.net.send(v, &down), data_to(BROKER));
+    p.net.run();
+    assert_eq!(p.net.inbox(b), vec![(p.to_vendor, down)]);
+}
+
+/// A gateway that does not answer echoes (here: the probe's address routes past it) costs two
+/// handshakes, then the probe is off for that peer, reported once; the keepalive carries on.
+#[test]
+fn a_gateway_that_ignores_echoes_is_probed_twice_then_left_to_keepalives() {
+    let mut p = idle_pair("10.77.0.0/24");
+    let (b, id) = (p.broker, p.to_vendor);
+    let (sent, _) = tick_for(&mut p.net, b, Duration::from_secs(120), |_| false);
+    let c = p.net.table(b).counters().clone();
+    assert_eq!(c.idle_probes, 2, "{c:?}");
+    assert_eq!(c.idle_probe_replies, 0);
+    assert_eq!(c.session_restarts, 0, "each handshake answered at once");
+    // Two probe handshakes, then one per keepalive (20 s) + 2 s, as without the probe.
+    assert!(sent.len() <= 2 + 120 / 22, "{sent:?}");
+    let mut off = Vec::new();
+    while let Some(e) = p.net.table(b).poll_event() {
+        if let PeerEvent::IdleProbeOff { .. } = e {
+            off.push(e);
+        }
+    }
+    assert_eq!(
+        off,
+        vec![PeerEvent::IdleProbeOff {
+            peer: id,
+            to: VENDOR_IP.into()
+        }]
+    );
+}
+
+/// An echo request from a peer to this side (an address no peer's allowed IPs cover) is
+/// answered through the tunnel: the gateway can ping a broker, and a broker's idle probe gets
+/// its answer from `wgbroker gateway` as from a kernel. One to an address routed to a peer is
+/// not ours to answer and goes to the stack as before.
+#[test]
+fn an_echo_request_to_this_side_is_answered_byte_exact() {
+    let mut p = connected_pair();
+    let (b, v) = (p.broker, p.vendor);
+    let ping = icmp4_echo(VENDOR_IP, BROKER_IP, 8, 0x1234, 7, b"wgbroker ping");
+    assert_eq!(p.net.send(v, &ping), data_to(BROKER));
+    let got = p.net.run();
+    assert!(matches!(got[0], Got::Transmit(Some(_), _, _)), "{got:?}");
+    assert!(
+        p.net.inbox(b).is_empty(),
+        "answered by the table, not the stack"
+    );
+    let inbox = p.net.inbox(v);
+    let expected = icmp4_echo(BROKER_IP, VENDOR_IP, 0, 0x1234, 7, b"wgbroker ping");
+    assert_eq!(inbox, vec![(p.to_broker, expected)]);
+    assert_eq!(p.net.table(b).counters().echo_replies_sent, 1);
+
+    // To an address routed to the vendor (the broker forwards nothing): not answered.
+    let mut three = connected_pair_with_vendor_allows("10.77.0.0/24");
+    let (b, v) = (three.broker, three.vendor);
+    let ping = icmp4_echo(VENDOR_IP, [10, 77, 0, 9], 8, 1, 1, b"x");
+    three.net.send(v, &ping);
+    three.net.run();
+    assert_eq!(three.net.table(b).counters().echo_replies_sent, 0);
+}
+
+/// A pair connected as [`connected_pair`], the broker's table routing `allows` to the vendor.
+fn connected_pair_with_vendor_allows(allows: &str) -> Pair {
+    let now = Instant::now();
+    let (bk, vk) = (key(), key());
+    let broker = PeerTable::new(
+        &bk,
+        vec![spec(vk.public_key(), Some(VENDOR), &[allows])],
+        now,
+    )
+    .expect("valid table");
+    let vendor = vendor_table(&vk, &bk, now);
+    let to_vendor = broker.peer_id(&vk.public_key()).expect("configured");
+    let to_broker = vendor.peer_id(&bk.public_key()).expect("configured");
+    let mut net = Net::new(now);
+    let broker = net.add(broker, BROKER);
+    let vendor = net.add(vendor, VENDOR);
+    let mut p = Pair {
+        net,
+        broker,
+        vendor,
+        to_vendor,
+        to_broker,
+        broker_key: bk,
+        vendor_key: vk,
+    };
+    p.net.initiate_all(p.broker);
+    p.net.run();
+    p
+}
+
+/// An IPv4 ICMP echo (`ty` 8 request, 0 reply) with checksums filled in, TTL 64.
+fn icmp4_echo(src: [u8; 4], dst: [u8; 4], ty: u8, ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let total = 28 + data.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let c = checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = ty;
+    p[24..26].copy_from_slice(&ident.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..].copy_from_slice(data);
+    let c = checksum(&p[20..], 0);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 /// A peer that answers what we send is never probed, however long the tunnel lives.
 #[test]
 fn a_peer_that_answers_is_not_probed() {

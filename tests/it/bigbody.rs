@@ -21,7 +21,7 @@ use crate::harness::{BROKER_IP, VENDOR_IP, spread_args};
 const MAX_GROWTH_KIB: u64 = 64 * 1024;
 
 /// `VmRSS` and `VmHWM` of process `pid`, KiB.
-fn rss_of(pid: u32) -> (u64, u64) {
+pub(crate) fn rss_of(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let field = |name: &str| -> u64 {
         s.lines()
@@ -32,8 +32,9 @@ fn rss_of(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-struct Broker {
-    child: Child,
+/// A `wgbroker run` process (killed when dropped).
+pub(crate) struct Broker {
+    pub(crate) child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -51,14 +52,26 @@ fn broker_bin() -> std::ffi::OsString {
 }
 
 fn start(scm: &MockScm) -> (Gateway, Broker) {
+    start_with(scm, "", |_| {})
+}
+
+/// A broker process allowing the fixture's download and upload, `extra` appended to its
+/// configuration, dialing a test-kit gateway adjusted by `gateway`; returns once the handshake
+/// completed.
+pub(crate) fn start_with(
+    scm: &MockScm,
+    extra: &str,
+    gateway: impl FnOnce(&mut GatewayConfig),
+) -> (Gateway, Broker) {
     let broker_key = PrivateKey::generate().expect("rng");
     let vendor_key = PrivateKey::generate().expect("rng");
-    let cfg = GatewayConfig::new(
+    let mut cfg = GatewayConfig::new(
         vendor_key.clone(),
         broker_key.public_key(),
         VENDOR_IP.parse().expect("ip"),
         BROKER_IP.parse().expect("ip"),
     );
+    gateway(&mut cfg);
     let mut gateway = Gateway::bind(&cfg).expect("gateway");
     let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
         .peer(
@@ -87,6 +100,7 @@ methods = ["GET"]
 [[allow]]
 url = "http://{a}/upload"
 methods = ["POST"]
+{extra}
 "#
         ),
     )
@@ -211,7 +225,8 @@ fn big_download_and_chunked_upload_are_byte_exact_in_bounded_memory() {
 /// A vendor that asks for a big download and then never reads: its TCP window closes, and the
 /// broker must stop reading the upstream rather than buffer the body. Over 10 s of the gateway
 /// acknowledging (zero-window) but never reading, with the upstream able to send 1 GiB over
-/// loopback far faster than that, the broker's peak RSS stays within 64 MiB of idle.
+/// loopback far faster than that, the broker's peak RSS stays within 64 MiB of idle and the
+/// upstream gets no more than 64 MiB of the body out (its reads are paused, not drained).
 #[test]
 fn a_vendor_that_never_reads_cannot_make_the_broker_buffer_the_body() {
     let scm = MockScm::start("unused-token").expect("mock scm");
@@ -228,6 +243,7 @@ fn a_vendor_that_never_reads_cannot_make_the_broker_buffer_the_body() {
     assert!(d.exact, "{d:?}");
     let (idle, _) = rss_of(pid);
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the broker's peak RSS");
+    let before = scm.download_bytes_written();
     let held = bulk::download_unread(
         &mut gw,
         80,
@@ -236,11 +252,23 @@ fn a_vendor_that_never_reads_cannot_make_the_broker_buffer_the_body() {
     )
     .expect("the response head");
     let (_, peak) = rss_of(pid);
+    // What the upstream got rid of while the vendor read nothing for 10 s: the broker's bounded
+    // buffers and the kernel's socket buffers on both loopback ends; then its writes block
+    // because the broker stopped reading the upstream.
+    let written = scm.download_bytes_written() - before;
     println!(
-        "unread 1 GiB download: status {}; broker idle {} KiB, peak {} KiB",
-        held.status, idle, peak
+        "unread 1 GiB download: status {}; broker idle {} KiB, peak {} KiB; the upstream wrote \
+         {} KiB of it in 10 s",
+        held.status,
+        idle,
+        peak,
+        written / 1024
     );
     assert_eq!(held.status, 200);
+    assert!(
+        written <= MAX_GROWTH_KIB * 1024,
+        "the upstream wrote {written} bytes while the vendor read nothing: the broker kept reading"
+    );
     assert!(
         peak <= idle + MAX_GROWTH_KIB,
         "peak RSS {peak} KiB with a vendor that never reads, idle {idle} KiB"
