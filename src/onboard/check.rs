@@ -145,7 +145,7 @@ fn handshake_row(
     // time to try.
     let within = match transport {
         Transport::Auto => HANDSHAKE_WITHIN + STREAM_FALLBACK_WITHIN,
-        Transport::Udp | Transport::Tcp => HANDSHAKE_WITHIN,
+        Transport::Udp | Transport::Tcp | Transport::Tls => HANDSHAKE_WITHIN,
     };
     let until = Instant::now() + within;
     while status.handshake_age().is_none() && Instant::now() < until {
@@ -154,20 +154,30 @@ fn handshake_row(
     let check = format!("WireGuard handshake with {endpoints}");
     let tunnel = status.handshake_age().is_some();
     let on_stream = status.stream_peers.load(Ordering::Relaxed) > 0;
-    let tcp_endpoints: Vec<String> = peers
-        .iter()
-        .map(|p| p.tcp_endpoint.as_ref().unwrap_or(&p.endpoint).to_string())
-        .collect();
-    let tcp_endpoints = tcp_endpoints.join(", ");
+    let on_tls = status.tls_peers.load(Ordering::Relaxed) > 0;
+    let list = |f: fn(&crate::config::Peer) -> crate::config::Endpoint| {
+        peers
+            .iter()
+            .map(|p| f(p).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let tcp_endpoints = list(crate::config::Peer::tcp_stream_endpoint);
+    let tls_endpoints = list(crate::config::Peer::tls_stream_endpoint);
     if tunnel {
+        let (name, to) = if on_tls {
+            ("TLS", &tls_endpoints)
+        } else {
+            ("TCP", &tcp_endpoints)
+        };
         let row = Row::pass(
             check,
             match (transport, on_stream) {
                 (Transport::Auto, true) => format!(
-                    "completed over TCP to {tcp_endpoints}: UDP to {endpoints} got no \
+                    "completed over {name} to {to}: UDP to {endpoints} got no \
                      answer (allowing it gives the best throughput)"
                 ),
-                (_, true) => format!("completed over TCP to {tcp_endpoints}"),
+                (_, true) => format!("completed over {name} to {to}"),
                 (_, false) => "completed over UDP".to_owned(),
             },
         );
@@ -176,6 +186,9 @@ fn handshake_row(
     let tried = match transport {
         Transport::Udp => format!("UDP to {endpoints} blocked or wrong key"),
         Transport::Tcp => format!("TCP to {tcp_endpoints} blocked or wrong key"),
+        Transport::Tls => format!(
+            "TLS to {tls_endpoints} blocked, its certificate refused (see the log) or wrong key"
+        ),
         Transport::Auto => format!(
             "UDP to {endpoints} blocked or wrong key, and no answer over TCP to \
                  {tcp_endpoints} either"

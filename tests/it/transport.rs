@@ -244,6 +244,188 @@ fn a_framing_error_closes_the_stream_and_the_broker_reconnects() {
     b.shutdown().expect("stop");
 }
 
+/// A test kit gateway that also accepts the `tls` transport on a loopback port of its own, with a
+/// certificate made in process for 127.0.0.1; `ca` is that certificate as a file, for the
+/// broker's `ca_files`.
+struct TlsSides {
+    sides: Sides,
+    tls: SocketAddr,
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+fn tls_gateway() -> TlsSides {
+    let broker_key = PrivateKey::generate().expect("rng");
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let cert = wgbroker::testkit::tls::self_signed(&["127.0.0.1".to_owned()]).expect("cert");
+    let mut cfg = GatewayConfig::new(
+        vendor_key.clone(),
+        broker_key.public_key(),
+        VENDOR_IP.parse().expect("ip"),
+        BROKER_IP.parse().expect("ip"),
+    );
+    cfg.tls = Some((SocketAddr::from(([127, 0, 0, 1], 0)), cert.config.clone()));
+    let gateway = Gateway::bind(&cfg).expect("gateway");
+    let tls = gateway.tls_addr().expect("a TLS listener");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("gateway-ca.pem");
+    std::fs::write(&ca, &cert.cert_pem).expect("write");
+    TlsSides {
+        sides: Sides {
+            gateway,
+            broker_key,
+            vendor_key,
+        },
+        tls,
+        _dir: dir,
+        ca,
+    }
+}
+
+/// A broker for `s` with `transport`, its peer and `[wireguard]` table finished by the closures.
+fn broker_with(
+    s: &Sides,
+    transport: &str,
+    udp: SocketAddr,
+    peer: impl FnOnce(PeerToml) -> PeerToml,
+    wireguard: impl FnOnce(WireguardToml) -> WireguardToml,
+) -> BrokerHandle {
+    let p = peer(
+        PeerToml::new(s.vendor_key.public_key(), udp, format!("{VENDOR_IP}/32"))
+            .persistent_keepalive(0),
+    );
+    let wg = wireguard(
+        WireguardToml::new(&s.broker_key, BROKER_IP)
+            .transport(transport)
+            .peer(p),
+    );
+    start_broker(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        wg.render()
+    ))
+}
+
+/// `transport = "tls"`: the handshake and every request travel on the framed stream inside TLS
+/// to `tls_endpoint`, the gateway's certificate checked against `ca_files`; neither the
+/// gateway's UDP socket nor its plain TCP listener hears from the broker.
+#[test]
+fn tls_transport_carries_the_handshake_and_requests() {
+    let TlsSides {
+        mut sides,
+        tls,
+        _dir,
+        ca,
+    } = tls_gateway();
+    let udp = sides.gateway.local_addr().expect("addr");
+    let b = broker_with(
+        &sides,
+        "tls",
+        udp,
+        |p| p.tls_endpoint(tls),
+        |w| w.ca_file(ca.display()),
+    );
+    assert!(
+        sides.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake over TLS"
+    );
+    healthchecks(&mut sides.gateway, 20, 3);
+    let st = sides.gateway.stream_stats().expect("streams").clone();
+    assert_eq!((st.accepted, st.tls_accepted), (1, 1), "{st:?}");
+    assert_eq!((st.framing_errors, st.tls_errors), (0, 0), "{st:?}");
+    assert!(st.frames_in > 60 && st.frames_out > 60, "{st:?}");
+    assert_eq!(sides.gateway.stats.recv_calls, 0, "nothing came over UDP");
+    let port = admin_port(&b);
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="tls"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="tcp"}"#),
+        Some(0.0)
+    );
+    b.shutdown().expect("stop");
+}
+
+/// A gateway certificate the broker does not trust (no `ca_files`): the TLS handshake is
+/// refused, no session comes up, and each attempt is logged with its reason (the certificate's
+/// issuer is unknown).
+#[test]
+fn an_untrusted_gateway_certificate_is_refused_and_logged_with_the_reason() {
+    let TlsSides {
+        mut sides,
+        tls,
+        _dir,
+        ca: _,
+    } = tls_gateway();
+    let udp = sides.gateway.local_addr().expect("addr");
+    // Capture the process's events from before the broker starts.
+    let _ = crate::logs::captured();
+    let b = broker_with(&sides, "tls", udp, |p| p.tls_endpoint(tls), |w| w);
+    let gw = &mut sides.gateway;
+    poll_until(
+        Duration::from_secs(20),
+        "the gateway sees the broker give up on TLS",
+        || {
+            let _ = gw.pump(Duration::from_millis(20));
+            gw.stream_stats().is_some_and(|st| st.tls_errors >= 1)
+        },
+    );
+    assert!(!gw.handshaken(), "no session over an untrusted certificate");
+    let endpoint = format!("\"endpoint\":\"{tls}\"");
+    poll_until(Duration::from_secs(5), "the failure logged", || {
+        crate::logs::captured().lines().any(|l| {
+            l.contains("wireguard.transport_connect_failure")
+                && l.contains(&endpoint)
+                && l.contains("\"kind\":\"tls_certificate\"")
+                && l.contains("UnknownIssuer")
+        })
+    });
+    b.shutdown().expect("stop");
+}
+
+/// `auto`: UDP swallowed, the TCP endpoint refusing connections, TLS open: the broker goes UDP →
+/// TCP → TLS and serves over TLS; the move to TLS is counted as `other_stream_failed`.
+#[test]
+fn auto_moves_on_to_tls_when_udp_and_tcp_both_fail() {
+    let TlsSides {
+        mut sides,
+        tls,
+        _dir,
+        ca,
+    } = tls_gateway();
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // A port nobody listens on: connections are refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let b = broker_with(
+        &sides,
+        "auto",
+        black_hole.local_addr().expect("addr"),
+        |p| p.tcp_endpoint(closed).tls_endpoint(tls),
+        |w| w.ca_file(ca.display()),
+    );
+    assert!(
+        sides.gateway.wait_handshake(Duration::from_secs(40)),
+        "auto never reached the gateway over TLS"
+    );
+    healthchecks(&mut sides.gateway, 5, 2);
+    let port = admin_port(&b);
+    assert_eq!(
+        metric(port, r#"wgbroker_tunnel_transport{transport="tls"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            port,
+            r#"wgbroker_tunnel_transport_switches_total{reason="other_stream_failed"}"#
+        ),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+}
+
 /// A broker (`wgbroker run`, `transport` left at `auto`) in a network namespace whose nftables
 /// drop every UDP packet it sends (the rule counts them: chain `inet wgb out`), with a gateway key
 /// written for the vendor side the test starts; `admin` is the broker's admin listener.
