@@ -197,6 +197,24 @@ fn gateway_config(
     g
 }
 
+/// The certificate of `--tls-listen`: `--tls-cert`/`--tls-key`, or one made for `addr`'s IP
+/// (written to `--tls-ca-out` when given).
+fn tls_config(a: &Args, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, Failure> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))
+    };
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        return crate::transport::tls::server_config_from_pem(&read(cert)?, &read(key)?)
+            .map_err(|e| usage(format!("--tls-cert/--tls-key: {e}")));
+    }
+    let made = crate::testkit::tls::self_signed(&[addr.ip().to_string()]).map_err(usage)?;
+    if let Some(out) = &a.tls_ca_out {
+        std::fs::write(out, &made.cert_pem)
+            .map_err(|e| usage(format!("--tls-ca-out {}: {e}", out.display())))?;
+    }
+    Ok(made.config)
+}
+
 /// The driver threads of one measurement and their wiring.
 struct Drivers {
     ctl: Arc<Control>,
@@ -235,6 +253,10 @@ fn spawn_drivers(
     keys: Vec<PrivateKey>,
 ) -> Result<Drivers, Failure> {
     let ctl = Arc::new(Control::default());
+    let tls = match (target, a.tls_listen) {
+        (Target::Gateway, Some(addr)) => Some((addr, tls_config(a, addr)?)),
+        _ => None,
+    };
     let (ev_tx, ev_rx) = mpsc::channel();
     let budget = a.requests.map(|n| Arc::new(AtomicU64::new(n)));
     let mut handles = Vec::new();
@@ -261,9 +283,11 @@ fn spawn_drivers(
         } else {
             SocketAddr::from(([127, 0, 0, 1], 0))
         };
+        let mut gateway = gateway_config(a, i, key.clone(), peer, vendor, listen, per_thread);
+        gateway.tls = tls.clone();
         let spec = DriverSpec {
             index: i,
-            gateway: gateway_config(a, i, key.clone(), peer, vendor, listen, per_thread),
+            gateway,
             port: a.port,
             plan: plan.clone(),
             connections: per_thread,

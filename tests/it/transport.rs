@@ -745,3 +745,72 @@ fn the_vendor_gateway_serves_a_broker_over_tcp() {
     b.shutdown().expect("stop");
     gateway.stop();
 }
+
+/// `wgbroker gateway` with `[gateway] tls_listen` (certificate and key from files) accepts the
+/// `tls` transport: a broker with `transport = "tls"` handshakes over it, trusting the
+/// certificate through `ca_files`, and the gateway's health check of it passes.
+#[test]
+fn the_vendor_gateway_serves_a_broker_over_tls() {
+    use std::sync::atomic::Ordering;
+    let gw_key = PrivateKey::generate().expect("rng");
+    let broker_key = PrivateKey::generate().expect("rng");
+    let cert = wgbroker::testkit::tls::self_signed(&["127.0.0.1".to_owned()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_file, key_file) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
+    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    let text = format!(
+        "[gateway]\nprivate_key = \"{}\"\nlisten = \"127.0.0.1:0\"\naddress = \"{VENDOR_IP}\"\n\
+         front = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+         [[tenant]]\nname = \"a\"\n[[tenant.broker]]\n\
+         public_key = \"{}\"\naddress = \"{BROKER_IP}\"\n",
+        gw_key.to_base64(),
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+        broker_key.public_key(),
+    );
+    let config = wgbroker::config::gateway::load_str(
+        &[(std::path::PathBuf::from("gateway.toml"), text)],
+        wgbroker::config::LoadMode::Full,
+        &|_: &str| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    let gateway = wgbroker::runtime::gateway::start_gateway(&config).expect("gateway starts");
+    let tls = gateway.tls_addr.expect("a TLS listener");
+    let wg = WireguardToml::new(&broker_key, BROKER_IP)
+        .transport("tls")
+        .ca_file(cert_file.display())
+        .peer(
+            PeerToml::new(
+                gw_key.public_key(),
+                gateway.udp_addr,
+                format!("{VENDOR_IP}/32"),
+            )
+            .persistent_keepalive(0)
+            .tls_endpoint(tls),
+        );
+    let b = start_broker(&format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        wg.render()
+    ));
+    let status = gateway.status.clone();
+    poll_until(
+        Duration::from_secs(30),
+        "the gateway's health check of the broker passes",
+        || {
+            status
+                .broker(0)
+                .is_some_and(|b| b.healthy.load(Ordering::Relaxed))
+        },
+    );
+    assert_eq!(
+        metric(
+            admin_port(&b),
+            r#"wgbroker_tunnel_transport{transport="tls"}"#
+        ),
+        Some(1.0)
+    );
+    b.shutdown().expect("stop");
+    gateway.stop();
+}

@@ -196,6 +196,8 @@ pub struct GatewayHandle {
     pub udp_addr: SocketAddr,
     /// Where the front door listens.
     pub front_addr: SocketAddr,
+    /// Where the brokers' `tls` transport is accepted (`[gateway] tls_listen`), if it is.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl GatewayHandle {
@@ -233,6 +235,10 @@ pub enum GatewayStartError {
     Udp { addr: SocketAddr, source: io::Error },
     #[error("WireGuard TCP transport listener {addr} (the UDP port, over TCP): {source}")]
     Streams { addr: SocketAddr, source: io::Error },
+    #[error("WireGuard TLS transport listener {addr} (gateway.tls_listen): {source}")]
+    TlsListen { addr: SocketAddr, source: io::Error },
+    #[error("gateway.tls_cert / gateway.tls_key: {0}")]
+    TlsCertificate(String),
     #[error("front door {addr}: {source}")]
     Front { addr: SocketAddr, source: io::Error },
     #[error("tunnel: {0}")]
@@ -263,6 +269,25 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
             addr: udp_addr,
             source,
         })?;
+    let tls = match (g.tls_listen, &g.tls_cert, &g.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| {
+                    GatewayStartError::TlsCertificate(format!("cannot read {}: {e}", p.display()))
+                })
+            };
+            let config = crate::transport::tls::server_config_from_pem(&read(cert)?, &read(key)?)
+                .map_err(GatewayStartError::TlsCertificate)?;
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|source| GatewayStartError::TlsListen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| GatewayStartError::TlsListen { addr, source })?;
+            Some((socket2::Socket::from(listener), config, bound))
+        }
+        _ => None,
+    };
+    let tls_addr = tls.as_ref().map(|t| t.2);
     let front =
         std::net::TcpListener::bind(g.front).map_err(|source| GatewayStartError::Front {
             addr: g.front,
@@ -301,6 +326,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         config: config.clone(),
         udp: socket2::Socket::from(udp),
         streams: socket2::Socket::from(streams),
+        tls: tls.map(|(l, c, _)| (l, c)),
         front: socket2::Socket::from(front),
         table,
         set,
@@ -319,6 +345,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         status,
         udp_addr,
         front_addr,
+        tls_addr,
     })
 }
 
@@ -328,6 +355,8 @@ struct Seed {
     udp: socket2::Socket,
     /// The stream transport's listener, on the UDP port.
     streams: socket2::Socket,
+    /// The `tls` transport's listener and certificate (`[gateway] tls_listen`).
+    tls: Option<(socket2::Socket, Arc<rustls::ServerConfig>)>,
     front: socket2::Socket,
     table: PeerTable,
     set: StackSet,
@@ -621,7 +650,14 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
     gw.status.running.store(true, Ordering::Relaxed);
     glommio::spawn_local(rx_loop(gw.clone())).detach();
     glommio::spawn_local(front_loop(gw.clone(), front)).detach();
-    glommio::spawn_local(stream_accept_loop(gw.clone(), streams)).detach();
+    glommio::spawn_local(stream_accept_loop(gw.clone(), streams, None)).detach();
+    if let Some((listener, config)) = seed.tls {
+        // SAFETY: as for `front`: the listener becomes the descriptor's only owner.
+        #[allow(unsafe_code)]
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        glommio::spawn_local(stream_accept_loop(gw.clone(), listener, Some(acceptor))).detach();
+    }
     glommio::spawn_local(timer_loop(gw.clone())).detach();
     driver_loop(gw.clone()).await;
     gw.status.running.store(false, Ordering::Relaxed);
@@ -710,8 +746,16 @@ async fn handle_datagram(gw: &Rc<Gw>, from: SocketAddr, datagram: &[u8], scratch
 /// Most stream transport connections held at once (brokers reconnect after a close).
 const MAX_STREAMS: usize = 4096;
 
-/// Accepts brokers' stream transport connections ([`crate::transport`]) until stopped.
-async fn stream_accept_loop(gw: Rc<Gw>, listener: TcpListener) {
+/// How long a broker's TLS handshake on `tls_listen` may take.
+const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts brokers' stream transport connections ([`crate::transport`]) until stopped: the
+/// framed TCP stream, or with `tls` the same inside TLS.
+async fn stream_accept_loop(
+    gw: Rc<Gw>,
+    listener: TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     while !gw.stopped() {
         let tcp = match listener.accept().await {
             Ok(t) => t,
@@ -726,16 +770,41 @@ async fn stream_accept_loop(gw: Rc<Gw>, listener: TcpListener) {
         if gw.streams.borrow().len() >= MAX_STREAMS {
             continue;
         }
-        glommio::spawn_local(stream_conn(gw.clone(), tcp, addr)).detach();
+        let _ = tcp.set_nodelay(true);
+        match &tls {
+            None => {
+                glommio::spawn_local(stream_conn(gw.clone(), tcp, addr)).detach();
+            }
+            Some(acceptor) => {
+                let (gw, acceptor) = (gw.clone(), acceptor.clone());
+                glommio::spawn_local(async move {
+                    let handshake = future::or(async { Some(acceptor.accept(tcp).await) }, async {
+                        glommio::timer::sleep(TLS_ACCEPT_TIMEOUT).await;
+                        None
+                    });
+                    match handshake.await {
+                        Some(Ok(s)) => stream_conn(gw, s, addr).await,
+                        Some(Err(e)) => {
+                            tracing::debug!(event = "gateway.stream_tls_error", %addr, error = %e)
+                        }
+                        None => tracing::debug!(event = "gateway.stream_tls_timeout", %addr),
+                    }
+                })
+                .detach();
+            }
+        }
     }
 }
 
-/// One broker's stream: its datagrams go into the peer table as if from `addr` (the table's
-/// roaming then sends the broker's traffic back here), until EOF, an error or a framing error.
-async fn stream_conn(gw: Rc<Gw>, tcp: TcpStream, addr: SocketAddr) {
-    use futures_lite::AsyncReadExt;
-    let _ = tcp.set_nodelay(true);
-    let (mut rd, wr) = futures_lite::io::split(tcp);
+/// One broker's stream (TCP, or TLS over it): its datagrams go into the peer table as if from
+/// `addr` (the table's roaming then sends the broker's traffic back here), until EOF, an error
+/// or a framing error.
+async fn stream_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    gw: Rc<Gw>,
+    stream: S,
+    addr: SocketAddr,
+) {
+    let (mut rd, wr) = futures_lite::io::split(stream);
     let out = Rc::new(StreamOut::default());
     gw.streams.borrow_mut().insert(addr, out.clone());
     let writer = spawn_writer(out.clone(), wr);
