@@ -814,3 +814,103 @@ fn the_vendor_gateway_serves_a_broker_over_tls() {
     b.shutdown().expect("stop");
     gateway.stop();
 }
+
+/// `Proxy-Authorization` for `user:password`.
+fn basic(user_pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    )
+}
+
+/// `transport = "tls"` through `[wireguard] proxy` (an HTTP CONNECT proxy wanting
+/// credentials): the broker opens one CONNECT tunnel to `tls_endpoint` with the URL's
+/// credentials, runs TLS to the gateway inside it and serves. The password appears in no log
+/// line.
+#[test]
+fn tls_goes_through_the_wireguard_proxy_with_its_credentials() {
+    let TlsSides {
+        mut sides,
+        tls,
+        _dir,
+        ca,
+    } = tls_gateway();
+    let _ = crate::logs::captured();
+    let proxy = crate::upstream::TestProxy::start(Some(basic("wg-user:Pr0xyS3cret")));
+    let url = format!("http://wg-user:Pr0xyS3cret@{}", proxy.addr);
+    let udp = sides.gateway.local_addr().expect("addr");
+    let b = broker_with(
+        &sides,
+        "tls",
+        udp,
+        |p| p.tls_endpoint(tls),
+        |w| w.ca_file(ca.display()).proxy(&url),
+    );
+    assert!(
+        sides.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake through the proxy"
+    );
+    healthchecks(&mut sides.gateway, 5, 2);
+    assert_eq!(proxy.tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let seen = proxy.seen.lock().expect("lock").clone();
+    assert!(
+        seen[0].starts_with(&format!("CONNECT {tls} HTTP/1.1\r\n")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        sides.gateway.stream_stats().map(|s| s.tls_accepted),
+        Some(1)
+    );
+    b.shutdown().expect("stop");
+    assert!(!crate::logs::captured().contains("Pr0xyS3cret"));
+}
+
+/// `transport = "tcp"` through a proxy named by `[upstream] proxy` (no `[wireguard] proxy`):
+/// the stream goes through it, and a proxy refusing the credentials (407) is logged as the
+/// attempt's failure — the proxy's address and status, never the password.
+#[test]
+fn tcp_goes_through_the_upstream_proxy_and_a_refusal_is_logged_without_the_password() {
+    let mut s = gateway();
+    let tcp = s.gateway.tcp_addr().expect("streams");
+    let _ = crate::logs::captured();
+    let good = crate::upstream::TestProxy::start(Some(basic("u:GoodPa55")));
+    let bad = crate::upstream::TestProxy::start(Some(basic("u:other")));
+    let wg = |proxy: &crate::upstream::TestProxy, key: &PrivateKey, pass: &str| {
+        let w = WireguardToml::new(key, BROKER_IP)
+            .transport("tcp")
+            .peer(
+                PeerToml::new(s.vendor_key.public_key(), tcp, format!("{VENDOR_IP}/32"))
+                    .persistent_keepalive(0),
+            )
+            .render();
+        format!(
+            "{w}\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nproxy = \"http://u:{pass}@{}\"\n",
+            proxy.addr
+        )
+    };
+    let b = start_broker(&wg(&good, &s.broker_key, "GoodPa55"));
+    assert!(
+        s.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake through the proxy"
+    );
+    healthchecks(&mut s.gateway, 5, 2);
+    assert_eq!(good.tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
+    b.shutdown().expect("stop");
+    // Another broker (its own key) whose proxy refuses its password.
+    let other = PrivateKey::generate().expect("rng");
+    let refused = start_broker(&wg(&bad, &other, "WrongPa55"));
+    let proxy_field = format!("\"proxy\":\"{}\"", bad.addr);
+    poll_until(Duration::from_secs(10), "the refusal logged", || {
+        crate::logs::captured().lines().any(|l| {
+            l.contains("wireguard.transport_connect_failure")
+                && l.contains(&proxy_field)
+                && l.contains("\"kind\":\"proxy\"")
+                && l.contains("407")
+        })
+    });
+    assert_eq!(bad.tunnels.load(std::sync::atomic::Ordering::SeqCst), 0);
+    refused.shutdown().expect("stop");
+    let logs = crate::logs::captured();
+    assert!(!logs.contains("WrongPa55") && !logs.contains("GoodPa55"));
+}
