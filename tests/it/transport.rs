@@ -427,8 +427,9 @@ fn auto_moves_on_to_tls_when_udp_and_tcp_both_fail() {
 }
 
 /// A broker (`wgbroker run`, `transport` left at `auto`) in a network namespace whose nftables
-/// drop every UDP packet it sends (the rule counts them: chain `inet wgb out`), with a gateway key
-/// written for the vendor side the test starts; `admin` is the broker's admin listener.
+/// drop what it sends (by default every UDP packet; the rules count them: chain `inet wgb out`),
+/// with a gateway key written for the vendor side the test starts; `admin` is the broker's admin
+/// listener.
 struct UdpBlocked {
     pair: crate::harness::netns::Pair,
     broker_ns: String,
@@ -444,14 +445,37 @@ struct UdpBlocked {
 
 impl UdpBlocked {
     fn start(tag: &str, admin: &str) -> Self {
+        Self::start_with(
+            tag,
+            admin,
+            |_| vec!["add rule inet wgb out meta l4proto udp counter drop".to_owned()],
+            |w, _, _| w,
+        )
+    }
+
+    /// The broker's namespace gets chain `inet wgb out` (an output hook) with `rules` (given the
+    /// namespaces); `wireguard` finishes the broker's `[wireguard]` table (given the namespaces
+    /// and the test's directory, for files the broker reads).
+    fn start_with(
+        tag: &str,
+        admin: &str,
+        rules: impl FnOnce(&crate::harness::netns::Pair) -> Vec<String>,
+        wireguard: impl FnOnce(
+            WireguardToml,
+            &crate::harness::netns::Pair,
+            &std::path::Path,
+        ) -> WireguardToml,
+    ) -> Self {
         use crate::harness::netns::Pair;
         let mut pair = Pair::new(tag);
         let broker_ns = pair.broker.clone();
-        for rule in [
-            "add table inet wgb",
-            "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }",
-            "add rule inet wgb out meta l4proto udp counter drop",
-        ] {
+        let mut all = vec![
+            "add table inet wgb".to_owned(),
+            "add chain inet wgb out { type filter hook output priority 0 ; policy accept ; }"
+                .to_owned(),
+        ];
+        all.extend(rules(&pair));
+        for rule in &all {
             let mut args = vec!["nft"];
             args.extend(rule.split(' '));
             pair.exec(&broker_ns, &args);
@@ -462,13 +486,12 @@ impl UdpBlocked {
         let key_file = dir.path().join("gateway.key");
         std::fs::write(&key_file, vendor_key.to_base64()).expect("key");
         let cfg = dir.path().join("broker.toml");
-        let wireguard = WireguardToml::new(&broker_key, BROKER_IP)
-            .peer(PeerToml::new(
-                vendor_key.public_key(),
-                format!("{}:51820", pair.vendor_ip),
-                format!("{VENDOR_IP}/32"),
-            ))
-            .render();
+        let wg = WireguardToml::new(&broker_key, BROKER_IP).peer(PeerToml::new(
+            vendor_key.public_key(),
+            format!("{}:51820", pair.vendor_ip),
+            format!("{VENDOR_IP}/32"),
+        ));
+        let wireguard = wireguard(wg, &pair, dir.path()).render();
         std::fs::write(
             &cfg,
             format!("{wireguard}[admin]\nlisten = \"{admin}\"\n[log]\nlevel = \"warn\"\n"),
@@ -493,6 +516,84 @@ impl UdpBlocked {
             broker_public,
         }
     }
+
+    /// `wgbroker loadtest --gateway` in the vendor's namespace, `extra` arguments added:
+    /// `requests` healthchecks on 4 connections; the JSON report, once it passed.
+    fn load(&self, requests: u64, extra: &[&str]) -> serde_json::Value {
+        let requests = requests.to_string();
+        let key_file = self.key_file.to_str().expect("utf-8 path");
+        let mut args = vec![
+            self.bin,
+            "loadtest",
+            "--gateway",
+            "--listen",
+            &self.listen,
+            "--broker-public-key",
+            &self.broker_public,
+            "--private-key-file",
+            key_file,
+            "-s",
+            "healthcheck",
+            "--connections",
+            "4",
+            "--requests",
+            &requests,
+            "--duration",
+            "30s",
+            "--handshake-timeout",
+            "60s",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self
+            .pair
+            .command(&self.pair.vendor.clone(), &args)
+            .output()
+            .expect("run the gateway");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "loadtest: {stdout}\n{stderr}");
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("loadtest JSON ({e}): {stdout}\n{stderr}"))
+    }
+
+    /// The packet counters, summed, of the rules of chain `inet wgb out` that end in `verdict`
+    /// (`drop`, `accept`).
+    fn counted(&self, verdict: &str) -> u64 {
+        let listed = self.pair.exec(
+            &self.broker_ns,
+            &["nft", "list", "chain", "inet", "wgb", "out"],
+        );
+        listed
+            .lines()
+            .filter(|l| l.contains("counter") && l.trim_end().ends_with(verdict))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "packets")
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// A sample of the broker's `/metrics` (its admin listener at `admin` in its namespace).
+    fn metric(&self, admin: &str, sample: &str) -> Option<f64> {
+        let out = self
+            .pair
+            .command(
+                &self.broker_ns,
+                &["curl", "-s", &format!("http://{admin}/metrics")],
+            )
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
 }
 
 /// In network namespaces: nftables in the broker's namespace drops every UDP packet it sends.
@@ -501,61 +602,128 @@ impl UdpBlocked {
 /// (`wgbroker loadtest --gateway`, in the vendor's namespace) sends its requests through it.
 #[test]
 fn netns_udp_dropped_the_broker_connects_over_tcp_and_serves() {
-    let UdpBlocked {
-        pair,
-        broker_ns,
-        _dir,
-        key_file,
-        bin,
-        listen,
-        broker_public,
-    } = UdpBlocked::start("tcp", "127.0.0.1:0");
-    let out = pair
-        .command(
-            &pair.vendor.clone(),
-            &[
-                bin,
-                "loadtest",
-                "--gateway",
-                "--listen",
-                &listen,
-                "--broker-public-key",
-                &broker_public,
-                "--private-key-file",
-                key_file.to_str().expect("utf-8 path"),
-                "-s",
-                "healthcheck",
-                "--connections",
-                "4",
-                "--requests",
-                "200",
-                "--duration",
-                "30s",
-                "--handshake-timeout",
-                "60s",
-                "--json",
-            ],
-        )
-        .output()
-        .expect("run the gateway");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadtest: {stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("loadtest JSON ({e}): {stdout}\n{stderr}"));
+    let fx = UdpBlocked::start("tcp", "127.0.0.1:0");
+    let report = fx.load(200, &[]);
     let ok = find_u64(&report, "ok").unwrap_or(0);
-    let errors = find_u64(&report, "errors_total");
-    assert!(ok >= 100, "requests served: {ok}: {stdout}");
-    assert_eq!(errors, Some(0), "{stdout}");
+    assert!(ok >= 100, "requests served: {ok}: {report}");
+    assert_eq!(find_u64(&report, "errors_total"), Some(0), "{report}");
     // The network really dropped the broker's UDP.
-    let counters = pair.exec(&broker_ns, &["nft", "list", "chain", "inet", "wgb", "out"]);
-    let dropped: u64 = counters
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(dropped > 0, "no UDP was dropped: {counters}");
+    assert!(fx.counted("drop") > 0, "no UDP was dropped");
+}
+
+/// In network namespaces: everything the broker's namespace sends is dropped except TCP to port
+/// 443 (and loopback). The broker (`auto`, its gateway's certificate in `ca_files`) gets nothing
+/// over UDP nor over TCP to 51820, moves on to TLS on 443 — the test kit gateway's
+/// `--tls-listen`, with a certificate from files — and serves 200 requests without an error.
+#[test]
+fn netns_only_tcp_443_open_the_broker_connects_over_tls_and_serves() {
+    const ADMIN: &str = "127.0.0.1:9000";
+    let mut files = None;
+    let fx = UdpBlocked::start_with(
+        "tls",
+        ADMIN,
+        |_| {
+            vec![
+                "add rule inet wgb out oif lo accept".to_owned(),
+                "add rule inet wgb out tcp dport 443 counter accept".to_owned(),
+                "add rule inet wgb out counter drop".to_owned(),
+            ]
+        },
+        |w, pair, dir| {
+            let cert = wgbroker::testkit::tls::self_signed(std::slice::from_ref(&pair.vendor_ip))
+                .expect("cert");
+            let (crt, key) = (dir.join("gw.crt"), dir.join("gw.key"));
+            std::fs::write(&crt, &cert.cert_pem).expect("write");
+            std::fs::write(&key, &cert.key_pem).expect("write");
+            let w = w.ca_file(crt.display());
+            files = Some((crt, key));
+            w
+        },
+    );
+    let (crt, key) = files.expect("certificate files");
+    let tls_listen = format!("{}:443", fx.pair.vendor_ip);
+    let report = fx.load(
+        200,
+        &[
+            "--tls-listen",
+            &tls_listen,
+            "--tls-cert",
+            crt.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    let ok = find_u64(&report, "ok").unwrap_or(0);
+    assert!(ok >= 100, "requests served: {ok}: {report}");
+    assert_eq!(find_u64(&report, "errors_total"), Some(0), "{report}");
+    assert!(fx.counted("drop") > 0, "nothing was dropped");
+    assert!(fx.counted("accept") > 0, "nothing went to 443");
+    // `auto` gave up on TCP for TLS (the gateway has gone with the load test: the gauge of the
+    // transport in use is back at UDP by now).
+    assert!(
+        fx.metric(
+            ADMIN,
+            r#"wgbroker_tunnel_transport_switches_total{reason="other_stream_failed"}"#
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+}
+
+/// In network namespaces: the broker's namespace may reach only a real HTTP CONNECT proxy —
+/// tinyproxy (Debian's `tinyproxy-bin`), run in the vendor's namespace with its own
+/// configuration file, wanting Basic credentials. The broker (`auto`, `[wireguard] proxy` with
+/// those credentials) gets nothing over UDP, goes through the proxy to the gateway's TCP port
+/// and serves; the proxy's log shows the tunnel and the nftables rule for the proxy counted its
+/// packets.
+#[test]
+fn netns_only_a_connect_proxy_reachable_the_broker_goes_through_it_and_serves() {
+    const ADMIN: &str = "127.0.0.1:9000";
+    const PASSWORD: &str = "Tiny-Pr0xy-pw";
+    let mut fx = UdpBlocked::start_with(
+        "proxy",
+        ADMIN,
+        |pair| {
+            vec![
+                "add rule inet wgb out oif lo accept".to_owned(),
+                format!(
+                    "add rule inet wgb out ip daddr {} tcp dport 8888 counter accept",
+                    pair.vendor_ip
+                ),
+                "add rule inet wgb out counter drop".to_owned(),
+            ]
+        },
+        |w, pair, _| w.proxy(format!("http://wguser:{PASSWORD}@{}:8888", pair.vendor_ip)),
+    );
+    let conf_dir = tempfile::tempdir().expect("tempdir");
+    let log = conf_dir.path().join("tinyproxy.log");
+    let conf = conf_dir.path().join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port 8888\nListen {}\nTimeout 600\nMaxClients 16\nLogLevel Connect\n\
+             LogFile \"{}\"\nBasicAuth wguser {PASSWORD}\n",
+            fx.pair.vendor_ip,
+            log.display()
+        ),
+    )
+    .expect("tinyproxy config");
+    let vendor_ns = fx.pair.vendor.clone();
+    fx.pair.spawn(
+        &vendor_ns,
+        &["tinyproxy", "-d", "-c", conf.to_str().expect("utf-8 path")],
+    );
+    let report = fx.load(200, &[]);
+    let ok = find_u64(&report, "ok").unwrap_or(0);
+    assert!(ok >= 100, "requests served: {ok}: {report}");
+    assert_eq!(find_u64(&report, "errors_total"), Some(0), "{report}");
+    assert!(fx.counted("accept") > 0, "nothing went to the proxy");
+    assert!(fx.counted("drop") > 0, "nothing was dropped");
+    let proxy_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let target = format!("{}:51820", fx.pair.vendor_ip);
+    assert!(
+        proxy_log.contains("CONNECT") && proxy_log.contains(&target),
+        "tinyproxy's log shows no tunnel to {target}:\n{proxy_log}"
+    );
 }
 
 /// In network namespaces: UDP from the broker's namespace is dropped, so the broker (`auto`)
