@@ -1082,3 +1082,79 @@ fn tcp_goes_through_the_upstream_proxy_and_a_refusal_is_logged_without_the_passw
     let logs = crate::logs::captured();
     assert!(!logs.contains("WrongPa55") && !logs.contains("GoodPa55"));
 }
+
+/// `wgbroker test` (its checks, in process) says which transports work from this host: with
+/// `transport = "tls"`, UDP is not used, the TCP endpoint refuses, TLS completes with the
+/// certificate trusted through `ca_files`; without `ca_files` the same row names the
+/// certificate problem and fails (no transport works).
+#[test]
+fn the_onboarding_test_reports_which_transports_work() {
+    let TlsSides {
+        sides,
+        tls,
+        _dir,
+        ca,
+    } = tls_gateway();
+    let udp = sides.gateway.local_addr().expect("addr");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut gw = sides.gateway;
+    let mut rows_for = |ca_file: Option<&std::path::Path>| {
+        let mut wg = WireguardToml::new(&sides.broker_key, BROKER_IP)
+            .transport("tls")
+            .peer(
+                PeerToml::new(
+                    sides.vendor_key.public_key(),
+                    udp,
+                    format!("{VENDOR_IP}/32"),
+                )
+                .persistent_keepalive(0)
+                .tcp_endpoint(closed)
+                .tls_endpoint(tls),
+            );
+        if let Some(f) = ca_file {
+            wg = wg.ca_file(f.display());
+        }
+        let mut loaded = crate::harness::load(&format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            wg.render()
+        ));
+        crate::harness::spread(&mut loaded);
+        let checks =
+            std::thread::spawn(move || wgbroker::onboard::check::run(loaded, &|_: &str| None));
+        while !checks.is_finished() {
+            gw.pump(Duration::from_millis(20)).expect("pump");
+        }
+        checks.join().expect("the checks ran")
+    };
+    let transports = |rows: &[wgbroker::onboard::check::Row]| {
+        rows.iter()
+            .find(|r| r.check.starts_with("transports to "))
+            .cloned()
+            .expect("a transports row")
+    };
+    let rows = rows_for(Some(&ca));
+    let row = transports(&rows);
+    assert!(row.ok, "{row:?}");
+    assert!(
+        row.detail
+            .contains(&format!("udp {udp}: not used (transport = \"tls\")"))
+            && row
+                .detail
+                .contains(&format!("tcp {closed}: cannot connect"))
+            && row
+                .detail
+                .contains(&format!("tls {tls}: certificate valid")),
+        "{row:?}"
+    );
+    let rows = rows_for(None);
+    let row = transports(&rows);
+    assert!(!row.ok, "{row:?}");
+    assert!(
+        row.detail.contains(&format!("tls {tls}: TLS:")) && row.detail.contains("UnknownIssuer"),
+        "{row:?}"
+    );
+    assert!(row.fix.as_deref().is_some_and(|f| f.contains("ca_files")));
+}
