@@ -197,6 +197,17 @@ fn gateway_config(
     g
 }
 
+/// Gateway mode's `--tls-listen` and its certificate, if asked for.
+fn gateway_tls(
+    a: &Args,
+    target: Target,
+) -> Result<Option<(SocketAddr, Arc<rustls::ServerConfig>)>, Failure> {
+    match (target, a.tls_listen) {
+        (Target::Gateway, Some(addr)) => Ok(Some((addr, tls_config(a, addr)?))),
+        _ => Ok(None),
+    }
+}
+
 /// The certificate of `--tls-listen`: `--tls-cert`/`--tls-key`, or one made for `addr`'s IP
 /// (written to `--tls-ca-out` when given).
 fn tls_config(a: &Args, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, Failure> {
@@ -253,10 +264,7 @@ fn spawn_drivers(
     keys: Vec<PrivateKey>,
 ) -> Result<Drivers, Failure> {
     let ctl = Arc::new(Control::default());
-    let tls = match (target, a.tls_listen) {
-        (Target::Gateway, Some(addr)) => Some((addr, tls_config(a, addr)?)),
-        _ => None,
-    };
+    let tls = gateway_tls(a, target)?;
     let (ev_tx, ev_rx) = mpsc::channel();
     let budget = a.requests.map(|n| Arc::new(AtomicU64::new(n)));
     let mut handles = Vec::new();
