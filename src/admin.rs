@@ -264,23 +264,25 @@ fn transport_metrics(m: &mut Exposition, status: &Status) {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let peers = r(&status.peers);
     let on_stream = r(&status.stream_peers).min(peers);
+    let on_tls = r(&status.tls_peers).min(on_stream);
     m.labelled(
         "wgbroker_tunnel_transport",
-        "WireGuard peers whose datagrams travel on each transport now (udp, or a framed tcp stream).",
+        "WireGuard peers whose datagrams travel on each transport now (udp, or a framed tcp or tls stream).",
         Kind::Gauge,
         "transport",
         crate::transport::Carrier::ALL.map(|c| {
             let n = match c {
                 crate::transport::Carrier::Udp => peers - on_stream,
-                crate::transport::Carrier::Tcp => on_stream,
+                crate::transport::Carrier::Tcp => on_stream - on_tls,
+                crate::transport::Carrier::Tls => on_tls,
             };
             (c.as_str(), n)
         }),
     );
     m.labelled(
         "wgbroker_tunnel_transport_switches_total",
-        "Changes of a peer's transport, by reason (configured, udp_no_handshake: to tcp; \
-         udp_works, stream_closed, stream_stalled, framing_error, stopping: back to udp).",
+        "Changes of a peer's transport, by reason (configured, udp_no_handshake, \
+         other_stream_failed: to a tcp or tls stream; udp_works, stream_closed, stream_stalled, framing_error, stopping: back to udp).",
         Kind::Counter,
         "reason",
         crate::transport::SwitchReason::ALL.map(|why| {

@@ -47,6 +47,10 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static s
         ("gateway.listen", o.listen != n.listen),
         ("gateway.address", o.address != n.address),
         ("gateway.front", o.front != n.front),
+        (
+            "gateway.tls_listen",
+            (&o.tls_listen, &o.tls_cert, &o.tls_key) != (&n.tls_listen, &n.tls_cert, &n.tls_key),
+        ),
         ("gateway.mtu", o.mtu != n.mtu),
         ("gateway.broker_port", o.broker_port != n.broker_port),
         (

@@ -150,8 +150,10 @@ pub struct Status {
     pub send_errors: AtomicU64,
     /// WireGuard peers of the tunnel core (set at start).
     pub peers: AtomicU64,
-    /// Peers whose datagrams travel on a TCP stream now (the rest use UDP).
+    /// Peers whose datagrams travel on a stream now, TCP or TLS (the rest use UDP).
     pub stream_peers: AtomicU64,
+    /// Of `stream_peers`, those on a TLS stream.
+    pub tls_peers: AtomicU64,
     /// Carrier changes, by [`crate::transport::SwitchReason`] (index).
     pub transport_switches: [AtomicU64; crate::transport::SwitchReason::ALL.len()],
     /// Frames dropped because a stream's send queue was full.
@@ -228,6 +230,7 @@ impl Status {
             send_errors: AtomicU64::new(0),
             peers: AtomicU64::new(0),
             stream_peers: AtomicU64::new(0),
+            tls_peers: AtomicU64::new(0),
             transport_switches: Default::default(),
             stream_queue_drops: AtomicU64::new(0),
             connections: AtomicU64::new(0),

@@ -7,6 +7,10 @@
 //! listen = "0.0.0.0:51820"     # WireGuard, UDP
 //! address = "10.77.0.1"        # the gateway's tunnel address (heartbeats go here)
 //! front = "127.0.0.1:8080"     # HTTP/1.1 for the vendor's services, kernel TCP
+//! # optional: the brokers' `tls` transport
+//! tls_listen = "0.0.0.0:443"
+//! tls_cert = "/etc/wgbroker/gateway.crt"   # PEM chain, leaf first
+//! tls_key = "/etc/wgbroker/gateway.key.pem"
 //!
 //! [[tenant]]
 //! name = "acme"
@@ -95,6 +99,19 @@ pub struct Gateway {
     /// The front door: HTTP/1.1 on kernel TCP for the vendor's own services.
     #[serde(serialize_with = "dump::display")]
     pub front: SocketAddr,
+    /// Where the brokers' `tls` transport is accepted (kernel TCP), with `tls_cert`/`tls_key`;
+    /// none: TLS is not offered.
+    #[serde(
+        serialize_with = "dump::opt_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_listen: Option<SocketAddr>,
+    /// The certificate chain (PEM, leaf first) presented on `tls_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM). Only the path is shown by `dump`; the file is read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Tunnel MTU. Default [`Gateway::DEFAULT_MTU`].
     pub mtu: u16,
     /// The TCP port the brokers serve HTTP on inside the tunnel (their `[inbound] listen_port`).
@@ -296,6 +313,29 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
     let listen: Option<Addr> = s.req(ctx, "listen");
     let address: Option<IpAddr> = s.req(ctx, "address");
     let front: Option<Addr> = s.req(ctx, "front");
+    let tls_listen: Option<Addr> = s.opt(ctx, "tls_listen");
+    let tls_cert: Option<PathBuf> = s.opt(ctx, "tls_cert");
+    let tls_key: Option<PathBuf> = s.opt(ctx, "tls_key");
+    match (&tls_listen, &tls_cert, &tls_key) {
+        (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+        (Some(_), ..) => ctx.error(
+            &s.key("tls_listen"),
+            "needs tls_cert and tls_key (the certificate the brokers check, and its key)",
+        ),
+        (None, ..) => ctx.error(
+            &s.key("tls_listen"),
+            "tls_cert and tls_key are set but tls_listen is not",
+        ),
+    }
+    for (key, path) in [("tls_cert", &tls_cert), ("tls_key", &tls_key)] {
+        if let Some(Err(e)) = path
+            .as_ref()
+            .map(|p| (p, std::fs::metadata(p)))
+            .map(|(p, m)| m.map_err(|e| format!("cannot read {}: {e}", p.display())))
+        {
+            ctx.error(&s.key(key), e);
+        }
+    }
     let mtu: u16 = s.or(ctx, "mtu", Gateway::DEFAULT_MTU);
     let min_mtu = if matches!(address, Some(IpAddr::V6(_))) {
         1280
@@ -356,6 +396,9 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
         listen: listen?.0,
         address: address?,
         front: front?.0,
+        tls_listen: tls_listen.map(|a| a.0),
+        tls_cert,
+        tls_key,
         mtu,
         broker_port,
         health_interval,

@@ -131,10 +131,21 @@ pub struct WireGuard {
     pub listen_port: u16,
     /// Tunnel MTU: the largest inner packet. Default [`WireGuard::DEFAULT_MTU`].
     pub mtu: u16,
-    /// How datagrams reach the gateways: `udp`, `tcp` or `auto` (default; see
+    /// How datagrams reach the gateways: `udp`, `tcp`, `tls` or `auto` (default; see
     /// [`crate::transport`]).
     #[serde(serialize_with = "dump::display")]
     pub transport: crate::transport::Transport,
+    /// PEM bundles trusted, besides the system's roots, for the gateways' certificates on the
+    /// `tls` transport (and an `https://` proxy's).
+    pub ca_files: Vec<PathBuf>,
+    /// CONNECT proxy for the `tcp` and `tls` transports (`http://[user:password@]host:port` or
+    /// `https://...`); none: `[upstream] proxy`, else the environment's `HTTPS_PROXY` when
+    /// `[upstream] use_env_proxy` (see [`crate::upstream::proxy`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::without_userinfo"
+    )]
+    pub proxy: Option<String>,
     pub peers: Vec<Peer>,
 }
 
@@ -162,6 +173,13 @@ pub struct Peer {
         skip_serializing_if = "Option::is_none"
     )]
     pub tcp_endpoint: Option<Endpoint>,
+    /// Where the gateway accepts the `tls` transport; default: `endpoint`'s host, port 443. Its
+    /// host is the TLS server name (SNI) the certificate is checked for.
+    #[serde(
+        serialize_with = "dump::opt_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_endpoint: Option<Endpoint>,
     /// Inner source addresses accepted from this peer (and routed to it).
     #[serde(serialize_with = "dump::displays")]
     pub allowed_ips: Vec<IpNet>,
@@ -170,6 +188,24 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// The port of the `tls` transport when `tls_endpoint` is not set.
+    pub const DEFAULT_TLS_PORT: u16 = 443;
+
+    /// Where the `tcp` transport connects: `tcp_endpoint`, else `endpoint`.
+    pub fn tcp_stream_endpoint(&self) -> Endpoint {
+        self.tcp_endpoint
+            .clone()
+            .unwrap_or_else(|| self.endpoint.clone())
+    }
+
+    /// Where the `tls` transport connects: `tls_endpoint`, else `endpoint`'s host on port 443.
+    pub fn tls_stream_endpoint(&self) -> Endpoint {
+        self.tls_endpoint.clone().unwrap_or_else(|| Endpoint {
+            host: self.endpoint.host.clone(),
+            port: Self::DEFAULT_TLS_PORT,
+        })
+    }
+
     /// A keepalive after 20 s of silence keeps the mappings of NATs and stateful firewalls on the
     /// way out open, so the gateway can reach the broker at any time.
     pub const DEFAULT_PERSISTENT_KEEPALIVE: u16 = 20;

@@ -115,8 +115,11 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         address,
         listen_port,
         mtu,
-        // Each peer's stream supervisor is started with the transport.
+        // Each peer's stream supervisor is started with the transport, the TLS roots and the
+        // proxy.
         transport,
+        ca_files,
+        proxy,
         // Applied by the reload (`PeerTable::reconfigure`); their streams: see `stream_plan`.
         peers: _,
     } = old;
@@ -127,15 +130,20 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         || *listen_port != new.listen_port
         || *mtu != new.mtu
         || *transport != new.transport
+        || *ca_files != new.ca_files
+        || *proxy != new.proxy
 }
 
-/// What the stream transport was started with: each peer's key and stream endpoint, in order.
-fn stream_plan(w: &super::WireGuard) -> Vec<(String, String)> {
+/// What the stream transport was started with: each peer's key and stream endpoints, in order.
+fn stream_plan(w: &super::WireGuard) -> Vec<(String, String, String)> {
     w.peers
         .iter()
         .map(|p| {
-            let endpoint = p.tcp_endpoint.as_ref().unwrap_or(&p.endpoint);
-            (p.public_key.to_string(), endpoint.to_string())
+            (
+                p.public_key.to_string(),
+                p.tcp_stream_endpoint().to_string(),
+                p.tls_stream_endpoint().to_string(),
+            )
         })
         .collect()
 }

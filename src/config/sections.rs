@@ -318,6 +318,15 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
                 .ok()
         })
         .unwrap_or_default();
+    let ca_files: Vec<std::path::PathBuf> = s.or(ctx, "ca_files", Vec::new());
+    readable_files(ctx, &s, "ca_files", &ca_files);
+    let proxy: Option<String> = s.opt(ctx, "proxy");
+    if let Some(p) = &proxy {
+        // The upstreams' parser; its errors never repeat the URL (it may hold a password).
+        if let Err(problem) = super::ProxyEndpoint::parse_url(p) {
+            ctx.error(&s.key("proxy"), problem);
+        }
+    }
     let peer_sections = s.tables(ctx, "peers");
     if peer_sections.is_empty() && s.raw("peers").is_none() {
         ctx.error(
@@ -354,6 +363,8 @@ fn wireguard(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Opti
         listen_port,
         mtu,
         transport,
+        ca_files,
+        proxy,
         peers,
     })
 }
@@ -409,6 +420,11 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
             .map_err(|m| ctx.error(&s.key("tcp_endpoint"), m))
             .ok()
     });
+    let tls_endpoint = s.opt::<String>(ctx, "tls_endpoint").and_then(|e| {
+        self::endpoint(&e)
+            .map_err(|m| ctx.error(&s.key("tls_endpoint"), m))
+            .ok()
+    });
     let allowed_ips: Option<Vec<IpNet>> = s.req(ctx, "allowed_ips");
     if matches!(&allowed_ips, Some(v) if v.is_empty()) {
         ctx.error(&s.key("allowed_ips"), "must not be empty");
@@ -424,6 +440,7 @@ fn peer(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option<Pe
         preshared_key,
         endpoint: endpoint?,
         tcp_endpoint,
+        tls_endpoint,
         allowed_ips: allowed_ips?,
         persistent_keepalive,
     })
@@ -489,19 +506,24 @@ fn heartbeat(mut s: Section<'_>, ctx: &mut Ctx<'_>) -> Option<Heartbeat> {
     })
 }
 
+/// An error per file of `files` (the list at `key`) whose metadata cannot be read.
+fn readable_files(ctx: &mut Ctx<'_>, s: &Section<'_>, key: &str, files: &[std::path::PathBuf]) {
+    for (i, f) in files.iter().enumerate() {
+        if let Err(e) = std::fs::metadata(f) {
+            ctx.error(
+                &format!("{}[{i}]", s.key(key)),
+                format!("cannot read {}: {e}", f.display()),
+            );
+        }
+    }
+}
+
 fn upstream(s: Option<Section<'_>>, ctx: &mut Ctx<'_>) -> Upstream {
     let empty = toml::Table::new();
     let mut s = s.unwrap_or_else(|| Section::new("upstream", &empty));
     let d = Upstream::default();
     let ca_files: Vec<std::path::PathBuf> = s.or(ctx, "ca_files", d.ca_files);
-    for (i, f) in ca_files.iter().enumerate() {
-        if let Err(e) = std::fs::metadata(f) {
-            ctx.error(
-                &format!("{}[{i}]", s.key("ca_files")),
-                format!("cannot read {}: {e}", f.display()),
-            );
-        }
-    }
+    readable_files(ctx, &s, "ca_files", &ca_files);
     let tls_min_version = match s.opt::<String>(ctx, "tls_min_version").as_deref() {
         None => d.tls_min_version,
         Some("1.2") => TlsVersion::V1_2,

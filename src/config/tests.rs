@@ -110,7 +110,9 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ("wireguard.address", s(r#""fd00::2""#)),
         ("wireguard.listen_port", s("51821")),
         ("wireguard.mtu", s("1420")),
-        ("wireguard.transport", s(r#""tcp""#)),
+        ("wireguard.transport", s(r#""tls""#)),
+        ("wireguard.ca_files", format!("[{:?}]", f.path("ca.pem"))),
+        ("wireguard.proxy", s(r#""http://proxy.example:3128""#)),
         ("wireguard.peers[].public_key", format!("{PEER_B:?}")),
         (
             "wireguard.peers[].preshared_key",
@@ -123,6 +125,7 @@ fn non_default_values(f: &Fixture) -> Vec<(&'static str, String)> {
         ),
         ("wireguard.peers[].persistent_keepalive", s("0")),
         ("wireguard.peers[].tcp_endpoint", s(r#""gw.example:443""#)),
+        ("wireguard.peers[].tls_endpoint", s(r#""gw.example:8443""#)),
         ("inbound.listen_port", s("8080")),
         ("inbound.max_head_bytes", s(r#""32KiB""#)),
         ("inbound.max_headers", s("50")),
@@ -639,4 +642,33 @@ fn readme_documents_every_key_with_the_default_the_code_has() {
         "README disagrees with the code:\n{}",
         wrong.join("\n")
     );
+}
+
+/// `[wireguard] proxy` (the stream transports' CONNECT proxy) is checked at load with the
+/// upstream proxy's parser, and its password reaches neither an error nor `dump`.
+#[test]
+fn the_wireguard_proxy_is_validated_and_its_password_never_shown() {
+    let f = Fixture::new();
+    let with = |proxy: &str| {
+        BASE.replace(
+            "address = \"10.77.0.2\"\n",
+            &format!("address = \"10.77.0.2\"\ntransport = \"tls\"\nproxy = \"{proxy}\"\n"),
+        )
+    };
+    let c = f
+        .load(&with("http://user:hunter2@proxy.corp:3128"))
+        .expect("valid");
+    assert_eq!(c.wireguard.transport, crate::transport::Transport::Tls);
+    let dumped = super::dump::render(&c);
+    assert!(!dumped.contains("hunter2"), "{dumped}");
+    assert!(dumped.contains("proxy.corp:3128"), "{dumped}");
+    let errs = f
+        .load(&with("socks5://user:hunter2@proxy.corp:1080"))
+        .expect_err("refused");
+    let shown = errs.to_string();
+    assert!(
+        shown.contains("wireguard.proxy") && shown.contains("unsupported proxy scheme"),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
 }

@@ -179,6 +179,30 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
 
+    /// Gateway mode: also accept the broker's `tls` transport on this TCP address (one thread
+    /// only). The certificate is --tls-cert/--tls-key, or else one made for the address's IP
+    /// (self-signed; see --tls-ca-out).
+    #[arg(long, value_name = "ADDR", requires = "gateway")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Gateway mode: the certificate chain (PEM) presented on --tls-listen.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Gateway mode: the private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_listen", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// Gateway mode: write the self-signed certificate made for --tls-listen (PEM) here, for the
+    /// broker's `[wireguard] ca_files`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_listen",
+        conflicts_with = "tls_cert"
+    )]
+    pub tls_ca_out: Option<PathBuf>,
+
     /// Gateway mode: the broker's public key.
     #[arg(long, value_name = "KEY")]
     pub broker_public_key: Option<String>,
@@ -389,6 +413,9 @@ pub fn validate(a: &Args) -> Result<(), String> {
         }
         if a.private_key_file.is_some() && a.threads > 1 {
             return Err("--private-key-file works with one thread (each thread is a peer)".into());
+        }
+        if a.tls_listen.is_some() && a.threads > 1 {
+            return Err("--tls-listen works with one thread (each thread is a peer)".into());
         }
     }
     let (rx, tx) = session::buffers(a.scenario, a.size);

@@ -197,6 +197,35 @@ fn gateway_config(
     g
 }
 
+/// Gateway mode's `--tls-listen` and its certificate, if asked for.
+fn gateway_tls(
+    a: &Args,
+    target: Target,
+) -> Result<Option<(SocketAddr, Arc<rustls::ServerConfig>)>, Failure> {
+    match (target, a.tls_listen) {
+        (Target::Gateway, Some(addr)) => Ok(Some((addr, tls_config(a, addr)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The certificate of `--tls-listen`: `--tls-cert`/`--tls-key`, or one made for `addr`'s IP
+/// (written to `--tls-ca-out` when given).
+fn tls_config(a: &Args, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, Failure> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))
+    };
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        return crate::transport::tls::server_config_from_pem(&read(cert)?, &read(key)?)
+            .map_err(|e| usage(format!("--tls-cert/--tls-key: {e}")));
+    }
+    let made = crate::testkit::tls::self_signed(&[addr.ip().to_string()]).map_err(usage)?;
+    if let Some(out) = &a.tls_ca_out {
+        std::fs::write(out, &made.cert_pem)
+            .map_err(|e| usage(format!("--tls-ca-out {}: {e}", out.display())))?;
+    }
+    Ok(made.config)
+}
+
 /// The driver threads of one measurement and their wiring.
 struct Drivers {
     ctl: Arc<Control>,
@@ -235,6 +264,7 @@ fn spawn_drivers(
     keys: Vec<PrivateKey>,
 ) -> Result<Drivers, Failure> {
     let ctl = Arc::new(Control::default());
+    let tls = gateway_tls(a, target)?;
     let (ev_tx, ev_rx) = mpsc::channel();
     let budget = a.requests.map(|n| Arc::new(AtomicU64::new(n)));
     let mut handles = Vec::new();
@@ -261,9 +291,11 @@ fn spawn_drivers(
         } else {
             SocketAddr::from(([127, 0, 0, 1], 0))
         };
+        let mut gateway = gateway_config(a, i, key.clone(), peer, vendor, listen, per_thread);
+        gateway.tls = tls.clone();
         let spec = DriverSpec {
             index: i,
-            gateway: gateway_config(a, i, key.clone(), peer, vendor, listen, per_thread),
+            gateway,
             port: a.port,
             plan: plan.clone(),
             connections: per_thread,

@@ -6,8 +6,13 @@
 //! 2. a WireGuard handshake completes within [`HANDSHAKE_WITHIN`]: the broker itself is started
 //!    in-process on the same code as `run` ([`crate::service::start`], admin listener off), so
 //!    the handshake is the runtime's own — the tunnel core driving the sans-IO peer table;
-//!    with `transport = "auto"` it waits [`STREAM_FALLBACK_WITHIN`] longer for the TCP fallback,
-//!    and the row says which transport carried the handshake (TCP: UDP got no answer);
+//!    with `transport = "auto"` it waits [`STREAM_FALLBACK_WITHIN`] longer for the TCP or TLS
+//!    fallback, and the row says which transport carried the handshake (a stream: UDP got no
+//!    answer);
+//!    then, per gateway, which transports work from this host: UDP (from that handshake), TCP
+//!    to its `tcp_endpoint` and TLS to its `tls_endpoint` (a connection, through the stream
+//!    transports' proxy if any, and for TLS the handshake with the certificate checked —
+//!    [`transport_rows`]);
 //! 3. the heartbeat answers, through that tunnel (the runtime's first heartbeat, 1 s after
 //!    start);
 //! 4. each SCM's base URL answers one authenticated `GET` from this host with its token, the
@@ -31,9 +36,13 @@ use crate::transport::Transport;
 /// gets no answer within it will not get one.
 pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
 
-/// With `transport = "auto"`, the further time given to the TCP fallback (which starts after two
-/// unanswered UDP initiations, about 5 s in).
-pub const STREAM_FALLBACK_WITHIN: Duration = Duration::from_secs(10);
+/// With `transport = "auto"`, the further time given to the stream fallback: TCP starts after two
+/// unanswered UDP initiations, about 5 s in, and TLS after TCP failed (a connect timeout of 5 s,
+/// a second of back-off, the TLS handshake).
+pub const STREAM_FALLBACK_WITHIN: Duration = Duration::from_secs(15);
+
+/// How long each stream transport probe (connect, proxy, TLS handshake) may take.
+pub const STREAM_PROBE_WITHIN: Duration = Duration::from_secs(5);
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,6 +96,7 @@ pub fn run(mut loaded: Loaded, env: &dyn Fn(&str) -> Option<String>) -> Vec<Row>
             let status = broker.status().clone();
             let (row, tunnel) = handshake_row(&loaded.config, &status, &endpoints, &public);
             rows.push(row);
+            rows.extend(transport_rows(&loaded.config, &status, tunnel, env));
             if let Some(hb) = &loaded.config.heartbeat {
                 let check = format!("heartbeat {} answers", hb.url);
                 if !tunnel {
@@ -145,7 +155,7 @@ fn handshake_row(
     // time to try.
     let within = match transport {
         Transport::Auto => HANDSHAKE_WITHIN + STREAM_FALLBACK_WITHIN,
-        Transport::Udp | Transport::Tcp => HANDSHAKE_WITHIN,
+        Transport::Udp | Transport::Tcp | Transport::Tls => HANDSHAKE_WITHIN,
     };
     let until = Instant::now() + within;
     while status.handshake_age().is_none() && Instant::now() < until {
@@ -154,20 +164,30 @@ fn handshake_row(
     let check = format!("WireGuard handshake with {endpoints}");
     let tunnel = status.handshake_age().is_some();
     let on_stream = status.stream_peers.load(Ordering::Relaxed) > 0;
-    let tcp_endpoints: Vec<String> = peers
-        .iter()
-        .map(|p| p.tcp_endpoint.as_ref().unwrap_or(&p.endpoint).to_string())
-        .collect();
-    let tcp_endpoints = tcp_endpoints.join(", ");
+    let on_tls = status.tls_peers.load(Ordering::Relaxed) > 0;
+    let list = |f: fn(&crate::config::Peer) -> crate::config::Endpoint| {
+        peers
+            .iter()
+            .map(|p| f(p).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let tcp_endpoints = list(crate::config::Peer::tcp_stream_endpoint);
+    let tls_endpoints = list(crate::config::Peer::tls_stream_endpoint);
     if tunnel {
+        let (name, to) = if on_tls {
+            ("TLS", &tls_endpoints)
+        } else {
+            ("TCP", &tcp_endpoints)
+        };
         let row = Row::pass(
             check,
             match (transport, on_stream) {
                 (Transport::Auto, true) => format!(
-                    "completed over TCP to {tcp_endpoints}: UDP to {endpoints} got no \
+                    "completed over {name} to {to}: UDP to {endpoints} got no \
                      answer (allowing it gives the best throughput)"
                 ),
-                (_, true) => format!("completed over TCP to {tcp_endpoints}"),
+                (_, true) => format!("completed over {name} to {to}"),
                 (_, false) => "completed over UDP".to_owned(),
             },
         );
@@ -176,6 +196,9 @@ fn handshake_row(
     let tried = match transport {
         Transport::Udp => format!("UDP to {endpoints} blocked or wrong key"),
         Transport::Tcp => format!("TCP to {tcp_endpoints} blocked or wrong key"),
+        Transport::Tls => format!(
+            "TLS to {tls_endpoints} blocked, its certificate refused (see the log) or wrong key"
+        ),
         Transport::Auto => format!(
             "UDP to {endpoints} blocked or wrong key, and no answer over TCP to \
                  {tcp_endpoints} either"
@@ -191,6 +214,98 @@ fn handshake_row(
         ),
     );
     (row, false)
+}
+
+/// Per gateway, which transports work from this host: UDP from the handshake just made (it
+/// completed over UDP, or `auto` had to leave UDP), TCP and TLS from a connection to the peer's
+/// stream endpoints (through the stream transports' proxy; TLS: the handshake, certificate
+/// checked). The row fails only when none works: a gateway need not offer every transport.
+pub fn transport_rows(
+    config: &crate::config::Config,
+    status: &crate::status::Status,
+    tunnel: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Row> {
+    let w = &config.wireguard;
+    let on_stream = status.stream_peers.load(Ordering::Relaxed) > 0;
+    let udp = match w.transport {
+        Transport::Tcp | Transport::Tls => None,
+        _ if tunnel && !on_stream => Some(Ok("handshake answered".to_owned())),
+        _ => Some(Err("no handshake answered".to_owned())),
+    };
+    let settings = crate::upstream::tls::stream_client_config(&w.ca_files).and_then(|tls| {
+        crate::upstream::proxy::ProxySettings::for_streams(
+            w.proxy.as_deref(),
+            &config.upstream,
+            env,
+        )
+        .map(|proxy| Settings {
+            tls,
+            proxy,
+            timeout: STREAM_PROBE_WITHIN,
+        })
+    });
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Row::fail(
+                "stream transport settings",
+                e,
+                "fix [wireguard] ca_files and proxy (or [upstream] proxy, HTTPS_PROXY)",
+            )];
+        }
+    };
+    let stream = |ep: &crate::config::Endpoint, tls: bool| {
+        let host = if ep.host.contains(':') {
+            format!("[{}]", ep.host)
+        } else {
+            ep.host.clone()
+        };
+        match probe::reach(&crate::upstream::Target::new(tls, host, ep.port), &settings) {
+            Ok(via) => {
+                let via = via.map_or_else(String::new, |p| format!(" via proxy {p}"));
+                Ok(if tls {
+                    format!("certificate valid{via}")
+                } else {
+                    format!("connects{via}")
+                })
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    w.peers
+        .iter()
+        .map(|p| {
+            let (tcp_ep, tls_ep) = (p.tcp_stream_endpoint(), p.tls_stream_endpoint());
+            let results = [
+                ("udp", p.endpoint.to_string(), udp.clone()),
+                ("tcp", tcp_ep.to_string(), Some(stream(&tcp_ep, false))),
+                ("tls", tls_ep.to_string(), Some(stream(&tls_ep, true))),
+            ];
+            let detail = results
+                .iter()
+                .map(|(name, ep, r)| match r {
+                    None => format!("{name} {ep}: not used (transport = \"{}\")", w.transport),
+                    Some(Ok(m)) => format!("{name} {ep}: {m}"),
+                    Some(Err(m)) => format!("{name} {ep}: {m}"),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let check = format!("transports to {} from this host", p.endpoint);
+            if results.iter().any(|(_, _, r)| matches!(r, Some(Ok(_)))) {
+                Row::pass(check, detail)
+            } else {
+                Row::fail(
+                    check,
+                    detail,
+                    "allow one of them out: UDP to the endpoint, TCP to tcp_endpoint, or TLS to \
+                     tls_endpoint (443), or set [wireguard] proxy to an HTTP CONNECT proxy \
+                     that may reach the gateway; a rejected certificate needs [wireguard] \
+                     ca_files",
+                )
+            }
+        })
+        .collect()
 }
 
 /// Whether a peer's endpoint name resolves (an address needs no resolving).

@@ -106,6 +106,24 @@ pub fn get(url: &str, header: Option<(&str, &Secret)>, s: &Settings) -> Result<P
     })
 }
 
+/// Whether a stream to `target` opens from this host (through the proxy `s` names for it, if
+/// any) and, for a TLS target, whether its TLS handshake completes with `s.tls` (the server's
+/// certificate checked). Nothing is sent after that. Returns the proxy it went through.
+pub fn reach(target: &Target, s: &Settings) -> Result<Option<String>, ProbeError> {
+    let proxy = s
+        .proxy
+        .proxy_for(&Target::new(true, target.host.clone(), target.port))
+        .cloned();
+    let io: Box<dyn Io> = match &proxy {
+        Some(p) => through_proxy(p, target, s)?,
+        None => Box::new(connect(target.bare_host(), target.port, s.timeout)?),
+    };
+    if target.tls {
+        tls(io, target.bare_host(), s)?;
+    }
+    Ok(proxy.map(|p| p.peer()))
+}
+
 fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ProbeError> {
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()

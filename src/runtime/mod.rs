@@ -283,6 +283,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         ipv6_socket,
         tls,
         proxy,
+        stream_settings,
         udp_shortfalls,
         bind_warnings: _,
         outbound_listener,
@@ -325,10 +326,12 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
             .map(|p| {
                 Some(stream::StreamPlan {
                     transport: c.wireguard.transport,
-                    endpoint: p.tcp_endpoint.clone().unwrap_or_else(|| p.endpoint.clone()),
+                    tcp: p.tcp_stream_endpoint(),
+                    tls: p.tls_stream_endpoint(),
                 })
             })
             .collect(),
+        stream_settings,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let layout = Layout {

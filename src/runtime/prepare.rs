@@ -97,6 +97,7 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         std::env::var(k).ok()
     })
     .map_err(StartError::Upstream)?;
+    let stream_settings = stream_settings(c).map_err(StartError::Upstream)?;
 
     let mut bind_warnings = Vec::new();
     let addr = udp_addr(c, ipv6_socket);
@@ -128,9 +129,34 @@ pub fn prepare(loaded: &Loaded, purpose: Purpose) -> Result<Prepared, StartError
         ipv6_socket,
         tls,
         proxy,
+        stream_settings,
         udp_shortfalls,
         bind_warnings,
         outbound_listener,
+    })
+}
+
+/// What the WireGuard stream transports connect with: the `tls` transport's client
+/// configuration (system roots plus `[wireguard] ca_files`) and the proxy (`[wireguard] proxy`,
+/// else the upstreams'). With `transport = "udp"` no stream is opened: nothing is read.
+fn stream_settings(c: &crate::config::Config) -> Result<super::stream::StreamSettings, String> {
+    let w = &c.wireguard;
+    if !w.transport.uses_stream() {
+        return Ok(super::stream::StreamSettings {
+            tls: crate::upstream::tls::client_config_with_roots(
+                rustls::RootCertStore::empty(),
+                crate::config::TlsVersion::V1_3,
+            )?,
+            proxy: crate::upstream::proxy::ProxySettings::direct(),
+        });
+    }
+    Ok(super::stream::StreamSettings {
+        tls: crate::upstream::tls::stream_client_config(&w.ca_files)?,
+        proxy: crate::upstream::proxy::ProxySettings::for_streams(
+            w.proxy.as_deref(),
+            &c.upstream,
+            &|k: &str| std::env::var(k).ok(),
+        )?,
     })
 }
 
@@ -146,6 +172,8 @@ pub struct Prepared {
     pub(super) ipv6_socket: bool,
     pub(super) tls: Arc<rustls::ClientConfig>,
     pub(super) proxy: crate::upstream::proxy::ProxySettings,
+    /// The stream transports' TLS configuration and proxy.
+    pub(super) stream_settings: super::stream::StreamSettings,
     /// UDP buffers the kernel grants below `[runtime]`'s request (a warning, not an error).
     pub udp_shortfalls: Vec<preflight::BufferShortfall>,
     /// Addresses that cannot be bound now, in use or not assigned ([`Purpose::Check`] only):

@@ -1,9 +1,14 @@
-//! WireGuard datagrams over a framed TCP stream: the runtime side of [`crate::transport`].
+//! WireGuard datagrams over a framed TCP or TLS stream: the runtime side of
+//! [`crate::transport`].
 //!
-//! One supervisor task per peer whose transport is `tcp` or `auto` runs on the tunnel core's
-//! executor ([`supervise`]). With `auto` it first watches the peer on UDP and gives up on it
-//! after [`UDP_GIVE_UP_ATTEMPTS`](crate::transport::UDP_GIVE_UP_ATTEMPTS) unanswered
-//! initiations; with `tcp` it connects at once. While a stream is up, the tunnel core sends every
+//! One supervisor task per peer whose transport is `tcp`, `tls` or `auto` runs on the tunnel
+//! core's executor ([`supervise`]). With `auto` it first watches the peer on UDP and gives up on
+//! it after [`UDP_GIVE_UP_ATTEMPTS`](crate::transport::UDP_GIVE_UP_ATTEMPTS) unanswered
+//! initiations, then tries TCP, and TLS when TCP fails ([`auto_next`]); with `tcp` or `tls` it
+//! connects at once. Connections are opened as the upstreams' are (`runtime::upstream::dial`:
+//! through the CONNECT proxy [`StreamSettings`] names, over TLS to an `https://` proxy); a `tls`
+//! stream then runs TLS 1.3 to the gateway, its name (SNI) the endpoint's host, its certificate
+//! checked against the system roots and `[wireguard] ca_files`. While a stream is up, the tunnel core sends every
 //! datagram for that peer down it ([`Carriers::push`]) instead of the UDP socket, and the
 //! datagrams read off it enter the very same path as those the socket receives
 //! ([`super::tunnel_core::handle_datagram`]), presented as coming from the peer's UDP endpoint so
@@ -11,36 +16,46 @@
 //!
 //! A stream ends on EOF, an I/O error, a framing error or a stall ([`StallWatch`]); the peer is
 //! back on UDP at once (`tcp`: on no carrier until the next stream), and the supervisor
-//! reconnects after a capped back-off. With `auto`, a peer on a stream sends a handshake
+//! reconnects after a capped back-off. Every failed attempt is logged once, with the reason
+//! (a certificate problem included) and never a proxy's credentials. With `auto`, a peer on a stream sends a handshake
 //! initiation on the UDP socket every [`UDP_PROBE_EVERY`]; a handshake response arriving on the
 //! socket moves it back to UDP ([`Carriers::udp_works`]) and ends the stream. Sending never
 //! blocks the tunnel core: frames queue in a bounded buffer ([`MAX_QUEUED`]) that a writer task
 //! drains; a full queue drops the datagram, as a full UDP socket buffer would.
 
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+use futures_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
 
 use super::tunnel_core::{TunnelCore, handle_datagram};
+use super::upstream::{Conn, dial};
 use crate::config::Endpoint;
 use crate::transport::frame::{self, FrameDecoder};
 use crate::transport::{
-    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY, UdpVerdict,
+    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY,
+    UdpVerdict, auto_next,
 };
 use crate::tunnel::{PeerId, required_buffer_len};
+use crate::upstream::proxy::ProxySettings;
+use crate::upstream::{Target, UpstreamError};
 
 /// Most framed bytes queued for one stream before datagrams are dropped.
 pub(super) const MAX_QUEUED: usize = 4 << 20;
 
-/// How long a TCP connect may take.
+/// How long reaching the gateway may take: name resolution, the TCP connect, and a proxy's
+/// TLS and CONNECT exchange.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the TLS handshake with the gateway may take (`tls`).
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the supervisor looks at the peer's UDP handshakes, and the reader at the clock.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -54,7 +69,18 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub(super) struct StreamPlan {
     pub transport: Transport,
     /// `tcp_endpoint`, or the peer's UDP endpoint.
-    pub endpoint: Endpoint,
+    pub tcp: Endpoint,
+    /// `tls_endpoint`, or the UDP endpoint's host on port 443.
+    pub tls: Endpoint,
+}
+
+/// What every peer's streams connect with: the TLS client configuration of the `tls` transport
+/// ([`crate::upstream::tls::stream_client_config`]) and the proxy
+/// ([`ProxySettings::for_streams`]). Built at start on the control thread.
+#[derive(Debug, Clone)]
+pub(super) struct StreamSettings {
+    pub tls: Arc<rustls::ClientConfig>,
+    pub proxy: ProxySettings,
 }
 
 /// What carries one peer's datagrams now.
@@ -65,8 +91,8 @@ enum Slot {
     Udp,
     /// This stream.
     Stream(Rc<StreamOut>),
-    /// Nothing: `transport = "tcp"` and no stream is up (datagrams are dropped; UDP is never
-    /// used).
+    /// Nothing: `transport = "tcp"` or `"tls"` and no stream is up (datagrams are dropped; UDP
+    /// is never used).
     Down,
 }
 
@@ -86,7 +112,7 @@ impl Carriers {
         let slots: Vec<Slot> = plans
             .iter()
             .map(|p| match p {
-                Some(p) if p.transport == Transport::Tcp => Slot::Down,
+                Some(p) if p.transport.only_stream() => Slot::Down,
                 _ => Slot::Udp,
             })
             .collect();
@@ -98,7 +124,8 @@ impl Carriers {
         }
     }
 
-    /// `peer`'s stream, or, with `None`, what it falls back to (`Down` for `tcp`, else UDP).
+    /// `peer`'s stream, or, with `None`, what it falls back to (`Down` for `tcp` and `tls`, else
+    /// UDP).
     fn set(&self, peer: PeerId, out: Option<Rc<StreamOut>>, only_stream: bool) {
         let mut slots = self.slots.borrow_mut();
         if let Some(s) = slots.get_mut(peer.index()) {
@@ -118,7 +145,7 @@ impl Carriers {
 
     /// `auto`: `peer`'s UDP works again (a handshake response arrived on the UDP socket). Its
     /// datagrams go to UDP from now on (the keepalive that completes this handshake first), and
-    /// its stream is told to close. Does nothing for a peer not on a stream or with `tcp`.
+    /// its stream is told to close. Does nothing for a peer not on a stream or with `tcp`/`tls`.
     pub fn udp_works(&self, peer: PeerId) {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(peer.index()) else {
@@ -231,52 +258,77 @@ pub(super) async fn supervise(
     core: Rc<TunnelCore>,
     peer: PeerId,
     plan: StreamPlan,
+    settings: Rc<StreamSettings>,
     stop: Arc<AtomicBool>,
 ) {
+    let Some(mut kind) = plan.transport.first_stream() else {
+        return;
+    };
+    let connector = TlsConnector::from(settings.tls.clone());
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_CAP);
+    let mut why = SwitchReason::Configured;
     loop {
-        let why = match plan.transport {
-            Transport::Udp => return,
-            Transport::Tcp => SwitchReason::Configured,
-            Transport::Auto => {
-                // Stay on UDP while it works.
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let attempts = core
-                        .table
-                        .borrow()
-                        .peer_status(peer)
-                        .map_or(0, |s| s.handshake_attempts);
-                    if UdpVerdict::of(attempts) == UdpVerdict::NoHandshake {
-                        break;
-                    }
-                    glommio::timer::sleep(CHECK_EVERY).await;
+        if plan.transport == Transport::Auto {
+            // Stay on UDP while it works.
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
                 }
-                SwitchReason::UdpNoHandshake
+                let attempts = core
+                    .table
+                    .borrow()
+                    .peer_status(peer)
+                    .map_or(0, |s| s.handshake_attempts);
+                if UdpVerdict::of(attempts) == UdpVerdict::NoHandshake {
+                    break;
+                }
+                // UDP worked meanwhile: the next stream is the first of the ladder again.
+                kind = Carrier::Tcp;
+                why = SwitchReason::UdpNoHandshake;
+                glommio::timer::sleep(CHECK_EVERY).await;
             }
+        }
+        let endpoint = match kind {
+            Carrier::Tls => &plan.tls,
+            Carrier::Udp | Carrier::Tcp => &plan.tcp,
         };
-        match connect(&core, &plan.endpoint).await {
-            Ok(tcp) => {
-                let addr = tcp.peer_addr().ok();
-                switched(&core, peer, Carrier::Tcp, why, addr);
-                let (ended, handshaken) = run(&core, peer, plan.transport, tcp, &stop).await;
-                switched(&core, peer, Carrier::Udp, ended, addr);
+        let worked = match connect(&settings, &connector, endpoint, kind).await {
+            Ok(conn) => {
+                let addr = conn.tcp().peer_addr().ok();
+                switched(&core, peer, kind, true, why, addr);
+                let (ended, handshaken) = run(&core, peer, plan.transport, conn, &stop).await;
+                switched(&core, peer, kind, false, ended, addr);
                 if handshaken {
                     backoff.reset();
                 }
+                handshaken
             }
             Err(e) => {
+                let proxy = settings
+                    .proxy
+                    .proxy_for(&stream_target(endpoint, kind))
+                    .map_or_else(|| "-".to_owned(), |p| p.peer());
                 tracing::warn!(
                     event = "wireguard.transport_connect_failure",
                     %peer,
-                    transport = "tcp",
-                    endpoint = %plan.endpoint,
+                    transport = kind.as_str(),
+                    endpoint = %endpoint,
+                    proxy = %proxy,
+                    kind = e.kind(),
                     error = %e
                 );
+                false
             }
-        }
+        };
+        let next = auto_next(plan.transport, kind, worked);
+        why = if next != kind {
+            SwitchReason::OtherStreamFailed
+        } else if plan.transport == Transport::Auto {
+            SwitchReason::UdpNoHandshake
+        } else {
+            SwitchReason::Configured
+        };
+        kind = next;
         // Back off (checking `stop`), then try again.
         let mut left = backoff.next_wait();
         while !left.is_zero() {
@@ -290,80 +342,127 @@ pub(super) async fn supervise(
     }
 }
 
-/// Logs and counts a change of carrier.
+/// Logs and counts a change of carrier: `peer` now on a `kind` stream (`up`), or back from it.
 fn switched(
     core: &TunnelCore,
     peer: PeerId,
-    to: Carrier,
+    kind: Carrier,
+    up: bool,
     why: SwitchReason,
     addr: Option<SocketAddr>,
 ) {
     let st = &core.status;
-    match to {
-        Carrier::Tcp => st.stream_peers.fetch_add(1, Ordering::Relaxed),
-        Carrier::Udp => st.stream_peers.fetch_sub(1, Ordering::Relaxed),
-    };
+    let tls = kind == Carrier::Tls;
+    if up {
+        st.stream_peers.fetch_add(1, Ordering::Relaxed);
+        if tls {
+            st.tls_peers.fetch_add(1, Ordering::Relaxed);
+        }
+    } else {
+        st.stream_peers.fetch_sub(1, Ordering::Relaxed);
+        if tls {
+            st.tls_peers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     if let Some(c) = st.transport_switches.get(why.index()) {
         c.fetch_add(1, Ordering::Relaxed);
     }
     let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-    match (to, why) {
-        (Carrier::Tcp, _) | (Carrier::Udp, SwitchReason::Stopping | SwitchReason::UdpWorks) => {
+    // Where the datagrams go now: the stream, or (it ended) UDP or nothing.
+    let to = if up { kind.as_str() } else { "udp" };
+    match (up, why) {
+        (true, _) | (false, SwitchReason::Stopping | SwitchReason::UdpWorks) => {
             tracing::info!(
                 event = "wireguard.transport",
                 %peer,
-                transport = to.as_str(),
+                transport = to,
                 reason = why.as_str(),
                 stream = %addr
             )
         }
-        (Carrier::Udp, _) => tracing::warn!(
+        (false, _) => tracing::warn!(
             event = "wireguard.transport",
             %peer,
-            transport = to.as_str(),
+            transport = to,
+            from = kind.as_str(),
             reason = why.as_str(),
             stream = %addr
         ),
     }
 }
 
-/// Resolves `ep` (off the executor for a name) and connects, within [`CONNECT_TIMEOUT`].
-async fn connect(core: &TunnelCore, ep: &Endpoint) -> std::io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = if let Ok(ip) = ep.host.parse::<IpAddr>() {
-        vec![SocketAddr::new(ip, ep.port)]
+/// The [`Target`] a stream to `ep` is: TLS for [`Carrier::Tls`]; IPv6 hosts in brackets.
+fn stream_target(ep: &Endpoint, kind: Carrier) -> Target {
+    let host = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
     } else {
-        let name = (ep.host.clone(), ep.port);
-        let ipv6 = core.ipv6_socket;
-        glommio::executor()
-            .spawn_blocking(move || {
-                name.to_socket_addrs().map(|a| {
-                    a.filter(|a| ipv6 || a.is_ipv4())
-                        .take(4)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await?
+        ep.host.clone()
     };
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no usable address");
-    for addr in addrs {
-        let attempt = future::or(async { Some(TcpStream::connect(addr).await) }, async {
+    Target::new(kind == Carrier::Tls, host, ep.port)
+}
+
+/// Opens a `kind` stream to `ep`: directly or through the proxy, within [`CONNECT_TIMEOUT`];
+/// for TLS, then the handshake with the gateway (SNI: the endpoint's host) within
+/// [`TLS_TIMEOUT`].
+async fn connect(
+    settings: &StreamSettings,
+    connector: &TlsConnector,
+    ep: &Endpoint,
+    kind: Carrier,
+) -> Result<Conn, UpstreamError> {
+    let target = stream_target(ep, kind);
+    // The proxy is chosen for a TLS target whatever the stream: `HTTPS_PROXY`, not `HTTP_PROXY`.
+    let proxy = settings
+        .proxy
+        .proxy_for(&Target::new(true, target.host.clone(), target.port));
+    let peer = ep.to_string();
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let timed_out = || UpstreamError::ConnectTimeout {
+        peer: match proxy {
+            Some(p) => format!("{peer} via proxy {}", p.peer()),
+            None => peer.clone(),
+        },
+        after: CONNECT_TIMEOUT,
+    };
+    let hop = future::or(
+        dial(connector, CONNECT_TIMEOUT, &target, proxy, deadline),
+        async {
             glommio::timer::sleep(CONNECT_TIMEOUT).await;
-            None
-        });
-        match attempt.await {
-            Some(Ok(s)) => return Ok(s),
-            Some(Err(e)) => last = e.into(),
-            None => last = std::io::Error::from(std::io::ErrorKind::TimedOut),
-        }
+            Err(timed_out())
+        },
+    )
+    .await?;
+    if kind != Carrier::Tls {
+        return Ok(Conn::Plain(hop));
     }
-    Err(last)
+    let name = ServerName::try_from(target.bare_host().to_owned()).map_err(|_| {
+        UpstreamError::TlsHandshake {
+            peer: peer.clone(),
+            detail: "the host is not a valid TLS server name".into(),
+        }
+    })?;
+    let handshake = async {
+        connector
+            .connect(name, hop)
+            .await
+            .map_err(|e| UpstreamError::tls(peer.clone(), &e))
+    };
+    let tls = future::or(handshake, async {
+        glommio::timer::sleep(TLS_TIMEOUT).await;
+        Err(UpstreamError::TlsTimeout {
+            peer: peer.clone(),
+            after: TLS_TIMEOUT,
+        })
+    })
+    .await?;
+    Ok(Conn::Tls(Box::new(tls)))
 }
 
 /// Writes what `out` queues to `wr` until `out` closes or a write fails (then closes `out`).
 /// Dropping the returned handle cancels the writer (a write blocked on a dead peer included).
-pub(super) fn spawn_writer(
+pub(super) fn spawn_writer<W: AsyncWrite + Unpin + 'static>(
     out: Rc<StreamOut>,
-    mut wr: futures_lite::io::WriteHalf<TcpStream>,
+    mut wr: W,
 ) -> glommio::Task<()> {
     glommio::spawn_local(async move {
         let mut chunk = Vec::new();
@@ -377,23 +476,23 @@ pub(super) fn spawn_writer(
     })
 }
 
-/// Carries `peer`'s datagrams on `tcp` until it ends; returns why, and whether a handshake
-/// completed meanwhile.
+/// Carries `peer`'s datagrams on `conn` (a TCP or TLS stream) until it ends; returns why, and
+/// whether a handshake completed meanwhile.
 async fn run(
     core: &Rc<TunnelCore>,
     peer: PeerId,
     transport: Transport,
-    tcp: TcpStream,
+    conn: Conn,
     stop: &AtomicBool,
 ) -> (SwitchReason, bool) {
-    let _ = tcp.set_nodelay(true);
-    let stream_addr = tcp.peer_addr().ok();
-    let (mut rd, wr) = futures_lite::io::split(tcp);
+    let _ = conn.tcp().set_nodelay(true);
+    let stream_addr = conn.tcp().peer_addr().ok();
+    let (mut rd, wr) = futures_lite::io::split(conn);
     let out = Rc::new(StreamOut {
         auto: transport == Transport::Auto,
         ..StreamOut::default()
     });
-    let only_stream = transport == Transport::Tcp;
+    let only_stream = transport.only_stream();
     core.carriers.set(peer, Some(out.clone()), only_stream);
     let writer = spawn_writer(out.clone(), wr);
     let handshakes = |core: &TunnelCore| {
@@ -430,7 +529,8 @@ async fn run(
             next_probe = now + UDP_PROBE_EVERY;
             super::tunnel_core::probe_udp(core, peer).await;
         }
-        // A read interrupted by the tick loses nothing: glommio reads only when it returns.
+        // A read interrupted by the tick loses nothing: glommio reads only when it returns, and
+        // rustls keeps what it decrypted until it is read.
         let read = future::or(async { Some(rd.read(dec.space()).await) }, async {
             glommio::timer::sleep(CHECK_EVERY).await;
             None

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
-use super::stream::{Carriers, StreamPlan};
+use super::stream::{Carriers, StreamPlan, StreamSettings};
 use super::udp::{self, RecvBatch, SendBatch};
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
@@ -56,6 +56,8 @@ pub(super) struct CoreSeed {
     pub ipv6_socket: bool,
     /// Per peer (in table order): the stream transport to supervise, if any.
     pub streams: Vec<Option<StreamPlan>>,
+    /// What the streams connect with (TLS roots, proxy).
+    pub stream_settings: StreamSettings,
 }
 
 /// Starts the tunnel core on the current executor, in either layout, linked to each shard by
@@ -95,12 +97,14 @@ pub(super) async fn start(
         glommio::spawn_local(egress_loop(core.clone(), rx, i)).detach();
     }
     glommio::spawn_local(rx_loop(core.clone())).detach();
+    let settings = Rc::new(seed.stream_settings);
     for (peer, plan) in peers.into_iter().zip(seed.streams) {
         if let Some(plan) = plan.filter(|p| p.transport.uses_stream()) {
             glommio::spawn_local(super::stream::supervise(
                 core.clone(),
                 peer,
                 plan,
+                settings.clone(),
                 stop.clone(),
             ))
             .detach();

@@ -362,7 +362,7 @@ impl ShardUpstreams {
     }
 
     /// Resolves, connects (to the proxy when there is one: over TLS to an `https://` proxy) and
-    /// opens the CONNECT tunnel.
+    /// opens the CONNECT tunnel ([`dial`]); counts the connection opened.
     async fn dial(
         &self,
         st: &Settings,
@@ -370,86 +370,102 @@ impl ShardUpstreams {
         proxy: Option<&ProxyEndpoint>,
         deadline: Instant,
     ) -> Result<Hop, UpstreamError> {
-        let hop = proxy.map_or_else(|| target.clone(), ProxyEndpoint::target);
-        let shown = match proxy {
-            Some(p) => format!("proxy {}", p.peer()),
-            None => format!("{}:{}", hop.host, hop.port),
-        };
-        let addrs = resolve(&hop, &shown).await?;
-        let mut last: Option<io::Error> = None;
-        let mut stream = None;
-        let n = addrs.len();
-        for (i, addr) in addrs.into_iter().enumerate() {
-            // Each address gets an equal share of the time left, so one that drops SYNs (a dead
-            // IPv6 route, say) cannot use up the whole timeout before the next is tried.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let share = left / u32::try_from(n - i).unwrap_or(u32::MAX).max(1);
-            let attempt = future::or(async { Some(TcpStream::connect(addr).await) }, async {
-                glommio::timer::sleep(share).await;
-                None
-            });
-            match attempt.await {
-                Some(Ok(s)) => {
-                    stream = Some(s);
-                    break;
-                }
-                Some(Err(e)) => last = Some(e.into()),
-                None => last = Some(io::Error::from(io::ErrorKind::TimedOut)),
-            }
-        }
-        let tcp = match (stream, last) {
-            (Some(s), _) => s,
-            (None, Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(UpstreamError::ConnectTimeout {
-                    peer: shown,
-                    after: st.connect_timeout,
-                });
-            }
-            (None, last) => {
-                return Err(UpstreamError::Connect {
-                    peer: shown,
-                    source: last
-                        .unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable)),
-                });
-            }
-        };
-        // Requests and small bodies go out as they are written; the proxy code writes whole heads.
-        let _ = tcp.set_nodelay(true);
-        let mut hop = match proxy {
-            Some(p) if p.is_tls() => {
-                Hop::ProxyTls(Box::new(Self::proxy_tls(st, target, p, tcp).await?))
-            }
-            _ => Hop::Tcp(tcp),
-        };
-        if let Some(p) = proxy {
-            connect::handshake(&mut hop, target, p).await?;
-        }
+        let hop = dial(&st.connector, st.connect_timeout, target, proxy, deadline).await?;
         self.pool.borrow_mut().count_opened();
         Ok(hop)
     }
+}
 
-    /// The TLS session with an `https://` proxy, its certificate checked against the same roots
-    /// as the upstreams' (webpki, the system store, `[upstream] ca_files`). Counted in the
-    /// connect timeout, like the rest of reaching the proxy.
-    async fn proxy_tls(
-        st: &Settings,
-        target: &Target,
-        proxy: &ProxyEndpoint,
-        tcp: TcpStream,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        let refused = |detail: String| UpstreamError::ProxyRefused {
-            proxy: proxy.peer(),
-            peer: format!("{}:{}", target.host, target.port),
-            status: None,
-            detail,
-        };
-        let name = ServerName::try_from(proxy.target().bare_host().to_owned())
-            .map_err(|_| refused("the proxy host is not a valid TLS server name".into()))?;
-        st.connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| refused(format!("TLS handshake with the proxy failed: {e}")))
+/// Resolves `target` (or `proxy`), connects to it within `deadline` (each address an equal share
+/// of the time left), over TLS to an `https://` proxy, and opens the CONNECT tunnel to `target`.
+/// The upstream pool and the WireGuard stream transport (`runtime::stream`) both connect with
+/// it; `connector` is the one whose roots check an `https://` proxy's certificate, and
+/// `connect_timeout` is what a timeout error reports.
+pub(super) async fn dial(
+    connector: &TlsConnector,
+    connect_timeout: Duration,
+    target: &Target,
+    proxy: Option<&ProxyEndpoint>,
+    deadline: Instant,
+) -> Result<Hop, UpstreamError> {
+    let hop = proxy.map_or_else(|| target.clone(), ProxyEndpoint::target);
+    let shown = match proxy {
+        Some(p) => format!("proxy {}", p.peer()),
+        None => format!("{}:{}", hop.host, hop.port),
+    };
+    let addrs = resolve(&hop, &shown).await?;
+    let mut last: Option<io::Error> = None;
+    let mut stream = None;
+    let n = addrs.len();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        // Each address gets an equal share of the time left, so one that drops SYNs (a dead
+        // IPv6 route, say) cannot use up the whole timeout before the next is tried.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(n - i).unwrap_or(u32::MAX).max(1);
+        let attempt = future::or(async { Some(TcpStream::connect(addr).await) }, async {
+            glommio::timer::sleep(share).await;
+            None
+        });
+        match attempt.await {
+            Some(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Some(Err(e)) => last = Some(e.into()),
+            None => last = Some(io::Error::from(io::ErrorKind::TimedOut)),
+        }
     }
+    let tcp = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(UpstreamError::ConnectTimeout {
+                peer: shown,
+                after: connect_timeout,
+            });
+        }
+        (None, last) => {
+            return Err(UpstreamError::Connect {
+                peer: shown,
+                source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable)),
+            });
+        }
+    };
+    // Requests and small bodies go out as they are written; the proxy code writes whole heads.
+    let _ = tcp.set_nodelay(true);
+    let mut hop = match proxy {
+        Some(p) if p.is_tls() => {
+            Hop::ProxyTls(Box::new(proxy_tls(connector, target, p, tcp).await?))
+        }
+        _ => Hop::Tcp(tcp),
+    };
+    if let Some(p) = proxy {
+        connect::handshake(&mut hop, target, p).await?;
+    }
+    Ok(hop)
+}
+
+/// The TLS session with an `https://` proxy, its certificate checked against `connector`'s roots
+/// (for upstreams: webpki, the system store, `[upstream] ca_files`; for the stream transport:
+/// the same with `[wireguard] ca_files`). Counted in the connect timeout, like the rest of
+/// reaching the proxy.
+async fn proxy_tls(
+    connector: &TlsConnector,
+    target: &Target,
+    proxy: &ProxyEndpoint,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    let refused = |detail: String| UpstreamError::ProxyRefused {
+        proxy: proxy.peer(),
+        peer: format!("{}:{}", target.host, target.port),
+        status: None,
+        detail,
+    };
+    let name = ServerName::try_from(proxy.target().bare_host().to_owned())
+        .map_err(|_| refused("the proxy host is not a valid TLS server name".into()))?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| refused(format!("TLS handshake with the proxy failed: {e}")))
 }
 
 impl Upstreams for ShardUpstreams {

@@ -89,6 +89,9 @@ pub struct GatewayConfig {
     /// feeding the same peer table (default: on). With an ephemeral `listen` port, a port free
     /// for both is found.
     pub tcp: bool,
+    /// Also accept the `tls` transport on this address with this certificate (with `tcp` on;
+    /// [`crate::testkit::tls::self_signed`] makes one). Default: none.
+    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 }
 
 impl GatewayConfig {
@@ -120,6 +123,7 @@ impl GatewayConfig {
             spin: Duration::ZERO,
             impair: None,
             tcp: true,
+            tls: None,
         }
     }
 }
@@ -352,7 +356,12 @@ impl Gateway {
                 return Ok((udp, None));
             }
             match Streams::bind(udp.local_addr()?, max_frame) {
-                Ok(s) => return Ok((udp, Some(s))),
+                Ok(mut s) => {
+                    if let Some((addr, config)) = &cfg.tls {
+                        s.listen_tls(*addr, config.clone())?;
+                    }
+                    return Ok((udp, Some(s)));
+                }
                 // An ephemeral UDP port whose TCP twin is taken: try another.
                 Err(_) if cfg.listen.port() == 0 && tries < 16 => tries += 1,
                 Err(e) => return Err(e),
@@ -367,6 +376,11 @@ impl Gateway {
     /// The stream transport's listening address (the UDP port), if it accepts streams.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.streams.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    /// The `tls` transport's listening address, if it accepts TLS ([`GatewayConfig::tls`]).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.streams.as_ref().and_then(Streams::tls_addr)
     }
 
     /// The stream side's counters, if it accepts streams.

@@ -21,6 +21,7 @@ pub mod scm;
 pub(crate) mod script;
 mod serve_port;
 pub mod streams;
+pub mod tls;
 pub mod toml;
 #[cfg(test)]
 pub(crate) mod upstreams;

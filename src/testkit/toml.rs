@@ -29,12 +29,15 @@ enum KeyLine {
 /// address = "10.77.0.2"
 /// listen_port = 0                  (only if set)
 /// transport = "tcp"                (only if set)
+/// ca_files = ["/path/ca.pem"]      (only if set)
+/// proxy = "http://proxy:3128"      (only if set)
 ///
 /// [[wireguard.peers]]
 /// public_key = "..."
 /// endpoint = "127.0.0.1:51820"
 /// allowed_ips = ["10.77.0.1/32"]
 /// tcp_endpoint = "127.0.0.1:51820" (only if set)
+/// tls_endpoint = "127.0.0.1:443"   (only if set)
 /// persistent_keepalive = 0         (only if set; the broker's default is 20)
 /// ```
 ///
@@ -45,6 +48,8 @@ pub struct WireguardToml {
     address: String,
     listen_port: Option<u16>,
     transport: Option<String>,
+    ca_files: Vec<String>,
+    proxy: Option<String>,
     peers: Vec<PeerToml>,
 }
 
@@ -57,6 +62,8 @@ impl WireguardToml {
             address: address.to_string(),
             listen_port: None,
             transport: None,
+            ca_files: Vec::new(),
+            proxy: None,
             peers: Vec::new(),
         }
     }
@@ -74,6 +81,8 @@ impl WireguardToml {
             address: address.to_string(),
             listen_port: None,
             transport: None,
+            ca_files: Vec::new(),
+            proxy: None,
             peers: Vec::new(),
         }
     }
@@ -84,9 +93,21 @@ impl WireguardToml {
         self
     }
 
-    /// Sets `transport` (`udp`, `tcp`, `auto`; left out, the broker's default is `auto`).
+    /// Sets `transport` (`udp`, `tcp`, `tls`, `auto`; left out, the broker's default is `auto`).
     pub fn transport(mut self, transport: impl Display) -> Self {
         self.transport = Some(transport.to_string());
+        self
+    }
+
+    /// Adds a `ca_files` entry (a PEM file the `tls` transport trusts).
+    pub fn ca_file(mut self, path: impl Display) -> Self {
+        self.ca_files.push(path.to_string());
+        self
+    }
+
+    /// Sets `proxy` (the stream transports' CONNECT proxy URL).
+    pub fn proxy(mut self, url: impl Display) -> Self {
+        self.proxy = Some(url.to_string());
         self
     }
 
@@ -129,6 +150,21 @@ impl WireguardToml {
             push_toml_string(&mut s, t);
             s.push('\n');
         }
+        if !self.ca_files.is_empty() {
+            s.push_str("ca_files = [");
+            for (i, f) in self.ca_files.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                push_toml_string(&mut s, f);
+            }
+            s.push_str("]\n");
+        }
+        if let Some(p) = &self.proxy {
+            s.push_str("proxy = ");
+            push_toml_string(&mut s, p);
+            s.push('\n');
+        }
         for p in &self.peers {
             s.push_str("\n[[wireguard.peers]]\npublic_key = ");
             push_toml_string(&mut s, &p.public_key);
@@ -147,6 +183,11 @@ impl WireguardToml {
                 push_toml_string(&mut s, e);
                 s.push('\n');
             }
+            if let Some(e) = &p.tls_endpoint {
+                s.push_str("tls_endpoint = ");
+                push_toml_string(&mut s, e);
+                s.push('\n');
+            }
             if let Some(k) = p.persistent_keepalive {
                 s.push_str(&format!("persistent_keepalive = {k}\n"));
             }
@@ -162,6 +203,7 @@ pub struct PeerToml {
     endpoint: String,
     allowed_ips: Vec<String>,
     tcp_endpoint: Option<String>,
+    tls_endpoint: Option<String>,
     persistent_keepalive: Option<u16>,
 }
 
@@ -175,6 +217,7 @@ impl PeerToml {
             endpoint: endpoint.to_string(),
             allowed_ips: vec![allowed_ip.to_string()],
             tcp_endpoint: None,
+            tls_endpoint: None,
             persistent_keepalive: None,
         }
     }
@@ -188,6 +231,13 @@ impl PeerToml {
     /// Sets `tcp_endpoint` (`host:port`; left out, the stream transport uses `endpoint`).
     pub fn tcp_endpoint(mut self, endpoint: impl Display) -> Self {
         self.tcp_endpoint = Some(endpoint.to_string());
+        self
+    }
+
+    /// Sets `tls_endpoint` (`host:port`; left out, the `tls` transport uses `endpoint`'s host,
+    /// port 443).
+    pub fn tls_endpoint(mut self, endpoint: impl Display) -> Self {
+        self.tls_endpoint = Some(endpoint.to_string());
         self
     }
 

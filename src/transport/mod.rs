@@ -12,13 +12,16 @@
 //!
 //! ## What is here
 //!
-//! * [`Transport`]: the `[wireguard] transport` setting (`udp`, `tcp`, `auto`).
+//! * [`Transport`]: the `[wireguard] transport` setting (`udp`, `tcp`, `tls`, `auto`).
+//! * [`Carrier`]: what carries a peer's datagrams now; [`auto_next`]: which stream `auto` tries
+//!   after one failed (TCP, then TLS, then TCP again...).
 //! * [`frame`]: the framing, with a decoder whose buffer is bounded by the largest datagram.
 //! * [`StallWatch`]: when a stream has gone quiet although an answer is due.
 //! * [`Backoff`]: capped exponential back-off between reconnects.
 //! * [`UdpVerdict`]: when `auto` gives up on UDP; [`UDP_PROBE_EVERY`]: when it tries it again.
 
 pub mod frame;
+pub mod tls;
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,7 +34,11 @@ pub enum Transport {
     Udp,
     /// One TCP connection per peer, Semgrep-compatible framing ([`frame`]).
     Tcp,
-    /// UDP first; no handshake within a few seconds → TCP ([`UdpVerdict`]).
+    /// The same framing inside TLS 1.3 (port 443 by default), the gateway's certificate checked:
+    /// passes firewalls and inspecting proxies that only let real TLS out.
+    Tls,
+    /// UDP first; no handshake within a few seconds → TCP, and TLS when TCP fails too
+    /// ([`UdpVerdict`], [`auto_next`]).
     #[default]
     Auto,
 }
@@ -42,6 +49,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
             Transport::Auto => "auto",
         }
     }
@@ -49,6 +57,20 @@ impl Transport {
     /// Whether this setting ever opens a stream.
     pub fn uses_stream(self) -> bool {
         !matches!(self, Transport::Udp)
+    }
+
+    /// Whether this setting never uses UDP for a peer's datagrams (a stream or nothing).
+    pub fn only_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// The first stream this setting opens (`None`: `udp`).
+    pub fn first_stream(self) -> Option<Carrier> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp | Transport::Auto => Some(Carrier::Tcp),
+            Transport::Tls => Some(Carrier::Tls),
+        }
     }
 }
 
@@ -65,10 +87,10 @@ impl FromStr for Transport {
         match s {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
+            "tls" => Ok(Transport::Tls),
             "auto" => Ok(Transport::Auto),
-            "tls" => Err("\"tls\" is not supported yet (expected udp, tcp or auto)".into()),
             other => Err(format!(
-                "unknown transport {other:?} (expected udp, tcp or auto)"
+                "unknown transport {other:?} (expected udp, tcp, tls or auto)"
             )),
         }
     }
@@ -82,18 +104,37 @@ pub enum Carrier {
     Udp,
     /// A framed TCP connection.
     Tcp,
+    /// A framed stream inside TLS.
+    Tls,
 }
 
 impl Carrier {
     /// Every carrier, in metric order.
-    pub const ALL: [Carrier; 2] = [Carrier::Udp, Carrier::Tcp];
+    pub const ALL: [Carrier; 3] = [Carrier::Udp, Carrier::Tcp, Carrier::Tls];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Carrier::Udp => "udp",
             Carrier::Tcp => "tcp",
+            Carrier::Tls => "tls",
         }
+    }
+}
+
+/// The stream a peer tries next after a stream attempt of kind `tried` ended.
+///
+/// `worked`: that stream carried a completed handshake (it was a usable path that broke: try
+/// it again). Otherwise (no connection, or no handshake on it) `auto` turns to the other kind —
+/// TCP after TLS and TLS after TCP —, so a network that lets only TLS to 443 out, or only a
+/// proxy, is found whichever way it fails; `tcp` and `tls` keep their one kind.
+pub fn auto_next(transport: Transport, tried: Carrier, worked: bool) -> Carrier {
+    match (transport, tried, worked) {
+        (Transport::Tcp, ..) => Carrier::Tcp,
+        (Transport::Tls, ..) => Carrier::Tls,
+        (_, c, true) => c,
+        (_, Carrier::Tcp, false) => Carrier::Tls,
+        (_, _, false) => Carrier::Tcp,
     }
 }
 
@@ -110,6 +151,9 @@ pub enum SwitchReason {
     Configured,
     /// `auto`: UDP got no handshake ([`UdpVerdict::NoHandshake`]).
     UdpNoHandshake,
+    /// `auto`: the other stream kind failed (no connection, or no handshake over it):
+    /// [`auto_next`].
+    OtherStreamFailed,
     /// The gateway closed the stream, or it failed (reset, write error).
     StreamClosed,
     /// The stream stayed silent while an answer was due ([`StallWatch`]).
@@ -124,9 +168,10 @@ pub enum SwitchReason {
 
 impl SwitchReason {
     /// Every reason, in metric order.
-    pub const ALL: [SwitchReason; 7] = [
+    pub const ALL: [SwitchReason; 8] = [
         SwitchReason::Configured,
         SwitchReason::UdpNoHandshake,
+        SwitchReason::OtherStreamFailed,
         SwitchReason::StreamClosed,
         SwitchReason::StreamStalled,
         SwitchReason::FramingError,
@@ -139,6 +184,7 @@ impl SwitchReason {
         match self {
             SwitchReason::Configured => "configured",
             SwitchReason::UdpNoHandshake => "udp_no_handshake",
+            SwitchReason::OtherStreamFailed => "other_stream_failed",
             SwitchReason::StreamClosed => "stream_closed",
             SwitchReason::StreamStalled => "stream_stalled",
             SwitchReason::FramingError => "framing_error",
@@ -276,17 +322,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transports_parse_and_print_and_tls_is_refused_clearly() {
-        for t in [Transport::Udp, Transport::Tcp, Transport::Auto] {
+    fn transports_parse_and_print() {
+        for t in [
+            Transport::Udp,
+            Transport::Tcp,
+            Transport::Tls,
+            Transport::Auto,
+        ] {
             assert_eq!(t.as_str().parse::<Transport>(), Ok(t));
         }
         assert_eq!(Transport::default(), Transport::Auto);
-        let e = "tls".parse::<Transport>().expect_err("not yet");
-        assert!(e.contains("not supported yet"), "{e}");
         let e = "quic".parse::<Transport>().expect_err("unknown");
-        assert!(e.contains("\"quic\""), "{e}");
+        assert!(e.contains("\"quic\"") && e.contains("tls"), "{e}");
         assert!(!Transport::Udp.uses_stream());
-        assert!(Transport::Auto.uses_stream());
+        assert!(Transport::Auto.uses_stream() && Transport::Tls.uses_stream());
+        assert!(Transport::Tls.only_stream() && !Transport::Auto.only_stream());
+        assert_eq!(Transport::Tls.first_stream(), Some(Carrier::Tls));
+        assert_eq!(Transport::Auto.first_stream(), Some(Carrier::Tcp));
+        assert_eq!(Transport::Udp.first_stream(), None);
+    }
+
+    #[test]
+    fn auto_alternates_tcp_and_tls_until_one_carries_a_handshake() {
+        use Carrier::{Tcp, Tls};
+        // UDP failed → TCP; TCP failed → TLS; TLS failed → TCP again.
+        assert_eq!(auto_next(Transport::Auto, Tcp, false), Tls);
+        assert_eq!(auto_next(Transport::Auto, Tls, false), Tcp);
+        // A stream that worked and broke is tried again.
+        assert_eq!(auto_next(Transport::Auto, Tls, true), Tls);
+        assert_eq!(auto_next(Transport::Auto, Tcp, true), Tcp);
+        // A fixed transport keeps its kind.
+        for worked in [false, true] {
+            assert_eq!(auto_next(Transport::Tcp, Tcp, worked), Tcp);
+            assert_eq!(auto_next(Transport::Tls, Tls, worked), Tls);
+        }
     }
 
     #[test]

@@ -193,6 +193,26 @@ impl ProxySettings {
         })
     }
 
+    /// The proxy of the WireGuard stream transports (`tcp`, `tls`): `[wireguard] proxy` when set
+    /// (for every gateway), else the upstreams' settings ([`ProxySettings::from_config`]:
+    /// `[upstream] proxy`, or with `use_env_proxy` the environment's, `no_proxy` included). A
+    /// stream is looked up as an `https` target ([`Target::new`]`(true, ..)`): it is not plain
+    /// HTTP, so `HTTPS_PROXY` is the variable that speaks for it. Errors name the setting, never
+    /// its value.
+    pub fn for_streams(
+        wireguard_proxy: Option<&str>,
+        upstream: &Upstream,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        match wireguard_proxy {
+            Some(p) => Ok(Self::with_proxy(
+                ProxyEndpoint::parse(p, "wireguard.proxy")?,
+                NoProxy::default(),
+            )),
+            None => Self::from_config(upstream, env),
+        }
+    }
+
     /// A proxy for every target (tests, tools), with a bypass list.
     pub fn with_proxy(proxy: ProxyEndpoint, no_proxy: NoProxy) -> Self {
         Self {
@@ -266,6 +286,39 @@ mod tests {
         assert_eq!(
             s.proxy_for(&plain).map(ProxyEndpoint::peer).as_deref(),
             Some("cfg:3128")
+        );
+    }
+
+    #[test]
+    fn streams_use_the_wireguard_proxy_else_the_upstreams_https_proxy() {
+        let gw = Target::new(true, "gw.example", 443);
+        let e = env(&[
+            ("HTTPS_PROXY", "http://env:1"),
+            ("HTTP_PROXY", "http://plain:2"),
+        ]);
+        let own = ProxySettings::for_streams(
+            Some("http://u:pw@wg:3128"),
+            &cfg(Some("http://cfg:3"), &["gw.example"], true),
+            &e,
+        )
+        .expect("ok");
+        // `[wireguard] proxy` wins, and the upstreams' bypass list does not apply to it.
+        let p = own.proxy_for(&gw).expect("proxied");
+        assert_eq!(p.peer(), "wg:3128");
+        assert!(p.authorization().is_some());
+        let inherited = ProxySettings::for_streams(None, &cfg(None, &[], true), &e).expect("ok");
+        assert_eq!(
+            inherited.proxy_for(&gw).map(ProxyEndpoint::peer).as_deref(),
+            Some("env:1")
+        );
+        let off = ProxySettings::for_streams(None, &cfg(None, &[], false), &e).expect("ok");
+        assert!(off.proxy_for(&gw).is_none());
+        let err =
+            ProxySettings::for_streams(Some("socks5://u:secretpw@p:1"), &cfg(None, &[], false), &e)
+                .expect_err("bad");
+        assert!(
+            err.starts_with("wireguard.proxy:") && !err.contains("secretpw"),
+            "{err}"
         );
     }
 

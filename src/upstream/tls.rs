@@ -1,9 +1,11 @@
-//! The rustls client configuration for upstream connections.
+//! The rustls client configurations: upstream connections, and the WireGuard `tls` transport.
 //!
 //! Responsibility: build one [`rustls::ClientConfig`] per configuration (shared by every shard
 //! through an `Arc`) that trusts the webpki root set, the system store and the PEM bundles of
 //! `[upstream] ca_files`, offers only the protocol versions `tls_min_version` allows, and
-//! advertises ALPN `http/1.1` (the broker speaks HTTP/1.1 upstream, never h2).
+//! advertises ALPN `http/1.1` (the broker speaks HTTP/1.1 upstream, never h2). The `tls`
+//! transport's ([`stream_client_config`]) trusts the same system roots plus `[wireguard]
+//! ca_files`, speaks TLS 1.3 only (the gateway is ours) and advertises no ALPN.
 //!
 //! Invariants: the crypto provider is always *ring*, chosen explicitly (no process-wide default is
 //! read or installed); a `ca_files` entry that cannot be read, holds no certificate, or holds a
@@ -11,7 +13,7 @@
 //! skipped. An unreadable system store is not an error (the broker may run in a minimal
 //! container); it is logged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
@@ -25,6 +27,22 @@ pub const MAX_CA_FILE: u64 = 16 * 1024 * 1024;
 
 /// The client configuration for `[upstream]`; the error names the offending file or setting.
 pub fn client_config(c: &Upstream) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = root_store(&c.ca_files, "upstream.ca_files")?;
+    client_config_with_roots(roots, c.tls_min_version)
+}
+
+/// The client configuration of the WireGuard `tls` transport (and of an `https://` proxy on the
+/// way to a gateway): the system roots plus `[wireguard] ca_files`, TLS 1.3 only, no ALPN.
+pub fn stream_client_config(ca_files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = root_store(ca_files, "wireguard.ca_files")?;
+    let mut config = client_config_with_roots(roots, TlsVersion::V1_3)?;
+    Arc::make_mut(&mut config).alpn_protocols.clear();
+    Ok(config)
+}
+
+/// The webpki roots, the system store and every certificate of `ca_files` (`setting` names the
+/// list in errors).
+pub fn root_store(ca_files: &[PathBuf], setting: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -38,10 +56,10 @@ pub fn client_config(c: &Upstream) -> Result<Arc<rustls::ClientConfig>, String> 
             "some system CA certificates could not be loaded"
         );
     }
-    for path in &c.ca_files {
-        add_ca_file(&mut roots, path)?;
+    for path in ca_files {
+        add_ca_file(&mut roots, path, setting)?;
     }
-    client_config_with_roots(roots, c.tls_min_version)
+    Ok(roots)
 }
 
 /// A client configuration trusting exactly `roots` (for callers and tests that bring their own).
@@ -63,34 +81,32 @@ pub fn client_config_with_roots(
     Ok(Arc::new(config))
 }
 
-/// Adds every certificate of the PEM file at `path` to `roots`.
-pub fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, String> {
+/// Adds every certificate of the PEM file at `path` to `roots`; `setting` names the list the
+/// file comes from in errors.
+pub fn add_ca_file(roots: &mut RootCertStore, path: &Path, setting: &str) -> Result<usize, String> {
     let shown = path.display();
     let len = std::fs::metadata(path)
-        .map_err(|e| format!("upstream.ca_files: cannot read {shown}: {e}"))?
+        .map_err(|e| format!("{setting}: cannot read {shown}: {e}"))?
         .len();
     if len > MAX_CA_FILE {
         return Err(format!(
-            "upstream.ca_files: {shown} is {len} bytes, more than the {MAX_CA_FILE} accepted"
+            "{setting}: {shown} is {len} bytes, more than the {MAX_CA_FILE} accepted"
         ));
     }
-    let pem =
-        std::fs::read(path).map_err(|e| format!("upstream.ca_files: cannot read {shown}: {e}"))?;
+    let pem = std::fs::read(path).map_err(|e| format!("{setting}: cannot read {shown}: {e}"))?;
     let mut count = 0usize;
     for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|e| format!("upstream.ca_files: {shown}: bad PEM: {e}"))?;
+        let cert = cert.map_err(|e| format!("{setting}: {shown}: bad PEM: {e}"))?;
         roots.add(cert).map_err(|e| {
             format!(
-                "upstream.ca_files: {shown}: certificate {} is not a usable CA: {e}",
+                "{setting}: {shown}: certificate {} is not a usable CA: {e}",
                 i + 1
             )
         })?;
         count += 1;
     }
     if count == 0 {
-        return Err(format!(
-            "upstream.ca_files: {shown} contains no PEM certificate"
-        ));
+        return Err(format!("{setting}: {shown} contains no PEM certificate"));
     }
     Ok(count)
 }
@@ -120,6 +136,17 @@ mod tests {
         assert_eq!(c.alpn_protocols, vec![b"http/1.1".to_vec()]);
         let c12 = client_config(&upstream(Vec::new(), TlsVersion::V1_2)).expect("config");
         assert_eq!(c12.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn the_stream_transport_config_names_its_own_setting_and_offers_no_alpn() {
+        let c = stream_client_config(&[]).expect("config");
+        assert!(c.alpn_protocols.is_empty());
+        let e = stream_client_config(&["/nonexistent/gw-ca.pem".into()]).expect_err("must fail");
+        assert!(
+            e.starts_with("wireguard.ca_files: ") && e.contains("/nonexistent/gw-ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]

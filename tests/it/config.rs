@@ -536,6 +536,11 @@ fn value_errors_never_echo_a_secret() {
             "[upstream]\nproxy = \"socks5://u:SECRETg@p:1\"\n",
             "SECRETg",
         ),
+        // The same for the stream transports' proxy.
+        (
+            "[wireguard]\nproxy = \"socks5://u:SECRETh@p:1\"\n",
+            "SECRETh",
+        ),
     ] {
         let errs = errors(&[("a.toml", &base()), ("s.toml", layer)]);
         assert!(!errs.is_empty());

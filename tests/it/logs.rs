@@ -25,6 +25,12 @@ impl Write for Capture {
     }
 }
 
+/// Everything captured so far (every test's events: filter by something of your own).
+pub(crate) fn captured() -> String {
+    let cap = capture();
+    String::from_utf8_lossy(&cap.0.lock().expect("lock")).into_owned()
+}
+
 /// Installs (once) a JSON subscriber capturing every event of the process.
 fn capture() -> Capture {
     static CAP: OnceLock<Capture> = OnceLock::new();

@@ -301,15 +301,16 @@ async fn connect_ok(p: &ShardUpstreams, t: &Target) -> Pooled<Conn> {
 
 /// A CONNECT proxy thread: requires `Proxy-Authorization: <expect_auth>` (when given), then
 /// tunnels to the requested 127.0.0.1/localhost port. Records what it saw.
-struct TestProxy {
-    addr: SocketAddr,
-    tunnels: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<String>>>,
+/// (Also the CONNECT proxy of the stream transports' tests, `transport.rs`.)
+pub(crate) struct TestProxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tunnels: Arc<AtomicUsize>,
+    pub(crate) seen: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl TestProxy {
-    fn start(expect_auth: Option<String>) -> Self {
+    pub(crate) fn start(expect_auth: Option<String>) -> Self {
         Self::start_with(expect_auth, None)
     }
 

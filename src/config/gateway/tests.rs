@@ -72,6 +72,15 @@ fn non_default_values() -> Vec<(&'static str, String)> {
         ("gateway.pool_idle_per_broker", s("8")),
         ("gateway.pool_idle_total", s("100")),
         ("gateway.pool_idle_timeout", s(r#""10s""#)),
+        ("gateway.tls_listen", s(r#""0.0.0.0:8443""#)),
+        (
+            "gateway.tls_cert",
+            format!("{:?}", existing_file("Cargo.toml")),
+        ),
+        (
+            "gateway.tls_key",
+            format!("{:?}", existing_file("README.md")),
+        ),
         ("tenant[].name", s(r#""globex-2""#)),
         (
             "tenant[].broker[].public_key",
@@ -79,6 +88,27 @@ fn non_default_values() -> Vec<(&'static str, String)> {
         ),
         ("tenant[].broker[].preshared_key", s(r#"{ env = "PSK" }"#)),
         ("tenant[].broker[].address", s(r#""10.77.1.3""#)),
+    ]
+}
+
+/// A file that exists (the `tls_*` paths are checked to be readable at load).
+fn existing_file(name: &str) -> String {
+    format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `tls_*` keys go together: set alone, one of them is an error. The values the others take
+/// when one is set by [`every_gateway_key_round_trips_through_dump`].
+fn tls_companions() -> Vec<(&'static str, String)> {
+    vec![
+        ("gateway.tls_listen", r#""0.0.0.0:443""#.to_owned()),
+        (
+            "gateway.tls_cert",
+            format!("{:?}", existing_file("Cargo.lock")),
+        ),
+        (
+            "gateway.tls_key",
+            format!("{:?}", existing_file("Cargo.lock")),
+        ),
     ]
 }
 
@@ -142,6 +172,12 @@ fn every_gateway_key_round_trips_through_dump() {
     let base_doc: Table = toml::from_str(&base()).expect("parses");
     for (key, v) in non_default_values() {
         let mut doc = base_doc.clone();
+        if key.starts_with("gateway.tls_") {
+            for (k, v) in tls_companions() {
+                let mut t: Table = toml::from_str(&format!("v = {v}")).expect("value");
+                set(&mut doc, k, t.remove("v").expect("v"));
+            }
+        }
         let mut t: Table = toml::from_str(&format!("v = {v}")).expect("value");
         set(&mut doc, key, t.remove("v").expect("v"));
         let text = toml::to_string(&doc).expect("renders");
@@ -150,6 +186,46 @@ fn every_gateway_key_round_trips_through_dump() {
             Err(e) => panic!("{key} = {v}: {e}"),
         }
     }
+}
+
+/// `tls_listen`, `tls_cert` and `tls_key` go together, and the files must be readable.
+#[test]
+fn the_tls_listener_needs_its_certificate_and_key() {
+    let with = |extra: &str| {
+        base().replace(
+            "front = \"127.0.0.1:8080\"\n",
+            &format!("front = \"127.0.0.1:8080\"\n{extra}"),
+        )
+    };
+    let e = load(&with("tls_listen = \"0.0.0.0:443\"\n"))
+        .expect_err("no certificate")
+        .to_string();
+    assert!(
+        e.contains("gateway.tls_listen: needs tls_cert and tls_key"),
+        "{e}"
+    );
+    let cert = existing_file("Cargo.toml");
+    let e = load(&with(&format!(
+        "tls_cert = {cert:?}\ntls_key = \"/nonexistent/gw.key\"\n"
+    )))
+    .expect_err("no listener, no key file")
+    .to_string();
+    assert!(
+        e.contains("tls_cert and tls_key are set but tls_listen is not"),
+        "{e}"
+    );
+    assert!(
+        e.contains("gateway.tls_key: cannot read /nonexistent/gw.key"),
+        "{e}"
+    );
+    let ok = load(&with(&format!(
+        "tls_listen = \"0.0.0.0:443\"\ntls_cert = {cert:?}\ntls_key = {cert:?}\n"
+    )))
+    .expect("valid");
+    assert_eq!(
+        ok.config.gateway.tls_listen,
+        Some("0.0.0.0:443".parse().expect("addr"))
+    );
 }
 
 #[test]

@@ -154,6 +154,19 @@ impl Tx<'_> {
                 self.note("log.level", "from inbound.wireguard.verbose: true");
             }
         }
+        if let Some((p, v)) = m.get("preferTcpTransport") {
+            // Semgrep's WireGuard over TCP: each datagram prefixed by its 16-bit big-endian
+            // length, our `tcp` transport's framing.
+            match self.bool(&p, v) {
+                Some(true) => self.set("wireguard", "transport", "tcp".into(), &p),
+                Some(false) => self.note(
+                    "wireguard",
+                    "preferTcpTransport: false (UDP) kept our default transport, \"auto\": UDP \
+                     first, a TCP or TLS stream only when UDP gets no handshake",
+                ),
+                None => {}
+            }
+        }
         if let Some((p, v)) = m.get("disablePeerSettingsDnsLookup") {
             // wgbroker never looks peer settings up in DNS TXT records: true is what it does,
             // and with false every peer key must be written out anyway (a missing one is an

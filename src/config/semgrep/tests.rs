@@ -493,3 +493,40 @@ fn yaml_is_recognised_by_extension_or_content() {
     assert!(!is_yaml(Path::new("broker.conf"), "[wireguard]\n"));
     assert!(!is_yaml(Path::new("x.toml"), "inbound:\n"));
 }
+
+/// Semgrep's `inbound.wireguard.preferTcpTransport: true` (its WireGuard-over-TCP framing, which
+/// ours is) is `[wireguard] transport = "tcp"`; `false` (Semgrep's UDP) keeps our `auto`, which
+/// starts on UDP too, with a note.
+#[test]
+fn prefer_tcp_transport_maps_to_the_tcp_transport() {
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "    privateKey:",
+            &format!("    preferTcpTransport: {v}\n    privateKey:"),
+        )
+    };
+    let l = load(&[yaml(&with("true"))]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        l.config.wireguard.transport,
+        crate::transport::Transport::Tcp
+    );
+    let (_, tr) = overlay(&[yaml(&with("false"))], &no_env).expect("overlay");
+    assert!(
+        tr.notes
+            .iter()
+            .any(|n| n.text.contains("preferTcpTransport")),
+        "{:?}",
+        tr.notes
+    );
+    let l = load(&[yaml(&with("false"))]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        l.config.wireguard.transport,
+        crate::transport::Transport::Auto
+    );
+    let e = errors(&[yaml(&with("sometimes"))]);
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("inbound.wireguard.preferTcpTransport")),
+        "{e:?}"
+    );
+}

@@ -61,8 +61,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use glommio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::stream::{StreamOut, spawn_writer};
-use crate::transport::frame::FrameDecoder;
+use super::stream::StreamOut;
 
 use crate::config::gateway::GatewayConfig;
 use crate::gateway::balance::{Balancer, BrokerId, Event, Next, Outcome, Retry, TenantId};
@@ -216,6 +215,8 @@ pub struct GatewayHandle {
     pub udp_addr: SocketAddr,
     /// Where the front door listens.
     pub front_addr: SocketAddr,
+    /// Where the brokers' `tls` transport is accepted (`[gateway] tls_listen`), if it is.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl GatewayHandle {
@@ -253,6 +254,10 @@ pub enum GatewayStartError {
     Udp { addr: SocketAddr, source: io::Error },
     #[error("WireGuard TCP transport listener {addr} (the UDP port, over TCP): {source}")]
     Streams { addr: SocketAddr, source: io::Error },
+    #[error("WireGuard TLS transport listener {addr} (gateway.tls_listen): {source}")]
+    TlsListen { addr: SocketAddr, source: io::Error },
+    #[error("gateway.tls_cert / gateway.tls_key: {0}")]
+    TlsCertificate(String),
     #[error("front door {addr}: {source}")]
     Front { addr: SocketAddr, source: io::Error },
     #[error("tunnel: {0}")]
@@ -283,6 +288,8 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
             addr: udp_addr,
             source,
         })?;
+    let tls = streams::tls_listener(g)?;
+    let tls_addr = tls.as_ref().map(|t| t.2);
     let front =
         std::net::TcpListener::bind(g.front).map_err(|source| GatewayStartError::Front {
             addr: g.front,
@@ -322,6 +329,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         config: config.clone(),
         udp: socket2::Socket::from(udp),
         streams: socket2::Socket::from(streams),
+        tls: tls.map(|(l, c, _)| (l, c)),
         front: socket2::Socket::from(front),
         table,
         set,
@@ -340,6 +348,7 @@ pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewaySta
         status,
         udp_addr,
         front_addr,
+        tls_addr,
     })
 }
 
@@ -349,6 +358,8 @@ struct Seed {
     udp: socket2::Socket,
     /// The stream transport's listener, on the UDP port.
     streams: socket2::Socket,
+    /// The `tls` transport's listener and certificate (`[gateway] tls_listen`).
+    tls: Option<(socket2::Socket, Arc<rustls::ServerConfig>)>,
     front: socket2::Socket,
     table: PeerTable,
     set: StackSet,
@@ -523,7 +534,14 @@ async fn run(seed: Seed, status: Arc<GatewayStatus>, stop: Arc<AtomicBool>) {
     gw.status.running.store(true, Ordering::Relaxed);
     glommio::spawn_local(rx_loop(gw.clone())).detach();
     glommio::spawn_local(front_loop(gw.clone(), front)).detach();
-    glommio::spawn_local(stream_accept_loop(gw.clone(), streams)).detach();
+    glommio::spawn_local(stream_accept_loop(gw.clone(), streams, None)).detach();
+    if let Some((listener, config)) = seed.tls {
+        // SAFETY: as for `front`: the listener becomes the descriptor's only owner.
+        #[allow(unsafe_code)]
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        glommio::spawn_local(stream_accept_loop(gw.clone(), listener, Some(acceptor))).detach();
+    }
     glommio::spawn_local(timer_loop(gw.clone())).detach();
     driver_loop(gw.clone()).await;
     gw.status.running.store(false, Ordering::Relaxed);
@@ -607,67 +625,6 @@ async fn handle_datagram(gw: &Rc<Gw>, from: SocketAddr, datagram: &[u8], scratch
             gw.pool.borrow_mut().give(buf);
         }
     }
-}
-
-/// Most stream transport connections held at once (brokers reconnect after a close).
-const MAX_STREAMS: usize = 4096;
-
-/// Accepts brokers' stream transport connections ([`crate::transport`]) until stopped.
-async fn stream_accept_loop(gw: Rc<Gw>, listener: TcpListener) {
-    while !gw.stopped() {
-        let tcp = match listener.accept().await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(event = "gateway.stream_accept_error", error = %e);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(addr) = tcp.peer_addr() else { continue };
-        let addr = crate::runtime::udp::canonical(addr);
-        if gw.streams.borrow().len() >= MAX_STREAMS {
-            continue;
-        }
-        glommio::spawn_local(stream_conn(gw.clone(), tcp, addr)).detach();
-    }
-}
-
-/// One broker's stream: its datagrams go into the peer table as if from `addr` (the table's
-/// roaming then sends the broker's traffic back here), until EOF, an error or a framing error.
-async fn stream_conn(gw: Rc<Gw>, tcp: TcpStream, addr: SocketAddr) {
-    use futures_lite::AsyncReadExt;
-    let _ = tcp.set_nodelay(true);
-    let (mut rd, wr) = futures_lite::io::split(tcp);
-    let out = Rc::new(StreamOut::default());
-    gw.streams.borrow_mut().insert(addr, out.clone());
-    let writer = spawn_writer(out.clone(), wr);
-    let capacity = gw.pool.borrow().buf_capacity();
-    let mut dec = FrameDecoder::new(capacity);
-    let mut frame = Vec::with_capacity(capacity);
-    let mut scratch = vec![0u8; required_buffer_len(capacity)];
-    'conn: while !gw.stopped() && !out.is_closed() {
-        match rd.read(dec.space()).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => dec.filled(n),
-        }
-        loop {
-            match dec.next_frame() {
-                Ok(Some(d)) => {
-                    frame.clear();
-                    frame.extend_from_slice(d);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(event = "gateway.stream_framing_error", %addr, error = %e);
-                    break 'conn;
-                }
-            }
-            handle_datagram(&gw, addr, &frame, &mut scratch).await;
-        }
-    }
-    gw.streams.borrow_mut().remove(&addr);
-    out.close();
-    drop(writer);
 }
 
 /// Polls the netstack, accepts heartbeat connections, encrypts and sends its packets.
@@ -870,8 +827,10 @@ mod front;
 mod heads;
 mod idle;
 mod reload;
+mod streams;
 
 use conn::{TunnelConn, died, open};
 use front::front_loop;
 use heads::{HeadFailure, ResponseBody, ResponseHead, read_request_head, read_response_head};
 use reload::{apply_reload, settle_drained};
+use streams::stream_accept_loop;
