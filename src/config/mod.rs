@@ -445,10 +445,7 @@ impl Default for Log {
 /// `[netstack]`: how the tunnel's TCP behaves on the path to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Netstack {
-    /// Congestion controller of every tunnel connection. Default BBR-like: over `perf/wan.sh`
-    /// (issue 19) it is the controller that keeps downloads within 1.25× of the kernel's CUBIC
-    /// at every loss rate; CUBIC reads random loss as congestion and fell to a third of the
-    /// kernel's rate at 0.1 % (where its first loss fell early) and to ~0.6× at 3 %.
+    /// Congestion controller of every tunnel connection.
     pub congestion: Congestion,
     /// Most a connection's receive buffer (the upload window) may grow to, bytes.
     pub rx_buffer_max: usize,
@@ -459,7 +456,7 @@ pub struct Netstack {
 impl Default for Netstack {
     fn default() -> Self {
         Self {
-            congestion: Congestion::Bbr,
+            congestion: Congestion::Cubic,
             // 1 Gbit/s over 32 ms; buffers grow to it only where the path needs it.
             rx_buffer_max: 4 << 20,
             tx_buffer_max: 4 << 20,
