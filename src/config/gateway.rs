@@ -313,29 +313,7 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
     let listen: Option<Addr> = s.req(ctx, "listen");
     let address: Option<IpAddr> = s.req(ctx, "address");
     let front: Option<Addr> = s.req(ctx, "front");
-    let tls_listen: Option<Addr> = s.opt(ctx, "tls_listen");
-    let tls_cert: Option<PathBuf> = s.opt(ctx, "tls_cert");
-    let tls_key: Option<PathBuf> = s.opt(ctx, "tls_key");
-    match (&tls_listen, &tls_cert, &tls_key) {
-        (Some(_), Some(_), Some(_)) | (None, None, None) => {}
-        (Some(_), ..) => ctx.error(
-            &s.key("tls_listen"),
-            "needs tls_cert and tls_key (the certificate the brokers check, and its key)",
-        ),
-        (None, ..) => ctx.error(
-            &s.key("tls_listen"),
-            "tls_cert and tls_key are set but tls_listen is not",
-        ),
-    }
-    for (key, path) in [("tls_cert", &tls_cert), ("tls_key", &tls_key)] {
-        if let Some(Err(e)) = path
-            .as_ref()
-            .map(|p| (p, std::fs::metadata(p)))
-            .map(|(p, m)| m.map_err(|e| format!("cannot read {}: {e}", p.display())))
-        {
-            ctx.error(&s.key(key), e);
-        }
-    }
+    let (tls_listen, tls_cert, tls_key) = tls_listener(&mut s, ctx);
     let mtu: u16 = s.or(ctx, "mtu", Gateway::DEFAULT_MTU);
     let min_mtu = if matches!(address, Some(IpAddr::V6(_))) {
         1280
@@ -364,29 +342,7 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
     sections::positive(ctx, &s, "head_timeout", head_timeout);
     sections::positive(ctx, &s, "response_timeout", response_timeout);
     sections::positive(ctx, &s, "body_timeout", body_timeout);
-    let pool_idle_per_broker = s.or(
-        ctx,
-        "pool_idle_per_broker",
-        Gateway::DEFAULT_POOL_IDLE_PER_BROKER,
-    );
-    let pool_idle_total = s.or(ctx, "pool_idle_total", Gateway::DEFAULT_POOL_IDLE_TOTAL);
-    let pool_idle_timeout = s.or(ctx, "pool_idle_timeout", Gateway::DEFAULT_POOL_IDLE_TIMEOUT);
-    if pool_idle_total > Gateway::MAX_POOL_IDLE_TOTAL {
-        ctx.error(
-            &s.key("pool_idle_total"),
-            format!(
-                "{pool_idle_total} is above {} (half the gateway's tunnel connections)",
-                Gateway::MAX_POOL_IDLE_TOTAL
-            ),
-        );
-    }
-    if pool_idle_per_broker > pool_idle_total {
-        ctx.error(
-            &s.key("pool_idle_per_broker"),
-            format!("{pool_idle_per_broker} is above pool_idle_total ({pool_idle_total})"),
-        );
-    }
-    sections::positive(ctx, &s, "pool_idle_timeout", pool_idle_timeout);
+    let (pool_idle_per_broker, pool_idle_total, pool_idle_timeout) = pool_keys(&mut s, ctx);
     s.finish(ctx);
     let key = key?;
     Some(Gateway {
@@ -411,6 +367,66 @@ fn gateway(mut s: Section<'_>, ctx: &mut Ctx<'_>, env: &dyn SecretEnv) -> Option
         pool_idle_total,
         pool_idle_timeout,
     })
+}
+
+/// `tls_listen`, `tls_cert`, `tls_key`: all three or none; the files must exist.
+fn tls_listener(
+    s: &mut Section<'_>,
+    ctx: &mut Ctx<'_>,
+) -> (Option<Addr>, Option<PathBuf>, Option<PathBuf>) {
+    let tls_listen: Option<Addr> = s.opt(ctx, "tls_listen");
+    let tls_cert: Option<PathBuf> = s.opt(ctx, "tls_cert");
+    let tls_key: Option<PathBuf> = s.opt(ctx, "tls_key");
+    match (&tls_listen, &tls_cert, &tls_key) {
+        (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+        (Some(_), ..) => ctx.error(
+            &s.key("tls_listen"),
+            "needs tls_cert and tls_key (the certificate the brokers check, and its key)",
+        ),
+        (None, ..) => ctx.error(
+            &s.key("tls_listen"),
+            "tls_cert and tls_key are set but tls_listen is not",
+        ),
+    }
+    for (key, path) in [("tls_cert", &tls_cert), ("tls_key", &tls_key)] {
+        if let Some(Err(e)) = path
+            .as_ref()
+            .map(|p| (p, std::fs::metadata(p)))
+            .map(|(p, m)| m.map_err(|e| format!("cannot read {}: {e}", p.display())))
+        {
+            ctx.error(&s.key(key), e);
+        }
+    }
+    (tls_listen, tls_cert, tls_key)
+}
+
+/// The idle connection pool's bounds: `pool_idle_per_broker` ≤ `pool_idle_total` ≤
+/// [`Gateway::MAX_POOL_IDLE_TOTAL`], a positive `pool_idle_timeout`.
+fn pool_keys(s: &mut Section<'_>, ctx: &mut Ctx<'_>) -> (usize, usize, std::time::Duration) {
+    let pool_idle_per_broker = s.or(
+        ctx,
+        "pool_idle_per_broker",
+        Gateway::DEFAULT_POOL_IDLE_PER_BROKER,
+    );
+    let pool_idle_total = s.or(ctx, "pool_idle_total", Gateway::DEFAULT_POOL_IDLE_TOTAL);
+    let pool_idle_timeout = s.or(ctx, "pool_idle_timeout", Gateway::DEFAULT_POOL_IDLE_TIMEOUT);
+    if pool_idle_total > Gateway::MAX_POOL_IDLE_TOTAL {
+        ctx.error(
+            &s.key("pool_idle_total"),
+            format!(
+                "{pool_idle_total} is above {} (half the gateway's tunnel connections)",
+                Gateway::MAX_POOL_IDLE_TOTAL
+            ),
+        );
+    }
+    if pool_idle_per_broker > pool_idle_total {
+        ctx.error(
+            &s.key("pool_idle_per_broker"),
+            format!("{pool_idle_per_broker} is above pool_idle_total ({pool_idle_total})"),
+        );
+    }
+    sections::positive(ctx, s, "pool_idle_timeout", pool_idle_timeout);
+    (pool_idle_per_broker, pool_idle_total, pool_idle_timeout)
 }
 
 /// A tenant name is one path segment a person can type: `[A-Za-z0-9._-]`, 1 to 63 characters,
