@@ -45,7 +45,7 @@ cd "$(dirname "$0")/.."
 
 for a in "$@"; do
   case $a in
-    -h|--help) sed -n '3,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: perf/transports.sh   (settings by environment, see --help)" >&2; exit 64 ;;
   esac
 done
