@@ -266,28 +266,52 @@ pub enum GatewayStartError {
     Executor(String),
 }
 
+/// The WireGuard UDP socket and the stream transports' TCP listener ([`crate::transport`]) on
+/// the same port. With port 0 the kernel picks the UDP port, and that number may be taken on
+/// the TCP side (another process's connection): then both are dropped and the pair is tried
+/// again, up to [`PORT_PAIR_TRIES`] times.
+fn wireguard_sockets(
+    listen: SocketAddr,
+) -> Result<(std::net::UdpSocket, SocketAddr, std::net::TcpListener), GatewayStartError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let udp = std::net::UdpSocket::bind(listen).map_err(|source| GatewayStartError::Udp {
+            addr: listen,
+            source,
+        })?;
+        let udp_addr = udp.local_addr().map_err(|source| GatewayStartError::Udp {
+            addr: listen,
+            source,
+        })?;
+        match std::net::TcpListener::bind(udp_addr) {
+            Ok(streams) => return Ok((udp, udp_addr, streams)),
+            Err(e)
+                if listen.port() == 0
+                    && e.kind() == io::ErrorKind::AddrInUse
+                    && tries < PORT_PAIR_TRIES => {}
+            Err(source) => {
+                return Err(GatewayStartError::Streams {
+                    addr: udp_addr,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// How many kernel-picked UDP ports [`wireguard_sockets`] tries before giving up.
+const PORT_PAIR_TRIES: u32 = 16;
+
 /// Binds the sockets and starts the gateway's executor.
 pub fn start_gateway(config: &GatewayConfig) -> Result<GatewayHandle, GatewayStartError> {
     let g = &config.gateway;
-    let udp = std::net::UdpSocket::bind(g.listen).map_err(|source| GatewayStartError::Udp {
-        addr: g.listen,
-        source,
-    })?;
-    let udp_addr = udp.local_addr().map_err(|source| GatewayStartError::Udp {
-        addr: g.listen,
-        source,
-    })?;
+    let (udp, udp_addr, streams) = wireguard_sockets(g.listen)?;
     {
         let s = socket2::SockRef::from(&udp);
         let _ = s.set_recv_buffer_size(config.runtime.udp_recv_buffer);
         let _ = s.set_send_buffer_size(config.runtime.udp_send_buffer);
     }
-    // The stream transport ([`crate::transport`]): TCP on the WireGuard port.
-    let streams =
-        std::net::TcpListener::bind(udp_addr).map_err(|source| GatewayStartError::Streams {
-            addr: udp_addr,
-            source,
-        })?;
     let tls = streams::tls_listener(g)?;
     let tls_addr = tls.as_ref().map(|t| t.2);
     let front =
