@@ -217,7 +217,7 @@ impl Default for Status {
 pub struct PendingPeers {
     pub specs: Vec<crate::tunnel::PeerSpec>,
     /// `(peer, plan)` for every peer whose transport opens streams (none with `udp`).
-    pub streams: Vec<(crate::keys::PublicKey, crate::transport::StreamPlan)>,
+    pub streams: Vec<(crate::keys::PublicKey, crate::config::StreamPlan)>,
 }
 
 impl Status {

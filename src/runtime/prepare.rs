@@ -223,9 +223,7 @@ pub(crate) fn usable_address(
 
 /// Each peer's stream transport, for the peers whose `[wireguard] transport` opens streams (none
 /// with `udp`): what the tunnel core runs a supervisor for, at start and after a reload.
-pub(super) fn stream_plans(
-    c: &Config,
-) -> Vec<(crate::keys::PublicKey, crate::transport::StreamPlan)> {
+pub(super) fn stream_plans(c: &Config) -> Vec<(crate::keys::PublicKey, crate::config::StreamPlan)> {
     let transport = c.wireguard.transport;
     if !transport.uses_stream() {
         return Vec::new();
@@ -233,14 +231,7 @@ pub(super) fn stream_plans(
     c.wireguard
         .peers
         .iter()
-        .map(|p| {
-            let plan = crate::transport::StreamPlan {
-                transport,
-                tcp: p.tcp_stream_endpoint(),
-                tls: p.tls_stream_endpoint(),
-            };
-            (p.public_key, plan)
-        })
+        .map(|p| (p.public_key, p.stream_plan(transport)))
         .collect()
 }
 

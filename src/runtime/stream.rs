@@ -44,12 +44,12 @@ use rustls::pki_types::ServerName;
 
 use super::tunnel_core::{TunnelCore, handle_datagram};
 use super::upstream::{Conn, dial};
-use crate::config::Endpoint;
+use crate::config::{Endpoint, StreamPlan};
 use crate::keys::PublicKey;
 use crate::transport::frame::{self, FrameDecoder};
 use crate::transport::{
-    Backoff, Carrier, STALL_AFTER, StallWatch, StreamPlan, SwitchReason, Transport,
-    UDP_PROBE_EVERY, UdpVerdict, auto_next,
+    Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY,
+    UdpVerdict, auto_next,
 };
 use crate::tunnel::{PeerId, required_buffer_len};
 use crate::upstream::proxy::ProxySettings;

@@ -20,11 +20,11 @@ use glommio::net::UdpSocket;
 use super::link::{Msg, Rx, Tx};
 use super::stream::{Carriers, StreamSettings, Supervisor};
 use super::udp::{self, RecvBatch, SendBatch};
+use crate::config::StreamPlan;
 use crate::keys::PublicKey;
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
-use crate::transport::StreamPlan;
 use crate::tunnel::{
     PeerEvent, PeerId, PeerTable, Received, RestartReason, Sent, TICK_INTERVAL, required_buffer_len,
 };

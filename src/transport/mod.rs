@@ -12,8 +12,7 @@
 //!
 //! ## What is here
 //!
-//! * [`Transport`]: the `[wireguard] transport` setting (`udp`, `tcp`, `tls`, `auto`);
-//!   [`StreamPlan`]: where one peer's stream connects.
+//! * [`Transport`]: the `[wireguard] transport` setting (`udp`, `tcp`, `tls`, `auto`).
 //! * [`Carrier`]: what carries a peer's datagrams now; [`auto_next`]: which stream `auto` tries
 //!   after one failed (TCP, then TLS, then TCP again...).
 //! * [`frame`]: the framing, with a decoder whose buffer is bounded by the largest datagram.
@@ -27,18 +26,6 @@ pub mod tls;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-
-/// Where and how one peer's stream connects: what its supervisor in `runtime::stream` is
-/// started with. Built from the configuration on the control thread (at start, and by a reload
-/// for the tunnel core to follow); a changed plan restarts the peer's supervisor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamPlan {
-    pub transport: Transport,
-    /// `tcp_endpoint`, or the peer's UDP endpoint.
-    pub tcp: crate::config::Endpoint,
-    /// `tls_endpoint`, or the UDP endpoint's host on port 443.
-    pub tls: crate::config::Endpoint,
-}
 
 /// `[wireguard] transport`: how datagrams reach the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
