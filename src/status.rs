@@ -193,7 +193,7 @@ pub struct Status {
     reload_payload: Mutex<Option<Arc<ReloadPayload>>>,
     /// New peers for the tunnel core (a reload changed `[[wireguard.peers]]`), taken by its
     /// timer tick.
-    pending_peers: Mutex<Option<Vec<crate::tunnel::PeerSpec>>>,
+    pending_peers: Mutex<Option<PendingPeers>>,
     /// The reload generation each shard has applied.
     reload_applied: Vec<AtomicU64>,
     /// Each shard's server counters, copied in with its beat (~100 ms) and merged at scrape.
@@ -209,6 +209,15 @@ impl Default for Status {
     fn default() -> Self {
         Self::new(1)
     }
+}
+
+/// A reload's `[[wireguard.peers]]` for the tunnel core: the peer table's specs and, apart (the
+/// table stays transport-agnostic), the stream transport of each peer that uses one.
+#[derive(Debug)]
+pub struct PendingPeers {
+    pub specs: Vec<crate::tunnel::PeerSpec>,
+    /// `(peer, plan)` for every peer whose transport opens streams (none with `udp`).
+    pub streams: Vec<(crate::keys::PublicKey, crate::config::StreamPlan)>,
 }
 
 impl Status {
@@ -309,14 +318,14 @@ impl Status {
     }
 
     /// Leaves new peers for the tunnel core (the latest wins if it has not taken the last).
-    pub fn set_pending_peers(&self, peers: Vec<crate::tunnel::PeerSpec>) {
+    pub fn set_pending_peers(&self, peers: PendingPeers) {
         if let Ok(mut p) = self.pending_peers.lock() {
             *p = Some(peers);
         }
     }
 
     /// The peers a reload left for the tunnel core, once.
-    pub fn take_pending_peers(&self) -> Option<Vec<crate::tunnel::PeerSpec>> {
+    pub fn take_pending_peers(&self) -> Option<PendingPeers> {
         self.pending_peers.lock().ok()?.take()
     }
 

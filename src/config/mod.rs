@@ -209,6 +209,27 @@ impl Peer {
     /// A keepalive after 20 s of silence keeps the mappings of NATs and stateful firewalls on the
     /// way out open, so the gateway can reach the broker at any time.
     pub const DEFAULT_PERSISTENT_KEEPALIVE: u16 = 20;
+
+    /// The peer's stream plan under `transport`.
+    pub fn stream_plan(&self, transport: crate::transport::Transport) -> StreamPlan {
+        StreamPlan {
+            transport,
+            tcp: self.tcp_stream_endpoint(),
+            tls: self.tls_stream_endpoint(),
+        }
+    }
+}
+
+/// Where and how one peer's stream connects: what its supervisor in `runtime::stream` is
+/// started with ([`Peer::stream_plan`]). Built on the control thread (at start, and by a reload
+/// for the tunnel core to follow); a changed plan restarts the peer's supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPlan {
+    pub transport: crate::transport::Transport,
+    /// `tcp_endpoint`, or the peer's UDP endpoint.
+    pub tcp: Endpoint,
+    /// `tls_endpoint`, or the UDP endpoint's host on port 443.
+    pub tls: Endpoint,
 }
 
 /// A `host:port` endpoint; the host may be a DNS name, re-resolved when handshakes keep failing.

@@ -43,18 +43,11 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         outbound,
     } = old;
     [
-        // Peers are applied (the peer table is reconfigured in place); the broker's own key,
-        // tunnel address, UDP port and MTU are built into the socket, the table and every
-        // shard's stack.
+        // Peers are applied (the peer table is reconfigured in place, and each peer's stream
+        // supervisor follows: started, stopped or restarted with its new endpoints); the
+        // broker's own key, tunnel address, UDP port and MTU are built into the socket, the
+        // table and every shard's stack.
         ("wireguard", wireguard_restart(wireguard, &new.wireguard)),
-        // The TCP stream of each peer (transport `tcp` or `auto`) is planned at start, one per
-        // peer in start order: a peer added by a reload is reached over UDP only, a removed one
-        // keeps its stream, a moved stream endpoint is not followed, until a restart.
-        (
-            "wireguard.peers (stream transport)",
-            wireguard.transport != crate::transport::Transport::Udp
-                && stream_plan(wireguard) != stream_plan(&new.wireguard),
-        ),
         // Timeouts and limits are applied to connections opened from now on; the port is the
         // listener every shard's stack was built with.
         (
@@ -120,7 +113,7 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         transport,
         ca_files,
         proxy,
-        // Applied by the reload (`PeerTable::reconfigure`); their streams: see `stream_plan`.
+        // Applied by the reload (`PeerTable::reconfigure`; the stream supervisors follow).
         peers: _,
     } = old;
     *private_key != new.private_key
@@ -132,20 +125,6 @@ fn wireguard_restart(old: &super::WireGuard, new: &super::WireGuard) -> bool {
         || *transport != new.transport
         || *ca_files != new.ca_files
         || *proxy != new.proxy
-}
-
-/// What the stream transport was started with: each peer's key and stream endpoints, in order.
-fn stream_plan(w: &super::WireGuard) -> Vec<(String, String, String)> {
-    w.peers
-        .iter()
-        .map(|p| {
-            (
-                p.public_key.to_string(),
-                p.tcp_stream_endpoint().to_string(),
-                p.tls_stream_endpoint().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -333,13 +312,9 @@ mod tests {
             KEY_B,
         );
         assert_ne!(old.wireguard.peers, new.wireguard.peers);
-        // With `auto` (the default) an added peer's TCP stream waits for a restart...
-        assert_eq!(
-            needs_restart(&old, &new),
-            ["wireguard.peers (stream transport)"]
-        );
-        // ... over UDP alone a peer change is wholly applied; a keepalive change never
-        // touches the streams.
+        // With `auto` (the default) an added peer's stream supervisor starts with the reload,
+        // as over UDP alone; a keepalive change applies too.
+        assert_eq!(needs_restart(&old, &new), Vec::<String>::new());
         let udp = |c: &Config| {
             let mut c = c.clone();
             c.wireguard.transport = crate::transport::Transport::Udp;

@@ -165,7 +165,9 @@ impl BrokerHandle {
 
     /// Hands the tunnel core the new `[[wireguard.peers]]` when they changed (names resolved
     /// here, on the control thread); it applies them at its next timer tick (~100 ms) with
-    /// [`crate::tunnel::PeerTable::reconfigure`], keeping the session of every peer it keeps.
+    /// [`crate::tunnel::PeerTable::reconfigure`], keeping the session of every peer it keeps,
+    /// and makes each peer's stream supervisor follow its new stream plan (started for an added
+    /// peer, stopped for a removed one, restarted for a changed one; see `stream::follow`).
     fn peers_change(&self, c: &Config) {
         let Ok(mut current) = self.peers.lock() else {
             return;
@@ -174,8 +176,10 @@ impl BrokerHandle {
             return;
         }
         *current = c.wireguard.peers.clone();
-        self.status
-            .set_pending_peers(prepare::peer_specs(c, self.ipv6_socket));
+        self.status.set_pending_peers(status::PendingPeers {
+            specs: prepare::peer_specs(c, self.ipv6_socket),
+            streams: prepare::stream_plans(c),
+        });
     }
 
     /// The heartbeat to run from now on, when it (or the TLS settings it is verified with)
@@ -319,18 +323,7 @@ pub fn start(loaded: &Loaded, prepared: Prepared) -> Result<BrokerHandle, StartE
         buf_capacity: buf_capacity(c.wireguard.mtu),
         gso: c.runtime.udp_gso,
         ipv6_socket,
-        streams: c
-            .wireguard
-            .peers
-            .iter()
-            .map(|p| {
-                Some(stream::StreamPlan {
-                    transport: c.wireguard.transport,
-                    tcp: p.tcp_stream_endpoint(),
-                    tls: p.tls_stream_endpoint(),
-                })
-            })
-            .collect(),
+        streams: prepare::stream_plans(c),
         stream_settings,
     };
     let stop = Arc::new(AtomicBool::new(false));

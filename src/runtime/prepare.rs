@@ -221,6 +221,20 @@ pub(crate) fn usable_address(
         .find(|a| ipv6_socket || a.is_ipv4())
 }
 
+/// Each peer's stream transport, for the peers whose `[wireguard] transport` opens streams (none
+/// with `udp`): what the tunnel core runs a supervisor for, at start and after a reload.
+pub(super) fn stream_plans(c: &Config) -> Vec<(crate::keys::PublicKey, crate::config::StreamPlan)> {
+    let transport = c.wireguard.transport;
+    if !transport.uses_stream() {
+        return Vec::new();
+    }
+    c.wireguard
+        .peers
+        .iter()
+        .map(|p| (p.public_key, p.stream_plan(transport)))
+        .collect()
+}
+
 pub(super) fn peer_specs(c: &Config, ipv6_socket: bool) -> Vec<PeerSpec> {
     c.wireguard
         .peers

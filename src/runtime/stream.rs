@@ -22,6 +22,13 @@
 //! socket moves it back to UDP ([`Carriers::udp_works`]) and ends the stream. Sending never
 //! blocks the tunnel core: frames queue in a bounded buffer ([`MAX_QUEUED`]) that a writer task
 //! drains; a full queue drops the datagram, as a full UDP socket buffer would.
+//!
+//! A reload's peers are followed ([`follow`], called by the tunnel core right after the peer
+//! table's `reconfigure`, with the plans built on the control thread): an added peer gets a
+//! supervisor, a removed one's is retired (its stream closed at once, its slot back to UDP), a
+//! kept peer whose plan (endpoints) changed gets a new supervisor, and an unchanged one is left
+//! alone. A retired supervisor notices within [`CHECK_EVERY`] and ends without touching a slot
+//! it no longer owns ([`Carriers::unset`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -37,7 +44,8 @@ use rustls::pki_types::ServerName;
 
 use super::tunnel_core::{TunnelCore, handle_datagram};
 use super::upstream::{Conn, dial};
-use crate::config::Endpoint;
+use crate::config::{Endpoint, StreamPlan};
+use crate::keys::PublicKey;
 use crate::transport::frame::{self, FrameDecoder};
 use crate::transport::{
     Backoff, Carrier, STALL_AFTER, StallWatch, SwitchReason, Transport, UDP_PROBE_EVERY,
@@ -64,14 +72,73 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// Where and how one peer's stream connects.
+/// A running supervisor: which peer (slot and key), with which plan, and its own stop flag.
+#[derive(Debug)]
+pub(super) struct Supervisor {
+    peer: PeerId,
+    key: PublicKey,
+    plan: StreamPlan,
+    retired: Rc<Cell<bool>>,
+}
+
+/// When a supervisor stops: the broker stops (`all`) or a reload retired it (`this`).
 #[derive(Debug, Clone)]
-pub(super) struct StreamPlan {
-    pub transport: Transport,
-    /// `tcp_endpoint`, or the peer's UDP endpoint.
-    pub tcp: Endpoint,
-    /// `tls_endpoint`, or the UDP endpoint's host on port 443.
-    pub tls: Endpoint,
+pub(super) struct Stop {
+    all: Arc<AtomicBool>,
+    this: Rc<Cell<bool>>,
+}
+
+impl Stop {
+    fn is_set(&self) -> bool {
+        self.this.get() || self.all.load(Ordering::Relaxed)
+    }
+}
+
+/// Makes the running supervisors match `wanted` (every peer whose transport opens streams, with
+/// its plan): at start, and when the tunnel core applied a reload's peers. A supervisor whose
+/// peer is gone, whose slot now holds another key, or whose plan changed is retired: it stops,
+/// its stream closes at once and the peer's slot no longer routes to it. A wanted peer without a
+/// supervisor (added, or just retired for a new plan) gets one, its slot set up first (`tcp`/
+/// `tls`: no carrier until its stream is up). A supervisor whose peer and plan are unchanged is
+/// left alone: its stream and the session on it are not disturbed.
+pub(super) fn follow(core: &Rc<TunnelCore>, wanted: Vec<(PeerId, PublicKey, StreamPlan)>) {
+    let mut running = core.supervisors.borrow_mut();
+    running.retain(|s| {
+        let keep = wanted
+            .iter()
+            .any(|(peer, key, plan)| s.peer == *peer && s.key == *key && s.plan == *plan);
+        if !keep {
+            s.retired.set(true);
+            core.carriers.release(s.peer);
+            tracing::info!(event = "wireguard.transport_supervisor_stopped", peer = %s.peer);
+        }
+        keep
+    });
+    for (peer, key, plan) in wanted {
+        if running.iter().any(|s| s.peer == peer) || !plan.transport.uses_stream() {
+            continue;
+        }
+        core.carriers.prepare(peer, plan.transport.only_stream());
+        let retired = Rc::new(Cell::new(false));
+        let stop = Stop {
+            all: core.stop.clone(),
+            this: retired.clone(),
+        };
+        glommio::spawn_local(supervise(
+            core.clone(),
+            peer,
+            plan.clone(),
+            core.stream_settings.clone(),
+            stop,
+        ))
+        .detach();
+        running.push(Supervisor {
+            peer,
+            key,
+            plan,
+            retired,
+        });
+    }
 }
 
 /// What every peer's streams connect with: the TLS client configuration of the `tls` transport
@@ -107,33 +174,54 @@ pub(super) struct Carriers {
 }
 
 impl Carriers {
-    /// Per peer in table order: `tcp` peers start with no carrier, the others on UDP.
-    pub fn new(plans: &[Option<StreamPlan>]) -> Self {
-        let slots: Vec<Slot> = plans
-            .iter()
-            .map(|p| match p {
-                Some(p) if p.transport.only_stream() => Slot::Down,
-                _ => Slot::Udp,
-            })
-            .collect();
-        let any = slots.iter().any(|s| !matches!(s, Slot::Udp));
-        Self {
-            slots: RefCell::new(slots),
-            any: Cell::new(any),
-            queue_drops: Cell::new(0),
+    /// A supervisor starts for `peer` (at start, or a reload added it or changed its plan):
+    /// with `only_stream` (`tcp`, `tls`) it has no carrier until its stream is up, else UDP.
+    /// The slots grow to the peer's index.
+    fn prepare(&self, peer: PeerId, only_stream: bool) {
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= peer.index() {
+            slots.resize(peer.index() + 1, Slot::Udp);
         }
+        if let Some(s) = slots.get_mut(peer.index()) {
+            if let Slot::Stream(out) = s {
+                out.close();
+            }
+            *s = if only_stream { Slot::Down } else { Slot::Udp };
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
     }
 
-    /// `peer`'s stream, or, with `None`, what it falls back to (`Down` for `tcp` and `tls`, else
-    /// UDP).
-    fn set(&self, peer: PeerId, out: Option<Rc<StreamOut>>, only_stream: bool) {
+    /// `peer`'s supervisor was retired (a reload removed the peer or changed its plan): its
+    /// stream, if up, is closed now and the slot goes back to UDP.
+    fn release(&self, peer: PeerId) {
         let mut slots = self.slots.borrow_mut();
         if let Some(s) = slots.get_mut(peer.index()) {
-            *s = match (out, only_stream) {
-                (Some(o), _) => Slot::Stream(o),
-                (None, true) => Slot::Down,
-                (None, false) => Slot::Udp,
-            };
+            if let Slot::Stream(out) = s {
+                out.close();
+            }
+            *s = Slot::Udp;
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
+    }
+
+    /// `peer`'s stream is `out` from now on.
+    fn set(&self, peer: PeerId, out: Rc<StreamOut>) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = slots.get_mut(peer.index()) {
+            *s = Slot::Stream(out);
+        }
+        self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
+    }
+
+    /// `peer`'s stream `out` ended: the slot falls back (`Down` for `tcp` and `tls`, else UDP),
+    /// unless it no longer holds `out` (a reload retired the supervisor; the slot may already
+    /// be another supervisor's).
+    fn unset(&self, peer: PeerId, out: &Rc<StreamOut>, only_stream: bool) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = slots.get_mut(peer.index()) {
+            if matches!(s, Slot::Stream(o) if Rc::ptr_eq(o, out)) {
+                *s = if only_stream { Slot::Down } else { Slot::Udp };
+            }
         }
         self.any.set(slots.iter().any(|s| !matches!(s, Slot::Udp)));
     }
@@ -254,12 +342,12 @@ impl StreamOut {
 }
 
 /// Runs `peer`'s stream transport until `stop` is set (see the module docs).
-pub(super) async fn supervise(
+async fn supervise(
     core: Rc<TunnelCore>,
     peer: PeerId,
     plan: StreamPlan,
     settings: Rc<StreamSettings>,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) {
     let Some(mut kind) = plan.transport.first_stream() else {
         return;
@@ -271,7 +359,7 @@ pub(super) async fn supervise(
         if plan.transport == Transport::Auto {
             // Stay on UDP while it works.
             loop {
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_set() {
                     return;
                 }
                 let attempts = core
@@ -294,6 +382,10 @@ pub(super) async fn supervise(
         };
         let worked = match connect(&settings, &connector, endpoint, kind).await {
             Ok(conn) => {
+                if stop.is_set() {
+                    // Retired while connecting: the slot is no longer this supervisor's.
+                    return;
+                }
                 let addr = conn.tcp().peer_addr().ok();
                 switched(&core, peer, kind, true, why, addr);
                 let (ended, handshaken) = run(&core, peer, plan.transport, conn, &stop).await;
@@ -332,7 +424,7 @@ pub(super) async fn supervise(
         // Back off (checking `stop`), then try again.
         let mut left = backoff.next_wait();
         while !left.is_zero() {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return;
             }
             let step = left.min(CHECK_EVERY);
@@ -483,7 +575,7 @@ async fn run(
     peer: PeerId,
     transport: Transport,
     conn: Conn,
-    stop: &AtomicBool,
+    stop: &Stop,
 ) -> (SwitchReason, bool) {
     let _ = conn.tcp().set_nodelay(true);
     let stream_addr = conn.tcp().peer_addr().ok();
@@ -493,7 +585,7 @@ async fn run(
         ..StreamOut::default()
     });
     let only_stream = transport.only_stream();
-    core.carriers.set(peer, Some(out.clone()), only_stream);
+    core.carriers.set(peer, out.clone());
     let writer = spawn_writer(out.clone(), wr);
     let handshakes = |core: &TunnelCore| {
         core.table
@@ -512,7 +604,7 @@ async fn run(
     let mut scratch = vec![0u8; required_buffer_len(capacity)];
     let mut next_probe = Instant::now() + UDP_PROBE_EVERY;
     let ended = loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_set() {
             break SwitchReason::Stopping;
         }
         if out.udp_works.get() {
@@ -573,8 +665,60 @@ async fn run(
             break SwitchReason::FramingError;
         }
     };
-    core.carriers.set(peer, None, only_stream);
+    core.carriers.unset(peer, &out, only_stream);
     out.close();
     drop(writer);
     (ended, handshakes(core) > before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(table_index: usize) -> PeerId {
+        // Handles come from a table; build one with as many peers as needed.
+        let own = crate::keys::PrivateKey::generate().expect("rng");
+        let specs = (0..=table_index)
+            .map(|i| crate::tunnel::PeerSpec {
+                public_key: crate::keys::PrivateKey::generate()
+                    .expect("rng")
+                    .public_key(),
+                preshared_key: None,
+                endpoint: None,
+                endpoint_name: None,
+                allowed_ips: vec![format!("10.9.0.{}/32", i + 1).parse().expect("net")],
+                persistent_keepalive: 0,
+            })
+            .collect();
+        let table = crate::tunnel::PeerTable::new(&own, specs, Instant::now()).expect("table");
+        table.peers().nth(table_index).expect("peer")
+    }
+
+    #[test]
+    fn a_retired_stream_never_clears_its_successors_slot() {
+        let c = Carriers::default();
+        let p = peer(2);
+        // The slots grow to a peer added beyond them; `tcp`: no carrier until a stream is up.
+        c.prepare(p, true);
+        assert_eq!(c.push(Some(p), b"x"), Some(false));
+        let old = Rc::new(StreamOut::default());
+        c.set(p, old.clone());
+        assert_eq!(c.push(Some(p), b"x"), Some(true));
+        // A reload changes the plan: the old stream is closed, its successor's slot set up.
+        c.release(p);
+        assert!(old.is_closed());
+        c.prepare(p, true);
+        let new = Rc::new(StreamOut::default());
+        c.set(p, new.clone());
+        // The old supervisor ends late: the new stream keeps the slot.
+        c.unset(p, &old, true);
+        assert_eq!(c.push(Some(p), b"y"), Some(true));
+        assert!(!new.queued.borrow().is_empty());
+        // Its own end falls back to no carrier.
+        c.unset(p, &new, true);
+        assert_eq!(c.push(Some(p), b"z"), Some(false));
+        // A removed peer's slot routes nowhere but UDP.
+        c.release(p);
+        assert_eq!(c.push(Some(p), b"z"), None);
+    }
 }

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use glommio::net::UdpSocket;
 
 use super::link::{Msg, Rx, Tx};
-use super::stream::{Carriers, StreamPlan, StreamSettings};
+use super::stream::{Carriers, StreamSettings, Supervisor};
 use super::udp::{self, RecvBatch, SendBatch};
+use crate::config::StreamPlan;
+use crate::keys::PublicKey;
 use crate::packet::{BufPool, shard_of};
 use crate::status::Status;
 use crate::telemetry::{LogThrottle, REPEAT_INTERVAL};
@@ -54,8 +56,8 @@ pub(super) struct CoreSeed {
     pub buf_capacity: usize,
     pub gso: bool,
     pub ipv6_socket: bool,
-    /// Per peer (in table order): the stream transport to supervise, if any.
-    pub streams: Vec<Option<StreamPlan>>,
+    /// The stream transport to supervise, per peer that uses one.
+    pub streams: Vec<(PublicKey, StreamPlan)>,
     /// What the streams connect with (TLS roots, proxy).
     pub stream_settings: StreamSettings,
 }
@@ -78,10 +80,14 @@ pub(super) async fn start(
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    let peers: Vec<PeerId> = seed.table.peers().collect();
-    status.peers.store(peers.len() as u64, Ordering::Relaxed);
+    status
+        .peers
+        .store(seed.table.peers().count() as u64, Ordering::Relaxed);
     let core = Rc::new(TunnelCore {
-        carriers: Carriers::new(&seed.streams),
+        carriers: Carriers::default(),
+        supervisors: RefCell::new(Vec::new()),
+        stream_settings: Rc::new(seed.stream_settings),
+        stop: stop.clone(),
         table: RefCell::new(seed.table),
         udp: UdpSocket::from(seed.udp),
         to_shards,
@@ -97,19 +103,8 @@ pub(super) async fn start(
         glommio::spawn_local(egress_loop(core.clone(), rx, i)).detach();
     }
     glommio::spawn_local(rx_loop(core.clone())).detach();
-    let settings = Rc::new(seed.stream_settings);
-    for (peer, plan) in peers.into_iter().zip(seed.streams) {
-        if let Some(plan) = plan.filter(|p| p.transport.uses_stream()) {
-            glommio::spawn_local(super::stream::supervise(
-                core.clone(),
-                peer,
-                plan,
-                settings.clone(),
-                stop.clone(),
-            ))
-            .detach();
-        }
-    }
+    let wanted = supervised(&core, seed.streams);
+    super::stream::follow(&core, wanted);
     Some(glommio::spawn_local(timer_loop(core, stop)))
 }
 
@@ -131,6 +126,26 @@ pub(super) struct TunnelCore {
     pub io: IoCounters,
     /// Peers whose datagrams go on a stream now ([`super::stream`]).
     pub carriers: Carriers,
+    /// The stream supervisors running, one per peer that uses a stream
+    /// ([`super::stream::follow`]).
+    pub supervisors: RefCell<Vec<Supervisor>>,
+    /// What the streams connect with (TLS roots, proxy).
+    pub stream_settings: Rc<StreamSettings>,
+    /// Set when the broker stops (the supervisors end too).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// `plans` (by key) with each peer's handle in the table; a key the table does not hold is
+/// skipped.
+fn supervised(
+    core: &TunnelCore,
+    plans: Vec<(PublicKey, StreamPlan)>,
+) -> Vec<(PeerId, PublicKey, StreamPlan)> {
+    let table = core.table.borrow();
+    plans
+        .into_iter()
+        .filter_map(|(key, plan)| table.peer_id(&key).map(|peer| (peer, key, plan)))
+        .collect()
 }
 
 /// The tunnel core's own counters of its batched UDP I/O.
@@ -515,18 +530,24 @@ async fn timer_loop(core: Rc<TunnelCore>, stop: Arc<AtomicBool>) {
 }
 
 /// What the control side asks of the tunnel core, checked every tick: a reload's new peers
-/// (applied with `reconfigure`; the log throttles grow with new slots) and a failed heartbeat
-/// (each dialed peer's session is probed with a fresh handshake).
+/// (applied with `reconfigure`, then the stream supervisors follow; the log throttles grow with
+/// new slots) and a failed heartbeat (each dialed peer's session is probed with a fresh
+/// handshake).
 fn control(
-    core: &TunnelCore,
+    core: &Rc<TunnelCore>,
     now: Instant,
     out: &mut [u8],
     pending: &mut Vec<(PeerId, SocketAddr, Vec<u8>)>,
     throttles: &mut Vec<LogThrottle>,
     heartbeat_failures_seen: &mut u64,
 ) {
-    if let Some(specs) = core.status.take_pending_peers() {
-        apply_peers(core, specs, now, out, pending);
+    if let Some(new) = core.status.take_pending_peers() {
+        if apply_peers(core, new.specs, now, out, pending) {
+            // Before the handshakes `reconfigure` started go out: a new `tcp` peer's slot
+            // must already hold no carrier rather than UDP.
+            let wanted = supervised(core, new.streams);
+            super::stream::follow(core, wanted);
+        }
         let slots = core
             .table
             .borrow()
@@ -558,13 +579,14 @@ fn control(
 /// Applies a reload's `[[wireguard.peers]]` to the table (see
 /// [`PeerTable::reconfigure`]): kept peers keep their sessions, so no request in flight to them
 /// notices; the outcome is logged as `config.reload` with `section = "wireguard.peers"`.
+/// Returns whether they were applied.
 fn apply_peers(
     core: &TunnelCore,
     specs: Vec<crate::tunnel::PeerSpec>,
     now: Instant,
     out: &mut [u8],
     pending: &mut Vec<(PeerId, SocketAddr, Vec<u8>)>,
-) {
+) -> bool {
     let result = core
         .table
         .borrow_mut()
@@ -587,9 +609,11 @@ fn apply_peers(
                 changed = %keys(&changes.changed),
                 "peers applied"
             );
+            true
         }
         Err(e) => {
             tracing::error!(event = "config.reload", section = "wireguard.peers", error = %e, "kept the running peers");
+            false
         }
     }
 }

@@ -181,9 +181,8 @@ fn a_reload_under_load_rereads_the_ca_file_and_fails_no_request() {
             ..
         } => {
             assert!(swapped.is_ok(), "{swapped:?}");
-            // Peers, CA file and log level applied; with the default transport (`auto`) the
-            // added and removed peers' TCP streams wait for a restart, and the reload says so.
-            assert_eq!(needs_restart, ["wireguard.peers (stream transport)"]);
+            // Peers (their stream supervisors with them), CA file and log level applied.
+            assert_eq!(needs_restart, Vec::<String>::new());
         }
         Reloaded::Invalid(e) => panic!("{e}"),
     }

@@ -1158,3 +1158,154 @@ fn the_onboarding_test_reports_which_transports_work() {
     );
     assert!(row.fix.as_deref().is_some_and(|f| f.contains("ca_files")));
 }
+
+/// A second test kit gateway (vendor address `vendor_ip`) for the broker of `s`.
+fn second_gateway(s: &Sides, vendor_ip: &str) -> (Gateway, PrivateKey) {
+    let vendor_key = PrivateKey::generate().expect("rng");
+    let gateway = Gateway::bind(&GatewayConfig::new(
+        vendor_key.clone(),
+        s.broker_key.public_key(),
+        vendor_ip.parse().expect("ip"),
+        BROKER_IP.parse().expect("ip"),
+    ))
+    .expect("gateway");
+    (gateway, vendor_key)
+}
+
+/// The broker's configuration with `transport = "tcp"` and one peer per `(vendor key, gateway,
+/// vendor address)`.
+fn tcp_config(s: &Sides, peers: &[(&PrivateKey, SocketAddr, &str)]) -> String {
+    let mut wg = WireguardToml::new(&s.broker_key, BROKER_IP).transport("tcp");
+    for (key, addr, ip) in peers {
+        wg = wg.peer(
+            PeerToml::new(key.public_key(), addr, format!("{ip}/32")).persistent_keepalive(0),
+        );
+    }
+    format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n", wg.render())
+}
+
+/// Reloads `broker` with `toml` as `SIGHUP` does (the started `[runtime]` kept); returns what
+/// still needs a restart.
+fn reload(broker: &BrokerHandle, started: &wgbroker::config::Config, toml: &str) -> Vec<String> {
+    let mut new = crate::harness::load(toml);
+    new.config.runtime = started.runtime.clone();
+    match wgbroker::service::reload(broker, started, Ok(new)) {
+        wgbroker::service::Reloaded::Loaded {
+            swapped,
+            needs_restart,
+            ..
+        } => {
+            assert!(swapped.is_ok(), "{swapped:?}");
+            needs_restart
+        }
+        wgbroker::service::Reloaded::Invalid(e) => panic!("{e}"),
+    }
+}
+
+/// `transport = "tcp"`: a reload that adds a gateway reaches it over TCP (never UDP) and serves
+/// through it without disturbing the first gateway's stream; a reload that then removes the
+/// first gateway closes its stream, and the second one keeps serving.
+#[test]
+fn a_reload_adds_and_removes_tcp_streams() {
+    const SECOND_IP: &str = "10.77.0.3";
+    let mut s = gateway();
+    let first = s.gateway.local_addr().expect("addr");
+    let (mut second, second_key) = second_gateway(&s, SECOND_IP);
+    let second_addr = second.local_addr().expect("addr");
+
+    let mut loaded = crate::harness::load(&tcp_config(&s, &[(&s.vendor_key, first, VENDOR_IP)]));
+    crate::harness::spread(&mut loaded);
+    let started = loaded.config.clone();
+    let b = wgbroker::service::start(&loaded).unwrap_or_else(|e| panic!("start: {e}"));
+    assert!(
+        s.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake over the stream"
+    );
+    healthchecks(&mut s.gateway, 2, 2);
+
+    // Add the second gateway.
+    let both = tcp_config(
+        &s,
+        &[
+            (&s.vendor_key, first, VENDOR_IP),
+            (&second_key, second_addr, SECOND_IP),
+        ],
+    );
+    assert_eq!(reload(&b, &started, &both), Vec::<String>::new());
+    assert!(
+        second.wait_handshake(Duration::from_secs(20)),
+        "the added gateway got no handshake"
+    );
+    healthchecks(&mut second, 3, 2);
+    let st = second.stream_stats().expect("streams").clone();
+    assert_eq!(st.accepted, 1, "{st:?}");
+    assert_eq!(
+        second.stats.recv_calls, 0,
+        "no datagram reached the added gateway's UDP socket"
+    );
+    // The first gateway's stream and session were left alone.
+    healthchecks(&mut s.gateway, 2, 2);
+    let st = s.gateway.stream_stats().expect("streams").clone();
+    assert_eq!(st.accepted, 1, "{st:?}");
+    assert_eq!(s.gateway.open_streams(), 1);
+
+    // Remove the first gateway: its stream closes.
+    let second_only = tcp_config(&s, &[(&second_key, second_addr, SECOND_IP)]);
+    let started = crate::harness::load(&both).config;
+    assert_eq!(reload(&b, &started, &second_only), Vec::<String>::new());
+    poll_until(
+        Duration::from_secs(10),
+        "the removed peer's stream closes",
+        || {
+            s.gateway.pump(Duration::from_millis(20)).expect("pump");
+            s.gateway.open_streams() == 0
+        },
+    );
+    healthchecks(&mut second, 2, 2);
+    assert_eq!(second.open_streams(), 1);
+    assert_eq!(second.stream_stats().expect("streams").accepted, 1);
+    b.shutdown().expect("stop");
+}
+
+/// `transport = "tcp"`: a reload that moves the peer's endpoint (its stream's with it) to
+/// another gateway with the same key closes the stream to the old one and opens one to the new,
+/// which then serves; the UDP socket stays unused.
+#[test]
+fn a_reload_moving_the_endpoint_moves_the_tcp_stream() {
+    let mut s = gateway();
+    let old = s.gateway.local_addr().expect("addr");
+    let mut moved = Gateway::bind(&GatewayConfig::new(
+        s.vendor_key.clone(),
+        s.broker_key.public_key(),
+        VENDOR_IP.parse().expect("ip"),
+        BROKER_IP.parse().expect("ip"),
+    ))
+    .expect("gateway");
+    let new = moved.local_addr().expect("addr");
+
+    let first = tcp_config(&s, &[(&s.vendor_key, old, VENDOR_IP)]);
+    let mut loaded = crate::harness::load(&first);
+    crate::harness::spread(&mut loaded);
+    let started = loaded.config.clone();
+    let b = wgbroker::service::start(&loaded).unwrap_or_else(|e| panic!("start: {e}"));
+    assert!(
+        s.gateway.wait_handshake(Duration::from_secs(20)),
+        "no handshake over the stream"
+    );
+    healthchecks(&mut s.gateway, 1, 2);
+
+    let second = tcp_config(&s, &[(&s.vendor_key, new, VENDOR_IP)]);
+    assert_eq!(reload(&b, &started, &second), Vec::<String>::new());
+    poll_until(Duration::from_secs(10), "the old stream closes", || {
+        s.gateway.pump(Duration::from_millis(20)).expect("pump");
+        s.gateway.open_streams() == 0
+    });
+    assert!(
+        moved.wait_handshake(Duration::from_secs(20)),
+        "no handshake with the gateway at the new endpoint"
+    );
+    healthchecks(&mut moved, 2, 2);
+    assert_eq!(moved.stream_stats().expect("streams").accepted, 1);
+    assert_eq!(moved.stats.recv_calls, 0, "nothing on UDP");
+    b.shutdown().expect("stop");
+}
