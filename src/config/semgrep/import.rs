@@ -276,14 +276,15 @@ fn secrets_to_files(merged: &mut Table, dir: &Path) -> Result<(), SecretsOut> {
 }
 
 /// `wgbroker import --secrets-dir`: [`import`], each inline secret written to its own file in
-/// `dir` and referenced as `{ file = ... }`. The result is validated again with the files in
-/// place (so a secret that did not survive the trip is an error, not a broken config).
+/// `dir` and referenced as `{ file = ... }`. The printed TOML is validated again as `dump`
+/// validates it (the same checks as [`import`]'s input; the secret files' contents are what
+/// the test of this function reads back).
 pub fn import_with_secret_files(
     files: &[PathBuf],
     env: &dyn SecretEnv,
     dir: &Path,
 ) -> Result<(String, Vec<ConfigError>), SecretsOut> {
-    let layers = read_layers(files).map_err(SecretsOut::Config)?;
+    let layers = crate::config::read_layers(files).map_err(SecretsOut::Config)?;
     let loaded = crate::config::load_str(&layers, crate::config::LoadMode::Policy, env)
         .map_err(SecretsOut::Config)?;
     let (mut overlay, tr) =
@@ -297,28 +298,6 @@ pub fn import_with_secret_files(
     Ok((text, loaded.warnings))
 }
 
-/// Reads every file, or says which cannot be read (all of them).
-fn read_layers(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, crate::config::ConfigErrors> {
-    let mut layers = Vec::with_capacity(files.len());
-    let mut errors = Vec::new();
-    for f in files {
-        match std::fs::read_to_string(f) {
-            Ok(text) => layers.push((f.clone(), text)),
-            Err(e) => errors.push(ConfigError {
-                file: Some(f.clone()),
-                at: None,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }),
-        }
-    }
-    if errors.is_empty() {
-        Ok(layers)
-    } else {
-        Err(crate::config::ConfigErrors(errors))
-    }
-}
-
 /// `wgbroker import`: reads `files` (Semgrep YAML, TOML overlays), validates the result as
 /// `dump` does ([`crate::config::LoadMode::Policy`]: secrets need not be readable here) and renders the
 /// merged configuration as TOML with the translation notes. Returns the TOML and the warnings.
@@ -326,7 +305,7 @@ pub fn import(
     files: &[PathBuf],
     env: &dyn SecretEnv,
 ) -> Result<(String, Vec<ConfigError>), crate::config::ConfigErrors> {
-    let layers = read_layers(files)?;
+    let layers = crate::config::read_layers(files)?;
     let loaded = crate::config::load_str(&layers, crate::config::LoadMode::Policy, env)?;
     let (overlay, tr) = overlay(&layers, env).map_err(crate::config::ConfigErrors)?;
     Ok((
