@@ -20,8 +20,9 @@
 //! * **RTT**: the minimum RTT sample of the last 10 s. When it has not been renewed for 10 s the
 //!   connection enters ProbeRtt to drain the queue and measure it again.
 //! * **Output**: pacing rate `gain × bw` (the connection's pacer enforces it, see
-//!   `conn/output.rs`) and `cwnd = cwnd_gain × BDP + 3 segments` (room for delayed and
-//!   aggregated ACKs); the window grows towards that target by what each ACK delivered, so
+//!   `conn/output.rs`) and `cwnd = cwnd_gain × BDP + 3 pacing quanta + the ACK aggregation`
+//!   (room for the pacer's bursts and for ACKs that come back in clumps, see
+//!   [`AckAggregation`]: without it a busy LAN receiver kept the window at a sliver); the window grows towards that target by what each ACK delivered, so
 //!   after a timeout it climbs back within a few round trips instead of jumping.
 //! * **Loss** is not a congestion signal: a fast recovery or a repaired tail probe changes
 //!   neither the model nor the window (the connection leaves PRR out for a controller whose
@@ -47,7 +48,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Ack, Controller};
+use super::{Ack, AckAggregation, Controller, pacing_quantum};
 
 /// Startup's pacing and window gain: 2/ln 2, the smallest gain that doubles the delivery rate
 /// every round trip.
@@ -114,6 +115,8 @@ pub struct Bbr {
     /// This round's delivered bytes and segments marked lost (startup's loss exit).
     round_delivered: u64,
     round_lost: u64,
+    /// Data acknowledged in clumps beyond the model: room the window keeps for it.
+    aggregation: AckAggregation,
 }
 
 impl Bbr {
@@ -142,6 +145,7 @@ impl Bbr {
             initial_rate: None,
             round_delivered: 0,
             round_lost: 0,
+            aggregation: AckAggregation::default(),
         }
     }
 
@@ -182,13 +186,20 @@ impl Bbr {
         MIN_CWND_SEGMENTS * self.mss
     }
 
-    /// The window the model asks for: `gain × BDP` plus three segments for delayed and
-    /// stretched ACKs (before a model exists: the initial window).
+    /// The window the model asks for: `gain × BDP` plus room for three pacing quanta (the
+    /// bursts the pacer lets out; Linux's quantization budget) and, once the pipe was filled,
+    /// for the ACKs the path aggregates ([`AckAggregation`]). Before a model exists: the
+    /// initial window.
     fn target_cwnd(&self, gain: f64) -> u64 {
-        match self.bdp() {
-            Some(bdp) => ((gain * bdp as f64) as u64 + 3 * self.mss).max(self.min_cwnd()),
-            None => self.initial_window,
+        let Some(bdp) = self.bdp() else {
+            return self.initial_window;
+        };
+        let rate = self.pacing_rate().unwrap_or(0);
+        let mut target = (gain * bdp as f64) as u64 + 3 * pacing_quantum(rate, self.mss);
+        if self.filled_pipe {
+            target += self.aggregation.extra(self.bandwidth());
         }
+        target.max(self.min_cwnd())
     }
 
     fn update_bandwidth(&mut self, ack: &Ack) {
@@ -302,9 +313,12 @@ impl Bbr {
         }
     }
 
-    /// ProbeRtt's window: half the BDP (BBRv2), at least the minimum.
+    /// ProbeRtt's window: half the BDP (BBRv2) plus three segments, at least the minimum.
     fn probe_rtt_cwnd(&self) -> u64 {
-        self.target_cwnd(0.5)
+        match self.bdp() {
+            Some(bdp) => (bdp / 2 + 3 * self.mss).max(self.min_cwnd()),
+            None => self.initial_window,
+        }
     }
 }
 
@@ -317,6 +331,8 @@ impl Controller for Bbr {
         }
         let in_flight = ack.prior_in_flight.saturating_sub(ack.bytes);
         self.update_bandwidth(ack);
+        self.aggregation
+            .on_ack(now, ack.bytes, self.bandwidth(), self.cwnd, ack.round_start);
         let expired = self.update_min_rtt(now, ack);
         self.check_full_pipe(ack);
         if ack.round_start {
@@ -449,8 +465,10 @@ mod tests {
         }
         assert_eq!(c.mode(), Mode::ProbeBw, "startup and drain are over");
         assert_eq!(c.bandwidth(), 1_000_000);
-        // BDP = 1 MB/s × 30 ms = 30 kB; cwnd = 2 × BDP + 3 segments.
-        assert_eq!(c.window(), 63_000);
+        // BDP = 1 MB/s × 30 ms = 30 kB; cwnd = 2 × BDP + three pacing quanta (two segments
+        // each at this rate) + the aggregation: each round's 21 ACKs arrive at one instant,
+        // 21 kB the model (1 kB per ms) does not explain.
+        assert_eq!(c.window(), 60_000 + 6_000 + 21_000);
         let rate = c.pacing_rate().expect("a rate");
         assert!((740_000..=1_250_000).contains(&rate), "{rate}");
     }

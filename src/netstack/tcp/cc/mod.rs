@@ -21,6 +21,7 @@
 //! pacing rate: [`Bbr`] uses both, and says with [`Controller::keeps_window_in_recovery`] that
 //! loss recovery must not cut its window.
 
+mod aggregation;
 mod bbr;
 mod cubic;
 mod hystart;
@@ -29,7 +30,17 @@ mod new_reno;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use aggregation::AckAggregation;
 pub use bbr::{Bbr, Mode as BbrMode};
+
+/// The most a paced connection sends at once: 1 ms at `rate` bytes/s, at least two segments
+/// of `mss` and at most 64 KiB (as Linux sizes its TSO bursts). The pacer (`conn/output.rs`)
+/// lets a quiet connection send one such quantum at once; BBR keeps room for three in its
+/// window, as Linux's `bbr_quantization_budget`, so that bursts never starve the flight.
+pub fn pacing_quantum(rate: u64, mss: u64) -> u64 {
+    let floor = 2 * mss;
+    ((rate as f64 * 1e-3) as u64).clamp(floor, floor.max(65536))
+}
 pub use cubic::Cubic;
 pub use new_reno::NewReno;
 

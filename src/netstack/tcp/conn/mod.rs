@@ -280,8 +280,11 @@ pub struct Conn {
     tlp_pending: bool,
     /// Pacing (`output.rs`): no data segment goes out before this instant.
     pace_at: Option<Instant>,
-    /// Data waits for `pace_at`, which is then one of the connection's deadlines.
-    pace_blocked: bool,
+    /// Data waits for the pacer: this is then one of the connection's deadlines, half a
+    /// quantum after `pace_at` (see `output.rs` `paced`).
+    pace_wake: Option<Instant>,
+    /// Half a pacing quantum at the current rate.
+    pace_slack: Duration,
     /// Delivery-rate bookkeeping (see `scoreboard::Segment`).
     delivered: u64,
     /// Non-zero while the application limits the flight: the `delivered` count that ends the
@@ -414,7 +417,8 @@ impl Conn {
             tlp: None,
             tlp_pending: false,
             pace_at: None,
-            pace_blocked: false,
+            pace_wake: None,
+            pace_slack: Duration::ZERO,
             delivered: 0,
             app_limited_until: 0,
             delivered_at: now,

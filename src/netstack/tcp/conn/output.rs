@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber, TcpTimestampRepr};
 
 use super::{Conn, Recovery, RtxTimer, State, Tlp, our_mss};
+use crate::netstack::tcp::cc::pacing_quantum;
 use crate::netstack::tcp::scoreboard::Segment;
 use crate::netstack::tcp::wire;
 
@@ -50,12 +51,15 @@ impl Conn {
     }
 
     fn emit_next(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        if self.pace_at.is_some_and(|t| t > now) {
-            // Paced out: only ACKs and probes until `pace_at`, a deadline while data waits.
-            self.pace_blocked = self.sb.next_lost().is_some() || self.sb.nxt() < self.send_end();
+        if let Some(at) = self.pace_at.filter(|&t| t > now) {
+            // Paced out: only ACKs and probes until `pace_at`. While data waits, the
+            // connection asks to be woken half a quantum later, so that a wake-up sends a
+            // burst rather than a segment (see `paced`).
+            let waits = self.sb.next_lost().is_some() || self.sb.nxt() < self.send_end();
+            self.pace_wake = waits.then_some(at + self.pace_slack);
             return self.emit_control(now, buf);
         }
-        self.pace_blocked = false;
+        self.pace_wake = None;
         if let Some(i) = self.sb.next_lost() {
             if self.sb.pipe() < self.cwnd() {
                 return self.retransmit(now, buf, i, false);
@@ -84,9 +88,13 @@ impl Conn {
 
     /// Pacing, when the controller asks for a rate ([`Bbr`](crate::netstack::tcp::cc::Bbr)):
     /// after `bytes` went out the next data segment may leave `bytes / rate` later. A
-    /// connection that was quiet keeps a credit of one quantum — 1 ms at the rate, at least
-    /// two segments and at most 64 KiB, as Linux sizes its TSO bursts — so that a poll (or a
-    /// timer that fires late) still sends a few segments at once, never a whole window.
+    /// connection that was quiet keeps a credit of one quantum ([`pacing_quantum`]: 1 ms at
+    /// the rate, at least two segments and at most 64 KiB, as Linux sizes its TSO bursts) —
+    /// a token bucket one quantum deep — so that a poll (or a timer that fires late) still
+    /// sends a few segments at once, never a whole window. A connection the pacer holds back
+    /// is woken when half a quantum has accrued, not when the next segment is due: a wake-up
+    /// per segment cost the loss-free LAN a fifth of its bulk rate in timer wake-ups (issue
+    /// 19), while half a quantum still absorbs a timer that fires late by that much.
     /// Controllers without a rate (CUBIC, NewReno) stay ACK-clocked: pacing them at
     /// `gain × cwnd / SRTT` was tried and did not help on the LAN while it broke HyStart++'s
     /// per-round delay samples.
@@ -95,10 +103,10 @@ impl Conn {
             self.pace_at = None;
             return;
         };
+        let quantum = pacing_quantum(rate, u64::from(self.opts.smss)) as f64;
         let rate = rate as f64;
-        let smss = f64::from(self.opts.smss);
-        let quantum = (rate * 1e-3).clamp(2.0 * smss, 65536.0);
         let credit = Duration::from_secs_f64(quantum / rate);
+        self.pace_slack = credit / 2;
         let floor = now.checked_sub(credit).unwrap_or(now);
         let start = self.pace_at.map_or(floor, |t| t.max(floor));
         self.pace_at = Some(start + Duration::from_secs_f64(bytes as f64 / rate));

@@ -18,7 +18,7 @@ impl Conn {
             self.keepalive_at,
             self.time_wait_until,
             self.idle_deadline(),
-            self.pace_at.filter(|_| self.pace_blocked),
+            self.pace_wake,
         ]
         .into_iter()
         .flatten()
@@ -49,9 +49,9 @@ impl Conn {
             self.ack_at = None;
             self.ack_now = true;
         }
-        if self.pace_blocked && self.pace_at.is_some_and(|t| t <= now) {
+        if self.pace_wake.is_some_and(|t| t <= now) {
             // The paced data goes out on the next `poll_transmit`.
-            self.pace_blocked = false;
+            self.pace_wake = None;
         }
         if self.reorder_at.is_some_and(|t| t <= now) {
             self.reorder_at = None;

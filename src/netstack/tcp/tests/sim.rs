@@ -210,6 +210,12 @@ pub struct LinkConfig {
     /// Probability a packet is held back by `reorder_delay`.
     pub reorder: f64,
     pub reorder_delay: Duration,
+    /// A receiving host that works in bursts (a busy CPU, GRO, wireguard-go's batches): when
+    /// non-zero, packets are handed over only when that host wakes up, at random intervals of
+    /// 0 to 2 × `batch` (seeded), so the far end reads and acknowledges in clumps and RTT
+    /// samples range from the path's to the path's plus a few `batch`es. Zero: each packet on
+    /// arrival.
+    pub batch: Duration,
     /// Scripted drops.
     pub drop: Option<DropFn>,
 }
@@ -224,6 +230,7 @@ impl Default for LinkConfig {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::ZERO,
+            batch: Duration::ZERO,
             drop: None,
         }
     }
@@ -245,6 +252,8 @@ pub struct LinkStats {
 
 struct Link {
     cfg: LinkConfig,
+    /// The receiving host's latest wake-up (see [`LinkConfig::batch`]).
+    wake: Instant,
     rng: Rng,
     busy_until: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
@@ -259,6 +268,7 @@ impl Link {
     fn new(cfg: LinkConfig, seed: u64, epoch: Instant) -> Self {
         Self {
             cfg,
+            wake: epoch,
             rng: Rng::new(seed),
             busy_until: epoch,
             queue: BinaryHeap::new(),
@@ -326,6 +336,13 @@ impl Link {
         if self.rng.chance(self.cfg.reorder) {
             arrive += self.cfg.reorder_delay;
             self.stats.reordered += 1;
+        }
+        if !self.cfg.batch.is_zero() {
+            while self.wake < arrive {
+                let gap = 2.0 * self.cfg.batch.as_secs_f64() * self.rng.unit();
+                self.wake += Duration::from_secs_f64(gap).max(Duration::from_micros(1));
+            }
+            arrive = self.wake;
         }
         if self.rng.chance(self.cfg.duplicate) {
             self.stats.duplicated += 1;
@@ -440,6 +457,9 @@ pub struct Sim {
     ba: Link,
     pub trace: Trace,
     pub tracing: bool,
+    /// Events at which A's own timer was due and no packet reached A: the wake-ups a runtime
+    /// pays for A's timers alone (a pacer that wakes per segment shows here).
+    pub a_timer_wakes: u64,
     out: Vec<Vec<u8>>,
 }
 
@@ -470,6 +490,7 @@ impl Sim {
             ba: Link::new(ba, seed ^ 0xabcd_ef01, epoch),
             trace: Trace::default(),
             tracing: true,
+            a_timer_wakes: 0,
             out: Vec::new(),
         }
     }
@@ -537,14 +558,19 @@ impl Sim {
             }
             self.b.ingest(now, &p);
         }
+        let mut a_got_packets = false;
         while let Some(p) = self.ba.pop_due(now) {
             if self.tracing {
                 self.trace.record(at, Side::B, true, false, &p);
             }
             self.a.ingest(now, &p);
+            a_got_packets = true;
         }
         if self.a.next_timeout(now).is_some_and(|t| t <= now) {
             self.a.on_timeout(now);
+            if !a_got_packets {
+                self.a_timer_wakes += 1;
+            }
         }
         if self.b.next_timeout(now).is_some_and(|t| t <= now) {
             self.b.on_timeout(now);
