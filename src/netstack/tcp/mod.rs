@@ -41,8 +41,10 @@
 //! sent after it has been delivered and `RACK.rtt + reo_wnd` has passed since it was sent;
 //! `reo_wnd` is `min_rtt / 4` until three segments are SACKed above a hole (or zero during
 //! recovery) and widens after D-SACKs show reordering. Losses at the end of a flight are found
-//! by the **tail loss probe** (2·SRTT after the last ACK). The first loss of a window cuts
-//! `ssthresh` once and **PRR** spreads the reduction over the recovery round trip;
+//! by the **tail loss probe** (2·SRTT after the last ACK); a probe that resent data cuts the
+//! window only once an ACK *beyond* it, without a D-SACK for it, shows it repaired a loss (the
+//! original's ACK, held by the peer's delayed-ACK timer, may arrive first). The first loss of
+//! a window cuts `ssthresh` once and **PRR** spreads the reduction over the recovery round trip;
 //! retransmissions go first, in offset order, and a SACKed segment is never sent again
 //! (segments keep their boundaries for life, so SACK blocks cover whole entries; a FIN
 //! segment counts as SACKed by its data). Without SACK the connection falls back to three
@@ -81,7 +83,8 @@
 //! delay, bottleneck rate with a drop-tail queue, seeded loss, duplication, reordering and
 //! scripted drops, and a trace of every packet. `tests/wan.rs` holds the acceptance
 //! scenarios; each also runs with smoltcp 0.14's socket as the sender (`tests/smol.rs`) to show
-//! the old behaviour failing. `tests/conn.rs` scripts single connections segment by segment.
+//! the old behaviour failing. `tests/conn.rs` scripts single connections segment by segment;
+//! `tests/loss.rs` holds high-loss cases and a receiver that delays its ACKs as Linux does.
 //!
 //! ## Why not a library
 //!

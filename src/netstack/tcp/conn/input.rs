@@ -474,22 +474,8 @@ impl Conn {
             self.reorder_at = wait.map(|w| now + w);
         }
 
-        // Tail loss probe episode (RFC 8985 7.4).
-        if let Some(mut t) = self.tlp.take() {
-            if dsack.is_some_and(|(s, e)| s <= t.probed.0 && t.probed.1 <= e) {
-                t.dsacked = true;
-            }
-            if self.sb.una() >= t.end {
-                if t.retransmission && !t.dsacked && self.recovery == Recovery::Open {
-                    // The probe repaired a loss: react as to one loss, without a recovery.
-                    self.cc.on_congestion_event(now, prior_pipe);
-                    self.cc.on_recovery_end(now);
-                    self.stats.tlp_recoveries += 1;
-                }
-            } else {
-                self.tlp = Some(t);
-            }
-        }
+        let pure_dup = a == prior_una && newly == 0 && seg.payload.is_empty() && !window_changed;
+        self.process_tlp_ack(now, dsack, pure_dup, prior_pipe);
 
         if self.recovery == Recovery::Open && self.sb.next_lost().is_some() {
             self.enter_fast_recovery(now, prior_pipe);
@@ -554,13 +540,49 @@ impl Conn {
                 self.rtx_at = None;
             }
             self.reorder_at = None;
-            self.tlp = None;
         } else if a > prior_una {
             self.arm_rtx(now);
         }
 
         if acked.fin {
             self.on_fin_acked(now);
+        }
+    }
+
+    /// The tail loss probe episode on one ACK (RFC 8985 7.4.2, decided as Linux does). Once
+    /// `SND.UNA` reaches the probe's end: a probe of new data, a D-SACK for the probed segment
+    /// or a pure duplicate ACK (both copies arrived) end the episode with nothing lost; an ACK
+    /// *beyond* the probe without that D-SACK means the probe repaired a loss: the window is
+    /// cut once, without a recovery. An ACK reaching exactly the probe's end decides nothing:
+    /// it may be the original's ACK, held by the receiver's delayed-ACK timer (Linux: 40 ms)
+    /// longer than the RTT so that the probe fired; the probe's D-SACK is then still on its way
+    /// (issue 19: at 15 ms × 3 % every such crossing cost 30 % of the window). The episode
+    /// stays open, and no new probe goes out, until something decides it.
+    fn process_tlp_ack(
+        &mut self,
+        now: Instant,
+        dsack: Option<(u64, u64)>,
+        pure_dup: bool,
+        prior_pipe: u64,
+    ) {
+        let Some(mut t) = self.tlp.take() else { return };
+        if dsack.is_some_and(|(s, e)| s <= t.probed.0 && t.probed.1 <= e) {
+            t.dsacked = true;
+        }
+        let una = self.sb.una();
+        if una < t.end {
+            self.tlp = Some(t);
+        } else if !t.retransmission || t.dsacked || (una == t.end && pure_dup) {
+            // Nothing was lost.
+        } else if una > t.end {
+            if self.recovery == Recovery::Open {
+                // The probe repaired a loss: react as to one loss, without a recovery.
+                self.cc.on_congestion_event(now, prior_pipe);
+                self.cc.on_recovery_end(now);
+                self.stats.tlp_recoveries += 1;
+            }
+        } else {
+            self.tlp = Some(t);
         }
     }
 
