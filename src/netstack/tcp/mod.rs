@@ -51,7 +51,11 @@
 //! duplicate ACKs and NewReno partial ACKs. The **RTO** (RFC 6298, `SRTT + max(4·RTTVAR,
 //! 200 ms)`) is the last resort: everything not SACKed is marked lost, the window collapses to
 //! one segment, and a peer that reneged on SACKed data (ACKs stop at a segment it SACKed) has
-//! its SACKs forgotten. Karn's rule applies to RTT samples; timestamps disambiguate.
+//! its SACKs forgotten. A timeout that proves **spurious** is undone, as Linux does: an ACK
+//! that echoes a timestamp from before it (Eifel, RFC 3522: the ACK path stalled), or D-SACKs
+//! for every retransmission since (the ACK that would have stopped it was lost), give the
+//! controller its window and threshold back and drop the loss marks (RFC 4015). Karn's rule
+//! applies to RTT samples; timestamps disambiguate.
 //!
 //! ## Windows and buffers
 //!
@@ -103,8 +107,9 @@
 //! ## Not yet
 //!
 //! Pacing for the loss-based controllers (only [`Bbr`] paces: its rate comes from its model);
-//! BBRv2's loss/ECN-bounded in-flight limits (see `cc/bbr.rs`); undoing spurious RTOs or fast
-//! recoveries (F-RTO, D-SACK undo); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
+//! BBRv2's loss/ECN-bounded in-flight limits (see `cc/bbr.rs`); undoing spurious fast
+//! recoveries (D-SACK undo) and F-RTO (spurious timeouts are undone by timestamps and
+//! D-SACKs; [`Bbr`] keeps the one-segment window after an undo and regrows from its model); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
 //! rule; urgent data (ignored, as by smoltcp). Whether a SYN may reopen a tuple in
 //! `TIME-WAIT` (RFC 6191) is the stack set's call. RACK's loss scan walks the segments below
 //! the most recently delivered one on every ACK during recovery (Linux keeps a list in send

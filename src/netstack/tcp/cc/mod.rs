@@ -15,7 +15,8 @@
 //!   `ssthresh` (the window recovery converges to).
 //! * [`Controller::on_recovery_end`] — recovery finished: the window becomes `ssthresh`.
 //! * [`Controller::on_rto`] — the retransmission timer fired: the window collapses to one
-//!   segment (RFC 5681), `ssthresh` is cut if this starts a new episode.
+//!   segment (RFC 5681), `ssthresh` is cut if this starts a new episode;
+//!   [`Controller::on_rto_undone`] restores both when the timeout proves spurious.
 //!
 //! The [`Ack`] sample also carries the delivery-rate sample ([`RateSample`]) and the trait a
 //! pacing rate: [`Bbr`] uses both, and says with [`Controller::keeps_window_in_recovery`] that
@@ -113,6 +114,10 @@ pub trait Controller: fmt::Debug + Send {
     /// The retransmission timer fired. `new_episode` is false when recovery was already under
     /// way for this window (then `ssthresh` stays).
     fn on_rto(&mut self, now: Instant, new_episode: bool);
+    /// The last retransmission timeout was spurious (RFC 4015): the window and threshold go
+    /// back to at least `cwnd` and `ssthresh`, what they were before it. The default keeps
+    /// what the controller has (a model-based window regrows from its model).
+    fn on_rto_undone(&mut self, _now: Instant, _cwnd: u64, _ssthresh: u64) {}
     /// Congestion window, bytes.
     fn window(&self) -> u64;
     /// Slow-start threshold, bytes (`u64::MAX` before the first loss).

@@ -95,3 +95,43 @@ fn a_probe_that_crosses_a_delayed_ack_does_not_cut_the_window() {
     assert_eq!(s.tlp_recoveries, 1);
     assert_eq!(after, before * 7 / 10);
 }
+
+#[test]
+fn a_timeout_that_a_stalled_ack_path_made_spurious_is_undone() {
+    // The ACK path stops for 400 ms (a relay or host busy elsewhere; issue 19's relay ran up
+    // to 146 ms late), longer than the RTO (SRTT + 200 ms): the probe and then the RTO fire
+    // although nothing was lost. The held ACKs then arrive, echoing the timestamps of the
+    // original transmissions (Eifel, RFC 3522): the timeout was spurious, and the window and
+    // threshold from before it come back (RFC 4015; Linux's undo). Without that, CUBIC
+    // restarts from one segment below a cut threshold.
+    let acks = LinkConfig {
+        hold: Some((300 * MS, 700 * MS)),
+        ..path(0.0, Some(12_500_000))
+    };
+    let mut sim = Sim::ours(&Config::default(), path(0.0, Some(12_500_000)), acks, 1);
+    sim.tracing = false;
+    let mut t = super::sim::Transfer::new(16 << 20);
+    let (mut before, mut after) = (None, None);
+    let mut last = 0;
+    assert!(sim.run(Duration::from_secs(60), |s| {
+        t.step(s);
+        let c = s.a.conn().expect("ours");
+        if c.stats().rtos == 1 && before.is_none() {
+            before = Some(last);
+        }
+        if s.elapsed() >= 715 * MS && after.is_none() {
+            after = Some(c.cwnd());
+        }
+        last = c.cwnd();
+        t.read == t.total
+    }));
+    let s = sim.a.conn().expect("ours").stats();
+    assert_eq!(s.rtos, 1, "the scenario: one timeout");
+    let (Some(before), Some(after)) = (before, after) else {
+        panic!("no timeout");
+    };
+    assert!(
+        after >= before,
+        "window {before} before the timeout, {after} once the held ACKs arrived"
+    );
+}

@@ -210,6 +210,9 @@ pub struct LinkConfig {
     /// Probability a packet is held back by `reorder_delay`.
     pub reorder: f64,
     pub reorder_delay: Duration,
+    /// A stall `(from, until)`, since the start: what is offered in between arrives no earlier
+    /// than `until` plus the delay, in order (a relay or host that stopped forwarding a while).
+    pub hold: Option<(Duration, Duration)>,
     /// Scripted drops.
     pub drop: Option<DropFn>,
 }
@@ -224,6 +227,7 @@ impl Default for LinkConfig {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::ZERO,
+            hold: None,
             drop: None,
         }
     }
@@ -247,6 +251,7 @@ struct Link {
     cfg: LinkConfig,
     rng: Rng,
     busy_until: Instant,
+    epoch: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
     counter: u64,
     isn: Option<u32>,
@@ -261,6 +266,7 @@ impl Link {
             cfg,
             rng: Rng::new(seed),
             busy_until: epoch,
+            epoch,
             queue: BinaryHeap::new(),
             counter: 0,
             isn: None,
@@ -323,6 +329,11 @@ impl Link {
             None => now,
         };
         let mut arrive = depart + self.cfg.delay;
+        if let Some((from, until)) = self.cfg.hold {
+            if (from..until).contains(&now.saturating_duration_since(self.epoch)) {
+                arrive = arrive.max(self.epoch + until + self.cfg.delay);
+            }
+        }
         if self.rng.chance(self.cfg.reorder) {
             arrive += self.cfg.reorder_delay;
             self.stats.reordered += 1;
