@@ -190,3 +190,48 @@ fn cubic_at_three_percent_loss_both_ways_reaches_the_mathis_rate() {
         );
     }
 }
+
+/// Ten segments, the third lost once; the ACKs dropped are B's `ack_drops` (counted from 1
+/// after the SYN-ACK). Returns A's stats and window once all is quiet.
+fn fast_recovery_with_ack_drops(ack_drops: &'static [u32]) -> (crate::netstack::tcp::Stats, u64) {
+    let mut count = 0u32;
+    let acks = LinkConfig {
+        drop: Some(Box::new(move |o| {
+            count += u32::from(!o.syn);
+            !o.syn && ack_drops.contains(&count)
+        })),
+        ..path(0.0, Some(12_500_000))
+    };
+    let data = LinkConfig {
+        drop: Some(Box::new(|o| !o.again && o.data_index == 2)),
+        ..path(0.0, Some(12_500_000))
+    };
+    let mut sim = Sim::ours(&Config::default(), data, acks, 1);
+    let mut t = Transfer {
+        total: 10 * 1268,
+        keep_open: true,
+        ..Transfer::default()
+    };
+    assert!(!sim.run(Duration::from_secs(2), |s| {
+        t.step(s);
+        false
+    }));
+    assert_eq!(t.read, t.total);
+    let c = sim.a.conn().expect("ours");
+    (c.stats(), c.cwnd())
+}
+
+#[test]
+fn a_timeout_whose_retransmission_comes_back_as_a_duplicate_is_undone() {
+    // The third segment is lost and repaired by a fast retransmission; B's ACKs for it (the
+    // ACK and the window update that follows when the application reads; B's 9th and 10th
+    // packets) are lost, so A's RTO fires and sends the segment a third time. B answers with
+    // a D-SACK for it: every retransmission since the timeout was a duplicate, nothing was
+    // lost, and A must end where it would have without the lost ACKs (the fast recovery's
+    // window), not at one segment.
+    let (clean, cwnd) = fast_recovery_with_ack_drops(&[]);
+    assert_eq!((clean.recoveries, clean.rtos), (1, 0));
+    let (s, after) = fast_recovery_with_ack_drops(&[9, 10]);
+    assert_eq!((s.recoveries, s.rtos, s.dsacks), (1, 1, 1), "the scenario");
+    assert_eq!((s.spurious_rtos, after), (1, cwnd), "undone");
+}
