@@ -210,4 +210,20 @@ mod tests {
             assert!(c.ssthresh() >= 2000, "{alg:?}: floor of two segments");
         }
     }
+
+    #[test]
+    fn an_undone_timeout_gives_back_the_window_and_threshold_it_took() {
+        for alg in [Algorithm::Cubic, Algorithm::NewReno] {
+            let t0 = Instant::now();
+            let mut c = alg.build(1000, 100_000);
+            c.on_rto(t0, true);
+            assert_eq!(c.window(), 1000, "{alg:?}");
+            assert!(c.ssthresh() < u64::MAX, "{alg:?}");
+            c.on_rto_undone(t0, 100_000, u64::MAX);
+            assert_eq!((c.window(), c.ssthresh()), (100_000, u64::MAX), "{alg:?}");
+            // Slow start goes on from there.
+            c.on_ack(t0, &ack(10_000, true));
+            assert_eq!(c.window(), 110_000, "{alg:?}");
+        }
+    }
 }
