@@ -8,11 +8,11 @@ use crate::netstack::tcp::Config;
 
 const MS: Duration = Duration::from_millis(1);
 
-/// 15 ms one way, `rate` bytes per second (or unlimited), a queue of 1 MiB, `loss` per packet.
-fn path(loss: f64, rate: Option<u64>) -> LinkConfig {
+/// 15 ms one way, 100 Mbit/s, a queue of 1 MiB, `loss` per packet.
+fn path(loss: f64) -> LinkConfig {
     LinkConfig {
         delay: 15 * MS,
-        rate,
+        rate: Some(12_500_000),
         queue: 1 << 20,
         loss,
         ..LinkConfig::default()
@@ -49,13 +49,13 @@ fn probe_crossing_a_delayed_ack(lose_third: bool) -> (crate::netstack::tcp::Stat
             first_ack &= o.syn;
             drop
         })),
-        ..path(0.0, Some(12_500_000))
+        ..path(0.0)
     };
     let data = LinkConfig {
         drop: Some(Box::new(move |o| {
             lose_third && !o.again && o.offset == 2 * 1268
         })),
-        ..path(0.0, Some(12_500_000))
+        ..path(0.0)
     };
     let mut sim = to_linux_like_receiver(data, acks, 1);
     assert!(sim.run(Duration::from_secs(1), |s| s.a.is_established()));
@@ -106,9 +106,9 @@ fn a_timeout_that_a_stalled_ack_path_made_spurious_is_undone() {
     // restarts from one segment below a cut threshold.
     let acks = LinkConfig {
         hold: Some((300 * MS, 700 * MS)),
-        ..path(0.0, Some(12_500_000))
+        ..path(0.0)
     };
-    let mut sim = Sim::ours(&Config::default(), path(0.0, Some(12_500_000)), acks, 1);
+    let mut sim = Sim::ours(&Config::default(), path(0.0), acks, 1);
     sim.tracing = false;
     let mut t = super::sim::Transfer::new(16 << 20);
     let (mut before, mut after) = (None, None);
@@ -140,7 +140,7 @@ fn a_timeout_that_a_stalled_ack_path_made_spurious_is_undone() {
 /// `total` bytes from A to a Linux-like receiver over 15 ms one way, 100 Mbit/s and `loss`
 /// per packet in both directions; prints the counters.
 fn goodput_to_linux_like(loss: f64, total: u64, seed: u64) -> f64 {
-    let link = || path(loss, Some(12_500_000));
+    let link = || path(loss);
     let mut sim = to_linux_like_receiver(link(), link(), seed);
     sim.tracing = false;
     let mut t = Transfer::new(total);
@@ -200,11 +200,11 @@ fn fast_recovery_with_ack_drops(ack_drops: &'static [u32]) -> (crate::netstack::
             count += u32::from(!o.syn);
             !o.syn && ack_drops.contains(&count)
         })),
-        ..path(0.0, Some(12_500_000))
+        ..path(0.0)
     };
     let data = LinkConfig {
         drop: Some(Box::new(|o| !o.again && o.data_index == 2)),
-        ..path(0.0, Some(12_500_000))
+        ..path(0.0)
     };
     let mut sim = Sim::ours(&Config::default(), data, acks, 1);
     let mut t = Transfer {
