@@ -412,9 +412,19 @@ fn socket_metrics(m: &mut Exposition, status: &Status) {
         t.tail_loss_probes,
     );
     m.counter(
+        "wgbroker_tunnel_tcp_probe_recoveries_total",
+        "Tail loss probes that repaired a loss and cut the window (finished connections).",
+        t.tlp_recoveries,
+    );
+    m.counter(
         "wgbroker_tunnel_tcp_timeouts_total",
         "Retransmission timeouts (finished connections).",
         t.rtos,
+    );
+    m.counter(
+        "wgbroker_tunnel_tcp_spurious_timeouts_total",
+        "Retransmission timeouts found spurious by timestamps or D-SACKs and undone (finished connections).",
+        t.spurious_rtos,
     );
     m.counter(
         "wgbroker_tunnel_syns_refused_total",

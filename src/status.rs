@@ -63,11 +63,14 @@ pub struct TunnelTables {
     /// Packet buffers on the shard's free list.
     pub idle_buffers: usize,
     /// Counters of finished connections: retransmitted segments, of which found lost without a
-    /// timeout, tail loss probes, retransmission timeouts.
+    /// timeout, tail loss probes, of which repaired a loss, retransmission timeouts, of which
+    /// found spurious and undone.
     pub retransmits: u64,
     pub fast_retransmits: u64,
     pub tail_loss_probes: u64,
+    pub tlp_recoveries: u64,
     pub rtos: u64,
+    pub spurious_rtos: u64,
     /// SYNs refused (stack full, backlog full, draining).
     pub syns_refused: u64,
 }
@@ -84,7 +87,9 @@ impl TunnelTables {
             retransmits: counters.retransmits,
             fast_retransmits: counters.fast_retransmits,
             tail_loss_probes: counters.tail_loss_probes,
+            tlp_recoveries: counters.tlp_recoveries,
             rtos: counters.rtos,
+            spurious_rtos: counters.spurious_rtos,
             syns_refused: counters.syn_reset_full + counters.syn_backlog_full,
             ..Self::default()
         };
@@ -116,7 +121,9 @@ impl TunnelTables {
             retransmits: self.retransmits + o.retransmits,
             fast_retransmits: self.fast_retransmits + o.fast_retransmits,
             tail_loss_probes: self.tail_loss_probes + o.tail_loss_probes,
+            tlp_recoveries: self.tlp_recoveries + o.tlp_recoveries,
             rtos: self.rtos + o.rtos,
+            spurious_rtos: self.spurious_rtos + o.spurious_rtos,
             syns_refused: self.syns_refused + o.syns_refused,
         }
     }

@@ -159,6 +159,10 @@ pub struct Counters {
     pub rtos: u64,
     /// Of reaped connections: fast recovery episodes.
     pub recoveries: u64,
+    /// Of reaped connections: tail loss probes that repaired a loss (each cut the window).
+    pub tlp_recoveries: u64,
+    /// Of reaped connections: retransmission timeouts found spurious and undone.
+    pub spurious_rtos: u64,
 }
 
 impl Counters {
@@ -169,6 +173,8 @@ impl Counters {
         self.tail_loss_probes += s.tail_loss_probes;
         self.rtos += s.rtos;
         self.recoveries += s.recoveries;
+        self.tlp_recoveries += s.tlp_recoveries;
+        self.spurious_rtos += s.spurious_rtos;
     }
 }
 
@@ -179,7 +185,8 @@ impl fmt::Display for Counters {
             "in={} out={} accepted={} connects={} reaped={} time_wait={} syn_reset_full={} \
              syn_backlog_full={} stray={} drops(malformed={} fragment={} not_tcp={} address={} \
              no_socket={} bad_segment={} shard={} rx_full={} dup_syn={} tx_small={}) \
-             tx_queue_full={} polls={} retransmits={} fast={} tlp={} rto={} recoveries={}",
+             tx_queue_full={} polls={} retransmits={} fast={} tlp={} tlp_recoveries={} rto={} \
+             spurious_rto={} recoveries={}",
             self.packets_in,
             self.packets_out,
             self.accepted,
@@ -204,7 +211,9 @@ impl fmt::Display for Counters {
             self.retransmits,
             self.fast_retransmits,
             self.tail_loss_probes,
+            self.tlp_recoveries,
             self.rtos,
+            self.spurious_rtos,
             self.recoveries,
         )
     }

@@ -41,15 +41,21 @@
 //! sent after it has been delivered and `RACK.rtt + reo_wnd` has passed since it was sent;
 //! `reo_wnd` is `min_rtt / 4` until three segments are SACKed above a hole (or zero during
 //! recovery) and widens after D-SACKs show reordering. Losses at the end of a flight are found
-//! by the **tail loss probe** (2·SRTT after the last ACK). The first loss of a window cuts
-//! `ssthresh` once and **PRR** spreads the reduction over the recovery round trip;
+//! by the **tail loss probe** (2·SRTT after the last ACK); a probe that resent data cuts the
+//! window only once an ACK *beyond* it, without a D-SACK for it, shows it repaired a loss (the
+//! original's ACK, held by the peer's delayed-ACK timer, may arrive first). The first loss of
+//! a window cuts `ssthresh` once and **PRR** spreads the reduction over the recovery round trip;
 //! retransmissions go first, in offset order, and a SACKed segment is never sent again
 //! (segments keep their boundaries for life, so SACK blocks cover whole entries; a FIN
 //! segment counts as SACKed by its data). Without SACK the connection falls back to three
 //! duplicate ACKs and NewReno partial ACKs. The **RTO** (RFC 6298, `SRTT + max(4·RTTVAR,
 //! 200 ms)`) is the last resort: everything not SACKed is marked lost, the window collapses to
 //! one segment, and a peer that reneged on SACKed data (ACKs stop at a segment it SACKed) has
-//! its SACKs forgotten. Karn's rule applies to RTT samples; timestamps disambiguate.
+//! its SACKs forgotten. A timeout that proves **spurious** is undone, as Linux does: an ACK
+//! that echoes a timestamp from before it (Eifel, RFC 3522: the ACK path stalled), or D-SACKs
+//! for every retransmission since (the ACK that would have stopped it was lost), give the
+//! controller its window and threshold back and drop the loss marks (RFC 4015). Karn's rule
+//! applies to RTT samples; timestamps disambiguate.
 //!
 //! ## Windows and buffers
 //!
@@ -81,7 +87,8 @@
 //! delay, bottleneck rate with a drop-tail queue, seeded loss, duplication, reordering and
 //! scripted drops, and a trace of every packet. `tests/wan.rs` holds the acceptance
 //! scenarios; each also runs with smoltcp 0.14's socket as the sender (`tests/smol.rs`) to show
-//! the old behaviour failing. `tests/conn.rs` scripts single connections segment by segment.
+//! the old behaviour failing. `tests/conn.rs` scripts single connections segment by segment;
+//! `tests/loss.rs` holds high-loss cases and a receiver that delays its ACKs as Linux does.
 //!
 //! ## Why not a library
 //!
@@ -100,8 +107,9 @@
 //! ## Not yet
 //!
 //! Pacing for the loss-based controllers (only [`Bbr`] paces: its rate comes from its model);
-//! BBRv2's loss/ECN-bounded in-flight limits (see `cc/bbr.rs`); undoing spurious RTOs or fast
-//! recoveries (F-RTO, D-SACK undo); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
+//! BBRv2's loss/ECN-bounded in-flight limits (see `cc/bbr.rs`); undoing spurious fast
+//! recoveries (D-SACK undo) and F-RTO (spurious timeouts are undone by timestamps and
+//! D-SACKs; [`Bbr`] keeps the one-segment window after an undo and regrows from its model); ECN; SYN cookies; path MTU discovery; PAWS's 24-day idle
 //! rule; urgent data (ignored, as by smoltcp). Whether a SYN may reopen a tuple in
 //! `TIME-WAIT` (RFC 6191) is the stack set's call. RACK's loss scan walks the segments below
 //! the most recently delivered one on every ACK during recovery (Linux keeps a list in send

@@ -329,6 +329,18 @@ impl Scoreboard {
         }
     }
 
+    /// Forgets every loss mark (a retransmission timeout proved spurious): the segments count
+    /// as in flight again, once each, whether or not they were resent since.
+    pub fn clear_lost(&mut self) {
+        for i in 0..self.segs.len() {
+            if self.segs[i].flags & (LOST | RETRANS) != 0 {
+                let keep = self.segs[i].flags & SACKED;
+                self.set_flags(i, keep);
+            }
+        }
+        self.lost_hint = u64::MAX;
+    }
+
     /// The first segment that is lost and not yet retransmitted (RFC 6675 NextSeg rule 1).
     pub fn next_lost(&mut self) -> Option<usize> {
         if self.lost_hint == u64::MAX {

@@ -199,6 +199,14 @@ impl Controller for Cubic {
         self.cwnd = self.mss;
     }
 
+    fn on_rto_undone(&mut self, _now: Instant, cwnd: u64, ssthresh: u64) {
+        // As Linux: window and threshold come back; `W_max` stays where the timeout put it
+        // and a new epoch starts from the restored window.
+        self.cwnd = self.cwnd.max(cwnd as f64);
+        self.ssthresh = self.ssthresh.max(ssthresh);
+        self.epoch = None;
+    }
+
     fn window(&self) -> u64 {
         self.cwnd as u64
     }

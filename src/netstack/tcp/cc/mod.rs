@@ -15,7 +15,8 @@
 //!   `ssthresh` (the window recovery converges to).
 //! * [`Controller::on_recovery_end`] — recovery finished: the window becomes `ssthresh`.
 //! * [`Controller::on_rto`] — the retransmission timer fired: the window collapses to one
-//!   segment (RFC 5681), `ssthresh` is cut if this starts a new episode.
+//!   segment (RFC 5681), `ssthresh` is cut if this starts a new episode;
+//!   [`Controller::on_rto_undone`] restores both when the timeout proves spurious.
 //!
 //! The [`Ack`] sample also carries the delivery-rate sample ([`RateSample`]) and the trait a
 //! pacing rate: [`Bbr`] uses both, and says with [`Controller::keeps_window_in_recovery`] that
@@ -124,6 +125,10 @@ pub trait Controller: fmt::Debug + Send {
     /// The retransmission timer fired. `new_episode` is false when recovery was already under
     /// way for this window (then `ssthresh` stays).
     fn on_rto(&mut self, now: Instant, new_episode: bool);
+    /// The last retransmission timeout was spurious (RFC 4015): the window and threshold go
+    /// back to at least `cwnd` and `ssthresh`, what they were before it. The default keeps
+    /// what the controller has (a model-based window regrows from its model).
+    fn on_rto_undone(&mut self, _now: Instant, _cwnd: u64, _ssthresh: u64) {}
     /// Congestion window, bytes.
     fn window(&self) -> u64;
     /// Slow-start threshold, bytes (`u64::MAX` before the first loss).
@@ -214,6 +219,22 @@ mod tests {
             assert_eq!(c.ssthresh(), expect, "{alg:?}: same episode keeps ssthresh");
             c.on_rto(t0, true);
             assert!(c.ssthresh() >= 2000, "{alg:?}: floor of two segments");
+        }
+    }
+
+    #[test]
+    fn an_undone_timeout_gives_back_the_window_and_threshold_it_took() {
+        for alg in [Algorithm::Cubic, Algorithm::NewReno] {
+            let t0 = Instant::now();
+            let mut c = alg.build(1000, 100_000);
+            c.on_rto(t0, true);
+            assert_eq!(c.window(), 1000, "{alg:?}");
+            assert!(c.ssthresh() < u64::MAX, "{alg:?}");
+            c.on_rto_undone(t0, 100_000, u64::MAX);
+            assert_eq!((c.window(), c.ssthresh()), (100_000, u64::MAX), "{alg:?}");
+            // Slow start goes on from there.
+            c.on_ack(t0, &ack(10_000, true));
+            assert_eq!(c.window(), 110_000, "{alg:?}");
         }
     }
 }

@@ -67,6 +67,11 @@ impl Controller for NewReno {
         self.cwnd = self.mss;
     }
 
+    fn on_rto_undone(&mut self, _now: Instant, cwnd: u64, ssthresh: u64) {
+        self.cwnd = self.cwnd.max(cwnd);
+        self.ssthresh = self.ssthresh.max(ssthresh);
+    }
+
     fn window(&self) -> u64 {
         self.cwnd
     }

@@ -351,11 +351,17 @@ impl Conn {
         // retransmission that lands above a hole always carries an older echo, and RACK would
         // never learn from the very probes meant to trigger it. Linux omits it likewise.
         let spurious = |s: &Segment| now.saturating_duration_since(s.sent_at) < min_rtt;
+        // For the cumulative part the echo test is sound: the echo is the timestamp of the
+        // segment that moved `RCV.NXT`, so an echo older than a retransmission it covers means
+        // an earlier copy was delivered (after a spurious timeout, the originals' ACKs).
+        let echoed_before = echo.and_then(|e| self.ts_sent_before(now, e));
+        let cum_spurious =
+            |s: &Segment| spurious(s) || echoed_before.is_some_and(|t| t <= s.sent_at);
         // In offset order (cumulative ACK first, then the blocks from the lowest): RACK takes a
         // segment delivered below the highest one delivered *before this ACK* as reordered.
         let acked = if a > prior_una {
             self.sb.ack(a, |seg| {
-                note_delivery(&mut d, &mut self.rack, now, seg, spurious)
+                note_delivery(&mut d, &mut self.rack, now, seg, cum_spurious)
             })
         } else {
             Default::default()
@@ -441,6 +447,8 @@ impl Conn {
             }
         }
 
+        self.check_rto_undo(now, a, prior_una, echoed_before, dsack);
+
         // Leave recovery once everything outstanding at its start is acknowledged.
         let mut exited = false;
         match self.recovery {
@@ -452,6 +460,9 @@ impl Conn {
             Recovery::Timeout { point } if a >= point => {
                 self.recovery = Recovery::Open;
                 exited = true;
+                if let Some(u) = self.rto_undo.as_mut() {
+                    u.ended = Some(self.sb.nxt());
+                }
             }
             _ => {}
         }
@@ -474,22 +485,8 @@ impl Conn {
             self.reorder_at = wait.map(|w| now + w);
         }
 
-        // Tail loss probe episode (RFC 8985 7.4).
-        if let Some(mut t) = self.tlp.take() {
-            if dsack.is_some_and(|(s, e)| s <= t.probed.0 && t.probed.1 <= e) {
-                t.dsacked = true;
-            }
-            if self.sb.una() >= t.end {
-                if t.retransmission && !t.dsacked && self.recovery == Recovery::Open {
-                    // The probe repaired a loss: react as to one loss, without a recovery.
-                    self.cc.on_congestion_event(now, prior_pipe);
-                    self.cc.on_recovery_end(now);
-                    self.stats.tlp_recoveries += 1;
-                }
-            } else {
-                self.tlp = Some(t);
-            }
-        }
+        let pure_dup = a == prior_una && newly == 0 && seg.payload.is_empty() && !window_changed;
+        self.process_tlp_ack(now, dsack, pure_dup, prior_pipe);
 
         if self.recovery == Recovery::Open && self.sb.next_lost().is_some() {
             self.enter_fast_recovery(now, prior_pipe);
@@ -554,13 +551,102 @@ impl Conn {
                 self.rtx_at = None;
             }
             self.reorder_at = None;
-            self.tlp = None;
         } else if a > prior_una {
             self.arm_rtx(now);
         }
 
         if acked.fin {
             self.on_fin_acked(now);
+        }
+    }
+
+    /// Spurious retransmission timeouts (RFC 3522 / RFC 4015, as Linux undoes them): during
+    /// the timeout's recovery, an ACK advancing `SND.UNA` with an echo older than the timeout
+    /// answers an original transmission (the ACK path stalled, nothing was lost); and once
+    /// D-SACKs have reported every retransmission since the timeout as a duplicate (the ACK
+    /// that would have stopped it was lost), nothing was lost either. Then the controller
+    /// gets its window and threshold back, the loss marks go (no go-back-N of delivered
+    /// data; RACK marks again what really is lost), and an interrupted fast recovery resumes.
+    /// The record lives until one round after the timeout's recovery ended.
+    fn check_rto_undo(
+        &mut self,
+        now: Instant,
+        a: u64,
+        prior_una: u64,
+        echoed_before: Option<Instant>,
+        dsack: Option<(u64, u64)>,
+    ) {
+        let Some(mut u) = self.rto_undo.take() else {
+            return;
+        };
+        if u.ended.is_some_and(|end| a > end) {
+            return;
+        }
+        let timeout = matches!(self.recovery, Recovery::Timeout { .. });
+        let eifel = timeout && a > prior_una && echoed_before.is_some_and(|t| t <= u.at);
+        let mut dsacked = false;
+        if let Some((s, e)) = dsack.filter(|_| u.retrans > 0) {
+            let segs = (e - s).div_ceil(u64::from(self.opts.smss).max(1));
+            u.retrans = u
+                .retrans
+                .saturating_sub(u32::try_from(segs).unwrap_or(u32::MAX));
+            dsacked = u.retrans == 0;
+        }
+        if !eifel && !dsacked {
+            self.rto_undo = Some(u);
+            return;
+        }
+        self.stats.spurious_rtos += 1;
+        self.sb.clear_lost();
+        let una = self.sb.una();
+        match u.fast_point {
+            Some(point) if timeout && una < point => {
+                self.cc.on_rto_undone(now, u.cwnd, u.ssthresh);
+                self.recovery = Recovery::Fast { point };
+            }
+            // The interrupted fast recovery is over: its reduction stands.
+            Some(_) => self.cc.on_rto_undone(now, u.ssthresh, u.ssthresh),
+            None => self.cc.on_rto_undone(now, u.cwnd, u.ssthresh),
+        }
+        if timeout && una >= u.fast_point.unwrap_or(0) {
+            self.recovery = Recovery::Open;
+        }
+    }
+
+    /// The tail loss probe episode on one ACK (RFC 8985 7.4.2, decided as Linux does). Once
+    /// `SND.UNA` reaches the probe's end: a probe of new data, a D-SACK for the probed segment
+    /// or a pure duplicate ACK (both copies arrived) end the episode with nothing lost; an ACK
+    /// *beyond* the probe without that D-SACK means the probe repaired a loss: the window is
+    /// cut once, without a recovery. An ACK reaching exactly the probe's end decides nothing:
+    /// it may be the original's ACK, held by the receiver's delayed-ACK timer (Linux: 40 ms)
+    /// longer than the RTT so that the probe fired; the probe's D-SACK is then still on its way
+    /// (issue 19: at 15 ms × 3 % every such crossing cost 30 % of the window). The episode
+    /// stays open, and no new probe goes out, until something decides it.
+    fn process_tlp_ack(
+        &mut self,
+        now: Instant,
+        dsack: Option<(u64, u64)>,
+        pure_dup: bool,
+        prior_pipe: u64,
+    ) {
+        let Some(mut t) = self.tlp.take() else { return };
+        if dsack.is_some_and(|(s, e)| s <= t.probed.0 && t.probed.1 <= e) {
+            t.dsacked = true;
+        }
+        let una = self.sb.una();
+        if una < t.end {
+            self.tlp = Some(t);
+        } else if !t.retransmission || t.dsacked || (una == t.end && pure_dup) {
+            // Nothing was lost.
+        } else if una > t.end {
+            if self.recovery == Recovery::Open {
+                // The probe repaired a loss: react as to one loss, without a recovery.
+                self.cc.on_congestion_event(now, prior_pipe);
+                self.cc.on_recovery_end(now);
+                self.stats.tlp_recoveries += 1;
+            }
+        } else {
+            self.tlp = Some(t);
         }
     }
 
@@ -602,6 +688,7 @@ impl Conn {
 
     /// The first loss of a window: cut the window and start PRR.
     pub(super) fn enter_fast_recovery(&mut self, now: Instant, prior_pipe: u64) {
+        self.rto_undo = None;
         self.cc.on_congestion_event(now, prior_pipe);
         self.prr = Prr::start(prior_pipe, self.cc.ssthresh());
         self.recovery = Recovery::Fast {

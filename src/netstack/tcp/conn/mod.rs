@@ -142,6 +142,9 @@ pub struct Stats {
     pub tail_loss_probes: u64,
     /// Retransmission timeouts.
     pub rtos: u64,
+    /// Retransmission timeouts found spurious and undone (the held ACKs or D-SACKs showed
+    /// nothing was lost).
+    pub spurious_rtos: u64,
     /// Fast recovery episodes entered.
     pub recoveries: u64,
     /// Tail loss probes that repaired a loss (their ACK carried no D-SACK).
@@ -199,6 +202,23 @@ struct Tlp {
     probed: (u64, u64),
     /// A D-SACK for the probed segment arrived: both copies got through, nothing was lost.
     dsacked: bool,
+}
+
+/// What a retransmission timeout changed, kept until it proves right or spurious (RFC 4015).
+#[derive(Debug, Clone, Copy)]
+struct RtoUndo {
+    /// When the timeout fired: an ACK advancing `SND.UNA` that echoes a timestamp sent
+    /// before answers an original transmission (Eifel detection, RFC 3522).
+    at: Instant,
+    /// The controller's window and threshold before the timeout.
+    cwnd: u64,
+    ssthresh: u64,
+    /// The fast recovery (its recovery point) the timeout interrupted, if any.
+    fast_point: Option<u64>,
+    /// Retransmissions since the timeout not yet reported as duplicates by a D-SACK.
+    retrans: u32,
+    /// `SND.NXT` when the timeout's recovery ended: an ACK beyond it ends the record.
+    ended: Option<u64>,
 }
 
 /// The peer's options as negotiated in the handshake.
@@ -278,6 +298,7 @@ pub struct Conn {
     dupacks: u32,
     tlp: Option<Tlp>,
     tlp_pending: bool,
+    rto_undo: Option<RtoUndo>,
     /// Pacing (`output.rs`): no data segment goes out before this instant.
     pace_at: Option<Instant>,
     /// Data waits for the pacer: this is then one of the connection's deadlines, half a
@@ -415,6 +436,7 @@ impl Conn {
             recovery_cwnd: 0,
             dupacks: 0,
             tlp: None,
+            rto_undo: None,
             tlp_pending: false,
             pace_at: None,
             pace_wake: None,
@@ -858,6 +880,14 @@ impl Conn {
     fn ts_now(&self, now: Instant) -> u32 {
         let ms = now.saturating_duration_since(self.created).as_millis() as u32;
         self.ts_offset.wrapping_add(ms)
+    }
+
+    /// The earliest instant whose TSval is newer than `echo` (a segment sent at or after it
+    /// was sent after the echoed one), if `echo` is one of ours and not in the future.
+    fn ts_sent_before(&self, now: Instant, echo: u32) -> Option<Instant> {
+        self.ts_age(now, echo)?;
+        let ms = echo.wrapping_sub(self.ts_offset);
+        Some(self.created + Duration::from_millis(u64::from(ms) + 1))
     }
 
     /// How long ago we sent the TSval `echo`, if it is one of ours and not in the future.

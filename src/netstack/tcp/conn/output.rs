@@ -227,6 +227,9 @@ impl Conn {
         if let Recovery::Fast { .. } = self.recovery {
             self.prr.on_sent(s.len());
         }
+        if let (Some(u), Recovery::Timeout { .. }) = (self.rto_undo.as_mut(), self.recovery) {
+            u.retrans += 1;
+        }
         if i == 0 && !probe {
             self.rtx_at = Some((now + self.rtt.rto(), RtxTimer::Rto));
         }

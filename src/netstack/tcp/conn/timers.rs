@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CloseReason, Conn, Recovery, RtxTimer, State};
+use super::{CloseReason, Conn, Recovery, RtoUndo, RtxTimer, State};
 use crate::netstack::tcp::rack::probe_timeout;
 
 impl Conn {
@@ -140,6 +140,20 @@ impl Conn {
                     self.stats.renegings += 1;
                 }
                 let new_episode = self.recovery == Recovery::Open;
+                if !matches!(self.recovery, Recovery::Timeout { .. }) {
+                    // The first timeout of an episode: remember what it changes.
+                    self.rto_undo = Some(RtoUndo {
+                        at: now,
+                        cwnd: self.cc.window(),
+                        ssthresh: self.cc.ssthresh(),
+                        fast_point: match self.recovery {
+                            Recovery::Fast { point } => Some(point),
+                            _ => None,
+                        },
+                        retrans: 0,
+                        ended: None,
+                    });
+                }
                 self.cc.on_rto(now, new_episode);
                 self.sb.mark_all_lost();
                 self.recovery = Recovery::Timeout {

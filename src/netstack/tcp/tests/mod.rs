@@ -4,6 +4,7 @@
 
 mod bbr;
 mod conn;
+mod loss;
 mod sim;
 mod smol;
 mod wan;

@@ -216,6 +216,9 @@ pub struct LinkConfig {
     /// samples range from the path's to the path's plus a few `batch`es. Zero: each packet on
     /// arrival.
     pub batch: Duration,
+    /// A stall `(from, until)`, since the start: what is offered in between arrives no earlier
+    /// than `until` plus the delay, in order (a relay or host that stopped forwarding a while).
+    pub hold: Option<(Duration, Duration)>,
     /// Scripted drops.
     pub drop: Option<DropFn>,
 }
@@ -231,6 +234,7 @@ impl Default for LinkConfig {
             reorder: 0.0,
             reorder_delay: Duration::ZERO,
             batch: Duration::ZERO,
+            hold: None,
             drop: None,
         }
     }
@@ -256,6 +260,7 @@ struct Link {
     wake: Instant,
     rng: Rng,
     busy_until: Instant,
+    epoch: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
     counter: u64,
     isn: Option<u32>,
@@ -271,6 +276,7 @@ impl Link {
             wake: epoch,
             rng: Rng::new(seed),
             busy_until: epoch,
+            epoch,
             queue: BinaryHeap::new(),
             counter: 0,
             isn: None,
@@ -333,6 +339,11 @@ impl Link {
             None => now,
         };
         let mut arrive = depart + self.cfg.delay;
+        if let Some((from, until)) = self.cfg.hold {
+            if (from..until).contains(&now.saturating_duration_since(self.epoch)) {
+                arrive = arrive.max(self.epoch + until + self.cfg.delay);
+            }
+        }
         if self.rng.chance(self.cfg.reorder) {
             arrive += self.cfg.reorder_delay;
             self.stats.reordered += 1;
