@@ -14,7 +14,11 @@
 //!
 //! * **Bandwidth**: every ACK's [`RateSample`](super::RateSample) (bytes delivered between a
 //!   segment's send and its ACK over the longer of the two intervals, `tcp_rate`'s rule) feeds a
-//!   max filter over the last 10 round trips. Samples taken while the application limited the
+//!   max filter over the last 10 round trips. A round trip ends when a segment sent after it
+//!   began is acknowledged, selectively or cumulatively (tcp_bbr's packet-timed round, from the
+//!   sample's [`prior_delivered`](super::RateSample::prior_delivered)): under random loss the
+//!   cumulative ACK stays behind a hole for as long as its repair takes, and rounds counted by
+//!   it stretched to ten RTTs while Startup overflowed a queue. Samples taken while the application limited the
 //!   flight only count when they raise the estimate (they underestimate the path otherwise);
 //!   samples over an interval shorter than the minimum RTT are discarded (ACK compression).
 //! * **RTT**: the minimum RTT sample of the last 10 s. When it has not been renewed for 10 s the
@@ -93,6 +97,9 @@ pub struct Bbr {
     /// Per-round maximum delivery rate of the last [`BW_ROUNDS`] rounds, bytes/s.
     bw_rounds: [u64; BW_ROUNDS],
     round: u64,
+    /// The delivered count at which the current round ends: a round is over once a segment
+    /// sent after it began is acknowledged (see [`Bbr::on_ack`]).
+    next_round_delivered: u64,
     min_rtt: Option<Duration>,
     min_rtt_at: Option<Instant>,
     /// Startup's full-pipe detection.
@@ -128,6 +135,7 @@ impl Bbr {
             mode: Mode::Startup,
             bw_rounds: [0; BW_ROUNDS],
             round: 0,
+            next_round_delivered: 0,
             min_rtt: None,
             min_rtt_at: None,
             full_bw: 0,
@@ -225,13 +233,11 @@ impl Bbr {
     /// Startup's exit test, once per round on samples the network (not the application)
     /// limited: the pipe is full when three rounds in a row raised the bandwidth by less than
     /// a quarter.
-    fn check_full_pipe(&mut self, ack: &Ack) {
-        if self.filled_pipe || !ack.round_start {
+    fn check_full_pipe(&mut self, ack: &Ack, round_start: bool) {
+        if self.filled_pipe || !round_start {
             return;
         }
-        if self.round_lost >= STARTUP_LOSSES
-            && self.round_lost * self.mss * STARTUP_LOSS_DIVISOR > self.round_delivered
-        {
+        if self.queue_overflowed() {
             self.filled_pipe = true;
             return;
         }
@@ -248,6 +254,13 @@ impl Bbr {
         if self.full_bw_rounds >= FULL_BW_ROUNDS {
             self.filled_pipe = true;
         }
+    }
+
+    /// Whether the round that just ended lost enough to say Startup overflowed the bottleneck
+    /// queue (see the module docs).
+    fn queue_overflowed(&self) -> bool {
+        let (lost, delivered) = (self.round_lost, self.round_delivered);
+        lost >= STARTUP_LOSSES && lost * self.mss * STARTUP_LOSS_DIVISOR > delivered
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -310,7 +323,16 @@ impl Bbr {
 
 impl Controller for Bbr {
     fn on_ack(&mut self, now: Instant, ack: &Ack) {
-        if ack.round_start {
+        // A round trip ends when a segment sent after it began is acknowledged (tcp_bbr's
+        // packet-timed round), selectively or not. The connection's `round_start` waits for the
+        // cumulative ACK instead, which a hole holds back for as long as its repair takes.
+        let round_start = ack
+            .rate
+            .is_some_and(|rs| rs.prior_delivered >= self.next_round_delivered);
+        if let Some(rs) = ack.rate.filter(|_| round_start) {
+            self.next_round_delivered = rs.prior_delivered + rs.delivered;
+        }
+        if round_start {
             self.round += 1;
             let slot = (self.round % BW_ROUNDS as u64) as usize;
             self.bw_rounds[slot] = 0;
@@ -318,8 +340,8 @@ impl Controller for Bbr {
         let in_flight = ack.prior_in_flight.saturating_sub(ack.bytes);
         self.update_bandwidth(ack);
         let expired = self.update_min_rtt(now, ack);
-        self.check_full_pipe(ack);
-        if ack.round_start {
+        self.check_full_pipe(ack, round_start);
+        if round_start {
             self.round_delivered = 0;
             self.round_lost = 0;
         }
@@ -405,14 +427,25 @@ impl Controller for Bbr {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::super::RateSample;
     use super::*;
 
     const MSS: u64 = 1000;
 
-    /// An ACK of `bytes` delivering at `bw` bytes/s over a 30 ms RTT.
+    thread_local! {
+        /// Rounds begun by [`ack`] in this test, for its segments' delivered stamps.
+        static ROUNDS: Cell<u64> = const { Cell::new(1) };
+    }
+
+    /// An ACK of `bytes` delivering at `bw` bytes/s over a 30 ms RTT; with `round_start` its
+    /// segment was sent after everything acknowledged before it (a new round), otherwise in
+    /// the current round.
     fn ack(bytes: u64, bw: u64, round_start: bool, in_flight: u64) -> Ack {
         let interval = Duration::from_millis(30);
+        let round = ROUNDS.get() + u64::from(round_start);
+        ROUNDS.set(round);
         Ack {
             bytes,
             rtt: Some(interval),
@@ -423,6 +456,8 @@ mod tests {
             rate: Some(RateSample {
                 delivered: (bw as f64 * interval.as_secs_f64()) as u64,
                 interval,
+                // Far apart, so that no round's deliveries reach the next one's stamp.
+                prior_delivered: round << 40,
                 app_limited: false,
             }),
             lost: 0,
@@ -495,17 +530,16 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Bbr::new(MSS as u32, 10 * MSS);
         let mut now = t0;
-        let mut a = ack(MSS, 1_000_000, true, 30 * MSS);
         for _ in 0..20 {
             now += Duration::from_millis(30);
-            c.on_ack(now, &a);
+            c.on_ack(now, &ack(MSS, 1_000_000, true, 30 * MSS));
         }
-        // RTT samples above the minimum from now on.
-        a.rtt = Some(Duration::from_millis(40));
         let mut entered = None;
         for i in 0..600 {
             now += Duration::from_millis(30);
-            a.prior_in_flight = MSS;
+            let mut a = ack(MSS, 1_000_000, true, 0);
+            // RTT samples above the minimum from now on.
+            a.rtt = Some(Duration::from_millis(40));
             c.on_ack(now, &a);
             if c.mode() == Mode::ProbeRtt && entered.is_none() {
                 entered = Some(i);
