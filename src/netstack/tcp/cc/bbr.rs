@@ -1,15 +1,15 @@
 //! A model-based controller in the manner of BBR (v1, draft-cardwell-iccrg-bbr-congestion-control
-//! 00/02, with two BBRv2 elements): instead of reading loss as congestion it measures the path —
+//! 00/02, with two BBRv2/v3 elements): instead of reading loss as congestion it measures the path —
 //! the bottleneck bandwidth (a windowed maximum of delivery-rate samples) and the propagation
 //! delay (a windowed minimum of RTT samples) — and sends at that rate with about one
 //! bandwidth-delay product (BDP) in flight.
 //!
 //! ```text
-//!   Startup ──(bw grew < 25 % for 3 rounds)──► Drain ──(in flight ≤ BDP)──► ProbeBw ◄─┐
-//!      ▲  pacing 2.89×, cwnd 2.89×BDP            pacing 1/2.89          gains 1.25, 0.75,  │
-//!      │                                                                1×6, one phase per │
-//!      │                                                                min RTT            │
-//!      └──────── ProbeRtt (no new min RTT for 10 s: cwnd ½ BDP for 200 ms + a round) ──────┘
+//!   Startup ──(bw grew < 25 % for 3 rounds, ──► Drain ──(in flight ≤ BDP)──► ProbeBw ◄───────┐
+//!      ▲       or a round's loss jumped)           pacing 1/2.89          gains 1.25, 0.75,  │
+//!      │  pacing 2.89×, cwnd 2.89×BDP                                     1×6, one phase per │
+//!      │                                                                  min RTT            │
+//!      └──────── ProbeRtt (no new min RTT for 10 s: cwnd ½ BDP for 200 ms + a round) ────────┘
 //! ```
 //!
 //! * **Bandwidth**: every ACK's [`RateSample`](super::RateSample) (bytes delivered between a
@@ -18,9 +18,10 @@
 //!   began is acknowledged, selectively or cumulatively (tcp_bbr's packet-timed round, from the
 //!   sample's [`prior_delivered`](super::RateSample::prior_delivered)): under random loss the
 //!   cumulative ACK stays behind a hole for as long as its repair takes, and rounds counted by
-//!   it stretched to ten RTTs while Startup overflowed a queue. Samples taken while the application limited the
-//!   flight only count when they raise the estimate (they underestimate the path otherwise);
-//!   samples over an interval shorter than the minimum RTT are discarded (ACK compression).
+//!   it stretched to ten RTTs while Startup overflowed a queue. Samples taken while the
+//!   application limited the flight only count when they raise the estimate (they
+//!   underestimate the path otherwise); samples over an interval shorter than the minimum RTT
+//!   are discarded (ACK compression).
 //! * **RTT**: the minimum RTT sample of the last 10 s. When it has not been renewed for 10 s the
 //!   connection enters ProbeRtt to drain the queue and measure it again.
 //! * **Output**: pacing rate `gain × bw` (the connection's pacer enforces it, see
@@ -30,19 +31,34 @@
 //! * **Loss** is not a congestion signal: a fast recovery or a repaired tail probe changes
 //!   neither the model nor the window (the connection leaves PRR out for a controller whose
 //!   [`keeps_window_in_recovery`](super::Controller::keeps_window_in_recovery) is true), so
-//!   1 % random loss costs 1 % of the rate, not most of it as with CUBIC. A loss during the
-//!   1.25× probing phase ends that phase early (BBRv2: stop pushing once the probe hurts). A
+//!   1 % random loss costs 1 % of the rate, not most of it as with CUBIC. The 1.25× probing
+//!   phase lasts one min RTT and then ends at the first loss or once its extra quarter is in
+//!   flight (tcp_bbr's rule: without loss it may push on until the quarter fits). A
 //!   retransmission timeout collapses the window to one segment (the path may have changed);
 //!   the model survives it.
+//! * **Startup's loss exit**: BBRv1 leaves Startup only on the bandwidth plateau, three rounds
+//!   after the pipe is full: against a queue smaller than its 2.89×BDP flight it overshoots
+//!   for those rounds and spends seconds retransmitting. BBRv3 also leaves after a round that
+//!   lost more than 2 % (in at least six segments), which random loss above 2 % triggers in
+//!   the first rounds: Startup ended at a fifth of the BDP and ProbeBw's 1.25× per cycle took
+//!   seconds to make it up. Here a round ends Startup when it lost more than 2 % in at least six
+//!   segments *and* more than three times the loss rate of Startup's earlier rounds (their
+//!   losses counted three more, so that a few clean rounds of tens of segments do not set the
+//!   bar at zero). Random loss is steady from round to round — at 3 % a round of 100 segments
+//!   exceeds 9 % about once in a thousand — while the round that overflows a queue loses the
+//!   flight's excess over BDP + queue, a fifth to a half of what it sent. On a clean path the
+//!   earlier rate is zero and the rule is BBRv3's; on a lossy one it can only end Startup
+//!   sooner than BBRv1 would, never later. Alternatives measured and left: requiring a
+//!   bandwidth plateau with the loss delays the exit a round and more with a shallow queue
+//!   (the estimate still grows while the queue overflows); BBRv3's `inflight_hi` from the
+//!   overflowing flight needs the rest of v3's bounds.
 //!
 //! Taken from BBRv2/v3: the ProbeRtt window is half the BDP rather than four segments (less
-//! rate lost every 10 s), and the loss-ends-the-up-probe rule. Startup also ends after a round
-//! that lost more than 2 % of what it delivered in at least six segments (BBRv3's rule; BBRv1
-//! overshot a one-BDP queue by twice its size and spent seconds retransmitting). Not built:
-//! BBRv2's `inflight_hi` / `inflight_lo` bounds from loss and ECN rates (so on a
-//! shallow-buffered bottleneck shared with other flows this controller loses more than CUBIC
-//! would — BBRv1's known weakness), ACK-aggregation (`extra_acked`) estimation,
-//! and the randomised initial ProbeBw phase (we start in a cruise phase deterministically).
+//! rate lost every 10 s), and the loss exit from Startup above. Not built: BBRv2's
+//! `inflight_hi` / `inflight_lo` bounds from loss and ECN rates (so on a shallow-buffered
+//! bottleneck shared with other flows this controller loses more than CUBIC would — BBRv1's
+//! known weakness), ACK-aggregation (`extra_acked`) estimation, and the randomised initial
+//! ProbeBw phase (we start in a cruise phase deterministically).
 //!
 //! Why our own: the only maintained Rust implementations we found are QUIC's (`quinn-proto`'s
 //! `congestion::Bbr`, `s2n-quic`'s BBRv2), bound to their crates' path and packet-number types;
@@ -73,10 +89,19 @@ const FULL_BW_ROUNDS: u32 = 3;
 /// The smallest window, segments.
 const MIN_CWND_SEGMENTS: u64 = 4;
 /// Startup also ends after a round that lost more than 1/50 of what it delivered, in at least
-/// [`STARTUP_LOSSES`] segments (BBRv2/v3): the queue overflowed. Random loss of 1 % stays under
-/// it.
+/// [`STARTUP_LOSSES`] segments (BBRv2/v3), and more than [`STARTUP_LOSS_JUMP`] times the loss
+/// rate of Startup's earlier rounds: the queue overflowed (see the module docs).
 const STARTUP_LOSS_DIVISOR: u64 = 50;
 const STARTUP_LOSSES: u64 = 6;
+/// How many times the earlier rounds' loss rate a round must lose to be an overflow: random
+/// loss is steady, so its rounds stay near the rate (binomial spread: at 3 % a 100-segment
+/// round exceeds 9 % about once in a thousand), while the round that overflows a queue loses
+/// the flight's excess over BDP + queue, a fifth to a half of what it sent.
+const STARTUP_LOSS_JUMP: u64 = 3;
+/// Losses added to the earlier rounds' count before the comparison, so that a few clean early
+/// rounds (tens of segments, where 3 % loss shows no loss at all one time in eight) do not
+/// make the next one's random loss look like a jump.
+const STARTUP_LOSS_PRIOR: u64 = 3;
 
 /// The controller's phase. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +146,9 @@ pub struct Bbr {
     /// This round's delivered bytes and segments marked lost (startup's loss exit).
     round_delivered: u64,
     round_lost: u64,
+    /// The same, summed over Startup's earlier rounds: the path's random loss rate.
+    startup_delivered: u64,
+    startup_lost: u64,
 }
 
 impl Bbr {
@@ -150,6 +178,8 @@ impl Bbr {
             initial_rate: None,
             round_delivered: 0,
             round_lost: 0,
+            startup_delivered: 0,
+            startup_lost: 0,
         }
     }
 
@@ -257,10 +287,19 @@ impl Bbr {
     }
 
     /// Whether the round that just ended lost enough to say Startup overflowed the bottleneck
-    /// queue (see the module docs).
-    fn queue_overflowed(&self) -> bool {
+    /// queue, rather than met the path's random loss (see the module docs); adds the round to
+    /// Startup's loss history.
+    fn queue_overflowed(&mut self) -> bool {
         let (lost, delivered) = (self.round_lost, self.round_delivered);
-        lost >= STARTUP_LOSSES && lost * self.mss * STARTUP_LOSS_DIVISOR > delivered
+        let high = lost >= STARTUP_LOSSES && lost * self.mss * STARTUP_LOSS_DIVISOR > delivered;
+        // lost / delivered > JUMP × (earlier lost + PRIOR) / earlier delivered (the segment
+        // size cancels).
+        let jump = u128::from(lost) * u128::from(self.startup_delivered)
+            > u128::from(STARTUP_LOSS_JUMP * (self.startup_lost + STARTUP_LOSS_PRIOR))
+                * u128::from(delivered);
+        self.startup_lost += lost;
+        self.startup_delivered += delivered;
+        high && jump
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -488,6 +527,51 @@ mod tests {
         assert_eq!(c.window(), 63_000);
         let rate = c.pacing_rate().expect("a rate");
         assert!((740_000..=1_250_000).contains(&rate), "{rate}");
+    }
+
+    /// One Startup round of `segments` one-segment ACKs at `bw`, `lost` of them reporting a
+    /// segment marked lost.
+    fn round(c: &mut Bbr, now: &mut Instant, bw: u64, segments: u64, lost: u64) {
+        *now += Duration::from_millis(30);
+        for i in 0..segments {
+            let mut a = ack(MSS, bw, i == 0, segments * MSS);
+            a.lost = u32::from(i < lost);
+            c.on_ack(*now, &a);
+        }
+    }
+
+    #[test]
+    fn steady_random_loss_does_not_end_startup_a_jump_in_loss_does() {
+        let mut now = Instant::now();
+        let mut c = Bbr::new(MSS as u32, 10 * MSS);
+        // Bandwidth and flight doubling every round, 3 % of each round lost (rounded up): from
+        // 200 segments on, more than 2 % in at least six.
+        let mut bw = 100_000;
+        for r in 0..8 {
+            let segments = 20 << r;
+            round(&mut c, &mut now, bw, segments, (segments * 3).div_ceil(100));
+            assert_eq!(c.mode(), Mode::Startup, "round {r}");
+            bw *= 2;
+        }
+        // The queue overflows: a fifth of the round is lost.
+        round(&mut c, &mut now, bw, 5120, 1024);
+        round(&mut c, &mut now, bw, 10, 0);
+        assert_ne!(c.mode(), Mode::Startup, "an overflow ends Startup");
+
+        // Without random loss before it, 5 % of a round is a jump.
+        let mut c = Bbr::new(MSS as u32, 10 * MSS);
+        let mut bw = 100_000;
+        for r in 0..4 {
+            round(&mut c, &mut now, bw, 20 << r, 0);
+            bw *= 2;
+        }
+        round(&mut c, &mut now, bw, 200, 10);
+        round(&mut c, &mut now, bw, 10, 0);
+        assert_ne!(
+            c.mode(),
+            Mode::Startup,
+            "a clean path's first losses end Startup"
+        );
     }
 
     #[test]

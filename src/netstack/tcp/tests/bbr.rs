@@ -71,14 +71,15 @@ fn goodput_over(cfg: &Config, link: &dyn Fn() -> LinkConfig, total: u64, seed: u
     let queue_drops = sim.link_stats(Side::A).queue_drops;
     eprintln!(
         "{alg:?}, {:?} one way, {:.0} Mbit/s, queue {} B, {:.1} % loss, seed {seed}: {total} \
-         bytes in {done:?} = {:.1} % of the bottleneck; retransmits {}, queue drops \
-         {queue_drops}, RTOs {}, recoveries {}, max cwnd {}",
+         bytes in {done:?} = {:.1} % of the bottleneck; retransmits {} (D-SACKed {}), queue \
+         drops {queue_drops}, RTOs {}, recoveries {}, max cwnd {}",
         l.delay,
         bottleneck * 8e-6,
         l.queue,
         l.loss * 100.0,
         rate / bottleneck * 100.0,
         s.retransmits,
+        s.dsacks,
         s.rtos,
         s.recoveries,
         s.max_cwnd
@@ -305,15 +306,41 @@ fn the_receiver_keeps_every_segment_that_arrives_through_three_percent_loss() {
     // 3 % loss both ways over a 1.5 MB BDP: a flight of 2-3 BDPs holds about a hundred holes
     // at the receiver. Each segment the link dropped is sent again (once more if the repair is
     // lost too, rarely because of a lost ACK); many more retransmissions mean segments the
-    // receiver got but did not keep, each costing the bottleneck twice.
+    // receiver got but did not keep, each costing the bottleneck twice. The queue (four BDPs)
+    // holds all of Startup's flight: only random loss here. (A drop-tail queue that Startup's
+    // 2.89x pacing overflows drops about every other segment of a round, more stretches than
+    // the receiver holds; that costs one round's worth of extra retransmissions.)
     for seed in [1, 2] {
-        let o = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.03), 32 << 20, seed);
+        let o = goodput_over(&fat_cfg(), &|| fat_path(4 * FAT_BDP, 0.03), 32 << 20, seed);
         assert!(
             o.retransmits <= o.dropped * 5 / 4,
             "seed {seed}: {} retransmissions for {} drops ({:.0} % of the bottleneck); {o:?}",
             o.retransmits,
             o.dropped,
             o.share * 100.0
+        );
+    }
+}
+
+#[test]
+fn bbr_keeps_a_long_fat_path_busy_through_three_percent_random_loss() {
+    // Linux's BBR (v1, what `perf/wan.sh` compares with) has no loss exit from Startup and
+    // does not shrink its model for random loss: on this path 3 % loss costs it about 3 % of
+    // the rate plus the repairs (the BBR paper's goodput stays near the link rate up to ~15 %
+    // random loss). So a transfer with 3 % loss both ways must come close to the same
+    // transfer without loss — Startup included, which is a third of this one. Before: Startup
+    // ended after its first round with more than 2 % loss, at a fifth to a half of the BDP,
+    // and ProbeBw's 1.25x per cycle had not made that up by the end (seed 1: 52 % of the
+    // bottleneck against 69 % without loss).
+    let total = 32 << 20;
+    let clean = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.0), total, 1);
+    for seed in [1, 2, 3] {
+        let lossy = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.03), total, seed);
+        assert!(
+            lossy.share >= 0.85 * clean.share,
+            "seed {seed}: {:.0} % of the bottleneck with 3 % loss, {:.0} % without; {lossy:?}",
+            lossy.share * 100.0,
+            clean.share * 100.0
         );
     }
 }
