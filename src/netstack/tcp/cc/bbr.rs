@@ -1,22 +1,27 @@
 //! A model-based controller in the manner of BBR (v1, draft-cardwell-iccrg-bbr-congestion-control
-//! 00/02, with two BBRv2 elements): instead of reading loss as congestion it measures the path —
+//! 00/02, with two BBRv2/v3 elements): instead of reading loss as congestion it measures the path —
 //! the bottleneck bandwidth (a windowed maximum of delivery-rate samples) and the propagation
 //! delay (a windowed minimum of RTT samples) — and sends at that rate with about one
 //! bandwidth-delay product (BDP) in flight.
 //!
 //! ```text
-//!   Startup ──(bw grew < 25 % for 3 rounds)──► Drain ──(in flight ≤ BDP)──► ProbeBw ◄─┐
-//!      ▲  pacing 2.89×, cwnd 2.89×BDP            pacing 1/2.89          gains 1.25, 0.75,  │
-//!      │                                                                1×6, one phase per │
-//!      │                                                                min RTT            │
-//!      └──────── ProbeRtt (no new min RTT for 10 s: cwnd ½ BDP for 200 ms + a round) ──────┘
+//!   Startup ──(bw grew < 25 % for 3 rounds, ──► Drain ──(in flight ≤ BDP)──► ProbeBw ◄───────┐
+//!      ▲       or a round's loss jumped)           pacing 1/2.89          gains 1.25, 0.75,  │
+//!      │  pacing 2.89×, cwnd 2.89×BDP                                     1×6, one phase per │
+//!      │                                                                  min RTT            │
+//!      └──────── ProbeRtt (no new min RTT for 10 s: cwnd ½ BDP for 200 ms + a round) ────────┘
 //! ```
 //!
 //! * **Bandwidth**: every ACK's [`RateSample`](super::RateSample) (bytes delivered between a
 //!   segment's send and its ACK over the longer of the two intervals, `tcp_rate`'s rule) feeds a
-//!   max filter over the last 10 round trips. Samples taken while the application limited the
-//!   flight only count when they raise the estimate (they underestimate the path otherwise);
-//!   samples over an interval shorter than the minimum RTT are discarded (ACK compression).
+//!   max filter over the last 10 round trips. A round trip ends when a segment sent after it
+//!   began is acknowledged, selectively or cumulatively (tcp_bbr's packet-timed round, from the
+//!   sample's [`prior_delivered`](super::RateSample::prior_delivered)): under random loss the
+//!   cumulative ACK stays behind a hole for as long as its repair takes, and rounds counted by
+//!   it stretched to ten RTTs while Startup overflowed a queue. Samples taken while the
+//!   application limited the flight only count when they raise the estimate (they
+//!   underestimate the path otherwise); samples over an interval shorter than the minimum RTT
+//!   are discarded (ACK compression).
 //! * **RTT**: the minimum RTT sample of the last 10 s. When it has not been renewed for 10 s the
 //!   connection enters ProbeRtt to drain the queue and measure it again.
 //! * **Output**: pacing rate `gain × bw` (the connection's pacer enforces it, see
@@ -27,19 +32,34 @@
 //! * **Loss** is not a congestion signal: a fast recovery or a repaired tail probe changes
 //!   neither the model nor the window (the connection leaves PRR out for a controller whose
 //!   [`keeps_window_in_recovery`](super::Controller::keeps_window_in_recovery) is true), so
-//!   1 % random loss costs 1 % of the rate, not most of it as with CUBIC. A loss during the
-//!   1.25× probing phase ends that phase early (BBRv2: stop pushing once the probe hurts). A
+//!   1 % random loss costs 1 % of the rate, not most of it as with CUBIC. The 1.25× probing
+//!   phase lasts one min RTT and then ends at the first loss or once its extra quarter is in
+//!   flight (tcp_bbr's rule: without loss it may push on until the quarter fits). A
 //!   retransmission timeout collapses the window to one segment (the path may have changed);
 //!   the model survives it.
+//! * **Startup's loss exit**: BBRv1 leaves Startup only on the bandwidth plateau, three rounds
+//!   after the pipe is full: against a queue smaller than its 2.89×BDP flight it overshoots
+//!   for those rounds and spends seconds retransmitting. BBRv3 also leaves after a round that
+//!   lost more than 2 % (in at least six segments), which random loss above 2 % triggers in
+//!   the first rounds: Startup ended at a fifth of the BDP and ProbeBw's 1.25× per cycle took
+//!   seconds to make it up. Here a round ends Startup when it lost more than 2 % in at least six
+//!   segments *and* more than three times the loss rate of Startup's earlier rounds (their
+//!   losses counted three more, so that a few clean rounds of tens of segments do not set the
+//!   bar at zero). Random loss is steady from round to round — at 3 % a round of 100 segments
+//!   exceeds 9 % about once in a thousand — while the round that overflows a queue loses the
+//!   flight's excess over BDP + queue, a fifth to a half of what it sent. On a clean path the
+//!   earlier rate is zero and the rule is BBRv3's; on a lossy one it can only end Startup
+//!   sooner than BBRv1 would, never later. Alternatives measured and left: requiring a
+//!   bandwidth plateau with the loss delays the exit a round and more with a shallow queue
+//!   (the estimate still grows while the queue overflows); BBRv3's `inflight_hi` from the
+//!   overflowing flight needs the rest of v3's bounds.
 //!
 //! Taken from BBRv2/v3: the ProbeRtt window is half the BDP rather than four segments (less
-//! rate lost every 10 s), and the loss-ends-the-up-probe rule. Startup also ends after a round
-//! that lost more than 2 % of what it delivered in at least six segments (BBRv3's rule; BBRv1
-//! overshot a one-BDP queue by twice its size and spent seconds retransmitting). Not built:
-//! BBRv2's `inflight_hi` / `inflight_lo` bounds from loss and ECN rates (so on a
-//! shallow-buffered bottleneck shared with other flows this controller loses more than CUBIC
-//! would — BBRv1's known weakness), ACK-aggregation (`extra_acked`) estimation,
-//! and the randomised initial ProbeBw phase (we start in a cruise phase deterministically).
+//! rate lost every 10 s), and the loss exit from Startup above. Not built: BBRv2's
+//! `inflight_hi` / `inflight_lo` bounds from loss and ECN rates (so on a shallow-buffered
+//! bottleneck shared with other flows this controller loses more than CUBIC would — BBRv1's
+//! known weakness), ACK-aggregation (`extra_acked`) estimation, and the randomised initial
+//! ProbeBw phase (we start in a cruise phase deterministically).
 //!
 //! Why our own: the only maintained Rust implementations we found are QUIC's (`quinn-proto`'s
 //! `congestion::Bbr`, `s2n-quic`'s BBRv2), bound to their crates' path and packet-number types;
@@ -70,10 +90,19 @@ const FULL_BW_ROUNDS: u32 = 3;
 /// The smallest window, segments.
 const MIN_CWND_SEGMENTS: u64 = 4;
 /// Startup also ends after a round that lost more than 1/50 of what it delivered, in at least
-/// [`STARTUP_LOSSES`] segments (BBRv2/v3): the queue overflowed. Random loss of 1 % stays under
-/// it.
+/// [`STARTUP_LOSSES`] segments (BBRv2/v3), and more than [`STARTUP_LOSS_JUMP`] times the loss
+/// rate of Startup's earlier rounds: the queue overflowed (see the module docs).
 const STARTUP_LOSS_DIVISOR: u64 = 50;
 const STARTUP_LOSSES: u64 = 6;
+/// How many times the earlier rounds' loss rate a round must lose to be an overflow: random
+/// loss is steady, so its rounds stay near the rate (binomial spread: at 3 % a 100-segment
+/// round exceeds 9 % about once in a thousand), while the round that overflows a queue loses
+/// the flight's excess over BDP + queue, a fifth to a half of what it sent.
+const STARTUP_LOSS_JUMP: u64 = 3;
+/// Losses added to the earlier rounds' count before the comparison, so that a few clean early
+/// rounds (tens of segments, where 3 % loss shows no loss at all one time in eight) do not
+/// make the next one's random loss look like a jump.
+const STARTUP_LOSS_PRIOR: u64 = 3;
 
 /// The controller's phase. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +123,9 @@ pub struct Bbr {
     /// Per-round maximum delivery rate of the last [`BW_ROUNDS`] rounds, bytes/s.
     bw_rounds: [u64; BW_ROUNDS],
     round: u64,
+    /// The delivered count at which the current round ends: a round is over once a segment
+    /// sent after it began is acknowledged (see [`Bbr::on_ack`]).
+    next_round_delivered: u64,
     min_rtt: Option<Duration>,
     min_rtt_at: Option<Instant>,
     /// Startup's full-pipe detection.
@@ -117,6 +149,9 @@ pub struct Bbr {
     round_lost: u64,
     /// Data acknowledged in clumps beyond the model: room the window keeps for it.
     aggregation: AckAggregation,
+    /// The same, summed over Startup's earlier rounds: the path's random loss rate.
+    startup_delivered: u64,
+    startup_lost: u64,
 }
 
 impl Bbr {
@@ -131,6 +166,7 @@ impl Bbr {
             mode: Mode::Startup,
             bw_rounds: [0; BW_ROUNDS],
             round: 0,
+            next_round_delivered: 0,
             min_rtt: None,
             min_rtt_at: None,
             full_bw: 0,
@@ -146,6 +182,8 @@ impl Bbr {
             round_delivered: 0,
             round_lost: 0,
             aggregation: AckAggregation::default(),
+            startup_delivered: 0,
+            startup_lost: 0,
         }
     }
 
@@ -236,13 +274,11 @@ impl Bbr {
     /// Startup's exit test, once per round on samples the network (not the application)
     /// limited: the pipe is full when three rounds in a row raised the bandwidth by less than
     /// a quarter.
-    fn check_full_pipe(&mut self, ack: &Ack) {
-        if self.filled_pipe || !ack.round_start {
+    fn check_full_pipe(&mut self, ack: &Ack, round_start: bool) {
+        if self.filled_pipe || !round_start {
             return;
         }
-        if self.round_lost >= STARTUP_LOSSES
-            && self.round_lost * self.mss * STARTUP_LOSS_DIVISOR > self.round_delivered
-        {
+        if self.queue_overflowed() {
             self.filled_pipe = true;
             return;
         }
@@ -259,6 +295,22 @@ impl Bbr {
         if self.full_bw_rounds >= FULL_BW_ROUNDS {
             self.filled_pipe = true;
         }
+    }
+
+    /// Whether the round that just ended lost enough to say Startup overflowed the bottleneck
+    /// queue, rather than met the path's random loss (see the module docs); adds the round to
+    /// Startup's loss history.
+    fn queue_overflowed(&mut self) -> bool {
+        let (lost, delivered) = (self.round_lost, self.round_delivered);
+        let high = lost >= STARTUP_LOSSES && lost * self.mss * STARTUP_LOSS_DIVISOR > delivered;
+        // lost / delivered > JUMP × (earlier lost + PRIOR) / earlier delivered (the segment
+        // size cancels).
+        let jump = u128::from(lost) * u128::from(self.startup_delivered)
+            > u128::from(STARTUP_LOSS_JUMP * (self.startup_lost + STARTUP_LOSS_PRIOR))
+                * u128::from(delivered);
+        self.startup_lost += lost;
+        self.startup_delivered += delivered;
+        high && jump
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -324,7 +376,16 @@ impl Bbr {
 
 impl Controller for Bbr {
     fn on_ack(&mut self, now: Instant, ack: &Ack) {
-        if ack.round_start {
+        // A round trip ends when a segment sent after it began is acknowledged (tcp_bbr's
+        // packet-timed round), selectively or not. The connection's `round_start` waits for the
+        // cumulative ACK instead, which a hole holds back for as long as its repair takes.
+        let round_start = ack
+            .rate
+            .is_some_and(|rs| rs.prior_delivered >= self.next_round_delivered);
+        if let Some(rs) = ack.rate.filter(|_| round_start) {
+            self.next_round_delivered = rs.prior_delivered + rs.delivered;
+        }
+        if round_start {
             self.round += 1;
             let slot = (self.round % BW_ROUNDS as u64) as usize;
             self.bw_rounds[slot] = 0;
@@ -332,10 +393,10 @@ impl Controller for Bbr {
         let in_flight = ack.prior_in_flight.saturating_sub(ack.bytes);
         self.update_bandwidth(ack);
         self.aggregation
-            .on_ack(now, ack.bytes, self.bandwidth(), self.cwnd, ack.round_start);
+            .on_ack(now, ack.bytes, self.bandwidth(), self.cwnd, round_start);
         let expired = self.update_min_rtt(now, ack);
-        self.check_full_pipe(ack);
-        if ack.round_start {
+        self.check_full_pipe(ack, round_start);
+        if round_start {
             self.round_delivered = 0;
             self.round_lost = 0;
         }
@@ -421,14 +482,25 @@ impl Controller for Bbr {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::super::RateSample;
     use super::*;
 
     const MSS: u64 = 1000;
 
-    /// An ACK of `bytes` delivering at `bw` bytes/s over a 30 ms RTT.
+    thread_local! {
+        /// Rounds begun by [`ack`] in this test, for its segments' delivered stamps.
+        static ROUNDS: Cell<u64> = const { Cell::new(1) };
+    }
+
+    /// An ACK of `bytes` delivering at `bw` bytes/s over a 30 ms RTT; with `round_start` its
+    /// segment was sent after everything acknowledged before it (a new round), otherwise in
+    /// the current round.
     fn ack(bytes: u64, bw: u64, round_start: bool, in_flight: u64) -> Ack {
         let interval = Duration::from_millis(30);
+        let round = ROUNDS.get() + u64::from(round_start);
+        ROUNDS.set(round);
         Ack {
             bytes,
             rtt: Some(interval),
@@ -439,6 +511,8 @@ mod tests {
             rate: Some(RateSample {
                 delivered: (bw as f64 * interval.as_secs_f64()) as u64,
                 interval,
+                // Far apart, so that no round's deliveries reach the next one's stamp.
+                prior_delivered: round << 40,
                 app_limited: false,
             }),
             lost: 0,
@@ -471,6 +545,51 @@ mod tests {
         assert_eq!(c.window(), 60_000 + 6_000 + 21_000);
         let rate = c.pacing_rate().expect("a rate");
         assert!((740_000..=1_250_000).contains(&rate), "{rate}");
+    }
+
+    /// One Startup round of `segments` one-segment ACKs at `bw`, `lost` of them reporting a
+    /// segment marked lost.
+    fn round(c: &mut Bbr, now: &mut Instant, bw: u64, segments: u64, lost: u64) {
+        *now += Duration::from_millis(30);
+        for i in 0..segments {
+            let mut a = ack(MSS, bw, i == 0, segments * MSS);
+            a.lost = u32::from(i < lost);
+            c.on_ack(*now, &a);
+        }
+    }
+
+    #[test]
+    fn steady_random_loss_does_not_end_startup_a_jump_in_loss_does() {
+        let mut now = Instant::now();
+        let mut c = Bbr::new(MSS as u32, 10 * MSS);
+        // Bandwidth and flight doubling every round, 3 % of each round lost (rounded up): from
+        // 200 segments on, more than 2 % in at least six.
+        let mut bw = 100_000;
+        for r in 0..8 {
+            let segments = 20 << r;
+            round(&mut c, &mut now, bw, segments, (segments * 3).div_ceil(100));
+            assert_eq!(c.mode(), Mode::Startup, "round {r}");
+            bw *= 2;
+        }
+        // The queue overflows: a fifth of the round is lost.
+        round(&mut c, &mut now, bw, 5120, 1024);
+        round(&mut c, &mut now, bw, 10, 0);
+        assert_ne!(c.mode(), Mode::Startup, "an overflow ends Startup");
+
+        // Without random loss before it, 5 % of a round is a jump.
+        let mut c = Bbr::new(MSS as u32, 10 * MSS);
+        let mut bw = 100_000;
+        for r in 0..4 {
+            round(&mut c, &mut now, bw, 20 << r, 0);
+            bw *= 2;
+        }
+        round(&mut c, &mut now, bw, 200, 10);
+        round(&mut c, &mut now, bw, 10, 0);
+        assert_ne!(
+            c.mode(),
+            Mode::Startup,
+            "a clean path's first losses end Startup"
+        );
     }
 
     #[test]
@@ -513,17 +632,16 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Bbr::new(MSS as u32, 10 * MSS);
         let mut now = t0;
-        let mut a = ack(MSS, 1_000_000, true, 30 * MSS);
         for _ in 0..20 {
             now += Duration::from_millis(30);
-            c.on_ack(now, &a);
+            c.on_ack(now, &ack(MSS, 1_000_000, true, 30 * MSS));
         }
-        // RTT samples above the minimum from now on.
-        a.rtt = Some(Duration::from_millis(40));
         let mut entered = None;
         for i in 0..600 {
             now += Duration::from_millis(30);
-            a.prior_in_flight = MSS;
+            let mut a = ack(MSS, 1_000_000, true, 0);
+            // RTT samples above the minimum from now on.
+            a.rtt = Some(Duration::from_millis(40));
             c.on_ack(now, &a);
             if c.mode() == Mode::ProbeRtt && entered.is_none() {
                 entered = Some(i);

@@ -79,6 +79,10 @@ pub struct RateSample {
     pub delivered: u64,
     /// The interval the bytes were delivered over.
     pub interval: Duration,
+    /// The connection's delivered count when the sampled segment was sent (so
+    /// `prior_delivered + delivered` is the count now): a controller that counts round trips
+    /// by delivery, as BBR does, knows from it whether the segment was sent in this round.
+    pub prior_delivered: u64,
     /// The sample was taken while the application (not the network) limited the flight; such a
     /// sample underestimates the path.
     pub app_limited: bool,

@@ -411,6 +411,7 @@ impl Conn {
                     rate = Some(RateSample {
                         delivered: self.delivered - n.delivered,
                         interval,
+                        prior_delivered: n.delivered,
                         app_limited: n.app_limited,
                     });
                 }

@@ -38,37 +38,59 @@ fn path(loss: f64) -> LinkConfig {
 
 /// Goodput of a `total`-byte transfer over `path(loss)`, bytes per second.
 fn goodput(alg: Algorithm, loss: f64, total: u64, seed: u64) -> f64 {
-    goodput_on(alg, |_| path(loss), total, seed)
+    goodput_over(&cfg(alg), &|| path(loss), total, seed).rate
 }
 
-/// Goodput of a `total`-byte transfer over `link(Side::A)` (A to B) and `link(Side::B)`, bytes per second, from
-/// the first data segment (a lost SYN costs a 1 s timeout that is not the point here).
-fn goodput_on(alg: Algorithm, link: impl Fn(Side) -> LinkConfig, total: u64, seed: u64) -> f64 {
-    let ab = link(Side::A);
-    let (loss, bottleneck) = (ab.loss, ab.rate.unwrap_or(u64::MAX) as f64);
-    let mut sim = Sim::ours(&cfg(alg), ab, link(Side::B), seed);
-    sim.tracing = total <= 64 << 20;
+/// What one bulk transfer measured.
+#[derive(Debug)]
+struct Outcome {
+    /// Goodput from the first data segment to the last byte read, bytes per second.
+    rate: f64,
+    /// The same as a fraction of the bottleneck rate.
+    share: f64,
+    /// Retransmitted data segments.
+    retransmits: u64,
+    /// Packets the bottleneck queue dropped (not random loss).
+    queue_drops: u64,
+    /// Packets A sent that the link lost, randomly or at the queue.
+    dropped: u64,
+}
+
+/// A `total`-byte transfer from A to B over `link()` in both directions.
+fn goodput_over(cfg: &Config, link: &dyn Fn() -> LinkConfig, total: u64, seed: u64) -> Outcome {
+    let (l, bottleneck) = (link(), link().rate.unwrap_or(u64::MAX) as f64);
+    let alg = cfg.congestion;
+    let mut sim = Sim::ours(cfg, link(), link(), seed);
     let mut t = Transfer::new(total);
     assert!(run(&mut sim, &mut t, Duration::from_secs(600)), "{alg:?}");
     let s = sim.a.conn().expect("ours").stats();
-    let start = sim
-        .trace
-        .data_sent(Side::A)
-        .next()
-        .map_or(Duration::ZERO, |e| e.at);
+    // From the first data segment (a lost SYN costs a 1 s timeout that is not the point here).
+    let start = sim.trace.data_sent(Side::A).next().expect("data").at;
     let done = t.done_at.expect("read everything") - start;
     let rate = total as f64 / done.as_secs_f64();
+    let queue_drops = sim.link_stats(Side::A).queue_drops;
     eprintln!(
-        "{alg:?}, {:.1} % loss, seed {seed}: {total} bytes in {done:?} = {:.1} % of the \
-         bottleneck; retransmits {}, RTOs {}, recoveries {}, max cwnd {}",
-        loss * 100.0,
+        "{alg:?}, {:?} one way, {:.0} Mbit/s, queue {} B, {:.1} % loss, seed {seed}: {total} \
+         bytes in {done:?} = {:.1} % of the bottleneck; retransmits {} (D-SACKed {}), queue \
+         drops {queue_drops}, RTOs {}, recoveries {}, max cwnd {}",
+        l.delay,
+        bottleneck * 8e-6,
+        l.queue,
+        l.loss * 100.0,
         rate / bottleneck * 100.0,
         s.retransmits,
+        s.dsacks,
         s.rtos,
         s.recoveries,
         s.max_cwnd
     );
-    rate
+    Outcome {
+        rate,
+        share: rate / bottleneck,
+        retransmits: s.retransmits,
+        queue_drops,
+        dropped: queue_drops + sim.link_stats(Side::A).lost,
+    }
 }
 
 #[test]
@@ -230,10 +252,111 @@ fn one_lost_segment_early_in_slow_start_costs_cubic_seconds_and_bbr_nothing() {
     assert!(cubic_worst > worst * 4, "cubic {cubic:?} vs bbr {bbr:?}");
 }
 
+/// 400 Mbit/s (50 MB/s), 15 ms one way: a BDP of 1.5 MB, about 1180 of our 1268-byte segments.
+const FAT_RATE: u64 = 50_000_000;
+const FAT_BDP: usize = 1_500_000;
+
+/// The long fat path: `queue` bytes of bottleneck queue, `loss` on both directions.
+fn fat_path(queue: usize, loss: f64) -> LinkConfig {
+    LinkConfig {
+        delay: 15 * MS,
+        rate: Some(FAT_RATE),
+        queue,
+        loss,
+        ..LinkConfig::default()
+    }
+}
+
+/// BBR with buffers that do not limit a 1.5 MB BDP: the receiver announces 16 MiB from the
+/// start, as a Linux receiver with a large `tcp_rmem` does (our receive autotuning grows with
+/// what the application reads per round trip, which random loss holds back; that is the
+/// receiver's subject, not the sender's), and the send buffer may grow as far.
+fn fat_cfg() -> Config {
+    Config {
+        congestion: Algorithm::Bbr,
+        rx_buffer: 16 << 20,
+        rx_buffer_max: 16 << 20,
+        tx_buffer_max: 16 << 20,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn bbr_startup_ends_promptly_when_it_overflows_a_shallow_queue() {
+    // A queue of a quarter BDP and no random loss: Startup's flight (up to 2.89 BDPs) overflows
+    // it. The round that overflowed loses far more than 2 % and must end Startup; its drops,
+    // about one round's excess over BDP + queue (1-2 BDPs), are what the overshoot may cost.
+    // Startup going on for the three rounds of the bandwidth plateau (BBRv1) or, as before,
+    // while its round counter waits for the holes to be repaired, drops several BDPs.
+    let o = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP / 4, 0.0), 16 << 20, 1);
+    let bdp_segments = (FAT_BDP / 1268) as u64;
+    assert!(
+        o.queue_drops <= 3 * bdp_segments,
+        "Startup overflowed the queue by {} segments ({:.1} BDP); {o:?}",
+        o.queue_drops,
+        o.queue_drops as f64 / bdp_segments as f64
+    );
+    // Every drop costs a retransmission, and one lost again a second: seconds of retransmitting
+    // would be many more.
+    assert!(o.retransmits <= 4 * bdp_segments, "{o:?}");
+    // Drop-tail behind a 2.89x pacing rate drops about every other segment of the overflowing
+    // round: the receiver holds a stretch between each two drops, or the segments it refuses
+    // are sent again although they arrived.
+    assert!(
+        o.retransmits <= o.dropped * 5 / 4,
+        "{} retransmissions for {} drops; {o:?}",
+        o.retransmits,
+        o.dropped
+    );
+}
+
+#[test]
+fn the_receiver_keeps_every_segment_that_arrives_through_three_percent_loss() {
+    // 3 % loss both ways over a 1.5 MB BDP: a flight of 2-3 BDPs holds about a hundred holes
+    // at the receiver. Each segment the link dropped is sent again (once more if the repair is
+    // lost too, rarely because of a lost ACK); many more retransmissions mean segments the
+    // receiver got but did not keep, each costing the bottleneck twice. The queue (four BDPs)
+    // holds all of Startup's flight: only random loss here (the overflow's own holes are
+    // `bbr_startup_ends_promptly_when_it_overflows_a_shallow_queue`'s).
+    for seed in [1, 2] {
+        let o = goodput_over(&fat_cfg(), &|| fat_path(4 * FAT_BDP, 0.03), 32 << 20, seed);
+        assert!(
+            o.retransmits <= o.dropped * 5 / 4,
+            "seed {seed}: {} retransmissions for {} drops ({:.0} % of the bottleneck); {o:?}",
+            o.retransmits,
+            o.dropped,
+            o.share * 100.0
+        );
+    }
+}
+
+#[test]
+fn bbr_keeps_a_long_fat_path_busy_through_three_percent_random_loss() {
+    // Linux's BBR (v1, what `perf/wan.sh` compares with) has no loss exit from Startup and
+    // does not shrink its model for random loss: on this path 3 % loss costs it about 3 % of
+    // the rate plus the repairs (the BBR paper's goodput stays near the link rate up to ~15 %
+    // random loss). So a transfer with 3 % loss both ways must come close to the same
+    // transfer without loss — Startup included, which is a third of this one. Before: Startup
+    // ended after its first round with more than 2 % loss, at a fifth to a half of the BDP,
+    // and ProbeBw's 1.25x per cycle had not made that up by the end (seed 1: 52 % of the
+    // bottleneck against 69 % without loss).
+    let total = 32 << 20;
+    let clean = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.0), total, 1);
+    for seed in [1, 2, 3] {
+        let lossy = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.03), total, seed);
+        assert!(
+            lossy.share >= 0.85 * clean.share,
+            "seed {seed}: {:.0} % of the bottleneck with 3 % loss, {:.0} % without; {lossy:?}",
+            lossy.share * 100.0,
+            clean.share * 100.0
+        );
+    }
+}
+
 /// A LAN to a busy receiver: 25 µs one way, 1 Gbit/s, and the receiving host handles what
-/// arrived only every 500 µs (as a CPU-bound host, GRO and wireguard-go's batches do), so ACKs
-/// come in clumps and the smallest RTT sample (a segment that arrived just before a tick,
-/// about 50 µs) is far below the RTT a full pipe needs (up to 550 µs).
+/// arrived only when it wakes up, at random intervals of 0–1 ms (as a CPU-bound host, GRO and
+/// wireguard-go's batches do), so ACKs come in clumps and the smallest RTT sample (a segment
+/// that arrived just before a wake-up, about 50 µs) is far below the RTT a full pipe needs.
 fn clumped_lan(from: Side) -> LinkConfig {
     LinkConfig {
         delay: Duration::from_micros(25),
@@ -248,13 +371,31 @@ fn clumped_lan(from: Side) -> LinkConfig {
     }
 }
 
+/// Goodput of a 64 MiB transfer over [`clumped_lan`], bytes per second.
+fn clumped_goodput(alg: Algorithm) -> f64 {
+    let total = 64u64 << 20;
+    let mut sim = Sim::ours(&cfg(alg), clumped_lan(Side::A), clumped_lan(Side::B), 7);
+    sim.tracing = false;
+    let mut t = Transfer::new(total);
+    assert!(run(&mut sim, &mut t, Duration::from_secs(60)), "{alg:?}");
+    let s = sim.a.conn().expect("ours").stats();
+    let rate = total as f64 / t.done_at.expect("read everything").as_secs_f64();
+    eprintln!(
+        "{alg:?}: {:.1} % of the link; retransmits {}, max cwnd {}",
+        rate / 125e6 * 100.0,
+        s.retransmits,
+        s.max_cwnd
+    );
+    rate
+}
+
 #[test]
 fn bbr_fills_a_fast_path_whose_acks_come_in_clumps_as_cubic_does() {
     // The LAN bulk gap of issue 19 (bbr 30 % below cubic on the veth): a window of two BDPs
-    // at the minimum RTT lets only a sliver out per clump of ACKs.
-    let total = 64 << 20;
-    let bbr = goodput_on(Algorithm::Bbr, clumped_lan, total, 7);
-    let cubic = goodput_on(Algorithm::Cubic, clumped_lan, total, 7);
+    // at the minimum RTT lets only a sliver out per clump of ACKs (before: 18 % of the link
+    // against cubic's 72 %).
+    let bbr = clumped_goodput(Algorithm::Bbr);
+    let cubic = clumped_goodput(Algorithm::Cubic);
     assert!(cubic >= 0.6 * 125e6, "the scenario: cubic {cubic} B/s");
     assert!(
         bbr >= 0.95 * cubic,
