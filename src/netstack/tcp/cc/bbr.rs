@@ -30,9 +30,14 @@
 //!   [`AckAggregation`]: without it a busy LAN receiver kept the window at a sliver); the window grows towards that target by what each ACK delivered, so
 //!   after a timeout it climbs back within a few round trips instead of jumping.
 //! * **Loss** is not a congestion signal: a fast recovery or a repaired tail probe changes
-//!   neither the model nor the window (the connection leaves PRR out for a controller whose
-//!   [`keeps_window_in_recovery`](super::Controller::keeps_window_in_recovery) is true), so
-//!   1 % random loss costs 1 % of the rate, not most of it as with CUBIC. The 1.25× probing
+//!   neither the model nor, once it is over, the window (the connection leaves PRR out for a
+//!   controller whose [`keeps_window_in_recovery`](super::Controller::keeps_window_in_recovery)
+//!   is true), so 1 % random loss costs 1 % of the rate, not most of it as with CUBIC. During
+//!   a recovery the window does what Linux BBRv1's does: bytes marked lost leave it as they
+//!   left the flight, and for the first round only what the ACKs deliver goes out (packet
+//!   conservation); the window from before is given back at the end. Otherwise every segment
+//!   marked lost freed room at once and the repairs went out at Startup's 2.89x pacing rate
+//!   into the queue that had just overflowed, to be dropped again. The 1.25× probing
 //!   phase lasts one min RTT and then ends at the first loss or once its extra quarter is in
 //!   flight (tcp_bbr's rule: without loss it may push on until the quarter fits). A
 //!   retransmission timeout collapses the window to one segment (the path may have changed);
@@ -87,6 +92,9 @@ const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Startup ends after this many rounds without 25 % bandwidth growth.
 const FULL_BW_ROUNDS: u32 = 3;
+/// An RTT sample above the minimum by more than `1 / QUEUE_FRACTION` of it shows a standing
+/// queue at the bottleneck (a loss then is an overflow, not random).
+const QUEUE_FRACTION: u32 = 4;
 /// The smallest window, segments.
 const MIN_CWND_SEGMENTS: u64 = 4;
 /// Startup also ends after a round that lost more than 1/50 of what it delivered, in at least
@@ -152,6 +160,14 @@ pub struct Bbr {
     /// The same, summed over Startup's earlier rounds: the path's random loss rate.
     startup_delivered: u64,
     startup_lost: u64,
+    /// In a fast recovery: the window to give back when it ends.
+    recovery_prior_cwnd: Option<u64>,
+    /// Packet conservation holds until then (see [`Bbr::on_congestion_event`]).
+    conservation_until: Option<Instant>,
+    /// The latest RTT sample: how long a round trip takes now, queue included.
+    last_rtt: Option<Duration>,
+    /// Bytes marked lost since the last ACK was processed (no longer in flight).
+    lost_since_ack: u64,
 }
 
 impl Bbr {
@@ -184,6 +200,10 @@ impl Bbr {
             aggregation: AckAggregation::default(),
             startup_delivered: 0,
             startup_lost: 0,
+            recovery_prior_cwnd: None,
+            conservation_until: None,
+            last_rtt: None,
+            lost_since_ack: 0,
         }
     }
 
@@ -422,9 +442,21 @@ impl Controller for Bbr {
             self.probe_rtt(now, in_flight);
         }
 
-        // The window follows the model, growing by what was delivered.
+        // The window follows the model, growing by what was delivered; in the first round of
+        // a recovery it only lets out what this ACK delivered (packet conservation).
+        if let Some(r) = ack.rtt.filter(|r| !r.is_zero()) {
+            self.last_rtt = Some(r);
+        }
+        if self.conservation_until.is_some_and(|t| now >= t) {
+            self.conservation_until = None;
+        }
         let target = self.target_cwnd(self.cwnd_gain());
-        if self.filled_pipe {
+        // `prior_in_flight` counted the bytes this ACK marked lost (a reordering timer's marks
+        // before it were already out of it: subtracting them again only holds the window).
+        let lost = std::mem::take(&mut self.lost_since_ack);
+        if self.conservation_until.is_some() {
+            self.cwnd = self.cwnd.max(in_flight.saturating_sub(lost) + ack.bytes);
+        } else if self.filled_pipe {
             self.cwnd = (self.cwnd + ack.bytes).min(target);
         } else if self.cwnd < target || self.cwnd < self.initial_window {
             self.cwnd += ack.bytes;
@@ -432,17 +464,56 @@ impl Controller for Bbr {
         self.cwnd = self.cwnd.max(self.min_cwnd());
     }
 
-    fn on_congestion_event(&mut self, _now: Instant, _in_flight: u64) {
-        // Not a reason to slow down (see the module docs); it only ends an up-probe.
+    /// Not a reason to slow down (see the module docs): it ends an up-probe. When the path
+    /// shows a standing queue (the latest RTT sample exceeds the minimum by a quarter), the
+    /// loss is an overflow and the queue that dropped the originals is still full, so a repair
+    /// sent faster than it drains is dropped too: for the recovery's first round trip (that
+    /// RTT) the window lets out only what the ACKs deliver, at most what is in flight now
+    /// (Linux BBRv1's packet conservation). The queue keeps the bottleneck busy meanwhile.
+    /// Without a queue the loss is random: conservation would only stall Startup's growth for
+    /// a round (seconds over a long fat path at 0.1 % loss), so the window keeps growing. The
+    /// round is timed, not counted by ACKs: the cumulative ACK stalls behind the holes for the
+    /// whole recovery.
+    fn on_congestion_event(&mut self, now: Instant, in_flight: u64) {
         self.loss_in_phase = true;
+        if self.recovery_prior_cwnd.is_some() {
+            return;
+        }
+        // `in_flight` is from before this ACK's (or this timer's) marks, which `on_lost` has
+        // already taken out of the window.
+        let lost = self.lost_since_ack;
+        self.recovery_prior_cwnd = Some(self.cwnd + lost);
+        let (Some(rtt), Some(min)) = (self.last_rtt, self.min_rtt) else {
+            return;
+        };
+        if rtt > min + min / QUEUE_FRACTION {
+            self.conservation_until = Some(now + rtt);
+            let in_flight = in_flight.saturating_sub(lost);
+            self.cwnd = self.cwnd.min(in_flight).max(self.min_cwnd());
+        }
     }
 
-    fn on_recovery_end(&mut self, _now: Instant) {}
+    /// The lost bytes leave the window as they left the flight (Linux BBRv1 subtracts each
+    /// ACK's losses), so the repairs go out as ACKs make room, not in one burst at the pacing
+    /// rate. [`on_recovery_end`](Controller::on_recovery_end) gives the window back.
+    fn on_lost(&mut self, _now: Instant, bytes: u64) {
+        self.cwnd = self.cwnd.saturating_sub(bytes).max(self.min_cwnd());
+        self.lost_since_ack += bytes;
+    }
+
+    fn on_recovery_end(&mut self, _now: Instant) {
+        if let Some(prior) = self.recovery_prior_cwnd.take() {
+            self.cwnd = self.cwnd.max(prior);
+        }
+        self.conservation_until = None;
+    }
 
     fn on_rto(&mut self, _now: Instant, _new_episode: bool) {
         // The path may have changed under us: start from one segment again and let the
         // window grow back by what is delivered; the model stays.
         self.cwnd = self.mss;
+        self.recovery_prior_cwnd = None;
+        self.conservation_until = None;
     }
 
     fn window(&self) -> u64 {
@@ -609,6 +680,45 @@ mod tests {
         c.on_recovery_end(now);
         assert_eq!((c.window(), c.bandwidth()), (w, bw));
         assert!(c.keeps_window_in_recovery());
+    }
+
+    #[test]
+    fn a_loss_over_a_standing_queue_sends_only_what_is_delivered_for_a_round() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        for queued in [false, true] {
+            let mut c = Bbr::new(MSS as u32, 10 * MSS);
+            for _ in 0..20 {
+                now += Duration::from_millis(30);
+                c.on_ack(now, &ack(MSS, 1_000_000, true, 80 * MSS));
+                for _ in 0..40 {
+                    c.on_ack(now, &ack(MSS, 1_000_000, false, 80 * MSS));
+                }
+            }
+            let w = c.window();
+            assert!(w > 60 * MSS, "{w}");
+            // RTT 60 ms over a 30 ms minimum: a queue; 30 ms: none.
+            let mut a = ack(MSS, 1_000_000, false, 59 * MSS);
+            a.rtt = Some(Duration::from_millis(if queued { 60 } else { 30 }));
+            c.on_ack(now, &a);
+            // The next ACK delivers one segment and marks two lost, 60 in flight before it.
+            c.on_lost(now, 2 * MSS);
+            c.on_congestion_event(now, 60 * MSS);
+            c.on_ack(now, &ack(MSS, 1_000_000, false, 59 * MSS));
+            if queued {
+                // 57 left in flight: room for the one delivered, not for the two lost.
+                assert_eq!(c.window(), 58 * MSS);
+                c.on_ack(
+                    now + Duration::from_millis(10),
+                    &ack(MSS, 1_000_000, false, 57 * MSS),
+                );
+                assert_eq!(c.window(), 58 * MSS, "still the first round");
+            } else {
+                assert_eq!(c.window(), w - MSS, "two lost out, one delivered back in");
+            }
+            c.on_recovery_end(now + Duration::from_millis(100));
+            assert_eq!(c.window(), w, "the window is given back");
+        }
     }
 
     #[test]

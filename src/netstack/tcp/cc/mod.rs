@@ -126,6 +126,13 @@ pub trait Controller: fmt::Debug + Send {
     fn on_congestion_event(&mut self, now: Instant, in_flight: u64);
     /// Recovery ended: the window becomes `ssthresh`.
     fn on_recovery_end(&mut self, now: Instant);
+    /// Loss detection marked `bytes` more as lost (by an ACK or by RACK's reordering timer),
+    /// before any [`on_congestion_event`](Controller::on_congestion_event) for them. Those bytes
+    /// left `pipe`, so a window kept as it was would let the sender put them back at once, on
+    /// top of what the ACKs clock out. A controller whose window PRR does not steer (see
+    /// [`keeps_window_in_recovery`](Controller::keeps_window_in_recovery)) takes them out of
+    /// its window here; the others leave this to PRR.
+    fn on_lost(&mut self, _now: Instant, _bytes: u64) {}
     /// The retransmission timer fired. `new_episode` is false when recovery was already under
     /// way for this window (then `ssthresh` stays).
     fn on_rto(&mut self, now: Instant, new_episode: bool);
@@ -142,7 +149,8 @@ pub trait Controller: fmt::Debug + Send {
         None
     }
     /// A model-based controller keeps its window through fast recovery: the connection then
-    /// skips PRR's reduction and keeps calling [`on_ack`](Controller::on_ack) during recovery.
+    /// skips PRR's reduction and keeps calling [`on_ack`](Controller::on_ack) during recovery
+    /// (the controller paces its repairs itself, see [`on_lost`](Controller::on_lost)).
     fn keeps_window_in_recovery(&self) -> bool {
         false
     }

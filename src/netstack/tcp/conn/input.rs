@@ -481,7 +481,11 @@ impl Conn {
         );
         let mut lost = 0;
         if self.opts.sack {
+            let pipe = self.sb.pipe();
             let (marked, wait) = self.rack.detect_loss(now, &mut self.sb);
+            if marked > 0 {
+                self.cc.on_lost(now, pipe.saturating_sub(self.sb.pipe()));
+            }
             lost = marked;
             self.reorder_at = wait.map(|w| now + w);
         }

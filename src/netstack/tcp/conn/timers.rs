@@ -194,6 +194,10 @@ impl Conn {
         let prior_pipe = self.sb.pipe();
         let (lost, wait) = self.rack.detect_loss(now, &mut self.sb);
         self.reorder_at = wait.map(|w| now + w);
+        if lost > 0 {
+            self.cc
+                .on_lost(now, prior_pipe.saturating_sub(self.sb.pipe()));
+        }
         if lost > 0 && self.recovery == Recovery::Open {
             self.enter_fast_recovery(now, prior_pipe);
         }

@@ -5,6 +5,7 @@
 mod bbr;
 mod conn;
 mod loss;
+mod queue;
 mod sim;
 mod smol;
 mod wan;
