@@ -513,7 +513,7 @@ pub struct Netstack {
 impl Default for Netstack {
     fn default() -> Self {
         Self {
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
             // 1 Gbit/s over 32 ms; buffers grow to it only where the path needs it.
             rx_buffer_max: 4 << 20,
             tx_buffer_max: 4 << 20,

@@ -101,7 +101,7 @@ impl Default for StackConfig {
             rx_buffer_max: 4 << 20,
             tx_buffer: 128 << 10,
             tx_buffer_max: 4 << 20,
-            congestion: Algorithm::Cubic,
+            congestion: Algorithm::Bbr,
             max_sockets_per_stack: 256,
             stacks: 4,
             shard_index: 0,

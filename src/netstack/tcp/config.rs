@@ -78,7 +78,7 @@ impl Default for Config {
             tx_buffer_max: 4 << 20,
             buffer_keep: 16 << 10,
             initial_window: 10,
-            congestion: Algorithm::Cubic,
+            congestion: Algorithm::Bbr,
             min_rto: Duration::from_millis(200),
             initial_rto: Duration::from_secs(1),
             max_rto: Duration::from_secs(60),

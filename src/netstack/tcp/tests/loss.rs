@@ -4,9 +4,18 @@
 use std::time::Duration;
 
 use super::sim::{LinkConfig, OurEnd, Side, Sim, Transfer, addr, pattern};
-use crate::netstack::tcp::Config;
+use crate::netstack::tcp::{Algorithm, Config};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Our sender with CUBIC: these scenarios are about a loss-based window (its cut, its undo)
+/// and compare with Linux's CUBIC; BBR, the default, does not cut for loss.
+fn cubic() -> Config {
+    Config {
+        congestion: Algorithm::Cubic,
+        ..Config::default()
+    }
+}
 
 /// 15 ms one way, 100 Mbit/s, a queue of 1 MiB, `loss` per packet.
 fn path(loss: f64) -> LinkConfig {
@@ -22,7 +31,7 @@ fn path(loss: f64) -> LinkConfig {
 /// Our sender (A) and a receiver (B) that holds a lone segment's ACK for 40 ms, as Linux does
 /// (`TCP_DELACK_MIN`; it ACKs every second full segment at once, like ours).
 fn to_linux_like_receiver(ab: LinkConfig, ba: LinkConfig, seed: u64) -> Sim {
-    let mut sim = Sim::ours(&Config::default(), ab, ba, seed);
+    let mut sim = Sim::ours(&cubic(), ab, ba, seed);
     let receiver = Config {
         ack_delay: Some(40 * MS),
         ..Config::default()
@@ -108,7 +117,7 @@ fn a_timeout_that_a_stalled_ack_path_made_spurious_is_undone() {
         hold: Some((300 * MS, 700 * MS)),
         ..path(0.0)
     };
-    let mut sim = Sim::ours(&Config::default(), path(0.0), acks, 1);
+    let mut sim = Sim::ours(&cubic(), path(0.0), acks, 1);
     sim.tracing = false;
     let mut t = super::sim::Transfer::new(16 << 20);
     let (mut before, mut after) = (None, None);
@@ -206,7 +215,7 @@ fn fast_recovery_with_ack_drops(ack_drops: &'static [u32]) -> (crate::netstack::
         drop: Some(Box::new(|o| !o.again && o.data_index == 2)),
         ..path(0.0)
     };
-    let mut sim = Sim::ours(&Config::default(), data, acks, 1);
+    let mut sim = Sim::ours(&cubic(), data, acks, 1);
     let mut t = Transfer {
         total: 10 * 1268,
         keep_open: true,

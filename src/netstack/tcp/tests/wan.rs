@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::sim::{LinkConfig, Side, Sim, Trace, Transfer};
-use crate::netstack::tcp::Config;
+use crate::netstack::tcp::{Algorithm, Config};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -317,46 +317,64 @@ fn the_window_grows_to_the_path_bdp_and_no_further() {
         queue,
         ..LinkConfig::default()
     };
-    let run_with = |sender| {
-        let mut sim = sim(sender, link(), link(), 6);
-        let mut t = Transfer::new(8 << 20);
+    let run_with = |sender, congestion| {
+        let cfg = Config {
+            congestion,
+            ..Config::default()
+        };
+        let mut sim = match sender {
+            Sender::Ours => Sim::ours(&cfg, link(), link(), 6),
+            Sender::Smoltcp => Sim::smol_to_ours(&cfg, link(), link(), 6),
+        };
+        // 32 MiB, 1.7 s at the bottleneck: the second half is well past Startup (BBR) or
+        // slow start (CUBIC).
+        let mut t = Transfer::new(32 << 20);
         assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
         sim
     };
-    let ours = run_with(Sender::Ours);
-    let a = ours.a.conn().expect("ours");
-    let b = ours.b.conn().expect("ours");
-    let stats = a.stats();
-    let flight = max_flight(&ours.trace);
-    let rx = b.stats().max_rx_buffer;
-    eprintln!(
-        "ours: max flight {flight} (bdp {bdp}), receive buffer {rx}, in {:?}, {stats:?}",
-        ours.elapsed()
-    );
-    // Grows to the BDP: the flight, the sender's buffer and the receiver's window all reach it.
-    assert!(flight >= bdp, "flight {flight} < BDP {bdp}");
-    assert!(stats.max_tx_buffer as i64 >= bdp);
-    assert!(rx as i64 >= bdp);
-    // And no further: once slow start is over (it may overshoot by its last doubling), the
-    // flight stays within what the path holds, BDP plus queue; the send buffer follows the
-    // window.
-    let ceiling = bdp as u64 + queue as u64;
-    assert!(
-        stats.max_cwnd <= 2 * ceiling,
-        "cwnd {} > {ceiling}",
-        stats.max_cwnd
-    );
-    let late = max_flight_after(&ours.trace, ours.elapsed() / 2);
-    eprintln!("ours: max flight in the second half {late}");
-    assert!(
-        late as u64 <= ceiling * 11 / 10,
-        "flight {late} > {ceiling}"
-    );
-    assert!(stats.max_tx_buffer <= 2 * stats.max_cwnd);
-    assert!(rx <= Config::default().rx_buffer_max as u64);
+    for alg in [Algorithm::Bbr, Algorithm::Cubic] {
+        let ours = run_with(Sender::Ours, alg);
+        let a = ours.a.conn().expect("ours");
+        let b = ours.b.conn().expect("ours");
+        let stats = a.stats();
+        let flight = max_flight(&ours.trace);
+        let rx = b.stats().max_rx_buffer;
+        let late = max_flight_after(&ours.trace, ours.elapsed() / 2);
+        eprintln!(
+            "{alg:?}: max flight {flight} (bdp {bdp}), in the second half {late}, receive \
+             buffer {rx}, in {:?}, {stats:?}",
+            ours.elapsed()
+        );
+        // Grows to the BDP: the flight, the sender's buffer and the receiver's window all
+        // reach it.
+        assert!(flight >= bdp, "{alg:?}: flight {flight} < BDP {bdp}");
+        assert!(stats.max_tx_buffer as i64 >= bdp);
+        assert!(rx as i64 >= bdp);
+        // And no further: once slow start (or Startup) is over, the flight stays within what
+        // the path holds, BDP plus queue; the send buffer follows the window.
+        let ceiling = bdp as u64 + queue as u64;
+        assert!(
+            late as u64 <= ceiling * 11 / 10,
+            "{alg:?}: flight {late} > {ceiling}"
+        );
+        assert!(stats.max_tx_buffer <= 2 * stats.max_cwnd);
+        assert!(rx <= Config::default().rx_buffer_max as u64);
+        // CUBIC's window is what limits its flight: it may overshoot by slow start's last
+        // doubling. BBR's is a cap above the paced flight (Startup's 2.89 BDPs, pacing
+        // quanta, ACK aggregation): bounded by the model, not by the path's queue.
+        let cap = match alg {
+            Algorithm::Bbr => 4 * bdp as u64,
+            _ => 2 * ceiling,
+        };
+        assert!(
+            stats.max_cwnd <= cap,
+            "{alg:?}: cwnd {} > {cap}",
+            stats.max_cwnd
+        );
+    }
 
     // Today's stack: the fixed 256 KiB send buffer caps the flight below the BDP.
-    let smol = run_with(Sender::Smoltcp);
+    let smol = run_with(Sender::Smoltcp, Algorithm::default());
     let flight = max_flight(&smol.trace);
     eprintln!("smoltcp: max flight {flight} (bdp {bdp})");
     assert!(flight < bdp, "smoltcp reached the BDP: {flight}");
@@ -367,45 +385,53 @@ fn a_receiver_limited_connection_does_not_inflate_its_window() {
     // No bottleneck, but the receiver may buffer at most 256 KiB: the sender's window and
     // send buffer must stay near what the receiver allows (RFC 7661), not grow without bound.
     let cap = 256 << 10;
-    let a_cfg = Config::default();
-    let b_cfg = Config {
-        rx_buffer_max: cap,
-        ..Config::default()
-    };
-    let epoch = std::time::Instant::now();
-    let link = || LinkConfig {
-        delay: 15 * MS,
-        rate: Some(100_000_000),
-        queue: 4 << 20,
-        ..LinkConfig::default()
-    };
-    let a = super::sim::OurEnd::client(
-        a_cfg,
-        epoch,
-        super::sim::addr(Side::A, 40000),
-        super::sim::addr(Side::B, 80),
-        1,
-    );
-    let b = super::sim::OurEnd::server(
-        b_cfg,
-        super::sim::addr(Side::B, 80),
-        super::sim::addr(Side::A, 40000),
-        2,
-    );
-    let mut sim = Sim::new(epoch, Box::new(a), Box::new(b), link(), link(), 8);
-    let mut t = Transfer::new(8 << 20);
-    assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
-    let a = sim.a.conn().expect("ours");
-    let stats = a.stats();
-    eprintln!("{stats:?} in {:?}", sim.elapsed());
-    assert!(max_flight(&sim.trace) <= cap as i64);
-    let mss = u64::from(a.mss());
-    assert!(
-        stats.max_cwnd <= 2 * cap as u64 + 4 * mss,
-        "cwnd {}",
-        stats.max_cwnd
-    );
-    assert!(stats.max_tx_buffer <= 2 * stats.max_cwnd);
+    for alg in [Algorithm::Cubic, Algorithm::Bbr] {
+        let a_cfg = Config {
+            congestion: alg,
+            ..Config::default()
+        };
+        let b_cfg = Config {
+            rx_buffer_max: cap,
+            ..Config::default()
+        };
+        let epoch = std::time::Instant::now();
+        let link = || LinkConfig {
+            delay: 15 * MS,
+            rate: Some(100_000_000),
+            queue: 4 << 20,
+            ..LinkConfig::default()
+        };
+        let a = super::sim::OurEnd::client(
+            a_cfg,
+            epoch,
+            super::sim::addr(Side::A, 40000),
+            super::sim::addr(Side::B, 80),
+            1,
+        );
+        let b = super::sim::OurEnd::server(
+            b_cfg,
+            super::sim::addr(Side::B, 80),
+            super::sim::addr(Side::A, 40000),
+            2,
+        );
+        let mut sim = Sim::new(epoch, Box::new(a), Box::new(b), link(), link(), 8);
+        let mut t = Transfer::new(8 << 20);
+        assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
+        let a = sim.a.conn().expect("ours");
+        let stats = a.stats();
+        eprintln!("{alg:?}: {stats:?} in {:?}", sim.elapsed());
+        assert!(max_flight(&sim.trace) <= cap as i64);
+        let mss = u64::from(a.mss());
+        // CUBIC's window only grows while it is used: twice the receiver's cap at most. BBR's
+        // follows its model, whose bandwidth the receiver limits: Startup's 2.89 such BDPs, or
+        // two plus three pacing quanta and the ACK clumps (at most one more flight).
+        let bound = match alg {
+            Algorithm::Bbr => 4 * cap as u64,
+            _ => 2 * cap as u64 + 4 * mss,
+        };
+        assert!(stats.max_cwnd <= bound, "{alg:?}: cwnd {}", stats.max_cwnd);
+        assert!(stats.max_tx_buffer <= 2 * stats.max_cwnd);
+    }
 }
 
 #[test]
@@ -639,4 +665,31 @@ fn a_long_fat_path_still_grows_the_send_buffer_to_the_bdp() {
         "took {:?} (line rate {ideal:?})",
         sim.elapsed()
     );
+}
+
+#[test]
+fn zz_debug_bbr_shallow() {
+    let rate = 20_000_000u64;
+    for q in [300_000usize, 600_000, 1_200_000] {
+        for alg in [Algorithm::Bbr, Algorithm::Cubic] {
+            let link = || LinkConfig {
+                delay: 15 * MS,
+                rate: Some(rate),
+                queue: q,
+                ..LinkConfig::default()
+            };
+            let cfg = Config {
+                congestion: alg,
+                ..Config::default()
+            };
+            let mut sim = Sim::ours(&cfg, link(), link(), 6);
+            let mut t = Transfer::new(8 << 20);
+            assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
+            let s = sim.a.conn().unwrap().stats();
+            eprintln!(
+                "queue {q} {alg:?}: done {:?} segments {} retransmits {} max_cwnd {}",
+                t.done_at, s.segments_out, s.retransmits, s.max_cwnd
+            );
+        }
+    }
 }
