@@ -666,30 +666,3 @@ fn a_long_fat_path_still_grows_the_send_buffer_to_the_bdp() {
         sim.elapsed()
     );
 }
-
-#[test]
-fn zz_debug_bbr_shallow() {
-    let rate = 20_000_000u64;
-    for q in [300_000usize, 600_000, 1_200_000] {
-        for alg in [Algorithm::Bbr, Algorithm::Cubic] {
-            let link = || LinkConfig {
-                delay: 15 * MS,
-                rate: Some(rate),
-                queue: q,
-                ..LinkConfig::default()
-            };
-            let cfg = Config {
-                congestion: alg,
-                ..Config::default()
-            };
-            let mut sim = Sim::ours(&cfg, link(), link(), 6);
-            let mut t = Transfer::new(8 << 20);
-            assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
-            let s = sim.a.conn().unwrap().stats();
-            eprintln!(
-                "queue {q} {alg:?}: done {:?} segments {} retransmits {} max_cwnd {}",
-                t.done_at, s.segments_out, s.retransmits, s.max_cwnd
-            );
-        }
-    }
-}
