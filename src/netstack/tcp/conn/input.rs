@@ -794,6 +794,7 @@ impl Conn {
                         self.rx.write_at((from - read_from) as usize, bytes);
                         self.stats.out_of_order += 1;
                         self.ack_now = true;
+                        self.grow_for_out_of_order(take_end - read_from);
                     }
                     Placed::Duplicate | Placed::Refused => self.ack_now = true,
                 }

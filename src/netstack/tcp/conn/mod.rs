@@ -752,6 +752,24 @@ impl Conn {
         self.tune.copied = 0;
     }
 
+    /// Out-of-order data arrived, `span` bytes past what the application last read: a hole
+    /// holds reading back for the repair's round trip while the sender goes on sending, so the
+    /// window must hold what is in flight twice over, or the sender stalls until the repair
+    /// (reads per round trip, what [`tune_receive_buffer`](Self::tune_receive_buffer) sees,
+    /// fall under loss and never raise the window: at 3 % loss, 400 Mbit/s × 30 ms, 57 % of
+    /// the link against 65 % with the largest window from the start). The same idea as recent
+    /// Linux's receive-buffer growth on out-of-order arrivals; the span can only lie inside
+    /// the window the sender was given, so this at most doubles what the sender already uses.
+    fn grow_for_out_of_order(&mut self, span: u64) {
+        let target = usize::try_from(2 * span)
+            .unwrap_or(usize::MAX)
+            .min(self.cfg.rx_buffer_max);
+        if target > self.rx.limit() {
+            self.rx.grow_limit(target);
+            self.stats.max_rx_buffer = self.rx.limit() as u64;
+        }
+    }
+
     fn state_receives(&self) -> bool {
         matches!(
             self.state,
