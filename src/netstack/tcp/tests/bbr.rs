@@ -38,7 +38,7 @@ fn path(loss: f64) -> LinkConfig {
 
 /// Goodput of a `total`-byte transfer over `path(loss)`, bytes per second.
 fn goodput(alg: Algorithm, loss: f64, total: u64, seed: u64) -> f64 {
-    goodput_over(&cfg(alg), &|| path(loss), total, seed).rate
+    goodput_over(&cfg(alg), &|_| path(loss), total, seed).rate
 }
 
 /// What one bulk transfer measured.
@@ -56,11 +56,11 @@ struct Outcome {
     dropped: u64,
 }
 
-/// A `total`-byte transfer from A to B over `link()` in both directions.
-fn goodput_over(cfg: &Config, link: &dyn Fn() -> LinkConfig, total: u64, seed: u64) -> Outcome {
-    let (l, bottleneck) = (link(), link().rate.unwrap_or(u64::MAX) as f64);
+/// A `total`-byte transfer from A to B over `link(Side::A)` (A to B) and `link(Side::B)`.
+fn goodput_over(cfg: &Config, link: &dyn Fn(Side) -> LinkConfig, total: u64, seed: u64) -> Outcome {
+    let (l, bottleneck) = (link(Side::A), link(Side::A).rate.unwrap_or(u64::MAX) as f64);
     let alg = cfg.congestion;
-    let mut sim = Sim::ours(cfg, link(), link(), seed);
+    let mut sim = Sim::ours(cfg, link(Side::A), link(Side::B), seed);
     let mut t = Transfer::new(total);
     assert!(run(&mut sim, &mut t, Duration::from_secs(600)), "{alg:?}");
     let s = sim.a.conn().expect("ours").stats();
@@ -288,7 +288,7 @@ fn bbr_startup_ends_promptly_when_it_overflows_a_shallow_queue() {
     // about one round's excess over BDP + queue (1-2 BDPs), are what the overshoot may cost.
     // Startup going on for the three rounds of the bandwidth plateau (BBRv1) or, as before,
     // while its round counter waits for the holes to be repaired, drops several BDPs.
-    let o = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP / 4, 0.0), 16 << 20, 1);
+    let o = goodput_over(&fat_cfg(), &|_| fat_path(FAT_BDP / 4, 0.0), 16 << 20, 1);
     let bdp_segments = (FAT_BDP / 1268) as u64;
     assert!(
         o.queue_drops <= 3 * bdp_segments,
@@ -319,7 +319,7 @@ fn the_receiver_keeps_every_segment_that_arrives_through_three_percent_loss() {
     // holds all of Startup's flight: only random loss here (the overflow's own holes are
     // `bbr_startup_ends_promptly_when_it_overflows_a_shallow_queue`'s).
     for seed in [1, 2] {
-        let o = goodput_over(&fat_cfg(), &|| fat_path(4 * FAT_BDP, 0.03), 32 << 20, seed);
+        let o = goodput_over(&fat_cfg(), &|_| fat_path(4 * FAT_BDP, 0.03), 32 << 20, seed);
         assert!(
             o.retransmits <= o.dropped * 5 / 4,
             "seed {seed}: {} retransmissions for {} drops ({:.0} % of the bottleneck); {o:?}",
@@ -341,9 +341,9 @@ fn bbr_keeps_a_long_fat_path_busy_through_three_percent_random_loss() {
     // and ProbeBw's 1.25x per cycle had not made that up by the end (seed 1: 52 % of the
     // bottleneck against 69 % without loss).
     let total = 32 << 20;
-    let clean = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.0), total, 1);
+    let clean = goodput_over(&fat_cfg(), &|_| fat_path(FAT_BDP, 0.0), total, 1);
     for seed in [1, 2, 3] {
-        let lossy = goodput_over(&fat_cfg(), &|| fat_path(FAT_BDP, 0.03), total, seed);
+        let lossy = goodput_over(&fat_cfg(), &|_| fat_path(FAT_BDP, 0.03), total, seed);
         assert!(
             lossy.share >= 0.85 * clean.share,
             "seed {seed}: {:.0} % of the bottleneck with 3 % loss, {:.0} % without; {lossy:?}",
@@ -371,31 +371,14 @@ fn clumped_lan(from: Side) -> LinkConfig {
     }
 }
 
-/// Goodput of a 64 MiB transfer over [`clumped_lan`], bytes per second.
-fn clumped_goodput(alg: Algorithm) -> f64 {
-    let total = 64u64 << 20;
-    let mut sim = Sim::ours(&cfg(alg), clumped_lan(Side::A), clumped_lan(Side::B), 7);
-    sim.tracing = false;
-    let mut t = Transfer::new(total);
-    assert!(run(&mut sim, &mut t, Duration::from_secs(60)), "{alg:?}");
-    let s = sim.a.conn().expect("ours").stats();
-    let rate = total as f64 / t.done_at.expect("read everything").as_secs_f64();
-    eprintln!(
-        "{alg:?}: {:.1} % of the link; retransmits {}, max cwnd {}",
-        rate / 125e6 * 100.0,
-        s.retransmits,
-        s.max_cwnd
-    );
-    rate
-}
-
 #[test]
 fn bbr_fills_a_fast_path_whose_acks_come_in_clumps_as_cubic_does() {
     // The LAN bulk gap of issue 19 (bbr 30 % below cubic on the veth): a window of two BDPs
     // at the minimum RTT lets only a sliver out per clump of ACKs (before: 18 % of the link
     // against cubic's 72 %).
-    let bbr = clumped_goodput(Algorithm::Bbr);
-    let cubic = clumped_goodput(Algorithm::Cubic);
+    let clumped = |alg| goodput_over(&cfg(alg), &clumped_lan, 64 << 20, 7).rate;
+    let bbr = clumped(Algorithm::Bbr);
+    let cubic = clumped(Algorithm::Cubic);
     assert!(cubic >= 0.6 * 125e6, "the scenario: cubic {cubic} B/s");
     assert!(
         bbr >= 0.95 * cubic,
@@ -435,8 +418,8 @@ fn receive_autotuning_keeps_up_with_a_sender_through_three_percent_loss() {
         ..Config::default()
     };
     for seed in [1, 2] {
-        let tuned = goodput_over(&autotuned, &|| fat_path(FAT_BDP, 0.03), 32 << 20, seed);
-        let best = goodput_over(&fixed, &|| fat_path(FAT_BDP, 0.03), 32 << 20, seed);
+        let tuned = goodput_over(&autotuned, &|_| fat_path(FAT_BDP, 0.03), 32 << 20, seed);
+        let best = goodput_over(&fixed, &|_| fat_path(FAT_BDP, 0.03), 32 << 20, seed);
         assert!(
             tuned.share >= 0.9 * best.share,
             "seed {seed}: {:.0} % of the bottleneck autotuned, {:.0} % with a fixed window",

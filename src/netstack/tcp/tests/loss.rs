@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::sim::{LinkConfig, OurEnd, Side, Sim, Transfer, addr, pattern};
+use super::sim::{LinkConfig, Side, Sim, Transfer, pattern};
 use crate::netstack::tcp::{Algorithm, Config};
 
 const MS: Duration = Duration::from_millis(1);
@@ -31,18 +31,11 @@ fn path(loss: f64) -> LinkConfig {
 /// Our sender (A) and a receiver (B) that holds a lone segment's ACK for 40 ms, as Linux does
 /// (`TCP_DELACK_MIN`; it ACKs every second full segment at once, like ours).
 fn to_linux_like_receiver(ab: LinkConfig, ba: LinkConfig, seed: u64) -> Sim {
-    let mut sim = Sim::ours(&cubic(), ab, ba, seed);
     let receiver = Config {
         ack_delay: Some(40 * MS),
         ..Config::default()
     };
-    sim.b = Box::new(OurEnd::server(
-        receiver,
-        addr(Side::B, 80),
-        addr(Side::A, 40000),
-        0x7000_0000,
-    ));
-    sim
+    Sim::ours_with(&cubic(), &receiver, ab, ba, seed)
 }
 
 /// Three segments from A; B ACKs the first two at once, but that ACK is lost, and B holds the

@@ -522,16 +522,27 @@ impl Sim {
 
     /// Our client on A talking to our server on B, with `cfg` on both ends.
     pub fn ours(cfg: &Config, ab: LinkConfig, ba: LinkConfig, seed: u64) -> Self {
+        Self::ours_with(cfg, cfg, ab, ba, seed)
+    }
+
+    /// [`Sim::ours`] with a configuration per side: A (the client, `a_cfg`) and B (`b_cfg`).
+    pub fn ours_with(
+        a_cfg: &Config,
+        b_cfg: &Config,
+        ab: LinkConfig,
+        ba: LinkConfig,
+        seed: u64,
+    ) -> Self {
         let epoch = Instant::now();
         let a = OurEnd::client(
-            cfg.clone(),
+            a_cfg.clone(),
             epoch,
             addr(Side::A, 40000),
             addr(Side::B, 80),
             0x1000_0000,
         );
         let b = OurEnd::server(
-            cfg.clone(),
+            b_cfg.clone(),
             addr(Side::B, 80),
             addr(Side::A, 40000),
             0x7000_0000,

@@ -394,27 +394,13 @@ fn a_receiver_limited_connection_does_not_inflate_its_window() {
             rx_buffer_max: cap,
             ..Config::default()
         };
-        let epoch = std::time::Instant::now();
         let link = || LinkConfig {
             delay: 15 * MS,
             rate: Some(100_000_000),
             queue: 4 << 20,
             ..LinkConfig::default()
         };
-        let a = super::sim::OurEnd::client(
-            a_cfg,
-            epoch,
-            super::sim::addr(Side::A, 40000),
-            super::sim::addr(Side::B, 80),
-            1,
-        );
-        let b = super::sim::OurEnd::server(
-            b_cfg,
-            super::sim::addr(Side::B, 80),
-            super::sim::addr(Side::A, 40000),
-            2,
-        );
-        let mut sim = Sim::new(epoch, Box::new(a), Box::new(b), link(), link(), 8);
+        let mut sim = Sim::ours_with(&a_cfg, &b_cfg, link(), link(), 8);
         let mut t = Transfer::new(8 << 20);
         assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
         let a = sim.a.conn().expect("ours");
@@ -594,25 +580,11 @@ fn a_short_fast_path_keeps_a_small_send_buffer() {
     };
     // A receiver that advertises 4 MiB from the start, so only the sender's own rules bound
     // the flight (as with a peer whose window autotuned up).
-    let epoch = std::time::Instant::now();
     let b_cfg = Config {
         rx_buffer: 4 << 20,
         ..Config::default()
     };
-    let a = super::sim::OurEnd::client(
-        Config::default(),
-        epoch,
-        super::sim::addr(Side::A, 40000),
-        super::sim::addr(Side::B, 80),
-        1,
-    );
-    let b = super::sim::OurEnd::server(
-        b_cfg,
-        super::sim::addr(Side::B, 80),
-        super::sim::addr(Side::A, 40000),
-        2,
-    );
-    let mut sim = Sim::new(epoch, Box::new(a), Box::new(b), link(), link(), 11);
+    let mut sim = Sim::ours_with(&Config::default(), &b_cfg, link(), link(), 11);
     let mut t = Transfer::new(16 << 20);
     assert!(run(&mut sim, &mut t, Duration::from_secs(60)));
     let a = sim.a.conn().expect("ours");
